@@ -1,0 +1,70 @@
+# Juggler's front door. `make help` lists the targets.
+ROUTES  ?= routes.def
+BUILD   ?= build
+ASAN    ?= build-asan
+PORT    ?= 8080
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+ROUTES_ABS := $(abspath $(ROUTES))
+DEPS_STAMP := .deps-ok
+
+.PHONY: all routes run test test-fast test-asan clean ssl_cert bench fuzz deps help check
+
+all: deps $(BUILD)/build.ninja
+	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
+
+help:
+	@echo "make routes [ROUTES=file]  compile a routes file into generated/distributer.cpp"
+	@echo "make all                   build bin/app.out and bin/testserver"
+	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer"
+	@echo "make test                  build and run every test, then again under ASan+UBSan"
+	@echo "make test-fast             every test, without the sanitizer pass"
+	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
+	@echo "make bench                 Juggler vs nginx vs HAProxy (long; not part of test)"
+	@echo "make clean                 remove bin/, build folders and generated code"
+
+# tools/install-deps.sh is quick when nothing is missing (dpkg-query only).
+deps:
+	@bash tools/install-deps.sh
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DJUGGLER_ROUTES=$(ROUTES_ABS) $(CMAKE_FLAGS)
+
+routes: deps
+	@test -f $(ROUTES) || { echo "$(ROUTES): no such routes file"; exit 2; }
+	@cmake -S . -B $(BUILD) -G Ninja -DJUGGLER_ROUTES=$(ROUTES_ABS) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build $(BUILD) --target routes
+
+check: all
+	./bin/app.out --check
+
+run: all ssl_cert_if_needed
+	@bash tools/run-demo.sh $(PORT)
+
+test: test-fast test-asan
+
+test-fast: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) -j $(JOBS) --target app testserver juggler_tests
+	cd $(BUILD) && ctest --output-on-failure -j 2
+
+test-asan: deps
+	cmake -S . -B $(ASAN) -G Ninja -DJUGGLER_USER_BUILD=OFF -DJUGGLER_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+	      -DJUGGLER_ROUTES=$(abspath routes.def) >/dev/null
+	cmake --build $(ASAN) -j $(JOBS) --target app testserver juggler_tests
+	cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	      ctest --output-on-failure -j 2
+
+ssl_cert:
+	@bash tools/make-cert.sh certs
+
+ssl_cert_if_needed:
+	@test -f certs/server.crt -a -f certs/server.key || bash tools/make-cert.sh certs
+
+bench:
+	@bash tools/install-deps.sh bench
+	@bash tools/bench/run.sh
+
+clean:
+	rm -rf bin $(BUILD) $(ASAN) build-fuzz
+	rm -f generated/*.cpp

@@ -1,0 +1,440 @@
+"""C++ emitter: a validated routesdef.Config -> the text of generated/distributer.cpp.
+
+Output is a pure function of the input: every list is walked in file order (or
+sorted), never in the order of a set, and nothing depends on time or on where
+the generator runs.
+
+distribute() is compiled, not interpreted:
+  switch (method) -> one matcher per distinct candidate list (routes naming the
+  method, and the `*` ones, in file order) -> a radix trie of the candidates'
+  literal pattern bytes, walked with switch/memcmp and gotos -> a terminal: the
+  routes that match a path ending here (or leaving the trie here), in file
+  order, each behind its host/header conditions. Terminals share their common
+  tails, so a long list of conditional routes is emitted once per distinct tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from routesdef import ALL_METHOD_ENUMS, METHOD_ENUM, METHODS, Config, Route
+from routesdef import STRATEGIES as STRATEGY_ENUM  # name -> enumerator
+
+# ---------------------------------------------------------------- literals
+
+
+def cstr(s: str) -> str:
+    """A C++ string literal of the UTF-8 bytes of s (octal escapes: no hex run-on)."""
+    out = ['"']
+    for b in s.encode("utf-8"):
+        c = chr(b)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 32 <= b < 127:
+            out.append(c)
+        else:
+            out.append(f"\\{b:03o}")
+    out.append('"')
+    return "".join(out)
+
+
+def cchar(b: int) -> str:
+    c = chr(b)
+    if c in "'\\":
+        return f"'\\{c}'"
+    if 32 <= b < 127:
+        return f"'{c}'"
+    return f"'\\{b:03o}'"
+
+
+def cbool(v: bool) -> str:
+    return "true" if v else "false"
+
+
+def sv(s: str) -> str:
+    """A string_view initializer: {} for empty (no pointer to a 1-byte literal)."""
+    return cstr(s) if s else "{}"
+
+
+# ---------------------------------------------------------------- tables
+
+
+def emit_settings(c: Config) -> list[str]:
+    s = c.settings
+    fields = [
+        ("workers", str(s.workers)),
+        ("access_log", f"LogTarget::{s.access_log}"),
+        ("access_log_path", sv(s.access_log_path)),
+        ("error_pages", sv(s.error_pages)),
+        ("connect_timeout_ms", str(s.connect_timeout_ms)),
+        ("client_header_timeout_ms", str(s.client_header_timeout_ms)),
+        ("client_idle_timeout_ms", str(s.client_idle_timeout_ms)),
+        ("upstream_timeout_ms", str(s.upstream_timeout_ms)),
+        ("drain_timeout_ms", str(s.drain_timeout_ms)),
+        ("header_bytes", f"{s.header_bytes}u"),
+        ("header_count", f"{s.header_count}u"),
+        ("uri_bytes", f"{s.uri_bytes}u"),
+        ("body_bytes", f"{s.body_bytes}u"),
+        ("requests_per_connection", f"{s.requests_per_connection}u"),
+        ("connections_per_worker", f"{s.connections_per_worker}u"),
+        ("cache", f"CacheKind::{s.cache}"),
+        ("cache_bytes", f"{s.cache_bytes}u"),
+        ("cache_address", sv(s.cache_address)),
+        ("admin_address", sv(s.admin_address)),
+    ]
+    lines = ["constexpr Settings kSettings{"]
+    lines += [f"    .{k} = {v}," for k, v in fields]
+    lines.append("};")
+    return lines
+
+
+def emit_array(ctype: str, name: str, rows: list[str]) -> list[str]:
+    if not rows:
+        return []
+    return [f"constexpr {ctype} {name}[] = {{"] + [f"    {r}," for r in rows] + ["};", ""]
+
+
+def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
+    """The constexpr arrays, and the span initializer of each (`{}` when empty)."""
+    kinds = {"http": "Http", "https": "Https", "tcp": "Tcp"}
+    listeners = [
+        f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
+        f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
+        f".cert_count = {len(lst.certs)}, .line = {lst.line}}}"
+        for lst in c.listeners
+    ]
+    certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]
+    pools = []
+    for p in c.pools:
+        h = p.health
+        if h is not None:
+            health = (f"{{.enabled = true, .method = Method::{METHOD_ENUM[h.method]}, .path = {cstr(h.path)}, "
+                      f".interval_ms = {h.interval_ms}, .timeout_ms = {h.timeout_ms}, .rise = {h.rise}, "
+                      f".fall = {h.fall}, .expect_lo = {h.expect_lo}, .expect_hi = {h.expect_hi}}}")
+        else:
+            health = ("{.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, "
+                      ".rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0}")
+        pools.append(
+            f"{{.name = {cstr(p.name)}, .strategy = Strategy::{STRATEGY_ENUM[p.strategy]}, "
+            f".key = HashKey::{p.key}, .key_name = {sv(p.key_name)}, .first_server = {p.first_server}, "
+            f".server_count = {len(p.servers)},\n     .health = {health},\n     "
+            f".slow_start_ms = {p.slow_start_ms}, .max_fails = {p.max_fails}, "
+            f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}}}")
+    servers = [
+        f"{{.host = {cstr(s.endpoint.host)}, .port = {s.endpoint.port}, .authority = {cstr(s.endpoint.authority)}, "
+        f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}}}"
+        for p in c.pools for s in p.servers
+    ]
+    routes = [
+        f"{{.index = {r.index}, .line = {r.line}, .text = {cstr(r.text)},\n     "
+        f".action = Action::{r.action}, .pool = {r.pool_index}, .status = {r.status}, .retries = {r.retries}, "
+        f".gzip = {cbool(r.gzip)}, .cache_ttl_ms = {r.cache_ms}}}"
+        for r in c.routes
+    ]
+    out: list[str] = []
+    spans: dict[str, str] = {}
+    for ctype, name, rows in (("ListenerDef", "kListeners", listeners), ("CertDef", "kCerts", certs),
+                              ("PoolDef", "kPools", pools), ("ServerDef", "kServers", servers),
+                              ("RouteDef", "kRoutes", routes)):
+        out += emit_array(ctype, name, rows)
+        spans[name] = name if rows else "{}"
+    return out, spans
+
+# ---------------------------------------------------------------- the trie
+
+
+@dataclass
+class Node:
+    depth: int
+    text: bytes  # the path bytes that lead here
+    children: dict[int, tuple[bytes, "Node"]] = field(default_factory=dict)  # first byte -> (edge, node)
+    exact: list[int] = field(default_factory=list)  # routes matching exactly this path
+    prefix: list[int] = field(default_factory=list)  # prefix routes whose literal is this path
+
+
+def insert(root: Node, key: bytes) -> Node:
+    node, rest = root, key
+    while rest:
+        hit = node.children.get(rest[0])
+        if hit is None:
+            child = Node(depth=node.depth + len(rest), text=key)
+            node.children[rest[0]] = (rest, child)
+            return child
+        edge, child = hit
+        k = 0
+        while k < len(edge) and k < len(rest) and edge[k] == rest[k]:
+            k += 1
+        if k < len(edge):  # split the edge at k
+            mid = Node(depth=node.depth + k, text=key[: node.depth + k])
+            mid.children[edge[k]] = (edge[k:], child)
+            node.children[rest[0]] = (edge[:k], mid)
+            child = mid
+        node, rest = child, rest[k:]
+    return node
+
+
+def build_trie(routes: list[Route]) -> Node:
+    root = Node(depth=0, text=b"")
+    for r in routes:
+        lit = r.literal.encode("utf-8")
+        if r.prefix:
+            insert(root, lit).prefix.append(r.index)
+            if lit.endswith(b"/"):  # `/static/*` also matches `/static`
+                insert(root, lit[:-1]).exact.append(r.index)
+        else:
+            insert(root, lit).exact.append(r.index)
+    return root
+
+
+class Matcher:
+    """One matcher function: trie nodes first, then the shared terminal blocks."""
+
+    def __init__(self, name: str, routes: list[Route], all_routes: list[Route]):
+        self.name = name
+        self.all = all_routes
+        self.root = build_trie(routes)
+        self.lines: list[str | tuple[str, str]] = []  # str: code; (label, comment): a label
+        self.referenced: set[str] = set()
+        self.suffix_label: dict[tuple[int, ...], str] = {}
+        self.pending: list[tuple[int, ...]] = []  # terminals referenced, in order, not yet emitted
+        self.node_count = 0
+        self.uses_p = False
+        self.uses_n = False
+        self.uses_cond = False
+
+    # A terminal: routes in file order, cut after the first unconditional one.
+    def terminal(self, indices: list[int]) -> tuple[int, ...]:
+        out: list[int] = []
+        for i in sorted(set(indices)):
+            out.append(i)
+            if not self.all[i].conditional:
+                break
+        return tuple(out)
+
+    def goto_terminal(self, t: tuple[int, ...]) -> str:
+        """A statement that finishes with terminal t: inline when it is one return."""
+        if not t:
+            return "return nullptr;"
+        if len(t) == 1 and not self.all[t[0]].conditional:
+            return f"return &kRoutes[{t[0]}];"
+        label = self.suffix_label.get(t)
+        if label is None:
+            label = f"t{len(self.suffix_label)}"
+            self.suffix_label[t] = label
+            self.pending.append(t)
+        self.referenced.add(label)
+        return f"goto {label};"
+
+    def emit(self) -> list[str]:
+        node_labels: dict[int, str] = {}
+        order: list[tuple[Node, list[int]]] = []
+
+        def walk(node: Node, inherited: list[int]) -> None:
+            acc = inherited + node.prefix
+            order.append((node, acc))
+            for b in sorted(node.children):
+                walk(node.children[b][1], acc)
+
+        walk(self.root, [])
+        # A leaf where every path ends the same way needs no code of its own: its
+        # parent jumps straight to the terminal.
+        leaf_exit: dict[int, str] = {}
+        for node, acc in order:
+            if not node.children and self.terminal(acc) == self.terminal(acc + node.exact):
+                leaf_exit[id(node)] = ""
+        for i, (node, _) in enumerate(order):
+            node_labels[id(node)] = f"n{i}"
+
+        def target(child: Node) -> str:
+            if id(child) in leaf_exit:
+                if not leaf_exit[id(child)]:
+                    leaf_exit[id(child)] = self.goto_terminal(self.terminal(acc_of[id(child)]))
+                return leaf_exit[id(child)]
+            self.referenced.add(node_labels[id(child)])
+            return f"goto {node_labels[id(child)]};"
+
+        acc_of = {id(node): acc for node, acc in order}
+        for node, acc in order:
+            if id(node) in leaf_exit and node is not self.root:
+                continue
+            if node is not self.root:
+                self.lines.append((node_labels[id(node)], cstr_bytes(node.text)))
+            fallback = self.terminal(acc)
+            at_end = self.terminal(acc + node.exact)
+            d = node.depth
+            kids = [node.children[b] for b in sorted(node.children)]
+            if not kids:
+                self.uses_n |= at_end != fallback
+                if at_end == fallback:
+                    self.lines.append(f"  {self.goto_terminal(fallback)}")
+                else:
+                    self.lines.append(f"  if (n == {d}) {self.goto_terminal(at_end)}")
+                    self.lines.append(f"  {self.goto_terminal(fallback)}")
+                continue
+            self.uses_p = self.uses_n = True
+            self.lines.append(f"  if (n == {d}) {self.goto_terminal(at_end)}")
+            if len(kids) == 1:
+                edge, child = kids[0]
+                if len(edge) == 1:
+                    self.lines.append(f"  if (p[{d}] == {cchar(edge[0])}) {target(child)}")
+                else:
+                    self.lines.append(f"  if (n >= {d + len(edge)} && __builtin_memcmp(p + {d}, "
+                                      f"{cstr_bytes(edge)}, {len(edge)}) == 0) {target(child)}")
+            else:
+                self.lines.append(f"  switch (p[{d}]) {{")
+                for edge, child in kids:
+                    if len(edge) == 1:
+                        self.lines.append(f"    case {cchar(edge[0])}: {target(child)}")
+                    else:
+                        self.lines.append(f"    case {cchar(edge[0])}:")
+                        self.lines.append(f"      if (n >= {d + len(edge)} && __builtin_memcmp(p + {d + 1}, "
+                                          f"{cstr_bytes(edge[1:])}, {len(edge) - 1}) == 0) {target(child)}")
+                        self.lines.append("      break;")
+                self.lines.append("  }")
+            self.lines.append(f"  {self.goto_terminal(fallback)}")
+        self.emit_terminals()
+        return self.render()
+
+    def emit_terminals(self) -> None:
+        """Each referenced terminal, as a chain of checks that ends in a return or
+        jumps into the chain of an already emitted terminal with the same tail."""
+        emitted: set[tuple[int, ...]] = set()
+        while self.pending:
+            t = self.pending.pop(0)
+            for k in range(len(t) + 1):
+                tail = t[k:]
+                if tail in emitted:
+                    self.lines.append(f"  goto {self.suffix_label[tail]};")
+                    self.referenced.add(self.suffix_label[tail])
+                    break
+                label = self.suffix_label.setdefault(tail, f"t{len(self.suffix_label)}")
+                emitted.add(tail)
+                if not tail:
+                    self.lines.append((label, ""))
+                    self.lines.append("  return nullptr;")
+                    break
+                r = self.all[tail[0]]
+                self.lines.append((label, ""))
+                if not r.conditional:
+                    self.lines.append(f"  return &kRoutes[{r.index}];  // line {r.line}")
+                    break
+                self.uses_cond = True
+                self.lines.append(f"  if ({conditions(r)}) return &kRoutes[{r.index}];  // line {r.line}")
+
+    def render(self) -> list[str]:
+        body: list[str] = []
+        for item in self.lines:
+            if isinstance(item, tuple):
+                label, comment = item
+                if label in self.referenced:
+                    body.append(f"{label}:" + (f"  // {comment}" if comment else ""))
+            else:
+                body.append(item)
+        param = "r" if self.uses_p or self.uses_n or self.uses_cond else "/*r*/"
+        head = [f"const RouteDef* {self.name}(const RequestHead& {param}) noexcept {{"]
+        if self.uses_p:
+            head.append("  const char* const p = r.path.data();")
+        if self.uses_n:
+            head.append("  const std::size_t n = r.path.size();")
+        return head + body + ["}"]
+
+
+def cstr_bytes(b: bytes) -> str:
+    out = ['"']
+    for x in b:
+        c = chr(x)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif 32 <= x < 127:
+            out.append(c)
+        else:
+            out.append(f"\\{x:03o}")
+    out.append('"')
+    return "".join(out)
+
+
+def conditions(r: Route) -> str:
+    parts = []
+    if r.host is not None:
+        if r.host_suffix:
+            n = len(r.host)
+            parts.append(f"r.host.size() > {n} && iequals(r.host.substr(r.host.size() - {n}), {cstr(r.host)})")
+        else:
+            parts.append(f"iequals(r.host, {cstr(r.host)})")
+    for name, value in r.headers:
+        parts.append(f"r.header({cstr(name)}) == std::string_view({cstr(value)}, {len(value.encode('utf-8'))})")
+    return " && ".join(parts)
+
+
+# ---------------------------------------------------------------- distribute()
+
+
+def emit_distribute(c: Config) -> list[str]:
+    if not c.routes:
+        return ["const RouteDef* distribute(const RequestHead& /*head*/) noexcept { return nullptr; }"]
+    # Candidate list per juggler::Method, in enum order; Other gets only `*` routes.
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for i, enum in enumerate(ALL_METHOD_ENUMS):
+        method = METHODS[i] if i < len(METHODS) else None
+        cands = tuple(r.index for r in c.routes if r.methods is None or (method is not None and method in r.methods))
+        groups.setdefault(cands, []).append(enum)
+    out: list[str] = ["namespace {", ""]
+    names: dict[tuple[int, ...], str] = {}
+    for cands, enums in groups.items():
+        if not cands:
+            continue
+        name = f"match_{len(names)}"
+        names[cands] = name
+        out.append(f"// {', '.join(enums)}: routes {', '.join(str(i) for i in cands)}")
+        out += Matcher(name, [c.routes[i] for i in cands], c.routes).emit()
+        out.append("")
+    out += ["}  // namespace", ""]
+    out.append("const RouteDef* distribute(const RequestHead& r) noexcept {")
+    out.append("  switch (r.method) {")
+    for cands, enums in groups.items():
+        for enum in enums:
+            out.append(f"    case Method::{enum}:")
+        out.append(f"      return {names[cands]}(r);" if cands else "      return nullptr;")
+    out.append("  }")
+    out.append("  return nullptr;")
+    out.append("}")
+    return out
+
+
+# ---------------------------------------------------------------- the file
+
+
+def emit(c: Config, source: str) -> str:
+    tables, spans = emit_tables(c)
+    lines = [
+        f"// DO NOT EDIT: generated by codegen/gen_distributer.py from {source}",
+        f"// Edit {source} instead; the build regenerates this file.",
+        '#include "juggler/route.hpp"',
+        "",
+        "namespace juggler {",
+        "namespace {",
+        "",
+        *emit_settings(c),
+        "",
+        *tables,
+        "}  // namespace",
+        "",
+        "const RouteTable& route_table() noexcept {",
+        "  static constexpr RouteTable table{",
+        f"      .source = {cstr(source)},",
+        "      .settings = kSettings,",
+        f"      .listeners = {spans['kListeners']},",
+        f"      .certs = {spans['kCerts']},",
+        f"      .pools = {spans['kPools']},",
+        f"      .servers = {spans['kServers']},",
+        f"      .routes = {spans['kRoutes']},",
+        "  };",
+        "  return table;",
+        "}",
+        "",
+        *emit_distribute(c),
+        "",
+        "}  // namespace juggler",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,777 @@
+"""routes.def parser and validator (stdlib only).
+
+parse(text) turns the text of a routes file into a Config and a list of
+errors (line, message). It never stops at the first error: every statement is
+checked, then the whole file (pools that exist, listeners that overlap, routes
+that can never match). The emitter (emit_cpp.py) only ever sees a Config that
+produced no error.
+
+Every error is raised as DefError at exactly one place per message, so the
+tests can check that each message has an error file (tests/codegen/errors/).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------- vocabulary
+
+METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+# juggler::Method enumerators, in enum order; "Other" is matched only by `*`.
+METHOD_ENUM = {m: m.capitalize() for m in METHODS}
+ALL_METHOD_ENUMS = [METHOD_ENUM[m] for m in METHODS] + ["Other"]
+
+STRATEGIES = {
+    "round_robin": "RoundRobin",
+    "least_conn": "LeastConn",
+    "random": "Random",
+    "consistent_hash": "ConsistentHash",
+    "least_time": "LeastTime",
+}
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+RESERVED_POOL_NAMES = ("redirect", "respond", "https")
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+DURATION_RE = re.compile(r"([0-9]+)(ms|s|m|h)")
+SIZE_RE = re.compile(r"([0-9]+)([kmg]?)")
+INT_RE = re.compile(r"[0-9]+")
+
+DURATION_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+U16 = (1 << 16) - 1
+U32 = (1 << 32) - 1
+U64 = (1 << 64) - 1
+MAX_ROUTES = U16
+MAX_POOLS = (1 << 15) - 1  # RouteDef::pool and ListenerDef::pool are int16
+MAX_SERVERS = U16
+MAX_CERTS = U16
+
+
+class DefError(Exception):
+    """One error in one statement: the message without the FILE:LINE prefix."""
+
+    # Set by the tests to learn which raise sites fired (the caller's line).
+    trace: list[int] | None = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+        if DefError.trace is not None:
+            DefError.trace.append(sys._getframe(1).f_lineno)
+
+
+def ascii_lower(s: str) -> str:
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in s)
+
+
+# ---------------------------------------------------------------- model
+
+
+@dataclass
+class Endpoint:
+    host: str  # as stored in the table: no brackets, `*` made 0.0.0.0
+    port: int
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None  # None: a DNS name
+    written: str  # as written, e.g. "[::1]:80"
+
+    @property
+    def authority(self) -> str:
+        if self.ip is not None and self.ip.version == 6:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class Listener:
+    line: int
+    kind: str  # http | https | tcp
+    endpoint: Endpoint
+    certs: list[tuple[str, str]] = field(default_factory=list)
+    pool_name: str | None = None
+    pool_index: int = -1
+    first_cert: int = 0
+
+
+@dataclass
+class Server:
+    line: int
+    endpoint: Endpoint
+    weight: int
+    backup: bool
+    pool_index: int
+
+
+@dataclass
+class Health:
+    line: int
+    method: str
+    path: str
+    interval_ms: int = 10_000
+    timeout_ms: int = 2_000
+    rise: int = 2
+    fall: int = 3
+    expect_lo: int = 200
+    expect_hi: int = 399
+
+
+@dataclass
+class Pool:
+    line: int
+    name: str
+    index: int
+    strategy: str = "round_robin"
+    key: str = "None"  # HashKey enumerator
+    key_name: str = ""
+    slow_start_ms: int = 0
+    max_fails: int = 3
+    fail_window_ms: int = 10_000
+    servers: list[Server] = field(default_factory=list)
+    health: Health | None = None
+    first_server: int = 0
+    broken: bool = False  # its own line had an error: no follow-up complaints
+
+
+@dataclass
+class Route:
+    line: int
+    index: int
+    text: str
+    methods: list[str] | None  # None = `*`
+    pattern: str
+    literal: str  # pattern without the trailing `*`
+    prefix: bool
+    host: str | None = None  # lower case; for a wildcard the suffix ".example.com"
+    host_suffix: bool = False
+    headers: list[tuple[str, str]] = field(default_factory=list)  # (lower name, value)
+    action: str = "Proxy"  # Action enumerator
+    pool_name: str | None = None
+    pool_index: int = -1
+    status: int = 0
+    retries: int = 2
+    gzip: bool = False
+    cache_ms: int = 0
+
+    @property
+    def conditional(self) -> bool:
+        return self.host is not None or bool(self.headers)
+
+    def matches_path(self, path: str) -> bool:
+        """The reference semantics of a pattern (the emitter compiles the same)."""
+        lit = self.literal
+        if not self.prefix:
+            return path == lit
+        return path.startswith(lit) or (lit.endswith("/") and path == lit[:-1])
+
+    def matches(self, method: str, path: str, host: str, headers: list[tuple[str, str]]) -> bool:
+        """Reference semantics of a whole route; `method` is a METHODS name or "OTHER"."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        if not self.matches_path(path):
+            return False
+        if self.host is not None:
+            h = ascii_lower(host)
+            if self.host_suffix:
+                if not (len(h) > len(self.host) and h.endswith(self.host)):
+                    return False
+            elif h != self.host:
+                return False
+        for name, value in self.headers:
+            got = next((v for n, v in headers if ascii_lower(n) == name), "")
+            if got != value:
+                return False
+        return True
+
+
+@dataclass
+class Settings:
+    workers: int = 0
+    access_log: str = "Stdout"  # LogTarget enumerator
+    access_log_path: str = ""
+    error_pages: str = ""
+    connect_timeout_ms: int = 2_000
+    client_header_timeout_ms: int = 10_000
+    client_idle_timeout_ms: int = 60_000
+    upstream_timeout_ms: int = 30_000
+    drain_timeout_ms: int = 30_000
+    header_bytes: int = 16 << 10
+    header_count: int = 100
+    uri_bytes: int = 8 << 10
+    body_bytes: int = 100 << 20
+    requests_per_connection: int = 0
+    connections_per_worker: int = 0
+    cache: str = "Off"  # CacheKind enumerator
+    cache_bytes: int = 64 << 20
+    cache_address: str = ""
+    admin_address: str = ""
+    admin_endpoint: Endpoint | None = None
+
+
+@dataclass
+class Config:
+    settings: Settings = field(default_factory=Settings)
+    listeners: list[Listener] = field(default_factory=list)
+    pools: list[Pool] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+    @property
+    def servers(self) -> list[Server]:
+        return [s for p in self.pools for s in p.servers]
+
+    @property
+    def certs(self) -> list[tuple[str, str]]:
+        return [c for lst in self.listeners for c in lst.certs]
+
+
+# ---------------------------------------------------------------- values
+
+
+def parse_int(what: str, tok: str, lo: int, hi: int) -> int:
+    if not INT_RE.fullmatch(tok) or not lo <= int(tok) <= hi:
+        raise DefError(f"bad {what} '{tok}' (expected an integer {lo}..{hi})")
+    return int(tok)
+
+
+def parse_duration(what: str, tok: str, allow_zero: bool = False) -> int:
+    """Milliseconds of `250ms`, `10s`, `2m`, `1h`."""
+    m = DURATION_RE.fullmatch(tok)
+    if not m:
+        raise DefError(f"bad duration '{tok}' for {what} (expected e.g. 250ms, 10s, 2m, 1h)")
+    ms = int(m.group(1)) * DURATION_UNITS[m.group(2)]
+    if ms == 0 and not allow_zero:
+        raise DefError(f"{what} must be longer than 0 (got '{tok}')")
+    if ms > U32:
+        raise DefError(f"duration '{tok}' for {what} is too long (at most 1193h)")
+    return ms
+
+
+def parse_size(what: str, tok: str, lo: int, hi: int) -> int:
+    """Bytes of `512`, `16k`, `8m`, `1g` (1024-based)."""
+    m = SIZE_RE.fullmatch(tok)
+    if not m:
+        raise DefError(f"bad size '{tok}' for {what} (expected e.g. 512, 16k, 8m, 1g)")
+    n = int(m.group(1)) * SIZE_UNITS[m.group(2)]
+    if not lo <= n <= hi:
+        raise DefError(f"size '{tok}' for {what} is out of range (expected {lo}..{hi} bytes)")
+    return n
+
+
+def parse_endpoint(tok: str, role: str) -> Endpoint:
+    """ADDR:PORT. role: "listen" (`*` allowed), "server" (a concrete address),
+    "redis" (a DNS name allowed as well)."""
+    expected = {
+        "listen": "IPv4:PORT, [IPv6]:PORT or *:PORT, e.g. 0.0.0.0:80, [::]:443",
+        "server": "IPv4:PORT or [IPv6]:PORT, e.g. 127.0.0.1:6901",
+        "redis": "HOST:PORT, e.g. 127.0.0.1:6379",
+    }[role]
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    if tok.startswith("["):
+        close = tok.find("]:")
+        inner, port_s = (tok[1:close], tok[close + 2 :]) if close > 0 else ("", "")
+        try:
+            ip = ipaddress.IPv6Address(inner) if "%" not in inner else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            raise DefError(f"bad address '{tok}' (expected {expected})")
+        host = inner
+    else:
+        host, sep, port_s = tok.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise DefError(f"bad address '{tok}' (expected {expected})")
+        if host == "*" and role == "listen":
+            host = "0.0.0.0"
+        try:
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            if role != "redis" or not HOSTNAME_RE.fullmatch(host):
+                raise DefError(f"bad address '{tok}' (expected {expected})") from None
+    if not INT_RE.fullmatch(port_s) or not 1 <= int(port_s) <= 65535:
+        raise DefError(f"bad port in '{tok}' (expected 1..65535)")
+    if role == "server" and ip is not None and ip.is_unspecified:
+        raise DefError(f"server address '{tok}' is not a concrete address (0.0.0.0 and :: are only for listen)")
+    return Endpoint(host=host, port=int(port_s), ip=ip, written=tok)
+
+
+def endpoints_overlap(a: Endpoint, b: Endpoint) -> bool:
+    if a.port != b.port or a.ip is None or b.ip is None or a.ip.version != b.ip.version:
+        return False
+    return a.ip == b.ip or a.ip.is_unspecified or b.ip.is_unspecified
+
+
+class Options:
+    """The `name=value` and bare-flag options after a statement's fixed words."""
+
+    def __init__(self, where: str, tokens: list[str], valued: list[str], flags: list[str] = ()):
+        self.values: dict[str, str] = {}
+        self.flags: set[str] = set()
+        self.order: list[tuple[str, str]] = []
+        known = ", ".join([f"{v}=" for v in valued] + list(flags)) or "none"
+        for tok in tokens:
+            name, eq, value = tok.partition("=")
+            if name not in valued and name not in flags:
+                raise DefError(f"unknown option '{tok}' for {where} (expected: {known})")
+            if name in self.values or name in self.flags:
+                raise DefError(f"option '{name}' given twice")
+            if name in flags:
+                if eq:
+                    raise DefError(f"option '{name}' takes no value (got '{tok}')")
+                self.flags.add(name)
+            else:
+                if not value:
+                    raise DefError(f"option '{name}' needs a value ({name}=...)")
+                self.values[name] = value
+            self.order.append((name, value))
+
+
+# ---------------------------------------------------------------- the parser
+
+
+class Parser:
+    def __init__(self) -> None:
+        self.config = Config()
+        self.errors: list[tuple[int, str]] = []
+        self.set_lines: dict[str, int] = {}
+        self.pool_by_name: dict[str, Pool] = {}
+        self.current_pool: Pool | None = None
+        self.server_count = 0
+        self.cert_count = 0
+
+    def parse(self, text: str) -> tuple[Config, list[tuple[int, str]]]:
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        for number, raw in enumerate(lines, start=1):
+            tokens = raw.split("#", 1)[0].split()
+            if not tokens:
+                continue
+            try:
+                self.statement(number, tokens)
+            except DefError as e:
+                self.errors.append((number, e.message))
+        self.finish()
+        self.errors.sort(key=lambda e: e[0])  # stable: a line's errors keep their order
+        return self.config, self.errors
+
+    def statement(self, line: int, toks: list[str]) -> None:
+        word = toks[0]
+        handler = {
+            "set": self.stmt_set,
+            "listen": self.stmt_listen,
+            "pool": self.stmt_pool,
+            "server": self.stmt_server,
+            "health": self.stmt_health,
+            "route": self.stmt_route,
+        }.get(word)
+        if handler is None:
+            raise DefError(f"unknown statement '{word}' (expected set, listen, pool, server, health or route)")
+        handler(line, toks)
+
+    # ------------------------------------------------------------ set
+
+    SET_KEYS = [
+        "workers", "access_log", "error_pages",
+        "timeout.connect", "timeout.client_header", "timeout.client_idle", "timeout.upstream", "timeout.drain",
+        "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
+        "limit.requests_per_connection", "limit.connections_per_worker",
+        "cache", "admin",
+    ]
+
+    def stmt_set(self, line: int, toks: list[str]) -> None:
+        if len(toks) < 2:
+            raise DefError("'set' needs a key and a value (set KEY VALUE)")
+        key, values = toks[1], toks[2:]
+        if key not in self.SET_KEYS:
+            raise DefError(f"unknown setting '{key}' (expected one of: {', '.join(self.SET_KEYS)})")
+        if key in self.set_lines:
+            raise DefError(f"setting '{key}' is already set at line {self.set_lines[key]}")
+        if not values:
+            raise DefError(f"'set {key}' needs a value")
+        if key != "cache" and len(values) > 1:
+            raise DefError(f"'set {key}' takes one value (unexpected '{values[1]}')")
+        self.set_lines[key] = line
+        s = self.config.settings
+        v = values[0]
+        if key == "workers":
+            s.workers = 0 if v == "auto" else parse_int("workers", v, 1, 256)
+        elif key == "access_log":
+            if v in ("stdout", "off"):
+                s.access_log = "Stdout" if v == "stdout" else "Off"
+            else:
+                s.access_log, s.access_log_path = "File", v
+        elif key == "error_pages":
+            s.error_pages = v
+        elif key.startswith("timeout."):
+            attr = key.split(".")[1] + "_timeout_ms"
+            setattr(s, attr, parse_duration(key, v, allow_zero=(key == "timeout.drain")))
+        elif key == "limit.header_count":
+            s.header_count = parse_int(key, v, 1, U32)
+        elif key == "limit.requests_per_connection":
+            s.requests_per_connection = parse_int(key, v, 0, U32)
+        elif key == "limit.connections_per_worker":
+            s.connections_per_worker = parse_int(key, v, 0, U32)
+        elif key == "limit.uri_bytes":
+            s.uri_bytes = parse_size(key, v, 1, U32)
+        elif key == "limit.header_bytes":
+            s.header_bytes = parse_size(key, v, 1, U64)
+        elif key == "limit.body_bytes":
+            s.body_bytes = parse_size(key, v, 0, U64)
+        elif key == "cache":
+            self.set_cache(values)
+        elif key == "admin":
+            s.admin_endpoint = parse_endpoint(v, "listen")
+            s.admin_address = s.admin_endpoint.authority
+
+    def set_cache(self, values: list[str]) -> None:
+        s = self.config.settings
+        kind, rest = values[0], values[1:]
+        if kind == "off":
+            if rest:
+                raise DefError(f"'set cache off' takes nothing more (unexpected '{rest[0]}')")
+            s.cache = "Off"
+        elif kind == "memory":
+            opts = Options("set cache memory", rest, ["size"])
+            s.cache = "Memory"
+            if "size" in opts.values:
+                s.cache_bytes = parse_size("cache size", opts.values["size"], 1, U64)
+        elif kind == "redis":
+            if len(rest) != 1:
+                raise DefError("'set cache redis' needs one address (set cache redis HOST:PORT)")
+            s.cache = "Redis"
+            s.cache_address = parse_endpoint(rest[0], "redis").written
+        else:
+            raise DefError(f"bad cache '{kind}' (expected memory [size=SIZE], redis HOST:PORT or off)")
+
+    # ------------------------------------------------------------ listen
+
+    def stmt_listen(self, line: int, toks: list[str]) -> None:
+        if len(toks) < 3:
+            raise DefError("'listen' needs a kind and an address (listen http|https|tcp ADDR:PORT)")
+        kind = toks[1]
+        if kind not in ("http", "https", "tcp"):
+            raise DefError(f"unknown listener kind '{kind}' (expected http, https or tcp)")
+        lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
+        rest = toks[3:]
+        if kind == "http":
+            if rest:
+                raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT'")
+        elif kind == "tcp":
+            opts = Options("listen tcp", rest, ["pool"])
+            if "pool" not in opts.values:
+                raise DefError("'listen tcp' needs pool=NAME")
+            lst.pool_name = opts.values["pool"]
+        else:
+            for i, tok in enumerate(rest):
+                name, eq, value = tok.partition("=")
+                if name not in ("cert", "key") or not eq:
+                    raise DefError(f"unknown option '{tok}' for listen https (expected cert=FILE key=FILE pairs)")
+                if not value:
+                    raise DefError(f"option '{name}' needs a value ({name}=FILE)")
+                if name != ("cert" if i % 2 == 0 else "key"):
+                    raise DefError(f"'{tok}' is out of order: give cert=FILE key=FILE pairs, cert first")
+            if not rest:
+                raise DefError("'listen https' needs at least one cert=FILE key=FILE pair")
+            if len(rest) % 2:
+                raise DefError(f"'{rest[-1]}' has no key=FILE after it")
+            lst.certs = [(rest[i].partition("=")[2], rest[i + 1].partition("=")[2]) for i in range(0, len(rest), 2)]
+            if self.cert_count + len(lst.certs) > MAX_CERTS:
+                raise DefError(f"too many certificates (at most {MAX_CERTS})")
+            lst.first_cert = self.cert_count
+            self.cert_count += len(lst.certs)
+        for other in self.config.listeners:
+            if endpoints_overlap(other.endpoint, lst.endpoint):
+                raise DefError(
+                    f"listener {lst.endpoint.written} overlaps {other.endpoint.written} at line {other.line}"
+                    f" (same port, and the same address or a wildcard)")
+        self.config.listeners.append(lst)
+
+    # ------------------------------------------------------------ pool / server / health
+
+    def stmt_pool(self, line: int, toks: list[str]) -> None:
+        # A pool whose line is broken still collects its servers, quietly.
+        pool = Pool(line=line, name="", index=-1, broken=True)
+        self.current_pool = pool
+        if len(toks) < 3:
+            raise DefError("'pool' needs a name and a strategy (pool NAME round_robin|least_conn|random|"
+                           "consistent_hash|least_time)")
+        name, strategy = toks[1], toks[2]
+        if not NAME_RE.fullmatch(name):
+            raise DefError(f"bad pool name '{name}' (expected a letter or _, then letters, digits, _ or -)")
+        if name in RESERVED_POOL_NAMES:
+            raise DefError(f"pool name '{name}' is reserved (it is a word of the route syntax)")
+        if name in self.pool_by_name:
+            raise DefError(f"pool '{name}' is already defined at line {self.pool_by_name[name].line}")
+        pool.name = name
+        self.pool_by_name[name] = pool  # routes to it are not "unknown" even if the rest is broken
+        if strategy not in STRATEGIES:
+            raise DefError(f"unknown strategy '{strategy}' (expected {', '.join(STRATEGIES)})")
+        pool.strategy = strategy
+        opts = Options(f"pool {strategy}", toks[3:], ["key", "slow_start", "max_fails", "fail_window"])
+        if strategy == "consistent_hash":
+            if "key" not in opts.values:
+                raise DefError("consistent_hash needs key=ip|path|header:NAME|cookie:NAME|query:NAME")
+            self.hash_key(pool, opts.values["key"])
+        elif "key" in opts.values:
+            raise DefError(f"key= is only for consistent_hash, not {strategy}")
+        if "slow_start" in opts.values:
+            pool.slow_start_ms = parse_duration("slow_start", opts.values["slow_start"], allow_zero=True)
+        if "max_fails" in opts.values:
+            pool.max_fails = parse_int("max_fails", opts.values["max_fails"], 0, 1000)
+        if "fail_window" in opts.values:
+            pool.fail_window_ms = parse_duration("fail_window", opts.values["fail_window"])
+        if len(self.config.pools) >= MAX_POOLS:
+            raise DefError(f"too many pools (at most {MAX_POOLS})")
+        pool.index = len(self.config.pools)
+        pool.broken = False
+        self.config.pools.append(pool)
+
+    def hash_key(self, pool: Pool, key: str) -> None:
+        kind, colon, name = key.partition(":")
+        if not colon and kind in ("ip", "path"):
+            pool.key = kind.capitalize()
+            return
+        if colon and kind in ("header", "cookie", "query"):
+            if not TOKEN_RE.fullmatch(name):
+                raise DefError(f"bad {kind} name '{name}' in key={key} (expected a token: letters, digits, -, _ ...)")
+            pool.key = kind.capitalize()
+            pool.key_name = ascii_lower(name) if kind == "header" else name
+            return
+        raise DefError(f"bad hash key '{key}' (expected ip, path, header:NAME, cookie:NAME or query:NAME)")
+
+    def pool_for(self, what: str) -> Pool:
+        if self.current_pool is None:
+            raise DefError(f"'{what}' outside a pool (put it after a 'pool NAME STRATEGY' line)")
+        return self.current_pool
+
+    def stmt_server(self, line: int, toks: list[str]) -> None:
+        pool = self.pool_for("server")
+        if len(toks) < 2:
+            raise DefError("'server' needs an address (server ADDR:PORT [weight=N] [backup])")
+        ep = parse_endpoint(toks[1], "server")
+        opts = Options("server", toks[2:], ["weight"], ["backup"])
+        weight = parse_int("weight", opts.values["weight"], 1, 256) if "weight" in opts.values else 1
+        for other in pool.servers:
+            if other.endpoint.ip == ep.ip and other.endpoint.port == ep.port:
+                raise DefError(f"server {ep.written} is already in pool '{pool.name}' at line {other.line}")
+        if self.server_count >= MAX_SERVERS:
+            raise DefError(f"too many servers (at most {MAX_SERVERS})")
+        self.server_count += 1
+        pool.servers.append(Server(line=line, endpoint=ep, weight=weight, backup="backup" in opts.flags,
+                                   pool_index=pool.index))
+
+    def stmt_health(self, line: int, toks: list[str]) -> None:
+        pool = self.pool_for("health")
+        if pool.health is not None:
+            raise DefError(f"pool '{pool.name}' already has a health check at line {pool.health.line}")
+        if len(toks) < 3:
+            raise DefError("'health' needs a method and a path (health GET /ping [interval=DUR] ...)")
+        method, path = toks[1], toks[2]
+        if method not in METHODS:
+            raise DefError(f"unknown method '{method}' (expected {', '.join(METHODS)})")
+        if not path.startswith("/"):
+            raise DefError(f"health check path '{path}' must start with '/'")
+        h = Health(line=line, method=method, path=path)
+        opts = Options("health", toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
+        v = opts.values
+        if "interval" in v:
+            h.interval_ms = parse_duration("interval", v["interval"])
+        if "timeout" in v:
+            h.timeout_ms = parse_duration("timeout", v["timeout"])
+        if "rise" in v:
+            h.rise = parse_int("rise", v["rise"], 1, 255)
+        if "fall" in v:
+            h.fall = parse_int("fall", v["fall"], 1, 255)
+        if "expect" in v:
+            m = re.fullmatch(r"([0-9]{3})-([0-9]{3})", v["expect"])
+            if not m or not 100 <= int(m.group(1)) <= int(m.group(2)) <= 599:
+                raise DefError(f"bad expect '{v['expect']}' (expected LO-HI with 100 <= LO <= HI <= 599, e.g. 200-399)")
+            h.expect_lo, h.expect_hi = int(m.group(1)), int(m.group(2))
+        if h.timeout_ms >= h.interval_ms:
+            raise DefError(f"health timeout ({h.timeout_ms}ms) must be shorter than its interval ({h.interval_ms}ms)")
+        pool.health = h
+
+    # ------------------------------------------------------------ route
+
+    def stmt_route(self, line: int, toks: list[str]) -> None:
+        if "->" not in toks:
+            raise DefError("route needs '-> ACTION' (route METHODS PATTERN [CONDITIONS] -> ACTION [OPTIONS])")
+        arrow = toks.index("->")
+        head, tail = toks[1:arrow], toks[arrow + 1 :]
+        if len(head) < 2:
+            raise DefError("route needs methods and a pattern before '->' (e.g. route GET,HEAD /static/* -> web)")
+        methods = self.route_methods(head[0])
+        pattern = head[1]
+        if not pattern.startswith("/"):
+            raise DefError(f"route pattern '{pattern}' must start with '/'")
+        if "*" in pattern[:-1]:
+            raise DefError(f"'*' is only allowed at the end of a pattern (got '{pattern}')")
+        if "?" in pattern:
+            raise DefError(f"route pattern '{pattern}' contains '?': patterns match the path, never the query")
+        prefix = pattern.endswith("*")
+        r = Route(line=line, index=len(self.config.routes), text=" ".join(toks), methods=methods,
+                  pattern=pattern, literal=pattern[:-1] if prefix else pattern, prefix=prefix)
+        for cond in head[2:]:
+            self.route_condition(r, cond)
+        self.route_action(r, tail)
+        if len(self.config.routes) >= MAX_ROUTES:
+            raise DefError(f"too many routes (at most {MAX_ROUTES})")
+        self.config.routes.append(r)
+
+    @staticmethod
+    def route_methods(tok: str) -> list[str] | None:
+        if tok == "*":
+            return None
+        methods: list[str] = []
+        for m in tok.split(","):
+            if m not in METHODS:
+                if not m:
+                    raise DefError(f"bad method list '{tok}' (expected * or e.g. GET,HEAD)")
+                raise DefError(f"unknown method '{m}' (expected * or a comma list of {', '.join(METHODS)})")
+            if m in methods:
+                raise DefError(f"method '{m}' is listed twice")
+            methods.append(m)
+        return methods
+
+    @staticmethod
+    def route_condition(r: Route, cond: str) -> None:
+        if cond.startswith("host="):
+            if r.host is not None:
+                raise DefError("host= given twice (a route matches one host or one *.domain)")
+            host = cond[len("host="):]
+            bare = host[2:] if host.startswith("*.") else host
+            if not HOSTNAME_RE.fullmatch(bare) or ".." in bare:
+                raise DefError(f"bad host '{host}' (expected a name like api.example.com or *.example.com, "
+                               "without a port)")
+            r.host_suffix = host.startswith("*.")
+            r.host = ascii_lower(host[1:] if r.host_suffix else host)
+        elif cond.startswith("header:"):
+            name, eq, value = cond[len("header:"):].partition("=")
+            if not eq or not TOKEN_RE.fullmatch(name):
+                raise DefError(f"bad header condition '{cond}' (expected header:NAME=VALUE)")
+            if not value:
+                raise DefError(f"header condition '{cond}' needs a value (header:NAME=VALUE)")
+            lname = ascii_lower(name)
+            if any(n == lname for n, _ in r.headers):
+                raise DefError(f"header '{name}' is tested twice in one route")
+            r.headers.append((lname, value))
+        else:
+            raise DefError(f"unknown route condition '{cond}' (expected host=HOST or header:NAME=VALUE before '->')")
+
+    @staticmethod
+    def route_action(r: Route, tail: list[str]) -> None:
+        if not tail:
+            raise DefError("route needs an action after '->' (POOL, redirect POOL CODE, redirect https CODE "
+                           "or respond CODE)")
+        word = tail[0]
+        if word == "redirect":
+            if len(tail) < 3:
+                raise DefError("redirect needs a target and a code (redirect POOL CODE or redirect https CODE)")
+            target, code, rest = tail[1], tail[2], tail[3:]
+            if not INT_RE.fullmatch(code) or int(code) not in REDIRECT_CODES:
+                raise DefError(f"bad redirect code '{code}' (expected 301, 302, 303, 307 or 308)")
+            r.status = int(code)
+            if target == "https":
+                r.action = "RedirectHttps"
+            else:
+                r.action, r.pool_name = "Redirect", target
+        elif word == "respond":
+            if len(tail) < 2:
+                raise DefError("respond needs a status code (respond CODE, e.g. respond 200)")
+            code, rest = tail[1], tail[2:]
+            if not INT_RE.fullmatch(code) or not 200 <= int(code) <= 599:
+                raise DefError(f"bad status '{code}' for respond (expected 200..599)")
+            r.action, r.status = "Respond", int(code)
+        else:
+            r.action, r.pool_name, rest = "Proxy", word, tail[1:]
+        if r.action != "Proxy" and rest:
+            if rest[0].partition("=")[0] in ("gzip", "cache", "retries"):
+                raise DefError(f"option '{rest[0]}' is only for routes that proxy to a pool (-> POOL {rest[0]})")
+            raise DefError(f"unexpected '{rest[0]}' after the action")
+        opts = Options("a route", rest, ["cache", "retries"], ["gzip"])
+        r.gzip = "gzip" in opts.flags
+        if "cache" in opts.values:
+            r.cache_ms = parse_duration("cache", opts.values["cache"])
+        if "retries" in opts.values:
+            r.retries = parse_int("retries", opts.values["retries"], 0, 10)
+        if r.action != "Proxy":
+            r.retries = 0
+
+    # ------------------------------------------------------------ whole file
+
+    def finish(self) -> None:
+        c = self.config
+        if not c.listeners:
+            self.errors.append((1, DefError("no 'listen' statement: a routes file needs at least one "
+                                            "(listen http|https|tcp ADDR:PORT)").message))
+        for pool in c.pools:
+            if not pool.servers:
+                self.errors.append((pool.line, DefError(
+                    f"pool '{pool.name}' has no servers (add 'server ADDR:PORT' lines after it)").message))
+            elif all(s.backup for s in pool.servers):
+                self.errors.append((pool.line, DefError(
+                    f"pool '{pool.name}' has only backup servers (at least one must not be backup)").message))
+        first = 0
+        for pool in c.pools:
+            pool.first_server = first
+            first += len(pool.servers)
+        for lst in c.listeners:
+            if lst.pool_name is not None:
+                lst.pool_index = self.resolve(lst.line, lst.pool_name, "listener")
+        admin = c.settings.admin_endpoint
+        if admin is not None:
+            for lst in c.listeners:
+                if endpoints_overlap(admin, lst.endpoint):
+                    self.errors.append((self.set_lines["admin"], DefError(
+                        f"admin address {admin.written} overlaps the listener at line {lst.line}").message))
+                    break
+        for r in c.routes:
+            if r.pool_name is not None:
+                r.pool_index = self.resolve(r.line, r.pool_name, "route")
+        self.check_shadowed()
+
+    def resolve(self, line: int, name: str, who: str) -> int:
+        pool = self.pool_by_name.get(name)
+        if pool is None:
+            self.errors.append((line, DefError(f"{who} refers to unknown pool '{name}'").message))
+            return -1
+        return pool.index
+
+    def check_shadowed(self) -> None:
+        """The obvious dead routes: an earlier unconditional route whose methods
+        and pattern cover this one's. Earlier unconditional routes are indexed by
+        literal, so a big file costs O(routes x pattern length), not O(routes^2)."""
+        by_literal: dict[str, list[Route]] = {}
+        for later in self.config.routes:
+            lit = later.literal
+            candidates = [lit[:k] for k in range(len(lit) + 1)] + [lit + "/"]
+            shadow: Route | None = None
+            for c in candidates:
+                for earlier in by_literal.get(c, ()):
+                    if (shadow is None or earlier.index < shadow.index) and covers(earlier, later) and (
+                            earlier.methods is None or
+                            (later.methods is not None and set(later.methods) <= set(earlier.methods))):
+                        shadow = earlier
+            if shadow is not None:
+                self.errors.append((later.line, DefError(
+                    f"route is unreachable: shadowed by the route at line {shadow.line}").message))
+            if not later.conditional:
+                by_literal.setdefault(lit, []).append(later)
+
+
+def covers(a: Route, b: Route) -> bool:
+    """Every path b's pattern matches, a's pattern matches too."""
+    if not b.prefix:
+        return a.matches_path(b.literal)
+    if not a.prefix or not b.literal.startswith(a.literal):
+        return False
+    # b also matches its literal without the trailing '/'.
+    return not b.literal.endswith("/") or a.matches_path(b.literal[:-1])
+
+
+def parse(text: str) -> tuple[Config, list[tuple[int, str]]]:
+    return Parser().parse(text)

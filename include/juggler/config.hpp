@@ -1,0 +1,45 @@
+// Command-line options (CLI11) and the effective configuration: the compiled
+// settings of routes.def with the command line laid over them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "juggler/log.hpp"
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+struct Options {
+  int workers = -1;        // -1: routes.def's `set workers`
+  int port = -1;           // -1: as compiled; overrides the first http listener
+  std::string access_log;  // empty: routes.def's; else PATH | stdout | off
+  LogLevel log_level = LogLevel::Info;
+  bool check = false;
+};
+
+// Parses argv. Returns -1 to go on, or the exit status when the program must
+// stop now (--help, --version, or a usage error, already printed).
+int parse_options(int argc, char** argv, Options& out);
+
+struct Config {
+  const RouteTable* table = nullptr;
+  Settings settings{};        // compiled settings, overridden by Options
+  std::uint32_t workers = 1;  // resolved (auto = cores)
+  int port_override = -1;
+  std::string access_log_path;  // when settings.access_log == File
+  LogLevel log_level = LogLevel::Info;
+};
+
+// Builds the effective configuration. Throws std::runtime_error with a
+// message for the operator when an option is invalid.
+Config make_config(const RouteTable& table, const Options& opts);
+
+// Human-readable tables of listeners, pools, servers and routes (--check).
+std::string describe_table(const RouteTable& table);
+
+// Features compiled from routes.def whose run-time side is not built yet: one
+// line each ("routes.def:12: gzip is not implemented yet"); empty when none.
+std::string unsupported_features(const RouteTable& table);
+
+}  // namespace juggler

@@ -1,0 +1,179 @@
+// HTTP/1.1 message parsing on top of llhttp, for both directions.
+//
+// A MessageParser is fed the bytes of a connection's read buffer. It stops
+// (pauses llhttp) twice per message: once the head is complete and once the
+// message is complete, so the caller can route, connect and forward between
+// the two. The head is described by pointers into the caller's buffer, which
+// must not move until the message is complete; nothing is copied.
+#pragma once
+
+#include <llhttp.h>
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+// The headers the proxy acts on, classified once while parsing.
+enum class HeaderKind : std::uint8_t {
+  Other,
+  Host,
+  ContentLength,
+  TransferEncoding,
+  Connection,        // hop-by-hop, and names more hop-by-hop headers
+  HopByHop,          // Keep-Alive, Proxy-Connection, TE, Trailer, Upgrade
+  XForwardedFor,
+  XForwardedProto,
+  XForwardedHost,
+  Expect,
+};
+
+struct HeaderSpan {
+  const char* line;      // first byte of the header line (its name)
+  std::uint32_t name_len;
+  std::uint32_t value_off;   // value starts at line + value_off
+  std::uint32_t value_len;
+  HeaderKind kind;
+  bool drop;             // not forwarded (hop-by-hop, or replaced by the proxy)
+};
+
+enum class ParseEvent : std::uint8_t {
+  NeedMore,         // everything given was consumed; feed more
+  HeadComplete,     // head() is valid; body bytes (if any) start at the returned position
+  MessageComplete,  // the message ended at the returned position
+  Error,            // error_status() says which answer to give
+};
+
+class MessageParser {
+ public:
+  // `headers` is caller-owned storage for up to `max_headers` entries; it must
+  // outlive the parser's use of it.
+  void init(llhttp_type_t type, HeaderSpan* headers, std::uint32_t max_headers) noexcept;
+
+  // Prepare for the next message on the same connection.
+  void reset() noexcept;
+
+  // Parse [data, data+len). `*consumed` is how many bytes belong to what was
+  // reported: for HeadComplete, the head's bytes; for MessageComplete, up to the
+  // end of the message; for NeedMore, all of them.
+  ParseEvent feed(const char* data, std::size_t len, std::size_t* consumed) noexcept;
+
+  // Tell the parser the peer closed. Returns MessageComplete when the message
+  // was delimited by the close (a response without length), Error otherwise.
+  ParseEvent finish() noexcept;
+
+  // For responses: the request was HEAD, so the response has no body. Call
+  // before feeding the response.
+  void expect_no_body() noexcept { no_body_ = true; }
+
+  // --- the head (valid from HeadComplete until reset()) ---
+  const char* head_begin() const noexcept { return head_begin_; }
+  std::size_t head_len() const noexcept { return static_cast<std::size_t>(head_end_ - head_begin_); }
+  // The request line or status line including its CRLF.
+  std::string_view first_line() const noexcept;
+  std::string_view url() const noexcept { return {url_, url_len_}; }
+  HeaderSpan* headers() const noexcept { return headers_; }
+  std::uint32_t header_count() const noexcept { return count_; }
+  std::string_view header_name(const HeaderSpan& h) const noexcept { return {h.line, h.name_len}; }
+  std::string_view header_value(const HeaderSpan& h) const noexcept { return {h.line + h.value_off, h.value_len}; }
+  // The whole line of header i, up to and including its CRLF (and any folded lines).
+  std::string_view header_line(std::uint32_t i) const noexcept;
+
+  std::uint8_t method() const noexcept { return parser_.method; }
+  int status() const noexcept { return parser_.status_code; }
+  int http_minor() const noexcept { return parser_.http_minor; }
+  int http_major() const noexcept { return parser_.http_major; }
+  bool keep_alive() const noexcept { return llhttp_should_keep_alive(&parser_) != 0; }
+  bool chunked() const noexcept { return (parser_.flags & F_CHUNKED) != 0; }
+  bool has_content_length() const noexcept { return (parser_.flags & F_CONTENT_LENGTH) != 0; }
+  std::uint64_t content_length() const noexcept { return content_length_; }
+  // A body follows the head (chunked, a non-zero length, or until close).
+  bool has_body() const noexcept { return has_body_; }
+  bool body_until_close() const noexcept { return until_close_; }
+  bool expect_continue() const noexcept { return expect_continue_; }
+  bool connection_close() const noexcept { return connection_close_; }
+  // Headers were dropped: the head cannot be forwarded as its raw bytes.
+  bool has_dropped() const noexcept { return dropped_; }
+
+  // Error answer: 400, 413 (body too large is the caller's), 431, 501...
+  int error_status() const noexcept { return error_status_; }
+  const char* error_reason() const noexcept { return error_reason_; }
+
+  std::uint64_t max_head_bytes = 16384;
+
+ private:
+  static int on_method(llhttp_t*, const char*, std::size_t);
+  static int on_url(llhttp_t*, const char*, std::size_t);
+  static int on_status(llhttp_t*, const char*, std::size_t);
+  static int on_header_field(llhttp_t*, const char*, std::size_t);
+  static int on_header_field_complete(llhttp_t*);
+  static int on_header_value(llhttp_t*, const char*, std::size_t);
+  static int on_header_value_complete(llhttp_t*);
+  static int on_headers_complete(llhttp_t*);
+  static int on_message_complete(llhttp_t*);
+  static const llhttp_settings_t kSettings;
+
+  int fail(int status, const char* reason) noexcept;
+  int classify_header() noexcept;
+  int check_head() noexcept;
+
+  llhttp_t parser_{};
+  HeaderSpan* headers_ = nullptr;
+  std::uint32_t max_headers_ = 0;
+  std::uint32_t count_ = 0;
+  const char* head_begin_ = nullptr;
+  const char* head_end_ = nullptr;
+  const char* url_ = nullptr;
+  std::uint32_t url_len_ = 0;
+  const char* field_end_ = nullptr;  // end of the current header name
+  const char* value_begin_ = nullptr;
+  const char* value_end_ = nullptr;
+  std::uint64_t content_length_ = 0;
+  std::uint8_t host_count_ = 0;
+  bool in_field_ = false;
+  bool no_body_ = false;
+  bool has_body_ = false;
+  bool until_close_ = false;
+  bool expect_continue_ = false;
+  bool connection_close_ = false;
+  bool dropped_ = false;
+  bool head_done_ = false;
+  bool te_chunked_ = false;  // a Transfer-Encoding token says chunked
+  int error_status_ = 0;
+  const char* error_reason_ = nullptr;
+};
+
+// Maps llhttp's method numbers onto the methods a route can name.
+Method route_method(std::uint8_t llhttp_method) noexcept;
+
+// Fill `head` (method, target, path, query, host) from a parsed request head.
+// `headers` is storage for the Header views routes may inspect.
+void describe_request(const MessageParser& p, Header* headers, RequestHead& head) noexcept;
+
+// The request head to forward, as iov slices: the original bytes with dropped
+// headers (hop-by-hop, client-sent X-Forwarded-*) cut out, then the lines we
+// add, written into `scratch`: X-Forwarded-For (the client's list with
+// `client_ip` appended), X-Forwarded-Proto: `proto`, X-Forwarded-Host, Via and
+// the final CRLF. `iov` needs room for header_count() + 2 entries. Returns the
+// iov count; *scratch_len is what was written to scratch.
+unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, std::string_view proto,
+                           char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov);
+
+// The response head for the client. Returns 0 when the raw bytes can be sent
+// as they are (nothing dropped and `connection` empty); else fills `iov` with
+// the kept lines, `connection` (a whole "Connection: ...\r\n" line, or empty)
+// and the final CRLF, and returns the count (at most header_count() + 3).
+unsigned edit_response_head(const MessageParser& p, std::string_view connection, uv_buf_t* iov);
+
+// Canned answers: constant bytes, never formatted per request.
+// `close` selects the variant with `Connection: close`.
+std::string_view canned_reply(int status, bool close) noexcept;
+
+// The reason phrase of a status code ("Not Found"); "Unknown" when unlisted.
+std::string_view status_reason(int status) noexcept;
+
+}  // namespace juggler

@@ -1,0 +1,186 @@
+// The types of a compiled route table: the seam between the code generator
+// (codegen/gen_distributer.py, which writes generated/distributer.cpp) and the
+// run-time core. The generated file includes this header and nothing else.
+//
+// Everything here is a literal type so the generator can emit `constexpr`
+// arrays; nothing here allocates.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+namespace juggler {
+
+// HTTP methods a route can name. The session maps llhttp's method numbers onto
+// these once per request (a 256-entry table); anything else is Method::Other and
+// matches only routes written with `*`.
+enum class Method : std::uint8_t { Get, Head, Post, Put, Delete, Connect, Options, Trace, Patch, Other };
+inline constexpr std::size_t kMethodCount = 10;
+
+struct Header {
+  std::string_view name;
+  std::string_view value;
+};
+
+// What distribute() and the strategies look at. Every view points into the
+// session's read buffer; nothing is copied.
+struct RequestHead {
+  Method method = Method::Other;
+  std::string_view target;  // the request-target as received
+  std::string_view path;    // target without the query (and without scheme://authority)
+  std::string_view query;   // after '?', without it; empty when absent
+  std::string_view host;    // Host (or the absolute-form authority) without the port, as received
+  std::span<const Header> headers;
+
+  // First header called `lower_name` (given in lower case), compared without
+  // regard to case; empty when absent. A linear scan: only routes with header
+  // conditions and hashing strategies call it.
+  [[nodiscard]] std::string_view header(std::string_view lower_name) const noexcept;
+};
+
+// ASCII case-insensitive equality of `a` with `lower`, which must be lower case.
+[[nodiscard]] constexpr bool iequals(std::string_view a, std::string_view lower) noexcept {
+  if (a.size() != lower.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    char c = a[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    if (c != lower[i]) return false;
+  }
+  return true;
+}
+
+inline std::string_view RequestHead::header(std::string_view lower_name) const noexcept {
+  for (const Header& h : headers)
+    if (iequals(h.name, lower_name)) return h.value;
+  return {};
+}
+
+// ---------------------------------------------------------------- listeners
+
+enum class ListenKind : std::uint8_t { Http, Https, Tcp };
+
+struct CertDef {
+  std::string_view cert_file;
+  std::string_view key_file;
+};
+
+struct ListenerDef {
+  ListenKind kind;
+  std::string_view host;     // numeric address as written: "0.0.0.0", "::", "127.0.0.1"
+  std::uint16_t port;
+  std::int16_t pool;         // Tcp: index into pools(); -1 otherwise
+  std::uint16_t first_cert;  // Https: range in certs(); the first is the default
+  std::uint16_t cert_count;
+  std::uint32_t line;        // routes.def line, for messages
+};
+
+// ---------------------------------------------------------------- pools
+
+enum class Strategy : std::uint8_t { RoundRobin, LeastConn, Random, ConsistentHash, LeastTime };
+enum class HashKey : std::uint8_t { None, Ip, Header, Cookie, Path, Query };
+
+struct ServerDef {
+  std::string_view host;       // numeric address: "127.0.0.1", "::1"
+  std::uint16_t port;
+  std::string_view authority;  // "127.0.0.1:6901", "[::1]:6901": logs, redirects, hashing
+  std::uint16_t weight;        // 1..256
+  bool backup;
+  std::uint16_t pool;          // owning pool
+  std::uint32_t line;
+};
+
+struct HealthDef {
+  bool enabled;
+  Method method;
+  std::string_view path;
+  std::uint32_t interval_ms;
+  std::uint32_t timeout_ms;
+  std::uint8_t rise;
+  std::uint8_t fall;
+  std::uint16_t expect_lo;  // accepted status range, inclusive
+  std::uint16_t expect_hi;
+};
+
+struct PoolDef {
+  std::string_view name;
+  Strategy strategy;
+  HashKey key;
+  std::string_view key_name;  // Header: lower-case header name; Cookie/Query: name as written
+  std::uint16_t first_server; // range in servers(); all servers of a pool are contiguous
+  std::uint16_t server_count;
+  HealthDef health;
+  std::uint32_t slow_start_ms;  // 0 = off
+  std::uint16_t max_fails;
+  std::uint32_t fail_window_ms;
+  std::uint32_t line;
+};
+
+// ---------------------------------------------------------------- routes
+
+enum class Action : std::uint8_t {
+  Proxy,          // forward to `pool`
+  Redirect,       // answer `status` with Location: http://<picked server authority><target>
+  RedirectHttps,  // answer `status` with Location: https://<host><target>
+  Respond,        // answer `status` with an empty body
+};
+
+struct RouteDef {
+  std::uint16_t index;     // position in routes(), file order
+  std::uint32_t line;      // routes.def line
+  std::string_view text;   // the statement as written (whitespace folded), for --check and logs
+  Action action;
+  std::int16_t pool;       // Proxy / Redirect; -1 otherwise
+  std::uint16_t status;    // Redirect / RedirectHttps / Respond
+  std::uint8_t retries;    // Proxy: extra attempts on another server
+  bool gzip;
+  std::uint32_t cache_ttl_ms;  // 0 = not cached
+};
+
+// ---------------------------------------------------------------- settings
+
+enum class CacheKind : std::uint8_t { Off, Memory, Redis };
+enum class LogTarget : std::uint8_t { Off, Stdout, File };
+
+struct Settings {
+  std::uint16_t workers;  // 0 = auto (one per core)
+  LogTarget access_log;
+  std::string_view access_log_path;  // File only
+  std::string_view error_pages;      // directory; empty = built-in pages
+  std::uint32_t connect_timeout_ms;
+  std::uint32_t client_header_timeout_ms;
+  std::uint32_t client_idle_timeout_ms;
+  std::uint32_t upstream_timeout_ms;
+  std::uint32_t drain_timeout_ms;
+  std::uint64_t header_bytes;
+  std::uint32_t header_count;
+  std::uint32_t uri_bytes;
+  std::uint64_t body_bytes;
+  std::uint32_t requests_per_connection;  // 0 = unlimited
+  std::uint32_t connections_per_worker;   // 0 = unlimited
+  CacheKind cache;
+  std::uint64_t cache_bytes;       // Memory
+  std::string_view cache_address;  // Redis: "127.0.0.1:6379"
+  std::string_view admin_address;  // empty = no admin listener
+};
+
+struct RouteTable {
+  std::string_view source;  // the routes file it was generated from
+  const Settings& settings;
+  std::span<const ListenerDef> listeners;
+  std::span<const CertDef> certs;
+  std::span<const PoolDef> pools;
+  std::span<const ServerDef> servers;
+  std::span<const RouteDef> routes;
+};
+
+// Defined by the generated file.
+// route_table(): the compiled tables; a reference to static storage.
+// distribute(): the first route, in file order, whose method, path pattern and
+// conditions match `head`; nullptr when none does (the caller answers 404).
+// Both are pure, thread-safe and allocation-free.
+const RouteTable& route_table() noexcept;
+const RouteDef* distribute(const RequestHead& head) noexcept;
+
+}  // namespace juggler

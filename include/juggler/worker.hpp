@@ -1,0 +1,157 @@
+// The per-worker state and the connection types of the request path. Types
+// only (plus tiny inline helpers): session, upstream and runtime all include it,
+// so the three never include each other.
+#pragma once
+
+#include <netinet/in.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "juggler/balance.hpp"
+#include "juggler/buffer.hpp"
+#include "juggler/config.hpp"
+#include "juggler/http.hpp"
+#include "juggler/log.hpp"
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+struct Worker;
+struct Exchange;
+
+// Process-wide, read-only after start-up (but for the atomics).
+struct Shared {
+  Config config;
+  std::vector<sockaddr_storage> server_addrs;        // per compiled server
+  std::unique_ptr<ServerHealth[]> health;            // per compiled server
+  std::vector<std::string> route_replies;            // per route: canned bytes for Respond
+};
+
+struct ClientSession {
+  uv_tcp_t tcp;
+  uv_timer_t timer;   // header timeout while a head arrives, idle timeout between requests
+  uv_write_t write_req;
+  uv_shutdown_t shutdown_req;
+  Worker* worker;
+  Exchange* ex = nullptr;
+  Buffer* in = nullptr;
+  std::uint32_t in_len = 0;     // bytes in `in`
+  std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
+  std::uint32_t requests = 0;
+  std::uint8_t handles_open = 0;
+  bool reading = false;
+  bool eof = false;
+  bool closing = false;
+  bool write_pending = false;
+  bool close_after_write = false;
+  bool lingering = false;       // answered and shut down: reading only to discard
+  std::uint8_t ip_len = 0;
+  char ip[46];
+  ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
+  ClientSession* next = nullptr;
+};
+
+struct UpstreamConn {
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  Worker* worker;
+  Exchange* ex = nullptr;  // the exchange using it; null while idle
+  Buffer* in = nullptr;
+  std::uint32_t in_len = 0;
+  std::uint32_t parse_pos = 0;
+  std::uint16_t server = 0;
+  bool connected = false;
+  bool reused = false;
+  bool closing = false;
+  bool write_pending = false;
+  bool reading = false;
+  std::uint64_t idle_since_ms = 0;
+  UpstreamConn* prev = nullptr;  // idle list of its server
+  UpstreamConn* next = nullptr;
+};
+
+enum class Phase : std::uint8_t { Head, Upstream, Local };
+
+// One request/response in flight. Pooled per worker; its arrays are sized
+// once from limit.header_count.
+struct Exchange {
+  Worker* worker = nullptr;
+  ClientSession* client = nullptr;
+  UpstreamConn* up = nullptr;
+  uv_timer_t timer;  // connect / response timeouts; initialised once, lives as long as the worker
+  MessageParser req;
+  MessageParser resp;
+  std::unique_ptr<HeaderSpan[]> req_headers;
+  std::unique_ptr<HeaderSpan[]> resp_headers;
+  std::unique_ptr<Header[]> route_headers;
+  std::unique_ptr<uv_buf_t[]> iov;
+  std::uint32_t iov_cap = 0;
+  RequestHead head;
+  const RouteDef* route = nullptr;
+  Tried tried;
+  int server = -1;
+  Phase phase = Phase::Head;
+  std::uint8_t attempts = 0;
+  std::uint8_t retries_left = 0;
+  // request side (offsets into client->in)
+  std::uint32_t head_end = 0;    // end of the head in client->in
+  std::uint32_t body_end = 0;    // end of the body bytes parsed so far
+  std::uint32_t sent_to = 0;     // bytes of client->in already written upstream (head counts from head_end)
+  bool head_sent = false;
+  bool req_complete = false;
+  bool replayable = true;        // the whole request is still in client->in
+  bool client_close = false;     // close the client connection after this exchange
+  bool is_head = false;
+  // response side
+  bool resp_started = false;     // a byte of the final response went to the client
+  bool resp_complete = false;
+  bool upstream_reusable = false;
+  int status = 0;
+  std::uint64_t bytes_out = 0;
+  std::uint64_t start_us = 0;
+  std::uint64_t last_read_ms = 0;  // the body timer re-arms lazily from this
+  // What the proxy adds to the request head: X-Forwarded-*, Via, the final CRLF.
+  std::unique_ptr<char[]> scratch;
+  std::uint32_t scratch_cap = 0;
+  std::uint32_t scratch_len = 0;
+  char resp_extra[64];
+  std::uint32_t resp_extra_len = 0;
+  // For the access log: the request line, Referer and User-Agent, copied at
+  // head time because a streamed body may reuse the buffer the head was in.
+  char log_text[512];
+  std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;
+  Exchange* next_free = nullptr;
+};
+
+struct IdleList {
+  UpstreamConn* head = nullptr;
+  std::uint32_t count = 0;
+};
+
+struct Worker {
+  Worker(Shared& shared, std::uint32_t id, int access_log_fd);
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  Shared& shared;
+  std::uint32_t id;
+  uv_loop_t loop;
+  BufferPool buffers;
+  Balancer balancer;
+  AccessLog access_log;
+  std::vector<IdleList> idle;  // per compiled server
+  Exchange* free_exchanges = nullptr;
+  std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
+  ClientSession* sessions = nullptr;                 // live client sessions
+  std::uint32_t session_count = 0;
+  std::uint32_t active_exchanges = 0;
+  bool draining = false;
+  std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
+};
+
+}  // namespace juggler

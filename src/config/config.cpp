@@ -1,0 +1,141 @@
+#include "juggler/config.hpp"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace juggler {
+
+int parse_options(int argc, char** argv, Options& out) {
+  CLI::App app{"juggler: an HTTP load balancer whose routing is compiled from routes.def"};
+  app.set_version_flag("--version", std::string("juggler ") + JUGGLER_VERSION + " (routes from " +
+                                        std::string(route_table().source) + ")");
+  std::string level = "info";
+  app.add_option("--workers,-w", out.workers, "worker threads (default: routes.def's `set workers`, auto = one per core)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--port,-p", out.port, "port of the first http listener (0 = any free port)")
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--access-log", out.access_log, "PATH, stdout or off (default: routes.def's `set access_log`)");
+  app.add_option("--log-level", level, "debug, info, warn, error or off")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
+  app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  parse_log_level(level, out.log_level);
+  return -1;
+}
+
+Config make_config(const RouteTable& table, const Options& opts) {
+  Config c;
+  c.table = &table;
+  c.settings = table.settings;
+  c.log_level = opts.log_level;
+  unsigned cores = std::thread::hardware_concurrency();
+  c.workers = opts.workers > 0 ? static_cast<std::uint32_t>(opts.workers)
+              : table.settings.workers ? table.settings.workers
+                                       : (cores ? cores : 1);
+  c.port_override = opts.port;
+  if (!opts.access_log.empty()) {
+    if (opts.access_log == "off") c.settings.access_log = LogTarget::Off;
+    else if (opts.access_log == "stdout") c.settings.access_log = LogTarget::Stdout;
+    else {
+      c.settings.access_log = LogTarget::File;
+      c.access_log_path = opts.access_log;
+    }
+  } else if (c.settings.access_log == LogTarget::File) {
+    c.access_log_path = std::string(c.settings.access_log_path);
+  }
+  if (opts.port >= 0) {
+    bool has_http = false;
+    for (const ListenerDef& l : table.listeners) has_http |= l.kind == ListenKind::Http;
+    if (!has_http) throw std::runtime_error("--port: " + std::string(table.source) + " has no http listener");
+  }
+  return c;
+}
+
+namespace {
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::RoundRobin: return "round_robin";
+    case Strategy::LeastConn: return "least_conn";
+    case Strategy::Random: return "random";
+    case Strategy::ConsistentHash: return "consistent_hash";
+    case Strategy::LeastTime: return "least_time";
+  }
+  return "?";
+}
+const char* kind_name(ListenKind k) {
+  switch (k) {
+    case ListenKind::Http: return "http";
+    case ListenKind::Https: return "https";
+    case ListenKind::Tcp: return "tcp";
+  }
+  return "?";
+}
+}  // namespace
+
+std::string describe_table(const RouteTable& t) {
+  std::ostringstream o;
+  o << "routes compiled from " << t.source << "\n\nlisteners\n";
+  for (const ListenerDef& l : t.listeners) {
+    o << "  " << kind_name(l.kind) << "  " << l.host << ":" << l.port;
+    if (l.kind == ListenKind::Tcp && l.pool >= 0) o << "  pool=" << t.pools[static_cast<std::size_t>(l.pool)].name;
+    for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
+    o << "\n";
+  }
+  o << "\npools\n";
+  for (const PoolDef& p : t.pools) {
+    o << "  " << p.name << "  " << strategy_name(p.strategy);
+    if (p.health.enabled) o << "  health=" << p.health.path << " every " << p.health.interval_ms << "ms";
+    o << "\n";
+    for (std::uint16_t i = 0; i < p.server_count; ++i) {
+      const ServerDef& s = t.servers[p.first_server + i];
+      o << "    server " << s.authority << "  weight=" << s.weight << (s.backup ? "  backup" : "") << "\n";
+    }
+  }
+  o << "\nroutes (first match wins)\n";
+  for (const RouteDef& r : t.routes) o << "  " << r.index + 1 << ". line " << r.line << ": " << r.text << "\n";
+  const Settings& s = t.settings;
+  o << "\nsettings\n  workers " << (s.workers ? std::to_string(s.workers) : std::string("auto"))
+    << "\n  timeout.connect " << s.connect_timeout_ms << "ms, client_header " << s.client_header_timeout_ms
+    << "ms, client_idle " << s.client_idle_timeout_ms << "ms, upstream " << s.upstream_timeout_ms
+    << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
+    << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n";
+  return o.str();
+}
+
+std::string unsupported_features(const RouteTable& t) {
+  std::ostringstream o;
+  auto at = [&](std::uint32_t line) -> std::ostringstream& {
+    o << t.source << ":" << line << ": ";
+    return o;
+  };
+  for (const ListenerDef& l : t.listeners) {
+    if (l.kind == ListenKind::Https) at(l.line) << "https listeners (TLS termination) are not implemented yet\n";
+    if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
+  }
+  for (const PoolDef& p : t.pools) {
+    if (p.strategy != Strategy::RoundRobin)
+      at(p.line) << "strategy " << strategy_name(p.strategy) << " is not implemented yet\n";
+    if (p.health.enabled) at(p.line) << "health checks are not implemented yet\n";
+    if (p.slow_start_ms) at(p.line) << "slow_start is not implemented yet\n";
+  }
+  for (const RouteDef& r : t.routes) {
+    if (r.gzip) at(r.line) << "gzip is not implemented yet\n";
+    if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
+    if (r.action == Action::Redirect || r.action == Action::RedirectHttps)
+      at(r.line) << "redirect is not implemented yet\n";
+  }
+  const Settings& s = t.settings;
+  if (s.cache != CacheKind::Off) o << t.source << ": set cache: response caching is not implemented yet\n";
+  if (!s.admin_address.empty()) o << t.source << ": set admin: the admin listener is not implemented yet\n";
+  if (!s.error_pages.empty()) o << t.source << ": set error_pages: custom error pages are not implemented yet\n";
+  return o.str();
+}
+
+}  // namespace juggler

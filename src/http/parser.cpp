@@ -1,0 +1,385 @@
+// llhttp wrapper: records the head as spans into the caller's buffer and
+// refuses the framings that enable request smuggling.
+#include <cstring>
+
+#include "juggler/http.hpp"
+
+namespace juggler {
+
+namespace {
+
+MessageParser& self(llhttp_t* p) { return *static_cast<MessageParser*>(p->data); }
+
+bool is_ows(char c) { return c == ' ' || c == '\t'; }
+
+HeaderKind classify(std::string_view n) noexcept {
+  switch (n.size()) {
+    case 2:
+      if (iequals(n, "te")) return HeaderKind::HopByHop;
+      break;
+    case 4:
+      if (iequals(n, "host")) return HeaderKind::Host;
+      break;
+    case 6:
+      if (iequals(n, "expect")) return HeaderKind::Expect;
+      break;
+    case 7:
+      if (iequals(n, "trailer")) return HeaderKind::HopByHop;
+      if (iequals(n, "upgrade")) return HeaderKind::HopByHop;
+      break;
+    case 10:
+      if (iequals(n, "connection")) return HeaderKind::Connection;
+      if (iequals(n, "keep-alive")) return HeaderKind::HopByHop;
+      break;
+    case 14:
+      if (iequals(n, "content-length")) return HeaderKind::ContentLength;
+      break;
+    case 15:
+      if (iequals(n, "x-forwarded-for")) return HeaderKind::XForwardedFor;
+      break;
+    case 16:
+      if (iequals(n, "proxy-connection")) return HeaderKind::HopByHop;
+      if (iequals(n, "x-forwarded-host")) return HeaderKind::XForwardedHost;
+      break;
+    case 17:
+      if (iequals(n, "transfer-encoding")) return HeaderKind::TransferEncoding;
+      if (iequals(n, "x-forwarded-proto")) return HeaderKind::XForwardedProto;
+      break;
+    default:
+      break;
+  }
+  return HeaderKind::Other;
+}
+
+// Calls f(token) for each comma-separated token of a list header value.
+template <class F>
+void for_each_token(std::string_view v, F&& f) {
+  std::size_t i = 0;
+  while (i < v.size()) {
+    while (i < v.size() && (is_ows(v[i]) || v[i] == ',')) ++i;
+    std::size_t b = i;
+    while (i < v.size() && v[i] != ',') ++i;
+    std::size_t e = i;
+    while (e > b && is_ows(v[e - 1])) --e;
+    if (e > b) f(v.substr(b, e - b));
+  }
+}
+
+}  // namespace
+
+const llhttp_settings_t MessageParser::kSettings = [] {
+  llhttp_settings_t s;
+  llhttp_settings_init(&s);
+  s.on_method = &MessageParser::on_method;
+  s.on_url = &MessageParser::on_url;
+  s.on_status = &MessageParser::on_status;
+  s.on_header_field = &MessageParser::on_header_field;
+  s.on_header_field_complete = &MessageParser::on_header_field_complete;
+  s.on_header_value = &MessageParser::on_header_value;
+  s.on_header_value_complete = &MessageParser::on_header_value_complete;
+  s.on_headers_complete = &MessageParser::on_headers_complete;
+  s.on_message_complete = &MessageParser::on_message_complete;
+  return s;
+}();
+
+void MessageParser::init(llhttp_type_t type, HeaderSpan* headers, std::uint32_t max_headers) noexcept {
+  llhttp_init(&parser_, type, &kSettings);
+  parser_.data = this;
+  headers_ = headers;
+  max_headers_ = max_headers;
+  reset();
+}
+
+void MessageParser::reset() noexcept {
+  count_ = 0;
+  head_begin_ = head_end_ = url_ = nullptr;
+  url_len_ = 0;
+  field_end_ = value_begin_ = value_end_ = nullptr;
+  content_length_ = 0;
+  host_count_ = 0;
+  in_field_ = no_body_ = has_body_ = until_close_ = expect_continue_ = false;
+  connection_close_ = dropped_ = head_done_ = te_chunked_ = false;
+  error_status_ = 0;
+  error_reason_ = nullptr;
+}
+
+int MessageParser::fail(int status, const char* reason) noexcept {
+  error_status_ = status;
+  error_reason_ = reason;
+  llhttp_set_error_reason(&parser_, reason);
+  return HPE_USER;
+}
+
+int MessageParser::on_method(llhttp_t* p, const char* at, std::size_t) {
+  MessageParser& m = self(p);
+  if (!m.head_begin_ || m.count_ == 0) m.head_begin_ = at;  // skips leading empty lines
+  return 0;
+}
+
+int MessageParser::on_url(llhttp_t* p, const char* at, std::size_t len) {
+  MessageParser& m = self(p);
+  if (!m.url_) m.url_ = at;
+  m.url_len_ = static_cast<std::uint32_t>(at + len - m.url_);
+  return 0;
+}
+
+int MessageParser::on_status(llhttp_t*, const char*, std::size_t) { return 0; }
+
+int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len) {
+  MessageParser& m = self(p);
+  if (!m.in_field_) {
+    if (m.count_ >= m.max_headers_) return m.fail(431, "too many header fields");
+    HeaderSpan& h = m.headers_[m.count_];
+    h = HeaderSpan{at, 0, 0, 0, HeaderKind::Other, false};
+    m.in_field_ = true;
+    m.value_begin_ = m.value_end_ = nullptr;
+  }
+  m.field_end_ = at + len;
+  return 0;
+}
+
+int MessageParser::on_header_field_complete(llhttp_t* p) {
+  MessageParser& m = self(p);
+  HeaderSpan& h = m.headers_[m.count_];
+  h.name_len = static_cast<std::uint32_t>(m.field_end_ - h.line);
+  // llhttp 8 accepts "Name : value"; a space before the colon is a smuggling
+  // vector (RFC 9112 5.1: MUST reject).
+  if (h.name_len == 0 || is_ows(h.line[h.name_len - 1])) return m.fail(400, "whitespace before colon");
+  h.kind = classify({h.line, h.name_len});
+  return 0;
+}
+
+int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len) {
+  MessageParser& m = self(p);
+  if (!m.value_begin_) m.value_begin_ = at;
+  m.value_end_ = at + len;
+  return 0;
+}
+
+int MessageParser::on_header_value_complete(llhttp_t* p) {
+  MessageParser& m = self(p);
+  HeaderSpan& h = m.headers_[m.count_];
+  if (m.value_begin_) {
+    h.value_off = static_cast<std::uint32_t>(m.value_begin_ - h.line);
+    h.value_len = static_cast<std::uint32_t>(m.value_end_ - m.value_begin_);
+  } else {
+    h.value_off = h.name_len + 1;
+    h.value_len = 0;
+  }
+  std::string_view v{h.line + h.value_off, h.value_len};
+  // obs-fold (a value continued on the next line) and bare CR are refused.
+  if (v.find_first_of("\r\n") != std::string_view::npos) return m.fail(400, "folded or broken header line");
+  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
+  h.value_len = static_cast<std::uint32_t>(v.size());
+  switch (h.kind) {
+    case HeaderKind::Host:
+      if (++m.host_count_ > 1) return m.fail(400, "more than one Host header");
+      break;
+    case HeaderKind::Expect:
+      if (iequals(v, "100-continue")) m.expect_continue_ = true;
+      else return m.fail(417, "unsupported expectation");
+      break;  // forwarded: the server's 100 Continue is relayed to the client
+    case HeaderKind::TransferEncoding:
+      for_each_token(v, [&](std::string_view t) {
+        if (iequals(t, "chunked")) m.te_chunked_ = true;
+      });
+      break;
+    case HeaderKind::Connection:
+      for_each_token(v, [&](std::string_view t) {
+        if (iequals(t, "close")) m.connection_close_ = true;
+      });
+      h.drop = true;
+      m.dropped_ = true;
+      break;
+    case HeaderKind::HopByHop:
+      h.drop = true;
+      m.dropped_ = true;
+      break;
+    default:
+      break;
+  }
+  ++m.count_;
+  m.in_field_ = false;
+  return 0;
+}
+
+int MessageParser::check_head() noexcept {
+  const bool request = parser_.type == HTTP_REQUEST;
+  if (request) {
+    if (parser_.http_major == 1 && parser_.http_minor >= 1 && host_count_ == 0)
+      return fail(400, "HTTP/1.1 request without Host");
+    if ((parser_.flags & F_TRANSFER_ENCODING) && parser_.http_minor == 0 && parser_.http_major == 1)
+      return fail(400, "Transfer-Encoding on HTTP/1.0");
+    if (parser_.method == HTTP_CONNECT) return fail(501, "CONNECT is not supported");
+    // llhttp checks this only after the head (where we pause): refuse it here,
+    // before the request is routed. RFC 9112 6.3: chunked must be the final
+    // coding of a request, else 400; a coding we do not know at all is 501.
+    if ((parser_.flags & F_TRANSFER_ENCODING) && !(parser_.flags & F_CHUNKED))
+      return te_chunked_ ? fail(400, "chunked is not the final transfer coding")
+                         : fail(501, "unknown transfer coding");
+  }
+  // Headers named by Connection are hop-by-hop too.
+  for (std::uint32_t i = 0; i < count_; ++i) {
+    if (headers_[i].kind != HeaderKind::Connection) continue;
+    for_each_token(header_value(headers_[i]), [&](std::string_view t) {
+      if (iequals(t, "close") || iequals(t, "keep-alive")) return;
+      for (std::uint32_t j = 0; j < count_; ++j) {
+        std::string_view n = header_name(headers_[j]);
+        if (n.size() != t.size()) continue;
+        bool eq = true;
+        for (std::size_t k = 0; k < n.size() && eq; ++k)
+          eq = ((n[k] | 0x20) == (t[k] | 0x20));
+        // Never let a client strip the framing headers this way.
+        if (eq && headers_[j].kind != HeaderKind::ContentLength &&
+            headers_[j].kind != HeaderKind::TransferEncoding && headers_[j].kind != HeaderKind::Host)
+          headers_[j].drop = true;
+      }
+    });
+  }
+  return 0;
+}
+
+int MessageParser::on_headers_complete(llhttp_t* p) {
+  MessageParser& m = self(p);
+  if (int rc = m.check_head(); rc != 0) return rc;
+  m.content_length_ = p->content_length;
+  if (p->type == HTTP_RESPONSE) {
+    int s = p->status_code;
+    if (m.no_body_ || s / 100 == 1 || s == 204 || s == 304) p->flags |= F_SKIPBODY;
+  }
+  const bool skip = (p->flags & F_SKIPBODY) != 0;
+  m.until_close_ = !skip && !(p->flags & F_CHUNKED) && !(p->flags & F_CONTENT_LENGTH) &&
+                   llhttp_message_needs_eof(p);
+  m.has_body_ = !skip && ((p->flags & F_CHUNKED) || m.content_length_ > 0 || m.until_close_);
+  m.head_done_ = true;
+  return HPE_PAUSED;
+}
+
+int MessageParser::on_message_complete(llhttp_t*) { return HPE_PAUSED; }
+
+std::string_view MessageParser::first_line() const noexcept {
+  const char* end = count_ ? headers_[0].line : head_end_;
+  if (!count_) {
+    if (end > head_begin_ && end[-1] == '\n') --end;
+    if (end > head_begin_ && end[-1] == '\r') --end;
+  }
+  return {head_begin_, static_cast<std::size_t>(end - head_begin_)};
+}
+
+std::string_view MessageParser::header_line(std::uint32_t i) const noexcept {
+  const char* b = headers_[i].line;
+  const char* e;
+  if (i + 1 < count_) {
+    e = headers_[i + 1].line;
+  } else {
+    e = head_end_;
+    if (e > b && e[-1] == '\n') --e;  // the empty line that ends the head
+    if (e > b && e[-1] == '\r') --e;
+  }
+  return {b, static_cast<std::size_t>(e - b)};
+}
+
+ParseEvent MessageParser::feed(const char* data, std::size_t len, std::size_t* consumed) noexcept {
+  if (!head_begin_) head_begin_ = data;
+  llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (err == HPE_OK) {
+    *consumed = len;
+    if (!head_done_ && static_cast<std::uint64_t>(data + len - head_begin_) > max_head_bytes) {
+      error_status_ = 431;
+      error_reason_ = "request head too large";
+      return ParseEvent::Error;
+    }
+    return ParseEvent::NeedMore;
+  }
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    const char* pos = llhttp_get_error_pos(&parser_);
+    *consumed = static_cast<std::size_t>(pos - data);
+    if (err == HPE_PAUSED) llhttp_resume(&parser_);
+    else llhttp_resume_after_upgrade(&parser_);
+    if (head_done_ && !head_end_) {
+      head_end_ = pos;
+      if (head_len() > max_head_bytes) {
+        error_status_ = 431;
+        error_reason_ = "request head too large";
+        return ParseEvent::Error;
+      }
+      return ParseEvent::HeadComplete;
+    }
+    return ParseEvent::MessageComplete;
+  }
+  if (error_status_ == 0) {
+    error_status_ = 400;
+    error_reason_ = llhttp_get_error_reason(&parser_);
+    if (!error_reason_) error_reason_ = llhttp_errno_name(err);
+  }
+  *consumed = static_cast<std::size_t>(llhttp_get_error_pos(&parser_) - data);
+  return ParseEvent::Error;
+}
+
+ParseEvent MessageParser::finish() noexcept {
+  llhttp_errno_t err = llhttp_finish(&parser_);
+  if (err == HPE_OK || err == HPE_PAUSED) return ParseEvent::MessageComplete;
+  error_status_ = 502;
+  error_reason_ = "message cut short";
+  return ParseEvent::Error;
+}
+
+Method route_method(std::uint8_t m) noexcept {
+  switch (m) {
+    case HTTP_GET: return Method::Get;
+    case HTTP_HEAD: return Method::Head;
+    case HTTP_POST: return Method::Post;
+    case HTTP_PUT: return Method::Put;
+    case HTTP_DELETE: return Method::Delete;
+    case HTTP_CONNECT: return Method::Connect;
+    case HTTP_OPTIONS: return Method::Options;
+    case HTTP_TRACE: return Method::Trace;
+    case HTTP_PATCH: return Method::Patch;
+    default: return Method::Other;
+  }
+}
+
+namespace {
+std::string_view strip_port(std::string_view h) noexcept {
+  if (!h.empty() && h[0] == '[') {
+    std::size_t e = h.find(']');
+    return e == std::string_view::npos ? h : h.substr(0, e + 1);
+  }
+  std::size_t c = h.find(':');
+  return c == std::string_view::npos ? h : h.substr(0, c);
+}
+}  // namespace
+
+void describe_request(const MessageParser& p, Header* headers, RequestHead& head) noexcept {
+  head.method = route_method(p.method());
+  std::string_view url = p.url();
+  head.target = url;
+  std::string_view authority;
+  std::string_view rest = url;
+  if (!url.empty() && url[0] != '/' && url != "*") {
+    // absolute-form: scheme://authority/path?query
+    std::size_t s = url.find("://");
+    if (s != std::string_view::npos) {
+      std::size_t a = s + 3;
+      std::size_t e = url.find_first_of("/?", a);
+      authority = url.substr(a, e == std::string_view::npos ? std::string_view::npos : e - a);
+      rest = e == std::string_view::npos ? std::string_view("/") : url.substr(e);
+      if (!rest.empty() && rest[0] == '?') rest = url.substr(e);
+    }
+  }
+  std::size_t q = rest.find('?');
+  head.path = q == std::string_view::npos ? rest : rest.substr(0, q);
+  if (head.path.empty()) head.path = "/";
+  head.query = q == std::string_view::npos ? std::string_view{} : rest.substr(q + 1);
+  std::uint32_t n = p.header_count();
+  std::string_view host;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const HeaderSpan& h = p.headers()[i];
+    headers[i] = Header{p.header_name(h), p.header_value(h)};
+    if (h.kind == HeaderKind::Host) host = headers[i].value;
+  }
+  head.host = strip_port(authority.empty() ? host : authority);
+  head.headers = std::span<const Header>(headers, n);
+}
+
+}  // namespace juggler

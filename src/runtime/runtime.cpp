@@ -1,0 +1,277 @@
+// Start-up, worker threads and shutdown.
+//
+// Sockets are bound in the main thread (so a bind error stops start-up with a
+// clear message before any thread runs), one per worker and listener with
+// SO_REUSEPORT; each worker then listens on its own and the kernel spreads
+// connections across them. SIGTERM/SIGINT drain: workers close their
+// listeners, finish what is in flight and exit; a second signal exits at once.
+#include "juggler/runtime.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "juggler/session.hpp"
+#include "juggler/upstream.hpp"
+#include "juggler/worker.hpp"
+
+namespace juggler {
+
+Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
+    : shared(s),
+      id(i),
+      loop(),
+      buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096),
+      balancer(*s.config.table, s.health.get(), i),
+      access_log(access_log_fd),
+      idle(s.config.table->servers.size()) {}
+
+namespace {
+
+constexpr std::uint64_t kTickMs = 250;
+
+struct ListenSpec {
+  std::string host;
+  std::uint16_t port;
+  std::vector<int> fds;  // one per worker
+};
+
+sockaddr_storage make_addr(std::string_view host, std::uint16_t port) {
+  sockaddr_storage ss{};
+  std::string h(host);
+  if (!h.empty() && h.front() == '[') h = h.substr(1, h.size() - 2);
+  if (h.find(':') != std::string::npos) {
+    if (uv_ip6_addr(h.c_str(), port, reinterpret_cast<sockaddr_in6*>(&ss)) != 0)
+      throw std::runtime_error("bad IPv6 address '" + h + "'");
+  } else if (uv_ip4_addr(h.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
+    throw std::runtime_error("bad IPv4 address '" + h + "'");
+  }
+  return ss;
+}
+
+int bind_one(const std::string& host, std::uint16_t port, std::string_view source, std::uint32_t line) {
+  sockaddr_storage ss = make_addr(host, port);
+  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  socklen_t len = ss.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    ::close(fd);
+    std::string where = std::string(source) + ":" + std::to_string(line) + ": cannot listen on " + host + ":" +
+                        std::to_string(port) + ": " + std::strerror(e);
+    if (e == EACCES) where += " (ports below 1024 need root: run with sudo, or pick another port with --port)";
+    if (e == EADDRINUSE) where += " (another process holds it; stop it or pick another port with --port)";
+    throw std::runtime_error(where);
+  }
+  // Listening already here: connections queue from the moment we say so.
+  if (::listen(fd, 1024) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw std::runtime_error("listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(e));
+  }
+  return fd;
+}
+
+std::uint16_t bound_port(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+struct WorkerThread {
+  std::unique_ptr<Worker> worker;
+  std::vector<int> fds;
+  std::vector<std::unique_ptr<uv_tcp_t>> listeners;
+  uv_async_t stop;
+  uv_timer_t tick;
+  std::thread thread;
+  bool stopping = false;
+  bool done = false;
+};
+
+std::atomic<int> g_workers_left{0};
+uv_async_t* g_main_wakeup = nullptr;
+
+void close_listeners(WorkerThread* t) {
+  for (auto& l : t->listeners)
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(l.get()))) uv_close(reinterpret_cast<uv_handle_t*>(l.get()), nullptr);
+}
+
+void finish_worker(WorkerThread* t) {
+  if (t->done) return;
+  t->done = true;
+  Worker& w = *t->worker;
+  w.access_log.flush();
+  upstream_sweep(w, true);
+  session_free_exchanges(w);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
+}
+
+void on_tick(uv_timer_t* h) {
+  auto* t = static_cast<WorkerThread*>(h->data);
+  Worker& w = *t->worker;
+  w.access_log.flush();
+  upstream_sweep(w, false);
+  if (t->stopping && w.session_count == 0) finish_worker(t);
+}
+
+// Runs in the main thread before the worker starts, so a signal can reach the
+// worker from its first moment.
+void prepare_worker(WorkerThread* t) {
+  Worker& w = *t->worker;
+  uv_loop_init(&w.loop);
+  uv_async_init(&w.loop, &t->stop, [](uv_async_t* a) {
+    auto* th = static_cast<WorkerThread*>(a->data);
+    if (th->stopping) return;
+    th->stopping = true;
+    th->worker->draining = true;
+    close_listeners(th);
+    session_drain(*th->worker);
+    upstream_sweep(*th->worker, true);
+    if (th->worker->session_count == 0) finish_worker(th);
+  });
+  t->stop.data = t;
+  uv_timer_init(&w.loop, &t->tick);
+  t->tick.data = t;
+  uv_timer_start(&t->tick, on_tick, kTickMs, kTickMs);
+}
+
+void worker_main(WorkerThread* t) {
+  Worker& w = *t->worker;
+  for (int fd : t->fds) {
+    auto l = std::make_unique<uv_tcp_t>();
+    uv_tcp_init(&w.loop, l.get());
+    l->data = &w;
+    int rc = uv_tcp_open(l.get(), fd);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, session_on_connection);
+    if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
+    t->listeners.push_back(std::move(l));
+  }
+  uv_run(&w.loop, UV_RUN_DEFAULT);
+  w.access_log.flush();
+  uv_loop_close(&w.loop);
+  if (g_workers_left.fetch_sub(1) == 1 && g_main_wakeup) uv_async_send(g_main_wakeup);
+}
+
+}  // namespace
+
+int run(const Config& config) {
+  const RouteTable& table = *config.table;
+  std::signal(SIGPIPE, SIG_IGN);
+
+  Shared shared;
+  shared.config = config;
+  shared.health = std::make_unique<ServerHealth[]>(table.servers.size());
+  for (const ServerDef& s : table.servers) shared.server_addrs.push_back(make_addr(s.host, s.port));
+  for (const RouteDef& r : table.routes) {
+    if (r.action != Action::Respond) {
+      shared.route_replies.emplace_back();
+      continue;
+    }
+    std::string head = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(status_reason(r.status)) +
+                       "\r\nContent-Length: 0\r\n";
+    shared.route_replies.push_back(head + "\r\n" + '\0' + head + "Connection: close\r\n\r\n");
+  }
+
+  int log_fd = -1;
+  if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
+  if (config.settings.access_log == LogTarget::File) {
+    log_fd = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (log_fd < 0)
+      throw std::runtime_error("access log " + config.access_log_path + ": " + std::strerror(errno));
+  }
+
+  // Bind everything before starting any thread.
+  const std::uint32_t n = config.workers;
+  std::vector<WorkerThread> threads(n);
+  std::vector<std::string> announce;
+  bool first_http = true;
+  for (const ListenerDef& l : table.listeners) {
+    if (l.kind != ListenKind::Http) continue;
+    std::uint16_t port = l.port;
+    if (first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
+    first_http = false;
+    std::string host(l.host);
+    for (std::uint32_t i = 0; i < n; ++i) {
+      int fd = bind_one(host, port, table.source, l.line);
+      if (port == 0) port = bound_port(fd);  // the others join the port the kernel chose
+      threads[i].fds.push_back(fd);
+    }
+    announce.push_back("listening on http://" + host + ":" + std::to_string(port));
+  }
+
+  uv_loop_t main_loop;
+  uv_loop_init(&main_loop);
+  uv_async_t wakeup;
+  uv_async_init(&main_loop, &wakeup, [](uv_async_t* a) { uv_stop(a->loop); });
+  g_main_wakeup = &wakeup;
+  g_workers_left = static_cast<int>(n);
+
+  for (std::uint32_t i = 0; i < n; ++i) {
+    threads[i].worker = std::make_unique<Worker>(shared, i, log_fd);
+    prepare_worker(&threads[i]);
+  }
+  for (auto& t : threads) t.thread = std::thread(worker_main, &t);
+
+  struct SignalState {
+    std::vector<WorkerThread>* threads;
+    int count = 0;
+    uv_timer_t drain_timer;
+    std::uint32_t drain_ms;
+  } sig{&threads, 0, {}, config.settings.drain_timeout_ms};
+  uv_timer_init(&main_loop, &sig.drain_timer);
+  sig.drain_timer.data = &sig;
+  uv_signal_t sigterm, sigint;
+  auto on_signal = [](uv_signal_t* h, int signum) {
+    auto* st = static_cast<SignalState*>(h->data);
+    if (++st->count > 1) {
+      log(LogLevel::Warn, "second signal: exiting now");
+      std::_Exit(1);
+    }
+    log(LogLevel::Info, "signal %d: draining (up to %u ms; send it again to exit at once)", signum, st->drain_ms);
+    for (auto& t : *st->threads) uv_async_send(&t.stop);
+    uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
+      log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
+      std::_Exit(1);
+    }, st->drain_ms, 0);
+  };
+  uv_signal_init(&main_loop, &sigterm);
+  uv_signal_init(&main_loop, &sigint);
+  sigterm.data = sigint.data = &sig;
+  uv_signal_start(&sigterm, on_signal, SIGTERM);
+  uv_signal_start(&sigint, on_signal, SIGINT);
+  // Said only now: tests (and operators' scripts) may connect or signal at once.
+  for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
+
+  // A worker could have finished before the wakeup handle was armed.
+  if (g_workers_left.load() > 0) uv_run(&main_loop, UV_RUN_DEFAULT);
+  for (auto& t : threads) t.thread.join();
+  g_main_wakeup = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sig.drain_timer), nullptr);
+  uv_run(&main_loop, UV_RUN_DEFAULT);
+  uv_loop_close(&main_loop);
+  if (log_fd > 2) ::close(log_fd);
+  log(LogLevel::Info, "stopped");
+  return 0;
+}
+
+}  // namespace juggler

@@ -1,0 +1,932 @@
+// The request path: a client connection's bytes are parsed, routed by the
+// compiled table, and relayed to a server and back.
+//
+// Ownership: a ClientSession and an UpstreamConn are freed in their handles'
+// close callbacks. An Exchange belongs to the worker's pool and is attached to
+// one session while a request is in flight. Sessions and exchanges are torn
+// down only from libuv callbacks at the top of the stack (never from inside a
+// write helper), so no function touches an object after it was released.
+//
+// Bytes are never copied between the two sides: what is read into one side's
+// buffer is written to the other from that buffer (uv_try_write first, uv_write
+// for the rest), and that side's reading stops until the write completes.
+#include "juggler/session.hpp"
+
+#include <netinet/in.h>
+
+#include <cstring>
+
+#include "juggler/upstream.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr std::string_view kConnClose = "Connection: close\r\n";
+constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
+constexpr std::uint64_t kLingerMs = 2000;
+
+inline uv_stream_t* stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
+inline uv_handle_t* handle(void* h) { return static_cast<uv_handle_t*>(h); }
+inline std::uint64_t now_us() { return uv_hrtime() / 1000; }
+inline const Settings& settings(Worker& w) { return w.shared.config.settings; }
+
+void process_client(ClientSession* s);
+void process_upstream(Exchange* ex);
+void connect_upstream(Exchange* ex);
+void client_abort(ClientSession* s);
+void client_finish(ClientSession* s, bool linger);
+void finish_exchange(Exchange* ex);
+void update_client_reading(ClientSession* s);
+void on_client_write(uv_write_t* req, int status);
+
+// ---------------------------------------------------------------- exchanges
+
+Exchange* exchange_get(Worker& w) {
+  Exchange* ex = w.free_exchanges;
+  if (ex) {
+    w.free_exchanges = ex->next_free;
+  } else {
+    const Settings& st = settings(w);
+    auto owned = std::make_unique<Exchange>();
+    ex = owned.get();
+    const std::uint32_t hc = st.header_count ? st.header_count : 1;
+    ex->worker = &w;
+    ex->req_headers = std::make_unique<HeaderSpan[]>(hc);
+    ex->resp_headers = std::make_unique<HeaderSpan[]>(hc);
+    ex->route_headers = std::make_unique<Header[]>(hc);
+    ex->iov_cap = 2 * hc + 8;
+    ex->iov = std::make_unique<uv_buf_t[]>(ex->iov_cap);
+    ex->scratch_cap = static_cast<std::uint32_t>(st.header_bytes) + 512;
+    ex->scratch = std::make_unique<char[]>(ex->scratch_cap);
+    uv_timer_init(&w.loop, &ex->timer);
+    ex->timer.data = ex;
+    w.exchanges.push_back(std::move(owned));
+  }
+  ex->next_free = nullptr;
+  ++w.active_exchanges;
+  return ex;
+}
+
+void exchange_begin(Exchange* ex, ClientSession* s) {
+  Worker& w = *s->worker;
+  ex->client = s;
+  ex->up = nullptr;
+  ex->req.init(HTTP_REQUEST, ex->req_headers.get(), settings(w).header_count);
+  ex->req.max_head_bytes = settings(w).header_bytes;
+  ex->head = RequestHead{};
+  ex->route = nullptr;
+  ex->tried = Tried{};
+  ex->server = -1;
+  ex->phase = Phase::Head;
+  ex->attempts = 0;
+  ex->retries_left = 0;
+  ex->head_end = ex->body_end = ex->sent_to = 0;
+  ex->head_sent = ex->req_complete = false;
+  ex->replayable = true;
+  ex->client_close = false;
+  ex->is_head = false;
+  ex->resp_started = ex->resp_complete = ex->upstream_reusable = false;
+  ex->status = 0;
+  ex->bytes_out = 0;
+  ex->start_us = 0;
+  ex->scratch_len = 0;
+  ex->resp_extra_len = 0;
+  ex->log_line_len = ex->log_referer_len = ex->log_agent_len = 0;
+}
+
+void exchange_put(Worker& w, Exchange* ex) {
+  uv_timer_stop(&ex->timer);
+  ex->client = nullptr;
+  ex->up = nullptr;
+  ex->next_free = w.free_exchanges;
+  w.free_exchanges = ex;
+  --w.active_exchanges;
+}
+
+void detach_upstream(Exchange* ex, bool reuse) {
+  UpstreamConn* c = ex->up;
+  if (!c) return;
+  ex->up = nullptr;
+  c->ex = nullptr;
+  if (reuse) upstream_release(c);
+  else upstream_close(c);
+}
+
+// ---------------------------------------------------------------- writes
+
+// Writes iov[0..n) to `st`: as much as the kernel takes now, the rest through
+// uv_write with `req`. Returns true when everything went out synchronously.
+// Errors are reported through `cb` (libuv defers them), never synchronously.
+bool write_or_queue(uv_stream_t* st, uv_write_t* req, uv_buf_t* iov, unsigned n, uv_write_cb cb) {
+  int r = uv_try_write(st, iov, n);
+  if (r > 0) {
+    std::size_t left = static_cast<std::size_t>(r);
+    while (n > 0 && left >= iov->len) {
+      left -= iov->len;
+      ++iov;
+      --n;
+    }
+    if (n == 0) return true;
+    iov->base += left;
+    iov->len -= left;
+  }
+  if (uv_write(req, st, iov, n, cb) != 0) {
+    // The stream is closing or broken: report it like a failed write.
+    req->handle = st;
+    cb(req, UV_EPIPE);
+    return false;
+  }
+  return false;
+}
+
+bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) {
+  s->write_pending = true;
+  if (write_or_queue(stream(&s->tcp), &s->write_req, iov, n, on_client_write)) {
+    s->write_pending = false;
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- access log
+
+void copy_log_fields(Exchange* ex) {
+  std::string_view line = ex->req.first_line();
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.remove_suffix(1);
+  std::string_view ref = ex->head.header("referer");
+  std::string_view ua = ex->head.header("user-agent");
+  std::size_t room = sizeof ex->log_text;
+  std::size_t a = std::min(line.size(), room / 2);
+  std::size_t b = std::min(ref.size(), (room - a) / 2);
+  std::size_t c = std::min(ua.size(), room - a - b);
+  if (a) std::memcpy(ex->log_text, line.data(), a);
+  if (b) std::memcpy(ex->log_text + a, ref.data(), b);
+  if (c) std::memcpy(ex->log_text + a + b, ua.data(), c);
+  ex->log_line_len = static_cast<std::uint16_t>(a);
+  ex->log_referer_len = static_cast<std::uint16_t>(b);
+  ex->log_agent_len = static_cast<std::uint16_t>(c);
+}
+
+void log_exchange(Exchange* ex) {
+  Worker& w = *ex->worker;
+  if (!w.access_log.enabled()) return;
+  if (ex->log_line_len == 0 && ex->req.head_begin() && ex->replayable && ex->head_end) copy_log_fields(ex);
+  AccessRecord r;
+  r.client_ip = {ex->client->ip, ex->client->ip_len};
+  r.request_line = {ex->log_text, ex->log_line_len};
+  r.referer = {ex->log_text + ex->log_line_len, ex->log_referer_len};
+  r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
+  r.status = ex->status;
+  r.bytes = ex->bytes_out;
+  r.upstream = ex->server >= 0 ? w.shared.config.table->servers[static_cast<std::size_t>(ex->server)].authority
+                               : std::string_view("-");
+  r.duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  w.access_log.record(r);
+}
+
+// ---------------------------------------------------------------- local answers
+
+// Answers from the balancer itself (errors, `respond`, 404). A request whose
+// body has not been read entirely cannot be followed by another on this
+// connection, so the connection closes after the answer.
+void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
+  ClientSession* s = ex->client;
+  detach_upstream(ex, false);
+  uv_timer_stop(&ex->timer);
+  ex->phase = Phase::Local;
+  ex->status = status;
+  if (!ex->req_complete && !ex->client_close && ex->client->in) {
+    // The body may be in the buffer already: skip it and keep the connection.
+    std::size_t used = 0;
+    ClientSession* cs = ex->client;
+    if (ex->req.feed(cs->in->data + cs->parse_pos, cs->in_len - cs->parse_pos, &used) == ParseEvent::MessageComplete) {
+      cs->parse_pos += static_cast<std::uint32_t>(used);
+      ex->req_complete = true;
+    }
+  }
+  if (!ex->req_complete) ex->client_close = true;
+  std::string_view bytes = ex->client_close ? close : keep;
+  ex->bytes_out += bytes.size();
+  uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
+  if (write_client(s, &b, 1)) finish_exchange(ex);
+}
+
+void reply_error(Exchange* ex, int status) {
+  reply_local(ex, status, canned_reply(status, false), canned_reply(status, true));
+}
+
+// An error found before an exchange exists or while the head is parsed:
+// answer, then close without reading further (lingering, so the answer is not
+// lost to a reset).
+void reply_and_close(Exchange* ex, int status) {
+  ex->client_close = true;
+  ex->req_complete = false;
+  reply_error(ex, status);
+}
+
+// ---------------------------------------------------------------- request side
+
+unsigned build_request_head(Exchange* ex) {
+  std::size_t len = 0;
+  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, "http", ex->scratch.get(),
+                                 ex->scratch_cap, &len, ex->iov.get());
+  ex->scratch_len = static_cast<std::uint32_t>(len);
+  return n;
+}
+
+// While a large body streams, the client buffer is reused from its start once
+// everything in it went upstream; the request can then no longer be replayed.
+void recycle_client_buffer(Exchange* ex) {
+  ClientSession* s = ex->client;
+  if (ex->req_complete || !s->in || s->in_len < s->in->cap || ex->sent_to < s->in_len) return;
+  if (ex->up && ex->up->write_pending) return;  // the write still reads these bytes
+  if (ex->worker->access_log.enabled() && ex->log_line_len == 0 && ex->replayable) copy_log_fields(ex);
+  s->in_len = s->parse_pos = 0;
+  ex->head_end = ex->body_end = ex->sent_to = 0;
+  ex->replayable = false;
+}
+
+void on_upstream_write(uv_write_t* req, int status);
+
+// Sends what is pending of the request: the head once, then body bytes as
+// they arrive. One write at a time; reading the client pauses meanwhile.
+void flush_upstream(Exchange* ex) {
+  UpstreamConn* c = ex->up;
+  if (!c || !c->connected || c->write_pending) return;
+  ClientSession* s = ex->client;
+  unsigned n = 0;
+  if (!ex->head_sent) {
+    n = build_request_head(ex);
+    ex->head_sent = true;
+    ex->sent_to = ex->head_end;
+  }
+  if (ex->body_end > ex->sent_to) {
+    ex->iov[n++] = uv_buf_init(s->in->data + ex->sent_to, ex->body_end - ex->sent_to);
+    ex->sent_to = ex->body_end;
+  }
+  if (n == 0) return;
+  c->write_pending = true;
+  if (!write_or_queue(stream(&c->tcp), &c->write_req, ex->iov.get(), n, on_upstream_write)) return;
+  c->write_pending = false;
+  recycle_client_buffer(ex);
+  update_client_reading(s);
+}
+
+void on_upstream_write(uv_write_t* req, int status) {
+  auto* c = static_cast<UpstreamConn*>(req->data);
+  c->write_pending = false;
+  Exchange* ex = c->ex;
+  if (c->closing || !ex) return;
+  if (status < 0) {
+    // The server went away while taking the request; the read side will see
+    // the reset or EOF and decide between retry and 502.
+    log(LogLevel::Debug, "write to %s failed: %s",
+        std::string(ex->worker->shared.config.table->servers[c->server].authority).c_str(), uv_strerror(status));
+    return;
+  }
+  recycle_client_buffer(ex);
+  flush_upstream(ex);
+  update_client_reading(ex->client);
+}
+
+bool idempotent(Method m) {
+  switch (m) {
+    case Method::Get:
+    case Method::Head:
+    case Method::Options:
+    case Method::Put:
+    case Method::Delete:
+    case Method::Trace:
+      return true;
+    default:
+      return false;
+  }
+}
+
+void send_request(Exchange* ex) {
+  UpstreamConn* c = ex->up;
+  Worker& w = *ex->worker;
+  ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(w).header_count);
+  ex->resp.max_head_bytes = w.buffers.size();
+  if (ex->is_head) ex->resp.expect_no_body();
+  ex->head_sent = false;
+  ex->sent_to = ex->head_end;
+  if (!c->reading) {
+    if (uv_read_start(stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
+  }
+  uv_timer_start(&ex->timer, [](uv_timer_t* t) {
+    auto* e = static_cast<Exchange*>(t->data);
+    if (!e->up || e->resp_started) {
+      client_abort(e->client);
+      return;
+    }
+    log(LogLevel::Info, "server %s timed out", std::string(e->worker->shared.config.table->servers[static_cast<std::size_t>(e->server)].authority).c_str());
+    reply_error(e, 504);
+  }, settings(w).upstream_timeout_ms, 0);
+  flush_upstream(ex);
+}
+
+// What to do when the server connection failed before the response began.
+void upstream_failed(Exchange* ex, int err) {
+  UpstreamConn* c = ex->up;
+  const bool reused = c && c->reused;
+  const bool reached = ex->head_sent;
+  Worker& w = *ex->worker;
+  const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
+  if (c) {
+    log(LogLevel::Debug, "server %s failed: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+        uv_strerror(err));
+  }
+  detach_upstream(ex, false);
+  uv_timer_stop(&ex->timer);
+  if (ex->resp_started) {
+    client_abort(ex->client);
+    return;
+  }
+  const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
+  const bool budget = ex->attempts < pool.server_count + 3;
+  if (ex->replayable && budget) {
+    // A kept-alive connection the server had already closed: nothing of the
+    // request was processed, replay it on a fresh connection.
+    if (reused) {
+      connect_upstream(ex);
+      return;
+    }
+    ex->tried.add(pos);
+    if (!reached) {
+      connect_upstream(ex);
+      return;
+    }
+    if (idempotent(ex->head.method) && ex->retries_left > 0) {
+      --ex->retries_left;
+      connect_upstream(ex);
+      return;
+    }
+  }
+  reply_error(ex, 502);
+}
+
+void on_upstream_connect(uv_connect_t* req, int status) {
+  auto* c = static_cast<UpstreamConn*>(req->data);
+  Exchange* ex = c->ex;
+  if (c->closing) return;
+  if (!ex) {
+    upstream_close(c);
+    return;
+  }
+  if (status < 0) {
+    upstream_failed(ex, status);
+    return;
+  }
+  c->connected = true;
+  uv_tcp_nodelay(&c->tcp, 1);
+  send_request(ex);
+}
+
+void connect_upstream(Exchange* ex) {
+  Worker& w = *ex->worker;
+  const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried);
+  if (s < 0) {
+    reply_error(ex, ex->attempts == 0 ? 503 : 502);
+    return;
+  }
+  ex->server = s;
+  ++ex->attempts;
+  const auto server = static_cast<std::uint16_t>(s);
+  if (UpstreamConn* c = upstream_take_idle(w, server)) {
+    c->ex = ex;
+    ex->up = c;
+    send_request(ex);
+    return;
+  }
+  UpstreamConn* c = upstream_new(w, server);
+  c->ex = ex;
+  ex->up = c;
+  const auto* addr = reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[server]);
+  int rc = uv_tcp_connect(&c->connect_req, &c->tcp, addr, on_upstream_connect);
+  if (rc != 0) {
+    upstream_failed(ex, rc);
+    return;
+  }
+  uv_timer_start(&ex->timer, [](uv_timer_t* t) {
+    auto* e = static_cast<Exchange*>(t->data);
+    if (!e->up) return;
+    upstream_failed(e, UV_ETIMEDOUT);
+  }, settings(w).connect_timeout_ms, 0);
+}
+
+void on_request_head(Exchange* ex) {
+  ClientSession* s = ex->client;
+  Worker& w = *s->worker;
+  uv_timer_stop(&s->timer);
+  describe_request(ex->req, ex->route_headers.get(), ex->head);
+  ex->is_head = ex->head.method == Method::Head;
+  ++s->requests;
+  const Settings& st = settings(w);
+  ex->client_close = !ex->req.keep_alive() || w.draining ||
+                     (st.requests_per_connection && s->requests >= st.requests_per_connection);
+  if (w.access_log.enabled()) copy_log_fields(ex);
+  if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) {
+    reply_and_close(ex, 413);
+    return;
+  }
+  if (ex->req.url().size() > st.uri_bytes) {
+    reply_and_close(ex, 414);
+    return;
+  }
+  ex->route = distribute(ex->head);
+  if (!ex->route) {
+    reply_error(ex, 404);
+    return;
+  }
+  switch (ex->route->action) {
+    case Action::Proxy:
+      ex->phase = Phase::Upstream;
+      ex->retries_left = ex->route->retries;
+      connect_upstream(ex);
+      return;
+    case Action::Respond: {
+      const std::string& bytes = w.shared.route_replies[ex->route->index];
+      // route_replies hold "keep-alive variant \0 close variant".
+      std::size_t z = bytes.find('\0');
+      reply_local(ex, ex->route->status, std::string_view(bytes).substr(0, z), std::string_view(bytes).substr(z + 1));
+      return;
+    }
+    default:
+      reply_error(ex, 501);  // refused at start-up; never reached
+      return;
+  }
+}
+
+// Parses and acts on what the client sent. Called after each read and when an
+// exchange finishes with pipelined bytes waiting.
+void process_client(ClientSession* s) {
+  while (!s->closing && s->in) {
+    if (!s->ex) {
+      if (s->parse_pos == s->in_len) break;
+      s->ex = exchange_get(*s->worker);
+      exchange_begin(s->ex, s);
+      s->ex->start_us = now_us();
+      uv_timer_start(&s->timer, [](uv_timer_t* t) {
+        auto* cs = static_cast<ClientSession*>(t->data);
+        if (cs->ex && cs->ex->phase == Phase::Head) reply_and_close(cs->ex, 408);
+        else if (!cs->ex) client_abort(cs);
+      }, settings(*s->worker).client_header_timeout_ms, 0);
+    }
+    Exchange* ex = s->ex;
+    char* base = s->in->data;
+    if (ex->phase == Phase::Head) {
+      std::size_t used = 0;
+      ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
+      if (ev == ParseEvent::NeedMore) {
+        s->parse_pos = s->in_len;
+        if (s->in_len == s->in->cap) reply_and_close(ex, 431);
+        break;
+      }
+      if (ev == ParseEvent::Error) {
+        log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
+        reply_and_close(ex, ex->req.error_status());
+        break;
+      }
+      s->parse_pos += static_cast<std::uint32_t>(used);
+      ex->head_end = ex->body_end = ex->sent_to = s->parse_pos;
+      if (!ex->req.has_body()) {
+        ex->req.feed(base + s->parse_pos, 0, &used);  // passes the message's end
+        ex->req_complete = true;
+      }
+      on_request_head(ex);
+      continue;  // the exchange may have ended already (a local answer)
+    }
+    if (ex->req_complete || ex->phase == Phase::Local) break;  // pipelined bytes wait for this exchange
+    std::size_t used = 0;
+    ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
+    if (ev == ParseEvent::Error) {
+      if (ex->resp_started || ex->phase == Phase::Local) client_abort(s);
+      else reply_and_close(ex, 400);
+      break;
+    }
+    s->parse_pos += static_cast<std::uint32_t>(used);
+    ex->body_end = s->parse_pos;
+    if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
+    if (ex->phase == Phase::Upstream) {
+      flush_upstream(ex);
+      recycle_client_buffer(ex);
+    } else if (ex->phase == Phase::Local && ex->req_complete && !s->write_pending) {
+      finish_exchange(ex);
+      continue;
+    }
+    if (!ex->req_complete) break;
+  }
+  if (!s->closing) update_client_reading(s);
+}
+
+// ---------------------------------------------------------------- response side
+
+// Response head for the client, into `iov`: nothing when the raw bytes can go
+// as they are (*raw), else the kept lines plus our Connection header.
+unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
+  const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
+  std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
+  unsigned n = edit_response_head(ex->resp, conn, iov);
+  *raw = n == 0;
+  return n;
+}
+
+void after_client_write(Exchange* ex);
+
+void on_body_timer(uv_timer_t* t) {
+  auto* e = static_cast<Exchange*>(t->data);
+  const std::uint32_t limit = settings(*e->worker).upstream_timeout_ms;
+  if (e->worker->now_ms() - e->last_read_ms < limit) return;  // re-armed lazily: it repeats
+  log(LogLevel::Info, "server %s stalled mid-response",
+      std::string(e->worker->shared.config.table->servers[static_cast<std::size_t>(e->server)].authority).c_str());
+  client_abort(e->client);
+}
+
+void restart_response_parser(Exchange* ex) {
+  ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(*ex->worker).header_count);
+  ex->resp.max_head_bytes = ex->worker->buffers.size();
+  if (ex->is_head) ex->resp.expect_no_body();
+}
+
+// Relays what the server sent: the head (edited when needed) and the body
+// bytes, in one write per read.
+void process_upstream(Exchange* ex) {
+  UpstreamConn* c = ex->up;
+  ClientSession* s = ex->client;
+  Worker& w = *ex->worker;
+  uv_buf_t* iov = ex->iov.get();
+  unsigned n = 0;
+  const char* fwd = nullptr;  // raw bytes to relay start here
+  char* base = c->in->data;
+  for (;;) {
+    if (!ex->resp_started) {
+      std::size_t used = 0;
+      ParseEvent ev = ex->resp.feed(base + c->parse_pos, c->in_len - c->parse_pos, &used);
+      if (ev == ParseEvent::NeedMore) {
+        c->parse_pos = c->in_len;
+        if (c->in_len < c->in->cap) break;
+        log(LogLevel::Warn, "response head from %s too large", std::string(w.shared.config.table->servers[c->server].authority).c_str());
+        reply_error(ex, 502);
+        return;
+      }
+      if (ev == ParseEvent::Error) {
+        log(LogLevel::Warn, "bad response from %s: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+            ex->resp.error_reason());
+        reply_error(ex, 502);
+        return;
+      }
+      c->parse_pos += static_cast<std::uint32_t>(used);
+      const int status = ex->resp.status();
+      if (status / 100 == 1) {
+        // Interim (100 Continue): relay it as it is, then parse the real response.
+        if (status == 101) {
+          reply_error(ex, 502);  // we removed Upgrade: a switch is a broken server
+          return;
+        }
+        std::size_t none = 0;
+        ex->resp.feed(base + c->parse_pos, 0, &none);  // passes the bodiless message's end
+        iov[n++] = uv_buf_init(const_cast<char*>(ex->resp.head_begin()), static_cast<unsigned>(ex->resp.head_len()));
+        restart_response_parser(ex);
+        continue;
+      }
+      ex->status = status;
+      ex->resp_started = true;
+      ex->last_read_ms = w.now_ms();
+      uv_timer_start(&ex->timer, on_body_timer, settings(w).upstream_timeout_ms, settings(w).upstream_timeout_ms);
+      if (ex->resp.body_until_close()) ex->client_close = true;
+      bool raw = false;
+      n += build_response_head(ex, iov + n, &raw);
+      fwd = raw ? ex->resp.head_begin() : base + c->parse_pos;
+      continue;
+    }
+    const char* start = base + c->parse_pos;
+    std::size_t used = 0;
+    ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
+    if (ev == ParseEvent::Error) {
+      log(LogLevel::Warn, "bad response body from %s: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+          ex->resp.error_reason());
+      client_abort(s);
+      return;
+    }
+    c->parse_pos += static_cast<std::uint32_t>(used);
+    if (!fwd) fwd = start;
+    if (ev == ParseEvent::MessageComplete) {
+      ex->resp_complete = true;
+      ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
+    }
+    break;
+  }
+  if (fwd) {
+    const char* end = base + c->parse_pos;
+    if (end > fwd) iov[n++] = uv_buf_init(const_cast<char*>(fwd), static_cast<unsigned>(end - fwd));
+  }
+  for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
+  if (n == 0) {
+    if (ex->resp_complete) finish_exchange(ex);
+    return;
+  }
+  if (write_client(s, iov, n)) after_client_write(ex);
+}
+
+void after_client_write(Exchange* ex) {
+  UpstreamConn* c = ex->up;
+  if (ex->resp_complete) {
+    finish_exchange(ex);
+    return;
+  }
+  if (!c) return;
+  // Everything read so far went out: the buffer starts over.
+  if (c->parse_pos == c->in_len && ex->resp_started) {
+    c->in_len = c->parse_pos = 0;
+  }
+  if (!c->reading && !c->closing) {
+    if (uv_read_start(stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
+  }
+}
+
+void on_client_write(uv_write_t* req, int status) {
+  auto* s = static_cast<ClientSession*>(req->data);
+  s->write_pending = false;
+  if (s->closing) return;
+  if (status < 0) {
+    client_abort(s);
+    return;
+  }
+  Exchange* ex = s->ex;
+  if (!ex) {
+    if (s->close_after_write) client_finish(s, true);
+    return;
+  }
+  if (ex->phase == Phase::Local) {
+    if (ex->req_complete || ex->client_close) finish_exchange(ex);
+    return;
+  }
+  after_client_write(ex);
+}
+
+// ---------------------------------------------------------------- end of an exchange
+
+void finish_exchange(Exchange* ex) {
+  ClientSession* s = ex->client;
+  Worker& w = *s->worker;
+  log_exchange(ex);
+  UpstreamConn* c = ex->up;
+  detach_upstream(ex, c && ex->upstream_reusable && ex->req_complete && ex->resp_complete);
+  const bool close = ex->client_close || !ex->req_complete || s->eof || w.draining;
+  s->ex = nullptr;
+  exchange_put(w, ex);
+  if (close) {
+    client_finish(s, true);
+    return;
+  }
+  // Keep-alive: what follows in the buffer is the next (pipelined) request.
+  if (s->parse_pos < s->in_len) {
+    std::memmove(s->in->data, s->in->data + s->parse_pos, s->in_len - s->parse_pos);
+    s->in_len -= s->parse_pos;
+    s->parse_pos = 0;
+    process_client(s);
+    return;
+  }
+  w.buffers.put(s->in);
+  s->in = nullptr;
+  s->in_len = s->parse_pos = 0;
+  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); },
+                 settings(w).client_idle_timeout_ms, 0);
+  update_client_reading(s);
+}
+
+// ---------------------------------------------------------------- client connection
+
+void update_client_reading(ClientSession* s) {
+  if (s->closing) return;
+  bool want = !s->eof;
+  if (want && s->in && s->in_len >= s->in->cap) want = false;  // full: wait for the exchange
+  if (want && s->ex && s->ex->phase == Phase::Upstream && !s->ex->req_complete) {
+    UpstreamConn* c = s->ex->up;
+    if (c && c->write_pending) want = false;  // backpressure
+  }
+  if (s->lingering) want = !s->eof;  // discarding: the buffer is reused
+  if (want == s->reading) return;
+  if (want) {
+    uv_read_start(stream(&s->tcp),
+                  [](uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+                    auto* cs = static_cast<ClientSession*>(h->data);
+                    if (!cs->in) {
+                      cs->in = cs->worker->buffers.get();
+                      cs->in_len = cs->parse_pos = 0;
+                    }
+                    if (cs->lingering) cs->in_len = cs->parse_pos = 0;  // discard
+                    *buf = uv_buf_init(cs->in->data + cs->in_len, cs->in->cap - cs->in_len);
+                  },
+                  [](uv_stream_t* st, ssize_t nread, const uv_buf_t*) {
+                    auto* cs = static_cast<ClientSession*>(st->data);
+                    if (nread > 0) {
+                      if (cs->lingering) return;
+                      cs->in_len += static_cast<std::uint32_t>(nread);
+                      process_client(cs);
+                      return;
+                    }
+                    if (nread == 0) return;
+                    cs->eof = true;
+                    uv_read_stop(st);
+                    cs->reading = false;
+                    if (cs->lingering || nread != UV_EOF || !cs->ex) {
+                      client_abort(cs);
+                      return;
+                    }
+                    Exchange* e = cs->ex;
+                    if (e->phase == Phase::Head || !e->req_complete) {
+                      client_abort(cs);
+                      return;
+                    }
+                    e->client_close = true;  // answer what was asked, then close
+                    if (!cs->in || cs->in_len == 0) return;
+                  });
+    s->reading = true;
+  } else {
+    uv_read_stop(stream(&s->tcp));
+    s->reading = false;
+  }
+}
+
+void on_session_closed(uv_handle_t* h) {
+  auto* s = static_cast<ClientSession*>(h->data);
+  if (--s->handles_open == 0) {
+    Worker& w = *s->worker;
+    w.buffers.put(s->in);
+    delete s;
+  }
+}
+
+void close_handles(ClientSession* s) {
+  Worker& w = *s->worker;
+  if (s->prev) s->prev->next = s->next;
+  else w.sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  --w.session_count;
+  uv_close(handle(&s->tcp), on_session_closed);
+  uv_close(handle(&s->timer), on_session_closed);
+}
+
+// Closes at once: the exchange (and its server connection) is abandoned.
+void client_abort(ClientSession* s) {
+  if (s->closing) return;
+  s->closing = true;
+  if (Exchange* ex = s->ex) {
+    if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
+    log_exchange(ex);
+    detach_upstream(ex, false);
+    s->ex = nullptr;
+    exchange_put(*s->worker, ex);
+  }
+  close_handles(s);
+}
+
+// Closes after the answer was written. With `linger`, the write side is shut
+// down first and what the client still sends is read and discarded for a
+// moment, so a reset does not destroy the answer in flight.
+void client_finish(ClientSession* s, bool linger) {
+  if (s->closing) return;
+  if (s->write_pending) {
+    s->close_after_write = true;
+    return;
+  }
+  if (!linger || s->eof) {
+    client_abort(s);
+    return;
+  }
+  s->lingering = true;
+  s->shutdown_req.data = s;
+  if (uv_shutdown(&s->shutdown_req, stream(&s->tcp), [](uv_shutdown_t* r, int) {
+        auto* cs = static_cast<ClientSession*>(r->data);
+        (void)cs;
+      }) != 0) {
+    client_abort(s);
+    return;
+  }
+  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); }, kLingerMs, 0);
+  update_client_reading(s);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- upstream reads
+
+void upstream_on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+  auto* c = static_cast<UpstreamConn*>(h->data);
+  if (!c->in) {
+    c->in = c->worker->buffers.get();
+    c->in_len = c->parse_pos = 0;
+  }
+  *buf = uv_buf_init(c->in->data + c->in_len, c->in->cap - c->in_len);
+}
+
+void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
+  auto* c = static_cast<UpstreamConn*>(st->data);
+  if (c->closing) return;
+  Exchange* ex = c->ex;
+  if (!ex) {
+    // Idle: the server closed it (or sent bytes nobody asked for).
+    if (n != 0) upstream_close(c);
+    else if (c->in && c->in_len == 0) {
+      c->worker->buffers.put(c->in);
+      c->in = nullptr;
+    }
+    return;
+  }
+  if (n > 0) {
+    c->in_len += static_cast<std::uint32_t>(n);
+    ex->last_read_ms = c->worker->now_ms();
+    process_upstream(ex);
+    // Backpressure: stop reading the server while the client is behind.
+    if (ex == c->ex && ex->client && ex->client->write_pending && c->reading) {
+      uv_read_stop(st);
+      c->reading = false;
+    }
+    return;
+  }
+  if (n == 0) return;
+  // EOF or error from the server.
+  if (n == UV_EOF && ex->resp_started && ex->resp.body_until_close()) {
+    ex->resp.finish();
+    ex->resp_complete = true;
+    ex->upstream_reusable = false;
+    ex->client_close = true;
+    detach_upstream(ex, false);
+    if (!ex->client->write_pending) finish_exchange(ex);
+    return;
+  }
+  if (ex->resp_started) {
+    detach_upstream(ex, false);
+    client_abort(ex->client);
+    return;
+  }
+  upstream_failed(ex, static_cast<int>(n));
+}
+
+// ---------------------------------------------------------------- accept / drain
+
+void session_on_connection(uv_stream_t* server, int status) {
+  auto* w = static_cast<Worker*>(server->data);
+  if (status < 0) {
+    log(LogLevel::Warn, "accept: %s", uv_strerror(status));
+    return;
+  }
+  auto* s = new ClientSession();
+  s->worker = w;
+  uv_tcp_init(&w->loop, &s->tcp);
+  uv_timer_init(&w->loop, &s->timer);
+  s->tcp.data = s;
+  s->timer.data = s;
+  s->write_req.data = s;
+  s->handles_open = 2;
+  s->next = w->sessions;
+  if (w->sessions) w->sessions->prev = s;
+  w->sessions = s;
+  ++w->session_count;
+  if (uv_accept(server, stream(&s->tcp)) != 0) {
+    close_handles(s);
+    return;
+  }
+  uv_tcp_nodelay(&s->tcp, 1);
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(&s->tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    if (peer.ss_family == AF_INET6) {
+      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+      if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+        sockaddr_in a4{};
+        a4.sin_family = AF_INET;
+        std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
+        uv_ip4_name(&a4, s->ip, sizeof s->ip);
+      } else {
+        uv_ip6_name(a6, s->ip, sizeof s->ip);
+      }
+    } else {
+      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), s->ip, sizeof s->ip);
+    }
+    s->ip_len = static_cast<std::uint8_t>(std::strlen(s->ip));
+  }
+  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); },
+                 settings(*w).client_header_timeout_ms, 0);
+  update_client_reading(s);
+}
+
+void session_drain(Worker& w) noexcept {
+  ClientSession* s = w.sessions;
+  while (s) {
+    ClientSession* next = s->next;
+    if (!s->ex && !s->closing && !s->lingering) client_abort(s);
+    else if (s->ex) s->ex->client_close = true;
+    s = next;
+  }
+}
+
+void session_free_exchanges(Worker& w) noexcept {
+  for (auto& ex : w.exchanges) uv_close(handle(&ex->timer), nullptr);
+  // The Exchange objects are freed with the worker, after the loop ran the closes.
+}
+
+}  // namespace juggler

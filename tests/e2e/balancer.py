@@ -1,0 +1,50 @@
+"""Balancer helpers for the end-to-end tests: start a balancer built from a test routes
+file (tests/routes/NAME.def → $JUGGLER_ROUTES_BIN/NAME) and the testservers it expects."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Optional, Sequence
+
+import jtest
+
+ROUTES_BIN = os.environ.get("JUGGLER_ROUTES_BIN") or os.path.join(jtest.SOURCE_DIR, "build", "routes-bin")
+READY = r"listening on http://\S+:(\d+)"
+
+
+def balancer_path(name: str) -> str:
+    path = os.path.join(ROUTES_BIN, name)
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{path} is missing: build the test balancers (make test), or set JUGGLER_ROUTES_BIN")
+    return path
+
+
+def start_balancer(name: str, workers: int = 1, access_log: str = "off",
+                   extra: Sequence[str] = (), log_level: str = "info") -> jtest.ManagedProcess:
+    """Starts the balancer compiled from tests/routes/<name>.def on a port the kernel picks
+    (--port 0); `.port` is that port once it is listening."""
+    argv = [balancer_path(name), "--port", "0", "--workers", str(workers), "--access-log", access_log,
+            "--log-level", log_level, *extra]
+    proc = jtest.start_process(argv, READY, name=f"juggler:{name}")
+    match = re.search(READY, proc.output())
+    proc.port = int(match.group(1))
+    return proc
+
+
+class BalancerTestCase(jtest.JugglerTestCase):
+    """Adds balancers to JugglerTestCase: each is stopped with SIGTERM at cleanup and must
+    exit 0 without a sanitizer report."""
+
+    def start_balancer(self, name: str, **kwargs) -> jtest.ManagedProcess:
+        proc = start_balancer(name, **kwargs)
+        self.addCleanup(jtest.check_stopped_cleanly, proc)
+        return proc
+
+    def start_backends(self, host: str, ports: Sequence[int], roots: Optional[Sequence[str]] = None):
+        procs = []
+        for i, port in enumerate(ports):
+            procs.append(self.start_testserver(port=port, host=host,
+                                               root=roots[i] if roots else None))
+        return procs

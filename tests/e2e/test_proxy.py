@@ -1,0 +1,343 @@
+"""End-to-end tests of the HTTP/1.1 proxy core: the balancer built from
+tests/routes/basic.def (and weights.def, unsupported.def) in front of real testservers,
+driven by real clients (http.client, raw sockets, curl)."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase, balancer_path
+
+BASIC_HOST = "127.0.71.1"
+BASIC_PORTS = (6901, 6902, 6903)
+WEIGHTS_HOST = "127.0.72.1"
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class ProxyTest(BalancerTestCase):
+    """One balancer (1 worker) and three backends for the whole class."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.backends = [cls.start_class_testserver(port=p, host=BASIC_HOST) for p in BASIC_PORTS]
+        from balancer import start_balancer
+        cls.lb = start_balancer("basic")
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.port = cls.lb.port
+
+    def conn(self, timeout=10.0) -> http.client.HTTPConnection:
+        c = http.client.HTTPConnection(jtest.LOOPBACK, self.port, timeout=timeout)
+        self.addCleanup(c.close)
+        return c
+
+    def get(self, path, **kw):
+        return jtest.http_request(self.port, path=path, **kw)
+
+    # ---- balancing
+
+    def test_requests_spread_evenly_over_three_servers(self):
+        counts = collections.Counter()
+        for _ in range(30):
+            status, headers, _ = self.get("/ping")
+            self.assertEqual(status, 200)
+            counts[headers["X-Server"]] += 1
+        self.assertEqual(sorted(counts), [str(p) for p in BASIC_PORTS])
+        self.assertEqual(set(counts.values()), {10}, counts)
+
+    def test_keep_alive_client_reuses_one_upstream_connection_per_server(self):
+        c = self.conn()
+        seen = collections.defaultdict(set)
+        for _ in range(30):
+            c.request("GET", "/ping")
+            r = c.getresponse()
+            self.assertEqual(r.read(), b"pong\n")
+            seen[r.headers["X-Server"]].add(r.headers["X-Conn"])
+        self.assertEqual(len(seen), 3)
+        # 10 requests per server, each over one kept-alive upstream connection.
+        for server, conns in seen.items():
+            self.assertEqual(len(conns), 1, f"server {server} saw connections {conns}")
+
+    # ---- bodies
+
+    def test_10mb_post_is_echoed_byte_exact(self):
+        body = os.urandom(10 * 1024 * 1024)
+        status, headers, got = self.get("/echo", method="POST", body=body, timeout=60)
+        self.assertEqual(status, 200)
+        self.assertEqual(len(got), len(body))
+        self.assertEqual(hashlib.sha256(got).digest(), hashlib.sha256(body).digest())
+
+    def test_200mb_download_byte_exact_with_bounded_memory(self):
+        n = 200 * 1000 * 1000
+        c = self.conn(timeout=60)
+        c.request("GET", f"/bytes?n={n}")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(int(r.headers["Content-Length"]), n)
+        digest = hashlib.sha256()
+        got = 0
+        peak = 0
+        while True:
+            chunk = r.read(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            got += len(chunk)
+            if got % (16 << 20) < (1 << 20):
+                peak = max(peak, rss_kb(self.lb.pid))
+        self.assertEqual(got, n)
+        self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
+        self.assertLess(peak, 40 * 1024, f"balancer RSS peaked at {peak} kB")
+
+    def test_chunked_request_body_is_relayed(self):
+        c = self.conn()
+        parts = [b"a" * 1000, b"b" * 70000, b"c" * 5]
+        c.request("POST", "/echo", body=iter(parts), encode_chunked=True,
+                  headers={"Transfer-Encoding": "chunked"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.read(), b"".join(parts))
+
+    def test_chunked_response_is_relayed(self):
+        sock = jtest.raw_connection(self.port)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /bytes?n=300000&chunked=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = jtest.read_response(sock.makefile("rb"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("Transfer-Encoding"), "chunked")
+        self.assertGreater(len(resp.chunk_sizes), 1)
+        self.assertEqual(resp.body, jtest.pattern_bytes(300000))
+
+    def test_head_has_no_body_and_the_connection_goes_on(self):
+        sock = jtest.raw_connection(self.port)
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        sock.sendall(b"HEAD /bytes?n=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = jtest.read_response(reader, head=True)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.header("Content-Length"), "5000")
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        resp = jtest.read_response(reader)
+        self.assertEqual((resp.status, resp.body), (200, b"pong\n"))
+
+    def test_expect_100_continue(self):
+        out = subprocess.run(
+            ["curl", "-s", "-H", "Expect: 100-continue", "--data-binary", "@-",
+             f"http://127.0.0.1:{self.port}/echo"],
+            input=b"x" * 200000, capture_output=True, timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, b"x" * 200000)
+
+    def test_status_without_body(self):
+        for code in (204, 304):
+            sock = jtest.raw_connection(self.port)
+            self.addCleanup(sock.close)
+            reader = sock.makefile("rb")
+            sock.sendall(f"GET /status/{code} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            self.assertEqual(jtest.read_response(reader).status, code)
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(jtest.read_response(reader).body, b"pong\n")
+
+    # ---- pipelining
+
+    def test_ten_pipelined_requests_in_one_write(self):
+        sock = jtest.raw_connection(self.port)
+        self.addCleanup(sock.close)
+        sock.sendall(b"".join(f"GET /headers?i={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(10)))
+        reader = sock.makefile("rb")
+        for i in range(10):
+            resp = jtest.read_response(reader)
+            self.assertEqual(resp.status, 200)
+            first = resp.body.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+            self.assertEqual(first, f"GET /headers?i={i} HTTP/1.1".encode())
+
+    # ---- header editing
+
+    def test_forwarded_headers_added_and_hop_by_hop_removed(self):
+        status, _, body = self.get("/headers", headers={
+            "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Proto": "https",  # a client cannot claim this
+            "Connection": "keep-alive, X-Secret",
+            "X-Secret": "drop me",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Connection": "keep-alive",
+            "X-Kept": "yes",
+            "Host": "shop.example:8443",
+        })
+        self.assertEqual(status, 200)
+        lines = body.decode().splitlines()
+        names = [line.split(":", 1)[0].lower() for line in lines[1:] if ":" in line]
+        self.assertIn("X-Forwarded-For: 203.0.113.9, 127.0.0.1", lines)
+        self.assertIn("X-Forwarded-Proto: http", lines)
+        self.assertIn("X-Forwarded-Host: shop.example:8443", lines)
+        self.assertIn("Via: 1.1 juggler", lines)
+        self.assertIn("X-Kept: yes", lines)
+        for gone in ("x-secret", "keep-alive", "proxy-connection", "connection"):
+            self.assertNotIn(gone, names)
+        self.assertEqual(names.count("x-forwarded-proto"), 1)
+
+    # ---- local answers and errors
+
+    def test_respond_route(self):
+        status, headers, body = self.get("/healthz")
+        self.assertEqual((status, body), (200, b""))
+        self.assertIsNone(headers.get("X-Server"))
+
+    def test_no_route_is_404_and_keeps_the_connection(self):
+        c = self.conn()
+        c.request("GET", "/nowhere")
+        r = c.getresponse()
+        self.assertEqual(r.status, 404)
+        r.read()
+        c.request("GET", "/ping")
+        self.assertEqual(c.getresponse().read(), b"pong\n")
+
+    def bad(self, raw: bytes) -> jtest.RawResponse:
+        sock = jtest.raw_connection(self.port)
+        self.addCleanup(sock.close)
+        sock.sendall(raw)
+        reader = sock.makefile("rb")
+        resp = jtest.read_response(reader)
+        # The connection is closed after a refused request.
+        self.assertEqual(reader.read(), b"")
+        return resp
+
+    def test_malformed_request_is_400_and_closes(self):
+        self.assertEqual(self.bad(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").status, 400)
+        self.assertEqual(self.bad(b"NOT HTTP AT ALL\r\n\r\n").status, 400)
+
+    def test_ambiguous_framing_is_refused(self):
+        self.assertEqual(self.bad(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").status, 400)
+        self.assertEqual(self.bad(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                  b"Content-Length: 4\r\n\r\nabcd").status, 400)
+        self.assertEqual(self.bad(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n").status, 400)
+        self.assertEqual(self.bad(b"GET / HTTP/1.1\r\n\r\n").status, 400)  # no Host
+
+    def test_head_too_large_is_431(self):
+        self.assertEqual(self.bad(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n").status, 431)
+
+    def test_body_too_large_is_413(self):
+        self.assertEqual(self.bad(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n").status,
+                         413)
+
+
+class FailoverTest(BalancerTestCase):
+    def test_one_server_down_the_others_serve_every_request(self):
+        self.start_testserver(port=6901, host=BASIC_HOST)
+        self.start_testserver(port=6903, host=BASIC_HOST)
+        lb = self.start_balancer("basic")
+        counts = collections.Counter()
+        for _ in range(30):
+            status, headers, _ = jtest.http_request(lb.port, path="/ping")
+            self.assertEqual(status, 200)
+            counts[headers["X-Server"]] += 1
+        self.assertEqual(set(counts), {"6901", "6903"})
+
+    def test_all_servers_down_is_502(self):
+        lb = self.start_balancer("basic")
+        status, _, body = jtest.http_request(lb.port, path="/ping")
+        self.assertEqual(status, 502)
+        self.assertIn(b"502", body)
+
+    def test_server_that_resets_mid_exchange_gives_502_not_a_hang(self):
+        self.start_backends(BASIC_HOST, BASIC_PORTS)
+        lb = self.start_balancer("basic")
+        status, _, _ = jtest.http_request(lb.port, path="/reset", method="POST", body=b"x")
+        self.assertEqual(status, 502)
+        self.assertEqual(jtest.http_request(lb.port, path="/ping")[0], 200)
+
+
+class WeightsTest(BalancerTestCase):
+    def test_weights_and_backup(self):
+        servers = self.start_backends(WEIGHTS_HOST, (6901, 6902, 6903, 6904))
+        lb = self.start_balancer("weights")
+        counts = collections.Counter()
+        for _ in range(60):
+            status, headers, _ = jtest.http_request(lb.port, path="/ping")
+            self.assertEqual(status, 200)
+            counts[headers["X-Server"]] += 1
+        self.assertEqual(counts, {"6901": 10, "6902": 20, "6903": 30})
+        # With every primary gone, the backup serves.
+        for proc in servers[:3]:
+            proc.stop()
+        for _ in range(5):
+            status, headers, _ = jtest.http_request(lb.port, path="/ping")
+            self.assertEqual((status, headers["X-Server"]), (200, "6904"))
+
+
+class LifecycleTest(BalancerTestCase):
+    def test_access_log_records_each_request(self):
+        self.start_backends(BASIC_HOST, BASIC_PORTS)
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        path = os.path.join(tmp, "access.log")
+        lb = self.start_balancer("basic", access_log=path)
+        jtest.http_request(lb.port, path="/ping", headers={"User-Agent": "e2e-agent", "Referer": "http://r/"})
+        jtest.http_request(lb.port, path="/nowhere")
+        deadline = time.monotonic() + 5
+        lines = []
+        while time.monotonic() < deadline and len(lines) < 2:
+            time.sleep(0.1)
+            with open(path) as f:
+                lines = f.read().splitlines()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertRegex(lines[0], r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ping HTTP/1\.1" '
+                                   r'200 \d+ "http://r/" "e2e-agent" upstream=127\.0\.71\.1:690[123] rt=\d+\.\d{3}$')
+        self.assertRegex(lines[1], r'"GET /nowhere HTTP/1\.1" 404 \d+ .* upstream=- ')
+
+    def test_sigterm_finishes_in_flight_requests_then_exits_0(self):
+        self.start_backends(BASIC_HOST, BASIC_PORTS)
+        lb = self.start_balancer("basic", workers=2)
+        results = []
+
+        def slow():
+            results.append(jtest.http_request(lb.port, path="/delay?ms=700", timeout=10)[0])
+
+        threads = [threading.Thread(target=slow) for _ in range(20)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        lb.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=15)
+        self.assertEqual(results, [200] * 20)
+        self.assertEqual(lb.wait(timeout=10), 0)
+        with self.assertRaises(OSError):
+            socket.create_connection((jtest.LOOPBACK, lb.port), timeout=1).close()
+
+    def test_check_prints_the_compiled_table(self):
+        out = subprocess.run([balancer_path("basic"), "--check"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("server 127.0.71.1:6902", out.stdout)
+        self.assertIn("route * /echo -> web", out.stdout)
+
+    def test_unsupported_features_refuse_to_start_and_name_them(self):
+        out = subprocess.run([balancer_path("unsupported"), "--port", "0"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: https listeners")
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: strategy least_conn")
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: gzip")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,90 @@
+// Smooth weighted round-robin, backup servers, the tried set and health.
+#include <catch2/catch.hpp>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "juggler/balance.hpp"
+
+using namespace juggler;
+
+namespace {
+
+constexpr Settings kSettings{};
+constexpr HealthDef kNoHealth{false, Method::Get, "", 0, 0, 0, 0, 0, 0};
+
+// Pool 0: a(5) b(1) c(1); pool 1: x(1) y(1) z backup.
+constexpr ServerDef kServers[] = {
+    {"127.0.0.1", 1, "a", 5, false, 0, 1}, {"127.0.0.1", 2, "b", 1, false, 0, 2},
+    {"127.0.0.1", 3, "c", 1, false, 0, 3}, {"127.0.0.1", 4, "x", 1, false, 1, 4},
+    {"127.0.0.1", 5, "y", 1, false, 1, 5}, {"127.0.0.1", 6, "z", 1, true, 1, 6},
+};
+constexpr PoolDef kPools[] = {
+    {"weighted", Strategy::RoundRobin, HashKey::None, "", 0, 3, kNoHealth, 0, 3, 10000, 1},
+    {"backup", Strategy::RoundRobin, HashKey::None, "", 3, 3, kNoHealth, 0, 3, 10000, 4},
+};
+const RouteTable kTable{"test", kSettings, {}, {}, kPools, kServers, {}};
+
+std::string sequence(Balancer& b, std::uint16_t pool, int n, const Tried& tried = Tried{}) {
+  std::string out;
+  RequestHead head;
+  for (int i = 0; i < n; ++i) {
+    int s = b.pick(pool, head, tried);
+    out += s < 0 ? std::string("-") : std::string(kServers[s].authority);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("smooth weighted round-robin interleaves by weight", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer b(kTable, health.get());
+  // nginx's smooth sequence for 5,1,1: never five a's in a row.
+  CHECK(sequence(b, 0, 7) == "aabacaa");
+  CHECK(sequence(b, 0, 7) == "aabacaa");
+  std::map<char, int> counts;
+  for (char c : sequence(b, 0, 700)) ++counts[c];
+  CHECK(counts['a'] == 500);
+  CHECK(counts['b'] == 100);
+  CHECK(counts['c'] == 100);
+}
+
+TEST_CASE("equal weights rotate", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer b(kTable, health.get());
+  CHECK(sequence(b, 1, 6) == "xyxyxy");
+}
+
+TEST_CASE("worker offset staggers the start", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer w0(kTable, health.get(), 0);
+  Balancer w1(kTable, health.get(), 1);
+  CHECK(sequence(w0, 1, 1) != sequence(w1, 1, 1));
+}
+
+TEST_CASE("servers that are down or tried are skipped; backup only when no other is left", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer b(kTable, health.get());
+  health[3].down = true;
+  CHECK(sequence(b, 1, 4) == "yyyy");
+  Tried tried;
+  tried.add(1);  // y, by its position in the pool
+  CHECK(sequence(b, 1, 3, tried) == "zzz");
+  health[3].down = false;
+  CHECK(sequence(b, 1, 2, tried) == "xx");
+  tried.add(0);
+  tried.add(2);
+  CHECK(sequence(b, 1, 1, tried) == "-");
+}
+
+TEST_CASE("down servers leave the weighted sequence fair among the rest", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer b(kTable, health.get());
+  health[0].down = true;
+  std::map<char, int> counts;
+  for (char c : sequence(b, 0, 100)) ++counts[c];
+  CHECK(counts['b'] == 50);
+  CHECK(counts['c'] == 50);
+  CHECK(counts.count('a') == 0);
+}

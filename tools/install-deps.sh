@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Juggler builds and tests with. Safe to run again:
+# it only calls apt-get when a package is missing. `make` runs it on demand.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config python3 curl openssl ca-certificates
+  libuv1-dev node-llhttp libssl-dev libcli11-dev catch2 zlib1g-dev libhiredis-dev
+  redis-server
+)
+# Extra sets: `install-deps.sh asan` adds nothing today (gcc's sanitizers ship
+# with gcc); `install-deps.sh bench` adds the comparison proxies and load tools.
+case "${1:-}" in
+  bench) packages+=(wrk nginx-light haproxy nghttp2-client) ;;
+  fuzz) packages+=(clang libclang-rt-14-dev) ;;
+esac
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,21 @@
+// The test backend: a single-threaded libuv HTTP/1.1 server with endpoints that let the
+// end-to-end tests observe what the balancer forwards (see tools/testserver/README.md).
+#pragma once
+
+#include <string>
+
+namespace juggler::testserver {
+
+struct Options {
+  std::string host = "127.0.0.1";
+  int port = -1;     // 0 picks a free port; the listening line names the real one
+  std::string root;  // static files; empty serves no files (404)
+  bool quiet = false;
+};
+
+// Listens, prints "testserver listening on HOST:PORT" to stdout, and serves until SIGINT or
+// SIGTERM. Returns the process exit code: 0 after a signal, 1 if it could not listen.
+// Call once per process: it installs the signal handlers.
+int run(const Options& options);
+
+}  // namespace juggler::testserver
