@@ -17,6 +17,7 @@
 #include "juggler/http.hpp"
 #include "juggler/log.hpp"
 #include "juggler/route.hpp"
+#include "juggler/timer_wheel.hpp"
 
 namespace juggler {
 
@@ -33,7 +34,7 @@ struct Shared {
 
 struct ClientSession {
   uv_tcp_t tcp;
-  uv_timer_t timer;   // header timeout while a head arrives, idle timeout between requests
+  TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
   uv_write_t write_req;
   uv_shutdown_t shutdown_req;
   Worker* worker;
@@ -42,7 +43,6 @@ struct ClientSession {
   std::uint32_t in_len = 0;     // bytes in `in`
   std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
   std::uint32_t requests = 0;
-  std::uint8_t handles_open = 0;
   bool reading = false;
   bool eof = false;
   bool closing = false;
@@ -83,7 +83,7 @@ struct Exchange {
   Worker* worker = nullptr;
   ClientSession* client = nullptr;
   UpstreamConn* up = nullptr;
-  uv_timer_t timer;  // connect / response timeouts; initialised once, lives as long as the worker
+  TimerNode timer;   // connect / response head / stalled body timeouts
   MessageParser req;
   MessageParser resp;
   std::unique_ptr<HeaderSpan[]> req_headers;
@@ -144,6 +144,7 @@ struct Worker {
   BufferPool buffers;
   Balancer balancer;
   AccessLog access_log;
+  TimerWheel wheel;
   std::vector<IdleList> idle;  // per compiled server
   Exchange* free_exchanges = nullptr;
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)

@@ -168,7 +168,8 @@ int MessageParser::on_header_value_complete(llhttp_t* p) {
   }
   std::string_view v{h.line + h.value_off, h.value_len};
   // obs-fold (a value continued on the next line) and bare CR are refused.
-  if (v.find_first_of("\r\n") != std::string_view::npos) return m.fail(400, "folded or broken header line");
+  for (char c : v)
+    if (c == '\r' || c == '\n') return m.fail(400, "folded or broken header line");
   while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
   h.value_len = static_cast<std::uint32_t>(v.size());
   switch (h.kind) {

@@ -33,11 +33,13 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096),
       balancer(*s.config.table, s.health.get(), i),
       access_log(access_log_fd),
+      wheel(uv_hrtime() / 1000000),
       idle(s.config.table->servers.size()) {}
 
 namespace {
 
-constexpr std::uint64_t kTickMs = 250;
+constexpr std::uint64_t kTickMs = TimerWheel::kTickMs;
+constexpr std::uint32_t kHousekeepingTicks = 5;  // log flush and idle sweep every 500 ms
 
 struct ListenSpec {
   std::string host;
@@ -100,6 +102,7 @@ struct WorkerThread {
   uv_async_t stop;
   uv_timer_t tick;
   std::thread thread;
+  std::uint32_t ticks = 0;
   bool stopping = false;
   bool done = false;
 };
@@ -126,8 +129,11 @@ void finish_worker(WorkerThread* t) {
 void on_tick(uv_timer_t* h) {
   auto* t = static_cast<WorkerThread*>(h->data);
   Worker& w = *t->worker;
-  w.access_log.flush();
-  upstream_sweep(w, false);
+  w.wheel.advance(w.now_ms());
+  if (++t->ticks % kHousekeepingTicks == 0) {
+    w.access_log.flush();
+    upstream_sweep(w, false);
+  }
   if (t->stopping && w.session_count == 0) finish_worker(t);
 }
 

@@ -39,6 +39,8 @@ void client_finish(ClientSession* s, bool linger);
 void finish_exchange(Exchange* ex);
 void update_client_reading(ClientSession* s);
 void on_client_write(uv_write_t* req, int status);
+void on_client_timer(TimerNode* t);
+void on_exchange_timer(TimerNode* t);
 
 // ---------------------------------------------------------------- exchanges
 
@@ -59,8 +61,8 @@ Exchange* exchange_get(Worker& w) {
     ex->iov = std::make_unique<uv_buf_t[]>(ex->iov_cap);
     ex->scratch_cap = static_cast<std::uint32_t>(st.header_bytes) + 512;
     ex->scratch = std::make_unique<char[]>(ex->scratch_cap);
-    uv_timer_init(&w.loop, &ex->timer);
-    ex->timer.data = ex;
+    ex->timer.fire = on_exchange_timer;
+    ex->timer.owner = ex;
     w.exchanges.push_back(std::move(owned));
   }
   ex->next_free = nullptr;
@@ -96,7 +98,7 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
 }
 
 void exchange_put(Worker& w, Exchange* ex) {
-  uv_timer_stop(&ex->timer);
+  TimerWheel::disarm(&ex->timer);
   ex->client = nullptr;
   ex->up = nullptr;
   ex->next_free = w.free_exchanges;
@@ -193,7 +195,7 @@ void log_exchange(Exchange* ex) {
 void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
   ClientSession* s = ex->client;
   detach_upstream(ex, false);
-  uv_timer_stop(&ex->timer);
+  TimerWheel::disarm(&ex->timer);
   ex->phase = Phase::Local;
   ex->status = status;
   if (!ex->req_complete && !ex->client_close && ex->client->in) {
@@ -315,15 +317,7 @@ void send_request(Exchange* ex) {
   if (!c->reading) {
     if (uv_read_start(stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
   }
-  uv_timer_start(&ex->timer, [](uv_timer_t* t) {
-    auto* e = static_cast<Exchange*>(t->data);
-    if (!e->up || e->resp_started) {
-      client_abort(e->client);
-      return;
-    }
-    log(LogLevel::Info, "server %s timed out", std::string(e->worker->shared.config.table->servers[static_cast<std::size_t>(e->server)].authority).c_str());
-    reply_error(e, 504);
-  }, settings(w).upstream_timeout_ms, 0);
+  w.wheel.arm(&ex->timer, w.now_ms() + settings(w).upstream_timeout_ms);
   flush_upstream(ex);
 }
 
@@ -339,7 +333,7 @@ void upstream_failed(Exchange* ex, int err) {
         uv_strerror(err));
   }
   detach_upstream(ex, false);
-  uv_timer_stop(&ex->timer);
+  TimerWheel::disarm(&ex->timer);
   if (ex->resp_started) {
     client_abort(ex->client);
     return;
@@ -409,17 +403,13 @@ void connect_upstream(Exchange* ex) {
     upstream_failed(ex, rc);
     return;
   }
-  uv_timer_start(&ex->timer, [](uv_timer_t* t) {
-    auto* e = static_cast<Exchange*>(t->data);
-    if (!e->up) return;
-    upstream_failed(e, UV_ETIMEDOUT);
-  }, settings(w).connect_timeout_ms, 0);
+  w.wheel.arm(&ex->timer, w.now_ms() + settings(w).connect_timeout_ms);
 }
 
 void on_request_head(Exchange* ex) {
   ClientSession* s = ex->client;
   Worker& w = *s->worker;
-  uv_timer_stop(&s->timer);
+  TimerWheel::disarm(&s->timer);
   describe_request(ex->req, ex->route_headers.get(), ex->head);
   ex->is_head = ex->head.method == Method::Head;
   ++s->requests;
@@ -468,11 +458,7 @@ void process_client(ClientSession* s) {
       s->ex = exchange_get(*s->worker);
       exchange_begin(s->ex, s);
       s->ex->start_us = now_us();
-      uv_timer_start(&s->timer, [](uv_timer_t* t) {
-        auto* cs = static_cast<ClientSession*>(t->data);
-        if (cs->ex && cs->ex->phase == Phase::Head) reply_and_close(cs->ex, 408);
-        else if (!cs->ex) client_abort(cs);
-      }, settings(*s->worker).client_header_timeout_ms, 0);
+      s->worker->wheel.arm(&s->timer, s->worker->now_ms() + settings(*s->worker).client_header_timeout_ms);
     }
     Exchange* ex = s->ex;
     char* base = s->in->data;
@@ -535,14 +521,6 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
 
 void after_client_write(Exchange* ex);
 
-void on_body_timer(uv_timer_t* t) {
-  auto* e = static_cast<Exchange*>(t->data);
-  const std::uint32_t limit = settings(*e->worker).upstream_timeout_ms;
-  if (e->worker->now_ms() - e->last_read_ms < limit) return;  // re-armed lazily: it repeats
-  log(LogLevel::Info, "server %s stalled mid-response",
-      std::string(e->worker->shared.config.table->servers[static_cast<std::size_t>(e->server)].authority).c_str());
-  client_abort(e->client);
-}
 
 void restart_response_parser(Exchange* ex) {
   ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(*ex->worker).header_count);
@@ -594,7 +572,7 @@ void process_upstream(Exchange* ex) {
       ex->status = status;
       ex->resp_started = true;
       ex->last_read_ms = w.now_ms();
-      uv_timer_start(&ex->timer, on_body_timer, settings(w).upstream_timeout_ms, settings(w).upstream_timeout_ms);
+      w.wheel.arm(&ex->timer, ex->last_read_ms + settings(w).upstream_timeout_ms);
       if (ex->resp.body_until_close()) ex->client_close = true;
       bool raw = false;
       n += build_response_head(ex, iov + n, &raw);
@@ -692,8 +670,7 @@ void finish_exchange(Exchange* ex) {
   w.buffers.put(s->in);
   s->in = nullptr;
   s->in_len = s->parse_pos = 0;
-  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); },
-                 settings(w).client_idle_timeout_ms, 0);
+  w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
   update_client_reading(s);
 }
 
@@ -753,11 +730,8 @@ void update_client_reading(ClientSession* s) {
 
 void on_session_closed(uv_handle_t* h) {
   auto* s = static_cast<ClientSession*>(h->data);
-  if (--s->handles_open == 0) {
-    Worker& w = *s->worker;
-    w.buffers.put(s->in);
-    delete s;
-  }
+  s->worker->buffers.put(s->in);
+  delete s;
 }
 
 void close_handles(ClientSession* s) {
@@ -766,8 +740,8 @@ void close_handles(ClientSession* s) {
   else w.sessions = s->next;
   if (s->next) s->next->prev = s->prev;
   --w.session_count;
+  TimerWheel::disarm(&s->timer);
   uv_close(handle(&s->tcp), on_session_closed);
-  uv_close(handle(&s->timer), on_session_closed);
 }
 
 // Closes at once: the exchange (and its server connection) is abandoned.
@@ -806,8 +780,50 @@ void client_finish(ClientSession* s, bool linger) {
     client_abort(s);
     return;
   }
-  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); }, kLingerMs, 0);
+  s->worker->wheel.arm(&s->timer, s->worker->now_ms() + kLingerMs);
   update_client_reading(s);
+}
+
+// ---------------------------------------------------------------- timeouts
+
+// The client's one timeout means, by state: lingering after an answer is
+// over; a head that is not complete in time is 408; an idle keep-alive
+// connection (or one that never sent a byte) is closed.
+void on_client_timer(TimerNode* t) {
+  auto* s = static_cast<ClientSession*>(t->owner);
+  if (!s->lingering && s->ex && s->ex->phase == Phase::Head) {
+    reply_and_close(s->ex, 408);
+    return;
+  }
+  if (!s->ex || s->lingering) client_abort(s);
+}
+
+// The exchange's timeout: connecting (try another server), waiting for the
+// response head (504), or a response body that stalls (abort; re-armed lazily
+// from the last read, so a flowing body costs no timer operation per read).
+void on_exchange_timer(TimerNode* t) {
+  auto* ex = static_cast<Exchange*>(t->owner);
+  Worker& w = *ex->worker;
+  UpstreamConn* c = ex->up;
+  if (!c || ex->phase != Phase::Upstream) return;
+  const std::string_view server = w.shared.config.table->servers[c->server].authority;
+  if (!c->connected) {
+    log(LogLevel::Info, "connect to %.*s timed out", static_cast<int>(server.size()), server.data());
+    upstream_failed(ex, UV_ETIMEDOUT);
+    return;
+  }
+  const std::uint32_t limit = settings(w).upstream_timeout_ms;
+  if (!ex->resp_started) {
+    log(LogLevel::Info, "server %.*s did not answer within %u ms", static_cast<int>(server.size()), server.data(), limit);
+    reply_error(ex, 504);
+    return;
+  }
+  if (w.now_ms() - ex->last_read_ms < limit) {
+    w.wheel.arm(&ex->timer, ex->last_read_ms + limit);
+    return;
+  }
+  log(LogLevel::Info, "server %.*s stalled mid-response", static_cast<int>(server.size()), server.data());
+  client_abort(ex->client);
 }
 
 }  // namespace
@@ -877,11 +893,10 @@ void session_on_connection(uv_stream_t* server, int status) {
   auto* s = new ClientSession();
   s->worker = w;
   uv_tcp_init(&w->loop, &s->tcp);
-  uv_timer_init(&w->loop, &s->timer);
   s->tcp.data = s;
-  s->timer.data = s;
+  s->timer.fire = on_client_timer;
+  s->timer.owner = s;
   s->write_req.data = s;
-  s->handles_open = 2;
   s->next = w->sessions;
   if (w->sessions) w->sessions->prev = s;
   w->sessions = s;
@@ -909,8 +924,7 @@ void session_on_connection(uv_stream_t* server, int status) {
     }
     s->ip_len = static_cast<std::uint8_t>(std::strlen(s->ip));
   }
-  uv_timer_start(&s->timer, [](uv_timer_t* t) { client_abort(static_cast<ClientSession*>(t->data)); },
-                 settings(*w).client_header_timeout_ms, 0);
+  w->wheel.arm(&s->timer, w->now_ms() + settings(*w).client_header_timeout_ms);
   update_client_reading(s);
 }
 
@@ -925,8 +939,9 @@ void session_drain(Worker& w) noexcept {
 }
 
 void session_free_exchanges(Worker& w) noexcept {
-  for (auto& ex : w.exchanges) uv_close(handle(&ex->timer), nullptr);
-  // The Exchange objects are freed with the worker, after the loop ran the closes.
+  for (auto& ex : w.exchanges) TimerWheel::disarm(&ex->timer);
+  w.exchanges.clear();
+  w.free_exchanges = nullptr;
 }
 
 }  // namespace juggler

@@ -1,0 +1,65 @@
+"""Timeouts end to end: slow clients get 408, silent servers 504, idle keep-alive
+connections are closed, and none of it disturbs other clients."""
+
+from __future__ import annotations
+
+import socket
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase
+
+HOST = "127.0.74.1"
+
+
+class TimeoutTest(BalancerTestCase):
+    def setUp(self):
+        self.start_backends(HOST, (6901, 6902))
+        self.lb = self.start_balancer("timeouts")
+
+    def test_half_a_header_gets_408_and_others_are_served_meanwhile(self):
+        slow = jtest.raw_connection(self.lb.port)
+        self.addCleanup(slow.close)
+        slow.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        started = time.monotonic()
+        # Another client is answered at once while the slow one waits.
+        for _ in range(5):
+            self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+        resp = jtest.read_response(slow.makefile("rb"))
+        waited = time.monotonic() - started
+        self.assertEqual(resp.status, 408)
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertLess(waited, 3.0)
+
+    def test_server_that_never_answers_gives_504(self):
+        started = time.monotonic()
+        status, _, body = jtest.http_request(self.lb.port, path="/hang", timeout=10)
+        waited = time.monotonic() - started
+        self.assertEqual(status, 504)
+        self.assertIn(b"504", body)
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertLess(waited, 3.0)
+        self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+
+    def test_idle_keep_alive_connection_is_closed(self):
+        sock = jtest.raw_connection(self.lb.port)
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(jtest.read_response(reader).status, 200)
+        started = time.monotonic()
+        sock.settimeout(6)
+        self.assertEqual(sock.recv(1), b"")  # closed by the balancer
+        waited = time.monotonic() - started
+        self.assertGreaterEqual(waited, 1.8)
+        self.assertLess(waited, 4.0)
+
+    def test_slow_body_from_server_within_timeout_is_fine(self):
+        # Each piece arrives well within timeout.upstream: the stalled-body timer must not fire.
+        status, _, body = jtest.http_request(self.lb.port, path="/delay?ms=600", timeout=10)
+        self.assertEqual(status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
