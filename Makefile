@@ -3,6 +3,7 @@ ROUTES  ?= routes.def
 BUILD   ?= build
 ASAN    ?= build-asan
 PORT    ?= 8080
+HTTPS_PORT ?= 8443
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
@@ -17,7 +18,7 @@ all: deps $(BUILD)/build.ninja
 help:
 	@echo "make routes [ROUTES=file]  compile a routes file into generated/distributer.cpp"
 	@echo "make all                   build bin/app.out and bin/testserver"
-	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer"
+	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
@@ -40,7 +41,7 @@ check: all
 	./bin/app.out --check
 
 run: all ssl_cert_if_needed
-	@bash tools/run-demo.sh $(PORT)
+	@bash tools/run-demo.sh $(PORT) $(HTTPS_PORT)
 
 test: test-fast test-asan
 

@@ -3,6 +3,7 @@
 # front of them on PORT (default 8080). Ctrl-C stops everything.
 set -u
 port="${1:-8080}"
+https_port="${2:-8443}"
 cd "$(dirname "$0")/.."
 pids=()
 cleanup() {
@@ -15,8 +16,9 @@ for i in 1 2 3; do
   pids+=($!)
 done
 sleep 0.3
-echo "demo: backends on 127.0.0.1:6901-6903; balancer on http://127.0.0.1:$port/ (Ctrl-C stops)"
+echo "demo: backends on 127.0.0.1:6901-6903; balancer on http://127.0.0.1:$port/ and https://localhost:$https_port/ (Ctrl-C stops)"
 echo "demo: try  curl -i http://127.0.0.1:$port/  (repeat it: X-Server changes)"
-./bin/app.out --port "$port" &
+echo "demo: and  curl -i --cacert certs/server.crt https://localhost:$https_port/"
+./bin/app.out --port "$port" --https-port "$https_port" &
 pids+=($!)
 wait "${pids[-1]}"

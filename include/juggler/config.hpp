@@ -13,6 +13,7 @@ namespace juggler {
 struct Options {
   int workers = -1;        // -1: routes.def's `set workers`
   int port = -1;           // -1: as compiled; overrides the first http listener
+  int https_port = -1;     // likewise for the first https listener
   std::string access_log;  // empty: routes.def's; else PATH | stdout | off
   LogLevel log_level = LogLevel::Info;
   bool check = false;
@@ -27,6 +28,7 @@ struct Config {
   Settings settings{};        // compiled settings, overridden by Options
   std::uint32_t workers = 1;  // resolved (auto = cores)
   int port_override = -1;
+  int https_port_override = -1;
   std::string access_log_path;  // when settings.access_log == File
   LogLevel log_level = LogLevel::Info;
 };

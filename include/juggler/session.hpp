@@ -12,7 +12,8 @@ void session_on_connection(uv_stream_t* server, int status);
 // current response is sent.
 void session_drain(Worker& w) noexcept;
 
-// Releases the exchange pool (at worker exit, after every session closed).
+// Releases the exchange pool and the TLS idle handle (at worker exit, after
+// every session closed).
 void session_free_exchanges(Worker& w) noexcept;
 
 }  // namespace juggler

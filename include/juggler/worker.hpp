@@ -18,6 +18,7 @@
 #include "juggler/log.hpp"
 #include "juggler/route.hpp"
 #include "juggler/timer_wheel.hpp"
+#include "juggler/tls.hpp"
 
 namespace juggler {
 
@@ -32,6 +33,13 @@ struct Shared {
   std::vector<std::string> route_replies;            // per route: canned bytes for Respond
 };
 
+// What a listening socket's callback needs: its worker, and the TLS context
+// when it is an https listener.
+struct ListenerCtx {
+  Worker* worker;
+  TlsContext* tls;  // null for plain http
+};
+
 struct ClientSession {
   uv_tcp_t tcp;
   TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
@@ -39,6 +47,7 @@ struct ClientSession {
   uv_shutdown_t shutdown_req;
   Worker* worker;
   Exchange* ex = nullptr;
+  TlsStream* tls = nullptr;     // https: the TLS state; `in` holds plaintext
   Buffer* in = nullptr;
   std::uint32_t in_len = 0;     // bytes in `in`
   std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
@@ -51,8 +60,11 @@ struct ClientSession {
   bool lingering = false;       // answered and shut down: reading only to discard
   std::uint8_t ip_len = 0;
   char ip[46];
+  bool pump_queued = false;     // TLS plaintext is waiting inside OpenSSL
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
   ClientSession* next = nullptr;
+  ClientSession* pump_prev = nullptr;  // worker's list of sessions to pump
+  ClientSession* pump_next = nullptr;
 };
 
 struct UpstreamConn {
@@ -152,6 +164,13 @@ struct Worker {
   std::uint32_t session_count = 0;
   std::uint32_t active_exchanges = 0;
   bool draining = false;
+  // TLS: ciphertext is read here, then fed to OpenSSL; sessions whose
+  // plaintext waits inside OpenSSL are pumped from an idle callback.
+  std::unique_ptr<char[]> tls_read;
+  uv_idle_t tls_idle;
+  bool tls_idle_ready = false;
+  ClientSession* pump_head = nullptr;
+  std::uint64_t tls_failures = 0;
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 };
 

@@ -17,6 +17,8 @@ int parse_options(int argc, char** argv, Options& out) {
       ->check(CLI::Range(1, 256));
   app.add_option("--port,-p", out.port, "port of the first http listener (0 = any free port)")
       ->check(CLI::Range(0, 65535));
+  app.add_option("--https-port", out.https_port, "port of the first https listener (0 = any free port)")
+      ->check(CLI::Range(0, 65535));
   app.add_option("--access-log", out.access_log, "PATH, stdout or off (default: routes.def's `set access_log`)");
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
@@ -40,6 +42,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
               : table.settings.workers ? table.settings.workers
                                        : (cores ? cores : 1);
   c.port_override = opts.port;
+  c.https_port_override = opts.https_port;
   if (!opts.access_log.empty()) {
     if (opts.access_log == "off") c.settings.access_log = LogTarget::Off;
     else if (opts.access_log == "stdout") c.settings.access_log = LogTarget::Stdout;
@@ -54,6 +57,11 @@ Config make_config(const RouteTable& table, const Options& opts) {
     bool has_http = false;
     for (const ListenerDef& l : table.listeners) has_http |= l.kind == ListenKind::Http;
     if (!has_http) throw std::runtime_error("--port: " + std::string(table.source) + " has no http listener");
+  }
+  if (opts.https_port >= 0) {
+    bool has_https = false;
+    for (const ListenerDef& l : table.listeners) has_https |= l.kind == ListenKind::Https;
+    if (!has_https) throw std::runtime_error("--https-port: " + std::string(table.source) + " has no https listener");
   }
   return c;
 }
@@ -116,7 +124,6 @@ std::string unsupported_features(const RouteTable& t) {
     return o;
   };
   for (const ListenerDef& l : t.listeners) {
-    if (l.kind == ListenKind::Https) at(l.line) << "https listeners (TLS termination) are not implemented yet\n";
     if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
   }
   for (const PoolDef& p : t.pools) {

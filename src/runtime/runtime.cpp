@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "juggler/session.hpp"
+#include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
 #include "juggler/worker.hpp"
 
@@ -98,6 +99,8 @@ std::uint16_t bound_port(int fd) {
 struct WorkerThread {
   std::unique_ptr<Worker> worker;
   std::vector<int> fds;
+  std::vector<TlsContext*> fd_tls;  // per fd: its https context, or null
+  std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
   uv_async_t stop;
   uv_timer_t tick;
@@ -160,10 +163,12 @@ void prepare_worker(WorkerThread* t) {
 
 void worker_main(WorkerThread* t) {
   Worker& w = *t->worker;
-  for (int fd : t->fds) {
+  for (std::size_t i = 0; i < t->fds.size(); ++i) {
+    const int fd = t->fds[i];
     auto l = std::make_unique<uv_tcp_t>();
     uv_tcp_init(&w.loop, l.get());
-    l->data = &w;
+    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i]}));
+    l->data = t->listener_ctx.back().get();
     int rc = uv_tcp_open(l.get(), fd);
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, session_on_connection);
     if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
@@ -207,19 +212,31 @@ int run(const Config& config) {
   const std::uint32_t n = config.workers;
   std::vector<WorkerThread> threads(n);
   std::vector<std::string> announce;
-  bool first_http = true;
+  // TLS contexts first: a bad certificate stops start-up before any bind.
+  std::vector<std::unique_ptr<TlsContext>> tls_contexts;
+  bool first_http = true, first_https = true;
   for (const ListenerDef& l : table.listeners) {
-    if (l.kind != ListenKind::Http) continue;
+    if (l.kind == ListenKind::Tcp) continue;
+    const bool https = l.kind == ListenKind::Https;
+    TlsContext* tls = nullptr;
+    if (https) {
+      tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
+      tls = tls_contexts.back().get();
+    }
     std::uint16_t port = l.port;
-    if (first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
-    first_http = false;
+    if (!https && first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
+    if (https && first_https && config.https_port_override >= 0)
+      port = static_cast<std::uint16_t>(config.https_port_override);
+    (https ? first_https : first_http) = false;
     std::string host(l.host);
     for (std::uint32_t i = 0; i < n; ++i) {
       int fd = bind_one(host, port, table.source, l.line);
       if (port == 0) port = bound_port(fd);  // the others join the port the kernel chose
       threads[i].fds.push_back(fd);
+      threads[i].fd_tls.push_back(tls);
     }
-    announce.push_back("listening on http://" + host + ":" + std::to_string(port));
+    const std::string shown = host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
+    announce.push_back(std::string("listening on ") + (https ? "https://" : "http://") + shown + ":" + std::to_string(port));
   }
 
   uv_loop_t main_loop;

@@ -25,6 +25,7 @@ namespace {
 constexpr std::string_view kConnClose = "Connection: close\r\n";
 constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 constexpr std::uint64_t kLingerMs = 2000;
+constexpr unsigned kTlsReadSize = 17 * 1024;  // one TLS record and its overhead
 
 inline uv_stream_t* stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
 inline uv_handle_t* handle(void* h) { return static_cast<uv_handle_t*>(h); }
@@ -40,6 +41,7 @@ void finish_exchange(Exchange* ex);
 void update_client_reading(ClientSession* s);
 void on_client_write(uv_write_t* req, int status);
 void on_client_timer(TimerNode* t);
+void queue_pump(ClientSession* s);
 void on_exchange_timer(TimerNode* t);
 
 // ---------------------------------------------------------------- exchanges
@@ -142,7 +144,32 @@ bool write_or_queue(uv_stream_t* st, uv_write_t* req, uv_buf_t* iov, unsigned n,
   return false;
 }
 
+// TLS: sends the ciphertext OpenSSL produced (handshake, alerts, records).
+// Returns true when nothing is left to send.
+bool flush_tls(ClientSession* s) {
+  if (s->write_pending) return false;  // on_client_write flushes the rest
+  s->tls->out.clear();
+  if (s->tls->take_output(s->tls->out) == 0) return true;
+  uv_buf_t b = uv_buf_init(s->tls->out.data(), static_cast<unsigned>(s->tls->out.size()));
+  s->write_pending = true;
+  if (write_or_queue(stream(&s->tcp), &s->write_req, &b, 1, on_client_write)) {
+    s->write_pending = false;
+    return true;
+  }
+  return false;
+}
+
 bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) {
+  if (s->tls) {
+    if (!s->tls->write(iov, n)) {
+      // Report it as a failed write, from the callback like any other.
+      s->write_pending = true;
+      s->write_req.handle = stream(&s->tcp);
+      on_client_write(&s->write_req, UV_EPROTO);
+      return false;
+    }
+    return flush_tls(s);
+  }
   s->write_pending = true;
   if (write_or_queue(stream(&s->tcp), &s->write_req, iov, n, on_client_write)) {
     s->write_pending = false;
@@ -231,7 +258,8 @@ void reply_and_close(Exchange* ex, int status) {
 
 unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
-  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, "http", ex->scratch.get(),
+  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->tls ? "https" : "http",
+                                 ex->scratch.get(),
                                  ex->scratch_cap, &len, ex->iov.get());
   ex->scratch_len = static_cast<std::uint32_t>(len);
   return n;
@@ -632,6 +660,7 @@ void on_client_write(uv_write_t* req, int status) {
     client_abort(s);
     return;
   }
+  if (s->tls && !flush_tls(s)) return;  // more ciphertext queued meanwhile
   Exchange* ex = s->ex;
   if (!ex) {
     if (s->close_after_write) client_finish(s, true);
@@ -676,6 +705,135 @@ void finish_exchange(Exchange* ex) {
 
 // ---------------------------------------------------------------- client connection
 
+void client_eof(ClientSession* s, int err) {
+  s->eof = true;
+  if (s->reading) {
+    uv_read_stop(stream(&s->tcp));
+    s->reading = false;
+  }
+  if (s->lingering || err != UV_EOF || !s->ex) {
+    client_abort(s);
+    return;
+  }
+  Exchange* e = s->ex;
+  if (e->phase == Phase::Head || !e->req_complete) {
+    client_abort(s);
+    return;
+  }
+  e->client_close = true;  // answer what was asked, then close
+}
+
+void on_client_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+  auto* s = static_cast<ClientSession*>(h->data);
+  Worker& w = *s->worker;
+  if (s->tls) {
+    if (!w.tls_read) w.tls_read = std::make_unique<char[]>(kTlsReadSize);
+    *buf = uv_buf_init(w.tls_read.get(), kTlsReadSize);
+    return;
+  }
+  if (!s->in) {
+    s->in = w.buffers.get();
+    s->in_len = s->parse_pos = 0;
+  }
+  if (s->lingering) s->in_len = s->parse_pos = 0;  // discard
+  *buf = uv_buf_init(s->in->data + s->in_len, s->in->cap - s->in_len);
+}
+
+// TLS: decrypts what OpenSSL holds into the session's buffer, sends what the
+// handshake wants sent, and parses the plaintext.
+void tls_pump(ClientSession* s) {
+  TlsStream* t = s->tls;
+  Worker& w = *s->worker;
+  bool got = false;
+  while (!s->closing && !s->lingering) {
+    if (!s->in) {
+      s->in = w.buffers.get();
+      s->in_len = s->parse_pos = 0;
+    }
+    std::size_t n = 0;
+    TlsStream::Read r = t->read(s->in->data + s->in_len, s->in->cap - s->in_len, &n);
+    if (r == TlsStream::Read::Data) {
+      s->in_len += static_cast<std::uint32_t>(n);
+      got = true;
+      continue;
+    }
+    if (r == TlsStream::Read::NeedMore) break;
+    if (r == TlsStream::Read::Error) {
+      ++w.tls_failures;
+      log(LogLevel::Debug, "TLS from %.*s: %s", s->ip_len, s->ip, t->last_error());
+      flush_tls(s);  // the alert, if any
+      client_abort(s);
+      return;
+    }
+    client_eof(s, UV_EOF);  // close_notify
+    return;
+  }
+  if (s->closing) return;
+  if (t->has_output()) flush_tls(s);
+  if (got) process_client(s);
+  else if (s->in && s->in_len == 0 && !s->ex) {
+    w.buffers.put(s->in);
+    s->in = nullptr;
+  }
+}
+
+void on_client_read(uv_stream_t* st, ssize_t nread, const uv_buf_t* buf) {
+  auto* s = static_cast<ClientSession*>(st->data);
+  if (nread > 0) {
+    if (s->lingering) return;
+    if (s->tls) {
+      s->tls->feed(buf->base, static_cast<std::size_t>(nread));
+      tls_pump(s);
+      return;
+    }
+    s->in_len += static_cast<std::uint32_t>(nread);
+    process_client(s);
+    return;
+  }
+  if (nread == 0) return;
+  client_eof(s, static_cast<int>(nread));
+}
+
+void on_pump_idle(uv_idle_t* h) {
+  auto* w = static_cast<Worker*>(h->data);
+  while (ClientSession* s = w->pump_head) {
+    w->pump_head = s->pump_next;
+    if (s->pump_next) s->pump_next->pump_prev = nullptr;
+    s->pump_next = s->pump_prev = nullptr;
+    s->pump_queued = false;
+    if (!s->closing) tls_pump(s);
+  }
+  uv_idle_stop(h);
+}
+
+void unqueue_pump(ClientSession* s) {
+  if (!s->pump_queued) return;
+  Worker& w = *s->worker;
+  if (s->pump_prev) s->pump_prev->pump_next = s->pump_next;
+  else w.pump_head = s->pump_next;
+  if (s->pump_next) s->pump_next->pump_prev = s->pump_prev;
+  s->pump_next = s->pump_prev = nullptr;
+  s->pump_queued = false;
+}
+
+// Plaintext that OpenSSL already decrypted would not wake the socket: the
+// session is pumped from the loop's idle phase instead.
+void queue_pump(ClientSession* s) {
+  if (s->pump_queued) return;
+  Worker& w = *s->worker;
+  if (!w.tls_idle_ready) {
+    uv_idle_init(&w.loop, &w.tls_idle);
+    w.tls_idle.data = &w;
+    w.tls_idle_ready = true;
+  }
+  s->pump_queued = true;
+  s->pump_prev = nullptr;
+  s->pump_next = w.pump_head;
+  if (w.pump_head) w.pump_head->pump_prev = s;
+  w.pump_head = s;
+  uv_idle_start(&w.tls_idle, on_pump_idle);
+}
+
 void update_client_reading(ClientSession* s) {
   if (s->closing) return;
   bool want = !s->eof;
@@ -685,42 +843,10 @@ void update_client_reading(ClientSession* s) {
     if (c && c->write_pending) want = false;  // backpressure
   }
   if (s->lingering) want = !s->eof;  // discarding: the buffer is reused
+  if (want && s->tls && !s->lingering && s->tls->buffered()) queue_pump(s);
   if (want == s->reading) return;
   if (want) {
-    uv_read_start(stream(&s->tcp),
-                  [](uv_handle_t* h, std::size_t, uv_buf_t* buf) {
-                    auto* cs = static_cast<ClientSession*>(h->data);
-                    if (!cs->in) {
-                      cs->in = cs->worker->buffers.get();
-                      cs->in_len = cs->parse_pos = 0;
-                    }
-                    if (cs->lingering) cs->in_len = cs->parse_pos = 0;  // discard
-                    *buf = uv_buf_init(cs->in->data + cs->in_len, cs->in->cap - cs->in_len);
-                  },
-                  [](uv_stream_t* st, ssize_t nread, const uv_buf_t*) {
-                    auto* cs = static_cast<ClientSession*>(st->data);
-                    if (nread > 0) {
-                      if (cs->lingering) return;
-                      cs->in_len += static_cast<std::uint32_t>(nread);
-                      process_client(cs);
-                      return;
-                    }
-                    if (nread == 0) return;
-                    cs->eof = true;
-                    uv_read_stop(st);
-                    cs->reading = false;
-                    if (cs->lingering || nread != UV_EOF || !cs->ex) {
-                      client_abort(cs);
-                      return;
-                    }
-                    Exchange* e = cs->ex;
-                    if (e->phase == Phase::Head || !e->req_complete) {
-                      client_abort(cs);
-                      return;
-                    }
-                    e->client_close = true;  // answer what was asked, then close
-                    if (!cs->in || cs->in_len == 0) return;
-                  });
+    uv_read_start(stream(&s->tcp), on_client_alloc, on_client_read);
     s->reading = true;
   } else {
     uv_read_stop(stream(&s->tcp));
@@ -731,6 +857,7 @@ void update_client_reading(ClientSession* s) {
 void on_session_closed(uv_handle_t* h) {
   auto* s = static_cast<ClientSession*>(h->data);
   s->worker->buffers.put(s->in);
+  delete s->tls;
   delete s;
 }
 
@@ -741,6 +868,7 @@ void close_handles(ClientSession* s) {
   if (s->next) s->next->prev = s->prev;
   --w.session_count;
   TimerWheel::disarm(&s->timer);
+  unqueue_pump(s);
   uv_close(handle(&s->tcp), on_session_closed);
 }
 
@@ -885,7 +1013,8 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
 // ---------------------------------------------------------------- accept / drain
 
 void session_on_connection(uv_stream_t* server, int status) {
-  auto* w = static_cast<Worker*>(server->data);
+  auto* lc = static_cast<ListenerCtx*>(server->data);
+  Worker* w = lc->worker;
   if (status < 0) {
     log(LogLevel::Warn, "accept: %s", uv_strerror(status));
     return;
@@ -906,6 +1035,7 @@ void session_on_connection(uv_stream_t* server, int status) {
     return;
   }
   uv_tcp_nodelay(&s->tcp, 1);
+  if (lc->tls) s->tls = new TlsStream(lc->tls->default_ctx());
   sockaddr_storage peer{};
   int len = sizeof peer;
   if (uv_tcp_getpeername(&s->tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
@@ -942,6 +1072,10 @@ void session_free_exchanges(Worker& w) noexcept {
   for (auto& ex : w.exchanges) TimerWheel::disarm(&ex->timer);
   w.exchanges.clear();
   w.free_exchanges = nullptr;
+  if (w.tls_idle_ready) {
+    w.tls_idle_ready = false;
+    uv_close(handle(&w.tls_idle), nullptr);
+  }
 }
 
 }  // namespace juggler

@@ -334,7 +334,7 @@ class LifecycleTest(BalancerTestCase):
     def test_unsupported_features_refuse_to_start_and_name_them(self):
         out = subprocess.run([balancer_path("unsupported"), "--port", "0"], capture_output=True, text=True, timeout=10)
         self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
-        self.assertRegex(out.stderr, r"unsupported\.def:\d+: https listeners")
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: tcp listeners")
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: strategy least_conn")
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: gzip")
 

@@ -1,0 +1,224 @@
+#include "juggler/tls.hpp"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+namespace juggler {
+
+namespace {
+
+std::string openssl_error() {
+  unsigned long e = ERR_get_error();
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+// A readable file, or an exception that names it and says how to make one.
+void require_readable(std::string_view what, std::string_view path, std::string_view where) {
+  std::ifstream f{std::string(path)};
+  if (!f) {
+    throw std::runtime_error(std::string(where) + ": cannot read " + std::string(what) + " " + std::string(path) +
+                             ": " + std::strerror(errno) +
+                             " (run `make ssl_cert` for a self-signed one, or fix the path)");
+  }
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
+  return out;
+}
+
+std::vector<std::string> cert_names(SSL_CTX* ctx) {
+  std::vector<std::string> names;
+  X509* cert = SSL_CTX_get0_certificate(ctx);
+  if (!cert) return names;
+  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+      const GENERAL_NAME* n = sk_GENERAL_NAME_value(sans, i);
+      if (n->type != GEN_DNS) continue;
+      const unsigned char* d = ASN1_STRING_get0_data(n->d.dNSName);
+      names.push_back(lower({reinterpret_cast<const char*>(d), static_cast<std::size_t>(ASN1_STRING_length(n->d.dNSName))}));
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  if (names.empty()) {
+    char cn[256];
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0)
+      names.push_back(lower(cn));
+  }
+  return names;
+}
+
+int on_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen, void*) {
+  static const unsigned char kHttp11[] = "\x08http/1.1";
+  unsigned char* selected = nullptr;
+  if (SSL_select_next_proto(&selected, outlen, kHttp11, sizeof kHttp11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;  // no common protocol: go on without ALPN
+  *out = selected;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view where) {
+  require_readable("certificate", cert, where);
+  require_readable("key", key, where);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) throw std::runtime_error(std::string(where) + ": SSL_CTX_new: " + openssl_error());
+  auto fail = [&](const std::string& msg) {
+    SSL_CTX_free(ctx);
+    throw std::runtime_error(std::string(where) + ": " + msg);
+  };
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // TLS 1.2: forward-secret AEAD suites only (no RC4, 3DES, CBC-SHA1, NULL, export).
+  if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) fail("cipher list: " + openssl_error());
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Resumption: stateless tickets (OpenSSL's ticket keys, made per process)
+  // and a server-side cache for clients that do not take tickets.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+  static const unsigned char kSidCtx[] = "juggler";
+  SSL_CTX_set_session_id_context(ctx, kSidCtx, sizeof kSidCtx - 1);
+  SSL_CTX_sess_set_cache_size(ctx, 20480);
+  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, nullptr);
+  std::string c(cert), k(key);
+  // Key first: loading the certificate after it drops a key that does not
+  // match, which the check below then reports in plain words.
+  if (SSL_CTX_use_PrivateKey_file(ctx, k.c_str(), SSL_FILETYPE_PEM) != 1)
+    fail("key " + k + " is not a PEM private key: " + openssl_error());
+  if (SSL_CTX_use_certificate_chain_file(ctx, c.c_str()) != 1)
+    fail("certificate " + c + " is not a PEM certificate (chain): " + openssl_error() + " (run `make ssl_cert`?)");
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    ERR_clear_error();
+    fail("key " + k + " does not match certificate " + c);
+  }
+  return ctx;
+}
+
+}  // namespace
+
+TlsContext::TlsContext(const RouteTable& table, const ListenerDef& l) {
+  const std::string where = std::string(table.source) + ":" + std::to_string(l.line) + ": listen https";
+  try {
+    for (std::uint16_t i = 0; i < l.cert_count; ++i) {
+      const CertDef& c = table.certs[l.first_cert + i];
+      SSL_CTX* ctx = make_ctx(c.cert_file, c.key_file, where);
+      certs_.push_back({ctx, cert_names(ctx)});
+    }
+  } catch (...) {
+    for (Cert& c : certs_) SSL_CTX_free(c.ctx);
+    throw;
+  }
+  if (certs_.empty()) throw std::runtime_error(where + ": no certificate");
+  for (Cert& c : certs_) {
+    SSL_CTX_set_tlsext_servername_callback(c.ctx, on_servername);
+    SSL_CTX_set_tlsext_servername_arg(c.ctx, this);
+  }
+}
+
+TlsContext::~TlsContext() {
+  for (Cert& c : certs_) SSL_CTX_free(c.ctx);
+}
+
+SSL_CTX* TlsContext::ctx_for(std::string_view name) const noexcept {
+  std::string n = lower(name);
+  for (const Cert& c : certs_) {
+    for (const std::string& pattern : c.names) {
+      if (pattern == n) return c.ctx;
+      if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
+        std::size_t dot = n.find('.');
+        if (dot != std::string::npos && n.compare(dot, std::string::npos, pattern, 1, std::string::npos) == 0)
+          return c.ctx;
+      }
+    }
+  }
+  return nullptr;
+}
+
+int TlsContext::on_servername(SSL* ssl, int*, void* arg) {
+  const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (!name) return SSL_TLSEXT_ERR_OK;
+  auto* self = static_cast<TlsContext*>(arg);
+  if (SSL_CTX* ctx = self->ctx_for(name); ctx && ctx != SSL_get_SSL_CTX(ssl)) SSL_set_SSL_CTX(ssl, ctx);
+  return SSL_TLSEXT_ERR_OK;  // unknown names get the default certificate
+}
+
+TlsStream::TlsStream(SSL_CTX* ctx) : ssl_(SSL_new(ctx)), in_(BIO_new(BIO_s_mem())), out_(BIO_new(BIO_s_mem())) {
+  if (!ssl_ || !in_ || !out_) throw std::bad_alloc();
+  BIO_set_mem_eof_return(in_, -1);  // empty means "wait", not EOF
+  SSL_set_bio(ssl_, in_, out_);     // ssl_ owns both now
+  SSL_set_accept_state(ssl_);
+}
+
+TlsStream::~TlsStream() { SSL_free(ssl_); }
+
+void TlsStream::feed(const char* data, std::size_t len) {
+  while (len > 0) {
+    int n = BIO_write(in_, data, static_cast<int>(std::min<std::size_t>(len, 1 << 30)));
+    if (n <= 0) return;
+    data += n;
+    len -= static_cast<std::size_t>(n);
+  }
+}
+
+TlsStream::Read TlsStream::read(char* dst, std::size_t cap, std::size_t* got) {
+  *got = 0;
+  if (cap == 0) return Read::NeedMore;
+  std::size_t n = 0;
+  int rc = SSL_read_ex(ssl_, dst, cap, &n);
+  if (rc == 1) {
+    *got = n;
+    return Read::Data;
+  }
+  switch (SSL_get_error(ssl_, rc)) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      return Read::NeedMore;
+    case SSL_ERROR_ZERO_RETURN:
+      return Read::Closed;
+    default: {
+      unsigned long e = ERR_peek_error();
+      error_ = e ? ERR_reason_error_string(e) : "connection broken";
+      if (!error_) error_ = "TLS error";
+      ERR_clear_error();
+      return Read::Error;
+    }
+  }
+}
+
+bool TlsStream::buffered() const noexcept { return SSL_pending(ssl_) > 0 || BIO_ctrl_pending(in_) > 0; }
+
+bool TlsStream::write(const uv_buf_t* iov, unsigned n) {
+  for (unsigned i = 0; i < n; ++i) {
+    if (iov[i].len == 0) continue;
+    std::size_t done = 0;
+    if (SSL_write_ex(ssl_, iov[i].base, iov[i].len, &done) != 1 || done != iov[i].len) {
+      ERR_clear_error();
+      return false;
+    }
+  }
+  return true;
+}
+
+bool TlsStream::has_output() const noexcept { return BIO_ctrl_pending(out_) > 0; }
+
+std::size_t TlsStream::take_output(std::string& dst) {
+  std::size_t pending = BIO_ctrl_pending(out_);
+  if (pending == 0) return 0;
+  std::size_t at = dst.size();
+  dst.resize(at + pending);
+  int n = BIO_read(out_, dst.data() + at, static_cast<int>(pending));
+  dst.resize(at + (n > 0 ? static_cast<std::size_t>(n) : 0));
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
+}
+
+}  // namespace juggler

@@ -1,0 +1,203 @@
+"""TLS termination end to end: curl, python's ssl and openssl s_client against the balancer
+built from tests/routes/tls.def, with plain-HTTP testservers behind it."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import unittest
+
+import jtest
+from balancer import BalancerTestCase, balancer_path, start_balancer
+
+HOST = "127.0.75.1"
+
+
+def make_cert(directory: str, stem: str, cn: str, san: str) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", os.path.join(directory, stem + ".key"), "-out", os.path.join(directory, stem + ".crt"),
+         "-days", "2", "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}"],
+        check=True, capture_output=True)
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class TlsTest(BalancerTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        make_cert(cls.dir, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
+        make_cert(cls.dir, "tls-b", "other.test", "DNS:other.test")
+        cls.backends = [cls.start_class_testserver(port=p, host=HOST) for p in (6901, 6902)]
+        cls.lb = start_balancer("tls", extra=["--https-port", "0"], cwd=cls.dir)
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.https_port = int(cls.lb.wait_for_line(r"listening on https://\S+:(\d+)").group(1))
+        cls.ca_a = os.path.join(cls.dir, "tls-a.crt")
+        cls.ca_b = os.path.join(cls.dir, "tls-b.crt")
+
+    def client_context(self, cafile: str) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=cafile)
+        return ctx
+
+    def curl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["curl", "-s", "--cacert", self.ca_a, *args], capture_output=True, timeout=60)
+
+    def test_curl_over_tls_1_2_and_1_3(self):
+        for flags, version in ((["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")):
+            out = self.curl(*flags, "-w", "\n%{ssl_verify_result}", f"https://localhost:{self.https_port}/headers")
+            self.assertEqual(out.returncode, 0, out.stderr)
+            body, verify = out.stdout.rsplit(b"\n", 1)
+            self.assertEqual(verify, b"0")
+            self.assertIn(b"X-Forwarded-Proto: https", body)
+
+    def test_sni_picks_the_certificate_and_each_verifies(self):
+        for name, ca in (("localhost", self.ca_a), ("other.test", self.ca_b)):
+            ctx = self.client_context(ca)
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    cert = tls.getpeercert()
+                    self.assertIn(("commonName", name), cert["subject"][0])
+                    tls.sendall(f"GET /ping HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+                    self.assertEqual(jtest.read_response(tls.makefile("rb")).body, b"pong\n")
+
+    def test_alpn_offers_http_1_1(self):
+        ctx = self.client_context(self.ca_a)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
+
+    def test_sessions_are_resumed(self):
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.https_port}", "-tls1_2",
+                              "-reconnect", "-CAfile", self.ca_a],
+                             input=b"", capture_output=True, timeout=30)
+        reused = len(re.findall(rb"^Reused, ", out.stdout, re.M))
+        self.assertGreaterEqual(reused, 4, out.stdout.decode(errors="replace")[-2000:])
+        # TLS 1.3 tickets, from python.
+        ctx = self.client_context(self.ca_a)
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                jtest.read_response(tls.makefile("rb"))
+                session = tls.session
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                self.assertTrue(tls.session_reused)
+
+    def test_old_protocols_and_weak_suites_are_refused(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_1
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+        except (ValueError, ssl.SSLError):
+            self.skipTest("this OpenSSL cannot even offer TLS 1.1")
+        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+            with self.assertRaises(ssl.SSLError):
+                ctx.wrap_socket(raw, server_hostname="localhost")
+        for cipher in ("AES128-SHA", "DES-CBC3-SHA", "ECDHE-ECDSA-AES128-SHA"):
+            out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.https_port}", "-tls1_2",
+                                  "-cipher", cipher + ":@SECLEVEL=0"], input=b"", capture_output=True, timeout=30)
+            self.assertNotEqual(out.returncode, 0, f"{cipher} was accepted")
+
+    def test_100mb_download_byte_exact_with_bounded_memory(self):
+        n = 100 * 1000 * 1000
+        ctx = self.client_context(self.ca_a)
+        conn = http.client.HTTPSConnection("localhost", self.https_port, context=ctx, timeout=60)
+        self.addCleanup(conn.close)
+        conn.request("GET", f"/bytes?n={n}")
+        resp = conn.getresponse()
+        digest = hashlib.sha256()
+        got = peak = 0
+        while chunk := resp.read(1 << 20):
+            digest.update(chunk)
+            got += len(chunk)
+            if got % (8 << 20) < (1 << 20):
+                peak = max(peak, rss_kb(self.lb.pid))
+        self.assertEqual(got, n)
+        self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
+        self.assertLess(peak, 60 * 1024, f"balancer RSS peaked at {peak} kB")
+
+    def test_large_upload_over_tls(self):
+        body = os.urandom(5 * 1024 * 1024)
+        ctx = self.client_context(self.ca_a)
+        conn = http.client.HTTPSConnection("localhost", self.https_port, context=ctx, timeout=60)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/echo", body=body)
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.read(), body)
+
+    def test_garbage_and_plain_http_on_the_https_port_disturb_nobody(self):
+        ctx = self.client_context(self.ca_a)
+        conn = http.client.HTTPSConnection("localhost", self.https_port, context=ctx, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/ping")
+        self.assertEqual(conn.getresponse().read(), b"pong\n")
+        for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", os.urandom(5000), b"\x16\x03\x01\x00\x05hello"):
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                try:
+                    while s.recv(4096):
+                        pass
+                except ConnectionResetError:
+                    pass
+        # A client that disappears mid-handshake.
+        s = socket.create_connection(("127.0.0.1", self.https_port), timeout=10)
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        s.close()
+        conn.request("GET", "/ping")  # the kept-alive TLS connection still works
+        self.assertEqual(conn.getresponse().read(), b"pong\n")
+        self.assertEqual(jtest.http_request(self.plain_port(), path="/ping")[0], 200)
+
+    def plain_port(self) -> int:
+        return int(re.search(r"listening on http://\S+:(\d+)", self.lb.output()).group(1))
+
+
+class CertificateErrorsTest(unittest.TestCase):
+    def run_in(self, directory: str) -> subprocess.CompletedProcess:
+        return subprocess.run([balancer_path("tls"), "--port", "0", "--https-port", "0"], cwd=directory,
+                              capture_output=True, text=True, timeout=10)
+
+    def test_missing_certificate_names_the_file_and_make_ssl_cert(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        out = self.run_in(d)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("tls-a.crt", out.stderr)
+        self.assertIn("make ssl_cert", out.stderr)
+        self.assertRegex(out.stderr, r"tls\.def:\d+: listen https")
+
+    def test_key_that_does_not_match_is_refused(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        make_cert(d, "tls-a", "localhost", "DNS:localhost")
+        make_cert(d, "tls-b", "other.test", "DNS:other.test")
+        shutil.copy(os.path.join(d, "tls-b.key"), os.path.join(d, "tls-a.key"))
+        out = self.run_in(d)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("tls-a.key does not match certificate tls-a.crt", out.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
