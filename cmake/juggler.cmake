@@ -18,7 +18,12 @@ endfunction()
 # juggler_add_balancer(TARGET GENERATED_CPP OUT_DIR OUT_NAME)
 #   One balancer binary: src/main + the core library + one generated table.
 function(juggler_add_balancer target generated out_dir out_name)
-  add_executable(${target} "${CMAKE_SOURCE_DIR}/src/main/main.cpp" "${generated}")
+  if(NOT TARGET juggler_main)
+    # main() is the same for every balancer: compiled once.
+    add_library(juggler_main OBJECT "${CMAKE_SOURCE_DIR}/src/main/main.cpp")
+    target_link_libraries(juggler_main PRIVATE juggler_core)
+  endif()
+  add_executable(${target} $<TARGET_OBJECTS:juggler_main> "${generated}")
   target_link_libraries(${target} PRIVATE juggler_core)
   set_target_properties(${target} PROPERTIES RUNTIME_OUTPUT_DIRECTORY "${out_dir}" OUTPUT_NAME "${out_name}")
 endfunction()

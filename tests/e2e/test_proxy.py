@@ -331,6 +331,15 @@ class LifecycleTest(BalancerTestCase):
         self.assertIn("server 127.0.71.1:6902", out.stdout)
         self.assertIn("route * /echo -> web", out.stdout)
 
+    @unittest.skipUnless(shutil.which("setpriv") and os.geteuid() == 0, "needs root to drop privileges")
+    def test_privileged_port_without_root_says_sudo_or_port(self):
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              balancer_path("basic"), "--port", "80"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("cannot listen on 127.0.0.1:80", out.stderr)
+        self.assertIn("sudo", out.stderr)
+        self.assertIn("--port", out.stderr)
+
     def test_unsupported_features_refuse_to_start_and_name_them(self):
         out = subprocess.run([balancer_path("unsupported"), "--port", "0"], capture_output=True, text=True, timeout=10)
         self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
