@@ -311,16 +311,19 @@ class LifecycleTest(BalancerTestCase):
         results = []
 
         def slow():
-            results.append(jtest.http_request(lb.port, path="/delay?ms=700", timeout=10)[0])
+            try:
+                results.append(jtest.http_request(lb.port, path="/delay?ms=500", timeout=15)[0])
+            except OSError as error:
+                results.append(repr(error))
 
-        threads = [threading.Thread(target=slow) for _ in range(20)]
+        threads = [threading.Thread(target=slow) for _ in range(200)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        time.sleep(0.3)  # all 200 are in flight (each takes 500 ms)
         lb.send_signal(signal.SIGTERM)
         for t in threads:
-            t.join(timeout=15)
-        self.assertEqual(results, [200] * 20)
+            t.join(timeout=20)
+        self.assertEqual(results, [200] * 200)
         self.assertEqual(lb.wait(timeout=10), 0)
         with self.assertRaises(OSError):
             socket.create_connection((jtest.LOOPBACK, lb.port), timeout=1).close()
