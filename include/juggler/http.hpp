@@ -143,6 +143,7 @@ class MessageParser {
   bool dropped_ = false;
   bool head_done_ = false;
   bool te_chunked_ = false;  // a Transfer-Encoding token says chunked
+  bool value_pieces_ = false;  // the current value arrived in more than one piece
   int error_status_ = 0;
   const char* error_reason_ = nullptr;
 };

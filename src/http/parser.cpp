@@ -133,6 +133,7 @@ int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len)
     h = HeaderSpan{at, 0, 0, 0, HeaderKind::Other, false};
     m.in_field_ = true;
     m.value_begin_ = m.value_end_ = nullptr;
+    m.value_pieces_ = false;
   }
   m.field_end_ = at + len;
   return 0;
@@ -152,6 +153,7 @@ int MessageParser::on_header_field_complete(llhttp_t* p) {
 int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len) {
   MessageParser& m = self(p);
   if (!m.value_begin_) m.value_begin_ = at;
+  else m.value_pieces_ = true;
   m.value_end_ = at + len;
   return 0;
 }
@@ -167,9 +169,13 @@ int MessageParser::on_header_value_complete(llhttp_t* p) {
     h.value_len = 0;
   }
   std::string_view v{h.line + h.value_off, h.value_len};
-  // obs-fold (a value continued on the next line) and bare CR are refused.
-  for (char c : v)
-    if (c == '\r' || c == '\n') return m.fail(400, "folded or broken header line");
+  // obs-fold (a value continued on the next line) is refused. llhttp hands a
+  // folded value over in pieces; a value in one piece has no CR or LF.
+  if (m.value_pieces_) {
+    for (char c : v)
+      if (c == '\r' || c == '\n') return m.fail(400, "folded or broken header line");
+    m.value_pieces_ = false;
+  }
   while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
   h.value_len = static_cast<std::uint32_t>(v.size());
   switch (h.kind) {

@@ -1,10 +1,17 @@
 #include "juggler/tls.hpp"
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -69,6 +76,67 @@ int on_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsign
   return SSL_TLSEXT_ERR_OK;
 }
 
+// Session ticket keys, rotated without shared mutable state: the keys of
+// epoch E (E = now / period) are HMAC-derived from a per-process random
+// secret, so every worker computes the same keys with no lock. Tickets are
+// issued under the current epoch and accepted from the previous one too (and
+// then renewed); older tickets fall back to a full handshake.
+struct TicketKeys {
+  unsigned char secret[32];
+  std::uint64_t period_s;
+  TicketKeys() {
+    if (RAND_bytes(secret, sizeof secret) != 1) throw std::runtime_error("RAND_bytes failed");
+    const char* env = std::getenv("JUGGLER_TLS_TICKET_ROTATE_S");  // tests shorten it
+    period_s = env && std::atoll(env) > 0 ? static_cast<std::uint64_t>(std::atoll(env)) : 12 * 3600;
+  }
+  void derive(std::uint64_t epoch, char label, unsigned char out[32]) const {
+    unsigned char msg[9];
+    msg[0] = static_cast<unsigned char>(label);
+    for (int i = 0; i < 8; ++i) msg[1 + i] = static_cast<unsigned char>(epoch >> (8 * i));
+    unsigned int len = 32;
+    HMAC(EVP_sha256(), secret, sizeof secret, msg, sizeof msg, out, &len);
+  }
+};
+
+const TicketKeys& ticket_keys() {
+  static const TicketKeys keys;
+  return keys;
+}
+
+int on_ticket_key(SSL*, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX* cipher,
+                  EVP_MAC_CTX* mac, int enc) {
+  const TicketKeys& k = ticket_keys();
+  const std::uint64_t now_epoch = static_cast<std::uint64_t>(std::time(nullptr)) / k.period_s;
+  auto use = [&](std::uint64_t epoch, bool encrypt) {
+    unsigned char aes[32], hmac[32];
+    k.derive(epoch, 'a', aes);
+    k.derive(epoch, 'h', hmac);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, hmac, sizeof hmac),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (EVP_MAC_CTX_set_params(mac, params) != 1) return false;
+    return (encrypt ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, aes, iv)
+                    : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, aes, iv)) == 1;
+  };
+  if (enc) {
+    unsigned char n[32];
+    k.derive(now_epoch, 'n', n);
+    std::memcpy(name, n, 16);
+    if (RAND_bytes(iv, 16) != 1) return -1;
+    return use(now_epoch, true) ? 1 : -1;
+  }
+  for (std::uint64_t back = 0; back <= 1 && back <= now_epoch; ++back) {
+    unsigned char n[32];
+    k.derive(now_epoch - back, 'n', n);
+    if (std::memcmp(name, n, 16) != 0) continue;
+    if (!use(now_epoch - back, false)) return -1;
+    return back == 0 ? 1 : 2;  // 2: valid, but issue a fresh ticket
+  }
+  return 0;  // unknown or expired key: full handshake
+}
+
 SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view where) {
   require_readable("certificate", cert, where);
   require_readable("key", key, where);
@@ -83,13 +151,14 @@ SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view 
   if (SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20") != 1) fail("cipher list: " + openssl_error());
   SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-  // Resumption: stateless tickets (OpenSSL's ticket keys, made per process)
-  // and a server-side cache for clients that do not take tickets.
+  // Resumption: stateless tickets (keys rotated, see on_ticket_key) and a
+  // server-side cache for clients that do not take tickets.
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
   static const unsigned char kSidCtx[] = "juggler";
   SSL_CTX_set_session_id_context(ctx, kSidCtx, sizeof kSidCtx - 1);
   SSL_CTX_sess_set_cache_size(ctx, 20480);
   SSL_CTX_set_alpn_select_cb(ctx, on_alpn, nullptr);
+  SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
   std::string c(cert), k(key);
   // Key first: loading the certificate after it drops a key that does not
   // match, which the check below then reports in plain words.

@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import unittest
 
 import jtest
@@ -172,6 +173,36 @@ class TlsTest(BalancerTestCase):
 
     def plain_port(self) -> int:
         return int(re.search(r"listening on http://\S+:(\d+)", self.lb.output()).group(1))
+
+
+class TicketRotationTest(BalancerTestCase):
+    def test_ticket_keys_rotate_and_the_previous_key_is_still_accepted(self):
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        make_cert(d, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
+        make_cert(d, "tls-b", "other.test", "DNS:other.test")
+        self.start_backends(HOST, (6901, 6902))
+        lb = self.start_balancer("tls", extra=["--https-port", "0"], cwd=d, env={"JUGGLER_TLS_TICKET_ROTATE_S": "2"})
+        port = int(lb.wait_for_line(r"listening on https://\S+:(\d+)").group(1))
+        ctx = ssl.create_default_context(cafile=os.path.join(d, "tls-a.crt"))
+
+        def connect(session=None):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            tls = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            tls.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            jtest.read_response(tls.makefile("rb"))
+            reused, session = tls.session_reused, tls.session
+            tls.close()
+            return reused, session
+
+        # Start right after an epoch boundary so the timing below is unambiguous.
+        time.sleep(2 - time.time() % 2 + 0.1)
+        _, first = connect()
+        self.assertTrue(connect(first)[0])          # same epoch
+        time.sleep(2)
+        self.assertTrue(connect(first)[0])          # previous epoch: still accepted
+        time.sleep(2)
+        self.assertFalse(connect(first)[0])         # two epochs old: full handshake
 
 
 class CertificateErrorsTest(unittest.TestCase):
