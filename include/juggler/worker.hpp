@@ -158,6 +158,11 @@ struct Worker {
   AccessLog access_log;
   TimerWheel wheel;
   std::vector<IdleList> idle;  // per compiled server
+  // Retry budget, per pool: a request earns kRetryEarn tokens, a retry costs
+  // kRetryCost (so retries stay near 20% of requests), capped at kRetryCap.
+  static constexpr std::int32_t kRetryEarn = 1, kRetryCost = 5, kRetryCap = 100;
+  std::vector<std::int32_t> retry_tokens;  // per pool
+  std::uint64_t retries = 0, retries_denied = 0;
   Exchange* free_exchanges = nullptr;
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
   ClientSession* sessions = nullptr;                 // live client sessions

@@ -35,7 +35,8 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       balancer(*s.config.table, s.health.get(), i),
       access_log(access_log_fd),
       wheel(uv_hrtime() / 1000000),
-      idle(s.config.table->servers.size()) {}
+      idle(s.config.table->servers.size()),
+      retry_tokens(s.config.table->pools.size(), kRetryCap / 2) {}
 
 namespace {
 

@@ -367,24 +367,33 @@ void upstream_failed(Exchange* ex, int err) {
     return;
   }
   const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
-  const bool budget = ex->attempts < pool.server_count + 3;
-  if (ex->replayable && budget) {
-    // A kept-alive connection the server had already closed: nothing of the
-    // request was processed, replay it on a fresh connection.
-    if (reused) {
+  const bool bounded = ex->attempts < pool.server_count + 3;
+  if (ex->replayable && bounded) {
+    if (!reached && !reused) {
+      // Nothing reached the server (refused, unreachable, connect timeout):
+      // the next server gets it, at no risk and outside the retry budget.
+      ex->tried.add(pos);
       connect_upstream(ex);
       return;
     }
-    ex->tried.add(pos);
-    if (!reached) {
+    // A request that may have reached a server is retried only within the
+    // pool's budget, so a sick cluster does not see a retry storm: a
+    // kept-alive connection the server had already closed (replayed on a fresh
+    // one), or an idempotent request whose server closed or reset before
+    // answering (sent to another server).
+    const bool wanted = reused || (idempotent(ex->head.method) && ex->retries_left > 0);
+    std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+    if (wanted && tokens >= Worker::kRetryCost) {
+      tokens -= Worker::kRetryCost;
+      ++w.retries;
+      if (!reused) {
+        --ex->retries_left;
+        ex->tried.add(pos);
+      }
       connect_upstream(ex);
       return;
     }
-    if (idempotent(ex->head.method) && ex->retries_left > 0) {
-      --ex->retries_left;
-      connect_upstream(ex);
-      return;
-    }
+    if (wanted) ++w.retries_denied;
   }
   reply_error(ex, 502);
 }
@@ -459,11 +468,14 @@ void on_request_head(Exchange* ex) {
     return;
   }
   switch (ex->route->action) {
-    case Action::Proxy:
+    case Action::Proxy: {
       ex->phase = Phase::Upstream;
       ex->retries_left = ex->route->retries;
+      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
       connect_upstream(ex);
       return;
+    }
     case Action::Respond: {
       const std::string& bytes = w.shared.route_replies[ex->route->index];
       // route_replies hold "keep-alive variant \0 close variant".

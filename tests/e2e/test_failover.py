@@ -71,3 +71,36 @@ class KillUnderLoadTest(BalancerTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RetryBudgetTest(BalancerTestCase):
+    def test_retries_stay_near_20_percent_when_two_of_three_servers_reset(self):
+        host = "127.0.76.1"
+        resetters = [jtest.start_testserver(port=p, host=host, quiet=False, extra_args=["--reset-all"])
+                     for p in (6901, 6902)]
+        for proc in resetters:
+            self.addCleanup(proc.stop)
+        self.start_testserver(port=6903, host=host)
+        lb = self.start_balancer("budget")
+        n = 600
+        ok = failed = 0
+        conn = http.client.HTTPConnection(jtest.LOOPBACK, lb.port, timeout=10)
+        self.addCleanup(conn.close)
+        for _ in range(n):
+            conn.request("GET", "/ping")
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                ok += 1
+            else:
+                self.assertEqual(resp.status, 502)
+                failed += 1
+        time.sleep(0.2)
+        reached_resetters = sum(sum(1 for line in p.lines if "RST" in line) for p in resetters)
+        attempts = reached_resetters + ok  # every 200 came from the healthy server, once
+        retries = attempts - n
+        print(f"\nretry budget: {n} requests, {ok} ok, {failed} 502, {retries} retries", flush=True)
+        # The budget: 20% of requests, plus the initial allowance of 10 retries.
+        self.assertLessEqual(retries, 0.2 * n + 10, (ok, failed, reached_resetters))
+        self.assertGreaterEqual(retries, 0.15 * n, (ok, failed, reached_resetters))
+        self.assertGreater(failed, 0)  # without a budget nearly every request would have been retried to success

@@ -14,12 +14,13 @@
 namespace {
 
 constexpr std::string_view kUsage =
-    "usage: testserver --port P [--host 127.0.0.1] [--root DIR] [--quiet]\n"
+    "usage: testserver --port P [--host 127.0.0.1] [--root DIR] [--quiet] [--reset-all]\n"
     "\n"
     "  --port P     TCP port to listen on (0 picks a free one; the listening line names it)\n"
     "  --host H     IPv4 or IPv6 address to bind (default 127.0.0.1)\n"
     "  --root DIR   serve static files from DIR (default: none, every other path is 404)\n"
     "  --quiet      no per-request log line\n"
+    "  --reset-all  answer every request with a TCP reset (for failover tests)\n"
     "  --help       this text\n"
     "\n"
     "Prints 'testserver listening on HOST:PORT' once listening; exits 0 on SIGINT/SIGTERM.\n"
@@ -45,6 +46,10 @@ int main(int argc, char** argv) {
     }
     if (arg == "--quiet") {
       options.quiet = true;
+      continue;
+    }
+    if (arg == "--reset-all") {
+      options.reset_all = true;
       continue;
     }
     // --name value or --name=value

@@ -496,6 +496,10 @@ int Conn::on_message_complete(llhttp_t* parser) {
 
 void Conn::dispatch() {
   busy_ = true;
+  if (server_.options().reset_all) {
+    serve_reset();
+    return;
+  }
   switch (req_.route) {
     case Route::Ping: send_simple(200, "pong\n"); break;
     case Route::Echo: serve_echo(); break;

@@ -11,6 +11,7 @@ struct Options {
   int port = -1;     // 0 picks a free port; the listening line names the real one
   std::string root;  // static files; empty serves no files (404)
   bool quiet = false;
+  bool reset_all = false;  // answer every request with a TCP reset (failover tests)
 };
 
 // Listens, prints "testserver listening on HOST:PORT" to stdout, and serves until SIGINT or
