@@ -43,8 +43,6 @@ struct ListenerCtx {
 struct ClientSession {
   uv_tcp_t tcp;
   TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
-  uv_write_t write_req;
-  uv_shutdown_t shutdown_req;
   Worker* worker;
   Exchange* ex = nullptr;
   TlsStream* tls = nullptr;     // https: the TLS state; `in` holds plaintext
@@ -57,6 +55,7 @@ struct ClientSession {
   bool closing = false;
   bool write_pending = false;
   bool close_after_write = false;
+  bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
   std::uint8_t ip_len = 0;
   char ip[46];
@@ -70,7 +69,6 @@ struct ClientSession {
 struct UpstreamConn {
   uv_tcp_t tcp;
   uv_connect_t connect_req;
-  uv_write_t write_req;
   Worker* worker;
   Exchange* ex = nullptr;  // the exchange using it; null while idle
   Buffer* in = nullptr;
@@ -140,6 +138,14 @@ struct Exchange {
   Exchange* next_free = nullptr;
 };
 
+// A write that did not complete at once (uv_try_write took part of it):
+// these come from a per-worker free list, so connections do not each carry a
+// 192-byte uv_write_t that the common case never uses.
+struct WriteReq {
+  uv_write_t req;  // first: a uv_write_t* is a WriteReq*
+  WriteReq* next_free = nullptr;
+};
+
 struct IdleList {
   UpstreamConn* head = nullptr;
   std::uint32_t count = 0;
@@ -164,6 +170,8 @@ struct Worker {
   std::vector<std::int32_t> retry_tokens;  // per pool
   std::uint64_t retries = 0, retries_denied = 0;
   Exchange* free_exchanges = nullptr;
+  WriteReq* free_writes = nullptr;
+  std::size_t write_reqs = 0;  // allocated, for the exit check
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
   ClientSession* sessions = nullptr;                 // live client sessions
   std::uint32_t session_count = 0;

@@ -119,10 +119,28 @@ void detach_upstream(Exchange* ex, bool reuse) {
 
 // ---------------------------------------------------------------- writes
 
+WriteReq* write_req_get(Worker& w) {
+  if (WriteReq* r = w.free_writes) {
+    w.free_writes = r->next_free;
+    return r;
+  }
+  ++w.write_reqs;
+  return new WriteReq();
+}
+
+// Returns the request of a finished write to the pool; call first thing in a
+// write callback.
+void write_req_put(Worker& w, uv_write_t* req) {
+  auto* r = reinterpret_cast<WriteReq*>(req);
+  r->next_free = w.free_writes;
+  w.free_writes = r;
+}
+
 // Writes iov[0..n) to `st`: as much as the kernel takes now, the rest through
-// uv_write with `req`. Returns true when everything went out synchronously.
-// Errors are reported through `cb` (libuv defers them), never synchronously.
-bool write_or_queue(uv_stream_t* st, uv_write_t* req, uv_buf_t* iov, unsigned n, uv_write_cb cb) {
+// uv_write with a pooled request whose data is `owner`. Returns true when
+// everything went out synchronously. Errors are reported through `cb`
+// (libuv defers them), never synchronously.
+bool write_or_queue(Worker& w, uv_stream_t* st, void* owner, uv_buf_t* iov, unsigned n, uv_write_cb cb) {
   int r = uv_try_write(st, iov, n);
   if (r > 0) {
     std::size_t left = static_cast<std::size_t>(r);
@@ -135,11 +153,12 @@ bool write_or_queue(uv_stream_t* st, uv_write_t* req, uv_buf_t* iov, unsigned n,
     iov->base += left;
     iov->len -= left;
   }
-  if (uv_write(req, st, iov, n, cb) != 0) {
+  WriteReq* req = write_req_get(w);
+  req->req.data = owner;
+  if (uv_write(&req->req, st, iov, n, cb) != 0) {
     // The stream is closing or broken: report it like a failed write.
-    req->handle = st;
-    cb(req, UV_EPIPE);
-    return false;
+    req->req.handle = st;
+    cb(&req->req, UV_EPIPE);
   }
   return false;
 }
@@ -152,7 +171,7 @@ bool flush_tls(ClientSession* s) {
   if (s->tls->take_output(s->tls->out) == 0) return true;
   uv_buf_t b = uv_buf_init(s->tls->out.data(), static_cast<unsigned>(s->tls->out.size()));
   s->write_pending = true;
-  if (write_or_queue(stream(&s->tcp), &s->write_req, &b, 1, on_client_write)) {
+  if (write_or_queue(*s->worker, stream(&s->tcp), s, &b, 1, on_client_write)) {
     s->write_pending = false;
     return true;
   }
@@ -164,14 +183,16 @@ bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) {
     if (!s->tls->write(iov, n)) {
       // Report it as a failed write, from the callback like any other.
       s->write_pending = true;
-      s->write_req.handle = stream(&s->tcp);
-      on_client_write(&s->write_req, UV_EPROTO);
+      WriteReq* req = write_req_get(*s->worker);
+      req->req.data = s;
+      req->req.handle = stream(&s->tcp);
+      on_client_write(&req->req, UV_EPROTO);
       return false;
     }
     return flush_tls(s);
   }
   s->write_pending = true;
-  if (write_or_queue(stream(&s->tcp), &s->write_req, iov, n, on_client_write)) {
+  if (write_or_queue(*s->worker, stream(&s->tcp), s, iov, n, on_client_write)) {
     s->write_pending = false;
     return true;
   }
@@ -297,7 +318,7 @@ void flush_upstream(Exchange* ex) {
   }
   if (n == 0) return;
   c->write_pending = true;
-  if (!write_or_queue(stream(&c->tcp), &c->write_req, ex->iov.get(), n, on_upstream_write)) return;
+  if (!write_or_queue(*c->worker, stream(&c->tcp), c, ex->iov.get(), n, on_upstream_write)) return;
   c->write_pending = false;
   recycle_client_buffer(ex);
   update_client_reading(s);
@@ -305,6 +326,7 @@ void flush_upstream(Exchange* ex) {
 
 void on_upstream_write(uv_write_t* req, int status) {
   auto* c = static_cast<UpstreamConn*>(req->data);
+  write_req_put(*c->worker, req);
   c->write_pending = false;
   Exchange* ex = c->ex;
   if (c->closing || !ex) return;
@@ -666,6 +688,7 @@ void after_client_write(Exchange* ex) {
 
 void on_client_write(uv_write_t* req, int status) {
   auto* s = static_cast<ClientSession*>(req->data);
+  write_req_put(*s->worker, req);
   s->write_pending = false;
   if (s->closing) return;
   if (status < 0) {
@@ -675,7 +698,7 @@ void on_client_write(uv_write_t* req, int status) {
   if (s->tls && !flush_tls(s)) return;  // more ciphertext queued meanwhile
   Exchange* ex = s->ex;
   if (!ex) {
-    if (s->close_after_write) client_finish(s, true);
+    if (s->close_after_write) client_finish(s, s->linger_on_close);
     return;
   }
   if (ex->phase == Phase::Local) {
@@ -694,10 +717,14 @@ void finish_exchange(Exchange* ex) {
   UpstreamConn* c = ex->up;
   detach_upstream(ex, c && ex->upstream_reusable && ex->req_complete && ex->resp_complete);
   const bool close = ex->client_close || !ex->req_complete || s->eof || w.draining;
+  // Linger only when the client may still be sending (an unread body, or
+  // pipelined requests we will not answer): closing with unread input would
+  // reset the connection and could destroy the answer in flight.
+  const bool linger = !ex->req_complete || s->parse_pos < s->in_len;
   s->ex = nullptr;
   exchange_put(w, ex);
   if (close) {
-    client_finish(s, true);
+    client_finish(s, linger);
     return;
   }
   // Keep-alive: what follows in the buffer is the next (pipelined) request.
@@ -905,6 +932,7 @@ void client_finish(ClientSession* s, bool linger) {
   if (s->closing) return;
   if (s->write_pending) {
     s->close_after_write = true;
+    s->linger_on_close = linger;
     return;
   }
   if (!linger || s->eof) {
@@ -912,11 +940,9 @@ void client_finish(ClientSession* s, bool linger) {
     return;
   }
   s->lingering = true;
-  s->shutdown_req.data = s;
-  if (uv_shutdown(&s->shutdown_req, stream(&s->tcp), [](uv_shutdown_t* r, int) {
-        auto* cs = static_cast<ClientSession*>(r->data);
-        (void)cs;
-      }) != 0) {
+  auto* req = new uv_shutdown_t();
+  if (uv_shutdown(req, stream(&s->tcp), [](uv_shutdown_t* r, int) { delete r; }) != 0) {
+    delete req;
     client_abort(s);
     return;
   }
@@ -1037,7 +1063,6 @@ void session_on_connection(uv_stream_t* server, int status) {
   s->tcp.data = s;
   s->timer.fire = on_client_timer;
   s->timer.owner = s;
-  s->write_req.data = s;
   s->next = w->sessions;
   if (w->sessions) w->sessions->prev = s;
   w->sessions = s;
@@ -1083,6 +1108,10 @@ void session_drain(Worker& w) noexcept {
 void session_free_exchanges(Worker& w) noexcept {
   for (auto& ex : w.exchanges) TimerWheel::disarm(&ex->timer);
   w.exchanges.clear();
+  while (WriteReq* r = w.free_writes) {
+    w.free_writes = r->next_free;
+    delete r;
+  }
   w.free_exchanges = nullptr;
   if (w.tls_idle_ready) {
     w.tls_idle_ready = false;

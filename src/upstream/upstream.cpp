@@ -34,7 +34,6 @@ UpstreamConn* upstream_new(Worker& w, std::uint16_t server) {
   uv_tcp_init(&w.loop, &c->tcp);
   c->tcp.data = c;
   c->connect_req.data = c;
-  c->write_req.data = c;
   return c;
 }
 
