@@ -1,10 +1,24 @@
 // Picking a server of a pool. The strategy is the pool's compiled one; state
-// that changes per pick is per worker, so no lock is taken.
+// that changes per pick (round-robin counters, the PRNGs) is per worker, what
+// every worker must see (down, in-flight, latency, slow start) is in the
+// process-wide ServerHealth atomics, so no lock is taken anywhere.
+//
+// The request path, per attempt (see docs/strategies.md for the behaviour):
+//
+//   if (balancer.needs_cookie(pool, head)) balancer.mint_cookie(ex->cookie);   // once per request
+//   int s = balancer.pick(pool, head, tried, {client_ip, minted, now_ms});
+//   balancer.on_start(s);                      // before the request goes out
+//   ... first byte of the response:  balancer.on_response(s, ttfb_us, now_ms);
+//   ... exchange over (any outcome): balancer.on_finish(s);
+//
+// and the health checker calls mark_down()/mark_up() on transitions.
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
-#include <memory>
+#include <span>
+#include <string_view>
 #include <vector>
 
 #include "juggler/route.hpp"
@@ -24,30 +38,204 @@ struct Tried {
   }
 };
 
-// Process-wide, per compiled server: what every worker must see.
-struct ServerHealth {
+// Process-wide, per compiled server: what every worker must see. One cache
+// line each, so that workers bumping one server's counters do not slow down
+// the reads of its neighbours.
+struct alignas(64) ServerHealth {
   std::atomic<bool> down{false};
-  std::atomic<std::uint32_t> inflight{0};
+  std::atomic<std::uint32_t> inflight{0};      // requests between on_start and on_finish, all workers
+  std::atomic<std::uint64_t> up_since_ms{0};   // slow start: when it last came up; 0 = not ramping
+  std::atomic<std::uint64_t> latency{0};       // least_time: packed peak-EWMA of TTFB; 0 = no sample yet
+  // Passive health (see passive_failure): failures in the current window, and
+  // an ejection that keeps the server out of every pick until it expires.
+  std::atomic<std::uint32_t> fails{0};
+  std::atomic<std::uint32_t> ejections{0};        // in a row; the back-off doubles with each
+  std::atomic<std::uint64_t> fail_window_start_ms{0};
+  std::atomic<std::uint64_t> ejected_until_ms{0};
+};
+
+// Passive health, called by the request path of any worker. A connection
+// refused, reset or timed out (before any response byte) is a failure;
+// `max_fails` of them within `fail_window` eject the server for a back-off of
+// fail_window, doubling with each ejection in a row (at most 32x). Once the
+// ejection expires the next request is the probe: one more failure ejects it
+// again, a success (passive_success) clears the record. Returns true when this
+// failure ejected the server (the caller logs it). max_fails=0 turns it off.
+bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms) noexcept;
+// A response arrived: forget past failures (a read when there are none).
+inline void passive_success(ServerHealth& h) noexcept {
+  if (h.fails.load(std::memory_order_relaxed) || h.ejections.load(std::memory_order_relaxed)) {
+    h.fails.store(0, std::memory_order_relaxed);
+    h.ejections.store(0, std::memory_order_relaxed);
+  }
+}
+
+// Health transitions, called by whoever decides health (active checks, passive
+// ejection), from any thread. `now_ms` is a CLOCK_MONOTONIC millisecond clock,
+// the same the workers pass to pick() (uv_now() of any loop, or
+// uv_hrtime() / 1000000). mark_up() starts the pool's slow-start ramp; call it
+// on a down -> up transition only, not for servers that are up at start-up
+// (those take their full weight at once).
+void mark_down(ServerHealth& h) noexcept;
+void mark_up(ServerHealth& h, std::uint64_t now_ms) noexcept;
+
+// The least_time estimate of a server's time to first byte at `now_ms`, in
+// microseconds (decayed toward zero while no sample arrives); 0 = no sample
+// yet. For /metrics and the stats page.
+[[nodiscard]] double ttfb_estimate_us(const ServerHealth& h, std::uint64_t now_ms) noexcept;
+
+// ---------------------------------------------------------------- hashing
+
+// A 64-bit hash of `s` (xxHash64's round and avalanche over a single lane).
+// Stable across builds, processes and machines: consistent_hash tables and
+// request keys are hashed with it, so two processes (an old and a new binary
+// during a reload) send the same key to the same server.
+[[nodiscard]] std::uint64_t hash64(std::string_view s, std::uint64_t seed = 0) noexcept;
+
+// The value of cookie `name` (case-sensitive, as RFC 6265 says) in the
+// request's Cookie header(s): every Cookie header is scanned, pairs are split
+// on ';', blanks around names and values are ignored and a value in double
+// quotes loses them. Empty when absent or empty.
+[[nodiscard]] std::string_view cookie_value(const RequestHead& head, std::string_view name) noexcept;
+
+// The value of parameter `name` in `query` ("a=1&b=2", without '?'), compared
+// as raw bytes (no percent-decoding). Empty when absent, without '=' or empty.
+[[nodiscard]] std::string_view query_value(std::string_view query, std::string_view name) noexcept;
+
+// The consistent_hash key of `head` for pool `p` (key=ip uses `client_ip`).
+// Empty when the pool does not hash or the request carries no such key.
+// The view points into `head` (or is `client_ip`).
+[[nodiscard]] std::string_view hash_key(const PoolDef& p, const RequestHead& head,
+                                        std::string_view client_ip) noexcept;
+
+// A Maglev lookup table (Eisenbud et al., NSDI 2016) over the servers of one
+// tier (backup or not) of a pool. Each server owns slots in proportion to its
+// weight; its permutation of the slots and the fill order are derived from its
+// authority string, not its position, so the same set of servers gives the
+// same table whatever the order of their lines. Removing or adding one of N
+// servers moves about 1/N of the keys. Built at start-up (allocates); lookups
+// do not.
+class MaglevTable {
+ public:
+  // Prime table size used for `servers` servers: 65537 up to 655 servers,
+  // else the first prime >= 100 * servers.
+  [[nodiscard]] static std::uint32_t size_for(std::size_t servers) noexcept;
+
+  MaglevTable() = default;
+  // Over pool_servers[i] with pool_servers[i].backup == backup; entries are
+  // positions i within `pool_servers`.
+  MaglevTable(std::span<const ServerDef> pool_servers, bool backup);
+
+  [[nodiscard]] bool empty() const noexcept { return slots_.empty(); }
+  [[nodiscard]] std::uint32_t size() const noexcept { return static_cast<std::uint32_t>(slots_.size()); }
+  // Position (within the pool) that owns hash `h`. Not on an empty table.
+  [[nodiscard]] std::uint16_t lookup(std::uint64_t h) const noexcept { return slots_[h % slots_.size()]; }
+  [[nodiscard]] const std::vector<std::uint16_t>& slots() const noexcept { return slots_; }
+
+ private:
+  std::vector<std::uint16_t> slots_;
+};
+
+// ---------------------------------------------------------------- randomness
+
+// The ChaCha20 block function of RFC 8439 (2.3): 64 bytes of key stream.
+void chacha20_block(const std::uint32_t key[8], std::uint32_t counter, const std::uint32_t nonce[3],
+                    std::uint8_t out[64]) noexcept;
+
+// ---------------------------------------------------------------- the balancer
+
+// What pick() needs besides the pool and the head.
+struct PickContext {
+  std::string_view client_ip;      // key=ip: the client's address as text ("192.0.2.7", "2001:db8::1")
+  std::string_view minted_cookie;  // key=cookie:NAME without that cookie: the value the caller will set
+  std::uint64_t now_ms = 0;        // CLOCK_MONOTONIC ms (uv_now): slow start and least_time
+};
+
+// Weighted random choice among the servers of one tier of a pool (Vose's alias
+// method): O(1) per draw. Internal to the balancer; public for its tests.
+class AliasTable {
+ public:
+  AliasTable() = default;
+  AliasTable(std::span<const ServerDef> pool_servers, bool backup);
+  [[nodiscard]] bool empty() const noexcept { return self_.empty(); }
+  // A position within the pool, drawn with probability weight / total weight,
+  // from two uniform 64-bit numbers.
+  [[nodiscard]] std::uint16_t sample(std::uint64_t r1, std::uint64_t r2) const noexcept;
+
+ private:
+  std::vector<std::uint64_t> keep_;  // per bucket: draws below this keep self_, the rest go to alias_
+  std::vector<std::uint16_t> self_;
+  std::vector<std::uint16_t> alias_;
+  std::uint64_t total_ = 0;          // bucket capacity: the tier's total weight
 };
 
 class Balancer {
  public:
+  static constexpr std::size_t kCookieChars = 32;  // minted cookie values: 128 bits in lower-case hex
+  static constexpr double kLatencyDecayMs = 10000;  // least_time: EWMA time constant
+
   // `health` has one entry per compiled server and outlives the balancer.
   // `offset` (the worker's number) staggers the round-robin start so that N
-  // workers do not all send their first request to the same server.
+  // workers do not all send their first request to the same server. Builds
+  // the Maglev and alias tables of the pools (allocates; may throw).
   Balancer(const RouteTable& table, ServerHealth* health, std::uint32_t offset = 0);
 
   // The global index of the server to use for `head` in pool `pool`, skipping
   // servers that are down or in `tried`; backup servers only when no other
-  // server is left. -1 when none is left.
-  int pick(std::uint16_t pool, const RequestHead& head, const Tried& tried) noexcept;
+  // server is left. -1 when none is left. Allocation-free; O(servers) at most
+  // for round_robin/least_conn, O(1) expected for random/least_time/
+  // consistent_hash while most servers are up. Worker thread only.
+  int pick(std::uint16_t pool, const RequestHead& head, const Tried& tried, const PickContext& ctx = {}) noexcept;
+
+  // True when `pool` hashes on cookie:NAME and `head` carries no (non-empty)
+  // NAME cookie: the caller mints a value (mint_cookie), passes it to every
+  // pick() of this request as ctx.minted_cookie, and answers with
+  // `Set-Cookie: NAME=VALUE; Path=/; HttpOnly` (NAME = pools[pool].key_name).
+  [[nodiscard]] bool needs_cookie(std::uint16_t pool, const RequestHead& head) const noexcept;
+
+  // Writes kCookieChars lower-case hex characters (no terminator) of a fresh
+  // 128-bit random value into `out`: ChaCha20 keyed from getrandom(), per
+  // worker, with the key replaced after every block (fast key erasure).
+  void mint_cookie(char (&out)[kCookieChars]) noexcept;
+
+  // Bookkeeping of the request path, any strategy (least_conn, random and
+  // least_time read it). on_start when a request is sent to `server`,
+  // on_finish exactly once per on_start when that exchange ends, however it
+  // ends. on_response when its first response byte arrives, `ttfb_us` after
+  // the request was sent.
+  void on_start(int server) noexcept { health_[server].inflight.fetch_add(1, std::memory_order_relaxed); }
+  void on_finish(int server) noexcept { health_[server].inflight.fetch_sub(1, std::memory_order_relaxed); }
+  void on_response(int server, std::uint64_t ttfb_us, std::uint64_t now_ms) noexcept;
 
  private:
-  int round_robin(const PoolDef& p, const Tried& tried, bool backup) noexcept;
+  struct PoolTables {
+    MaglevTable hash[2];   // consistent_hash: [0] the servers, [1] the backups
+    AliasTable random[2];  // random, least_time
+  };
+
+  std::uint64_t pick_now_ms_ = 0;  // the current pick's clock, for usable()
+  int round_robin(const PoolDef& p, const Tried& tried, bool backup, std::uint64_t now_ms) noexcept;
+  int least_conn(const PoolDef& p, const Tried& tried, bool backup, std::uint64_t now_ms) noexcept;
+  int two_choices(const PoolDef& p, const AliasTable& a, const Tried& tried, bool backup, bool by_latency,
+                  std::uint64_t now_ms) noexcept;
+  int draw(const PoolDef& p, const AliasTable& a, const Tried& tried, bool backup, int exclude,
+           std::uint64_t now_ms) noexcept;
+  int hashed(const PoolDef& p, const MaglevTable& m, std::uint64_t key, const Tried& tried, bool backup,
+             std::uint64_t now_ms) const noexcept;
+  bool usable(const PoolDef& p, std::uint32_t pos, const Tried& tried) const noexcept;
+  std::uint32_t ramp_permille(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept;
+  std::uint64_t effective_weight(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept;
+  std::uint64_t next_random() noexcept;
 
   const RouteTable& table_;
   ServerHealth* health_;
-  std::vector<std::int32_t> current_;  // smooth WRR state, per server
+  std::vector<std::int64_t> current_;       // smooth WRR state, per server
+  std::vector<std::uint64_t> server_hash_;  // hash64(authority), per server
+  std::vector<PoolTables> pools_;
+  std::uint64_t rng_;                       // splitmix64 state: strategy choices
+  std::uint32_t cookie_key_[8];             // ChaCha20 key: minted cookies
+  std::uint8_t cookie_buf_[32];             // unused key stream
+  std::uint32_t cookie_left_ = 0;           // bytes left at the end of cookie_buf_
 };
 
 }  // namespace juggler

@@ -165,10 +165,10 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
                            char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov);
 
 // The response head for the client. Returns 0 when the raw bytes can be sent
-// as they are (nothing dropped and `connection` empty); else fills `iov` with
-// the kept lines, `connection` (a whole "Connection: ...\r\n" line, or empty)
+// as they are (nothing dropped and `extra` empty); else fills `iov` with the
+// kept lines, `extra` (whole lines such as "Connection: close\r\n", or empty)
 // and the final CRLF, and returns the count (at most header_count() + 3).
-unsigned edit_response_head(const MessageParser& p, std::string_view connection, uv_buf_t* iov);
+unsigned edit_response_head(const MessageParser& p, std::string_view extra, uv_buf_t* iov);
 
 // Canned answers: constant bytes, never formatted per request.
 // `close` selects the variant with `Connection: close`.

@@ -129,8 +129,16 @@ struct Exchange {
   std::unique_ptr<char[]> scratch;
   std::uint32_t scratch_cap = 0;
   std::uint32_t scratch_len = 0;
-  char resp_extra[64];
+  // Lines added to the response head: Set-Cookie (a minted sticky cookie)
+  // and Connection.
+  char resp_extra[256];
   std::uint32_t resp_extra_len = 0;
+  // consistent_hash key=cookie:NAME without the cookie: the value minted for
+  // this request, hashed on and set on the response.
+  char cookie[Balancer::kCookieChars];
+  bool minted = false;
+  int started = -1;            // the server on_start() was called for (least_conn, random, least_time)
+  std::uint64_t sent_us = 0;   // when the request went out (least_time's time to first byte)
   // For the access log: the request line, Referer and User-Agent, copied at
   // head time because a streamed body may reuse the buffer the head was in.
   char log_text[512];

@@ -127,10 +127,7 @@ std::string unsupported_features(const RouteTable& t) {
     if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
   }
   for (const PoolDef& p : t.pools) {
-    if (p.strategy != Strategy::RoundRobin)
-      at(p.line) << "strategy " << strategy_name(p.strategy) << " is not implemented yet\n";
     if (p.health.enabled) at(p.line) << "health checks are not implemented yet\n";
-    if (p.slow_start_ms) at(p.line) << "slow_start is not implemented yet\n";
   }
   for (const RouteDef& r : t.routes) {
     if (r.gzip) at(r.line) << "gzip is not implemented yet\n";

@@ -96,6 +96,8 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
   ex->start_us = 0;
   ex->scratch_len = 0;
   ex->resp_extra_len = 0;
+  ex->minted = false;
+  ex->started = -1;
   ex->log_line_len = ex->log_referer_len = ex->log_agent_len = 0;
 }
 
@@ -108,7 +110,16 @@ void exchange_put(Worker& w, Exchange* ex) {
   --w.active_exchanges;
 }
 
+// Whether the pool's strategy reads the in-flight counters.
+bool counts_inflight(const PoolDef& p) {
+  return p.strategy == Strategy::LeastConn || p.strategy == Strategy::Random || p.strategy == Strategy::LeastTime;
+}
+
 void detach_upstream(Exchange* ex, bool reuse) {
+  if (ex->started >= 0) {
+    ex->worker->balancer.on_finish(ex->started);
+    ex->started = -1;
+  }
   UpstreamConn* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
@@ -359,6 +370,11 @@ bool idempotent(Method m) {
 void send_request(Exchange* ex) {
   UpstreamConn* c = ex->up;
   Worker& w = *ex->worker;
+  if (counts_inflight(w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)])) {
+    w.balancer.on_start(ex->server);
+    ex->started = ex->server;
+  }
+  ex->sent_us = now_us();
   ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(w).header_count);
   ex->resp.max_head_bytes = w.buffers.size();
   if (ex->is_head) ex->resp.expect_no_body();
@@ -387,6 +403,16 @@ void upstream_failed(Exchange* ex, int err) {
   if (ex->resp_started) {
     client_abort(ex->client);
     return;
+  }
+  // A kept-alive connection closed under us is a race, not the server's
+  // fault; anything else before a response counts against it.
+  if (!reused && passive_failure(w.shared.health[static_cast<std::size_t>(ex->server)], pool, w.now_ms())) {
+    const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(ex->server)];
+    log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", static_cast<int>(sd.authority.size()),
+        sd.authority.data(), static_cast<int>(pool.name.size()), pool.name.data(),
+        static_cast<unsigned long long>(w.shared.health[static_cast<std::size_t>(ex->server)].ejected_until_ms.load() -
+                                        w.now_ms()),
+        uv_strerror(err));
   }
   const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
   const bool bounded = ex->attempts < pool.server_count + 3;
@@ -439,7 +465,10 @@ void on_upstream_connect(uv_connect_t* req, int status) {
 
 void connect_upstream(Exchange* ex) {
   Worker& w = *ex->worker;
-  const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried);
+  const PickContext ctx{{ex->client->ip, ex->client->ip_len},
+                       ex->minted ? std::string_view(ex->cookie, sizeof ex->cookie) : std::string_view(),
+                       w.now_ms()};
+  const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
   if (s < 0) {
     reply_error(ex, ex->attempts == 0 ? 503 : 502);
     return;
@@ -495,6 +524,11 @@ void on_request_head(Exchange* ex) {
       ex->retries_left = ex->route->retries;
       std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
       tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
+      const auto pool = static_cast<std::uint16_t>(ex->route->pool);
+      if (w.balancer.needs_cookie(pool, ex->head)) {
+        w.balancer.mint_cookie(ex->cookie);
+        ex->minted = true;
+      }
       connect_upstream(ex);
       return;
     }
@@ -576,7 +610,26 @@ void process_client(ClientSession* s) {
 unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
-  unsigned n = edit_response_head(ex->resp, conn, iov);
+  std::string_view extra = conn;
+  if (ex->minted) {
+    // Sticky from the first request: the cookie the pick hashed on.
+    const std::string_view name = ex->worker->shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)].key_name;
+    std::size_t n = 0;
+    auto put = [&](std::string_view v) {
+      const std::size_t k = std::min(v.size(), sizeof ex->resp_extra - n);
+      if (k) std::memcpy(ex->resp_extra + n, v.data(), k);
+      n += k;
+    };
+    put("Set-Cookie: ");
+    put(name);
+    put("=");
+    put({ex->cookie, sizeof ex->cookie});
+    put("; Path=/; HttpOnly\r\n");
+    put(conn);
+    ex->resp_extra_len = static_cast<std::uint32_t>(n);
+    extra = {ex->resp_extra, n};
+  }
+  unsigned n = edit_response_head(ex->resp, extra, iov);
   *raw = n == 0;
   return n;
 }
@@ -633,6 +686,12 @@ void process_upstream(Exchange* ex) {
       }
       ex->status = status;
       ex->resp_started = true;
+      {
+        ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
+        passive_success(h);
+        if (w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)].strategy == Strategy::LeastTime)
+          w.balancer.on_response(ex->server, now_us() - ex->sent_us, w.now_ms());
+      }
       ex->last_read_ms = w.now_ms();
       w.wheel.arm(&ex->timer, ex->last_read_ms + settings(w).upstream_timeout_ms);
       if (ex->resp.body_until_close()) ex->client_close = true;

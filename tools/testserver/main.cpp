@@ -14,13 +14,14 @@
 namespace {
 
 constexpr std::string_view kUsage =
-    "usage: testserver --port P [--host 127.0.0.1] [--root DIR] [--quiet] [--reset-all]\n"
+    "usage: testserver --port P [--host 127.0.0.1] [--root DIR] [--quiet] [--reset-all] [--delay-ms N]\n"
     "\n"
     "  --port P     TCP port to listen on (0 picks a free one; the listening line names it)\n"
     "  --host H     IPv4 or IPv6 address to bind (default 127.0.0.1)\n"
     "  --root DIR   serve static files from DIR (default: none, every other path is 404)\n"
     "  --quiet      no per-request log line\n"
     "  --reset-all  answer every request with a TCP reset (for failover tests)\n"
+    "  --delay-ms N wait N ms before answering any request (for slow-server tests)\n"
     "  --help       this text\n"
     "\n"
     "Prints 'testserver listening on HOST:PORT' once listening; exits 0 on SIGINT/SIGTERM.\n"
@@ -59,14 +60,18 @@ int main(int argc, char** argv) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
     }
-    if (name != "--port" && name != "--host" && name != "--root") {
+    if (name != "--port" && name != "--host" && name != "--root" && name != "--delay-ms") {
       return usage_error("unknown argument '" + std::string(arg) + "'");
     }
     if (!value) {
       if (i + 1 >= argc) return usage_error(std::string(name) + " needs a value");
       value = argv[++i];
     }
-    if (name == "--port") {
+    if (name == "--delay-ms") {
+      const auto ms = parse_uint(*value, 600000);
+      if (!ms) return usage_error("--delay-ms must be a number of milliseconds, not '" + std::string(*value) + "'");
+      options.delay_ms = static_cast<unsigned>(*ms);
+    } else if (name == "--port") {
       const auto port = parse_uint(*value, 65535);
       if (!port) return usage_error("--port must be a number from 0 to 65535, not '" + std::string(*value) + "'");
       options.port = static_cast<int>(*port);

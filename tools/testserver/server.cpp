@@ -183,6 +183,8 @@ class Conn {
   std::size_t head_bytes_ = 0;
   int error_status_ = 0;        // set by a callback that fails the parse
   std::uint64_t delay_ms_ = 0;
+  bool predelayed_ = false;        // --delay-ms: this request waited already
+  bool predelay_waiting_ = false;  // --delay-ms: the timer runs for it
 
   std::string input_;  // unparsed bytes, while a response is in progress
   BodyStream stream_;
@@ -496,6 +498,12 @@ int Conn::on_message_complete(llhttp_t* parser) {
 
 void Conn::dispatch() {
   busy_ = true;
+  if (server_.options().delay_ms > 0 && !predelayed_) {
+    predelayed_ = predelay_waiting_ = true;
+    uv_timer_start(&timer_, on_timer, server_.options().delay_ms, 0);
+    return;
+  }
+  predelayed_ = false;
   if (server_.options().reset_all) {
     serve_reset();
     return;
@@ -660,6 +668,11 @@ void Conn::on_timer(uv_timer_t* timer) {
   if (conn->closing_) return;
   if (conn->draining_) {  // the linger after our FIN expired
     conn->close();
+    return;
+  }
+  if (conn->predelay_waiting_) {  // --delay-ms is over: answer now
+    conn->predelay_waiting_ = false;
+    conn->dispatch();
     return;
   }
   conn->send_simple(200, "delayed " + std::to_string(conn->delay_ms_) + "\n");

@@ -12,6 +12,7 @@ struct Options {
   std::string root;  // static files; empty serves no files (404)
   bool quiet = false;
   bool reset_all = false;  // answer every request with a TCP reset (failover tests)
+  unsigned delay_ms = 0;   // wait this long before answering any request (slow-server tests)
 };
 
 // Listens, prints "testserver listening on HOST:PORT" to stdout, and serves until SIGINT or

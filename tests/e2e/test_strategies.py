@@ -1,0 +1,137 @@
+"""Balancing strategies end to end (tests/routes/strategies.def): cookie stickiness and its
+failover, consistent hashing that agrees across processes, least_time and least_conn."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import signal
+import threading
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase
+
+HOST = "127.0.78.1"
+
+
+def get(port: int, host: str, headers: dict | None = None, path: str = "/ping", conn=None):
+    c = conn or http.client.HTTPConnection(jtest.LOOPBACK, port, timeout=10)
+    try:
+        c.request("GET", path, headers={"Host": host, **(headers or {})})
+        r = c.getresponse()
+        r.read()
+        return r.status, r.headers
+    finally:
+        if conn is None:
+            c.close()
+
+
+class StickyCookieTest(BalancerTestCase):
+    def test_sticks_from_the_first_request_and_fails_over(self):
+        servers = {}
+        for port in (6901, 6902, 6903):
+            proc = jtest.start_testserver(port=port, host=HOST)
+            self.addCleanup(proc.stop, signal.SIGKILL)
+            servers[str(port)] = proc
+        lb = self.start_balancer("strategies")
+        status, headers = get(lb.port, "sticky.test")
+        self.assertEqual(status, 200)
+        cookie = headers["Set-Cookie"]
+        self.assertRegex(cookie, r"^jsid=[0-9a-f]{32}; Path=/; HttpOnly$")
+        first = headers["X-Server"]
+        jar = {"Cookie": cookie.split(";")[0]}
+        seen = collections.Counter()
+        for _ in range(50):
+            status, headers = get(lb.port, "sticky.test", jar)
+            self.assertEqual(status, 200)
+            self.assertIsNone(headers.get("Set-Cookie"))  # only minted when missing
+            seen[headers["X-Server"]] += 1
+        self.assertEqual(seen, {first: 50})  # sticky from its very first request
+
+        # Different clients spread over the servers.
+        spread = collections.Counter(get(lb.port, "sticky.test")[1]["X-Server"] for _ in range(60))
+        self.assertEqual(len(spread), 3, spread)
+
+        # Its server dies: the client moves to one other server and stays there.
+        servers[first].stop(signal.SIGKILL)
+        moved = collections.Counter()
+        for _ in range(20):
+            status, headers = get(lb.port, "sticky.test", jar)
+            self.assertEqual(status, 200)
+            moved[headers["X-Server"]] += 1
+        self.assertEqual(len(moved), 1, moved)
+        self.assertNotIn(first, moved)
+
+        # It recovers: consistent hashing brings the client back (documented behaviour).
+        servers[first] = jtest.start_testserver(port=int(first), host=HOST)
+        self.addCleanup(servers[first].stop)
+        deadline = time.monotonic() + 40
+        back = None
+        while time.monotonic() < deadline:
+            back = get(lb.port, "sticky.test", jar)[1]["X-Server"]
+            if back == first:
+                break
+            time.sleep(0.5)
+        self.assertEqual(back, first)
+
+
+class HashAcrossProcessesTest(BalancerTestCase):
+    def test_two_balancers_send_each_key_to_the_same_server(self):
+        self.start_backends(HOST, (6901, 6902, 6903))
+        a = self.start_balancer("strategies")
+        b = self.start_balancer("strategies")
+        counts = collections.Counter()
+        for i in range(60):
+            user = {"X-User": f"user-{i}"}
+            sa = get(a.port, "user.test", user)[1]["X-Server"]
+            sb = get(b.port, "user.test", user)[1]["X-Server"]
+            self.assertEqual(sa, sb, f"user-{i}")
+            self.assertEqual(get(a.port, "user.test", user)[1]["X-Server"], sa)  # and it is stable
+            counts[sa] += 1
+        self.assertEqual(len(counts), 3, counts)
+        # A request without the key falls back to round-robin.
+        spread = collections.Counter(get(a.port, "user.test")[1]["X-Server"] for _ in range(30))
+        self.assertEqual(len(spread), 3, spread)
+
+
+class LeastTimeTest(BalancerTestCase):
+    def test_traffic_moves_away_from_a_slow_server(self):
+        self.start_testserver(port=6911, host=HOST)
+        self.start_testserver(port=6912, host=HOST)
+        self.start_testserver(port=6913, host=HOST, extra_args=["--delay-ms", "50"])
+        lb = self.start_balancer("strategies")
+        conn = http.client.HTTPConnection(jtest.LOOPBACK, lb.port, timeout=10)
+        self.addCleanup(conn.close)
+        counts = collections.Counter()
+        for _ in range(300):
+            status, headers = get(lb.port, "fast.test", conn=conn)
+            self.assertEqual(status, 200)
+            counts[headers["X-Server"]] += 1
+        self.assertLess(counts["6913"], 30, counts)  # under 10% for the slow one
+        self.assertGreater(counts["6911"], 100, counts)
+        self.assertGreater(counts["6912"], 100, counts)
+
+
+class LeastConnTest(BalancerTestCase):
+    def test_new_requests_avoid_the_busy_server(self):
+        self.start_backends(HOST, (6901, 6902))
+        lb = self.start_balancer("strategies")
+        # Occupy connections with slow requests; least_conn balances the in-flight count.
+        results = []
+
+        def slow():
+            results.append(get(lb.port, "conn.test", path="/delay?ms=800")[1]["X-Server"])
+
+        threads = [threading.Thread(target=slow) for _ in range(10)]
+        for t in threads:
+            t.start()
+            time.sleep(0.02)
+        for t in threads:
+            t.join(timeout=10)
+        self.assertEqual(collections.Counter(results), {"6901": 5, "6902": 5})
+
+
+if __name__ == "__main__":
+    unittest.main()
