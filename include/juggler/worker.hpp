@@ -14,6 +14,7 @@
 #include "juggler/balance.hpp"
 #include "juggler/buffer.hpp"
 #include "juggler/config.hpp"
+#include "juggler/error_pages.hpp"
 #include "juggler/http.hpp"
 #include "juggler/log.hpp"
 #include "juggler/route.hpp"
@@ -31,6 +32,7 @@ struct Shared {
   std::vector<sockaddr_storage> server_addrs;        // per compiled server
   std::unique_ptr<ServerHealth[]> health;            // per compiled server
   std::vector<std::string> route_replies;            // per route: canned bytes for Respond
+  ErrorPages error_pages;                            // set error_pages, or the built-in pages
 };
 
 // What a listening socket's callback needs: its worker, and the TLS context

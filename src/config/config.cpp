@@ -126,9 +126,6 @@ std::string unsupported_features(const RouteTable& t) {
   for (const ListenerDef& l : t.listeners) {
     if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
   }
-  for (const PoolDef& p : t.pools) {
-    if (p.health.enabled) at(p.line) << "health checks are not implemented yet\n";
-  }
   for (const RouteDef& r : t.routes) {
     if (r.gzip) at(r.line) << "gzip is not implemented yet\n";
     if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
@@ -138,7 +135,6 @@ std::string unsupported_features(const RouteTable& t) {
   const Settings& s = t.settings;
   if (s.cache != CacheKind::Off) o << t.source << ": set cache: response caching is not implemented yet\n";
   if (!s.admin_address.empty()) o << t.source << ": set admin: the admin listener is not implemented yet\n";
-  if (!s.error_pages.empty()) o << t.source << ": set error_pages: custom error pages are not implemented yet\n";
   return o.str();
 }
 

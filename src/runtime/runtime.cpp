@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "juggler/health.hpp"
 #include "juggler/session.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
@@ -201,6 +202,11 @@ int run(const Config& config) {
     shared.route_replies.push_back(head + "\r\n" + '\0' + head + "Connection: close\r\n\r\n");
   }
 
+  shared.error_pages = ErrorPages::load(config.settings.error_pages);
+  if (shared.error_pages.custom_count())
+    log(LogLevel::Info, "error pages: %zu from %s", shared.error_pages.custom_count(),
+        std::string(config.settings.error_pages).c_str());
+
   int log_fd = -1;
   if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
   if (config.settings.access_log == LogTarget::File) {
@@ -252,6 +258,11 @@ int run(const Config& config) {
     prepare_worker(&threads[i]);
   }
   for (auto& t : threads) t.thread = std::thread(worker_main, &t);
+  // Active health checks: one thread for the whole process, publishing into
+  // shared.health (declared after it, so it stops first). It keeps running
+  // while the workers drain, so retries still avoid dead servers.
+  HealthChecker checker(table, shared.health.get());
+  checker.start();
 
   struct SignalState {
     std::vector<WorkerThread>* threads;
@@ -286,6 +297,7 @@ int run(const Config& config) {
   // A worker could have finished before the wakeup handle was armed.
   if (g_workers_left.load() > 0) uv_run(&main_loop, UV_RUN_DEFAULT);
   for (auto& t : threads) t.thread.join();
+  checker.stop();
   g_main_wakeup = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);

@@ -274,7 +274,9 @@ void reply_local(Exchange* ex, int status, std::string_view keep, std::string_vi
 }
 
 void reply_error(Exchange* ex, int status) {
-  reply_local(ex, status, canned_reply(status, false), canned_reply(status, true));
+  const ErrorPages& pages = ex->worker->shared.error_pages;
+  if (ex->is_head) reply_local(ex, status, pages.head(status, false), pages.head(status, true));
+  else reply_local(ex, status, pages.reply(status, false), pages.reply(status, true));
 }
 
 // An error found before an exchange exists or while the head is parsed:
