@@ -17,7 +17,13 @@ struct Options {
   std::string access_log;  // empty: routes.def's; else PATH | stdout | off
   LogLevel log_level = LogLevel::Info;
   bool check = false;
+  // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
+  std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
+               upstream_timeout_ms = -1, drain_timeout_ms = -1;
 };
+
+// "250ms", "10s", "2m", "1h" in milliseconds; -1 when malformed or zero.
+std::int64_t parse_duration_ms(std::string_view text) noexcept;
 
 // Parses argv. Returns -1 to go on, or the exit status when the program must
 // stop now (--help, --version, or a usage error, already printed).

@@ -1,6 +1,9 @@
 #include "juggler/config.hpp"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <sstream>
 #include <stdexcept>
@@ -23,12 +26,53 @@ int parse_options(int argc, char** argv, Options& out) {
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
+  // Durations as in routes.def (250ms 10s 2m); each overrides its `set timeout.*`.
+  struct TimeoutFlag {
+    const char* name;
+    std::int64_t* out;
+    const char* help;
+  };
+  const TimeoutFlag timeouts[] = {
+      {"--timeout-connect", &out.connect_timeout_ms, "connecting to a server (then the next one)"},
+      {"--timeout-client-header", &out.client_header_timeout_ms, "a request head must be complete within (408)"},
+      {"--timeout-client-idle", &out.client_idle_timeout_ms, "kept-alive client connections idle longer close"},
+      {"--timeout-upstream", &out.upstream_timeout_ms, "response head within (504), or a stalled body is cut"},
+      {"--timeout-drain", &out.drain_timeout_ms, "SIGTERM waits this long for requests in flight"},
+  };
+  for (const TimeoutFlag& f : timeouts) {
+    app.add_option_function<std::string>(
+           f.name,
+           [target = f.out, name = f.name](const std::string& v) {
+             const std::int64_t ms = parse_duration_ms(v);
+             if (ms <= 0)
+               throw CLI::ValidationError(name, "'" + v + "' is not a duration (e.g. 250ms, 10s, 2m)");
+             *target = ms;
+           },
+           f.help)
+        ->type_name("DURATION");
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   parse_log_level(level, out.log_level);
+  return -1;
+}
+
+std::int64_t parse_duration_ms(std::string_view t) noexcept {
+  std::size_t i = 0;
+  std::int64_t n = 0;
+  while (i < t.size() && t[i] >= '0' && t[i] <= '9') {
+    if (n > 100000000) return -1;
+    n = n * 10 + (t[i++] - '0');
+  }
+  if (i == 0 || n == 0) return -1;
+  const std::string_view unit = t.substr(i);
+  if (unit == "ms") return n;
+  if (unit == "s") return n * 1000;
+  if (unit == "m") return n * 60 * 1000;
+  if (unit == "h") return n * 3600 * 1000;
   return -1;
 }
 
@@ -43,6 +87,14 @@ Config make_config(const RouteTable& table, const Options& opts) {
                                        : (cores ? cores : 1);
   c.port_override = opts.port;
   c.https_port_override = opts.https_port;
+  auto over = [](std::int64_t v, std::uint32_t& field) {
+    if (v > 0) field = static_cast<std::uint32_t>(std::min<std::int64_t>(v, UINT32_MAX));
+  };
+  over(opts.connect_timeout_ms, c.settings.connect_timeout_ms);
+  over(opts.client_header_timeout_ms, c.settings.client_header_timeout_ms);
+  over(opts.client_idle_timeout_ms, c.settings.client_idle_timeout_ms);
+  over(opts.upstream_timeout_ms, c.settings.upstream_timeout_ms);
+  over(opts.drain_timeout_ms, c.settings.drain_timeout_ms);
   if (!opts.access_log.empty()) {
     if (opts.access_log == "off") c.settings.access_log = LogTarget::Off;
     else if (opts.access_log == "stdout") c.settings.access_log = LogTarget::Stdout;

@@ -88,3 +88,48 @@ TEST_CASE("down servers leave the weighted sequence fair among the rest", "[bala
   CHECK(counts['c'] == 50);
   CHECK(counts.count('a') == 0);
 }
+
+TEST_CASE("passive health ejects after max_fails in the window, doubling on repeat", "[balance]") {
+  PoolDef p = kPools[0];
+  p.max_fails = 3;
+  p.fail_window_ms = 1000;
+  ServerHealth h;
+  CHECK_FALSE(passive_failure(h, p, 10000));
+  CHECK_FALSE(passive_failure(h, p, 10100));
+  CHECK(passive_failure(h, p, 10200));  // third in the window: ejected for fail_window
+  CHECK(h.ejected_until_ms.load() == 11200);
+  // After the ejection expires the next request probes: one failure ejects again, twice as long.
+  CHECK(passive_failure(h, p, 11300));
+  CHECK(h.ejected_until_ms.load() == 11300 + 2000);
+  CHECK(passive_failure(h, p, 13400));
+  CHECK(h.ejected_until_ms.load() == 13400 + 4000);
+  // A success clears the record: it takes max_fails again.
+  passive_success(h);
+  CHECK_FALSE(passive_failure(h, p, 20000));
+  CHECK_FALSE(passive_failure(h, p, 20001));
+  CHECK(passive_failure(h, p, 20002));
+  CHECK(h.ejected_until_ms.load() == 21002);
+}
+
+TEST_CASE("failures spread over more than the window do not eject", "[balance]") {
+  PoolDef p = kPools[0];
+  p.max_fails = 2;
+  p.fail_window_ms = 1000;
+  ServerHealth h;
+  CHECK_FALSE(passive_failure(h, p, 5000));
+  CHECK_FALSE(passive_failure(h, p, 6500));
+  CHECK_FALSE(passive_failure(h, p, 8000));
+  p.max_fails = 0;  // off
+  for (int i = 0; i < 10; ++i) CHECK_FALSE(passive_failure(h, p, 8001 + static_cast<std::uint64_t>(i)));
+}
+
+TEST_CASE("ejected servers are skipped until the ejection expires", "[balance]") {
+  auto health = std::make_unique<ServerHealth[]>(6);
+  Balancer b(kTable, health.get());
+  health[3].ejected_until_ms = 5000;
+  RequestHead head;
+  for (int i = 0; i < 4; ++i) CHECK(b.pick(1, head, Tried{}, {{}, {}, 4999}) == 4);
+  std::map<int, int> counts;
+  for (int i = 0; i < 4; ++i) ++counts[b.pick(1, head, Tried{}, {{}, {}, 5000})];
+  CHECK(counts[3] == 2);
+}
