@@ -11,7 +11,7 @@ import unittest
 import jtest
 from balancer import BalancerTestCase
 
-HOST = "127.0.71.1"  # tests/routes/basic.def
+HOST = "127.0.80.1"  # tests/routes/failover.def
 
 
 class KillUnderLoadTest(BalancerTestCase):
@@ -19,7 +19,7 @@ class KillUnderLoadTest(BalancerTestCase):
         self.start_backends(HOST, (6901, 6903))
         victim = jtest.start_testserver(port=6902, host=HOST)  # killed below: no clean-exit check
         self.addCleanup(victim.stop, signal.SIGKILL)
-        lb = self.start_balancer("basic", workers=2)
+        lb = self.start_balancer("failover", workers=2)
         clients, per_client = 20, 250  # 5,000 GETs over 20 kept-alive connections
         done = []
         failures = []

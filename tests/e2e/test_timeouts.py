@@ -67,29 +67,29 @@ if __name__ == "__main__":
 
 class CommandLineTimeoutTest(BalancerTestCase):
     def test_timeout_flags_override_routes_def(self):
-        self.start_backends("127.0.71.1", (6901, 6902, 6903))
-        lb = self.start_balancer("basic", extra=["--timeout-upstream", "700ms"])  # basic.def says 5s
+        self.start_backends(HOST, (6901, 6902))
+        lb = self.start_balancer("timeouts", extra=["--timeout-upstream", "2500ms"])  # timeouts.def says 1s
         started = time.monotonic()
         status, _, _ = jtest.http_request(lb.port, path="/hang", timeout=10)
         waited = time.monotonic() - started
         self.assertEqual(status, 504)
-        self.assertLess(waited, 2.5)
-        self.assertGreaterEqual(waited, 0.6)
+        self.assertLess(waited, 4.5)
+        self.assertGreaterEqual(waited, 2.4)
 
     def test_bad_duration_is_refused(self):
         import subprocess
         from balancer import balancer_path
-        out = subprocess.run([balancer_path("basic"), "--port", "0", "--timeout-connect", "10"],
+        out = subprocess.run([balancer_path("timeouts"), "--port", "0", "--timeout-connect", "10"],
                              capture_output=True, text=True, timeout=10)
         self.assertNotEqual(out.returncode, 0)
         self.assertIn("not a duration", out.stderr + out.stdout)
 
     def test_second_signal_exits_at_once(self):
-        self.start_backends("127.0.71.1", (6901, 6902, 6903))
+        self.start_backends(HOST, (6901, 6902))
         from balancer import start_balancer
         import signal
         import threading
-        lb = start_balancer("basic")
+        lb = start_balancer("timeouts", extra=["--timeout-upstream", "30s"])
         self.addCleanup(lb.stop, signal.SIGKILL)
         hung = threading.Thread(target=lambda: self._swallow(lambda: jtest.http_request(lb.port, path="/hang",
                                                                                           timeout=10)))
