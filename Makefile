@@ -10,7 +10,7 @@ CMAKE_FLAGS ?=
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes run test test-fast test-asan clean ssl_cert bench fuzz deps help check
+.PHONY: all routes run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz deps help check
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -22,6 +22,7 @@ help:
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
+	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request and response paths)"
 	@echo "make bench                 Juggler vs nginx vs HAProxy (long; not part of test)"
 	@echo "make clean                 remove bin/, build folders and generated code"
 
@@ -61,6 +62,12 @@ ssl_cert:
 
 ssl_cert_if_needed:
 	@test -f certs/server.crt -a -f certs/server.key || bash tools/make-cert.sh certs
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash tools/install-deps.sh fuzz
+	bash tests/fuzz/build.sh
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 bench:
 	@bash tools/install-deps.sh bench

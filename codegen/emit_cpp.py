@@ -186,37 +186,212 @@ def build_trie(routes: list[Route]) -> Node:
     return root
 
 
+Item = "int | tuple[int, ...]"  # one route checked inline, or a run of routes checked by a shared function
+Sources = "list[tuple[object, list[int]]]"  # (where the routes come from, their indices)
+
+RUN_FUNCTION_MIN = 3  # shorter runs are checked inline
+
+
+class Runs:
+    """The shared check functions: a run of consecutive routes (in file order) that
+    come from the same trie node's list, like a block of host-conditioned `/*`
+    routes, is checked by one function that every terminal containing it calls.
+    This keeps the code linear in the number of routes when many routes carry
+    conditions."""
+
+    def __init__(self, routes: list[Route]):
+        self.all = routes
+        self.names: dict[tuple[int, ...], str] = {}
+
+    def name(self, run: tuple[int, ...]) -> str:
+        return self.names.setdefault(run, f"check_{len(self.names)}")
+
+    def emit(self) -> list[str]:
+        out: list[str] = []
+        hosts: list[str] = []  # the host switch functions, emitted before their callers
+        for run, name in self.names.items():
+            out.append(f"// routes {', '.join(str(i) for i in run)}")
+            out.append(f"const RouteDef* {name}(const RequestHead& r) noexcept {{")
+            for segment in self.segments(run):
+                if len(segment) >= HOST_SWITCH_MIN:
+                    hname = f"hosts_{len(hosts)}"
+                    hosts += emit_host_switch(hname, [self.all[i] for i in segment])
+                    out.append(f"  if (const RouteDef* m = {hname}(r.host)) return m;  "
+                               f"// lines {self.all[segment[0]].line}-{self.all[segment[-1]].line}")
+                    continue
+                for i in segment:
+                    r = self.all[i]
+                    if r.conditional:
+                        out.append(f"  if ({conditions(r)}) return &kRoutes[{i}];  // line {r.line}")
+                    else:
+                        out.append(f"  return &kRoutes[{i}];  // line {r.line}")
+            if self.all[run[-1]].conditional:
+                out.append("  return nullptr;")
+            out += ["}", ""]
+        if not hosts:
+            return out
+        fold = ["constexpr char fold(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }",
+                ""]
+        return fold + hosts + out
+
+    def segments(self, run: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The run cut into blocks of routes whose only condition is an exact host
+        (checked together by one switch) and blocks of anything else."""
+        out: list[list[int]] = []
+        for i in run:
+            r = self.all[i]
+            exact_host = r.host is not None and not r.host_suffix and not r.headers
+            if out and (exact_host == out[-1][0]):
+                out[-1][1].append(i)
+            else:
+                out.append([exact_host, [i]])
+        result: list[tuple[int, ...]] = []
+        for exact_host, lst in out:
+            if exact_host and len(lst) >= HOST_SWITCH_MIN:
+                result.append(tuple(lst))
+            else:
+                result += [(i,) for i in lst]
+        return result
+
+
+HOST_SWITCH_MIN = 4  # fewer exact hosts are compared one by one
+
+
+def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
+    """A function from a host to the first of `routes` (all `host=NAME`, nothing
+    else) naming it, or nullptr: a switch on the length, then a radix trie of the
+    lower-case names walked with case-folded bytes. Cost: the length of the host,
+    whatever the number of routes."""
+    first: dict[str, Route] = {}
+    for r in routes:
+        first.setdefault(r.host, r)  # a later route with the same host can never win here
+    by_length: dict[int, list[Route]] = {}
+    for host, r in sorted(first.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())):
+        by_length.setdefault(len(host.encode()), []).append(r)
+    lines = [f"const RouteDef* {name}(std::string_view h) noexcept {{", "  switch (h.size()) {"]
+    body: list[str] = []
+    for length, group in by_length.items():
+        root = Node(depth=0, text=b"")
+        leaf_route: dict[int, Route] = {}
+        for r in group:
+            leaf_route[id(insert(root, r.host.encode()))] = r
+        label = f"l{length}"
+        lines.append(f"    case {length}: goto {label};")
+        order: list[Node] = []
+
+        def walk(node: Node) -> None:
+            order.append(node)
+            for b in sorted(node.children):
+                walk(node.children[b][1])
+
+        walk(root)
+        labels = {id(n): f"{label}_{k}" for k, n in enumerate(order)}
+
+        def go(child: Node) -> str:
+            r = leaf_route.get(id(child))
+            if r is not None and not child.children:
+                return f"return &kRoutes[{r.index}];  // line {r.line}"
+            return f"goto {labels[id(child)]};"
+
+        for node in order:
+            if node.depth == length:
+                continue  # a leaf: its parent returns it
+            body.append(f"{label if node is root else labels[id(node)]}:")
+            d = node.depth
+            kids = [node.children[b] for b in sorted(node.children)]
+            if len(kids) == 1:
+                edge, child = kids[0]
+                body.append(f"  if ({host_edge_test(d, edge)}) {go(child)}")
+            else:
+                body.append(f"  switch (fold(h[{d}])) {{")
+                for edge, child in kids:
+                    if len(edge) == 1:
+                        body.append(f"    case {cchar(edge[0])}: {go(child)}")
+                    else:
+                        body.append(f"    case {cchar(edge[0])}:")
+                        body.append(f"      if ({host_edge_test(d + 1, edge[1:])}) {go(child)}")
+                        body.append("      break;")
+                body.append("  }")
+            body.append("  return nullptr;")
+    lines += ["    default: return nullptr;", "  }"] + body + ["}", ""]
+    return lines
+
+
+def host_edge_test(at: int, edge: bytes) -> str:
+    """h[at..] starts with the lower-case `edge`, ignoring case (h is long enough)."""
+    if len(edge) == 1:
+        return f"fold(h[{at}]) == {cchar(edge[0])}"
+    return f"iequals(std::string_view(h.data() + {at}, {len(edge)}), {cstr_bytes(edge)})"
+
+
 class Matcher:
     """One matcher function: trie nodes first, then the shared terminal blocks."""
 
-    def __init__(self, name: str, routes: list[Route], all_routes: list[Route]):
+    def __init__(self, name: str, routes: list[Route], all_routes: list[Route], runs: Runs):
         self.name = name
         self.all = all_routes
+        self.runs = runs
         self.root = build_trie(routes)
         self.lines: list[str | tuple[str, str]] = []  # str: code; (label, comment): a label
         self.referenced: set[str] = set()
-        self.suffix_label: dict[tuple[int, ...], str] = {}
-        self.pending: list[tuple[int, ...]] = []  # terminals referenced, in order, not yet emitted
-        self.node_count = 0
+        self.suffix_label: dict[tuple, str] = {}
+        self.pending: list[tuple] = []  # terminals referenced, in order, not yet emitted
         self.uses_p = False
         self.uses_n = False
         self.uses_cond = False
 
-    # A terminal: routes in file order, cut after the first unconditional one.
-    def terminal(self, indices: list[int]) -> tuple[int, ...]:
-        out: list[int] = []
-        for i in sorted(set(indices)):
-            out.append(i)
+    def terminal(self, sources: list) -> tuple:
+        """The routes of `sources` in file order, cut after the first unconditional
+        one, as items: consecutive routes from one source become one run."""
+        merged = sorted((i, k) for k, (_, lst) in enumerate(sources) for i in lst)
+        cut: list[tuple[int, int]] = []
+        for i, k in merged:
+            cut.append((i, k))
             if not self.all[i].conditional:
                 break
-        return tuple(out)
+        items: list = []
+        j = 0
+        while j < len(cut):
+            e = j
+            while e + 1 < len(cut) and cut[e + 1][1] == cut[j][1]:
+                e += 1
+            run = tuple(i for i, _ in cut[j : e + 1])
+            # An unconditional last route stays outside the run, so the run's function
+            # is the same whether or not the terminal is cut there.
+            last = run[-1:] if not self.all[run[-1]].conditional else ()
+            run = run[: len(run) - len(last)]
+            if len(run) >= RUN_FUNCTION_MIN:
+                items.append(run)
+            else:
+                items.extend(run)
+            items.extend(last)
+            j = e + 1
+        return tuple(items)
 
-    def goto_terminal(self, t: tuple[int, ...]) -> str:
+    def final(self, item) -> bool:
+        """The item always returns a route (it ends in an unconditional one)."""
+        last = item[-1] if isinstance(item, tuple) else item
+        return not self.all[last].conditional
+
+    def item_code(self, item) -> str:
+        if isinstance(item, tuple):
+            name = self.runs.name(item)
+            self.uses_cond = True
+            if self.final(item):
+                return f"return {name}(r);"
+            return f"if (const RouteDef* m = {name}(r)) return m;"
+        r = self.all[item]
+        if not r.conditional:
+            return f"return &kRoutes[{item}];  // line {r.line}"
+        self.uses_cond = True
+        return f"if ({conditions(r)}) return &kRoutes[{item}];  // line {r.line}"
+
+    def goto_terminal(self, t: tuple) -> str:
         """A statement that finishes with terminal t: inline when it is one return."""
         if not t:
             return "return nullptr;"
-        if len(t) == 1 and not self.all[t[0]].conditional:
-            return f"return &kRoutes[{t[0]}];"
+        if len(t) == 1 and self.final(t[0]):
+            return self.item_code(t[0])
         label = self.suffix_label.get(t)
         if label is None:
             label = f"t{len(self.suffix_label)}"
@@ -227,20 +402,23 @@ class Matcher:
 
     def emit(self) -> list[str]:
         node_labels: dict[int, str] = {}
-        order: list[tuple[Node, list[int]]] = []
+        order: list[tuple[Node, list]] = []
 
-        def walk(node: Node, inherited: list[int]) -> None:
-            acc = inherited + node.prefix
+        def walk(node: Node, inherited: list) -> None:
+            acc = inherited + [(id(node), node.prefix)] if node.prefix else inherited
             order.append((node, acc))
             for b in sorted(node.children):
                 walk(node.children[b][1], acc)
+
+        def ending(node: Node, acc: list) -> list:
+            return acc + [(("exact", id(node)), node.exact)] if node.exact else acc
 
         walk(self.root, [])
         # A leaf where every path ends the same way needs no code of its own: its
         # parent jumps straight to the terminal.
         leaf_exit: dict[int, str] = {}
         for node, acc in order:
-            if not node.children and self.terminal(acc) == self.terminal(acc + node.exact):
+            if not node.children and self.terminal(acc) == self.terminal(ending(node, acc)):
                 leaf_exit[id(node)] = ""
         for i, (node, _) in enumerate(order):
             node_labels[id(node)] = f"n{i}"
@@ -260,7 +438,7 @@ class Matcher:
             if node is not self.root:
                 self.lines.append((node_labels[id(node)], cstr_bytes(node.text)))
             fallback = self.terminal(acc)
-            at_end = self.terminal(acc + node.exact)
+            at_end = self.terminal(ending(node, acc))
             d = node.depth
             kids = [node.children[b] for b in sorted(node.children)]
             if not kids:
@@ -278,8 +456,7 @@ class Matcher:
                 if len(edge) == 1:
                     self.lines.append(f"  if (p[{d}] == {cchar(edge[0])}) {target(child)}")
                 else:
-                    self.lines.append(f"  if (n >= {d + len(edge)} && __builtin_memcmp(p + {d}, "
-                                      f"{cstr_bytes(edge)}, {len(edge)}) == 0) {target(child)}")
+                    self.lines.append(f"  if ({edge_test(d, edge)}) {target(child)}")
             else:
                 self.lines.append(f"  switch (p[{d}]) {{")
                 for edge, child in kids:
@@ -287,8 +464,7 @@ class Matcher:
                         self.lines.append(f"    case {cchar(edge[0])}: {target(child)}")
                     else:
                         self.lines.append(f"    case {cchar(edge[0])}:")
-                        self.lines.append(f"      if (n >= {d + len(edge)} && __builtin_memcmp(p + {d + 1}, "
-                                          f"{cstr_bytes(edge[1:])}, {len(edge) - 1}) == 0) {target(child)}")
+                        self.lines.append(f"      if ({edge_test(d + 1, edge[1:])}) {target(child)}")
                         self.lines.append("      break;")
                 self.lines.append("  }")
             self.lines.append(f"  {self.goto_terminal(fallback)}")
@@ -298,7 +474,7 @@ class Matcher:
     def emit_terminals(self) -> None:
         """Each referenced terminal, as a chain of checks that ends in a return or
         jumps into the chain of an already emitted terminal with the same tail."""
-        emitted: set[tuple[int, ...]] = set()
+        emitted: set[tuple] = set()
         while self.pending:
             t = self.pending.pop(0)
             for k in range(len(t) + 1):
@@ -309,17 +485,13 @@ class Matcher:
                     break
                 label = self.suffix_label.setdefault(tail, f"t{len(self.suffix_label)}")
                 emitted.add(tail)
+                self.lines.append((label, ""))
                 if not tail:
-                    self.lines.append((label, ""))
                     self.lines.append("  return nullptr;")
                     break
-                r = self.all[tail[0]]
-                self.lines.append((label, ""))
-                if not r.conditional:
-                    self.lines.append(f"  return &kRoutes[{r.index}];  // line {r.line}")
+                self.lines.append(f"  {self.item_code(tail[0])}")
+                if self.final(tail[0]):
                     break
-                self.uses_cond = True
-                self.lines.append(f"  if ({conditions(r)}) return &kRoutes[{r.index}];  // line {r.line}")
 
     def render(self) -> list[str]:
         body: list[str] = []
@@ -337,6 +509,13 @@ class Matcher:
         if self.uses_n:
             head.append("  const std::size_t n = r.path.size();")
         return head + body + ["}"]
+
+
+def edge_test(at: int, edge: bytes) -> str:
+    """The path bytes at `at` are `edge` (the caller knows n > at - 1)."""
+    if len(edge) == 1:
+        return f"n > {at} && p[{at}] == {cchar(edge[0])}"
+    return f"n >= {at + len(edge)} && __builtin_memcmp(p + {at}, {cstr_bytes(edge)}, {len(edge)}) == 0"
 
 
 def cstr_bytes(b: bytes) -> str:
@@ -378,17 +557,18 @@ def emit_distribute(c: Config) -> list[str]:
         method = METHODS[i] if i < len(METHODS) else None
         cands = tuple(r.index for r in c.routes if r.methods is None or (method is not None and method in r.methods))
         groups.setdefault(cands, []).append(enum)
-    out: list[str] = ["namespace {", ""]
+    runs = Runs(c.routes)
+    matchers: list[str] = []
     names: dict[tuple[int, ...], str] = {}
     for cands, enums in groups.items():
         if not cands:
             continue
         name = f"match_{len(names)}"
         names[cands] = name
-        out.append(f"// {', '.join(enums)}: routes {', '.join(str(i) for i in cands)}")
-        out += Matcher(name, [c.routes[i] for i in cands], c.routes).emit()
-        out.append("")
-    out += ["}  // namespace", ""]
+        matchers.append(f"// {', '.join(enums)}: routes {', '.join(str(i) for i in cands)}")
+        matchers += Matcher(name, [c.routes[i] for i in cands], c.routes, runs).emit()
+        matchers.append("")
+    out: list[str] = ["namespace {", "", *runs.emit(), *matchers, "}  // namespace", ""]
     out.append("const RouteDef* distribute(const RequestHead& r) noexcept {")
     out.append("  switch (r.method) {")
     for cands, enums in groups.items():

@@ -135,6 +135,8 @@ class Pool:
     health: Health | None = None
     first_server: int = 0
     broken: bool = False  # its own line had an error: no follow-up complaints
+    server_at: dict = field(default_factory=dict)  # (ip, port) -> Server
+    server_lines: int = 0  # server statements, valid or not: a broken one is not "no servers"
 
 
 @dataclass
@@ -341,6 +343,7 @@ class Parser:
         self.current_pool: Pool | None = None
         self.server_count = 0
         self.cert_count = 0
+        self.saw_listen = False  # even a broken listen statement: no "no 'listen'" on top
 
     def parse(self, text: str) -> tuple[Config, list[tuple[int, str]]]:
         lines = text.split("\n")
@@ -450,6 +453,7 @@ class Parser:
     # ------------------------------------------------------------ listen
 
     def stmt_listen(self, line: int, toks: list[str]) -> None:
+        self.saw_listen = True
         if len(toks) < 3:
             raise DefError("'listen' needs a kind and an address (listen http|https|tcp ADDR:PORT)")
         kind = toks[1]
@@ -550,19 +554,21 @@ class Parser:
 
     def stmt_server(self, line: int, toks: list[str]) -> None:
         pool = self.pool_for("server")
+        pool.server_lines += 1
         if len(toks) < 2:
             raise DefError("'server' needs an address (server ADDR:PORT [weight=N] [backup])")
         ep = parse_endpoint(toks[1], "server")
         opts = Options("server", toks[2:], ["weight"], ["backup"])
         weight = parse_int("weight", opts.values["weight"], 1, 256) if "weight" in opts.values else 1
-        for other in pool.servers:
-            if other.endpoint.ip == ep.ip and other.endpoint.port == ep.port:
-                raise DefError(f"server {ep.written} is already in pool '{pool.name}' at line {other.line}")
+        other = pool.server_at.get((ep.ip, ep.port))
+        if other is not None:
+            raise DefError(f"server {ep.written} is already in pool '{pool.name}' at line {other.line}")
         if self.server_count >= MAX_SERVERS:
             raise DefError(f"too many servers (at most {MAX_SERVERS})")
         self.server_count += 1
-        pool.servers.append(Server(line=line, endpoint=ep, weight=weight, backup="backup" in opts.flags,
-                                   pool_index=pool.index))
+        server = Server(line=line, endpoint=ep, weight=weight, backup="backup" in opts.flags, pool_index=pool.index)
+        pool.servers.append(server)
+        pool.server_at[(ep.ip, ep.port)] = server
 
     def stmt_health(self, line: int, toks: list[str]) -> None:
         pool = self.pool_for("health")
@@ -705,10 +711,12 @@ class Parser:
 
     def finish(self) -> None:
         c = self.config
-        if not c.listeners:
+        if not self.saw_listen:
             self.errors.append((1, DefError("no 'listen' statement: a routes file needs at least one "
                                             "(listen http|https|tcp ADDR:PORT)").message))
         for pool in c.pools:
+            if pool.server_lines != len(pool.servers):
+                continue  # a server line had an error already
             if not pool.servers:
                 self.errors.append((pool.line, DefError(
                     f"pool '{pool.name}' has no servers (add 'server ADDR:PORT' lines after it)").message))

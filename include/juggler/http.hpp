@@ -118,6 +118,13 @@ class MessageParser {
   static const llhttp_settings_t kSettings;
 
   int fail(int status, const char* reason) noexcept;
+  bool lines_clean() const noexcept;
+  bool check_chunks(const char* p, std::size_t n) noexcept;
+  bool validating_chunks() const noexcept { return parser_.type == HTTP_REQUEST && head_end_ && (parser_.flags & F_CHUNKED); }
+
+  enum class ChunkState : std::uint8_t {
+    Size, Ext, SizeLf, Data, DataCr, DataLf, TrailerStart, TrailerName, Trailer, TrailerLf, FinalLf, Done
+  };
   int classify_header() noexcept;
   int check_head() noexcept;
 
@@ -144,6 +151,11 @@ class MessageParser {
   bool head_done_ = false;
   bool te_chunked_ = false;  // a Transfer-Encoding token says chunked
   bool value_pieces_ = false;  // the current value arrived in more than one piece
+  bool method_seen_ = false;
+  ChunkState chunk_ = ChunkState::Size;
+  std::uint8_t chunk_digits_ = 0;
+  std::uint32_t chunk_line_ = 0;
+  std::uint64_t chunk_left_ = 0;
   int error_status_ = 0;
   const char* error_reason_ = nullptr;
 };

@@ -121,6 +121,7 @@ struct Exchange {
   bool is_head = false;
   // response side
   bool resp_started = false;     // a byte of the final response went to the client
+  std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
   bool resp_complete = false;
   bool upstream_reusable = false;
   int status = 0;
@@ -181,6 +182,8 @@ struct Worker {
   std::uint64_t retries = 0, retries_denied = 0;
   Exchange* free_exchanges = nullptr;
   WriteReq* free_writes = nullptr;
+  ClientSession* free_sessions = nullptr;  // closed sessions kept for reuse
+  std::size_t free_session_count = 0;
   std::size_t write_reqs = 0;  // allocated, for the exit check
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
   ClientSession* sessions = nullptr;                 // live client sessions

@@ -1,5 +1,6 @@
 // llhttp wrapper: records the head as spans into the caller's buffer and
 // refuses the framings that enable request smuggling.
+#include <algorithm>
 #include <cstring>
 
 #include "juggler/http.hpp"
@@ -11,6 +12,26 @@ namespace {
 MessageParser& self(llhttp_t* p) { return *static_cast<MessageParser*>(p->data); }
 
 bool is_ows(char c) { return c == ' ' || c == '\t'; }
+
+// RFC 9110 token characters.
+bool is_tchar(char ch) noexcept {
+  const auto c = static_cast<unsigned char>(ch);
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A head line [b, e) must end in CRLF and hold no other CR: llhttp 8 takes
+// CR followed by any byte as a line end, which a server may read otherwise.
+bool clean_line(const char* b, const char* e) noexcept {
+  if (e - b < 2 || e[-1] != '\n' || e[-2] != '\r') return false;
+  return std::memchr(b, '\r', static_cast<std::size_t>(e - b)) == e - 2;
+}
 
 HeaderKind classify(std::string_view n) noexcept {
   switch (n.size()) {
@@ -98,7 +119,11 @@ void MessageParser::reset() noexcept {
   content_length_ = 0;
   host_count_ = 0;
   in_field_ = no_body_ = has_body_ = until_close_ = expect_continue_ = false;
-  connection_close_ = dropped_ = head_done_ = te_chunked_ = false;
+  connection_close_ = dropped_ = head_done_ = te_chunked_ = method_seen_ = false;
+  chunk_ = ChunkState::Size;
+  chunk_left_ = 0;
+  chunk_digits_ = 0;
+  chunk_line_ = 0;
   error_status_ = 0;
   error_reason_ = nullptr;
 }
@@ -112,7 +137,12 @@ int MessageParser::fail(int status, const char* reason) noexcept {
 
 int MessageParser::on_method(llhttp_t* p, const char* at, std::size_t) {
   MessageParser& m = self(p);
-  if (!m.head_begin_ || m.count_ == 0) m.head_begin_ = at;  // skips leading empty lines
+  // llhttp calls this again for each piece of a method split across reads:
+  // only the first piece starts the head (which skips leading empty lines).
+  if (!m.method_seen_) {
+    m.head_begin_ = at;
+    m.method_seen_ = true;
+  }
   return 0;
 }
 
@@ -127,6 +157,7 @@ int MessageParser::on_status(llhttp_t*, const char*, std::size_t) { return 0; }
 
 int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len) {
   MessageParser& m = self(p);
+  if (m.head_done_) return 0;  // chunked trailers: relayed as body bytes, never head fields
   if (!m.in_field_) {
     if (m.count_ >= m.max_headers_) return m.fail(431, "too many header fields");
     HeaderSpan& h = m.headers_[m.count_];
@@ -141,17 +172,21 @@ int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len)
 
 int MessageParser::on_header_field_complete(llhttp_t* p) {
   MessageParser& m = self(p);
+  if (m.head_done_) return 0;
   HeaderSpan& h = m.headers_[m.count_];
   h.name_len = static_cast<std::uint32_t>(m.field_end_ - h.line);
-  // llhttp 8 accepts "Name : value"; a space before the colon is a smuggling
-  // vector (RFC 9112 5.1: MUST reject).
-  if (h.name_len == 0 || is_ows(h.line[h.name_len - 1])) return m.fail(400, "whitespace before colon");
+  // llhttp 8 accepts "Name : value" and "Content Length"; whitespace in or
+  // after a name is a smuggling vector (RFC 9112 5.1: MUST reject).
+  if (h.name_len == 0) return m.fail(400, "empty header name");
+  for (std::uint32_t i = 0; i < h.name_len; ++i)
+    if (!is_tchar(h.line[i])) return m.fail(400, "invalid character in a header name");
   h.kind = classify({h.line, h.name_len});
   return 0;
 }
 
 int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len) {
   MessageParser& m = self(p);
+  if (m.head_done_) return 0;
   if (!m.value_begin_) m.value_begin_ = at;
   else m.value_pieces_ = true;
   m.value_end_ = at + len;
@@ -160,6 +195,7 @@ int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len)
 
 int MessageParser::on_header_value_complete(llhttp_t* p) {
   MessageParser& m = self(p);
+  if (m.head_done_) return 0;
   HeaderSpan& h = m.headers_[m.count_];
   if (m.value_begin_) {
     h.value_off = static_cast<std::uint32_t>(m.value_begin_ - h.line);
@@ -181,12 +217,15 @@ int MessageParser::on_header_value_complete(llhttp_t* p) {
   switch (h.kind) {
     case HeaderKind::Host:
       if (++m.host_count_ > 1) return m.fail(400, "more than one Host header");
+      for (char c : v)
+        if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return m.fail(400, "invalid Host");
       break;
     case HeaderKind::Expect:
       if (iequals(v, "100-continue")) m.expect_continue_ = true;
       else return m.fail(417, "unsupported expectation");
       break;  // forwarded: the server's 100 Continue is relayed to the client
     case HeaderKind::TransferEncoding:
+      if (v.empty()) return m.fail(400, "empty Transfer-Encoding");
       for_each_token(v, [&](std::string_view t) {
         if (iequals(t, "chunked")) m.te_chunked_ = true;
       });
@@ -213,6 +252,7 @@ int MessageParser::on_header_value_complete(llhttp_t* p) {
 int MessageParser::check_head() noexcept {
   const bool request = parser_.type == HTTP_REQUEST;
   if (request) {
+    if (parser_.http_major != 1 || parser_.http_minor > 1) return fail(400, "unsupported HTTP version");
     if (parser_.http_major == 1 && parser_.http_minor >= 1 && host_count_ == 0)
       return fail(400, "HTTP/1.1 request without Host");
     if ((parser_.flags & F_TRANSFER_ENCODING) && parser_.http_minor == 0 && parser_.http_major == 1)
@@ -225,6 +265,7 @@ int MessageParser::check_head() noexcept {
       return te_chunked_ ? fail(400, "chunked is not the final transfer coding")
                          : fail(501, "unknown transfer coding");
   }
+  if (!request && (parser_.status_code < 100 || parser_.status_code > 599)) return fail(502, "bad status code");
   // Headers named by Connection are hop-by-hop too.
   for (std::uint32_t i = 0; i < count_; ++i) {
     if (headers_[i].kind != HeaderKind::Connection) continue;
@@ -286,11 +327,117 @@ std::string_view MessageParser::header_line(std::uint32_t i) const noexcept {
   return {b, static_cast<std::size_t>(e - b)};
 }
 
+bool MessageParser::lines_clean() const noexcept {
+  const char* final_line = head_end_ - 2;
+  if (head_end_ - head_begin_ < 2 || final_line[0] != '\r' || final_line[1] != '\n') return false;
+  const char* b = head_begin_;
+  for (std::uint32_t i = 0; i <= count_; ++i) {
+    const char* e = i < count_ ? headers_[i].line : final_line;
+    if (e > b && !clean_line(b, e)) return false;
+    b = e;
+  }
+  return true;
+}
+
+// A strict chunked-body check run beside llhttp (which, in version 8, takes
+// any two bytes after chunk data for CRLF): the body we relay byte for byte
+// must frame the same way for every server behind us.
+bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
+  if (!validating_chunks()) return true;
+  const char* end = p + n;
+  while (p < end) {
+    const char c = *p;
+    switch (chunk_) {
+      case ChunkState::Size: {
+        int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+        if (d >= 0) {
+          if (++chunk_digits_ > 16) return false;
+          chunk_left_ = (chunk_left_ << 4) | static_cast<std::uint64_t>(d);
+        } else if (chunk_digits_ == 0) {
+          return false;
+        } else if (c == ';' || c == ' ' || c == '\t') {
+          chunk_ = ChunkState::Ext;
+          chunk_line_ = 0;
+        } else if (c == '\r') {
+          chunk_ = ChunkState::SizeLf;
+        } else {
+          return false;
+        }
+        ++p;
+        break;
+      }
+      case ChunkState::Ext:
+        if (c == '\r') chunk_ = ChunkState::SizeLf;
+        else if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f || ++chunk_line_ > 4096) return false;
+        ++p;
+        break;
+      case ChunkState::SizeLf:
+        if (c != '\n') return false;
+        chunk_ = chunk_left_ ? ChunkState::Data : ChunkState::TrailerStart;
+        ++p;
+        break;
+      case ChunkState::Data: {
+        const std::uint64_t take = std::min<std::uint64_t>(chunk_left_, static_cast<std::uint64_t>(end - p));
+        p += take;
+        chunk_left_ -= take;
+        if (chunk_left_ == 0) chunk_ = ChunkState::DataCr;
+        break;
+      }
+      case ChunkState::DataCr:
+        if (c != '\r') return false;
+        chunk_ = ChunkState::DataLf;
+        ++p;
+        break;
+      case ChunkState::DataLf:
+        if (c != '\n') return false;
+        chunk_ = ChunkState::Size;
+        chunk_digits_ = 0;
+        ++p;
+        break;
+      case ChunkState::TrailerStart:
+        chunk_line_ = 0;
+        if (c == '\r') chunk_ = ChunkState::FinalLf;
+        else if (is_tchar(c)) chunk_ = ChunkState::TrailerName;
+        else return false;
+        ++p;
+        break;
+      case ChunkState::TrailerName:
+        if (c == ':') chunk_ = ChunkState::Trailer;
+        else if (!is_tchar(c) || ++chunk_line_ > 8192) return false;
+        ++p;
+        break;
+      case ChunkState::Trailer:
+        if (c == '\r') chunk_ = ChunkState::TrailerLf;
+        else if (c == '\n' || (static_cast<unsigned char>(c) < 0x20 && c != '\t') || ++chunk_line_ > 8192) return false;
+        ++p;
+        break;
+      case ChunkState::TrailerLf:
+        if (c != '\n') return false;
+        chunk_ = ChunkState::TrailerStart;
+        ++p;
+        break;
+      case ChunkState::FinalLf:
+        if (c != '\n') return false;
+        chunk_ = ChunkState::Done;
+        ++p;
+        break;
+      case ChunkState::Done:
+        return false;  // nothing may follow within this message
+    }
+  }
+  return true;
+}
+
 ParseEvent MessageParser::feed(const char* data, std::size_t len, std::size_t* consumed) noexcept {
   if (!head_begin_) head_begin_ = data;
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
   if (err == HPE_OK) {
     *consumed = len;
+    if (head_end_ && !check_chunks(data, len)) {
+      error_status_ = 400;
+      error_reason_ = "malformed chunked body";
+      return ParseEvent::Error;
+    }
     if (!head_done_ && static_cast<std::uint64_t>(data + len - head_begin_) > max_head_bytes) {
       error_status_ = 431;
       error_reason_ = "request head too large";
@@ -310,7 +457,17 @@ ParseEvent MessageParser::feed(const char* data, std::size_t len, std::size_t* c
         error_reason_ = "request head too large";
         return ParseEvent::Error;
       }
+      if (!lines_clean()) {
+        error_status_ = 400;
+        error_reason_ = "bare CR or LF in the head";
+        return ParseEvent::Error;
+      }
       return ParseEvent::HeadComplete;
+    }
+    if (!check_chunks(data, *consumed) || (validating_chunks() && chunk_ != ChunkState::Done)) {
+      error_status_ = 400;
+      error_reason_ = "malformed chunked body";
+      return ParseEvent::Error;
     }
     return ParseEvent::MessageComplete;
   }

@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 
 #include <cstring>
+#include <new>
 
 #include "juggler/upstream.hpp"
 
@@ -26,6 +27,7 @@ constexpr std::string_view kConnClose = "Connection: close\r\n";
 constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 constexpr std::uint64_t kLingerMs = 2000;
 constexpr unsigned kTlsReadSize = 17 * 1024;  // one TLS record and its overhead
+constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final one
 
 inline uv_stream_t* stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
 inline uv_handle_t* handle(void* h) { return static_cast<uv_handle_t*>(h); }
@@ -98,6 +100,7 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
   ex->resp_extra_len = 0;
   ex->minted = false;
   ex->started = -1;
+  ex->interims = 0;
   ex->log_line_len = ex->log_referer_len = ex->log_agent_len = 0;
 }
 
@@ -550,7 +553,9 @@ void on_request_head(Exchange* ex) {
 // Parses and acts on what the client sent. Called after each read and when an
 // exchange finishes with pipelined bytes waiting.
 void process_client(ClientSession* s) {
-  while (!s->closing && s->in) {
+  // Once an answer said the connection closes, nothing more is parsed: what
+  // follows may be the body of a refused request, not a request.
+  while (!s->closing && !s->lingering && !s->close_after_write && s->in) {
     if (!s->ex) {
       if (s->parse_pos == s->in_len) break;
       s->ex = exchange_get(*s->worker);
@@ -676,8 +681,8 @@ void process_upstream(Exchange* ex) {
       const int status = ex->resp.status();
       if (status / 100 == 1) {
         // Interim (100 Continue): relay it as it is, then parse the real response.
-        if (status == 101) {
-          reply_error(ex, 502);  // we removed Upgrade: a switch is a broken server
+        if (status == 101 || ++ex->interims > kMaxInterim) {
+          reply_error(ex, 502);  // we removed Upgrade: a switch is a broken server; so are endless 1xx
           return;
         }
         std::size_t none = 0;
@@ -954,11 +959,31 @@ void update_client_reading(ClientSession* s) {
   }
 }
 
+// Sessions are recycled through a per-worker free list (bounded), so a new
+// connection costs no allocation at steady state.
+constexpr std::size_t kKeepFreeSessions = 1024;
+
 void on_session_closed(uv_handle_t* h) {
   auto* s = static_cast<ClientSession*>(h->data);
-  s->worker->buffers.put(s->in);
+  Worker& w = *s->worker;
+  w.buffers.put(s->in);
   delete s->tls;
-  delete s;
+  if (w.free_session_count >= kKeepFreeSessions) {
+    delete s;
+    return;
+  }
+  s->next = w.free_sessions;
+  w.free_sessions = s;
+  ++w.free_session_count;
+}
+
+ClientSession* session_get(Worker& w) {
+  ClientSession* s = w.free_sessions;
+  if (!s) return new ClientSession();
+  w.free_sessions = s->next;
+  --w.free_session_count;
+  s->~ClientSession();
+  return new (s) ClientSession();
 }
 
 void close_handles(ClientSession* s) {
@@ -1118,7 +1143,7 @@ void session_on_connection(uv_stream_t* server, int status) {
     log(LogLevel::Warn, "accept: %s", uv_strerror(status));
     return;
   }
-  auto* s = new ClientSession();
+  auto* s = session_get(*w);
   s->worker = w;
   uv_tcp_init(&w->loop, &s->tcp);
   s->tcp.data = s;
@@ -1173,6 +1198,11 @@ void session_free_exchanges(Worker& w) noexcept {
     w.free_writes = r->next_free;
     delete r;
   }
+  while (ClientSession* s = w.free_sessions) {
+    w.free_sessions = s->next;
+    delete s;
+  }
+  w.free_session_count = 0;
   w.free_exchanges = nullptr;
   if (w.tls_idle_ready) {
     w.tls_idle_ready = false;

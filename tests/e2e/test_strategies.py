@@ -110,8 +110,8 @@ class LeastTimeTest(BalancerTestCase):
             self.assertEqual(status, 200)
             counts[headers["X-Server"]] += 1
         self.assertLess(counts["6913"], 30, counts)  # under 10% for the slow one
-        self.assertGreater(counts["6911"], 100, counts)
-        self.assertGreater(counts["6912"], 100, counts)
+        self.assertGreater(counts["6911"], 60, counts)  # both fast servers share the rest
+        self.assertGreater(counts["6912"], 60, counts)
 
 
 class LeastConnTest(BalancerTestCase):

@@ -136,7 +136,8 @@ class TlsTest(BalancerTestCase):
                 peak = max(peak, rss_kb(self.lb.pid))
         self.assertEqual(got, n)
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
-        self.assertLess(peak, 60 * 1024, f"balancer RSS peaked at {peak} kB")
+        if "ASAN_OPTIONS" not in os.environ:  # ASan's quarantine keeps freed TLS record buffers
+            self.assertLess(peak, 60 * 1024, f"balancer RSS peaked at {peak} kB")
 
     def test_large_upload_over_tls(self):
         body = os.urandom(5 * 1024 * 1024)

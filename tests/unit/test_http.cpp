@@ -247,3 +247,49 @@ TEST_CASE("canned replies are complete responses", "[http]") {
     CHECK(r.p.content_length() == keep.size() - r.used);
   }
 }
+
+TEST_CASE("llhttp 8 leniencies are refused on top of it", "[http]") {
+  struct Case {
+    const char* name;
+    std::string bytes;
+  };
+  std::vector<Case> cases = {
+      {"bare CR ends a value", "GET / HTTP/1.1\r\nHost: x\r\nX: \rContent-Length: 5\r\n\r\n"},
+      {"space inside a name", "GET / HTTP/1.1\r\nHost: x\r\nContent Length: 5\r\n\r\n"},
+      {"empty Transfer-Encoding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n\r\n"},
+      {"Host with a space", "GET / HTTP/1.1\r\nHost: a b\r\n\r\n"},
+      {"HTTP/2.0 request line", "GET / HTTP/2.0\r\nHost: x\r\n\r\n"},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    Parsed r;
+    parse(r, c.bytes);
+    CHECK(r.event == ParseEvent::Error);
+    CHECK(r.p.error_status() == 400);
+  }
+}
+
+TEST_CASE("chunked request bodies are framed strictly", "[http]") {
+  auto body_event = [](const std::string& body, std::size_t split) {
+    std::string req = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body;
+    Parsed r;
+    parse(r, req);
+    REQUIRE(r.event == ParseEvent::HeadComplete);
+    std::size_t pos = r.used, used = 0;
+    ParseEvent ev = ParseEvent::NeedMore;
+    // Feed the body in two reads, split at `split`, as a socket may deliver it.
+    std::size_t cut = std::min(pos + split, req.size());
+    ev = r.p.feed(req.data() + pos, cut - pos, &used);
+    if (ev == ParseEvent::NeedMore) ev = r.p.feed(req.data() + cut, req.size() - cut, &used);
+    return ev;
+  };
+  for (std::size_t split : {0, 1, 3, 7, 100}) {
+    INFO(split);
+    CHECK(body_event("5\r\nhello\r\n0\r\n\r\n", split) == ParseEvent::MessageComplete);
+    CHECK(body_event("5;ext=1\r\nhello\r\n0\r\nX-Trailer: yes\r\n\r\n", split) == ParseEvent::MessageComplete);
+    CHECK(body_event("5\r\nhelloXY0\r\n\r\n", split) == ParseEvent::Error);          // no CRLF after data
+    CHECK(body_event("5\r\nhello\r\n0\r\nBad Name: v\r\n\r\n", split) == ParseEvent::Error);
+    CHECK(body_event("5\r\nhello\r\n0\r\n\rX", split) == ParseEvent::Error);          // bare CR ends trailers
+    CHECK(body_event("11111111111111111\r\n", split) == ParseEvent::Error);          // more than 16 digits
+  }
+}

@@ -1,0 +1,234 @@
+"""Slow and numerous clients (issue #7), bounded and on loopback only: the balancer built
+from tests/routes/hardening.def (1 worker, timeout.client_header 3s) in front of testservers
+on 127.0.77.1:6901-6903. While the hostile clients run, a normal client must keep getting
+answers within 1 s.
+
+  * slowloris: many connections sending one header byte every 0.5 s -> 408 and closed at
+    timeout.client_header, and meanwhile nobody else waits;
+  * slow body: a 1 MB Content-Length body sent a few bytes a second;
+  * slow read: /bytes?n=50000000 read at 1 KB/s, with the balancer's memory bounded
+    (backpressure), while others are served;
+  * 2,000 concurrent keep-alive clients, two requests each: all answered; the balancer's
+    RSS is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import sys
+import threading
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase, start_balancer
+
+HOST = "127.0.77.1"
+PORTS = (6901, 6902, 6903)
+PING = b"GET /ping HTTP/1.1\r\nHost: h\r\n\r\n"
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Prober(threading.Thread):
+    """A normal client: GET /ping on a fresh connection every `interval` s; records the
+    slowest answer (seconds) and any failure."""
+
+    def __init__(self, port: int, interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.port, self.interval = port, interval
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self):
+        while not self.stop_event.is_set():
+            t0 = time.monotonic()
+            try:
+                status, _, body = jtest.http_request(self.port, path="/ping", timeout=5)
+                if status != 200 or body != b"pong\n":
+                    self.failures.append(f"{status} {body[:50]!r}")
+            except OSError as error:
+                self.failures.append(repr(error))
+            self.times.append(time.monotonic() - t0)
+            self.stop_event.wait(self.interval)
+
+    def finish(self):
+        self.stop_event.set()
+        self.join(10)
+        return max(self.times) if self.times else None
+
+
+class SlowClientsTest(BalancerTestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.backends = [cls.start_class_testserver(port=p, host=HOST) for p in PORTS]
+
+    def setUp(self):
+        self.lb = self.start_balancer("hardening")
+        self.prober = Prober(self.lb.port)
+
+    def assert_prober_fine(self, label: str):
+        slowest = self.prober.finish()
+        self.assertFalse(self.prober.failures, f"{label}: normal client failed: {self.prober.failures[:5]}")
+        self.assertGreater(len(self.prober.times), 5, label)
+        self.assertLess(slowest, 1.0, f"{label}: a normal request took {slowest:.2f}s")
+        print(f"\n  {label}: {len(self.prober.times)} normal requests, slowest {slowest * 1000:.0f} ms,"
+              f" balancer RSS {rss_kb(self.lb.pid)} kB", file=sys.stderr)
+
+    # ---- slowloris
+
+    def test_slowloris_is_cut_at_the_header_timeout_and_others_are_served(self):
+        n = 300
+        socks = []
+        for _ in range(n):
+            s = jtest.raw_connection(self.lb.port, timeout=5)
+            self.addCleanup(s.close)
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: h\r\n")
+            s.setblocking(False)
+            socks.append(s)
+        self.prober.start()
+        start = time.monotonic()
+        answers: dict[int, bytes] = {}
+        closed: dict[int, float] = {}
+        header = b"X-Slow: " + b"a" * 1000
+        i = 0
+        # One header byte every 0.5 s on every connection, for up to 8 s (the limit is 3 s).
+        while time.monotonic() - start < 8 and len(closed) < n:
+            for k, s in enumerate(socks):
+                if k in closed:
+                    continue
+                try:
+                    data = s.recv(4096)
+                    if data:
+                        answers[k] = answers.get(k, b"") + data
+                    else:
+                        closed[k] = time.monotonic() - start
+                        continue
+                except BlockingIOError:
+                    pass
+                except ConnectionResetError:
+                    closed[k] = time.monotonic() - start
+                    continue
+                try:
+                    s.send(header[i:i + 1])
+                except (BrokenPipeError, ConnectionResetError):
+                    closed[k] = time.monotonic() - start
+                except BlockingIOError:
+                    pass
+            i += 1
+            time.sleep(0.5)
+        self.assert_prober_fine("slowloris")
+        self.assertEqual(len(closed), n, f"{n - len(closed)} slowloris connections still open after 8 s")
+        self.assertLess(max(closed.values()), 6.0, "cut well after timeout.client_header (3 s)")
+        self.assertGreater(min(closed.values()), 2.5, "cut before timeout.client_header (3 s)")
+        with_408 = sum(1 for a in answers.values() if a.startswith(b"HTTP/1.1 408"))
+        self.assertEqual(with_408, n, "every slowloris connection gets a 408 before the close")
+
+    # ---- slow body
+
+    def test_slow_body_does_not_hold_up_others(self):
+        s = jtest.raw_connection(self.lb.port, timeout=5)
+        self.addCleanup(s.close)
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 1000000\r\n\r\n")
+        self.prober.start()
+        sent = 0
+        start = time.monotonic()
+        while time.monotonic() - start < 4:
+            s.sendall(b"abcd")  # a few bytes a second
+            sent += 4
+            time.sleep(0.5)
+        self.assert_prober_fine("slow body")
+        # The slow request is still going: nothing was answered yet.
+        s.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            s.recv(1)
+        # And the balancer still answers on it once the body is complete.
+        s.setblocking(True)
+        s.sendall(b"z" * (1000000 - sent))
+        reader = s.makefile("rb")
+        response = jtest.read_response(reader)
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(response.body), 1000000)
+
+    # ---- slow read
+
+    def test_slow_reader_has_bounded_memory_and_others_are_served(self):
+        s = socket.socket()
+        # A small receive buffer so backpressure reaches the balancer quickly.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.settimeout(5)
+        s.connect((jtest.LOOPBACK, self.lb.port))
+        self.addCleanup(s.close)
+        s.sendall(b"GET /bytes?n=50000000 HTTP/1.1\r\nHost: h\r\n\r\n")
+        self.prober.start()
+        got = 0
+        start = time.monotonic()
+        peak = 0
+        while time.monotonic() - start < 5:
+            got += len(s.recv(1024))  # 1 KB/s
+            peak = max(peak, rss_kb(self.lb.pid))
+            time.sleep(1.0)
+        self.assert_prober_fine("slow read")
+        print(f"  slow read: read {got} bytes of 50000000, balancer RSS peak {peak} kB", file=sys.stderr)
+        self.assertLess(peak, 40 * 1024, "the balancer buffers the slow reader's response")
+
+    # ---- many clients
+
+    def test_2000_concurrent_keep_alive_clients_are_all_answered(self):
+        n = 2000
+        sel = selectors.DefaultSelector()
+        self.addCleanup(sel.close)
+        socks = []
+        for _ in range(n):
+            s = socket.create_connection((jtest.LOOPBACK, self.lb.port), timeout=10)
+            s.setblocking(False)
+            socks.append(s)
+            self.addCleanup(s.close)
+        before = rss_kb(self.lb.pid)
+        peak = before
+        answered = 0
+        rounds = 2
+        for round_no in range(rounds):
+            pending = {}
+            for s in socks:
+                s.sendall(PING)
+                pending[s] = b""
+                sel.register(s, selectors.EVENT_READ)
+            deadline = time.monotonic() + 30
+            while pending and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=1):
+                    s = key.fileobj
+                    data = s.recv(4096)
+                    if not data:
+                        sel.unregister(s)
+                        pending.pop(s)
+                        continue
+                    pending[s] += data
+                    buf = pending[s]
+                    if b"\r\n\r\n" in buf and buf.endswith(b"pong\n"):
+                        self.assertTrue(buf.startswith(b"HTTP/1.1 200"), buf[:100])
+                        self.assertNotIn(b"Connection: close", buf)
+                        sel.unregister(s)
+                        pending.pop(s)
+                        answered += 1
+                peak = max(peak, rss_kb(self.lb.pid))
+            self.assertFalse(pending, f"round {round_no}: {len(pending)} of {n} clients not answered in 30 s")
+        self.assertEqual(answered, n * rounds)
+        after = rss_kb(self.lb.pid)
+        print(f"\n  {n} keep-alive clients x {rounds} requests: balancer RSS {before} kB before, "
+              f"{peak} kB peak, {after} kB after", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets into build-fuzz/ (at the repository root) with
+# clang++ directly: tests/fuzz/fuzz_request.cpp and fuzz_response.cpp, the
+# HTTP sources (src/http/*.cpp), llhttp's C sources and the distributer
+# generated from tests/routes/hardening.def.
+#
+#   tests/fuzz/build.sh            # -fsanitize=fuzzer,address,undefined
+#   CXX=clang++-14 CC=clang-14 tests/fuzz/build.sh
+#
+# Needs clang (14) and libclang-rt-14-dev (the libFuzzer and sanitizer
+# runtimes), libuv1-dev, node-llhttp (llhttp's C in /usr/share/llhttp).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+OUT="${FUZZ_OUT:-$ROOT/build-fuzz}"
+CXX="${CXX:-clang++}"
+CC="${CC:-clang}"
+LLHTTP_SRC="${LLHTTP_SRC:-/usr/share/llhttp}"
+LLHTTP_INC="${LLHTTP_INC:-/usr/share/include/llhttp}"
+ROUTES="${FUZZ_ROUTES:-$ROOT/tests/routes/hardening.def}"
+SAN="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
+FLAGS="-g -O1 -fno-omit-frame-pointer"
+# FUZZ_TOLERATE_KNOWN=1: skip the invariants of the known src/ bugs listed in
+# docs/SECURITY.md (their inputs are in regressions/), so fuzzing looks for new ones.
+if [ "${FUZZ_TOLERATE_KNOWN:-0}" = 1 ]; then FLAGS="$FLAGS -DJUGGLER_FUZZ_TOLERATE_KNOWN"; fi
+
+case "$("$CXX" --version 2>/dev/null | head -1)" in
+  *clang*) ;;
+  *) echo "build.sh: $CXX is not clang (libFuzzer needs clang: apt-get install clang libclang-rt-14-dev)" >&2; exit 1 ;;
+esac
+for f in api.c http.c llhttp.c; do
+  [ -f "$LLHTTP_SRC/$f" ] || { echo "build.sh: $LLHTTP_SRC/$f missing (apt-get install node-llhttp)" >&2; exit 1; }
+done
+
+mkdir -p "$OUT/obj"
+python3 "$ROOT/codegen/gen_distributer.py" "$ROUTES" -o "$OUT/distributer.cpp"
+
+# Objects shared by both targets; instrumented for coverage (-fsanitize=fuzzer-no-link).
+LIBSAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
+objs=()
+for f in api http llhttp; do
+  "$CC" $FLAGS $LIBSAN -I "$LLHTTP_INC" -c "$LLHTTP_SRC/$f.c" -o "$OUT/obj/llhttp_$f.o"
+  objs+=("$OUT/obj/llhttp_$f.o")
+done
+for src in "$ROOT"/src/http/*.cpp "$OUT/distributer.cpp"; do
+  o="$OUT/obj/$(basename "$src" .cpp).o"
+  "$CXX" -std=c++20 $FLAGS $LIBSAN -I "$ROOT/include" -I "$LLHTTP_INC" -c "$src" -o "$o"
+  objs+=("$o")
+done
+
+for t in fuzz_request fuzz_response; do
+  "$CXX" -std=c++20 $FLAGS $SAN -I "$ROOT/include" -I "$LLHTTP_INC" \
+    "$ROOT/tests/fuzz/$t.cpp" "${objs[@]}" -luv -o "$OUT/$t"
+  echo "built $OUT/$t"
+done

@@ -1,0 +1,148 @@
+// Helpers shared by the libFuzzer targets (tests/fuzz/fuzz_*.cpp): invariant
+// checks that abort() with a message, so a violation is a crash libFuzzer keeps.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "juggler/http.hpp"
+
+namespace juggler::fuzz {
+
+[[noreturn]] inline void fail(const char* what, const char* file, int line) {
+  std::fprintf(stderr, "INVARIANT VIOLATED at %s:%d: %s\n", file, line, what);
+  std::abort();
+}
+
+#define FUZZ_CHECK(cond)                                              \
+  do {                                                                \
+    if (!(cond)) ::juggler::fuzz::fail(#cond, __FILE__, __LINE__);    \
+  } while (0)
+
+// [p, p+n) lies inside [lo, lo+cap).
+inline bool within(const void* p, std::size_t n, const void* lo, std::size_t cap) {
+  auto a = reinterpret_cast<std::uintptr_t>(p);
+  auto b = reinterpret_cast<std::uintptr_t>(lo);
+  return a >= b && n <= cap && a - b <= cap - n;
+}
+
+inline bool within(std::string_view v, const void* lo, std::size_t cap) {
+  return v.empty() || within(v.data(), v.size(), lo, cap);
+}
+
+// Where the split points of an input go: the first bytes of the fuzz input are
+// not HTTP but control bytes, so libFuzzer explores the splits too.
+struct Splits {
+  std::size_t at[2];
+  unsigned count;
+};
+
+inline Splits make_splits(std::uint8_t ctl, std::uint8_t a, std::uint8_t b, std::size_t size) {
+  Splits s{{0, 0}, ctl % 3u};
+  if (size == 0) {
+    s.count = 0;
+    return s;
+  }
+  std::size_t x = size * a / 256;
+  std::size_t y = size * b / 256;
+  if (x > y) std::swap(x, y);
+  s.at[0] = x;
+  s.at[1] = y;
+  return s;
+}
+
+// The checks every parsed head must pass, request or response.
+// Known bug 4 skipped in the tolerant build: a head that ends in CR + a byte.
+inline bool head_ends_badly(const MessageParser& p) {
+#ifdef JUGGLER_FUZZ_TOLERATE_KNOWN
+  const char* h = p.head_begin();
+  const std::size_t n = p.head_len();
+  if (n >= 1 && h[n - 1] != '\n') return true;
+  for (std::size_t i = 0; i + 1 < n; ++i)
+    if (h[i] == '\r' && h[i + 1] != '\n') return true;
+  return false;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+inline void check_head(const MessageParser& p, const char* buf, std::size_t size) {
+  FUZZ_CHECK(p.head_begin() != nullptr);
+  FUZZ_CHECK(p.head_len() <= size);
+  FUZZ_CHECK(p.head_len() <= p.max_head_bytes);
+  FUZZ_CHECK(within(p.head_begin(), p.head_len(), buf, size));
+  const char* hb = p.head_begin();
+  const std::size_t hl = p.head_len();
+  // The head ends with its empty line (known bug 4 when it does not:
+  // regressions/*/bare_cr_ends_head, llhttp takes CR + any byte as its end).
+  FUZZ_CHECK(hl >= 2 && hb[hl - 1] == '\n');
+  // No bare CR anywhere in it (RFC 9112 2.2): a server behind may take one as
+  // a line end where we did not (CVE-2023-30589 class).
+  for (std::size_t i = 0; i + 1 < hl; ++i) FUZZ_CHECK(hb[i] != '\r' || hb[i + 1] == '\n');
+  FUZZ_CHECK(within(p.first_line(), hb, hl));
+  FUZZ_CHECK(p.header_count() <= 1000);
+  const char* prev_end = hb;
+  for (std::uint32_t i = 0; i < p.header_count(); ++i) {
+    const HeaderSpan& h = p.headers()[i];
+    std::string_view name = p.header_name(h);
+    std::string_view value = p.header_value(h);
+    std::string_view line = p.header_line(i);
+    FUZZ_CHECK(!name.empty());
+    FUZZ_CHECK(within(name, hb, hl));
+    FUZZ_CHECK(within(value, hb, hl));
+    FUZZ_CHECK(within(line, hb, hl));
+    FUZZ_CHECK(line.data() == name.data());
+    FUZZ_CHECK(h.value_off >= h.name_len + 1);
+    // Known bug 4 again (regressions/request/bare_cr_*): "Name: \rX" ends the
+    // line at CR + any byte, so the next field loses its first byte.
+    if (head_ends_badly(p)) return;
+    FUZZ_CHECK(h.value_off + h.value_len <= line.size());
+    // Lines are in order and do not overlap.
+    FUZZ_CHECK(line.data() >= prev_end);
+    prev_end = line.data() + line.size();
+    // A name is a token: no whitespace, colon, CR, LF or NUL in it.
+#ifdef JUGGLER_FUZZ_TOLERATE_KNOWN
+    // Known bug 3 (regressions/request/space_inside_header_name): llhttp's
+    // lenient token table lets a space into a header name.
+    for (char c : name) FUZZ_CHECK(c != '\t' && c != ':' && c != '\r' && c != '\n' && c != '\0');
+#else
+    for (char c : name) FUZZ_CHECK(c != ' ' && c != '\t' && c != ':' && c != '\r' && c != '\n' && c != '\0');
+#endif
+    // A value has no CR or LF (obs-fold and bare CR/LF are refused) and no trailing OWS.
+    for (char c : value) FUZZ_CHECK(c != '\r' && c != '\n' && c != '\0');
+    if (!value.empty()) FUZZ_CHECK(value.back() != ' ' && value.back() != '\t');
+  }
+  // No two Content-Length headers with different values get through; llhttp
+  // refuses any second one, and Content-Length never comes with chunked.
+  unsigned cl = 0;
+  for (std::uint32_t i = 0; i < p.header_count(); ++i)
+    if (p.headers()[i].kind == HeaderKind::ContentLength) ++cl;
+  FUZZ_CHECK(cl <= 1);
+  FUZZ_CHECK(!(cl == 1 && p.chunked()));
+}
+
+// Concatenates iov slices, checking each lies inside one of the allowed regions.
+struct Region {
+  const void* lo;
+  std::size_t cap;
+};
+
+inline std::string gather(const uv_buf_t* iov, unsigned n, const Region* regions, unsigned region_count) {
+  std::string out;
+  for (unsigned i = 0; i < n; ++i) {
+    FUZZ_CHECK(iov[i].base != nullptr || iov[i].len == 0);
+    bool ok = false;
+    for (unsigned r = 0; r < region_count && !ok; ++r) ok = within(iov[i].base, iov[i].len, regions[r].lo, regions[r].cap);
+    FUZZ_CHECK(ok);
+    out.append(iov[i].base, iov[i].len);
+  }
+  return out;
+}
+
+}  // namespace juggler::fuzz
