@@ -10,7 +10,7 @@ CMAKE_FLAGS ?=
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz deps help check
+.PHONY: all routes run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -23,6 +23,7 @@ help:
 	@echo "make test-fast             every test, without the sanitizer pass"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
 	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request and response paths)"
+	@echo "make tidy                  clang-tidy on src/ (.clang-tidy; warnings are errors)"
 	@echo "make bench                 Juggler vs nginx vs HAProxy (long; not part of test)"
 	@echo "make clean                 remove bin/, build folders and generated code"
 
@@ -62,6 +63,11 @@ ssl_cert:
 
 ssl_cert_if_needed:
 	@test -f certs/server.crt -a -f certs/server.key || bash tools/make-cert.sh certs
+
+# clang-tidy on src/ with the committed .clang-tidy (warnings are errors).
+tidy: deps $(BUILD)/build.ninja
+	cmake --build $(BUILD) --target app
+	clang-tidy --quiet -p $(BUILD) src/*/*.cpp
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -91,6 +91,9 @@ class MessageParser {
   bool chunked() const noexcept { return (parser_.flags & F_CHUNKED) != 0; }
   bool has_content_length() const noexcept { return (parser_.flags & F_CONTENT_LENGTH) != 0; }
   std::uint64_t content_length() const noexcept { return content_length_; }
+  // Chunked requests: the body size announced by the chunks parsed so far
+  // (the sizes, not the framing), for limit.body_bytes while it streams.
+  std::uint64_t chunked_body_bytes() const noexcept { return chunked_total_; }
   // A body follows the head (chunked, a non-zero length, or until close).
   bool has_body() const noexcept { return has_body_; }
   bool body_until_close() const noexcept { return until_close_; }
@@ -156,6 +159,7 @@ class MessageParser {
   std::uint8_t chunk_digits_ = 0;
   std::uint32_t chunk_line_ = 0;
   std::uint64_t chunk_left_ = 0;
+  std::uint64_t chunked_total_ = 0;
   int error_status_ = 0;
   const char* error_reason_ = nullptr;
 };

@@ -16,4 +16,7 @@ void session_drain(Worker& w) noexcept;
 // every session closed).
 void session_free_exchanges(Worker& w) noexcept;
 
+// Frees what the worker kept for reuse; call once its loop has ended.
+void session_worker_done(Worker& w) noexcept;
+
 }  // namespace juggler

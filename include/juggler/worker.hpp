@@ -197,6 +197,8 @@ struct Worker {
   bool tls_idle_ready = false;
   ClientSession* pump_head = nullptr;
   std::uint64_t tls_failures = 0;
+  std::uint64_t refused_connections = 0;  // over limit.connections_per_worker
+  std::uint64_t last_accept_error_ms = 0;
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 };
 

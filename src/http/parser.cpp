@@ -1,6 +1,7 @@
 // llhttp wrapper: records the head as spans into the caller's buffer and
 // refuses the framings that enable request smuggling.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "juggler/http.hpp"
@@ -124,6 +125,7 @@ void MessageParser::reset() noexcept {
   chunk_left_ = 0;
   chunk_digits_ = 0;
   chunk_line_ = 0;
+  chunked_total_ = 0;
   error_status_ = 0;
   error_reason_ = nullptr;
 }
@@ -350,15 +352,14 @@ bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
     switch (chunk_) {
       case ChunkState::Size: {
         int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+        const bool sized = chunk_digits_ > 0;  // at least one digit before anything else
         if (d >= 0) {
           if (++chunk_digits_ > 16) return false;
           chunk_left_ = (chunk_left_ << 4) | static_cast<std::uint64_t>(d);
-        } else if (chunk_digits_ == 0) {
-          return false;
-        } else if (c == ';' || c == ' ' || c == '\t') {
+        } else if (sized && (c == ';' || c == ' ' || c == '\t')) {
           chunk_ = ChunkState::Ext;
           chunk_line_ = 0;
-        } else if (c == '\r') {
+        } else if (sized && c == '\r') {
           chunk_ = ChunkState::SizeLf;
         } else {
           return false;
@@ -373,6 +374,8 @@ bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
         break;
       case ChunkState::SizeLf:
         if (c != '\n') return false;
+        if (chunk_left_ > UINT64_MAX - chunked_total_) return false;
+        chunked_total_ += chunk_left_;
         chunk_ = chunk_left_ ? ChunkState::Data : ChunkState::TrailerStart;
         ++p;
         break;

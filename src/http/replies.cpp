@@ -48,7 +48,11 @@ const std::vector<Reply>& replies() {
       std::string head = "HTTP/1.1 " + std::to_string(s.code) + " " + std::string(s.reason) +
                          "\r\nContent-Type: text/html\r\nContent-Length: " + std::to_string(body.size()) +
                          "\r\n";
-      out.push_back({s.code, head + "\r\n" + body, head + "Connection: close\r\n\r\n" + body});
+      std::string keep = head;
+      keep.append("\r\n").append(body);
+      std::string close = head;
+      close.append("Connection: close\r\n\r\n").append(body);
+      out.push_back({s.code, std::move(keep), std::move(close)});
     }
     return out;
   }();

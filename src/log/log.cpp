@@ -64,6 +64,7 @@ void log(LogLevel level, const char* fmt, ...) noexcept {
   int n = std::snprintf(line, sizeof line, "juggler: %s", level == LogLevel::Error ? "error: " : level == LogLevel::Warn ? "warning: " : "");
   va_list ap;
   va_start(ap, fmt);
+  // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_start is right above (analyzer false positive)
   int m = std::vsnprintf(line + n, sizeof line - static_cast<std::size_t>(n) - 1, fmt, ap);
   va_end(ap);
   std::size_t len = static_cast<std::size_t>(n) + (m < 0 ? 0 : static_cast<std::size_t>(m));

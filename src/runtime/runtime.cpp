@@ -177,6 +177,7 @@ void worker_main(WorkerThread* t) {
     t->listeners.push_back(std::move(l));
   }
   uv_run(&w.loop, UV_RUN_DEFAULT);
+  session_worker_done(w);
   w.access_log.flush();
   uv_loop_close(&w.loop);
   if (g_workers_left.fetch_sub(1) == 1 && g_main_wakeup) uv_async_send(g_main_wakeup);
@@ -199,7 +200,10 @@ int run(const Config& config) {
     }
     std::string head = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(status_reason(r.status)) +
                        "\r\nContent-Length: 0\r\n";
-    shared.route_replies.push_back(head + "\r\n" + '\0' + head + "Connection: close\r\n\r\n");
+    std::string both = head;
+    both.append("\r\n").push_back('\0');  // keep-alive variant, NUL, close variant
+    both.append(head).append("Connection: close\r\n\r\n");
+    shared.route_replies.push_back(std::move(both));
   }
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);

@@ -598,6 +598,13 @@ void process_client(ClientSession* s) {
     s->parse_pos += static_cast<std::uint32_t>(used);
     ex->body_end = s->parse_pos;
     if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
+    // limit.body_bytes for chunked bodies, as they stream (Content-Length was
+    // checked at the head): what went upstream is cut off with the request.
+    if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
+      if (ex->resp_started) client_abort(s);
+      else reply_and_close(ex, 413);
+      break;
+    }
     if (ex->phase == Phase::Upstream) {
       flush_upstream(ex);
       recycle_client_buffer(ex);
@@ -1136,11 +1143,36 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
 
 // ---------------------------------------------------------------- accept / drain
 
+// limit.connections_per_worker reached: the connection is accepted, told 503
+// (best effort, one non-blocking write) and closed, so clients are not left
+// waiting in the backlog.
+static void refuse_connection(Worker& w, uv_stream_t* server) {
+  auto* t = new uv_tcp_t();
+  uv_tcp_init(&w.loop, t);
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(t)) == 0) {
+    std::string_view bytes = w.shared.error_pages.reply(503, true);
+    uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
+    uv_try_write(reinterpret_cast<uv_stream_t*>(t), &b, 1);
+  }
+  ++w.refused_connections;
+  uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+}
+
 void session_on_connection(uv_stream_t* server, int status) {
   auto* lc = static_cast<ListenerCtx*>(server->data);
   Worker* w = lc->worker;
   if (status < 0) {
-    log(LogLevel::Warn, "accept: %s", uv_strerror(status));
+    // EMFILE and the like: libuv sheds the pending connections itself; say so
+    // at most once a second, not once per connection.
+    if (w->now_ms() - w->last_accept_error_ms >= 1000) {
+      w->last_accept_error_ms = w->now_ms();
+      log(LogLevel::Warn, "accept: %s", uv_strerror(status));
+    }
+    return;
+  }
+  const std::uint32_t limit = settings(*w).connections_per_worker;
+  if (limit && w->session_count >= limit) {
+    refuse_connection(*w, server);
     return;
   }
   auto* s = session_get(*w);
@@ -1191,6 +1223,15 @@ void session_drain(Worker& w) noexcept {
   }
 }
 
+void session_worker_done(Worker& w) noexcept {
+  // After the loop ended: every session's close callback has run.
+  while (ClientSession* s = w.free_sessions) {
+    w.free_sessions = s->next;
+    delete s;
+  }
+  w.free_session_count = 0;
+}
+
 void session_free_exchanges(Worker& w) noexcept {
   for (auto& ex : w.exchanges) TimerWheel::disarm(&ex->timer);
   w.exchanges.clear();
@@ -1198,11 +1239,7 @@ void session_free_exchanges(Worker& w) noexcept {
     w.free_writes = r->next_free;
     delete r;
   }
-  while (ClientSession* s = w.free_sessions) {
-    w.free_sessions = s->next;
-    delete s;
-  }
-  w.free_session_count = 0;
+
   w.free_exchanges = nullptr;
   if (w.tls_idle_ready) {
     w.tls_idle_ready = false;

@@ -23,10 +23,10 @@ def balancer_path(name: str) -> str:
 
 def start_balancer(name: str, workers: int = 1, access_log: str = "off",
                    extra: Sequence[str] = (), log_level: str = "info", cwd: Optional[str] = None,
-                   env: Optional[dict] = None) -> jtest.ManagedProcess:
+                   env: Optional[dict] = None, wrapper: Sequence[str] = ()) -> jtest.ManagedProcess:
     """Starts the balancer compiled from tests/routes/<name>.def on a port the kernel picks
     (--port 0); `.port` is that port once it is listening."""
-    argv = [balancer_path(name), "--port", "0", "--workers", str(workers), "--access-log", access_log,
+    argv = [*wrapper, balancer_path(name), "--port", "0", "--workers", str(workers), "--access-log", access_log,
             "--log-level", log_level, *extra]
     if env is not None:
         env = {**os.environ, **env}

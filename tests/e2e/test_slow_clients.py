@@ -1,6 +1,6 @@
 """Slow and numerous clients (issue #7), bounded and on loopback only: the balancer built
-from tests/routes/hardening.def (1 worker, timeout.client_header 3s) in front of testservers
-on 127.0.77.1:6901-6903. While the hostile clients run, a normal client must keep getting
+from tests/routes/slowclients.def (1 worker, timeout.client_header 3s) in front of testservers
+on 127.0.83.1:6901-6903. While the hostile clients run, a normal client must keep getting
 answers within 1 s.
 
   * slowloris: many connections sending one header byte every 0.5 s -> 408 and closed at
@@ -25,7 +25,7 @@ import unittest
 import jtest
 from balancer import BalancerTestCase, start_balancer
 
-HOST = "127.0.77.1"
+HOST = "127.0.83.1"
 PORTS = (6901, 6902, 6903)
 PING = b"GET /ping HTTP/1.1\r\nHost: h\r\n\r\n"
 
@@ -75,7 +75,7 @@ class SlowClientsTest(BalancerTestCase):
         cls.backends = [cls.start_class_testserver(port=p, host=HOST) for p in PORTS]
 
     def setUp(self):
-        self.lb = self.start_balancer("hardening")
+        self.lb = self.start_balancer("slowclients")
         self.prober = Prober(self.lb.port)
 
     def assert_prober_fine(self, label: str):
