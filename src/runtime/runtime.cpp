@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -188,6 +189,12 @@ void worker_main(WorkerThread* t) {
 int run(const Config& config) {
   const RouteTable& table = *config.table;
   std::signal(SIGPIPE, SIG_IGN);
+  // Every connection is a descriptor (two when proxied): take all the
+  // operator allows (systemd's soft default of 1024 is far too low).
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  }
 
   Shared shared;
   shared.config = config;

@@ -394,7 +394,8 @@ TEST_CASE("the checker marks a failing server DOWN within interval x fall, and U
                                      "\r\nUser-Agent: juggler-health\r\nConnection: close\r\n\r\n");
 
   server.mode = TinyServer::Fail;
-  long down_ms = wait_for([&] { return health[0].down.load(); }, 5000);
+  // The flag is published before the event is recorded: wait for both.
+  long down_ms = wait_for([&] { return health[0].down.load() && seen.event_list().size() >= 1; }, 5000);
   INFO("DOWN after " << down_ms << " ms");
   REQUIRE(down_ms >= 0);
   // The first failing check comes at most one interval after the switch.
@@ -412,7 +413,7 @@ TEST_CASE("the checker marks a failing server DOWN within interval x fall, and U
   CHECK(seen.count(at_down - fall, at_down, false) == fall);
 
   server.mode = TinyServer::Ok;
-  long up_ms = wait_for([&] { return !health[0].down.load(); }, 5000);
+  long up_ms = wait_for([&] { return !health[0].down.load() && seen.event_list().size() >= 2; }, 5000);
   INFO("UP after " << up_ms << " ms");
   REQUIRE(up_ms >= 0);
   CHECK(up_ms <= long(interval) * rise + interval + kSlackMs);
@@ -438,7 +439,7 @@ TEST_CASE("a refused connection, a close without answer and a timeout are failur
     Seen seen;
     HealthChecker checker(*t.table, health.get(), seen.callbacks());
     checker.start();
-    REQUIRE(wait_for([&] { return health[0].down.load(); }, 3000) >= 0);
+    REQUIRE(wait_for([&] { return health[0].down.load() && !seen.event_list().empty(); }, 3000) >= 0);
     auto events = seen.event_list();
     REQUIRE(events.size() == 1);
     CHECK(events[0].reason == CheckResult::ConnectRefused);
@@ -451,7 +452,7 @@ TEST_CASE("a refused connection, a close without answer and a timeout are failur
     Seen seen;
     HealthChecker checker(*t.table, health.get(), seen.callbacks());
     checker.start();
-    REQUIRE(wait_for([&] { return health[0].down.load(); }, 3000) >= 0);
+    REQUIRE(wait_for([&] { return health[0].down.load() && !seen.event_list().empty(); }, 3000) >= 0);
     auto events = seen.event_list();
     REQUIRE(events.size() == 1);
     CHECK(events[0].reason == CheckResult::Closed);
@@ -464,7 +465,7 @@ TEST_CASE("a refused connection, a close without answer and a timeout are failur
     Seen seen;
     HealthChecker checker(*t.table, health.get(), seen.callbacks());
     checker.start();
-    REQUIRE(wait_for([&] { return health[0].down.load(); }, 3000) >= 0);
+    REQUIRE(wait_for([&] { return health[0].down.load() && !seen.event_list().empty(); }, 3000) >= 0);
     auto events = seen.event_list();
     REQUIRE(events.size() == 1);
     CHECK(events[0].reason == CheckResult::Timeout);
