@@ -11,7 +11,7 @@ packages=(
 # Extra sets: `install-deps.sh asan` adds nothing today (gcc's sanitizers ship
 # with gcc); `install-deps.sh bench` adds the comparison proxies and load tools.
 case "${1:-}" in
-  bench) packages+=(wrk nginx-light haproxy nghttp2-client) ;;
+  bench) packages+=(wrk nginx-light haproxy nghttp2-client valgrind) ;;
   fuzz) packages+=(clang libclang-rt-14-dev) ;;
 esac
 

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# `make bench`: Juggler against nginx and HAProxy (and HAProxy in TCP mode and
+# direct-to-backend as the limits) over the same three nginx backends, all on
+# 127.0.0.1. Builds Juggler twice (1 route and 1,000 routes) into build-bench/,
+# compiles the malloc counter, then hands over to tools/bench/bench.py.
+#
+# Environment (see tools/bench/README.md):
+#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6)  QUICK=1 (1 round, 3 s)
+#   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
+#   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
+# Results: bench-results/bench-DATE.md (+ .json with every run), bench-results/latest.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE="$ROOT/tools/bench"
+BUILD="${BENCH_BUILD:-$ROOT/build-bench}"
+export BENCH_RESULTS="${BENCH_RESULTS:-$ROOT/bench-results}"
+
+for tool in wrk nginx haproxy cmake ninja python3 cc; do
+  command -v "$tool" >/dev/null || { echo "bench: '$tool' not found (make bench installs it: tools/install-deps.sh bench)" >&2; exit 2; }
+done
+
+# ---------------------------------------------------------------- clean-up
+# bench.py starts every server in its own process group and writes the group id
+# to $BENCH_WORK/pgids/NAME; whatever is still there at exit is stopped here.
+BENCH_WORK=$(mktemp -d /tmp/juggler-bench.XXXXXX)
+chmod 755 "$BENCH_WORK"            # nginx workers may run as another user
+export BENCH_WORK
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local f pg
+  for f in "$BENCH_WORK"/pgids/*; do
+    [ -e "$f" ] || continue
+    pg=$(cat "$f")
+    kill -TERM -- "-$pg" 2>/dev/null || true
+  done
+  sleep 0.5
+  for f in "$BENCH_WORK"/pgids/*; do
+    [ -e "$f" ] || continue
+    pg=$(cat "$f")
+    kill -KILL -- "-$pg" 2>/dev/null || true
+  done
+  rm -f "$BENCH_WORK/big.bin"
+  if [ "$rc" -eq 0 ]; then
+    rm -rf "$BENCH_WORK"
+  else
+    echo "bench: exit $rc; logs and configs kept in $BENCH_WORK" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# 5,000 idle connections need as many descriptors in the proxies and in the client.
+hard=$(ulimit -Hn)
+if [ "$hard" != unlimited ] && [ "$hard" -lt 12000 ]; then
+  echo "bench: note: the descriptor limit is $hard; IDLE_CONNS lowered to $((hard / 2 - 200))" >&2
+  export IDLE_CONNS=$((hard / 2 - 200))
+fi
+ulimit -n "$hard" 2>/dev/null || true
+
+# ---------------------------------------------------------------- build
+# Two balancers, as a routes file is compiled into the binary: build-bench/one
+# (tools/bench/bench.def, 1 route) and build-bench/1k (999 more, generated).
+# BENCH_SOURCE=HEAD builds the last commit (exported with `git archive` into
+# build-bench/src) instead of the working tree, e.g. while the tree is mid-edit.
+mkdir -p "$BUILD/routes"
+python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
+SRC="$ROOT" SFX=""
+case "${BENCH_SOURCE:-tree}" in
+  tree) ;;
+  HEAD|head)
+    SRC="$BUILD/src" SFX="-head"
+    head=$(git -C "$ROOT" rev-parse HEAD)
+    if [ "$(cat "$BUILD/src.commit" 2>/dev/null)" != "$head" ]; then
+      rm -rf "$SRC" && mkdir -p "$SRC"
+      git -C "$ROOT" archive --format=tar HEAD | tar -x -C "$SRC"
+      echo "$head" >"$BUILD/src.commit"
+    fi
+    echo "bench: building the last commit, ${head:0:7}" ;;
+  *) echo "bench: BENCH_SOURCE is 'tree' (default) or 'HEAD'" >&2; exit 2 ;;
+esac
+build() {  # build DIR ROUTES
+  cmake -S "$SRC" -B "$BUILD/$1" -G Ninja -DJUGGLER_USER_BUILD=OFF -DCMAKE_BUILD_TYPE=Release \
+        -DJUGGLER_ROUTES="$2" >"$BUILD/$1.configure.log" 2>&1 \
+    || { cat "$BUILD/$1.configure.log" >&2; echo "bench: cmake configure failed ($BUILD/$1)" >&2; exit 1; }
+  cmake --build "$BUILD/$1" --target app >"$BUILD/$1.build.log" 2>&1 \
+    || { tail -40 "$BUILD/$1.build.log" >&2; echo "bench: build failed ($BUILD/$1)" >&2; exit 1; }
+}
+echo "bench: building Juggler (Release) into $BUILD/one$SFX and $BUILD/1k$SFX"
+build "one$SFX" "$HERE/bench.def"
+build "1k$SFX" "$BUILD/routes/bench-1k.def"
+export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out" JUGGLER_1K_BIN="$BUILD/1k$SFX/bin/app.out"
+
+# Scenario 3's certificate: bench.def names build-bench/certs/ (relative to the
+# repository root, where Juggler runs); nginx and HAProxy use the same files.
+export BENCH_CERT_DIR="$ROOT/build-bench/certs"
+if [ ! -f "$BENCH_CERT_DIR/server.crt" ] || [ ! -f "$BENCH_CERT_DIR/server.key" ]; then
+  bash "$ROOT/tools/make-cert.sh" "$BENCH_CERT_DIR" >/dev/null
+fi
+
+# The LD_PRELOAD allocation counter of scenario 7.
+export MALLOC_COUNT_SO="$BUILD/malloc_count.so"
+if [ ! -f "$MALLOC_COUNT_SO" ] || [ "$HERE/malloc_count.c" -nt "$MALLOC_COUNT_SO" ]; then
+  cc -O2 -Wall -Wextra -shared -fPIC -o "$MALLOC_COUNT_SO" "$HERE/malloc_count.c"
+fi
+
+# ---------------------------------------------------------------- run
+python3 "$HERE/bench.py" run
