@@ -14,18 +14,19 @@ MessageParser& self(llhttp_t* p) { return *static_cast<MessageParser*>(p->data);
 
 bool is_ows(char c) { return c == ' ' || c == '\t'; }
 
-// RFC 9110 token characters.
-bool is_tchar(char ch) noexcept {
-  const auto c = static_cast<unsigned char>(ch);
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-      return true;
-    default:
-      return false;
+// RFC 9110 token characters, as a table: names are checked byte by byte.
+struct TcharTable {
+  bool ok[256] = {};
+  constexpr TcharTable() {
+    for (int c = '0'; c <= '9'; ++c) ok[c] = true;
+    for (int c = 'a'; c <= 'z'; ++c) ok[c] = true;
+    for (int c = 'A'; c <= 'Z'; ++c) ok[c] = true;
+    for (char c : std::string_view("!#$%&'*+-.^_`|~")) ok[static_cast<unsigned char>(c)] = true;
   }
-}
+};
+constexpr TcharTable kTchar;
+
+bool is_tchar(char ch) noexcept { return kTchar.ok[static_cast<unsigned char>(ch)]; }
 
 // A head line [b, e) must end in CRLF and hold no other CR: llhttp 8 takes
 // CR followed by any byte as a line end, which a server may read otherwise.
