@@ -170,7 +170,13 @@ struct Worker {
   Shared& shared;
   std::uint32_t id;
   uv_loop_t loop;
-  BufferPool buffers;
+  BufferPool buffers;  // heads and small bodies (16 KB, or limit.header_bytes + 1 KB)
+  // Large bodies (downloads, uploads) move to bigger buffers once their head
+  // went through: a quarter of the syscalls and copies per byte. Bounded per
+  // worker; past the bound they stay on small buffers.
+  static constexpr std::uint32_t kBulkSize = 256 * 1024, kMaxBulk = 64;
+  BufferPool bulk{kBulkSize, 16};
+  std::uint32_t bulk_in_use = 0;
   Balancer balancer;
   AccessLog access_log;
   TimerWheel wheel;
@@ -200,6 +206,24 @@ struct Worker {
   std::uint64_t refused_connections = 0;  // over limit.connections_per_worker
   std::uint64_t last_accept_error_ms = 0;
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
+
+  // Returns a buffer of either size to its pool (null is fine).
+  void put_buffer(Buffer* b) noexcept {
+    if (!b) return;
+    if (b->cap == kBulkSize && buffers.size() != kBulkSize) {
+      bulk.put(b);
+      --bulk_in_use;
+    } else {
+      buffers.put(b);
+    }
+  }
+  // A bulk buffer in place of the empty small buffer `b`, when one may be had.
+  Buffer* upgrade(Buffer* b) {
+    if (!b || b->cap == kBulkSize || buffers.size() >= kBulkSize || bulk_in_use >= kMaxBulk) return b;
+    buffers.put(b);
+    ++bulk_in_use;
+    return bulk.get();
+  }
 };
 
 }  // namespace juggler

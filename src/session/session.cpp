@@ -28,6 +28,7 @@ constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 constexpr std::uint64_t kLingerMs = 2000;
 constexpr unsigned kTlsReadSize = 17 * 1024;  // one TLS record and its overhead
 constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final one
+constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
 inline uv_stream_t* stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
 inline uv_handle_t* handle(void* h) { return static_cast<uv_handle_t*>(h); }
@@ -312,6 +313,7 @@ void recycle_client_buffer(Exchange* ex) {
   s->in_len = s->parse_pos = 0;
   ex->head_end = ex->body_end = ex->sent_to = 0;
   ex->replayable = false;
+  s->in = ex->worker->upgrade(s->in);  // a large upload: bigger reads from here on
 }
 
 void on_upstream_write(uv_write_t* req, int status);
@@ -750,9 +752,12 @@ void after_client_write(Exchange* ex) {
     return;
   }
   if (!c) return;
-  // Everything read so far went out: the buffer starts over.
+  // Everything read so far went out: the buffer starts over (a bigger one for
+  // a large body).
   if (c->parse_pos == c->in_len && ex->resp_started) {
     c->in_len = c->parse_pos = 0;
+    const MessageParser& r = ex->resp;
+    if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
   }
   if (!c->reading && !c->closing) {
     if (uv_read_start(stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
@@ -800,6 +805,8 @@ void finish_exchange(Exchange* ex) {
     client_finish(s, linger);
     return;
   }
+  // A large body grew the ciphertext buffer: do not keep it for an idle connection.
+  if (s->tls && !s->write_pending && s->tls->out.capacity() > 64 * 1024) std::string().swap(s->tls->out);
   // Keep-alive: what follows in the buffer is the next (pipelined) request.
   if (s->parse_pos < s->in_len) {
     std::memmove(s->in->data, s->in->data + s->parse_pos, s->in_len - s->parse_pos);
@@ -808,7 +815,7 @@ void finish_exchange(Exchange* ex) {
     process_client(s);
     return;
   }
-  w.buffers.put(s->in);
+  w.put_buffer(s->in);
   s->in = nullptr;
   s->in_len = s->parse_pos = 0;
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
@@ -884,7 +891,7 @@ void tls_pump(ClientSession* s) {
   if (t->has_output()) flush_tls(s);
   if (got) process_client(s);
   else if (s->in && s->in_len == 0 && !s->ex) {
-    w.buffers.put(s->in);
+    w.put_buffer(s->in);
     s->in = nullptr;
   }
 }
@@ -973,7 +980,7 @@ constexpr std::size_t kKeepFreeSessions = 1024;
 void on_session_closed(uv_handle_t* h) {
   auto* s = static_cast<ClientSession*>(h->data);
   Worker& w = *s->worker;
-  w.buffers.put(s->in);
+  w.put_buffer(s->in);
   delete s->tls;
   if (w.free_session_count >= kKeepFreeSessions) {
     delete s;
@@ -1106,7 +1113,7 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
     // Idle: the server closed it (or sent bytes nobody asked for).
     if (n != 0) upstream_close(c);
     else if (c->in && c->in_len == 0) {
-      c->worker->buffers.put(c->in);
+      c->worker->put_buffer(c->in);
       c->in = nullptr;
     }
     return;

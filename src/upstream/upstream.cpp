@@ -41,7 +41,7 @@ void upstream_release(UpstreamConn* c) noexcept {
   Worker& w = *c->worker;
   c->ex = nullptr;
   c->in_len = c->parse_pos = 0;
-  w.buffers.put(c->in);
+  w.put_buffer(c->in);
   c->in = nullptr;
   IdleList& l = w.idle[c->server];
   if (w.draining || l.count >= kMaxIdlePerServer || c->write_pending) {
@@ -71,7 +71,7 @@ void upstream_close(UpstreamConn* c) noexcept {
     // The exchange forgets the connection; it decides what to do next.
     c->ex = nullptr;
   }
-  c->worker->buffers.put(c->in);
+  c->worker->put_buffer(c->in);
   c->in = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_closed);
 }
