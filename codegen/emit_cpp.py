@@ -240,7 +240,7 @@ class Runs:
         out: list[list[int]] = []
         for i in run:
             r = self.all[i]
-            exact_host = r.host is not None and not r.host_suffix and not r.headers
+            exact_host = r.host is not None and not r.host_suffix and not r.headers and r.action != "RedirectHttps"
             if out and (exact_host == out[-1][0]):
                 out[-1][1].append(i)
             else:
@@ -542,6 +542,8 @@ def conditions(r: Route) -> str:
             parts.append(f"iequals(r.host, {cstr(r.host)})")
     for name, value in r.headers:
         parts.append(f"r.header({cstr(name)}) == std::string_view({cstr(value)}, {len(value.encode('utf-8'))})")
+    if r.action == "RedirectHttps":
+        parts.append("!r.secure")  # only plain HTTP is sent to https
     return " && ".join(parts)
 
 

@@ -161,7 +161,9 @@ class Route:
 
     @property
     def conditional(self) -> bool:
-        return self.host is not None or bool(self.headers)
+        # `-> redirect https` applies to plain-HTTP requests only: over TLS the
+        # request falls through to the next route (no redirect loop).
+        return self.host is not None or bool(self.headers) or self.action == "RedirectHttps"
 
     def matches_path(self, path: str) -> bool:
         """The reference semantics of a pattern (the emitter compiles the same)."""

@@ -33,6 +33,7 @@ struct RequestHead {
   std::string_view query;   // after '?', without it; empty when absent
   std::string_view host;    // Host (or the absolute-form authority) without the port, as received
   std::span<const Header> headers;
+  bool secure = false;      // arrived over TLS (`-> redirect https` routes do not match then)
 
   // First header called `lower_name` (given in lower case), compared without
   // regard to case; empty when absent. A linear scan: only routes with header

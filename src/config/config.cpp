@@ -181,8 +181,6 @@ std::string unsupported_features(const RouteTable& t) {
   for (const RouteDef& r : t.routes) {
     if (r.gzip) at(r.line) << "gzip is not implemented yet\n";
     if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
-    if (r.action == Action::Redirect || r.action == Action::RedirectHttps)
-      at(r.line) << "redirect is not implemented yet\n";
   }
   const Settings& s = t.settings;
   if (s.cache != CacheKind::Off) o << t.source << ": set cache: response caching is not implemented yet\n";

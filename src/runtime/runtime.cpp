@@ -245,6 +245,7 @@ int run(const Config& config) {
     if (!https && first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
     if (https && first_https && config.https_port_override >= 0)
       port = static_cast<std::uint16_t>(config.https_port_override);
+    const bool first_https_listener = https && first_https;
     (https ? first_https : first_http) = false;
     std::string host(l.host);
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -253,6 +254,7 @@ int run(const Config& config) {
       threads[i].fds.push_back(fd);
       threads[i].fd_tls.push_back(tls);
     }
+    if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
     const std::string shown = host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
     announce.push_back(std::string("listening on ") + (https ? "https://" : "http://") + shown + ":" + std::to_string(port));
   }

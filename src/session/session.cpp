@@ -14,6 +14,7 @@
 
 #include <netinet/in.h>
 
+#include <cstdio>
 #include <cstring>
 #include <new>
 
@@ -501,11 +502,81 @@ void connect_upstream(Exchange* ex) {
   w.wheel.arm(&ex->timer, w.now_ms() + settings(w).connect_timeout_ms);
 }
 
+// `-> redirect POOL CODE`: Location is the picked server with the request's
+// target; `-> redirect https CODE`: the same host over https (with the https
+// listener's port unless it is 443). Both variants (keep-alive, close) are
+// written into the exchange's scratch; nothing is allocated.
+void reply_redirect(Exchange* ex) {
+  Worker& w = *ex->worker;
+  const RouteDef& r = *ex->route;
+  std::string_view target = ex->head.target;
+  if (target.empty() || target[0] != '/') target = ex->head.path;  // absolute-form: keep the path
+  char port_text[8];
+  std::string_view scheme, authority, port;
+  if (r.action == Action::RedirectHttps) {
+    if (ex->head.host.empty()) {
+      reply_error(ex, 400);
+      return;
+    }
+    scheme = "https://";
+    authority = ex->head.host;
+    if (w.shared.https_port != 443) {
+      const int n = std::snprintf(port_text, sizeof port_text, ":%u", static_cast<unsigned>(w.shared.https_port));
+      port = {port_text, static_cast<std::size_t>(n)};
+    }
+  } else {
+    const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
+    const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
+    if (s < 0) {
+      reply_error(ex, 503);
+      return;
+    }
+    ex->server = s;
+    scheme = "http://";
+    authority = w.shared.config.table->servers[static_cast<std::size_t>(s)].authority;
+  }
+  const std::string_view reason = status_reason(r.status);
+  char status_text[8];
+  const int sn = std::snprintf(status_text, sizeof status_text, "%u ", static_cast<unsigned>(r.status));
+  char* out = ex->scratch.get();
+  char* const end = out + ex->scratch_cap;
+  bool fits = true;
+  auto put = [&](std::string_view v) {
+    if (static_cast<std::size_t>(end - out) < v.size()) {
+      fits = false;
+      return;
+    }
+    if (!v.empty()) std::memcpy(out, v.data(), v.size());
+    out += v.size();
+  };
+  char* const keep_begin = out;
+  for (int variant = 0; variant < 2; ++variant) {
+    put("HTTP/1.1 ");
+    put({status_text, static_cast<std::size_t>(sn)});
+    put(reason);
+    put("\r\nLocation: ");
+    put(scheme);
+    put(authority);
+    put(port);
+    put(target);
+    put(variant == 0 ? "\r\nContent-Length: 0\r\n\r\n" : "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  }
+  if (!fits) {
+    reply_error(ex, 414);
+    return;
+  }
+  const std::size_t total = static_cast<std::size_t>(out - keep_begin);
+  // The close variant is 19 bytes ("Connection: close\r\n") longer than the keep-alive one.
+  const std::size_t keep_len = (total - 19) / 2;
+  reply_local(ex, r.status, {keep_begin, keep_len}, {keep_begin + keep_len, total - keep_len});
+}
+
 void on_request_head(Exchange* ex) {
   ClientSession* s = ex->client;
   Worker& w = *s->worker;
   TimerWheel::disarm(&s->timer);
   describe_request(ex->req, ex->route_headers.get(), ex->head);
+  ex->head.secure = s->tls != nullptr;
   ex->is_head = ex->head.method == Method::Head;
   ++s->requests;
   const Settings& st = settings(w);
@@ -546,8 +617,9 @@ void on_request_head(Exchange* ex) {
       reply_local(ex, ex->route->status, std::string_view(bytes).substr(0, z), std::string_view(bytes).substr(z + 1));
       return;
     }
-    default:
-      reply_error(ex, 501);  // refused at start-up; never reached
+    case Action::Redirect:
+    case Action::RedirectHttps:
+      reply_redirect(ex);
       return;
   }
 }

@@ -349,7 +349,7 @@ class LifecycleTest(BalancerTestCase):
         out = subprocess.run([balancer_path("unsupported"), "--port", "0"], capture_output=True, text=True, timeout=10)
         self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: tcp listeners")
-        self.assertRegex(out.stderr, r"unsupported\.def:\d+: redirect")
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: cache= is not implemented")
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: gzip")
 
 

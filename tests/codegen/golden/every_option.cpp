@@ -280,6 +280,7 @@ n17:  // "/teapot"
   goto t0;
 t0:
   if (const RouteDef* m = check_0(r)) return m;
+t12:
   return &kRoutes[19];  // line 72
 t1:
   if (const RouteDef* m = check_0(r)) return m;
@@ -307,7 +308,8 @@ t8:
   return &kRoutes[12];  // line 65
 t9:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[16];  // line 69
+  if (!r.secure) return &kRoutes[16];  // line 69
+  goto t12;
 t10:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[15];  // line 68
@@ -363,6 +365,7 @@ n7:  // "/see-other"
   goto t0;
 t0:
   if (const RouteDef* m = check_0(r)) return m;
+t5:
   return &kRoutes[19];  // line 72
 t1:
   if (const RouteDef* m = check_0(r)) return m;
@@ -372,7 +375,8 @@ t2:
   return &kRoutes[18];  // line 71
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[16];  // line 69
+  if (!r.secure) return &kRoutes[16];  // line 69
+  goto t5;
 t4:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[15];  // line 68
@@ -431,6 +435,7 @@ n8:  // "/see-other"
   goto t0;
 t0:
   if (const RouteDef* m = check_0(r)) return m;
+t6:
   return &kRoutes[19];  // line 72
 t1:
   if (const RouteDef* m = check_0(r)) return m;
@@ -443,7 +448,8 @@ t3:
   return &kRoutes[11];  // line 64
 t4:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[16];  // line 69
+  if (!r.secure) return &kRoutes[16];  // line 69
+  goto t6;
 t5:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[15];  // line 68
@@ -513,7 +519,8 @@ t2:
   return &kRoutes[18];  // line 71
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[16];  // line 69
+  if (!r.secure) return &kRoutes[16];  // line 69
+  goto t6;
 t4:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[15];  // line 68
@@ -564,13 +571,15 @@ n6:  // "/see-other"
   goto t0;
 t0:
   if (const RouteDef* m = check_0(r)) return m;
+t4:
   return &kRoutes[19];  // line 72
 t1:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[18];  // line 71
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[16];  // line 69
+  if (!r.secure) return &kRoutes[16];  // line 69
+  goto t4;
 t3:
   if (const RouteDef* m = check_0(r)) return m;
   return &kRoutes[15];  // line 68
