@@ -2,10 +2,11 @@
 # `make bench`: Juggler against nginx and HAProxy (and HAProxy in TCP mode and
 # direct-to-backend as the limits) over the same three nginx backends, all on
 # 127.0.0.1. Builds Juggler twice (1 route and 1,000 routes) into build-bench/,
-# compiles the malloc counter, then hands over to tools/bench/bench.py.
+# three times when scenario 8 runs (+ consistent_hash), compiles the malloc
+# counter, then hands over to tools/bench/bench.py.
 #
 # Environment (see tools/bench/README.md):
-#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6)  QUICK=1 (1 round, 3 s)
+#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-8)  QUICK=1 (1 round, 3 s)
 #   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
 #   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
 # Results: bench-results/bench-DATE.md (+ .json with every run), bench-results/latest.md.
@@ -64,10 +65,13 @@ ulimit -n "$hard" 2>/dev/null || true
 # ---------------------------------------------------------------- build
 # Two balancers, as a routes file is compiled into the binary: build-bench/one
 # (tools/bench/bench.def, 1 route) and build-bench/1k (999 more, generated).
+# Scenario 8 adds a third, build-bench/ch: bench.def with its pool switched to
+# consistent_hash key=header:X-User (generated), built only when 8 is selected.
 # BENCH_SOURCE=HEAD builds the last commit (exported with `git archive` into
 # build-bench/src) instead of the working tree, e.g. while the tree is mid-edit.
 mkdir -p "$BUILD/routes"
 python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
+python3 "$HERE/bench.py" gen-ch "$BUILD/routes/bench-ch.def"
 SRC="$ROOT" SFX=""
 case "${BENCH_SOURCE:-tree}" in
   tree) ;;
@@ -93,6 +97,14 @@ echo "bench: building Juggler (Release) into $BUILD/one$SFX and $BUILD/1k$SFX"
 build "one$SFX" "$HERE/bench.def"
 build "1k$SFX" "$BUILD/routes/bench-1k.def"
 export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out" JUGGLER_1K_BIN="$BUILD/1k$SFX/bin/app.out"
+sc=$(printf '%s' "${SCENARIOS:-}" | tr -s ' ,' ',')   # as bench.py reads it: blank = all
+sc=${sc#,} sc=${sc%,}
+case ",${sc:-all}," in
+  *,all,*|*,8,*)
+    echo "bench: building the consistent_hash variant (scenario 8) into $BUILD/ch$SFX"
+    build "ch$SFX" "$BUILD/routes/bench-ch.def"
+    export JUGGLER_CH_BIN="$BUILD/ch$SFX/bin/app.out" ;;
+esac
 
 # Scenario 3's certificate: bench.def names build-bench/certs/ (relative to the
 # repository root, where Juggler runs); nginx and HAProxy use the same files.
