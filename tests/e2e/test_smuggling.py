@@ -256,24 +256,25 @@ class SmugglingTable(BalancerTestCase):
 
     def test_method_split_across_reads_is_forwarded_whole(self):
         """A read boundary inside the method must not cut the method short (head_begin)."""
+        # A target of its own: a late log line of another test cannot be counted here.
         row = Row("method_split", b"", (200,), forwarded=1,
-                  pieces=(b"G", b"ET /headers HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+                  pieces=(b"G", b"ET /headers?split-get HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
         mark = self.mark()
         data, _ = self.exchange(row)
-        seen = self.seen_since(mark)
-        self.assertEqual(seen, ["GET /headers 200"], data[:300])
+        seen = [line for line in self.seen_since(mark) if "?split-get" in line]
+        self.assertEqual(seen, ["GET /headers?split-get 200"], data[:300])
 
     def test_method_split_does_not_change_the_method(self):
         """UNLOCK split as UN|LOCK must reach the server as UNLOCK, not LOCK; PROPPATCH not PATCH."""
         for method, cut in ((b"UNLOCK", 2), (b"PROPPATCH", 4)):
             with self.subTest(method=method):
                 row = Row("method_split", b"", (200,), forwarded=1,
-                          pieces=(method[:cut], method[cut:] + b" /headers HTTP/1.1\r\nHost: h\r\n"
-                                  b"Connection: close\r\n\r\n"))
+                          pieces=(method[:cut], method[cut:] + b" /headers?split-" + method + b" HTTP/1.1\r\n"
+                                  b"Host: h\r\nConnection: close\r\n\r\n"))
                 mark = self.mark()
                 data, _ = self.exchange(row)
-                seen = self.seen_since(mark)
-                self.assertEqual(seen, [f"{method.decode()} /headers 200"], data[:300])
+                seen = [line for line in self.seen_since(mark) if "?split-" in line]
+                self.assertEqual(seen, [f"{method.decode()} /headers?split-{method.decode()} 200"], data[:300])
 
     def test_chunked_trailer_fields_stay_in_the_body(self):
         """Trailer fields must not be taken for head fields when the head is built after the body
