@@ -167,6 +167,12 @@ class MessageParser {
 // Maps llhttp's method numbers onto the methods a route can name.
 Method route_method(std::uint8_t llhttp_method) noexcept;
 
+// False when the path has a dot-segment ("." or "..", also written %2e): the
+// route would be chosen for one path and the server would resolve another
+// (`/public/../admin` matches `/public/*`). Such requests are refused (400);
+// clients normalise before sending, so none of theirs is lost.
+bool path_is_normal(std::string_view path) noexcept;
+
 // Fill `head` (method, target, path, query, host) from a parsed request head.
 // `headers` is storage for the Header views routes may inspect.
 void describe_request(const MessageParser& p, Header* headers, RequestHead& head) noexcept;

@@ -492,6 +492,32 @@ ParseEvent MessageParser::finish() noexcept {
   return ParseEvent::Error;
 }
 
+bool path_is_normal(std::string_view path) noexcept {
+  std::size_t i = 0;
+  while (i < path.size()) {
+    // One segment: [i, j)
+    std::size_t j = path.find('/', i);
+    if (j == std::string_view::npos) j = path.size();
+    int dots = 0;
+    bool only_dots = j > i;
+    for (std::size_t k = i; k < j && only_dots;) {
+      if (path[k] == '.') {
+        ++dots;
+        ++k;
+      } else if (path[k] == '%' && k + 2 < j && path[k + 1] == '2' &&
+                 (path[k + 2] == 'e' || path[k + 2] == 'E')) {
+        ++dots;
+        k += 3;
+      } else {
+        only_dots = false;
+      }
+    }
+    if (only_dots && (dots == 1 || dots == 2)) return false;
+    i = j + 1;
+  }
+  return true;
+}
+
 Method route_method(std::uint8_t m) noexcept {
   switch (m) {
     case HTTP_GET: return Method::Get;

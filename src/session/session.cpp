@@ -587,6 +587,11 @@ void on_request_head(Exchange* ex) {
     reply_and_close(ex, 413);
     return;
   }
+  if (!path_is_normal(ex->head.path)) {
+    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", s->ip_len, s->ip);
+    reply_and_close(ex, 400);
+    return;
+  }
   if (ex->req.url().size() > st.uri_bytes) {
     reply_and_close(ex, 414);
     return;

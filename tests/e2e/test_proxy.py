@@ -233,6 +233,14 @@ class ProxyTest(BalancerTestCase):
         self.assertEqual(self.bad(b"GET / HTTP/1.1\r\nHost : x\r\n\r\n").status, 400)
         self.assertEqual(self.bad(b"GET / HTTP/1.1\r\n\r\n").status, 400)  # no Host
 
+    def test_dot_segments_are_refused(self):
+        # The route would be chosen for one path and the server would resolve another.
+        for target in (b"/status/../echo", b"/ping/./x", b"/status/%2e%2e/echo", b"/x/.%2E"):
+            with self.subTest(target=target):
+                self.assertEqual(self.bad(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n").status, 400)
+        # Dots inside names are fine.
+        self.assertEqual(self.get("/status/200?x=a/../b")[0], 200)
+
     def test_head_too_large_is_431(self):
         self.assertEqual(self.bad(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n").status, 431)
 

@@ -293,3 +293,14 @@ TEST_CASE("chunked request bodies are framed strictly", "[http]") {
     CHECK(body_event("11111111111111111\r\n", split) == ParseEvent::Error);          // more than 16 digits
   }
 }
+
+TEST_CASE("paths with dot-segments are not routable", "[http]") {
+  for (const char* ok : {"/", "/a/b", "/a.b/c..d/", "/.well-known/x", "/a/...", "/a/%2e%2e%2e", "/%2fa", "/a%2e/b"}) {
+    INFO(ok);
+    CHECK(path_is_normal(ok));
+  }
+  for (const char* bad : {"/a/../b", "/a/./b", "/..", "/a/..", "/a/%2e%2e/b", "/a/%2E./b", "/a/.%2e", "/%2e/"}) {
+    INFO(bad);
+    CHECK_FALSE(path_is_normal(bad));
+  }
+}
