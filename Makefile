@@ -80,5 +80,5 @@ bench:
 	@bash tools/bench/run.sh
 
 clean:
-	rm -rf bin $(BUILD) $(ASAN) build-fuzz
+	rm -rf bin $(BUILD) $(ASAN) build-fuzz build-bench
 	rm -f generated/*.cpp

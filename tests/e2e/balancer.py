@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from typing import Optional, Sequence
 
 import jtest

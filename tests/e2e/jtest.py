@@ -302,6 +302,29 @@ def read_response(reader, head: bool = False) -> RawResponse:
     return response
 
 
+# ---------------------------------------------------------------- process facts and certificates
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of process `pid` in kB (VmRSS), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def make_cert(directory: str, stem: str, cn: str, san: str) -> None:
+    """A self-signed ECDSA P-256 certificate DIRECTORY/STEM.crt and its key STEM.key."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", os.path.join(directory, stem + ".key"), "-out", os.path.join(directory, stem + ".crt"),
+         "-days", "2", "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}"],
+        check=True, capture_output=True)
+
+
 # ---------------------------------------------------------------- unittest glue
 
 SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|ThreadSanitizer")

@@ -25,14 +25,6 @@ BASIC_PORTS = (6901, 6902, 6903)
 WEIGHTS_HOST = "127.0.72.1"
 
 
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 class ProxyTest(BalancerTestCase):
     """One balancer (1 worker) and three backends for the whole class."""
 
@@ -103,7 +95,7 @@ class ProxyTest(BalancerTestCase):
             digest.update(chunk)
             got += len(chunk)
             if got % (16 << 20) < (1 << 20):
-                peak = max(peak, rss_kb(self.lb.pid))
+                peak = max(peak, jtest.rss_kb(self.lb.pid))
         self.assertEqual(got, n)
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
         self.assertLess(peak, 40 * 1024, f"balancer RSS peaked at {peak} kB")

@@ -3,7 +3,6 @@ with the picked server's address, `-> redirect https CODE` sends plain HTTP to H
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -21,10 +20,7 @@ class RedirectTest(BalancerTestCase):
         super().setUpClass()
         cls.dir = tempfile.mkdtemp()
         cls.addClassCleanup(shutil.rmtree, cls.dir)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", os.path.join(cls.dir, "tls-a.key"), "-out",
-                        os.path.join(cls.dir, "tls-a.crt"), "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+        jtest.make_cert(cls.dir, "tls-a", "localhost", "DNS:localhost")
         for port in (6901, 6902):
             cls.start_class_testserver(port=port, host=HOST)
         from balancer import start_balancer

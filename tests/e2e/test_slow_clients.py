@@ -14,7 +14,6 @@ answers within 1 s.
 
 from __future__ import annotations
 
-import os
 import resource
 import selectors
 import socket
@@ -24,19 +23,11 @@ import time
 import unittest
 
 import jtest
-from balancer import BalancerTestCase, start_balancer
+from balancer import BalancerTestCase
 
 HOST = "127.0.83.1"
 PORTS = (6901, 6902, 6903)
 PING = b"GET /ping HTTP/1.1\r\nHost: h\r\n\r\n"
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class Prober(threading.Thread):
@@ -85,7 +76,7 @@ class SlowClientsTest(BalancerTestCase):
         self.assertGreater(len(self.prober.times), 5, label)
         self.assertLess(slowest, 1.0, f"{label}: a normal request took {slowest:.2f}s")
         print(f"\n  {label}: {len(self.prober.times)} normal requests, slowest {slowest * 1000:.0f} ms,"
-              f" balancer RSS {rss_kb(self.lb.pid)} kB", file=sys.stderr)
+              f" balancer RSS {jtest.rss_kb(self.lb.pid)} kB", file=sys.stderr)
 
     # ---- slowloris
 
@@ -178,7 +169,7 @@ class SlowClientsTest(BalancerTestCase):
         peak = 0
         while time.monotonic() - start < 5:
             got += len(s.recv(1024))  # 1 KB/s
-            peak = max(peak, rss_kb(self.lb.pid))
+            peak = max(peak, jtest.rss_kb(self.lb.pid))
             time.sleep(1.0)
         self.assert_prober_fine("slow read")
         print(f"  slow read: read {got} bytes of 50000000, balancer RSS peak {peak} kB", file=sys.stderr)
@@ -198,12 +189,12 @@ class SlowClientsTest(BalancerTestCase):
         self.addCleanup(sel.close)
         socks = []
         self.addCleanup(lambda: [s.close() for s in socks])
-        before = rss_kb(self.lb.pid)
+        before = jtest.rss_kb(self.lb.pid)
         for _ in range(n):
             s = socket.create_connection((jtest.LOOPBACK, self.lb.port), timeout=10)
             s.setblocking(False)
             socks.append(s)
-        peak = rss_kb(self.lb.pid)
+        peak = jtest.rss_kb(self.lb.pid)
         answered = 0
         started = time.monotonic()
         for round_no in range(rounds):
@@ -232,9 +223,9 @@ class SlowClientsTest(BalancerTestCase):
                             pending.pop(s)
                             answered += 1
                 self.assertFalse(pending, f"round {round_no}: {len(pending)} clients not answered in 30 s")
-            peak = max(peak, rss_kb(self.lb.pid))
+            peak = max(peak, jtest.rss_kb(self.lb.pid))
         self.assertEqual(answered, n * rounds)
-        after = rss_kb(self.lb.pid)
+        after = jtest.rss_kb(self.lb.pid)
         print(f"\n  {n} concurrent keep-alive clients x {rounds} requests in {time.monotonic() - started:.1f} s: "
               f"balancer RSS {before} kB before, {peak} kB peak, {after} kB after "
               f"({(after - before) * 1024 // n} bytes per connection)", file=sys.stderr)

@@ -3,7 +3,6 @@ connections are closed, and none of it disturbs other clients."""
 
 from __future__ import annotations
 
-import socket
 import time
 import unittest
 

@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 import unittest
 
@@ -22,30 +21,14 @@ from balancer import BalancerTestCase, balancer_path, start_balancer
 HOST = "127.0.75.1"
 
 
-def make_cert(directory: str, stem: str, cn: str, san: str) -> None:
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", os.path.join(directory, stem + ".key"), "-out", os.path.join(directory, stem + ".crt"),
-         "-days", "2", "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}"],
-        check=True, capture_output=True)
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 class TlsTest(BalancerTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.dir = tempfile.mkdtemp()
         cls.addClassCleanup(shutil.rmtree, cls.dir)
-        make_cert(cls.dir, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
-        make_cert(cls.dir, "tls-b", "other.test", "DNS:other.test")
+        jtest.make_cert(cls.dir, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
+        jtest.make_cert(cls.dir, "tls-b", "other.test", "DNS:other.test")
         cls.backends = [cls.start_class_testserver(port=p, host=HOST) for p in (6901, 6902)]
         cls.lb = start_balancer("tls", extra=["--https-port", "0"], cwd=cls.dir)
         cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
@@ -133,7 +116,7 @@ class TlsTest(BalancerTestCase):
             digest.update(chunk)
             got += len(chunk)
             if got % (8 << 20) < (1 << 20):
-                peak = max(peak, rss_kb(self.lb.pid))
+                peak = max(peak, jtest.rss_kb(self.lb.pid))
         self.assertEqual(got, n)
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
         if "ASAN_OPTIONS" not in os.environ:  # ASan's quarantine keeps freed TLS record buffers
@@ -180,8 +163,8 @@ class TicketRotationTest(BalancerTestCase):
     def test_ticket_keys_rotate_and_the_previous_key_is_still_accepted(self):
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
-        make_cert(d, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
-        make_cert(d, "tls-b", "other.test", "DNS:other.test")
+        jtest.make_cert(d, "tls-a", "localhost", "DNS:localhost,IP:127.0.0.1")
+        jtest.make_cert(d, "tls-b", "other.test", "DNS:other.test")
         self.start_backends(HOST, (6901, 6902))
         lb = self.start_balancer("tls", extra=["--https-port", "0"], cwd=d, env={"JUGGLER_TLS_TICKET_ROTATE_S": "2"})
         port = int(lb.wait_for_line(r"listening on https://\S+:(\d+)").group(1))
@@ -223,8 +206,8 @@ class CertificateErrorsTest(unittest.TestCase):
     def test_key_that_does_not_match_is_refused(self):
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d)
-        make_cert(d, "tls-a", "localhost", "DNS:localhost")
-        make_cert(d, "tls-b", "other.test", "DNS:other.test")
+        jtest.make_cert(d, "tls-a", "localhost", "DNS:localhost")
+        jtest.make_cert(d, "tls-b", "other.test", "DNS:other.test")
         shutil.copy(os.path.join(d, "tls-b.key"), os.path.join(d, "tls-a.key"))
         out = self.run_in(d)
         self.assertEqual(out.returncode, 1)
