@@ -20,9 +20,6 @@ LLHTTP_INC="${LLHTTP_INC:-/usr/share/include/llhttp}"
 ROUTES="${FUZZ_ROUTES:-$ROOT/tests/routes/hardening.def}"
 SAN="-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
 FLAGS="-g -O1 -fno-omit-frame-pointer"
-# FUZZ_TOLERATE_KNOWN=1: skip the invariants of the known src/ bugs listed in
-# docs/SECURITY.md (their inputs are in regressions/), so fuzzing looks for new ones.
-if [ "${FUZZ_TOLERATE_KNOWN:-0}" = 1 ]; then FLAGS="$FLAGS -DJUGGLER_FUZZ_TOLERATE_KNOWN"; fi
 
 case "$("$CXX" --version 2>/dev/null | head -1)" in
   *clang*) ;;
