@@ -31,7 +31,10 @@ struct Shared {
   Config config;
   std::vector<sockaddr_storage> server_addrs;        // per compiled server
   std::unique_ptr<ServerHealth[]> health;            // per compiled server
-  std::vector<std::string> route_replies;            // per route: canned bytes for Respond
+  struct RouteReply {
+    std::string keep, close;  // `-> respond CODE`: keep-alive and Connection: close variants
+  };
+  std::vector<RouteReply> route_replies;             // per route (empty unless Respond)
   std::uint16_t https_port = 443;                    // redirect https: the first https listener's port
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
 };

@@ -1,8 +1,6 @@
-// Constant answers. Each status has two variants, keep-alive and close, built
-// once at start-up so an error costs one write of static bytes.
-#include <string>
-#include <vector>
-
+// Status reason phrases, and the built-in answers (ErrorPages without a
+// folder: two constant variants per status, keep-alive and close).
+#include "juggler/error_pages.hpp"
 #include "juggler/http.hpp"
 
 namespace juggler {
@@ -26,39 +24,6 @@ constexpr Status kStatuses[] = {
     {503, "Service Unavailable"}, {504, "Gateway Timeout"},
 };
 
-// Built once at start-up (static init), never per request.
-struct Reply {
-  int code;
-  std::string keep;
-  std::string close;
-};
-
-std::string page(int code, std::string_view reason) {
-  std::string c = std::to_string(code);
-  return "<html><head><title>" + c + " " + std::string(reason) + "</title></head><body><h1>" + c +
-         " " + std::string(reason) + "</h1><hr><p>juggler</p></body></html>\n";
-}
-
-const std::vector<Reply>& replies() {
-  static const std::vector<Reply> r = [] {
-    std::vector<Reply> out;
-    for (const Status& s : kStatuses) {
-      if (s.code < 400) continue;
-      std::string body = page(s.code, s.reason);
-      std::string head = "HTTP/1.1 " + std::to_string(s.code) + " " + std::string(s.reason) +
-                         "\r\nContent-Type: text/html\r\nContent-Length: " + std::to_string(body.size()) +
-                         "\r\n";
-      std::string keep = head;
-      keep.append("\r\n").append(body);
-      std::string close = head;
-      close.append("Connection: close\r\n\r\n").append(body);
-      out.push_back({s.code, std::move(keep), std::move(close)});
-    }
-    return out;
-  }();
-  return r;
-}
-
 }  // namespace
 
 std::string_view status_reason(int status) noexcept {
@@ -68,9 +33,9 @@ std::string_view status_reason(int status) noexcept {
 }
 
 std::string_view canned_reply(int status, bool close) noexcept {
-  for (const Reply& r : replies())
-    if (r.code == status) return close ? r.close : r.keep;
-  return canned_reply(500, close);
+  // The built-in pages live in one place: ErrorPages without a folder.
+  static const ErrorPages builtin;
+  return builtin.reply(status, close);
 }
 
 }  // namespace juggler

@@ -207,10 +207,10 @@ int run(const Config& config) {
     }
     std::string head = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(status_reason(r.status)) +
                        "\r\nContent-Length: 0\r\n";
-    std::string both = head;
-    both.append("\r\n").push_back('\0');  // keep-alive variant, NUL, close variant
-    both.append(head).append("Connection: close\r\n\r\n");
-    shared.route_replies.push_back(std::move(both));
+    Shared::RouteReply reply{head, head};
+    reply.keep.append("\r\n");
+    reply.close.append("Connection: close\r\n\r\n");
+    shared.route_replies.push_back(std::move(reply));
   }
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);

@@ -36,6 +36,10 @@ inline uv_handle_t* handle(void* h) { return static_cast<uv_handle_t*>(h); }
 inline std::uint64_t now_us() { return uv_hrtime() / 1000; }
 inline const Settings& settings(Worker& w) { return w.shared.config.settings; }
 
+// printf arguments for a server's authority with "%.*s": no string is built
+// for a log line (which the level may drop anyway).
+#define JUGGLER_SERVER_ARGS(server) static_cast<int>((server).authority.size()), (server).authority.data()
+
 void process_client(ClientSession* s);
 void process_upstream(Exchange* ex);
 void connect_upstream(Exchange* ex);
@@ -352,8 +356,7 @@ void on_upstream_write(uv_write_t* req, int status) {
   if (status < 0) {
     // The server went away while taking the request; the read side will see
     // the reset or EOF and decide between retry and 502.
-    log(LogLevel::Debug, "write to %s failed: %s",
-        std::string(ex->worker->shared.config.table->servers[c->server].authority).c_str(), uv_strerror(status));
+    log(LogLevel::Debug, "write to %.*s failed: %s", JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), uv_strerror(status));
     return;
   }
   recycle_client_buffer(ex);
@@ -403,7 +406,7 @@ void upstream_failed(Exchange* ex, int err) {
   Worker& w = *ex->worker;
   const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
   if (c) {
-    log(LogLevel::Debug, "server %s failed: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+    log(LogLevel::Debug, "server %.*s failed: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
         uv_strerror(err));
   }
   detach_upstream(ex, false);
@@ -550,7 +553,9 @@ void reply_redirect(Exchange* ex) {
     out += v.size();
   };
   char* const keep_begin = out;
+  char* keep_end = out;
   for (int variant = 0; variant < 2; ++variant) {
+    if (variant == 1) keep_end = out;
     put("HTTP/1.1 ");
     put({status_text, static_cast<std::size_t>(sn)});
     put(reason);
@@ -565,10 +570,8 @@ void reply_redirect(Exchange* ex) {
     reply_error(ex, 414);
     return;
   }
-  const std::size_t total = static_cast<std::size_t>(out - keep_begin);
-  // The close variant is 19 bytes ("Connection: close\r\n") longer than the keep-alive one.
-  const std::size_t keep_len = (total - 19) / 2;
-  reply_local(ex, r.status, {keep_begin, keep_len}, {keep_begin + keep_len, total - keep_len});
+  reply_local(ex, r.status, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
+              {keep_end, static_cast<std::size_t>(out - keep_end)});
 }
 
 void on_request_head(Exchange* ex) {
@@ -616,10 +619,8 @@ void on_request_head(Exchange* ex) {
       return;
     }
     case Action::Respond: {
-      const std::string& bytes = w.shared.route_replies[ex->route->index];
-      // route_replies hold "keep-alive variant \0 close variant".
-      std::size_t z = bytes.find('\0');
-      reply_local(ex, ex->route->status, std::string_view(bytes).substr(0, z), std::string_view(bytes).substr(z + 1));
+      const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
+      reply_local(ex, ex->route->status, reply.keep, reply.close);
       return;
     }
     case Action::Redirect:
@@ -753,12 +754,12 @@ void process_upstream(Exchange* ex) {
       if (ev == ParseEvent::NeedMore) {
         c->parse_pos = c->in_len;
         if (c->in_len < c->in->cap) break;
-        log(LogLevel::Warn, "response head from %s too large", std::string(w.shared.config.table->servers[c->server].authority).c_str());
+        log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
         reply_error(ex, 502);
         return;
       }
       if (ev == ParseEvent::Error) {
-        log(LogLevel::Warn, "bad response from %s: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+        log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
             ex->resp.error_reason());
         reply_error(ex, 502);
         return;
@@ -797,7 +798,7 @@ void process_upstream(Exchange* ex) {
     std::size_t used = 0;
     ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
     if (ev == ParseEvent::Error) {
-      log(LogLevel::Warn, "bad response body from %s: %s", std::string(w.shared.config.table->servers[c->server].authority).c_str(),
+      log(LogLevel::Warn, "bad response body from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
           ex->resp.error_reason());
       client_abort(s);
       return;
