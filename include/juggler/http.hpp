@@ -87,9 +87,12 @@ class MessageParser {
   int status() const noexcept { return parser_.status_code; }
   int http_minor() const noexcept { return parser_.http_minor; }
   int http_major() const noexcept { return parser_.http_major; }
-  bool keep_alive() const noexcept { return llhttp_should_keep_alive(&parser_) != 0; }
-  bool chunked() const noexcept { return (parser_.flags & F_CHUNKED) != 0; }
-  bool has_content_length() const noexcept { return (parser_.flags & F_CONTENT_LENGTH) != 0; }
+  bool keep_alive() const noexcept { return keep_alive_; }
+  // Framing as the head declared it, fixed at the end of the head: llhttp's
+  // live flags change while it parses chunked trailers, which may carry any
+  // field (even Content-Length) and are relayed as body bytes.
+  bool chunked() const noexcept { return chunked_; }
+  bool has_content_length() const noexcept { return has_content_length_; }
   std::uint64_t content_length() const noexcept { return content_length_; }
   // Chunked requests: the body size announced by the chunks parsed so far
   // (the sizes, not the framing), for limit.body_bytes while it streams.
@@ -152,6 +155,9 @@ class MessageParser {
   bool connection_close_ = false;
   bool dropped_ = false;
   bool head_done_ = false;
+  bool chunked_ = false;
+  bool keep_alive_ = false;
+  bool has_content_length_ = false;
   bool te_chunked_ = false;  // a Transfer-Encoding token says chunked
   bool value_pieces_ = false;  // the current value arrived in more than one piece
   bool method_seen_ = false;

@@ -122,6 +122,7 @@ void MessageParser::reset() noexcept {
   host_count_ = 0;
   in_field_ = no_body_ = has_body_ = until_close_ = expect_continue_ = false;
   connection_close_ = dropped_ = head_done_ = te_chunked_ = method_seen_ = false;
+  chunked_ = has_content_length_ = keep_alive_ = false;
   chunk_ = ChunkState::Size;
   chunk_left_ = 0;
   chunk_digits_ = 0;
@@ -294,6 +295,8 @@ int MessageParser::on_headers_complete(llhttp_t* p) {
   MessageParser& m = self(p);
   if (int rc = m.check_head(); rc != 0) return rc;
   m.content_length_ = p->content_length;
+  m.chunked_ = (p->flags & F_CHUNKED) != 0;
+  m.has_content_length_ = (p->flags & F_CONTENT_LENGTH) != 0;
   if (p->type == HTTP_RESPONSE) {
     int s = p->status_code;
     if (m.no_body_ || s / 100 == 1 || s == 204 || s == 304) p->flags |= F_SKIPBODY;
@@ -301,6 +304,7 @@ int MessageParser::on_headers_complete(llhttp_t* p) {
   const bool skip = (p->flags & F_SKIPBODY) != 0;
   m.until_close_ = !skip && !(p->flags & F_CHUNKED) && !(p->flags & F_CONTENT_LENGTH) &&
                    llhttp_message_needs_eof(p);
+  m.keep_alive_ = llhttp_should_keep_alive(p) != 0;
   m.has_body_ = !skip && ((p->flags & F_CHUNKED) || m.content_length_ > 0 || m.until_close_);
   m.head_done_ = true;
   return HPE_PAUSED;

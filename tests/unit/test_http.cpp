@@ -232,6 +232,26 @@ TEST_CASE("response framing: HEAD, 204, 304 and read-until-close", "[http]") {
   CHECK(r.p.finish() == ParseEvent::MessageComplete);
 }
 
+TEST_CASE("chunked trailers do not change the framing the head declared", "[http]") {
+  // Trailers are relayed as body bytes; llhttp still runs its header state
+  // machine over them and sets its flags (a fuzzer found Content-Length in a
+  // trailer turning a chunked response into a "Content-Length: 0" one).
+  std::string resp =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "3\r\nabc\r\n0\r\nContent-Length: 3\r\nConnection: close\r\n\r\n";
+  Parsed r;
+  parse(r, resp, HTTP_RESPONSE);
+  REQUIRE(r.event == ParseEvent::HeadComplete);
+  REQUIRE(r.p.chunked());
+  REQUIRE(r.p.keep_alive());
+  std::size_t used = 0;
+  REQUIRE(r.p.feed(resp.data() + r.used, resp.size() - r.used, &used) == ParseEvent::MessageComplete);
+  CHECK(r.used + used == resp.size());
+  CHECK(r.p.chunked());
+  CHECK_FALSE(r.p.has_content_length());
+  CHECK(r.p.keep_alive());
+}
+
 TEST_CASE("canned replies are complete responses", "[http]") {
   for (int code : {400, 404, 408, 413, 414, 417, 431, 501, 502, 503, 504}) {
     INFO(code);
