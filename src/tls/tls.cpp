@@ -123,7 +123,7 @@ const EVP_CIPHER* ticket_cipher() {
   return c;
 }
 
-int on_ticket_key(SSL*, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX* cipher,
+int on_ticket_key(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX* cipher,
                   EVP_MAC_CTX* mac, int enc) {
   const TicketKeys& k = ticket_keys();
   const std::uint64_t now_epoch = static_cast<std::uint64_t>(std::time(nullptr)) / k.period_s;
@@ -145,7 +145,12 @@ int on_ticket_key(SSL*, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENG
     if (RAND_bytes(iv, 16) != 1) return -1;
     return use(current, true) ? 1 : -1;
   }
-  if (std::memcmp(name, current.name, 16) == 0) return use(current, false) ? 1 : -1;
+  // TLS 1.3 clients use a ticket once (RFC 8446 C.4) and OpenSSL sends a new
+  // one after a resumption only when the callback says "renew" (2): with 1,
+  // every resumed connection left its client without a ticket, and the next
+  // one paid a full handshake.
+  const int ok = SSL_version(ssl) >= TLS1_3_VERSION ? 2 : 1;
+  if (std::memcmp(name, current.name, 16) == 0) return use(current, false) ? ok : -1;
   if (now_epoch > 0 && std::memcmp(name, previous.name, 16) == 0)
     return use(previous, false) ? 2 : -1;  // 2: valid, but issue a fresh ticket
   return 0;  // unknown or expired key: full handshake

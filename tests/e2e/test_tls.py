@@ -85,6 +85,24 @@ class TlsTest(BalancerTestCase):
             with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
                 self.assertTrue(tls.session_reused)
 
+    def test_a_resumed_tls13_connection_gets_a_fresh_ticket(self):
+        # TLS 1.3 clients use a ticket once: each connection of a chain resumes
+        # with the ticket the previous one received. Without a fresh ticket
+        # after a resumption, the client's session stays the one it used
+        # (same id) and OpenSSL clients (wrk, curl) do a full handshake next.
+        ctx = self.client_context(self.ca_a)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        session, ids = None, []
+        for i in range(4):
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                    tls.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    jtest.read_response(tls.makefile("rb"))
+                    self.assertEqual(tls.session_reused, i > 0, f"connection {i}")
+                    session = tls.session
+                    ids.append(session.id)
+        self.assertEqual(len(set(ids)), 4, "every connection must leave the client a new ticket")
+
     def test_old_protocols_and_weak_suites_are_refused(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
