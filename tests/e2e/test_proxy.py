@@ -100,6 +100,78 @@ class ProxyTest(BalancerTestCase):
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
         self.assertLess(peak, 40 * 1024, f"balancer RSS peaked at {peak} kB")
 
+    # Large response bodies move to 256 KB bulk buffers after their head: what
+    # follows checks the bytes, the reuse of both connections afterwards, the
+    # failure paths (server dies mid-body, client leaves mid-body), and that no
+    # descriptor is left behind.
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.lb.pid}/fd"))
+
+    def settle(self) -> int:
+        """One large body and a request to each server, on new client
+        connections: each server has one idle connection. Returns the
+        balancer's descriptor count in that state."""
+        self.assertEqual(self.get("/bytes?n=300000")[2], jtest.pattern_bytes(300000))
+        for _ in BASIC_PORTS:
+            self.assertEqual(self.get("/ping")[0], 200)
+        time.sleep(0.1)
+        return self.open_fds()
+
+    def wait_fds(self, expected: int):
+        deadline = time.monotonic() + 3
+        while self.open_fds() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.open_fds(), expected)
+
+    def test_large_bodies_keep_both_connections_and_no_descriptor(self):
+        c = self.conn(timeout=30)
+        c.request("GET", "/bytes?n=300000")  # warm-up: one connection per server exists
+        self.assertEqual(c.getresponse().read(), jtest.pattern_bytes(300000))
+        baseline = self.open_fds()
+        seen = collections.defaultdict(set)
+        for n in (300_000, 5_000_003, 1_000_000, 262_145, 2_000_000, 7_777_777):
+            c.request("GET", f"/bytes?n={n}")
+            r = c.getresponse()
+            body = r.read()
+            self.assertEqual(len(body), n)
+            self.assertEqual(hashlib.sha256(body).hexdigest(), jtest.pattern_sha256(n))
+            seen[r.headers["X-Server"]].add(r.headers["X-Conn"])
+        self.assertEqual(len(seen), 3)
+        for server, conns in seen.items():
+            self.assertEqual(len(conns), 1, f"server {server} saw connections {conns}")
+        c.request("GET", "/ping")
+        self.assertEqual(c.getresponse().read(), b"pong\n")
+        self.wait_fds(baseline)
+
+    def test_server_dying_mid_body_closes_the_client_connection(self):
+        baseline = self.settle()
+        with socket.create_connection((jtest.LOOPBACK, self.port), timeout=10) as s:
+            s.sendall(b"GET /bytes?n=3000000&cut=1200000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: 3000000", head)
+        self.assertEqual(body, jtest.pattern_bytes(1200000))  # what the server sent, then the close
+        self.settle()
+        self.wait_fds(baseline)
+
+    def test_client_leaving_mid_body_frees_everything(self):
+        baseline = self.settle()
+        s = socket.create_connection((jtest.LOOPBACK, self.port), timeout=10)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /bytes?n=100000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = 0
+        while got < 2_000_000:
+            got += len(s.recv(1 << 16))
+        s.close()
+        self.settle()
+        self.wait_fds(baseline)
+
     def test_chunked_request_body_is_relayed(self):
         c = self.conn()
         parts = [b"a" * 1000, b"b" * 70000, b"c" * 5]

@@ -304,6 +304,17 @@ class Endpoints(jtest.JugglerTestCase):
         self.assertEqual(resp.body, jtest.pattern_bytes(200000))
         self.assertTrue(all(0 < size <= 65536 for size in resp.chunk_sizes), resp.chunk_sizes)
 
+    def test_bytes_cut_announces_more_than_it_sends_then_closes(self):
+        for cut in (0, 1, 100000):
+            with jtest.raw_connection(self.port) as sock:
+                sock.sendall(b"GET /bytes?n=300000&cut=%d HTTP/1.1\r\n\r\n" % cut)
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            self.assertIn(b"Content-Length: 300000", head)
+            self.assertEqual(body, jtest.pattern_bytes(cut))
+
     def test_bytes_edge_cases(self):
         self.assertEqual(self.request(path="/bytes?n=0")[2], b"")
         self.assertEqual(self.request(path="/bytes?n=0&chunked=1")[2], b"")

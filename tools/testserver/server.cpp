@@ -584,14 +584,29 @@ void Conn::serve_bytes() {
   const auto n_param = query_param(req_.query, "n");
   const auto n = n_param ? parse_uint(*n_param, kMaxBytes) : std::nullopt;
   if (!n) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1]\n");
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K]\n");
     return;
   }
   // HTTP/1.0 has no chunked encoding; such a client gets Content-Length.
   const bool chunked = query_param(req_.query, "chunked") == std::string_view("1") &&
                        (req_.http_major > 1 || req_.http_minor >= 1);
+  // cut=K: announce N bytes, send K < N, then close (a server dying mid-body).
+  const auto cut_param = query_param(req_.query, "cut");
+  const std::uint64_t cut = cut_param ? parse_uint(*cut_param, kMaxBytes).value_or(*n) : *n;
   std::string head = response_head(200, "application/octet-stream", *n, {}, chunked);
   log("200");
+  if (cut < *n && !req_.head && !chunked) {
+    req_.keep_alive = false;
+    if (cut == 0) {
+      write_owned(std::move(head));
+      finish_response();
+      return;
+    }
+    write_owned(std::move(head));
+    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1};
+    pump();
+    return;
+  }
   if (req_.head || *n == 0) {
     if (chunked && !req_.head) head += "0\r\n\r\n";
     write_owned(std::move(head));
