@@ -61,6 +61,10 @@ class TlsStream {
   // Ciphertext waiting to be sent: moved into `out` (appended).
   std::size_t take_output(std::string& out);
   bool has_output() const noexcept;
+  // A graceful close: queues close_notify (once the handshake is done), so
+  // the client can tell a complete answer from one cut short. Returns whether
+  // there is ciphertext to send.
+  bool shutdown() noexcept;
   bool handshake_done() const noexcept { return SSL_is_init_finished(ssl_) == 1; }
   bool session_reused() const noexcept { return SSL_session_reused(ssl_) == 1; }
   const char* last_error() const noexcept { return error_; }

@@ -1108,6 +1108,12 @@ void client_abort(ClientSession* s) {
 // moment, so a reset does not destroy the answer in flight.
 void client_finish(ClientSession* s, bool linger) {
   if (s->closing) return;
+  // TLS: close_notify before the close, so a body delimited by the close is
+  // not mistaken for a truncated one (RFC 8446 6.1).
+  if (s->tls && !s->lingering && s->tls->shutdown()) {
+    flush_tls(s);
+    if (s->closing) return;  // the write failed: aborted
+  }
   if (s->write_pending) {
     s->close_after_write = true;
     s->linger_on_close = linger;
@@ -1139,7 +1145,15 @@ void on_client_timer(TimerNode* t) {
     reply_and_close(s->ex, 408);
     return;
   }
-  if (!s->ex || s->lingering) client_abort(s);
+  if (s->ex && !s->lingering) return;  // the exchange's own timer watches it
+  if (s->lingering || s->write_pending) {
+    client_abort(s);
+  } else {
+    // Idle: a graceful close (close_notify over TLS). Should that write stall,
+    // the timer fires again and the connection is dropped.
+    s->worker->wheel.arm(&s->timer, s->worker->now_ms() + kLingerMs);
+    client_finish(s, false);
+  }
 }
 
 // The exchange's timeout: connecting (try another server), waiting for the
@@ -1302,7 +1316,7 @@ void session_drain(Worker& w) noexcept {
   ClientSession* s = w.sessions;
   while (s) {
     ClientSession* next = s->next;
-    if (!s->ex && !s->closing && !s->lingering) client_abort(s);
+    if (!s->ex && !s->closing && !s->lingering) client_finish(s, false);
     else if (s->ex) s->ex->client_close = true;
     s = next;
   }

@@ -327,6 +327,14 @@ bool TlsStream::write(const uv_buf_t* iov, unsigned n) {
 
 bool TlsStream::has_output() const noexcept { return BIO_ctrl_pending(out_) > 0; }
 
+bool TlsStream::shutdown() noexcept {
+  if (SSL_is_init_finished(ssl_) == 1 && (SSL_get_shutdown(ssl_) & SSL_SENT_SHUTDOWN) == 0) {
+    SSL_shutdown(ssl_);  // writes close_notify; the peer's is not waited for
+    ERR_clear_error();
+  }
+  return has_output();
+}
+
 std::size_t TlsStream::take_output(std::string& dst) {
   std::size_t pending = BIO_ctrl_pending(out_);
   if (pending == 0) return 0;

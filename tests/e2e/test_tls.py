@@ -103,6 +103,22 @@ class TlsTest(BalancerTestCase):
                     ids.append(session.id)
         self.assertEqual(len(set(ids)), 4, "every connection must leave the client a new ticket")
 
+    def test_close_notify_before_the_balancer_closes(self):
+        # After a Connection: close answer the balancer closes; over TLS it sends
+        # close_notify first, so a client that takes a bare EOF for truncation
+        # (suppress_ragged_eofs=False raises SSLEOFError) reads a clean end.
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            ctx = self.client_context(self.ca_a)
+            ctx.minimum_version = ctx.maximum_version = version
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+                    tls.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    data = b""
+                    while chunk := tls.recv(65536):
+                        data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
+            self.assertTrue(data.endswith(b"pong\n"), data[-100:])
+
     def test_old_protocols_and_weak_suites_are_refused(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
