@@ -43,8 +43,9 @@ struct Config {
 // message for the operator when an option is invalid.
 Config make_config(const RouteTable& table, const Options& opts);
 
-// Human-readable tables of listeners, pools, servers and routes (--check).
-std::string describe_table(const RouteTable& table);
+// Human-readable tables of listeners, pools, servers and routes, and the
+// effective settings after command-line overrides (--check).
+std::string describe_config(const Config& config);
 
 // Features compiled from routes.def whose run-time side is not built yet: one
 // line each ("routes.def:12: gzip is not implemented yet"); empty when none.

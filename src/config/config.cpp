@@ -139,11 +139,23 @@ const char* kind_name(ListenKind k) {
 }
 }  // namespace
 
-std::string describe_table(const RouteTable& t) {
+std::string describe_config(const Config& c) {
+  const RouteTable& t = *c.table;
   std::ostringstream o;
   o << "routes compiled from " << t.source << "\n\nlisteners\n";
+  bool first_http = true, first_https = true;
   for (const ListenerDef& l : t.listeners) {
-    o << "  " << kind_name(l.kind) << "  " << l.host << ":" << l.port;
+    // The first http / https listener's port is what --port / --https-port say.
+    int port = l.port;
+    const char* note = "";
+    if (l.kind == ListenKind::Http && first_http) {
+      first_http = false;
+      if (c.port_override >= 0) port = c.port_override, note = "  (--port)";
+    } else if (l.kind == ListenKind::Https && first_https) {
+      first_https = false;
+      if (c.https_port_override >= 0) port = c.https_port_override, note = "  (--https-port)";
+    }
+    o << "  " << kind_name(l.kind) << "  " << l.host << ":" << port << note;
     if (l.kind == ListenKind::Tcp && l.pool >= 0) o << "  pool=" << t.pools[static_cast<std::size_t>(l.pool)].name;
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";
@@ -160,10 +172,14 @@ std::string describe_table(const RouteTable& t) {
   }
   o << "\nroutes (first match wins)\n";
   for (const RouteDef& r : t.routes) o << "  " << r.index + 1 << ". line " << r.line << ": " << r.text << "\n";
-  const Settings& s = t.settings;
-  o << "\nsettings\n  workers " << (s.workers ? std::to_string(s.workers) : std::string("auto"))
-    << "\n  timeout.connect " << s.connect_timeout_ms << "ms, client_header " << s.client_header_timeout_ms
-    << "ms, client_idle " << s.client_idle_timeout_ms << "ms, upstream " << s.upstream_timeout_ms
+  // Effective settings: routes.def's, with the command line's overrides applied.
+  const Settings& s = c.settings;
+  const char* log = s.access_log == LogTarget::Off ? "off" : s.access_log == LogTarget::Stdout ? "stdout" : nullptr;
+  o << "\nsettings (routes.def + command line)\n  workers " << c.workers
+    << (t.settings.workers ? "" : " (auto: one per core)") << "\n  access_log "
+    << (log ? log : c.access_log_path.c_str()) << "\n  timeout.connect " << s.connect_timeout_ms
+    << "ms, client_header " << s.client_header_timeout_ms << "ms, client_idle " << s.client_idle_timeout_ms
+    << "ms, upstream " << s.upstream_timeout_ms << "ms, drain " << s.drain_timeout_ms
     << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
     << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n";
   return o.str();

@@ -16,7 +16,7 @@ int main(int argc, char** argv) {
     Config config = make_config(table, opts);
     std::string missing = unsupported_features(table);
     if (opts.check) {
-      std::fputs(describe_table(table).c_str(), stdout);
+      std::fputs(describe_config(config).c_str(), stdout);
       if (!missing.empty()) std::printf("\nnot available in this build:\n%s", missing.c_str());
       return 0;
     }

@@ -407,6 +407,15 @@ class LifecycleTest(BalancerTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("server 127.0.71.1:6902", out.stdout)
         self.assertIn("route * /echo -> web", out.stdout)
+        # The effective settings: the command line's overrides applied.
+        out = subprocess.run([balancer_path("basic"), "--check", "--port", "8123", "--workers", "3",
+                              "--timeout-upstream", "7s", "--access-log", "off"],
+                             capture_output=True, text=True, timeout=10)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertRegex(out.stdout, r"http  [0-9.]+:8123  \(--port\)")
+        self.assertIn("workers 3", out.stdout)
+        self.assertIn("upstream 7000ms", out.stdout)
+        self.assertIn("access_log off", out.stdout)
 
     @unittest.skipUnless(shutil.which("setpriv") and os.geteuid() == 0, "needs root to drop privileges")
     def test_privileged_port_without_root_says_sudo_or_port(self):
