@@ -2,6 +2,8 @@
 // settings of routes.def with the command line laid over them.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <string>
 
@@ -42,6 +44,10 @@ struct Config {
 // Builds the effective configuration. Throws std::runtime_error with a
 // message for the operator when an option is invalid.
 Config make_config(const RouteTable& table, const Options& opts);
+
+// The socket address of a compiled host (an IPv4 or IPv6 literal, stored
+// without brackets by the code generator) and port; false when it is neither.
+bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage& out) noexcept;
 
 // Human-readable tables of listeners, pools, servers and routes, and the
 // effective settings after command-line overrides (--check).

@@ -1,6 +1,7 @@
 #include "juggler/config.hpp"
 
 #include <CLI/CLI.hpp>
+#include <uv.h>
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -58,6 +59,16 @@ int parse_options(int argc, char** argv, Options& out) {
   }
   parse_log_level(level, out.log_level);
   return -1;
+}
+
+bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage& out) noexcept {
+  char name[64];  // uv_ip*_addr want a C string; an IPv6 literal is at most 45 bytes
+  out = sockaddr_storage{};
+  if (host.size() >= sizeof name) return false;
+  host.copy(name, host.size());
+  name[host.size()] = '\0';
+  if (host.find(':') != std::string_view::npos) return uv_ip6_addr(name, port, reinterpret_cast<sockaddr_in6*>(&out)) == 0;
+  return uv_ip4_addr(name, port, reinterpret_cast<sockaddr_in*>(&out)) == 0;
 }
 
 std::int64_t parse_duration_ms(std::string_view t) noexcept {

@@ -15,6 +15,7 @@
 #include <new>
 #include <stdexcept>
 
+#include "juggler/config.hpp"
 #include "juggler/log.hpp"
 
 namespace juggler {
@@ -124,17 +125,6 @@ struct HealthChecker::Check {
   char buf[2048];
 };
 
-namespace {
-
-bool make_address(const ServerDef& s, sockaddr_storage& out) {
-  std::string host(s.host);
-  std::memset(&out, 0, sizeof out);
-  if (uv_ip4_addr(host.c_str(), s.port, reinterpret_cast<sockaddr_in*>(&out)) == 0) return true;
-  return uv_ip6_addr(host.c_str(), s.port, reinterpret_cast<sockaddr_in6*>(&out)) == 0;
-}
-
-}  // namespace
-
 HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, HealthCallbacks callbacks)
     : table_(table), health_(health), callbacks_(std::move(callbacks)) {
   for (std::size_t i = 0; i < table.servers.size(); ++i) {
@@ -144,7 +134,7 @@ HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, Heal
     auto p = std::make_unique<Probe>(Probe{this, static_cast<std::uint16_t>(i), &s, &pool, {},
                                            health_request(pool.health, s.authority),
                                            HealthState(pool.health.rise, pool.health.fall), 0});
-    if (!make_address(s, p->addr))
+    if (!socket_address(s.host, s.port, p->addr))
       throw std::runtime_error("health check: bad server address '" + std::string(s.host) + "'");
     probes_.push_back(std::move(p));
   }

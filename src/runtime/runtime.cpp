@@ -53,14 +53,7 @@ struct ListenSpec {
 
 sockaddr_storage make_addr(std::string_view host, std::uint16_t port) {
   sockaddr_storage ss{};
-  std::string h(host);
-  if (!h.empty() && h.front() == '[') h = h.substr(1, h.size() - 2);
-  if (h.find(':') != std::string::npos) {
-    if (uv_ip6_addr(h.c_str(), port, reinterpret_cast<sockaddr_in6*>(&ss)) != 0)
-      throw std::runtime_error("bad IPv6 address '" + h + "'");
-  } else if (uv_ip4_addr(h.c_str(), port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
-    throw std::runtime_error("bad IPv4 address '" + h + "'");
-  }
+  if (!socket_address(host, port, ss)) throw std::runtime_error("bad address '" + std::string(host) + "'");
   return ss;
 }
 

@@ -220,16 +220,16 @@ TlsContext::~TlsContext() {
   for (Cert& c : certs_) SSL_CTX_free(c.ctx);
 }
 
+// Per handshake: compared in place (the names are stored in lower case), no
+// copy of the client's name.
 SSL_CTX* TlsContext::ctx_for(std::string_view name) const noexcept {
-  std::string n = lower(name);
+  const std::size_t dot = name.find('.');
   for (const Cert& c : certs_) {
     for (const std::string& pattern : c.names) {
-      if (pattern == n) return c.ctx;
-      if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
-        std::size_t dot = n.find('.');
-        if (dot != std::string::npos && n.compare(dot, std::string::npos, pattern, 1, std::string::npos) == 0)
-          return c.ctx;
-      }
+      if (iequals(name, pattern)) return c.ctx;
+      if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.' && dot != std::string_view::npos &&
+          iequals(name.substr(dot), std::string_view(pattern).substr(1)))
+        return c.ctx;
     }
   }
   return nullptr;

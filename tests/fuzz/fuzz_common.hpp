@@ -56,6 +56,38 @@ inline Splits make_splits(std::uint8_t ctl, std::uint8_t a, std::uint8_t b, std:
   return s;
 }
 
+// The reads the session sees of buf[from..size): the split points after
+// `from`, increasing, then the end.
+struct Reads {
+  std::size_t ends[3];
+  unsigned count = 0;
+};
+
+inline Reads make_reads(const Splits& s, std::size_t from, std::size_t size) {
+  Reads r;
+  for (unsigned i = 0; i < s.count; ++i)
+    if (s.at[i] > from && (r.count == 0 || s.at[i] > r.ends[r.count - 1])) r.ends[r.count++] = s.at[i];
+  r.ends[r.count++] = size;
+  return r;
+}
+
+// Feeds a head to `p` read by read from `pos`, as the session does, until the
+// parser stops asking for more or the reads run out (then pos is the last
+// read's end and the result NeedMore). `e` is the current read.
+inline ParseEvent feed_head(MessageParser& p, const char* buf, const Reads& r, std::size_t& pos, unsigned& e,
+                            std::size_t& used) {
+  ParseEvent ev = ParseEvent::NeedMore;
+  while (e < r.count) {
+    const std::size_t avail = r.ends[e] - pos;
+    ev = p.feed(buf + pos, avail, &used);
+    FUZZ_CHECK(used <= avail);
+    if (ev != ParseEvent::NeedMore) break;
+    FUZZ_CHECK(used == avail);
+    pos = r.ends[e++];
+  }
+  return ev;
+}
+
 // The checks every parsed head must pass, request or response.
 inline void check_head(const MessageParser& p, const char* buf, std::size_t size) {
   FUZZ_CHECK(p.head_begin() != nullptr);

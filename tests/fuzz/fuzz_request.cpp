@@ -183,29 +183,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     p.max_head_bytes = max_head;
 
     // Read boundaries: the split points after `start`, then the end.
-    std::size_t ends[3];
-    unsigned nends = 0;
-    std::size_t min_split = start;
-    for (unsigned i = 0; i < splits.count; ++i)
-      if (splits.at[i] > min_split && (nends == 0 || splits.at[i] > ends[nends - 1])) ends[nends++] = splits.at[i];
-    ends[nends++] = size;
+    const juggler::fuzz::Reads reads = juggler::fuzz::make_reads(splits, start, size);
+    const std::size_t* ends = reads.ends;
+    const unsigned nends = reads.count;
 
     // ---- the head
     std::size_t pos = start;
     unsigned e = 0;
-    ParseEvent ev = ParseEvent::NeedMore;
     std::size_t used = 0;
-    while (e < nends) {
-      const std::size_t avail = ends[e] - pos;
-      ev = p.feed(buf + pos, avail, &used);
-      FUZZ_CHECK(used <= avail);
-      if (ev == ParseEvent::NeedMore) {
-        FUZZ_CHECK(used == avail);
-        pos = ends[e++];
-        continue;
-      }
-      break;
-    }
+    ParseEvent ev = juggler::fuzz::feed_head(p, buf, reads, pos, e, used);
     if (ev == ParseEvent::NeedMore) return 0;  // the client has not finished its head
     if (ev == ParseEvent::Error) {
       const int st = p.error_status();

@@ -90,11 +90,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t iov_cap = kMaxHeaders + 3;
   auto iov = std::make_unique<uv_buf_t[]>(iov_cap);
 
-  std::size_t ends[3];
-  unsigned nends = 0;
-  for (unsigned i = 0; i < splits.count; ++i)
-    if (splits.at[i] > 0 && (nends == 0 || splits.at[i] > ends[nends - 1])) ends[nends++] = splits.at[i];
-  ends[nends++] = size;
+  const juggler::fuzz::Reads reads = juggler::fuzz::make_reads(splits, 0, size);
+  const std::size_t* ends = reads.ends;
+  const unsigned nends = reads.count;
   unsigned e = 0;
   std::size_t pos = 0;
 
@@ -109,20 +107,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   unsigned session_iov = 0;
   for (int interim = 0;; ++interim) {
     // ---- the head
-    ParseEvent ev = ParseEvent::NeedMore;
     std::size_t used = 0;
     const std::size_t start = pos;
-    while (e < nends) {
-      const std::size_t avail = ends[e] - pos;
-      ev = p.feed(buf + pos, avail, &used);
-      FUZZ_CHECK(used <= avail);
-      if (ev == ParseEvent::NeedMore) {
-        FUZZ_CHECK(used == avail);
-        pos = ends[e++];
-        continue;
-      }
-      break;
-    }
+    ParseEvent ev = juggler::fuzz::feed_head(p, buf, reads, pos, e, used);
     if (ev == ParseEvent::NeedMore) {
       // The server closed mid-head: never a complete message (502). Exception:
       // nothing at all was sent for this response.
