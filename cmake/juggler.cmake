@@ -1,13 +1,19 @@
-# juggler_generate(TARGET ROUTES OUTPUT)
+# juggler_generate(TARGET ROUTES OUTPUT [ENTRY])
 #   Runs the code generator on ROUTES and writes OUTPUT; re-runs when the routes
 #   file or any file of the generator changes. TARGET builds just that file.
+#   ENTRY names the function that returns the table (default route_table, the
+#   one a balancer binary links); other names let one program link several.
 set(JUGGLER_CODEGEN "${CMAKE_SOURCE_DIR}/codegen/gen_distributer.py")
 file(GLOB JUGGLER_CODEGEN_FILES CONFIGURE_DEPENDS "${CMAKE_SOURCE_DIR}/codegen/*.py")
 
 function(juggler_generate target routes output)
+  set(entry route_table)
+  if(ARGC GREATER 3)
+    set(entry "${ARGV3}")
+  endif()
   add_custom_command(
     OUTPUT "${output}"
-    COMMAND ${Python3_EXECUTABLE} "${JUGGLER_CODEGEN}" "${routes}" -o "${output}"
+    COMMAND ${Python3_EXECUTABLE} "${JUGGLER_CODEGEN}" "${routes}" -o "${output}" --entry "${entry}"
     DEPENDS "${routes}" ${JUGGLER_CODEGEN_FILES}
     WORKING_DIRECTORY "${CMAKE_SOURCE_DIR}"
     COMMENT "Generating ${output} from ${routes}"

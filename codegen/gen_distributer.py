@@ -3,6 +3,11 @@
 
     python3 codegen/gen_distributer.py ROUTES_FILE -o OUTPUT_CPP
     python3 codegen/gen_distributer.py ROUTES_FILE --check
+    python3 codegen/gen_distributer.py ROUTES_FILE -o OUTPUT_CPP --entry NAME
+
+The output defines one external function, `const juggler::RouteTable& NAME()`
+(route_table unless --entry says otherwise); distribute() is reached through
+the table's `distribute` pointer.
 
 Every problem is reported as `FILE:LINE: message` on stderr and the exit status
 is 1; the output file is then neither written nor touched. The output is
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -60,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description="Compile a routes file into generated/distributer.cpp.")
     ap.add_argument("routes", help="the routes file, e.g. routes.def")
     ap.add_argument("-o", "--output", help="the C++ file to write, e.g. generated/distributer.cpp")
+    ap.add_argument("--entry", default="route_table", metavar="NAME",
+                    help="name of the function that returns the table (default route_table)")
     ap.add_argument("--check", action="store_true", help="validate only: print nothing and write nothing when valid")
     args = ap.parse_args(argv)
     if not args.check and not args.output:
         ap.error("give -o OUTPUT_CPP, or --check")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.entry):
+        ap.error(f"--entry {args.entry!r} is not a C++ identifier")
 
     shown = display_path(args.routes)
     try:
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return 0
 
-    cpp = emit_cpp.emit(config, shown)
+    cpp = emit_cpp.emit(config, shown, args.entry)
     try:
         write_atomically(args.output, cpp)
     except OSError as e:

@@ -3,13 +3,15 @@
 // every worker must see (down, in-flight, latency, slow start) is in the
 // process-wide ServerHealth atomics, so no lock is taken anywhere.
 //
-// The request path, per attempt (see docs/strategies.md for the behaviour):
+// The request path sends every strategy the same events and never asks which
+// strategy a pool has (see docs/strategies.md for the behaviour):
 //
-//   if (balancer.needs_cookie(pool, head)) balancer.mint_cookie(ex->cookie);   // once per request
-//   int s = balancer.pick(pool, head, tried, {client_ip, minted, now_ms});
-//   balancer.on_start(s);                      // before the request goes out
-//   ... first byte of the response:  balancer.on_response(s, ttfb_us, now_ms);
-//   ... exchange over (any outcome): balancer.on_finish(s);
+//   balancer.begin(pool, head, ticket);          // once per request (mints a sticky cookie)
+//   int s = balancer.pick(pool, head, tried, ticket.pick_context(client_ip, now_ms));
+//   balancer.sent(ticket, s, now_us);            // the request goes out to s
+//   balancer.response(ticket, now_us, now_ms);   // first byte of the response
+//   balancer.finish(ticket);                     // the attempt is over, however it ended
+//   balancer.response_lines(ticket, out, cap);   // lines for the response head (Set-Cookie)
 //
 // and the health checker calls mark_down()/mark_up() on transitions.
 #pragma once
@@ -169,9 +171,25 @@ class AliasTable {
   std::uint64_t total_ = 0;          // bucket capacity: the tier's total weight
 };
 
+// What the balancer keeps for one request between its events: owned by the
+// exchange, reset with it (`= {}`), read by nothing else.
+struct BalanceTicket {
+  static constexpr std::size_t kCookieChars = 32;  // minted cookie values: 128 bits in lower-case hex
+  std::int32_t pool = -1;
+  std::int32_t started = -1;  // the server whose in-flight count sent() raised, until finish()
+  std::int32_t sent_to = -1;  // the server of the current attempt
+  std::uint64_t sent_us = 0;  // when the current attempt went out (least_time's TTFB)
+  bool minted = false;        // `cookie` was minted for this request and is set on the response
+  char cookie[kCookieChars];
+
+  [[nodiscard]] std::string_view minted_cookie() const noexcept {
+    return minted ? std::string_view(cookie, kCookieChars) : std::string_view();
+  }
+};
+
 class Balancer {
  public:
-  static constexpr std::size_t kCookieChars = 32;  // minted cookie values: 128 bits in lower-case hex
+  static constexpr std::size_t kCookieChars = BalanceTicket::kCookieChars;
   static constexpr double kLatencyDecayMs = 10000;  // least_time: EWMA time constant
 
   // `health` has one entry per compiled server and outlives the balancer.
@@ -198,8 +216,28 @@ class Balancer {
   // worker, with the key replaced after every block (fast key erasure).
   void mint_cookie(char (&out)[kCookieChars]) noexcept;
 
-  // Bookkeeping of the request path, any strategy (least_conn, random and
-  // least_time read it). on_start when a request is sent to `server`,
+  // ---- the request path's events (the same calls for every strategy)
+
+  // A request for `pool` begins: the ticket is reset, and a sticky cookie is
+  // minted when the pool hashes on a cookie the request lacks.
+  void begin(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept;
+  // The attempt goes out to `server`: counted in flight where the pool's
+  // strategy reads it, and timed where it learns from latency.
+  void sent(BalanceTicket& t, int server, std::uint64_t now_us) noexcept;
+  // The first byte of the response arrived for the attempt sent().
+  void response(BalanceTicket& t, std::uint64_t now_us, std::uint64_t now_ms) noexcept;
+  // The attempt is over (any outcome); idempotent, harmless without sent().
+  void finish(BalanceTicket& t) noexcept {
+    if (t.started >= 0) on_finish(t.started);
+    t.started = -1;
+  }
+  // Whole header lines the response to this request must carry (the minted
+  // cookie's Set-Cookie), written into [out, out+cap); returns their length
+  // (0 when none; cut at `cap`).
+  std::size_t response_lines(const BalanceTicket& t, char* out, std::size_t cap) const noexcept;
+
+  // ---- bookkeeping below the events (public for the strategies' tests)
+  // Any strategy (least_conn, random and least_time read it). on_start when a request is sent to `server`,
   // on_finish exactly once per on_start when that exchange ends, however it
   // ends. on_response when its first response byte arrives, `ttfb_us` after
   // the request was sent.

@@ -27,9 +27,10 @@ struct Options {
 // "250ms", "10s", "2m", "1h" in milliseconds; -1 when malformed or zero.
 std::int64_t parse_duration_ms(std::string_view text) noexcept;
 
-// Parses argv. Returns -1 to go on, or the exit status when the program must
-// stop now (--help, --version, or a usage error, already printed).
-int parse_options(int argc, char** argv, Options& out);
+// Parses argv (`table` is the compiled table, named by --version). Returns -1
+// to go on, or the exit status when the program must stop now (--help,
+// --version, or a usage error, already printed).
+int parse_options(int argc, char** argv, const RouteTable& table, Options& out);
 
 struct Config {
   const RouteTable* table = nullptr;

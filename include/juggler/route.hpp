@@ -166,6 +166,8 @@ struct Settings {
   std::string_view admin_address;  // empty = no admin listener
 };
 
+// A compiled route table: a value, reached through a pointer, so one process
+// can hold two (a reload) and one test binary can link several.
 struct RouteTable {
   std::string_view source;  // the routes file it was generated from
   const Settings& settings;
@@ -174,14 +176,15 @@ struct RouteTable {
   std::span<const PoolDef> pools;
   std::span<const ServerDef> servers;
   std::span<const RouteDef> routes;
+  // The first route, in file order, whose method, path pattern and conditions
+  // match `head`; nullptr when none does (the caller answers 404). Pure,
+  // thread-safe and allocation-free; a pointer into `routes`.
+  const RouteDef* (*distribute)(const RequestHead& head) noexcept;
 };
 
-// Defined by the generated file.
-// route_table(): the compiled tables; a reference to static storage.
-// distribute(): the first route, in file order, whose method, path pattern and
-// conditions match `head`; nullptr when none does (the caller answers 404).
-// Both are pure, thread-safe and allocation-free.
+// Defined by the generated file that a balancer binary links in (the code
+// generator's default --entry): the compiled tables, in static storage. Other
+// tables linked into the same program are reached through their own entry.
 const RouteTable& route_table() noexcept;
-const RouteDef* distribute(const RequestHead& head) noexcept;
 
 }  // namespace juggler

@@ -140,12 +140,7 @@ struct Exchange {
   // and Connection.
   char resp_extra[256];
   std::uint32_t resp_extra_len = 0;
-  // consistent_hash key=cookie:NAME without the cookie: the value minted for
-  // this request, hashed on and set on the response.
-  char cookie[Balancer::kCookieChars];
-  bool minted = false;
-  int started = -1;            // the server on_start() was called for (least_conn, random, least_time)
-  std::uint64_t sent_us = 0;   // when the request went out (least_time's time to first byte)
+  BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
   // For the access log: the request line, Referer and User-Agent, copied at
   // head time because a streamed body may reuse the buffer the head was in.
   char log_text[512];
@@ -173,6 +168,9 @@ struct Worker {
 
   Shared& shared;
   std::uint32_t id;
+  // The route table this worker dispatches with: reached through this pointer
+  // (not a link-time call), so a new table can be swapped in per worker.
+  const RouteTable* table;
   uv_loop_t loop;
   BufferPool buffers;  // heads and small bodies (16 KB, or limit.header_bytes + 1 KB)
   // Large bodies (downloads, uploads) move to bigger buffers once their head

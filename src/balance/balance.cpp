@@ -365,6 +365,57 @@ int Balancer::pick(std::uint16_t pool, const RequestHead& head, const Tried& tri
   return -1;
 }
 
+namespace {
+// Whether the pool's strategy reads the in-flight counters (the others skip
+// the shared atomic's read-modify-write).
+bool counts_inflight(Strategy s) noexcept {
+  return s == Strategy::LeastConn || s == Strategy::Random || s == Strategy::LeastTime;
+}
+}  // namespace
+
+void Balancer::begin(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept {
+  finish(t);
+  t.pool = pool;
+  t.sent_to = -1;
+  t.sent_us = 0;
+  t.minted = needs_cookie(pool, head);
+  if (t.minted) mint_cookie(t.cookie);
+}
+
+void Balancer::sent(BalanceTicket& t, int server, std::uint64_t now_us) noexcept {
+  finish(t);
+  t.sent_to = server;
+  t.sent_us = now_us;
+  if (t.pool >= 0 && counts_inflight(table_.pools[static_cast<std::size_t>(t.pool)].strategy)) {
+    on_start(server);
+    t.started = server;
+  }
+}
+
+void Balancer::response(BalanceTicket& t, std::uint64_t now_us, std::uint64_t now_ms) noexcept {
+  if (t.pool < 0 || t.sent_to < 0) return;
+  if (table_.pools[static_cast<std::size_t>(t.pool)].strategy == Strategy::LeastTime)
+    on_response(t.sent_to, now_us - t.sent_us, now_ms);
+}
+
+std::size_t Balancer::response_lines(const BalanceTicket& t, char* out, std::size_t cap) const noexcept {
+  if (!t.minted || t.pool < 0) return 0;
+  // Sticky from the first request: the cookie the pick hashed on.
+  const std::string_view name = table_.pools[static_cast<std::size_t>(t.pool)].key_name;
+  std::size_t n = 0;
+  auto put = [&](std::string_view v) {
+    const std::size_t k = std::min(v.size(), cap - n);
+    if (k) std::memcpy(out + n, v.data(), k);
+    n += k;
+  };
+  put("Set-Cookie: ");
+  put(name);
+  put("=");
+  put(t.minted_cookie());
+  put("; Path=/; HttpOnly\r\n");
+  return n;
+}
+
 bool Balancer::needs_cookie(std::uint16_t pool, const RequestHead& head) const noexcept {
   const PoolDef& p = table_.pools[pool];
   return p.strategy == Strategy::ConsistentHash && p.key == HashKey::Cookie && cookie_value(head, p.key_name).empty();

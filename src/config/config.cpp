@@ -12,10 +12,10 @@
 
 namespace juggler {
 
-int parse_options(int argc, char** argv, Options& out) {
+int parse_options(int argc, char** argv, const RouteTable& table, Options& out) {
   CLI::App app{"juggler: an HTTP load balancer whose routing is compiled from routes.def"};
   app.set_version_flag("--version", std::string("juggler ") + JUGGLER_VERSION + " (routes from " +
-                                        std::string(route_table().source) + ")");
+                                        std::string(table.source) + ")");
   std::string level = "info";
   app.add_option("--workers,-w", out.workers, "worker threads (default: routes.def's `set workers`, auto = one per core)")
       ->check(CLI::Range(1, 256));

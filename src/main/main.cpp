@@ -8,10 +8,10 @@
 
 int main(int argc, char** argv) {
   using namespace juggler;
-  Options opts;
-  if (int rc = parse_options(argc, argv, opts); rc >= 0) return rc;
-  set_log_level(opts.log_level);
   const RouteTable& table = route_table();
+  Options opts;
+  if (int rc = parse_options(argc, argv, table, opts); rc >= 0) return rc;
+  set_log_level(opts.log_level);
   try {
     Config config = make_config(table, opts);
     std::string missing = unsupported_features(table);

@@ -32,6 +32,7 @@ namespace juggler {
 Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
     : shared(s),
       id(i),
+      table(s.config.table),
       loop(),
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096),
       balancer(*s.config.table, s.health.get(), i),

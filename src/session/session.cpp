@@ -104,8 +104,7 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
   ex->start_us = 0;
   ex->scratch_len = 0;
   ex->resp_extra_len = 0;
-  ex->minted = false;
-  ex->started = -1;
+  ex->ticket = BalanceTicket{};
   ex->interims = 0;
   ex->log_line_len = ex->log_referer_len = ex->log_agent_len = 0;
 }
@@ -119,16 +118,8 @@ void exchange_put(Worker& w, Exchange* ex) {
   --w.active_exchanges;
 }
 
-// Whether the pool's strategy reads the in-flight counters.
-bool counts_inflight(const PoolDef& p) {
-  return p.strategy == Strategy::LeastConn || p.strategy == Strategy::Random || p.strategy == Strategy::LeastTime;
-}
-
 void detach_upstream(Exchange* ex, bool reuse) {
-  if (ex->started >= 0) {
-    ex->worker->balancer.on_finish(ex->started);
-    ex->started = -1;
-  }
+  ex->worker->balancer.finish(ex->ticket);
   UpstreamConn* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
@@ -381,11 +372,7 @@ bool idempotent(Method m) {
 void send_request(Exchange* ex) {
   UpstreamConn* c = ex->up;
   Worker& w = *ex->worker;
-  if (counts_inflight(w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)])) {
-    w.balancer.on_start(ex->server);
-    ex->started = ex->server;
-  }
-  ex->sent_us = now_us();
+  w.balancer.sent(ex->ticket, ex->server, now_us());
   ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(w).header_count);
   ex->resp.max_head_bytes = w.buffers.size();
   if (ex->is_head) ex->resp.expect_no_body();
@@ -476,9 +463,7 @@ void on_upstream_connect(uv_connect_t* req, int status) {
 
 void connect_upstream(Exchange* ex) {
   Worker& w = *ex->worker;
-  const PickContext ctx{{ex->client->ip, ex->client->ip_len},
-                       ex->minted ? std::string_view(ex->cookie, sizeof ex->cookie) : std::string_view(),
-                       w.now_ms()};
+  const PickContext ctx{{ex->client->ip, ex->client->ip_len}, ex->ticket.minted_cookie(), w.now_ms()};
   const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
   if (s < 0) {
     reply_error(ex, ex->attempts == 0 ? 503 : 502);
@@ -599,7 +584,7 @@ void on_request_head(Exchange* ex) {
     reply_and_close(ex, 414);
     return;
   }
-  ex->route = distribute(ex->head);
+  ex->route = w.table->distribute(ex->head);
   if (!ex->route) {
     reply_error(ex, 404);
     return;
@@ -610,11 +595,7 @@ void on_request_head(Exchange* ex) {
       ex->retries_left = ex->route->retries;
       std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
       tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-      const auto pool = static_cast<std::uint16_t>(ex->route->pool);
-      if (w.balancer.needs_cookie(pool, ex->head)) {
-        w.balancer.mint_cookie(ex->cookie);
-        ex->minted = true;
-      }
+      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
       connect_upstream(ex);
       return;
     }
@@ -705,21 +686,11 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
-  if (ex->minted) {
-    // Sticky from the first request: the cookie the pick hashed on.
-    const std::string_view name = ex->worker->shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)].key_name;
-    std::size_t n = 0;
-    auto put = [&](std::string_view v) {
-      const std::size_t k = std::min(v.size(), sizeof ex->resp_extra - n);
-      if (k) std::memcpy(ex->resp_extra + n, v.data(), k);
-      n += k;
-    };
-    put("Set-Cookie: ");
-    put(name);
-    put("=");
-    put({ex->cookie, sizeof ex->cookie});
-    put("; Path=/; HttpOnly\r\n");
-    put(conn);
+  if (ex->ticket.minted) {
+    std::size_t n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
+    const std::size_t k = std::min(conn.size(), sizeof ex->resp_extra - n);
+    if (k) std::memcpy(ex->resp_extra + n, conn.data(), k);
+    n += k;
     ex->resp_extra_len = static_cast<std::uint32_t>(n);
     extra = {ex->resp_extra, n};
   }
@@ -783,8 +754,7 @@ void process_upstream(Exchange* ex) {
       {
         ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
         passive_success(h);
-        if (w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)].strategy == Strategy::LeastTime)
-          w.balancer.on_response(ex->server, now_us() - ex->sent_us, w.now_ms());
+        w.balancer.response(ex->ticket, now_us(), w.now_ms());
       }
       ex->last_read_ms = w.now_ms();
       w.wheel.arm(&ex->timer, ex->last_read_ms + settings(w).upstream_timeout_ms);

@@ -392,7 +392,7 @@ int main() {
     r.path = f[1];
     r.host = f[2];
     r.headers = hs;
-    const RouteDef* d = distribute(r);
+    const RouteDef* d = route_table().distribute(r);
     std::printf("%d\n", d ? static_cast<int>(d->index) : -1);
   }
 }

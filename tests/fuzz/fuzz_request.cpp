@@ -235,7 +235,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(juggler::fuzz::within(head.host, buf, size));
     FUZZ_CHECK(head.headers.size() == p.header_count());
     FUZZ_CHECK(head.path.find('?') == std::string_view::npos);
-    const RouteDef* route = distribute(head);
+    const RouteDef* route = table.distribute(head);
     if (route) FUZZ_CHECK(route >= table.routes.data() && route < table.routes.data() + table.routes.size());
     (void)head.header("x-pool");
 

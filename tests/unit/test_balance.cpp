@@ -23,7 +23,7 @@ constexpr PoolDef kPools[] = {
     {"weighted", Strategy::RoundRobin, HashKey::None, "", 0, 3, kNoHealth, 0, 3, 10000, 1},
     {"backup", Strategy::RoundRobin, HashKey::None, "", 3, 3, kNoHealth, 0, 3, 10000, 4},
 };
-const RouteTable kTable{"test", kSettings, {}, {}, kPools, kServers, {}};
+const RouteTable kTable{"test", kSettings, {}, {}, kPools, kServers, {}, nullptr};
 
 std::string sequence(Balancer& b, std::uint16_t pool, int n, const Tried& tried = Tried{}) {
   std::string out;

@@ -51,7 +51,7 @@ class Fixture {
         servers_.push_back(ServerDef{"127.0.0.1", 80, s.authority, s.weight, s.backup, static_cast<std::uint16_t>(pi), 1});
     }
     health_ = std::make_unique<ServerHealth[]>(servers_.size());
-    table_ = std::make_unique<RouteTable>(RouteTable{"test", kSettings, {}, {}, pools_, servers_, {}});
+    table_ = std::make_unique<RouteTable>(RouteTable{"test", kSettings, {}, {}, pools_, servers_, {}, nullptr});
   }
   Fixture(const Fixture&) = delete;
   Fixture& operator=(const Fixture&) = delete;
@@ -513,6 +513,71 @@ TEST_CASE("cookie stickiness: a minted value picks the server the cookie will pi
     CHECK(b.pick(0, again.head, Tried{}, {"", "0123", 0}) == first);
   }
   CHECK(used.size() == 5);
+}
+
+TEST_CASE("events: every strategy gets the same calls; each acts on those it needs", "[balance]") {
+  Fixture f({{Strategy::ConsistentHash, numbered(3), HashKey::Cookie, "jsid"},
+             {Strategy::RoundRobin, numbered(2)},
+             {Strategy::LeastConn, numbered(2)},
+             {Strategy::LeastTime, numbered(2)}});
+  Balancer b(f.table(), f.health());
+  Req bare(Hs{{"Cookie", "other=1"}});
+  char line[256];
+
+  // A sticky pool without the cookie: begin() mints one, the pick hashes on it,
+  // and the response carries it.
+  BalanceTicket t;
+  b.begin(0, bare.head, t);
+  REQUIRE(t.minted);
+  const std::string value(t.minted_cookie());
+  CHECK(value.size() == BalanceTicket::kCookieChars);
+  const int s = b.pick(0, bare.head, Tried{}, {"", t.minted_cookie(), 0});
+  const std::string cookie = "jsid=" + value;
+  Req again(Hs{{"Cookie", cookie}});
+  CHECK(b.pick(0, again.head, Tried{}, {}) == s);
+  const std::size_t n = b.response_lines(t, line, sizeof line);
+  CHECK(std::string(line, n) == "Set-Cookie: jsid=" + value + "; Path=/; HttpOnly\r\n");
+  CHECK(b.response_lines(t, line, 10) == 10);  // cut at the room given
+
+  // The same pool with the cookie, and a pool that does not hash: nothing minted or set.
+  b.begin(0, again.head, t);
+  CHECK_FALSE(t.minted);
+  CHECK(t.minted_cookie().empty());
+  CHECK(b.response_lines(t, line, sizeof line) == 0);
+  b.begin(1, bare.head, t);
+  CHECK_FALSE(t.minted);
+
+  // In flight: counted only where the strategy reads it, and once per sent().
+  const int rr = f.table().pools[1].first_server;
+  b.sent(t, rr, 1000);
+  CHECK(f.health(rr).inflight.load() == 0);
+  b.finish(t);
+  const int lc = f.table().pools[2].first_server;
+  b.begin(2, bare.head, t);
+  b.sent(t, lc, 1000);
+  CHECK(f.health(lc).inflight.load() == 1);
+  b.sent(t, lc + 1, 2000);  // a retry: the first attempt is finished first
+  CHECK(f.health(lc).inflight.load() == 0);
+  CHECK(f.health(lc + 1).inflight.load() == 1);
+  b.finish(t);
+  b.finish(t);  // idempotent
+  CHECK(f.health(lc + 1).inflight.load() == 0);
+  b.begin(2, bare.head, t);
+  b.sent(t, lc, 1000);
+  b.begin(2, bare.head, t);  // a ticket reused for the next request ends the last attempt
+  CHECK(f.health(lc).inflight.load() == 0);
+
+  // Latency: only least_time learns from response(), with the time since sent().
+  const int lt = f.table().pools[3].first_server;
+  b.begin(3, bare.head, t);
+  b.sent(t, lt, 1000);
+  b.response(t, 6000, 5);
+  CHECK(ttfb_estimate_us(f.health(lt), 5) == Approx(5000).epsilon(0.01));
+  b.finish(t);
+  b.begin(1, bare.head, t);
+  b.sent(t, rr, 1000);
+  b.response(t, 9000, 5);
+  CHECK(f.health(rr).latency.load() == 0);
 }
 
 // ---------------------------------------------------------------- least_conn

@@ -29,7 +29,7 @@ std::string hit(Method m, std::string_view path, std::string_view host = {},
   r.target = path;
   r.host = host;
   r.headers = hs;
-  const RouteDef* d = distribute(r);
+  const RouteDef* d = route_table().distribute(r);
   if (d == nullptr) return "404";
   // The result is an element of route_table().routes, found at its own index.
   const auto routes = route_table().routes;
@@ -378,4 +378,34 @@ TEST_CASE("route_table: routes in file order with their actions and options", "[
   CHECK(routes[13].retries == 0);
   CHECK(routes[18].text == kCatchAll);
   CHECK(routes[18].line == 54);
+}
+
+// tests/routes/basic.def, linked into the same program under another entry.
+namespace juggler {
+const RouteTable& basic_table() noexcept;
+}
+
+TEST_CASE("two compiled tables live side by side, each reached through its own value", "[distribute]") {
+  const RouteTable& dispatch = route_table();
+  const RouteTable& basic = basic_table();
+  REQUIRE(&dispatch != &basic);
+  CHECK(dispatch.source == "tests/routes/dispatch.def");
+  CHECK(basic.source == "tests/routes/basic.def");
+  REQUIRE(dispatch.distribute != basic.distribute);
+
+  RequestHead r;
+  r.method = Method::Get;
+  r.path = r.target = "/ping";
+  // basic.def routes /ping to its pool; each table answers with a route of its own.
+  const RouteDef* b = basic.distribute(r);
+  REQUIRE(b != nullptr);
+  CHECK(b == &basic.routes[b->index]);
+  CHECK(b->text == "route * /ping -> web");
+  const RouteDef* d = dispatch.distribute(r);
+  if (d) CHECK(d == &dispatch.routes[d->index]);
+  CHECK(d != b);
+
+  // A path only basic.def knows nothing of: 404 there.
+  r.path = r.target = "/nowhere/at/all";
+  CHECK(basic.distribute(r) == nullptr);
 }

@@ -315,7 +315,7 @@ struct Table {
       servers.push_back(ServerDef{"127.0.0.1", ports[i], authorities[i], 1, false, 0, static_cast<std::uint32_t>(i + 2)});
     pools.push_back(PoolDef{"web", Strategy::RoundRobin, HashKey::None, "", 0, static_cast<std::uint16_t>(ports.size()),
                             h, 0, 0, 0, 1});
-    table = std::make_unique<RouteTable>(RouteTable{"test", settings, {}, {}, pools, servers, {}});
+    table = std::make_unique<RouteTable>(RouteTable{"test", settings, {}, {}, pools, servers, {}, nullptr});
   }
 };
 

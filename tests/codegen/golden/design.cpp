@@ -78,19 +78,6 @@ constexpr RouteDef kRoutes[] = {
 
 }  // namespace
 
-const RouteTable& route_table() noexcept {
-  static constexpr RouteTable table{
-      .source = "tests/codegen/golden/design.def",
-      .settings = kSettings,
-      .listeners = kListeners,
-      .certs = kCerts,
-      .pools = kPools,
-      .servers = kServers,
-      .routes = kRoutes,
-  };
-  return table;
-}
-
 namespace {
 
 // Get: routes 0, 1, 2, 3, 4
@@ -188,8 +175,6 @@ t0:
   return &kRoutes[4];  // line 37
 }
 
-}  // namespace
-
 const RouteDef* distribute(const RequestHead& r) noexcept {
   switch (r.method) {
     case Method::Get:
@@ -207,6 +192,22 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
       return match_2(r);
   }
   return nullptr;
+}
+
+}  // namespace
+
+const RouteTable& route_table() noexcept {
+  static constexpr RouteTable table{
+      .source = "tests/codegen/golden/design.def",
+      .settings = kSettings,
+      .listeners = kListeners,
+      .certs = kCerts,
+      .pools = kPools,
+      .servers = kServers,
+      .routes = kRoutes,
+      .distribute = distribute,
+  };
+  return table;
 }
 
 }  // namespace juggler

@@ -130,19 +130,6 @@ constexpr RouteDef kRoutes[] = {
 
 }  // namespace
 
-const RouteTable& route_table() noexcept {
-  static constexpr RouteTable table{
-      .source = "tests/codegen/golden/every_option.def",
-      .settings = kSettings,
-      .listeners = kListeners,
-      .certs = kCerts,
-      .pools = kPools,
-      .servers = kServers,
-      .routes = kRoutes,
-  };
-  return table;
-}
-
 namespace {
 
 constexpr char fold(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
@@ -585,8 +572,6 @@ t3:
   return &kRoutes[15];  // line 68
 }
 
-}  // namespace
-
 const RouteDef* distribute(const RequestHead& r) noexcept {
   switch (r.method) {
     case Method::Get:
@@ -606,6 +591,22 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
       return match_4(r);
   }
   return nullptr;
+}
+
+}  // namespace
+
+const RouteTable& route_table() noexcept {
+  static constexpr RouteTable table{
+      .source = "tests/codegen/golden/every_option.def",
+      .settings = kSettings,
+      .listeners = kListeners,
+      .certs = kCerts,
+      .pools = kPools,
+      .servers = kServers,
+      .routes = kRoutes,
+      .distribute = distribute,
+  };
+  return table;
 }
 
 }  // namespace juggler

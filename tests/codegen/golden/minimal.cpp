@@ -48,19 +48,6 @@ constexpr RouteDef kRoutes[] = {
 
 }  // namespace
 
-const RouteTable& route_table() noexcept {
-  static constexpr RouteTable table{
-      .source = "tests/codegen/golden/minimal.def",
-      .settings = kSettings,
-      .listeners = kListeners,
-      .certs = {},
-      .pools = kPools,
-      .servers = kServers,
-      .routes = kRoutes,
-  };
-  return table;
-}
-
 namespace {
 
 // Get, Head, Post, Put, Delete, Connect, Options, Trace, Patch, Other: routes 0
@@ -71,8 +58,6 @@ const RouteDef* match_0(const RequestHead& r) noexcept {
   if (p[0] == '/') return &kRoutes[0];  // line 5
   return nullptr;
 }
-
-}  // namespace
 
 const RouteDef* distribute(const RequestHead& r) noexcept {
   switch (r.method) {
@@ -89,6 +74,22 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
       return match_0(r);
   }
   return nullptr;
+}
+
+}  // namespace
+
+const RouteTable& route_table() noexcept {
+  static constexpr RouteTable table{
+      .source = "tests/codegen/golden/minimal.def",
+      .settings = kSettings,
+      .listeners = kListeners,
+      .certs = {},
+      .pools = kPools,
+      .servers = kServers,
+      .routes = kRoutes,
+      .distribute = distribute,
+  };
+  return table;
 }
 
 }  // namespace juggler

@@ -44,6 +44,12 @@ constexpr ServerDef kServers[] = {
 
 }  // namespace
 
+namespace {
+
+const RouteDef* distribute(const RequestHead& /*head*/) noexcept { return nullptr; }
+
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/tcp_only.def",
@@ -53,10 +59,9 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = {},
+      .distribute = distribute,
   };
   return table;
 }
-
-const RouteDef* distribute(const RequestHead& /*head*/) noexcept { return nullptr; }
 
 }  // namespace juggler
