@@ -18,6 +18,7 @@
 #include "juggler/http.hpp"
 #include "juggler/log.hpp"
 #include "juggler/route.hpp"
+#include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
 #include "juggler/tls.hpp"
 
@@ -46,30 +47,30 @@ struct ListenerCtx {
   TlsContext* tls;  // null for plain http
 };
 
-struct ClientSession {
-  uv_tcp_t tcp;
+// A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
+// the exchanges above. Its handler methods are defined in session.
+struct ClientSession final : StreamHandler {
+  Stream stream;
   TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
   Worker* worker;
   Exchange* ex = nullptr;
-  TlsStream* tls = nullptr;     // https: the TLS state; `in` holds plaintext
-  Buffer* in = nullptr;
+  Buffer* in = nullptr;         // plaintext (the stream decrypts below)
   std::uint32_t in_len = 0;     // bytes in `in`
   std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
   std::uint32_t requests = 0;
-  bool reading = false;
   bool eof = false;
-  bool closing = false;
-  bool write_pending = false;
   bool close_after_write = false;
   bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
   std::uint8_t ip_len = 0;
   char ip[46];
-  bool pump_queued = false;     // TLS plaintext is waiting inside OpenSSL
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
   ClientSession* next = nullptr;
-  ClientSession* pump_prev = nullptr;  // worker's list of sessions to pump
-  ClientSession* pump_next = nullptr;
+
+  uv_buf_t on_stream_alloc() noexcept override;
+  void on_stream_read(ssize_t n) noexcept override;
+  void on_stream_written(int status) noexcept override;
+  void on_stream_closed() noexcept override;
 };
 
 struct UpstreamConn {
@@ -131,7 +132,10 @@ struct Exchange {
   int status = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t start_us = 0;
-  std::uint64_t last_read_ms = 0;  // the body timer re-arms lazily from this
+  // The last time the exchange moved (a byte read from or written to either
+  // side): its timer re-arms lazily from this, so a flowing exchange costs no
+  // timer operation per read or write.
+  std::uint64_t progress_ms = 0;
   // What the proxy adds to the request head: X-Forwarded-*, Via, the final CRLF.
   std::unique_ptr<char[]> scratch;
   std::uint32_t scratch_cap = 0;
@@ -146,14 +150,6 @@ struct Exchange {
   char log_text[512];
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;
   Exchange* next_free = nullptr;
-};
-
-// A write that did not complete at once (uv_try_write took part of it):
-// these come from a per-worker free list, so connections do not each carry a
-// 192-byte uv_write_t that the common case never uses.
-struct WriteReq {
-  uv_write_t req;  // first: a uv_write_t* is a WriteReq*
-  WriteReq* next_free = nullptr;
 };
 
 struct IdleList {
@@ -189,22 +185,14 @@ struct Worker {
   std::vector<std::int32_t> retry_tokens;  // per pool
   std::uint64_t retries = 0, retries_denied = 0;
   Exchange* free_exchanges = nullptr;
-  WriteReq* free_writes = nullptr;
   ClientSession* free_sessions = nullptr;  // closed sessions kept for reuse
   std::size_t free_session_count = 0;
-  std::size_t write_reqs = 0;  // allocated, for the exit check
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
   ClientSession* sessions = nullptr;                 // live client sessions
   std::uint32_t session_count = 0;
   std::uint32_t active_exchanges = 0;
   bool draining = false;
-  // TLS: ciphertext is read here, then fed to OpenSSL; sessions whose
-  // plaintext waits inside OpenSSL are pumped from an idle callback.
-  std::unique_ptr<char[]> tls_read;
-  uv_idle_t tls_idle;
-  bool tls_idle_ready = false;
-  ClientSession* pump_head = nullptr;
-  std::uint64_t tls_failures = 0;
+  StreamContext streams{&loop};  // write requests, TLS scratch and pumping, shared by this worker's streams
   std::uint64_t refused_connections = 0;  // over limit.connections_per_worker
   std::uint64_t last_accept_error_ms = 0;
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }

@@ -36,8 +36,8 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
   const TimeoutFlag timeouts[] = {
       {"--timeout-connect", &out.connect_timeout_ms, "connecting to a server (then the next one)"},
       {"--timeout-client-header", &out.client_header_timeout_ms, "a request head must be complete within (408)"},
-      {"--timeout-client-idle", &out.client_idle_timeout_ms, "kept-alive client connections idle longer close"},
-      {"--timeout-upstream", &out.upstream_timeout_ms, "response head within (504), or a stalled body is cut"},
+      {"--timeout-client-idle", &out.client_idle_timeout_ms, "a client idle, or silent mid-request, or not reading, longer is closed"},
+      {"--timeout-upstream", &out.upstream_timeout_ms, "a server silent longer while awaited: 504, or its body is cut"},
       {"--timeout-drain", &out.drain_timeout_ms, "SIGTERM waits this long for requests in flight"},
   };
   for (const TimeoutFlag& f : timeouts) {

@@ -27,7 +27,6 @@ namespace {
 constexpr std::string_view kConnClose = "Connection: close\r\n";
 constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 constexpr std::uint64_t kLingerMs = 2000;
-constexpr unsigned kTlsReadSize = 17 * 1024;  // one TLS record and its overhead
 constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final one
 constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
@@ -47,9 +46,7 @@ void client_abort(ClientSession* s);
 void client_finish(ClientSession* s, bool linger);
 void finish_exchange(Exchange* ex);
 void update_client_reading(ClientSession* s);
-void on_client_write(uv_write_t* req, int status);
 void on_client_timer(TimerNode* t);
-void queue_pump(ClientSession* s);
 void on_exchange_timer(TimerNode* t);
 
 // ---------------------------------------------------------------- exchanges
@@ -130,85 +127,9 @@ void detach_upstream(Exchange* ex, bool reuse) {
 
 // ---------------------------------------------------------------- writes
 
-WriteReq* write_req_get(Worker& w) {
-  if (WriteReq* r = w.free_writes) {
-    w.free_writes = r->next_free;
-    return r;
-  }
-  ++w.write_reqs;
-  return new WriteReq();
-}
-
-// Returns the request of a finished write to the pool; call first thing in a
-// write callback.
-void write_req_put(Worker& w, uv_write_t* req) {
-  auto* r = reinterpret_cast<WriteReq*>(req);
-  r->next_free = w.free_writes;
-  w.free_writes = r;
-}
-
-// Writes iov[0..n) to `st`: as much as the kernel takes now, the rest through
-// uv_write with a pooled request whose data is `owner`. Returns true when
-// everything went out synchronously. Errors are reported through `cb`
-// (libuv defers them), never synchronously.
-bool write_or_queue(Worker& w, uv_stream_t* st, void* owner, uv_buf_t* iov, unsigned n, uv_write_cb cb) {
-  int r = uv_try_write(st, iov, n);
-  if (r > 0) {
-    std::size_t left = static_cast<std::size_t>(r);
-    while (n > 0 && left >= iov->len) {
-      left -= iov->len;
-      ++iov;
-      --n;
-    }
-    if (n == 0) return true;
-    iov->base += left;
-    iov->len -= left;
-  }
-  WriteReq* req = write_req_get(w);
-  req->req.data = owner;
-  if (uv_write(&req->req, st, iov, n, cb) != 0) {
-    // The stream is closing or broken: report it like a failed write.
-    req->req.handle = st;
-    cb(&req->req, UV_EPIPE);
-  }
-  return false;
-}
-
-// TLS: sends the ciphertext OpenSSL produced (handshake, alerts, records).
-// Returns true when nothing is left to send.
-bool flush_tls(ClientSession* s) {
-  if (s->write_pending) return false;  // on_client_write flushes the rest
-  s->tls->out.clear();
-  if (s->tls->take_output(s->tls->out) == 0) return true;
-  uv_buf_t b = uv_buf_init(s->tls->out.data(), static_cast<unsigned>(s->tls->out.size()));
-  s->write_pending = true;
-  if (write_or_queue(*s->worker, stream(&s->tcp), s, &b, 1, on_client_write)) {
-    s->write_pending = false;
-    return true;
-  }
-  return false;
-}
-
-bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) {
-  if (s->tls) {
-    if (!s->tls->write(iov, n)) {
-      // Report it as a failed write, from the callback like any other.
-      s->write_pending = true;
-      WriteReq* req = write_req_get(*s->worker);
-      req->req.data = s;
-      req->req.handle = stream(&s->tcp);
-      on_client_write(&req->req, UV_EPROTO);
-      return false;
-    }
-    return flush_tls(s);
-  }
-  s->write_pending = true;
-  if (write_or_queue(*s->worker, stream(&s->tcp), s, iov, n, on_client_write)) {
-    s->write_pending = false;
-    return true;
-  }
-  return false;
-}
+// Writes to the client through its stream; true when it all went out now,
+// else on_stream_written follows.
+bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) { return s->stream.write(iov, n); }
 
 // ---------------------------------------------------------------- access log
 
@@ -292,7 +213,7 @@ void reply_and_close(Exchange* ex, int status) {
 
 unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
-  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->tls ? "https" : "http",
+  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->stream.secure() ? "https" : "http",
                                  ex->scratch.get(),
                                  ex->scratch_cap, &len, ex->iov.get());
   ex->scratch_len = static_cast<std::uint32_t>(len);
@@ -332,15 +253,16 @@ void flush_upstream(Exchange* ex) {
   }
   if (n == 0) return;
   c->write_pending = true;
-  if (!write_or_queue(*c->worker, stream(&c->tcp), c, ex->iov.get(), n, on_upstream_write)) return;
+  if (!write_or_queue(c->worker->streams, stream(&c->tcp), c, ex->iov.get(), n, on_upstream_write)) return;
   c->write_pending = false;
+  ex->progress_ms = c->worker->now_ms();
   recycle_client_buffer(ex);
   update_client_reading(s);
 }
 
 void on_upstream_write(uv_write_t* req, int status) {
   auto* c = static_cast<UpstreamConn*>(req->data);
-  write_req_put(*c->worker, req);
+  c->worker->streams.put_write(req);
   c->write_pending = false;
   Exchange* ex = c->ex;
   if (c->closing || !ex) return;
@@ -350,6 +272,7 @@ void on_upstream_write(uv_write_t* req, int status) {
     log(LogLevel::Debug, "write to %.*s failed: %s", JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), uv_strerror(status));
     return;
   }
+  ex->progress_ms = c->worker->now_ms();
   recycle_client_buffer(ex);
   flush_upstream(ex);
   update_client_reading(ex->client);
@@ -381,7 +304,8 @@ void send_request(Exchange* ex) {
   if (!c->reading) {
     if (uv_read_start(stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
   }
-  w.wheel.arm(&ex->timer, w.now_ms() + settings(w).upstream_timeout_ms);
+  ex->progress_ms = w.now_ms();
+  w.wheel.arm(&ex->timer, ex->progress_ms + settings(w).upstream_timeout_ms);
   flush_upstream(ex);
 }
 
@@ -564,7 +488,7 @@ void on_request_head(Exchange* ex) {
   Worker& w = *s->worker;
   TimerWheel::disarm(&s->timer);
   describe_request(ex->req, ex->route_headers.get(), ex->head);
-  ex->head.secure = s->tls != nullptr;
+  ex->head.secure = s->stream.secure();
   ex->is_head = ex->head.method == Method::Head;
   ++s->requests;
   const Settings& st = settings(w);
@@ -616,7 +540,7 @@ void on_request_head(Exchange* ex) {
 void process_client(ClientSession* s) {
   // Once an answer said the connection closes, nothing more is parsed: what
   // follows may be the body of a refused request, not a request.
-  while (!s->closing && !s->lingering && !s->close_after_write && s->in) {
+  while (!s->stream.closing() && !s->lingering && !s->close_after_write && s->in) {
     if (!s->ex) {
       if (s->parse_pos == s->in_len) break;
       s->ex = exchange_get(*s->worker);
@@ -667,15 +591,16 @@ void process_client(ClientSession* s) {
       break;
     }
     if (ex->phase == Phase::Upstream) {
+      ex->progress_ms = s->worker->now_ms();
       flush_upstream(ex);
       recycle_client_buffer(ex);
-    } else if (ex->phase == Phase::Local && ex->req_complete && !s->write_pending) {
+    } else if (ex->phase == Phase::Local && ex->req_complete && !s->stream.write_pending()) {
       finish_exchange(ex);
       continue;
     }
     if (!ex->req_complete) break;
   }
-  if (!s->closing) update_client_reading(s);
+  if (!s->stream.closing()) update_client_reading(s);
 }
 
 // ---------------------------------------------------------------- response side
@@ -756,8 +681,7 @@ void process_upstream(Exchange* ex) {
         passive_success(h);
         w.balancer.response(ex->ticket, now_us(), w.now_ms());
       }
-      ex->last_read_ms = w.now_ms();
-      w.wheel.arm(&ex->timer, ex->last_read_ms + settings(w).upstream_timeout_ms);
+      ex->progress_ms = w.now_ms();
       if (ex->resp.body_until_close()) ex->client_close = true;
       bool raw = false;
       n += build_response_head(ex, iov + n, &raw);
@@ -795,6 +719,7 @@ void process_upstream(Exchange* ex) {
 
 void after_client_write(Exchange* ex) {
   UpstreamConn* c = ex->up;
+  ex->progress_ms = ex->worker->now_ms();
   if (ex->resp_complete) {
     finish_exchange(ex);
     return;
@@ -812,16 +737,14 @@ void after_client_write(Exchange* ex) {
   }
 }
 
-void on_client_write(uv_write_t* req, int status) {
-  auto* s = static_cast<ClientSession*>(req->data);
-  write_req_put(*s->worker, req);
-  s->write_pending = false;
-  if (s->closing) return;
+}  // namespace
+
+void ClientSession::on_stream_written(int status) noexcept {
+  ClientSession* s = this;
   if (status < 0) {
     client_abort(s);
     return;
   }
-  if (s->tls && !flush_tls(s)) return;  // more ciphertext queued meanwhile
   Exchange* ex = s->ex;
   if (!ex) {
     if (s->close_after_write) client_finish(s, s->linger_on_close);
@@ -833,6 +756,8 @@ void on_client_write(uv_write_t* req, int status) {
   }
   after_client_write(ex);
 }
+
+namespace {
 
 // ---------------------------------------------------------------- end of an exchange
 
@@ -853,8 +778,7 @@ void finish_exchange(Exchange* ex) {
     client_finish(s, linger);
     return;
   }
-  // A large body grew the ciphertext buffer: do not keep it for an idle connection.
-  if (s->tls && !s->write_pending && s->tls->out.capacity() > 64 * 1024) std::string().swap(s->tls->out);
+  s->stream.trim();
   // Keep-alive: what follows in the buffer is the next (pipelined) request.
   if (s->parse_pos < s->in_len) {
     std::memmove(s->in->data, s->in->data + s->parse_pos, s->in_len - s->parse_pos);
@@ -874,10 +798,7 @@ void finish_exchange(Exchange* ex) {
 
 void client_eof(ClientSession* s, int err) {
   s->eof = true;
-  if (s->reading) {
-    uv_read_stop(stream(&s->tcp));
-    s->reading = false;
-  }
+  s->stream.set_reading(false);
   if (s->lingering || err != UV_EOF || !s->ex) {
     client_abort(s);
     return;
@@ -890,154 +811,21 @@ void client_eof(ClientSession* s, int err) {
   e->client_close = true;  // answer what was asked, then close
 }
 
-void on_client_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
-  auto* s = static_cast<ClientSession*>(h->data);
-  Worker& w = *s->worker;
-  if (s->tls) {
-    if (!w.tls_read) w.tls_read = std::make_unique<char[]>(kTlsReadSize);
-    *buf = uv_buf_init(w.tls_read.get(), kTlsReadSize);
-    return;
-  }
-  if (!s->in) {
-    s->in = w.buffers.get();
-    s->in_len = s->parse_pos = 0;
-  }
-  if (s->lingering) s->in_len = s->parse_pos = 0;  // discard
-  *buf = uv_buf_init(s->in->data + s->in_len, s->in->cap - s->in_len);
-}
-
-// TLS: decrypts what OpenSSL holds into the session's buffer, sends what the
-// handshake wants sent, and parses the plaintext.
-void tls_pump(ClientSession* s) {
-  TlsStream* t = s->tls;
-  Worker& w = *s->worker;
-  bool got = false;
-  while (!s->closing && !s->lingering) {
-    if (!s->in) {
-      s->in = w.buffers.get();
-      s->in_len = s->parse_pos = 0;
-    }
-    std::size_t n = 0;
-    TlsStream::Read r = t->read(s->in->data + s->in_len, s->in->cap - s->in_len, &n);
-    if (r == TlsStream::Read::Data) {
-      s->in_len += static_cast<std::uint32_t>(n);
-      got = true;
-      continue;
-    }
-    if (r == TlsStream::Read::NeedMore) break;
-    if (r == TlsStream::Read::Error) {
-      ++w.tls_failures;
-      log(LogLevel::Debug, "TLS from %.*s: %s", s->ip_len, s->ip, t->last_error());
-      flush_tls(s);  // the alert, if any
-      client_abort(s);
-      return;
-    }
-    client_eof(s, UV_EOF);  // close_notify
-    return;
-  }
-  if (s->closing) return;
-  if (t->has_output()) flush_tls(s);
-  if (got) process_client(s);
-  else if (s->in && s->in_len == 0 && !s->ex) {
-    w.put_buffer(s->in);
-    s->in = nullptr;
-  }
-}
-
-void on_client_read(uv_stream_t* st, ssize_t nread, const uv_buf_t* buf) {
-  auto* s = static_cast<ClientSession*>(st->data);
-  if (nread > 0) {
-    if (s->lingering) return;
-    if (s->tls) {
-      s->tls->feed(buf->base, static_cast<std::size_t>(nread));
-      tls_pump(s);
-      return;
-    }
-    s->in_len += static_cast<std::uint32_t>(nread);
-    process_client(s);
-    return;
-  }
-  if (nread == 0) return;
-  client_eof(s, static_cast<int>(nread));
-}
-
-void on_pump_idle(uv_idle_t* h) {
-  auto* w = static_cast<Worker*>(h->data);
-  while (ClientSession* s = w->pump_head) {
-    w->pump_head = s->pump_next;
-    if (s->pump_next) s->pump_next->pump_prev = nullptr;
-    s->pump_next = s->pump_prev = nullptr;
-    s->pump_queued = false;
-    if (!s->closing) tls_pump(s);
-  }
-  uv_idle_stop(h);
-}
-
-void unqueue_pump(ClientSession* s) {
-  if (!s->pump_queued) return;
-  Worker& w = *s->worker;
-  if (s->pump_prev) s->pump_prev->pump_next = s->pump_next;
-  else w.pump_head = s->pump_next;
-  if (s->pump_next) s->pump_next->pump_prev = s->pump_prev;
-  s->pump_next = s->pump_prev = nullptr;
-  s->pump_queued = false;
-}
-
-// Plaintext that OpenSSL already decrypted would not wake the socket: the
-// session is pumped from the loop's idle phase instead.
-void queue_pump(ClientSession* s) {
-  if (s->pump_queued) return;
-  Worker& w = *s->worker;
-  if (!w.tls_idle_ready) {
-    uv_idle_init(&w.loop, &w.tls_idle);
-    w.tls_idle.data = &w;
-    w.tls_idle_ready = true;
-  }
-  s->pump_queued = true;
-  s->pump_prev = nullptr;
-  s->pump_next = w.pump_head;
-  if (w.pump_head) w.pump_head->pump_prev = s;
-  w.pump_head = s;
-  uv_idle_start(&w.tls_idle, on_pump_idle);
-}
-
 void update_client_reading(ClientSession* s) {
-  if (s->closing) return;
+  if (s->stream.closing()) return;
   bool want = !s->eof;
   if (want && s->in && s->in_len >= s->in->cap) want = false;  // full: wait for the exchange
   if (want && s->ex && s->ex->phase == Phase::Upstream && !s->ex->req_complete) {
     UpstreamConn* c = s->ex->up;
     if (c && c->write_pending) want = false;  // backpressure
   }
-  if (s->lingering) want = !s->eof;  // discarding: the buffer is reused
-  if (want && s->tls && !s->lingering && s->tls->buffered()) queue_pump(s);
-  if (want == s->reading) return;
-  if (want) {
-    uv_read_start(stream(&s->tcp), on_client_alloc, on_client_read);
-    s->reading = true;
-  } else {
-    uv_read_stop(stream(&s->tcp));
-    s->reading = false;
-  }
+  if (s->lingering) want = !s->eof;  // discarding
+  s->stream.set_reading(want);
 }
 
 // Sessions are recycled through a per-worker free list (bounded), so a new
 // connection costs no allocation at steady state.
 constexpr std::size_t kKeepFreeSessions = 1024;
-
-void on_session_closed(uv_handle_t* h) {
-  auto* s = static_cast<ClientSession*>(h->data);
-  Worker& w = *s->worker;
-  w.put_buffer(s->in);
-  delete s->tls;
-  if (w.free_session_count >= kKeepFreeSessions) {
-    delete s;
-    return;
-  }
-  s->next = w.free_sessions;
-  w.free_sessions = s;
-  ++w.free_session_count;
-}
 
 ClientSession* session_get(Worker& w) {
   ClientSession* s = w.free_sessions;
@@ -1055,14 +843,12 @@ void close_handles(ClientSession* s) {
   if (s->next) s->next->prev = s->prev;
   --w.session_count;
   TimerWheel::disarm(&s->timer);
-  unqueue_pump(s);
-  uv_close(handle(&s->tcp), on_session_closed);
+  s->stream.close();
 }
 
 // Closes at once: the exchange (and its server connection) is abandoned.
 void client_abort(ClientSession* s) {
-  if (s->closing) return;
-  s->closing = true;
+  if (s->stream.closing()) return;
   if (Exchange* ex = s->ex) {
     if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
     log_exchange(ex);
@@ -1077,14 +863,11 @@ void client_abort(ClientSession* s) {
 // down first and what the client still sends is read and discarded for a
 // moment, so a reset does not destroy the answer in flight.
 void client_finish(ClientSession* s, bool linger) {
-  if (s->closing) return;
+  if (s->stream.closing()) return;
   // TLS: close_notify before the close, so a body delimited by the close is
   // not mistaken for a truncated one (RFC 8446 6.1).
-  if (s->tls && !s->lingering && s->tls->shutdown()) {
-    flush_tls(s);
-    if (s->closing) return;  // the write failed: aborted
-  }
-  if (s->write_pending) {
+  if (!s->lingering && !s->stream.close_notify()) return;  // the write failed: aborted
+  if (s->stream.write_pending()) {
     s->close_after_write = true;
     s->linger_on_close = linger;
     return;
@@ -1094,15 +877,60 @@ void client_finish(ClientSession* s, bool linger) {
     return;
   }
   s->lingering = true;
-  auto* req = new uv_shutdown_t();
-  if (uv_shutdown(req, stream(&s->tcp), [](uv_shutdown_t* r, int) { delete r; }) != 0) {
-    delete req;
+  s->stream.discard_input();
+  if (s->stream.shutdown_write() != 0) {
     client_abort(s);
     return;
   }
   s->worker->wheel.arm(&s->timer, s->worker->now_ms() + kLingerMs);
   update_client_reading(s);
 }
+
+}  // namespace
+
+// ---------------------------------------------------------------- the stream's calls
+
+uv_buf_t ClientSession::on_stream_alloc() noexcept {
+  if (!in) {
+    in = worker->buffers.get();
+    in_len = parse_pos = 0;
+  }
+  return uv_buf_init(in->data + in_len, in->cap - in_len);
+}
+
+void ClientSession::on_stream_read(ssize_t n) noexcept {
+  if (n > 0) {
+    in_len += static_cast<std::uint32_t>(n);
+    process_client(this);
+    return;
+  }
+  if (n == 0) {
+    // Nothing arrived (a TLS handshake record): an idle connection holds no buffer.
+    if (in && in_len == 0 && !ex) {
+      worker->put_buffer(in);
+      in = nullptr;
+    }
+    return;
+  }
+  if (n == UV_EPROTO && stream.secure())
+    log(LogLevel::Debug, "TLS from %.*s: %s", ip_len, ip, stream.tls_error());
+  client_eof(this, static_cast<int>(n));
+}
+
+void ClientSession::on_stream_closed() noexcept {
+  Worker& w = *worker;
+  w.put_buffer(in);
+  in = nullptr;
+  if (w.free_session_count >= kKeepFreeSessions) {
+    delete this;
+    return;
+  }
+  next = w.free_sessions;
+  w.free_sessions = this;
+  ++w.free_session_count;
+}
+
+namespace {
 
 // ---------------------------------------------------------------- timeouts
 
@@ -1116,7 +944,7 @@ void on_client_timer(TimerNode* t) {
     return;
   }
   if (s->ex && !s->lingering) return;  // the exchange's own timer watches it
-  if (s->lingering || s->write_pending) {
+  if (s->lingering || s->stream.write_pending()) {
     client_abort(s);
   } else {
     // Idle: a graceful close (close_notify over TLS). Should that write stall,
@@ -1126,9 +954,27 @@ void on_client_timer(TimerNode* t) {
   }
 }
 
-// The exchange's timeout: connecting (try another server), waiting for the
-// response head (504), or a response body that stalls (abort; re-armed lazily
-// from the last read, so a flowing body costs no timer operation per read).
+// Whom a proxied exchange is waiting for now, and how long it may: the
+// server while it has to read what we sent or to answer (timeout.upstream),
+// the client while it has to send its body or to take what we wrote
+// (timeout.client_idle). Time the proxy itself paused a side for
+// backpressure is the other side's, never the paused one's.
+enum class Party : std::uint8_t { Client, Server };
+
+Party waiting_on(const Exchange* ex) {
+  const UpstreamConn* c = ex->up;
+  if (!ex->resp_started) {
+    if (c->write_pending) return Party::Server;     // it is not reading the request
+    if (!ex->req_complete) return Party::Client;    // the body is slow to come
+    return Party::Server;                           // the answer is slow to come
+  }
+  return ex->client->stream.write_pending() ? Party::Client : Party::Server;
+}
+
+// The exchange's timeout: connecting (try another server), or a party that
+// made no progress for its timeout: the server (504 before the response head,
+// the response cut after it) or the client (408 before the head, dropped
+// after it). Re-armed lazily from progress_ms.
 void on_exchange_timer(TimerNode* t) {
   auto* ex = static_cast<Exchange*>(t->owner);
   Worker& w = *ex->worker;
@@ -1140,18 +986,29 @@ void on_exchange_timer(TimerNode* t) {
     upstream_failed(ex, UV_ETIMEDOUT);
     return;
   }
-  const std::uint32_t limit = settings(w).upstream_timeout_ms;
+  const Party party = waiting_on(ex);
+  const std::uint32_t limit =
+      party == Party::Server ? settings(w).upstream_timeout_ms : settings(w).client_idle_timeout_ms;
+  if (w.now_ms() - ex->progress_ms < limit) {
+    w.wheel.arm(&ex->timer, ex->progress_ms + limit);
+    return;
+  }
+  ClientSession* s = ex->client;
+  if (party == Party::Client) {
+    log(LogLevel::Info, "client %.*s stalled %s for %u ms", s->ip_len, s->ip,
+        ex->resp_started ? "reading the response" : "sending the body", limit);
+    if (ex->resp_started) client_abort(s);
+    else reply_and_close(ex, 408);
+    return;
+  }
   if (!ex->resp_started) {
     log(LogLevel::Info, "server %.*s did not answer within %u ms", static_cast<int>(server.size()), server.data(), limit);
     reply_error(ex, 504);
     return;
   }
-  if (w.now_ms() - ex->last_read_ms < limit) {
-    w.wheel.arm(&ex->timer, ex->last_read_ms + limit);
-    return;
-  }
-  log(LogLevel::Info, "server %.*s stalled mid-response", static_cast<int>(server.size()), server.data());
-  client_abort(ex->client);
+  log(LogLevel::Info, "server %.*s stalled mid-response for %u ms", static_cast<int>(server.size()), server.data(),
+      limit);
+  client_abort(s);
 }
 
 }  // namespace
@@ -1182,10 +1039,10 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
   }
   if (n > 0) {
     c->in_len += static_cast<std::uint32_t>(n);
-    ex->last_read_ms = c->worker->now_ms();
+    ex->progress_ms = c->worker->now_ms();
     process_upstream(ex);
     // Backpressure: stop reading the server while the client is behind.
-    if (ex == c->ex && ex->client && ex->client->write_pending && c->reading) {
+    if (ex == c->ex && ex->client && ex->client->stream.write_pending() && c->reading) {
       uv_read_stop(st);
       c->reading = false;
     }
@@ -1199,7 +1056,7 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
     ex->upstream_reusable = false;
     ex->client_close = true;
     detach_upstream(ex, false);
-    if (!ex->client->write_pending) finish_exchange(ex);
+    if (!ex->client->stream.write_pending()) finish_exchange(ex);
     return;
   }
   if (ex->resp_started) {
@@ -1246,23 +1103,20 @@ void session_on_connection(uv_stream_t* server, int status) {
   }
   auto* s = session_get(*w);
   s->worker = w;
-  uv_tcp_init(&w->loop, &s->tcp);
-  s->tcp.data = s;
+  s->stream.init(w->streams, s);
   s->timer.fire = on_client_timer;
   s->timer.owner = s;
   s->next = w->sessions;
   if (w->sessions) w->sessions->prev = s;
   w->sessions = s;
   ++w->session_count;
-  if (uv_accept(server, stream(&s->tcp)) != 0) {
+  if (s->stream.accept(server, lc->tls ? lc->tls->default_ctx() : nullptr) != 0) {
     close_handles(s);
     return;
   }
-  uv_tcp_nodelay(&s->tcp, 1);
-  if (lc->tls) s->tls = new TlsStream(lc->tls->default_ctx());
   sockaddr_storage peer{};
   int len = sizeof peer;
-  if (uv_tcp_getpeername(&s->tcp, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+  if (uv_tcp_getpeername(s->stream.tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
     if (peer.ss_family == AF_INET6) {
       const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
       if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
@@ -1286,7 +1140,7 @@ void session_drain(Worker& w) noexcept {
   ClientSession* s = w.sessions;
   while (s) {
     ClientSession* next = s->next;
-    if (!s->ex && !s->closing && !s->lingering) client_finish(s, false);
+    if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
     else if (s->ex) s->ex->client_close = true;
     s = next;
   }
@@ -1304,16 +1158,8 @@ void session_worker_done(Worker& w) noexcept {
 void session_free_exchanges(Worker& w) noexcept {
   for (auto& ex : w.exchanges) TimerWheel::disarm(&ex->timer);
   w.exchanges.clear();
-  while (WriteReq* r = w.free_writes) {
-    w.free_writes = r->next_free;
-    delete r;
-  }
-
   w.free_exchanges = nullptr;
-  if (w.tls_idle_ready) {
-    w.tls_idle_ready = false;
-    uv_close(handle(&w.tls_idle), nullptr);
-  }
+  w.streams.release();
 }
 
 }  // namespace juggler

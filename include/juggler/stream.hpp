@@ -1,0 +1,157 @@
+// The byte stream: one accepted connection, plain TCP or TLS behind the same
+// API (read start/stop, write with completion, close_notify, shutdown, close).
+// TLS lives below it: OpenSSL over memory BIOs, ciphertext read into a
+// per-worker scratch, plaintext delivered into the buffer its handler gives,
+// so no code above this layer asks which kind it has.
+//
+// Ownership: the Stream is a member of its handler's object (a client
+// connection); that object may be freed only from on_stream_closed(), the
+// last call a stream makes. Calls into the handler come from libuv callbacks
+// (or from the idle phase for TLS plaintext already decrypted), never from
+// inside a Stream method the handler called, but for the one documented case
+// of write() below.
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "juggler/tls.hpp"
+
+namespace juggler {
+
+class Stream;
+
+// A write that did not complete at once (uv_try_write took part of it):
+// these come from a per-worker free list, so connections do not each carry a
+// 192-byte uv_write_t that the common case never uses.
+struct WriteReq {
+  uv_write_t req;  // first: a uv_write_t* is a WriteReq*
+  WriteReq* next_free = nullptr;
+};
+
+// What the streams (and the upstream connections) of one worker share. Worker
+// thread only.
+struct StreamContext {
+  explicit StreamContext(uv_loop_t* l) : loop(l) {}
+  StreamContext(const StreamContext&) = delete;
+  StreamContext& operator=(const StreamContext&) = delete;
+  // Frees the pooled write requests: after the loop ended, since a write
+  // cancelled by a late close returns its request from the cancel callback.
+  ~StreamContext();
+
+  uv_loop_t* loop;
+  WriteReq* free_writes = nullptr;
+  std::size_t write_reqs = 0;          // allocated (for the exit check)
+  std::unique_ptr<char[]> scratch;     // TLS ciphertext and discarded input land here
+  uv_idle_t pump_idle;                 // pumps streams whose plaintext waits inside OpenSSL
+  bool pump_ready = false;
+  Stream* pump_head = nullptr;
+  std::uint64_t tls_failures = 0;      // handshakes and records that failed
+
+  WriteReq* get_write();
+  // Returns a finished write's request to the pool; first thing in a write callback.
+  void put_write(uv_write_t* req) noexcept;
+  // Closes the idle handle (worker exit, every stream closed or closing).
+  void release() noexcept;
+};
+
+// Writes iov[0..n) to `st`: as much as the kernel takes now, the rest through
+// uv_write with a pooled request whose data is `owner`. Returns true when
+// everything went out synchronously (iov is then consumed). Errors are
+// reported through `cb` (libuv defers them), never synchronously but for a
+// stream that is already closing.
+bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* iov, unsigned n, uv_write_cb cb);
+
+// What a stream's user (the protocol on top) implements.
+class StreamHandler {
+ public:
+  // Room for the next plaintext bytes. Called only while reading is wanted;
+  // must not be empty.
+  virtual uv_buf_t on_stream_alloc() noexcept = 0;
+  // n > 0: that many bytes landed at the start of the room last given.
+  // n == 0: nothing landed (an empty buffer may be given back).
+  // UV_EOF: the peer finished sending (FIN, or TLS close_notify).
+  // other n < 0: the connection broke (reset, TLS failure, ...).
+  virtual void on_stream_read(ssize_t n) noexcept = 0;
+  // The write that write() left pending is complete (status 0), or failed.
+  virtual void on_stream_written(int status) noexcept = 0;
+  // The last call: the stream's memory may go.
+  virtual void on_stream_closed() noexcept = 0;
+
+ protected:
+  ~StreamHandler() = default;
+};
+
+class Stream {
+ public:
+  Stream() = default;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() { delete tls_; }
+
+  // Initialises the TCP handle on ctx's loop. Call once, before accept().
+  void init(StreamContext& ctx, StreamHandler* handler) noexcept;
+  // Accepts a pending connection of `server`; with `tls`, the stream
+  // terminates TLS with that context. Returns 0 or a libuv error (then close()).
+  int accept(uv_stream_t* server, SSL_CTX* tls);
+
+  // Whether the handler wants bytes now. Idempotent; with TLS, plaintext that
+  // OpenSSL already holds is delivered from the loop's idle phase.
+  void set_reading(bool want) noexcept;
+  bool reading() const noexcept { return reading_; }
+
+  // Sends iov[0..n): true when it all went out now; otherwise the stream
+  // owns the rest (the bytes must stay valid) and calls on_stream_written.
+  // One write at a time: not while write_pending(). A TLS encryption failure
+  // is reported by a synchronous on_stream_written(UV_EPROTO).
+  bool write(uv_buf_t* iov, unsigned n);
+  bool write_pending() const noexcept { return write_pending_; }
+
+  // From now on input is read and dropped (lingering close); only the end of
+  // the input (EOF or an error) still reaches the handler.
+  void discard_input() noexcept { discard_ = true; }
+  // TLS: queues close_notify and starts sending it. False when the stream
+  // closed meanwhile (the write failed). Plain TCP: nothing to do, true.
+  bool close_notify();
+  // Half-closes the write side once pending writes went out (FIN). Returns 0
+  // or a libuv error.
+  int shutdown_write() noexcept;
+  // Closes (idempotent); on_stream_closed follows from the close callback.
+  void close() noexcept;
+  bool closing() const noexcept { return closing_; }
+
+  bool secure() const noexcept { return tls_ != nullptr; }
+  const char* tls_error() const noexcept { return tls_ ? tls_->last_error() : ""; }
+  // Between requests: frees buffers grown by a large body.
+  void trim() noexcept;
+  uv_tcp_t* tcp() noexcept { return &tcp_; }
+
+ private:
+  static void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf);
+  static void on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf);
+  static void on_write(uv_write_t* req, int status);
+  static void on_closed(uv_handle_t* h);
+  static void on_pump_idle(uv_idle_t* h);
+  void pump();
+  bool flush_tls();
+  void queue_pump();
+  void unqueue_pump() noexcept;
+
+  uv_tcp_t tcp_;
+  StreamContext* ctx_ = nullptr;
+  StreamHandler* handler_ = nullptr;
+  TlsStream* tls_ = nullptr;
+  Stream* pump_prev_ = nullptr;  // ctx_'s list of streams to pump
+  Stream* pump_next_ = nullptr;
+  bool reading_ = false;
+  bool write_pending_ = false;
+  bool closing_ = false;
+  bool discard_ = false;
+  bool pump_queued_ = false;
+};
+
+}  // namespace juggler

@@ -1,0 +1,287 @@
+#include "juggler/stream.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr unsigned kScratchSize = 17 * 1024;  // one TLS record and its overhead
+
+inline uv_stream_t* as_stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
+inline uv_handle_t* as_handle(uv_tcp_t* t) { return reinterpret_cast<uv_handle_t*>(t); }
+
+}  // namespace
+
+// ---------------------------------------------------------------- context
+
+WriteReq* StreamContext::get_write() {
+  if (WriteReq* r = free_writes) {
+    free_writes = r->next_free;
+    return r;
+  }
+  ++write_reqs;
+  return new WriteReq();
+}
+
+void StreamContext::put_write(uv_write_t* req) noexcept {
+  auto* r = reinterpret_cast<WriteReq*>(req);
+  r->next_free = free_writes;
+  free_writes = r;
+}
+
+StreamContext::~StreamContext() {
+  while (WriteReq* r = free_writes) {
+    free_writes = r->next_free;
+    delete r;
+  }
+}
+
+void StreamContext::release() noexcept {
+  if (pump_ready) {
+    pump_ready = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&pump_idle), nullptr);
+  }
+}
+
+bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* iov, unsigned n, uv_write_cb cb) {
+  int r = uv_try_write(st, iov, n);
+  if (r > 0) {
+    std::size_t left = static_cast<std::size_t>(r);
+    while (n > 0 && left >= iov->len) {
+      left -= iov->len;
+      ++iov;
+      --n;
+    }
+    if (n == 0) return true;
+    iov->base += left;
+    iov->len -= left;
+  }
+  WriteReq* req = ctx.get_write();
+  req->req.data = owner;
+  if (uv_write(&req->req, st, iov, n, cb) != 0) {
+    // The stream is closing or broken: report it like a failed write.
+    req->req.handle = st;
+    cb(&req->req, UV_EPIPE);
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- set-up and reading
+
+void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
+  ctx_ = &ctx;
+  handler_ = handler;
+  uv_tcp_init(ctx.loop, &tcp_);
+  tcp_.data = this;
+}
+
+int Stream::accept(uv_stream_t* server, SSL_CTX* tls) {
+  const int rc = uv_accept(server, as_stream(&tcp_));
+  if (rc != 0) return rc;
+  uv_tcp_nodelay(&tcp_, 1);
+  if (tls) tls_ = new TlsStream(tls);
+  return 0;
+}
+
+void Stream::set_reading(bool want) noexcept {
+  if (closing_) return;
+  if (want && tls_ && !discard_ && tls_->buffered()) queue_pump();
+  if (want == reading_) return;
+  if (want) uv_read_start(as_stream(&tcp_), on_alloc, on_read);
+  else uv_read_stop(as_stream(&tcp_));
+  reading_ = want;
+}
+
+void Stream::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+  auto* s = static_cast<Stream*>(h->data);
+  if (s->tls_ || s->discard_) {
+    if (!s->ctx_->scratch) s->ctx_->scratch = std::make_unique<char[]>(kScratchSize);
+    *buf = uv_buf_init(s->ctx_->scratch.get(), kScratchSize);
+    return;
+  }
+  *buf = s->handler_->on_stream_alloc();
+}
+
+void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
+  auto* s = static_cast<Stream*>(st->data);
+  if (s->closing_) return;
+  if (n > 0 && s->discard_) return;
+  if (n > 0 && s->tls_) {
+    s->tls_->feed(buf->base, static_cast<std::size_t>(n));
+    s->pump();
+    return;
+  }
+  if (n < 0 && s->reading_) {
+    // Nothing more will come: reading is over either way.
+    uv_read_stop(st);
+    s->reading_ = false;
+  }
+  s->handler_->on_stream_read(n);
+}
+
+// TLS: decrypts what OpenSSL holds into the handler's room, sends what the
+// handshake wants sent, and reports the plaintext in one call.
+void Stream::pump() {
+  std::size_t got = 0;
+  bool peer_closed = false;
+  if (reading_ && !discard_) {
+    const uv_buf_t room = handler_->on_stream_alloc();
+    while (got < room.len) {
+      std::size_t n = 0;
+      const TlsStream::Read r = tls_->read(room.base + got, room.len - got, &n);
+      if (r == TlsStream::Read::Data) {
+        got += n;
+        continue;
+      }
+      if (r == TlsStream::Read::NeedMore) break;
+      if (r == TlsStream::Read::Error) {
+        ++ctx_->tls_failures;
+        flush_tls();  // the alert, if any
+        if (closing_) return;
+        if (reading_) uv_read_stop(as_stream(&tcp_));
+        reading_ = false;
+        handler_->on_stream_read(UV_EPROTO);
+        return;
+      }
+      peer_closed = true;  // close_notify
+      break;
+    }
+  }
+  if (tls_->has_output()) {
+    flush_tls();
+    if (closing_) return;
+  }
+  if (got > 0 || !peer_closed) {
+    handler_->on_stream_read(static_cast<ssize_t>(got));
+    if (closing_) return;
+  }
+  if (peer_closed) {
+    if (reading_) uv_read_stop(as_stream(&tcp_));
+    reading_ = false;
+    handler_->on_stream_read(UV_EOF);
+  }
+}
+
+void Stream::on_pump_idle(uv_idle_t* h) {
+  auto* ctx = static_cast<StreamContext*>(h->data);
+  while (Stream* s = ctx->pump_head) {
+    ctx->pump_head = s->pump_next_;
+    if (s->pump_next_) s->pump_next_->pump_prev_ = nullptr;
+    s->pump_next_ = s->pump_prev_ = nullptr;
+    s->pump_queued_ = false;
+    if (!s->closing_) s->pump();
+  }
+  uv_idle_stop(h);
+}
+
+// Plaintext that OpenSSL already decrypted would not wake the socket: the
+// stream is pumped from the loop's idle phase instead.
+void Stream::queue_pump() {
+  if (pump_queued_) return;
+  StreamContext& c = *ctx_;
+  if (!c.pump_ready) {
+    uv_idle_init(c.loop, &c.pump_idle);
+    c.pump_idle.data = &c;
+    c.pump_ready = true;
+  }
+  pump_queued_ = true;
+  pump_prev_ = nullptr;
+  pump_next_ = c.pump_head;
+  if (c.pump_head) c.pump_head->pump_prev_ = this;
+  c.pump_head = this;
+  uv_idle_start(&c.pump_idle, on_pump_idle);
+}
+
+void Stream::unqueue_pump() noexcept {
+  if (!pump_queued_) return;
+  if (pump_prev_) pump_prev_->pump_next_ = pump_next_;
+  else ctx_->pump_head = pump_next_;
+  if (pump_next_) pump_next_->pump_prev_ = pump_prev_;
+  pump_next_ = pump_prev_ = nullptr;
+  pump_queued_ = false;
+}
+
+// ---------------------------------------------------------------- writing
+
+// TLS: sends the ciphertext OpenSSL produced (handshake, alerts, records).
+// Returns true when nothing is left to send.
+bool Stream::flush_tls() {
+  if (write_pending_) return false;  // on_write flushes the rest
+  tls_->out.clear();
+  if (tls_->take_output(tls_->out) == 0) return true;
+  uv_buf_t b = uv_buf_init(tls_->out.data(), static_cast<unsigned>(tls_->out.size()));
+  write_pending_ = true;
+  if (write_or_queue(*ctx_, as_stream(&tcp_), this, &b, 1, on_write)) {
+    write_pending_ = false;
+    return true;
+  }
+  return false;
+}
+
+bool Stream::write(uv_buf_t* iov, unsigned n) {
+  if (tls_) {
+    if (!tls_->write(iov, n)) {
+      write_pending_ = true;
+      WriteReq* req = ctx_->get_write();
+      req->req.data = this;
+      req->req.handle = as_stream(&tcp_);
+      on_write(&req->req, UV_EPROTO);
+      return false;
+    }
+    return flush_tls();
+  }
+  write_pending_ = true;
+  if (write_or_queue(*ctx_, as_stream(&tcp_), this, iov, n, on_write)) {
+    write_pending_ = false;
+    return true;
+  }
+  return false;
+}
+
+void Stream::on_write(uv_write_t* req, int status) {
+  auto* s = static_cast<Stream*>(req->data);
+  s->ctx_->put_write(req);
+  s->write_pending_ = false;
+  if (s->closing_) return;
+  if (status < 0) {
+    s->handler_->on_stream_written(status);
+    return;
+  }
+  if (s->tls_ && !s->flush_tls()) return;  // more ciphertext queued meanwhile
+  s->handler_->on_stream_written(0);
+}
+
+// ---------------------------------------------------------------- ending
+
+bool Stream::close_notify() {
+  if (!tls_ || discard_ || !tls_->shutdown()) return true;
+  flush_tls();
+  return !closing_;
+}
+
+int Stream::shutdown_write() noexcept {
+  auto* req = new uv_shutdown_t();
+  const int rc = uv_shutdown(req, as_stream(&tcp_), [](uv_shutdown_t* r, int) { delete r; });
+  if (rc != 0) delete req;
+  return rc;
+}
+
+void Stream::close() noexcept {
+  if (closing_) return;
+  closing_ = true;
+  unqueue_pump();
+  uv_close(as_handle(&tcp_), on_closed);
+}
+
+void Stream::on_closed(uv_handle_t* h) {
+  auto* s = static_cast<Stream*>(h->data);
+  delete s->tls_;
+  s->tls_ = nullptr;
+  s->handler_->on_stream_closed();
+}
+
+void Stream::trim() noexcept {
+  // A large body grew the ciphertext buffer: do not keep it for an idle connection.
+  if (tls_ && !write_pending_ && tls_->out.capacity() > 64 * 1024) std::string().swap(tls_->out);
+}
+
+}  // namespace juggler

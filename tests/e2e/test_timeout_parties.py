@@ -1,0 +1,89 @@
+"""Timeouts measure the party they name: timeout.upstream is the server's silence while the
+balancer waits for it (not the client's upload, not time the balancer paused the server for
+backpressure), timeout.client_idle the client's (a body that stops coming, a response that is
+not read)."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase
+
+HOST = "127.0.102.1"
+UPSTREAM_S = 2.0  # timeout.upstream in tests/routes/parties.def
+
+
+class TimeoutPartiesTest(BalancerTestCase):
+    def setUp(self):
+        self.start_backends(HOST, (6901,))
+
+    def test_upload_slower_than_the_upstream_timeout_completes(self):
+        lb = self.start_balancer("parties")
+        # 5 s of upload, a piece every 100 ms: the server is never the one keeping us waiting.
+        pieces, size = 50, 4096
+        body = jtest.pattern_bytes(pieces * size)
+        sock = jtest.raw_connection(lb.port, timeout=30)
+        self.addCleanup(sock.close)
+        sock.sendall(f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        started = time.monotonic()
+        for i in range(pieces):
+            sock.sendall(body[i * size:(i + 1) * size])
+            time.sleep(0.1)
+        self.assertGreater(time.monotonic() - started, 2 * UPSTREAM_S)
+        resp = jtest.read_response(sock.makefile("rb"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.body, body)
+
+    def test_slow_reader_gets_every_byte(self):
+        lb = self.start_balancer("parties")
+        n = 50_000_000
+        sock = socket.create_connection((jtest.LOOPBACK, lb.port), timeout=30)
+        self.addCleanup(sock.close)
+        # A small receive window, so the balancer is held back at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(f"GET /bytes?n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        digest = hashlib.sha256()
+        got = 0
+        data = b""
+        # 1 KB per 50 ms for 6 s (three times timeout.upstream), then full speed.
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            chunk = sock.recv(1024)
+            self.assertTrue(chunk, f"closed after {got} bytes while reading slowly")
+            data += chunk
+            got += len(chunk)
+            time.sleep(0.05)
+        head_end = data.index(b"\r\n\r\n") + 4
+        self.assertIn(f"Content-Length: {n}".encode(), data[:head_end])
+        digest.update(data[head_end:])
+        body_bytes = len(data) - head_end
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            digest.update(chunk)
+            body_bytes += len(chunk)
+        self.assertEqual(body_bytes, n)
+        self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
+        self.assertNotIn("stalled", lb.output())
+
+    def test_client_that_stops_sending_its_body_gets_408_not_504(self):
+        lb = self.start_balancer("parties", extra=["--timeout-client-idle", "1s"])
+        sock = jtest.raw_connection(lb.port, timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789")
+        started = time.monotonic()
+        resp = jtest.read_response(sock.makefile("rb"))
+        waited = time.monotonic() - started
+        self.assertEqual(resp.status, 408)
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertLess(waited, UPSTREAM_S + 3)
+        lb.wait_for_line(r"client 127\.0\.0\.1 stalled sending the body")
+
+
+if __name__ == "__main__":
+    unittest.main()
