@@ -209,8 +209,9 @@ class Endpoints(jtest.JugglerTestCase):
             sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
                          % len(body))
             reader = sock.makefile("rb")
-            self.assertEqual(reader.readline(), b"HTTP/1.1 100 Continue\r\n")
-            self.assertEqual(reader.readline(), b"\r\n")
+            interim = jtest.read_response(reader)
+            self.assertEqual((interim.status, interim.reason), (100, "Continue"))
+            self.assertEqual(interim.header("X-Server"), str(self.port))
             sock.sendall(body)
             resp = jtest.read_response(reader)
         self.assertEqual((resp.status, resp.body), (200, body))

@@ -479,7 +479,7 @@ int Conn::on_headers_complete(llhttp_t* parser) {
   const std::string* expect = req.header("Expect");
   if (has_body && expect != nullptr && iequals(*expect, "100-continue") &&
       (req.http_major > 1 || req.http_minor >= 1)) {
-    conn->write_owned("HTTP/1.1 100 Continue\r\n\r\n");
+    conn->write_owned(conn->response_head(100, {}, 0));  // with X-Server and X-Conn, like every response
   }
   return 0;
 }
