@@ -383,8 +383,24 @@ class Endpoints(jtest.JugglerTestCase):
         self.assertEqual(self.request(path="/bytes?n=10&pause=0")[2], jtest.pattern_bytes(10))
         self.assertGreaterEqual(time.monotonic() - started, 0.99)  # pause_ms defaults to 1000
         self.assertEqual(self.request(path="/bytes?n=10&pause=10&pause_ms=5000")[2], jtest.pattern_bytes(10))
-        for path in ("/bytes?n=10&pause=x", "/bytes?n=10&pause=1&pause_ms=-1"):
+        for path in ("/bytes?n=10&pause=x", "/bytes?n=10&pause=1&pause_ms=-1", "/bytes?n=10&pause=1&pauses=0",
+                     "/bytes?n=10&pause=0&pauses=2", "/bytes?n=10&pause=1&pauses=x"):
             self.assertEqual(self.request(path=path)[0], 400, path)
+
+    def test_bytes_pauses_repeat_every_k_bytes(self):
+        with jtest.raw_connection(self.port) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"GET /bytes?n=1000&pause=300&pause_ms=400&pauses=3 HTTP/1.1\r\n\r\n")
+            started = time.monotonic()
+            while reader.readline() != b"\r\n":
+                pass
+            arrivals = []
+            for k in range(4):  # 300, 300, 300 and the last 100, a pause before each but the first
+                self.assertEqual(reader.read(100 if k == 3 else 300), jtest.pattern_bytes(1000)[300 * k:300 * k + 300])
+                arrivals.append(time.monotonic() - started)
+            gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+            self.assertTrue(all(gap >= 0.39 for gap in gaps), gaps)
+            self.assertLess(arrivals[0], 0.3)
 
     def test_bytes_edge_cases(self):
         self.assertEqual(self.request(path="/bytes?n=0")[2], b"")

@@ -29,7 +29,7 @@ constexpr std::string_view kUsage =
     "\n"
     "Prints 'testserver listening on HOST:PORT' once listening; exits 0 on SIGINT/SIGTERM.\n"
     "Endpoints: /ping /echo /headers /delay?ms=N /status/N /interim?n=N[&code=C]\n"
-    "           /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M]\n"
+    "           /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n"
     "           /close /reset /hang, anything else a static file under --root.\n"
     "Every response carries X-Server: <port> and X-Conn: <connection serial number>.\n";
 

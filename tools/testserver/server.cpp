@@ -90,6 +90,8 @@ struct BodyStream {
   int fd = -1;
   std::uint64_t pause_at = kNoPause;  // /bytes?pause=K: body offset where the stream stops for a while
   std::uint64_t pause_ms = 0;
+  std::uint64_t pause_every = 0;      // K: the next pause comes K bytes later...
+  std::uint64_t pauses_left = 0;      // ...while pauses are left (pauses=P)
 };
 
 class Conn;
@@ -629,7 +631,7 @@ void Conn::serve_bytes() {
   const auto n_param = query_param(req_.query, "n");
   const auto n = n_param ? parse_uint(*n_param, kMaxBytes) : std::nullopt;
   if (!n) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M]\n");
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n");
     return;
   }
   // HTTP/1.0 has no chunked encoding; such a client gets Content-Length.
@@ -639,18 +641,25 @@ void Conn::serve_bytes() {
   const auto cut_param = query_param(req_.query, "cut");
   const std::uint64_t cut = cut_param ? parse_uint(*cut_param, kMaxBytes).value_or(*n) : *n;
   // pause=K&pause_ms=M: after K body bytes, nothing for M ms (default 1000), then the rest.
+  // pauses=P: P pauses, K bytes apart (default 1).
   std::uint64_t pause_at = kNoPause;
   std::uint64_t pause_ms = 1000;
-  const auto pause_param = query_param(req_.query, "pause");
-  const auto pause_ms_param = query_param(req_.query, "pause_ms");
-  const auto pause = pause_param ? parse_uint(*pause_param, kMaxBytes) : std::nullopt;
-  const auto ms = pause_ms_param ? parse_uint(*pause_ms_param, kMaxDelayMs) : std::nullopt;
-  if ((pause_param && !pause) || (pause_ms_param && !ms)) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M]\n");
+  std::uint64_t pauses = 1;
+  bool bad = false;
+  auto param = [&](std::string_view key, std::uint64_t max, std::uint64_t& out) {
+    if (const auto text = query_param(req_.query, key)) {
+      const auto value = parse_uint(*text, max);
+      if (value) out = *value;
+      else bad = true;
+    }
+  };
+  param("pause", kMaxBytes, pause_at);
+  param("pause_ms", kMaxDelayMs, pause_ms);
+  param("pauses", 1000, pauses);
+  if (bad || pauses == 0 || (pause_at == 0 && pauses > 1)) {
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n");
     return;
   }
-  if (pause) pause_at = *pause;
-  if (ms) pause_ms = *ms;
   std::string head = response_head(200, "application/octet-stream", *n, {}, chunked);
   log("200");
   if (cut < *n && !req_.head && !chunked) {
@@ -661,7 +670,7 @@ void Conn::serve_bytes() {
       return;
     }
     write_owned(std::move(head));
-    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1, pause_at, pause_ms};
+    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1, pause_at, pause_ms, pause_at, pauses};
     pump();
     return;
   }
@@ -672,7 +681,7 @@ void Conn::serve_bytes() {
     return;
   }
   write_owned(std::move(head));
-  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1, pause_at, pause_ms};
+  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1, pause_at, pause_ms, pause_at, pauses};
   pump();
 }
 
@@ -882,7 +891,7 @@ void Conn::pump() {
   static constexpr char kLastChunk[] = "\r\n0\r\n\r\n";
   while (stream_.kind != BodyStream::Kind::None && queued_ < kHighWater && !closing_ && !pausing_) {
     if (stream_.offset == stream_.pause_at) {
-      stream_.pause_at = kNoPause;
+      stream_.pause_at = --stream_.pauses_left > 0 ? stream_.pause_at + stream_.pause_every : kNoPause;
       pausing_ = true;
       uv_timer_start(&timer_, on_timer, stream_.pause_ms, 0);
       return;
