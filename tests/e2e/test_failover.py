@@ -1,9 +1,12 @@
-"""Failover under load: a server dies while clients keep sending, and nobody notices."""
+"""Failover: a server dies under load and nobody notices; a server whose connect hangs is
+skipped after timeout.connect; a kept-alive connection the server closed just as a request
+came is replayed on a fresh one; retries stay within the budget."""
 
 from __future__ import annotations
 
 import http.client
 import signal
+import socket
 import threading
 import time
 import unittest
@@ -12,6 +15,8 @@ import jtest
 from balancer import BalancerTestCase
 
 HOST = "127.0.80.1"  # tests/routes/failover.def
+CONNECT_HOST = "127.0.92.1"  # tests/routes/connect_timeout.def
+REPLAY_HOST = "127.0.91.1"  # tests/routes/replay.def
 
 
 class KillUnderLoadTest(BalancerTestCase):
@@ -69,10 +74,6 @@ class KillUnderLoadTest(BalancerTestCase):
         self.assertLess(killed_at, clients * per_client * 0.6, "the kill came too late to test anything")
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class RetryBudgetTest(BalancerTestCase):
     def test_retries_stay_near_20_percent_when_two_of_three_servers_reset(self):
         host = "127.0.76.1"
@@ -104,3 +105,69 @@ class RetryBudgetTest(BalancerTestCase):
         self.assertLessEqual(retries, 0.2 * n + 10, (ok, failed, reached_resetters))
         self.assertGreaterEqual(retries, 0.15 * n, (ok, failed, reached_resetters))
         self.assertGreater(failed, 0)  # without a budget nearly every request would have been retried to success
+
+
+class ConnectTimeoutTest(BalancerTestCase):
+    def black_hole(self, port: int) -> None:
+        """A listener on CONNECT_HOST:port that never accepts, its accept queue full: the
+        kernel drops further SYNs, so a connect to it hangs (no refusal, no reset)."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((CONNECT_HOST, port))
+        listener.listen(0)
+        filler = socket.create_connection((CONNECT_HOST, port), timeout=2)  # queued, never accepted
+        self.addCleanup(filler.close)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(probe.close)
+        probe.settimeout(0.3)
+        try:
+            probe.connect((CONNECT_HOST, port))
+        except socket.timeout:
+            return
+        except OSError as error:
+            self.fail(f"a connect to the full listener failed at once ({error!r}) instead of hanging")
+        self.fail("a connect to the full listener succeeded instead of hanging")
+
+    def test_a_server_whose_connect_times_out_is_skipped(self):
+        self.black_hole(6901)
+        self.start_testserver(port=6902, host=CONNECT_HOST)
+        lb = self.start_balancer("connect_timeout")  # timeout.connect 500ms, round-robin over both
+        took = []
+        for _ in range(2):  # round-robin: one of the two goes to the black hole first
+            started = time.monotonic()
+            status, headers, body = jtest.http_request(lb.port, path="/ping", timeout=10)
+            took.append(time.monotonic() - started)
+            self.assertEqual((status, headers["X-Server"], body), (200, "6902", b"pong\n"))
+        lb.wait_for_line(r"connect to 127\.0\.92\.1:6901 timed out", timeout=5)
+        self.assertGreaterEqual(max(took), 0.45, took)  # it waited for timeout.connect...
+        self.assertLess(max(took), 4.0, took)  # ...not for the kernel's SYN retries (a minute and more)
+
+
+class ReplayTest(BalancerTestCase):
+    def test_kept_alive_connection_closed_under_a_request_is_replayed_on_a_fresh_one(self):
+        # The server answers one request per connection, then closes when the next one comes,
+        # without an answer: each reuse of the kept-alive connection meets that close. The
+        # requests are POSTs, which only the stale-connection replay may send again.
+        server = self.start_testserver(port=6901, host=REPLAY_HOST, quiet=False, extra_args=["--drop-after", "1"])
+        lb = self.start_balancer("replay")
+        conn = http.client.HTTPConnection(jtest.LOOPBACK, lb.port, timeout=10)
+        self.addCleanup(conn.close)
+        answered_on = []
+        for i in range(4):
+            body = b"post %d" % i
+            conn.request("POST", "/echo", body=body)
+            resp = conn.getresponse()
+            self.assertEqual((resp.status, resp.read()), (200, body), f"request {i}")
+            answered_on.append(resp.headers["X-Conn"])
+        # Requests 2-4 each went out on the kept-alive connection, met the close, and were
+        # answered on a fresh one.
+        self.assertEqual(answered_on, ["1", "2", "3", "4"])
+        deadline = time.monotonic() + 5
+        while len(server.lines) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertEqual(server.lines[1:], ["POST /echo 200", "POST /echo drop"] * 3 + ["POST /echo 200"])
+
+
+if __name__ == "__main__":
+    unittest.main()

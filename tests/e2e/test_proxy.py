@@ -23,6 +23,7 @@ from balancer import BalancerTestCase, balancer_path
 BASIC_HOST = "127.0.71.1"
 BASIC_PORTS = (6901, 6902, 6903)
 WEIGHTS_HOST = "127.0.72.1"
+INTERIM_HOST = "127.0.90.1"  # tests/routes/interim.def
 
 
 class ProxyTest(BalancerTestCase):
@@ -211,6 +212,30 @@ class ProxyTest(BalancerTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout, b"x" * 200000)
 
+    def test_expect_100_continue_is_relayed_before_the_body(self):
+        # curl (above) sends its body anyway after waiting a second for the 100, so it passes
+        # whether or not the 100 arrives; this client sends no body byte before the 100.
+        body = os.urandom(300000)
+        sock = jtest.raw_connection(self.port, timeout=3)  # < timeout.upstream (5s): no 504 instead
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        try:
+            interim = jtest.read_response(reader)
+        except socket.timeout:
+            self.fail("no 100 Continue came back within 3 s of a head with Expect: 100-continue")
+        self.assertEqual((interim.status, interim.reason), (100, "Continue"))
+        # The server's own 100 (the testserver puts X-Server on it), relayed.
+        self.assertIn(interim.header("X-Server"), [str(p) for p in BASIC_PORTS])
+        sock.settimeout(10)
+        sock.sendall(body)
+        resp = jtest.read_response(reader)
+        self.assertEqual((resp.status, resp.header("X-Server")), (200, interim.header("X-Server")))
+        self.assertEqual(resp.body, body)
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(jtest.read_response(reader).body, b"pong\n")
+
     def test_status_without_body(self):
         for code in (204, 304):
             sock = jtest.raw_connection(self.port)
@@ -313,6 +338,55 @@ class ProxyTest(BalancerTestCase):
                          413)
 
 
+class InterimTest(BalancerTestCase):
+    """1xx responses before the final one are relayed, up to 8 of them; more, or a 101 the
+    client never asked for (the balancer strips Upgrade), is a broken server: 502
+    (docs/SECURITY.md, bug 5: kMaxInterim in src/session/session.cpp)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.backend = cls.start_class_testserver(port=6901, host=INTERIM_HOST)
+        from balancer import start_balancer
+        cls.lb = start_balancer("interim")
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+
+    def exchange(self, path: str):
+        """GET `path` on a new connection: ([interim responses], final response, reader)."""
+        sock = jtest.raw_connection(self.lb.port, timeout=10)
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        interims = []
+        while (resp := jtest.read_response(reader)).status < 200:
+            interims.append(resp)
+        return interims, resp, sock, reader
+
+    def test_up_to_eight_interim_responses_are_relayed(self):
+        for code, n in ((100, 1), (103, 3), (100, 8)):
+            with self.subTest(code=code, n=n):
+                interims, resp, sock, reader = self.exchange(f"/interim?n={n}&code={code}")
+                self.assertEqual([r.status for r in interims], [code] * n)
+                self.assertTrue(all(r.header("X-Server") == "6901" for r in interims))
+                self.assertEqual((resp.status, resp.body), (200, b"interim %d\n" % n))
+                sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(jtest.read_response(reader).body, b"pong\n")
+
+    def test_more_than_eight_interim_responses_are_a_502(self):
+        for n in (9, 1000):
+            with self.subTest(n=n):
+                interims, resp, _, _ = self.exchange(f"/interim?n={n}")
+                self.assertEqual(resp.status, 502)
+                self.assertLessEqual(len(interims), 8)  # some may have been relayed before the 9th came
+        self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+
+    def test_101_nobody_asked_for_is_a_502(self):
+        interims, resp, _, _ = self.exchange("/interim?n=1&code=101")
+        self.assertEqual(interims, [])
+        self.assertEqual(resp.status, 502)
+        self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+
+
 class FailoverTest(BalancerTestCase):
     def test_one_server_down_the_others_serve_every_request(self):
         self.start_testserver(port=6901, host=BASIC_HOST)
@@ -380,7 +454,7 @@ class LifecycleTest(BalancerTestCase):
         self.assertRegex(lines[1], r'"GET /nowhere HTTP/1\.1" 404 \d+ .* upstream=- ')
 
     def test_sigterm_finishes_in_flight_requests_then_exits_0(self):
-        self.start_backends(BASIC_HOST, BASIC_PORTS)
+        backends = [self.start_testserver(port=p, host=BASIC_HOST, quiet=False) for p in BASIC_PORTS]
         lb = self.start_balancer("basic", workers=2)
         results = []
 
@@ -393,7 +467,16 @@ class LifecycleTest(BalancerTestCase):
         threads = [threading.Thread(target=slow) for _ in range(200)]
         for t in threads:
             t.start()
-        time.sleep(0.3)  # all 200 are in flight (each takes 500 ms)
+        # Signal once every request reached a server (the testserver logs "wait" as a /delay
+        # arrives): each is then in flight, in the balancer, for up to 500 ms more.
+        deadline = time.monotonic() + 30
+        arrived = 0
+        while time.monotonic() < deadline:
+            arrived = sum(sum(1 for line in list(b.lines) if line.endswith(" wait")) for b in backends)
+            if arrived >= 200:
+                break
+            time.sleep(0.005)
+        self.assertEqual(arrived, 200)
         lb.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=20)

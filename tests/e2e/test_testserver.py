@@ -4,6 +4,7 @@ keep-alive and pipelining, streaming with backpressure, the command line and sig
 import hashlib
 import http.client
 import os
+import select
 import shutil
 import signal
 import socket
@@ -208,11 +209,42 @@ class Endpoints(jtest.JugglerTestCase):
             sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
                          % len(body))
             reader = sock.makefile("rb")
-            self.assertEqual(reader.readline(), b"HTTP/1.1 100 Continue\r\n")
-            self.assertEqual(reader.readline(), b"\r\n")
+            interim = jtest.read_response(reader)
+            self.assertEqual((interim.status, interim.reason), (100, "Continue"))
+            self.assertEqual(interim.header("X-Server"), str(self.port))
             sock.sendall(body)
             resp = jtest.read_response(reader)
         self.assertEqual((resp.status, resp.body), (200, body))
+
+    # ---------------------------------------------------------------- /interim
+
+    def test_interim_responses_then_200_on_a_kept_alive_connection(self):
+        for code, n in ((100, 3), (103, 1), (100, 0), (100, 1000)):
+            with self.subTest(code=code, n=n), jtest.raw_connection(self.port) as sock:
+                reader = sock.makefile("rb")
+                sock.sendall(b"GET /interim?n=%d&code=%d HTTP/1.1\r\n\r\n" % (n, code))
+                interims = []
+                while (resp := jtest.read_response(reader)).status < 200:
+                    interims.append(resp)
+                self.assertEqual([r.status for r in interims], [code] * n)
+                self.assertTrue(all(r.header("X-Server") == str(self.port) for r in interims))
+                self.assertEqual((resp.status, resp.body), (200, b"interim %d\n" % n))
+                sock.sendall(b"GET /ping HTTP/1.1\r\n\r\n")
+                self.assertEqual(jtest.read_response(reader).body, b"pong\n")
+
+    def test_interim_101_has_upgrade_headers(self):
+        with jtest.raw_connection(self.port) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"GET /interim?n=1&code=101 HTTP/1.1\r\n\r\n")
+            first = jtest.read_response(reader)
+            self.assertEqual((first.status, first.reason), (101, "Switching Protocols"))
+            self.assertEqual((first.header("Connection"), first.header("Upgrade")), ("Upgrade", "testserver"))
+            self.assertEqual(jtest.read_response(reader).status, 200)
+
+    def test_interim_bad_arguments(self):
+        for path in ("/interim", "/interim?n=x", "/interim?n=10001", "/interim?n=1&code=99",
+                     "/interim?n=1&code=200"):
+            self.assertEqual(self.request(path=path)[0], 400, path)
 
     # ---------------------------------------------------------------- /headers
 
@@ -314,6 +346,61 @@ class Endpoints(jtest.JugglerTestCase):
             head, _, body = data.partition(b"\r\n\r\n")
             self.assertIn(b"Content-Length: 300000", head)
             self.assertEqual(body, jtest.pattern_bytes(cut))
+
+    def test_bytes_pause_sends_part_then_waits_then_the_rest(self):
+        p = jtest.pattern_bytes(300000)
+        for chunked in (False, True):
+            # What comes before the pause, on the wire: a chunk ends where the pause begins.
+            before = (b"10000\r\n" + p[:65536] + b"\r\n" + b"86a0\r\n" + p[65536:100000] + b"\r\n"
+                      if chunked else p[:100000])
+            with self.subTest(chunked=chunked), jtest.raw_connection(self.port) as sock:
+                reader = sock.makefile("rb")
+                started = time.monotonic()
+                sock.sendall(b"GET /bytes?n=300000&pause=100000&pause_ms=1000%s HTTP/1.1\r\n\r\n"
+                             % (b"&chunked=1" if chunked else b""))
+                self.assertEqual(reader.readline(), b"HTTP/1.1 200 OK\r\n")
+                while reader.readline() != b"\r\n":
+                    pass
+                self.assertEqual(reader.read(len(before)), before)
+                self.assertLess(time.monotonic() - started, 0.7)
+                self.assertEqual(select.select([sock], [], [], 0.3)[0], [])  # the pause: nothing comes
+                if chunked:
+                    rest = b""
+                    while size := int(reader.readline(), 16):
+                        rest += reader.read(size)
+                        self.assertEqual(reader.readline(), b"\r\n")
+                    self.assertEqual(reader.readline(), b"\r\n")
+                else:
+                    rest = reader.read(200000)
+                self.assertGreaterEqual(time.monotonic() - started, 0.99)
+                self.assertEqual(rest, p[100000:])
+                # The connection goes on.
+                sock.sendall(b"GET /ping HTTP/1.1\r\n\r\n")
+                self.assertEqual(jtest.read_response(reader).body, b"pong\n")
+
+    def test_bytes_pause_default_and_bad_arguments(self):
+        started = time.monotonic()
+        self.assertEqual(self.request(path="/bytes?n=10&pause=0")[2], jtest.pattern_bytes(10))
+        self.assertGreaterEqual(time.monotonic() - started, 0.99)  # pause_ms defaults to 1000
+        self.assertEqual(self.request(path="/bytes?n=10&pause=10&pause_ms=5000")[2], jtest.pattern_bytes(10))
+        for path in ("/bytes?n=10&pause=x", "/bytes?n=10&pause=1&pause_ms=-1", "/bytes?n=10&pause=1&pauses=0",
+                     "/bytes?n=10&pause=0&pauses=2", "/bytes?n=10&pause=1&pauses=x"):
+            self.assertEqual(self.request(path=path)[0], 400, path)
+
+    def test_bytes_pauses_repeat_every_k_bytes(self):
+        with jtest.raw_connection(self.port) as sock:
+            reader = sock.makefile("rb")
+            sock.sendall(b"GET /bytes?n=1000&pause=300&pause_ms=400&pauses=3 HTTP/1.1\r\n\r\n")
+            started = time.monotonic()
+            while reader.readline() != b"\r\n":
+                pass
+            arrivals = []
+            for k in range(4):  # 300, 300, 300 and the last 100, a pause before each but the first
+                self.assertEqual(reader.read(100 if k == 3 else 300), jtest.pattern_bytes(1000)[300 * k:300 * k + 300])
+                arrivals.append(time.monotonic() - started)
+            gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+            self.assertTrue(all(gap >= 0.39 for gap in gaps), gaps)
+            self.assertLess(arrivals[0], 0.3)
 
     def test_bytes_edge_cases(self):
         self.assertEqual(self.request(path="/bytes?n=0")[2], b"")
@@ -492,7 +579,8 @@ class CommandLine(jtest.JugglerTestCase):
 
     def test_bad_arguments_exit_2(self):
         for args in ([], ["--port"], ["--port", "x"], ["--port", "70000"], ["--port", "1", "--bogus"],
-                     ["--port", "1", "--root", "/nonexistent-dir"], ["--port", "1", "--host", "not-an-ip"]):
+                     ["--port", "1", "--root", "/nonexistent-dir"], ["--port", "1", "--host", "not-an-ip"],
+                     ["--port", "1", "--drop-after", "x"], ["--port", "1", "--drop-after"]):
             result = self.run_testserver(*args)
             self.assertEqual(result.returncode, 2, args)
             self.assertIn("testserver:", result.stderr, args)
@@ -525,6 +613,37 @@ class CommandLine(jtest.JugglerTestCase):
             server.send_signal(sig)
             self.assertEqual(server.wait(timeout=5), 0)
             self.assertLess(time.monotonic() - start, 2)
+
+    def test_drop_after_closes_upon_the_next_request_without_answering(self):
+        server = self.start_testserver(quiet=False, extra_args=["--drop-after", "2"])
+        with jtest.raw_connection(server.port) as sock:
+            reader = sock.makefile("rb")
+            for _ in range(2):
+                sock.sendall(b"GET /ping HTTP/1.1\r\n\r\n")
+                resp = jtest.read_response(reader)
+                self.assertEqual((resp.body, resp.header("X-Conn")), (b"pong\n", "1"))
+            # The connection stays open while idle...
+            sock.settimeout(0.3)
+            with self.assertRaises(socket.timeout):
+                sock.recv(1)
+            sock.settimeout(5)
+            # ...and closes, without a byte, once the next request came.
+            sock.sendall(b"GET /ping HTTP/1.1\r\n\r\n")
+            self.assertEqual(reader.read(), b"")
+        # Every connection gets its own count.
+        self.assertEqual(jtest.http_request(server.port, path="/ping")[1]["X-Conn"], "2")
+        server.wait_for_line(r"^GET /ping drop$")
+        self.assertEqual(server.lines[1:5], ["GET /ping 200"] * 2 + ["GET /ping drop", "GET /ping 200"])
+        zero = self.start_testserver(extra_args=["--drop-after=0"])
+        self.assertEqual(send_raw(zero.port, b"GET /ping HTTP/1.1\r\n\r\n"), b"")
+
+    def test_delay_logs_on_arrival_and_on_answer(self):
+        server = self.start_testserver(quiet=False)
+        with jtest.raw_connection(server.port) as sock:
+            sock.sendall(b"GET /delay?ms=60000 HTTP/1.1\r\n\r\n")
+            server.wait_for_line(r"^GET /delay\?ms=60000 wait$", timeout=5)
+        self.assertEqual(jtest.http_request(server.port, path="/delay?ms=0")[0], 200)
+        server.wait_for_line(r"^GET /delay\?ms=0 200$", timeout=5)
 
     def test_request_log_unless_quiet(self):
         server = self.start_testserver(quiet=False)

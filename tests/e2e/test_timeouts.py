@@ -1,13 +1,16 @@
-"""Timeouts end to end: slow clients get 408, silent servers 504, idle keep-alive
-connections are closed, and none of it disturbs other clients."""
+"""Timeouts end to end: slow clients get 408, silent servers 504, a stalled response body
+is cut, idle keep-alive connections are closed, a drain that outlasts timeout.drain ends
+the process, and none of it disturbs other clients."""
 
 from __future__ import annotations
 
+import signal
+import socket
 import time
 import unittest
 
 import jtest
-from balancer import BalancerTestCase
+from balancer import BalancerTestCase, start_balancer
 
 HOST = "127.0.74.1"
 
@@ -58,10 +61,42 @@ class TimeoutTest(BalancerTestCase):
         # Each piece arrives well within timeout.upstream: the stalled-body timer must not fire.
         status, _, body = jtest.http_request(self.lb.port, path="/delay?ms=600", timeout=10)
         self.assertEqual(status, 200)
+        # The body pauses 600 ms three times (timeout.upstream is 1s): 1.8 s in all, but never 1 s
+        # without a byte, so it is not cut (the stall timer counts from the last read).
+        started = time.monotonic()
+        status, _, body = jtest.http_request(
+            self.lb.port, path="/bytes?n=100000&pause=30000&pause_ms=600&pauses=3", timeout=10)
+        self.assertGreaterEqual(time.monotonic() - started, 1.79)
+        self.assertEqual((status, body), (200, jtest.pattern_bytes(100000)))
 
-
-if __name__ == "__main__":
-    unittest.main()
+    def test_body_that_stalls_is_cut_and_others_are_served_meanwhile(self):
+        # The server sends the head and 30000 of its 100000 bytes, then nothing for 5 s; past
+        # timeout.upstream (1s) without a byte, the balancer cuts the client connection.
+        sock = jtest.raw_connection(self.lb.port, timeout=10)
+        self.addCleanup(sock.close)
+        started = time.monotonic()
+        sock.sendall(b"GET /bytes?n=100000&pause=30000&pause_ms=5000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 30000:
+            chunk = sock.recv(65536)
+            self.assertTrue(chunk, f"closed after {len(data)} bytes")
+            data += chunk
+        # Other clients are served while that body stalls.
+        for _ in range(5):
+            self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        cut = time.monotonic() - started
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertIn(b"Content-Length: 100000", head)
+        self.assertEqual(body, jtest.pattern_bytes(30000))  # fewer bytes than announced, then the close
+        self.assertGreaterEqual(cut, 0.9)
+        self.assertLess(cut, 4.0)  # the cut, not the server's pause ending (5 s)
+        self.lb.wait_for_line(r"server 127\.0\.74\.1:690[12] stalled mid-response", timeout=5)
+        self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
 
 
 class CommandLineTimeoutTest(BalancerTestCase):
@@ -109,3 +144,36 @@ class CommandLineTimeoutTest(BalancerTestCase):
             fn()
         except OSError:
             pass
+
+
+class DrainTimeoutTest(BalancerTestCase):
+    def test_drain_timeout_exits_1_and_drops_what_is_in_flight(self):
+        backends = [self.start_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
+        # timeout.upstream far beyond the drain: only the drain timeout can end /hang.
+        lb = start_balancer("timeouts", extra=["--timeout-upstream", "30s", "--timeout-drain", "1s"])
+        self.addCleanup(lb.stop, signal.SIGKILL)  # it exits 1 by design: no clean-exit check
+        sock = jtest.raw_connection(lb.port, timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while not any("GET /hang hang" in line for b in backends for line in list(b.lines)):
+            self.assertLess(time.monotonic(), deadline, "/hang never reached a server")
+            time.sleep(0.01)
+        started = time.monotonic()
+        lb.send_signal(signal.SIGTERM)
+        code = lb.wait(timeout=10)
+        took = time.monotonic() - started
+        # src/runtime: the drain timer logs and _Exit(1)s with requests still in flight.
+        self.assertEqual(code, 1, lb.output())
+        self.assertGreaterEqual(took, 0.9)
+        self.assertLess(took, 5.0)
+        lb.wait_for_line(r"drain timeout: exiting with requests still in flight", timeout=5)
+        # The client got no answer: its connection just closed.
+        try:
+            self.assertEqual(sock.recv(65536), b"")
+        except ConnectionResetError:
+            pass
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -15,6 +15,7 @@ namespace {
 
 constexpr std::string_view kUsage =
     "usage: testserver --port P [--host 127.0.0.1] [--root DIR] [--quiet] [--reset-all] [--delay-ms N]\n"
+    "                  [--drop-after N]\n"
     "\n"
     "  --port P     TCP port to listen on (0 picks a free one; the listening line names it)\n"
     "  --host H     IPv4 or IPv6 address to bind (default 127.0.0.1)\n"
@@ -22,10 +23,13 @@ constexpr std::string_view kUsage =
     "  --quiet      no per-request log line\n"
     "  --reset-all  answer every request with a TCP reset (for failover tests)\n"
     "  --delay-ms N wait N ms before answering any request (for slow-server tests)\n"
+    "  --drop-after N  on each connection answer N requests, then close upon the next one\n"
+    "               without answering (a stale keep-alive connection, for replay tests)\n"
     "  --help       this text\n"
     "\n"
     "Prints 'testserver listening on HOST:PORT' once listening; exits 0 on SIGINT/SIGTERM.\n"
-    "Endpoints: /ping /echo /headers /delay?ms=N /status/N /bytes?n=N[&chunked=1]\n"
+    "Endpoints: /ping /echo /headers /delay?ms=N /status/N /interim?n=N[&code=C]\n"
+    "           /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n"
     "           /close /reset /hang, anything else a static file under --root.\n"
     "Every response carries X-Server: <port> and X-Conn: <connection serial number>.\n";
 
@@ -60,7 +64,7 @@ int main(int argc, char** argv) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
     }
-    if (name != "--port" && name != "--host" && name != "--root" && name != "--delay-ms") {
+    if (name != "--port" && name != "--host" && name != "--root" && name != "--delay-ms" && name != "--drop-after") {
       return usage_error("unknown argument '" + std::string(arg) + "'");
     }
     if (!value) {
@@ -71,6 +75,10 @@ int main(int argc, char** argv) {
       const auto ms = parse_uint(*value, 600000);
       if (!ms) return usage_error("--delay-ms must be a number of milliseconds, not '" + std::string(*value) + "'");
       options.delay_ms = static_cast<unsigned>(*ms);
+    } else if (name == "--drop-after") {
+      const auto n = parse_uint(*value, 1000000);
+      if (!n) return usage_error("--drop-after must be a number of requests, not '" + std::string(*value) + "'");
+      options.drop_after = static_cast<int>(*n);
     } else if (name == "--port") {
       const auto port = parse_uint(*value, 65535);
       if (!port) return usage_error("--port must be a number from 0 to 65535, not '" + std::string(*value) + "'");

@@ -35,11 +35,13 @@ constexpr std::size_t kMaxHead = 64u << 10;            // request line + headers
 constexpr std::uint64_t kMaxEchoBody = 1ull << 30;    // /echo buffers the whole body
 constexpr std::uint64_t kMaxBytes = 1ull << 50;       // /bytes?n=
 constexpr std::uint64_t kMaxDelayMs = 24ull * 3600 * 1000;
+constexpr std::uint64_t kMaxInterims = 10000;  // /interim?n=
+constexpr std::uint64_t kNoPause = UINT64_MAX;
 constexpr std::uint64_t kLingerMs = 2000;  // wait for the peer's FIN after our own
 constexpr std::size_t kReadBuffer = 256u << 10;
 constexpr int kBacklog = 4096;
 
-enum class Route : std::uint8_t { Ping, Echo, Headers, Delay, Status, Bytes, Close, Reset, Hang, Static };
+enum class Route : std::uint8_t { Ping, Echo, Headers, Delay, Status, Interim, Bytes, Close, Reset, Hang, Static };
 
 Route classify(std::string_view path) {
   if (path == "/ping") return Route::Ping;
@@ -47,6 +49,7 @@ Route classify(std::string_view path) {
   if (path == "/headers") return Route::Headers;
   if (path == "/delay") return Route::Delay;
   if (path.starts_with("/status/")) return Route::Status;
+  if (path == "/interim") return Route::Interim;
   if (path == "/bytes") return Route::Bytes;
   if (path == "/close") return Route::Close;
   if (path == "/reset") return Route::Reset;
@@ -85,6 +88,10 @@ struct BodyStream {
   std::uint64_t offset = 0;
   std::uint64_t remaining = 0;
   int fd = -1;
+  std::uint64_t pause_at = kNoPause;  // /bytes?pause=K: body offset where the stream stops for a while
+  std::uint64_t pause_ms = 0;
+  std::uint64_t pause_every = 0;      // K: the next pause comes K bytes later...
+  std::uint64_t pauses_left = 0;      // ...while pauses are left (pauses=P)
 };
 
 class Conn;
@@ -150,6 +157,7 @@ class Conn {
   void serve_headers();
   void serve_delay();
   void serve_status();
+  void serve_interim();
   void serve_bytes();
   void serve_static();
   void serve_reset();
@@ -185,6 +193,8 @@ class Conn {
   std::uint64_t delay_ms_ = 0;
   bool predelayed_ = false;        // --delay-ms: this request waited already
   bool predelay_waiting_ = false;  // --delay-ms: the timer runs for it
+  bool pausing_ = false;           // /bytes?pause=K: the timer runs, the body waits
+  std::uint64_t dispatched_ = 0;   // requests dispatched on this connection (--drop-after)
 
   std::string input_;  // unparsed bytes, while a response is in progress
   BodyStream stream_;
@@ -471,7 +481,7 @@ int Conn::on_headers_complete(llhttp_t* parser) {
   const std::string* expect = req.header("Expect");
   if (has_body && expect != nullptr && iequals(*expect, "100-continue") &&
       (req.http_major > 1 || req.http_minor >= 1)) {
-    conn->write_owned("HTTP/1.1 100 Continue\r\n\r\n");
+    conn->write_owned(conn->response_head(100, {}, 0));  // with X-Server and X-Conn, like every response
   }
   return 0;
 }
@@ -498,12 +508,21 @@ int Conn::on_message_complete(llhttp_t* parser) {
 
 void Conn::dispatch() {
   busy_ = true;
+  if (server_.options().drop_after >= 0 && !predelayed_ &&
+      dispatched_ >= static_cast<std::uint64_t>(server_.options().drop_after)) {
+    // --drop-after N: a kept-alive connection the server gives up on just as the next
+    // request arrives. The request was read; the close is a FIN, no answer.
+    log("drop");
+    close();
+    return;
+  }
   if (server_.options().delay_ms > 0 && !predelayed_) {
     predelayed_ = predelay_waiting_ = true;
     uv_timer_start(&timer_, on_timer, server_.options().delay_ms, 0);
     return;
   }
   predelayed_ = false;
+  ++dispatched_;
   if (server_.options().reset_all) {
     serve_reset();
     return;
@@ -514,6 +533,7 @@ void Conn::dispatch() {
     case Route::Headers: serve_headers(); break;
     case Route::Delay: serve_delay(); break;
     case Route::Status: serve_status(); break;
+    case Route::Interim: serve_interim(); break;
     case Route::Bytes: serve_bytes(); break;
     case Route::Close:
       req_.keep_alive = false;
@@ -564,6 +584,7 @@ void Conn::serve_delay() {
     return;
   }
   delay_ms_ = *ms;
+  log("wait");  // on arrival: tests can see a request is in progress (the answer logs 200)
   uv_timer_start(&timer_, on_timer, *ms, 0);
 }
 
@@ -580,11 +601,37 @@ void Conn::serve_status() {
   send_simple(status, body);
 }
 
+// /interim?n=N[&code=C]: N interim responses of status C (default 100), then 200. Writes
+// them all at once, as one burst. A 101 carries Upgrade headers though nobody asked for
+// an upgrade: a broken server, which the balancer must not relay.
+void Conn::serve_interim() {
+  const auto n_param = query_param(req_.query, "n");
+  const auto n = n_param ? parse_uint(*n_param, kMaxInterims) : std::nullopt;
+  const auto code_param = query_param(req_.query, "code");
+  const auto code = code_param ? parse_uint(*code_param, 199) : std::optional<std::uint64_t>(100);
+  if (!n || !code || *code < 100) {
+    send_simple(400, "usage: /interim?n=N[&code=C] (N <= 10000, 100 <= C <= 199)\n");
+    return;
+  }
+  const int status = static_cast<int>(*code);
+  const std::string_view extra = status == 101 ? "Connection: Upgrade\r\nUpgrade: testserver\r\n" : "";
+  const std::string one = response_head(status, {}, 0, extra);
+  const std::string body = "interim " + std::to_string(*n) + "\n";
+  std::string out;
+  out.reserve(one.size() * *n + 256 + body.size());
+  for (std::uint64_t i = 0; i < *n; ++i) out += one;
+  out += response_head(200, "text/plain; charset=utf-8", body.size());
+  if (!req_.head) out += body;
+  log("200");
+  write_owned(std::move(out));
+  finish_response();
+}
+
 void Conn::serve_bytes() {
   const auto n_param = query_param(req_.query, "n");
   const auto n = n_param ? parse_uint(*n_param, kMaxBytes) : std::nullopt;
   if (!n) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K]\n");
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n");
     return;
   }
   // HTTP/1.0 has no chunked encoding; such a client gets Content-Length.
@@ -593,6 +640,26 @@ void Conn::serve_bytes() {
   // cut=K: announce N bytes, send K < N, then close (a server dying mid-body).
   const auto cut_param = query_param(req_.query, "cut");
   const std::uint64_t cut = cut_param ? parse_uint(*cut_param, kMaxBytes).value_or(*n) : *n;
+  // pause=K&pause_ms=M: after K body bytes, nothing for M ms (default 1000), then the rest.
+  // pauses=P: P pauses, K bytes apart (default 1).
+  std::uint64_t pause_at = kNoPause;
+  std::uint64_t pause_ms = 1000;
+  std::uint64_t pauses = 1;
+  bool bad = false;
+  auto param = [&](std::string_view key, std::uint64_t max, std::uint64_t& out) {
+    if (const auto text = query_param(req_.query, key)) {
+      const auto value = parse_uint(*text, max);
+      if (value) out = *value;
+      else bad = true;
+    }
+  };
+  param("pause", kMaxBytes, pause_at);
+  param("pause_ms", kMaxDelayMs, pause_ms);
+  param("pauses", 1000, pauses);
+  if (bad || pauses == 0 || (pause_at == 0 && pauses > 1)) {
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n");
+    return;
+  }
   std::string head = response_head(200, "application/octet-stream", *n, {}, chunked);
   log("200");
   if (cut < *n && !req_.head && !chunked) {
@@ -603,7 +670,7 @@ void Conn::serve_bytes() {
       return;
     }
     write_owned(std::move(head));
-    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1};
+    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1, pause_at, pause_ms, pause_at, pauses};
     pump();
     return;
   }
@@ -614,7 +681,7 @@ void Conn::serve_bytes() {
     return;
   }
   write_owned(std::move(head));
-  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1};
+  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1, pause_at, pause_ms, pause_at, pauses};
   pump();
 }
 
@@ -683,6 +750,11 @@ void Conn::on_timer(uv_timer_t* timer) {
   if (conn->closing_) return;
   if (conn->draining_) {  // the linger after our FIN expired
     conn->close();
+    return;
+  }
+  if (conn->pausing_) {  // /bytes?pause=K: the rest of the body now
+    conn->pausing_ = false;
+    conn->pump();
     return;
   }
   if (conn->predelay_waiting_) {  // --delay-ms is over: answer now
@@ -817,8 +889,16 @@ void Conn::after_write() {
 void Conn::pump() {
   static constexpr char kCrlf[] = "\r\n";
   static constexpr char kLastChunk[] = "\r\n0\r\n\r\n";
-  while (stream_.kind != BodyStream::Kind::None && queued_ < kHighWater && !closing_) {
-    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(stream_.remaining, kPatternBlock));
+  while (stream_.kind != BodyStream::Kind::None && queued_ < kHighWater && !closing_ && !pausing_) {
+    if (stream_.offset == stream_.pause_at) {
+      stream_.pause_at = --stream_.pauses_left > 0 ? stream_.pause_at + stream_.pause_every : kNoPause;
+      pausing_ = true;
+      uv_timer_start(&timer_, on_timer, stream_.pause_ms, 0);
+      return;
+    }
+    std::uint64_t piece = std::min<std::uint64_t>(stream_.remaining, kPatternBlock);
+    if (stream_.pause_at > stream_.offset) piece = std::min(piece, stream_.pause_at - stream_.offset);
+    const std::size_t n = static_cast<std::size_t>(piece);
     const bool last = n == stream_.remaining;
     auto write = std::make_unique<WriteReq>();
     uv_buf_t bufs[3];

@@ -13,6 +13,8 @@ struct Options {
   bool quiet = false;
   bool reset_all = false;  // answer every request with a TCP reset (failover tests)
   unsigned delay_ms = 0;   // wait this long before answering any request (slow-server tests)
+  int drop_after = -1;     // >= 0: on each connection, answer that many requests, then close
+                           // upon the next one without answering (stale keep-alive tests)
 };
 
 // Listens, prints "testserver listening on HOST:PORT" to stdout, and serves until SIGINT or
