@@ -6,7 +6,6 @@ import collections
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import unittest
 
@@ -74,8 +73,7 @@ class HealthTest(BalancerTestCase):
     def test_missing_error_pages_folder_stops_start_up(self):
         empty = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, empty)
-        out = subprocess.run([balancer_path("health"), "--port", "0"], cwd=empty, capture_output=True, text=True,
-                             timeout=10)
+        out = jtest.run_program([balancer_path("health"), "--port", "0"], cwd=empty, timeout=10)
         self.assertEqual(out.returncode, 1)
         self.assertIn("set error_pages: cannot read pages", out.stderr)
 

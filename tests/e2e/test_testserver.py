@@ -483,7 +483,7 @@ class NoRoot(jtest.JugglerTestCase):
 
 class CommandLine(jtest.JugglerTestCase):
     def run_testserver(self, *args):
-        return subprocess.run([jtest.binary("testserver"), *args], capture_output=True, text=True, timeout=10)
+        return jtest.run_program([jtest.binary("testserver"), *args], timeout=10)
 
     def test_help(self):
         result = self.run_testserver("--help")

@@ -225,8 +225,8 @@ class TicketRotationTest(BalancerTestCase):
 
 class CertificateErrorsTest(unittest.TestCase):
     def run_in(self, directory: str) -> subprocess.CompletedProcess:
-        return subprocess.run([balancer_path("tls"), "--port", "0", "--https-port", "0"], cwd=directory,
-                              capture_output=True, text=True, timeout=10)
+        return jtest.run_program([balancer_path("tls"), "--port", "0", "--https-port", "0"], cwd=directory,
+                                 timeout=10)
 
     def test_missing_certificate_names_the_file_and_make_ssl_cert(self):
         d = tempfile.mkdtemp()
