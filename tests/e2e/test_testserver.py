@@ -241,7 +241,7 @@ class Endpoints(jtest.JugglerTestCase):
 
         def slow():
             start = time.monotonic()
-            result["reply"] = self.request(path="/delay?ms=600")
+            result["reply"] = self.request(path="/delay?ms=2000")
             result["elapsed"] = time.monotonic() - start
 
         thread = threading.Thread(target=slow)
@@ -249,10 +249,10 @@ class Endpoints(jtest.JugglerTestCase):
         time.sleep(0.1)
         start = time.monotonic()
         self.assertEqual(self.request(path="/ping")[2], b"pong\n")
-        self.assertLess(time.monotonic() - start, 0.3)
+        self.assertLess(time.monotonic() - start, 1.0)  # behind the delay it would take ~1.9 s
         thread.join(10)
-        self.assertEqual(result["reply"][2], b"delayed 600\n")
-        self.assertGreaterEqual(result["elapsed"], 0.59)
+        self.assertEqual(result["reply"][2], b"delayed 2000\n")
+        self.assertGreaterEqual(result["elapsed"], 1.99)
 
     def test_delay_bad_argument(self):
         for path in ("/delay", "/delay?ms=", "/delay?ms=-1", "/delay?ms=abc"):
