@@ -3,8 +3,11 @@
 Layers, each usable alone:
   * where things are:   SOURCE_DIR, BIN_DIR, binary(name)
   * ports:              free_port(), wait_for_port()
+  * sanitizer reports:  assert_no_sanitizer_report(), run_program() -- subprocess.run for
+                        our programs, raising on a sanitizer report in their output
   * processes:          ManagedProcess / start_process() -- a Popen that waited for its
-                        "ready" line, keeps draining its output, and stops cleanly
+                        "ready" line, keeps draining its output, and stops cleanly (its
+                        output scanned for sanitizer reports whatever the signal)
   * the test backend:   start_testserver(), demo_root(n)
   * bodies:             PATTERN, pattern_bytes(), pattern_sha256()
   * HTTP on the wire:   http_request(), RawResponse / read_response(), raw_connection()
@@ -69,6 +72,40 @@ def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 10.0) -> Non
             time.sleep(0.02)
 
 
+# ---------------------------------------------------------------- sanitizer reports
+
+# What ASan, LSan, UBSan and TSan print (UBSan's "runtime error:" has no ERROR: line when it
+# only warns). Under the ASan pass of the suite every output of our programs is scanned.
+SANITIZER_REPORT = re.compile(r"ERROR: \w*Sanitizer|SUMMARY: \w*Sanitizer|runtime error:|WARNING: ThreadSanitizer")
+
+
+def assert_no_sanitizer_report(name: str, *outputs) -> None:
+    """Raises AssertionError (with the output) if any of `outputs` (str, bytes or None)
+    holds a sanitizer report."""
+    for output in outputs:
+        if output is None:
+            continue
+        text = output.decode("utf-8", "replace") if isinstance(output, (bytes, bytearray)) else output
+        if SANITIZER_REPORT.search(text):
+            raise AssertionError(f"{name} reported a sanitizer error:\n{text}")
+
+
+def run_program(argv: Sequence[str], timeout: float = 30.0, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for one of OUR programs (a balancer, the testserver; possibly behind a
+    wrapper such as setpriv or prlimit) that is expected to exit by itself.
+
+    Captures stdout and stderr (text, unless text=False is passed) and raises AssertionError
+    if either holds a sanitizer report. The caller asserts the exact exit code.
+    """
+    kwargs.setdefault("text", True)
+    if "stdout" not in kwargs and "stderr" not in kwargs:
+        kwargs.setdefault("capture_output", True)
+    argv = list(argv)
+    result = subprocess.run(argv, timeout=timeout, **kwargs)
+    assert_no_sanitizer_report(" ".join(argv), result.stdout, result.stderr)
+    return result
+
+
 # ---------------------------------------------------------------- processes
 
 class ManagedProcess(subprocess.Popen):
@@ -131,7 +168,12 @@ class ManagedProcess(subprocess.Popen):
         raise RuntimeError(f"{self.name} exited ({code}) before printing /{pattern}/:\n" + self.output())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> Optional[int]:
-        """Sends `sig`, waits up to `timeout`, then SIGKILLs. Returns the exit code. Idempotent."""
+        """Sends `sig`, waits up to `timeout`, then SIGKILLs. Returns the exit code. Idempotent.
+
+        Whatever the signal, the whole output is then scanned: a sanitizer report in it raises
+        AssertionError (so a process a test kills on purpose is checked too). The caller
+        asserts the exit code it expects (check_stopped_cleanly: 0 after SIGTERM).
+        """
         if self.poll() is None:
             try:
                 self.send_signal(sig)
@@ -142,6 +184,7 @@ class ManagedProcess(subprocess.Popen):
         self._reader.join(timeout=5)
         if self.stdout:
             self.stdout.close()
+        assert_no_sanitizer_report(self.name, self.output())
         return self.returncode
 
 
@@ -327,18 +370,12 @@ def make_cert(directory: str, stem: str, cn: str, san: str) -> None:
 
 # ---------------------------------------------------------------- unittest glue
 
-SANITIZER_REPORT = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|ThreadSanitizer")
-
-
 def check_stopped_cleanly(proc: ManagedProcess) -> None:
     """Stops `proc` (SIGTERM) and raises AssertionError if it did not exit 0 or printed a
     sanitizer report, so the ASan pass of the suite catches leaks in our own programs."""
-    code = proc.stop()
-    output = proc.output()
-    if SANITIZER_REPORT.search(output):
-        raise AssertionError(f"{proc.name} reported a sanitizer error:\n{output}")
+    code = proc.stop()  # raises on a sanitizer report
     if code != 0:
-        raise AssertionError(f"{proc.name} exited {code} on SIGTERM:\n{output}")
+        raise AssertionError(f"{proc.name} exited {code} on SIGTERM:\n{proc.output()}")
 
 
 class JugglerTestCase(unittest.TestCase):

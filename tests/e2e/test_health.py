@@ -6,7 +6,6 @@ import collections
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import unittest
 
@@ -15,8 +14,12 @@ from balancer import BalancerTestCase, balancer_path
 
 HOST = "127.0.79.1"
 PAGE = b"<html><body><h1>We are down for a moment</h1></body></html>\n"
-# interval 200 ms x fall/rise 2, plus a check's timeout and slack for a loaded machine.
-DETECT_S = 0.4 + 0.15 + 1.0
+# health.def: interval 700 ms, timeout 500 ms (a check must be shorter than the interval),
+# rise/fall 2. The slowest verdict: the next check starts within one interval, the second
+# one an interval later and ends at its timeout: 0.7 + 0.7 + 0.5 = 1.9 s. These are upper
+# bounds with 3 s of slack for a loaded machine and the ASan pass.
+INTERVAL_S, CHECK_TIMEOUT_S, RISE_FALL = 0.7, 0.5, 2
+DETECT_S = RISE_FALL * INTERVAL_S + CHECK_TIMEOUT_S + 3.0
 
 
 class HealthTest(BalancerTestCase):
@@ -47,16 +50,15 @@ class HealthTest(BalancerTestCase):
         lb.wait_for_line(r"server 127\.0\.79\.1:6902 in pool web is DOWN: connect refused", timeout=DETECT_S)
         self.assertEqual(set(self.spread(lb.port)), {"6901", "6903"})
 
-        servers[6902] = jtest.start_testserver(port=6902, host=HOST)
-        self.addCleanup(servers[6902].stop)
+        servers[6902] = self.start_testserver(port=6902, host=HOST)
         lb.wait_for_line(r"server 127\.0\.79\.1:6902 in pool web is UP again", timeout=DETECT_S)
         self.assertEqual(set(self.spread(lb.port)), {"6901", "6902", "6903"})
 
     def test_failing_status_takes_a_server_out(self):
         self.start_testserver(port=6901, host=HOST)
         self.start_testserver(port=6902, host=HOST)
-        hanging = jtest.start_testserver(port=6903, host=HOST, extra_args=["--delay-ms", "1000"])
-        self.addCleanup(hanging.stop)
+        # Answers only after 5 s: every check times out (500 ms) well before.
+        self.start_testserver(port=6903, host=HOST, extra_args=["--delay-ms", "5000"])
         lb = self.start_balancer("health", cwd=self.dir)
         lb.wait_for_line(r"server 127\.0\.79\.1:6903 in pool web is DOWN: timeout", timeout=DETECT_S)
         self.assertEqual(set(self.spread(lb.port)), {"6901", "6902"})
@@ -74,8 +76,7 @@ class HealthTest(BalancerTestCase):
     def test_missing_error_pages_folder_stops_start_up(self):
         empty = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, empty)
-        out = subprocess.run([balancer_path("health"), "--port", "0"], cwd=empty, capture_output=True, text=True,
-                             timeout=10)
+        out = jtest.run_program([balancer_path("health"), "--port", "0"], cwd=empty, timeout=10)
         self.assertEqual(out.returncode, 1)
         self.assertIn("set error_pages: cannot read pages", out.stderr)
 

@@ -4,6 +4,7 @@ descriptors (tests/routes/fdlimit.def)."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import socket
 import time
@@ -37,7 +38,14 @@ class LimitsTest(BalancerTestCase):
         return jtest.read_response(sock.makefile("rb"))
 
     def server_saw(self, marker: str) -> bool:
-        time.sleep(0.1)
+        """Whether the server logged a request whose target holds `marker`. Called after the
+        balancer answered the rejected request: a barrier request then goes through, and once
+        the server logged it, a request forwarded before it would have been logged too (one
+        server, /ping answered at once; it logs each request as it answers)."""
+        self.__class__.barriers = getattr(self.__class__, "barriers", 0) + 1
+        barrier = f"/ping?barrier={self.barriers}"
+        self.assertEqual(jtest.http_request(self.lb.port, path=barrier)[0], 200)
+        self.server.wait_for_line(re.escape(f"GET {barrier} 200"), timeout=10)
         return any(marker in line for line in self.server.lines)
 
     def test_header_bytes_431(self):
@@ -90,20 +98,24 @@ class LimitsTest(BalancerTestCase):
         self.assertEqual(reader.read(), b"")  # closed after the third
 
     def test_connections_per_worker(self):
-        idle = []
-        for _ in range(20):
+        held = []
+        for _ in range(20):  # each answered once, so the balancer holds all 20 (kept alive)
             s = jtest.raw_connection(self.lb.port)
             self.addCleanup(s.close)
-            idle.append(s)
-        time.sleep(0.2)
+            s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            self.assertEqual(jtest.read_response(s.makefile("rb")).status, 200)
+            held.append(s)
         extra = jtest.raw_connection(self.lb.port)
         self.addCleanup(extra.close)
         resp = jtest.read_response(extra.makefile("rb"))
         self.assertEqual(resp.status, 503)
-        for s in idle:
+        for s in held:
             s.close()
-        time.sleep(0.3)
-        self.assertEqual(jtest.http_request(self.lb.port, path="/ping")[0], 200)
+        # The balancer sees the closes soon: poll (503 until it did) for up to 10 s.
+        deadline = time.monotonic() + 10
+        while (status := jtest.http_request(self.lb.port, path="/ping")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(status, 200)
 
 
 class FdLimitTest(BalancerTestCase):
@@ -121,7 +133,11 @@ class FdLimitTest(BalancerTestCase):
                 s.setblocking(False)
                 s.connect_ex((jtest.LOOPBACK, lb.port))
                 clients.append(s)
-            time.sleep(0.5)
+            # Wait until the balancer is out of descriptors (polled: its open fds).
+            deadline = time.monotonic() + 10
+            while len(os.listdir(f"/proc/{lb.pid}/fd")) < 250 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertGreaterEqual(len(os.listdir(f"/proc/{lb.pid}/fd")), 250, "the balancer never ran out")
             before = cpu_seconds(lb.pid)
             time.sleep(2.0)
             used = cpu_seconds(lb.pid) - before

@@ -486,14 +486,13 @@ class LifecycleTest(BalancerTestCase):
             socket.create_connection((jtest.LOOPBACK, lb.port), timeout=1).close()
 
     def test_check_prints_the_compiled_table(self):
-        out = subprocess.run([balancer_path("basic"), "--check"], capture_output=True, text=True, timeout=10)
+        out = jtest.run_program([balancer_path("basic"), "--check"], timeout=10)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn("server 127.0.71.1:6902", out.stdout)
         self.assertIn("route * /echo -> web", out.stdout)
         # The effective settings: the command line's overrides applied.
-        out = subprocess.run([balancer_path("basic"), "--check", "--port", "8123", "--workers", "3",
-                              "--timeout-upstream", "7s", "--access-log", "off"],
-                             capture_output=True, text=True, timeout=10)
+        out = jtest.run_program([balancer_path("basic"), "--check", "--port", "8123", "--workers", "3",
+                                 "--timeout-upstream", "7s", "--access-log", "off"], timeout=10)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertRegex(out.stdout, r"http  [0-9.]+:8123  \(--port\)")
         self.assertIn("workers 3", out.stdout)
@@ -502,15 +501,15 @@ class LifecycleTest(BalancerTestCase):
 
     @unittest.skipUnless(shutil.which("setpriv") and os.geteuid() == 0, "needs root to drop privileges")
     def test_privileged_port_without_root_says_sudo_or_port(self):
-        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                              balancer_path("basic"), "--port", "80"], capture_output=True, text=True, timeout=10)
+        out = jtest.run_program(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                 balancer_path("basic"), "--port", "80"], timeout=10)
         self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
         self.assertIn("cannot listen on 127.0.0.1:80", out.stderr)
         self.assertIn("sudo", out.stderr)
         self.assertIn("--port", out.stderr)
 
     def test_unsupported_features_refuse_to_start_and_name_them(self):
-        out = subprocess.run([balancer_path("unsupported"), "--port", "0"], capture_output=True, text=True, timeout=10)
+        out = jtest.run_program([balancer_path("unsupported"), "--port", "0"], timeout=10)
         self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: tcp listeners")
         self.assertRegex(out.stderr, r"unsupported\.def:\d+: cache= is not implemented")

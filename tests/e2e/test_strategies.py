@@ -66,7 +66,7 @@ class StickyCookieTest(BalancerTestCase):
 
         # It recovers: consistent hashing brings the client back (documented behaviour).
         servers[first] = jtest.start_testserver(port=int(first), host=HOST)
-        self.addCleanup(servers[first].stop)
+        self.addCleanup(jtest.check_stopped_cleanly, servers[first])
         deadline = time.monotonic() + 40
         back = None
         while time.monotonic() < deadline:
@@ -116,23 +116,72 @@ class LeastTimeTest(BalancerTestCase):
         self.assertGreater(counts["6912"], 60, counts)
 
 
+def established_to(host: str, port: int) -> int:
+    """TCP connections in state ESTABLISHED whose remote end is host:port (/proc/net/tcp)."""
+    a, b, c, d = (int(x) for x in host.split("."))
+    remote = f"{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        return sum(1 for line in f if line.split()[2] == remote and line.split()[3] == "01")
+
+
 class LeastConnTest(BalancerTestCase):
+    SLOW_MS = 6000
+
     def test_new_requests_avoid_the_busy_server(self):
-        self.start_backends(HOST, (6901, 6902))
+        # 6902 answers everything after SLOW_MS, 6901 at once: requests the balancer sends
+        # to 6902 stay in flight, the ones it sends to 6901 are over in milliseconds.
+        self.start_testserver(port=6901, host=HOST)
+        self.start_testserver(port=6902, host=HOST, extra_args=["--delay-ms", str(self.SLOW_MS)])
         lb = self.start_balancer("strategies")
-        # Occupy connections with slow requests; least_conn balances the in-flight count.
-        results = []
 
-        def slow():
-            results.append(get(lb.port, "conn.test", path="/delay?ms=800")[1]["X-Server"])
+        # Phase 1: a few requests at once. Ties between idle servers are broken round-robin
+        # per worker, so with 5 requests on 2 workers at least one lands on 6902 and stays.
+        held: list = []
+        lock = threading.Lock()
 
-        threads = [threading.Thread(target=slow) for _ in range(10)]
+        def hold():
+            try:
+                server = get(lb.port, "conn.test")[1]["X-Server"]
+            except OSError as error:
+                server = repr(error)
+            with lock:
+                held.append((server, time.monotonic()))
+
+        threads = [threading.Thread(target=hold, daemon=True) for _ in range(5)]
         for t in threads:
             t.start()
-            time.sleep(0.02)
+        self.addCleanup(lambda: [t.join(timeout=30) for t in threads])
+        # Wait (polling) until each of the 5 is either answered (by 6901) or in flight on an
+        # upstream connection to 6902.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with lock:
+                answered = len(held)
+            busy = established_to(HOST, 6902)
+            if busy >= 1 and answered + busy >= len(threads):
+                break
+            time.sleep(0.01)
+        else:
+            self.fail(f"phase 1 did not settle: {held}, {established_to(HOST, 6902)} connections to 6902")
+        with lock:
+            self.assertTrue(all(server == "6901" for server, _ in held), held)
+
+        # Phase 2: while 6902 is busy, every new request goes to the idle 6901.
+        # (Under round_robin every other one would go to 6902 and wait SLOW_MS.)
+        for i in range(20):
+            started = time.monotonic()
+            status, headers = get(lb.port, "conn.test")
+            self.assertEqual((status, headers["X-Server"]), (200, "6901"), f"request {i}")
+            self.assertLess(time.monotonic() - started, self.SLOW_MS / 1000 / 2)
+        phase2_done = time.monotonic()
+        # The premise held throughout: no request on 6902 was answered before phase 2 ended.
+        with lock:
+            self.assertFalse([s for s, t in held if s != "6901" and t <= phase2_done], held)
         for t in threads:
-            t.join(timeout=10)
-        self.assertEqual(collections.Counter(results), {"6901": 5, "6902": 5})
+            t.join(timeout=30)
+        self.assertEqual(len(held), 5)
+        self.assertIn("6902", [s for s, _ in held])
 
 
 if __name__ == "__main__":
