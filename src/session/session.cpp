@@ -1153,13 +1153,10 @@ void session_worker_done(Worker& w) noexcept {
     delete s;
   }
   w.free_session_count = 0;
-  // The write requests too: a write still queued when its handle was closed
-  // returns its request from the cancel callback, which can run after
+  // The pooled write requests go with the worker's StreamContext, later
+  // still: a write still queued when its handle was closed returns its
+  // request from the cancel callback, which can run after
   // session_free_exchanges (the last session closed in the same loop turn).
-  while (WriteReq* r = w.free_writes) {
-    w.free_writes = r->next_free;
-    delete r;
-  }
 }
 
 void session_free_exchanges(Worker& w) noexcept {
