@@ -207,8 +207,12 @@ class Tap:
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, port))
-        self.sock.listen(128)
+        try:
+            self.sock.bind((HOST, port))
+            self.sock.listen(128)
+        except OSError:
+            self.sock.close()
+            raise
         self.thread = threading.Thread(target=self._accept, name=f"tap-{port}", daemon=True)
         self.thread.start()
 
