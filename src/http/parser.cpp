@@ -262,6 +262,13 @@ int MessageParser::check_head() noexcept {
     if ((parser_.flags & F_TRANSFER_ENCODING) && parser_.http_minor == 0 && parser_.http_major == 1)
       return fail(400, "Transfer-Encoding on HTTP/1.0");
     if (parser_.method == HTTP_CONNECT) return fail(501, "CONNECT is not supported");
+    // llhttp 8 takes HTAB and FF inside the target; a server that splits the
+    // request line on any whitespace (RFC 9112 3 allows it) reads another
+    // target than the one we routed. No CTL, SP or DEL in a request-target.
+    for (std::uint32_t i = 0; i < url_len_; ++i) {
+      const auto c = static_cast<unsigned char>(url_[i]);
+      if (c <= ' ' || c == 0x7f) return fail(400, "invalid character in the request target");
+    }
     // llhttp checks this only after the head (where we pause): refuse it here,
     // before the request is routed. RFC 9112 6.3: chunked must be the final
     // coding of a request, else 400; a coding we do not know at all is 501.

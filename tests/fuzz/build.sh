@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets into build-fuzz/ (at the repository root) with
-# clang++ directly: tests/fuzz/fuzz_request.cpp and fuzz_response.cpp, the
+# clang++ directly: tests/fuzz/fuzz_request.cpp and fuzz_response.cpp (and
+# strict_framing_test.cpp, the strict reader's self-test), the
 # HTTP sources (src/http/*.cpp), llhttp's C sources and the distributer
 # generated from tests/routes/hardening.def.
 #
@@ -45,8 +46,13 @@ for src in "$ROOT"/src/http/*.cpp "$OUT/distributer.cpp"; do
   objs+=("$o")
 done
 
+# The strict framing reader's self-test (no fuzzer runtime; run.sh runs it first).
+"$CXX" -std=c++20 $FLAGS -Wall -Wextra -Werror -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+  "$ROOT/tests/fuzz/strict_framing_test.cpp" -o "$OUT/strict_framing_test"
+echo "built $OUT/strict_framing_test"
+
 for t in fuzz_request fuzz_response; do
-  "$CXX" -std=c++20 $FLAGS $SAN -I "$ROOT/include" -I "$LLHTTP_INC" \
+  "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$LLHTTP_INC" \
     "$ROOT/tests/fuzz/$t.cpp" "${objs[@]}" -luv -o "$OUT/$t"
   echo "built $OUT/$t"
 done

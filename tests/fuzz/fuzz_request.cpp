@@ -27,7 +27,11 @@
 //     server is asynchronous);
 //   - what is forwarded (edited head + raw body bytes) re-parses as exactly one
 //     message that ends where the original ended: no request can be smuggled
-//     past the proxy by a framing the two parsings read differently.
+//     past the proxy by a framing the two parsings read differently;
+//   - and the same by an independent strict RFC 9112 reader
+//     (strict_framing.hpp, not llhttp): exactly one message, its head the
+//     edited head, ending where llhttp said, with the same framing (chunked or
+//     the same Content-Length); no error even when the bytes ran out early.
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -37,6 +41,7 @@
 #include "fuzz_common.hpp"
 #include "juggler/http.hpp"
 #include "juggler/route.hpp"
+#include "strict_framing.hpp"
 
 using namespace juggler;
 using juggler::fuzz::Region;
@@ -151,6 +156,27 @@ void check_forwarded(const std::string& head, const char* body, std::size_t body
   } else {
     FUZZ_CHECK(ev == ParseEvent::NeedMore);
   }
+
+  // The same bytes through an independent strict reader (strict_framing.hpp,
+  // no llhttp): one message, its head exactly the edited head, ending exactly
+  // where llhttp's did; or, when the client's bytes ran out, not ended yet.
+  const strict::Framing sf = strict::frame_request(all);
+  if (sf.status == strict::Framing::Error || (complete && sf.status != strict::Framing::Complete)) {
+    std::fprintf(stderr, "strict reader: %s at %zu of %zu (llhttp: %s):\n%s\n",
+                 sf.error ? sf.error : (sf.status == strict::Framing::Incomplete ? "incomplete" : "complete"),
+                 sf.error_at, all.size(), complete ? "complete" : "incomplete", all.c_str());
+  }
+  FUZZ_CHECK(sf.status != strict::Framing::Error);
+  if (sf.status == strict::Framing::Complete || sf.head_len) FUZZ_CHECK(sf.head_len == head.size());
+  if (complete) {
+    FUZZ_CHECK(sf.status == strict::Framing::Complete);
+    FUZZ_CHECK(sf.end == all.size());
+  } else {
+    FUZZ_CHECK(sf.status == strict::Framing::Incomplete);
+  }
+  FUZZ_CHECK(sf.chunked == q.chunked());
+  FUZZ_CHECK(sf.has_content_length == q.has_content_length());
+  if (sf.has_content_length) FUZZ_CHECK(sf.content_length == q.content_length());
 }
 
 }  // namespace

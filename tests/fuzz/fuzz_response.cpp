@@ -104,8 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   };
   restart();
 
-  unsigned session_iov = 0;
-  for (int interim = 0;; ++interim) {
+  for (;;) {
     // ---- the head
     std::size_t used = 0;
     const std::size_t start = pos;
@@ -128,20 +127,22 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     juggler::fuzz::check_head(p, buf, size);
     FUZZ_CHECK(p.head_begin() >= buf + start);
     FUZZ_CHECK(p.head_begin() + p.head_len() == buf + pos);
+    // What the parser promises (check_head in src/http/parser.cpp): a status
+    // outside 100-599 is a bad response (502), never a HeadComplete. llhttp
+    // alone takes any three digits (regressions/response/status_code_600,
+    // status_code_999).
     const int status = p.status();
-    FUZZ_CHECK(status >= 100 && status <= 999);
+    FUZZ_CHECK(status >= 100 && status <= 599);
     if (status / 100 == 1) {
       FUZZ_CHECK(!p.has_body());
       if (status == 101) return 0;  // the session answers 502
       ev = p.feed(buf + pos, 0, &used);
       FUZZ_CHECK(used == 0 && ev == ParseEvent::MessageComplete);
-      // The session queues one iov slice per interim response of a read, in
-      // the exchange's iov (2 * limit.header_count + 8 entries), and the head
-      // after them; it answers 502 after kMaxInterim (8) interim responses
-      // (regressions/response/many_interim_responses overflowed it before).
-      ++session_iov;
-      if (session_iov > 8) return 0;
-      FUZZ_CHECK(session_iov + kMaxHeaders + 3 <= 2 * kMaxHeaders + 8);
+      // How many interim responses the session relays before it gives up
+      // (kMaxInterim in src/session/session.cpp, bug 5) is not in src/http and
+      // not tested here: an e2e test with a testserver sending many 100
+      // Continue guards it. This target only parses them all, as many as the
+      // input holds (regressions/response/many_interim_responses).
       restart();
       continue;
     }

@@ -6,7 +6,8 @@
 # New inputs go to build-fuzz/corpus/<target>/ (the seeds in tests/fuzz/corpus/
 # are only read); a crash is written to build-fuzz/crash-* and the script exits
 # non-zero. Every file in tests/fuzz/regressions/<target>/ is replayed first.
-# FUZZ_JOBS=N runs N workers per target (default 1).
+# FUZZ_JOBS=N runs N workers per target (default 1). The strict framing
+# reader's self-test (strict_framing_test) runs before anything else.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -14,6 +15,9 @@ OUT="${FUZZ_OUT:-$ROOT/build-fuzz}"
 SECONDS_PER_TARGET="${1:-60}"
 JOBS="${FUZZ_JOBS:-1}"
 status=0
+
+[ -x "$OUT/strict_framing_test" ] || { echo "run.sh: $OUT/strict_framing_test missing: run tests/fuzz/build.sh first" >&2; exit 1; }
+"$OUT/strict_framing_test" || exit 1
 
 for t in request response; do
   bin="$OUT/fuzz_$t"
