@@ -26,10 +26,11 @@ struct AccessRecord {
   std::string_view user_agent;
   std::string_view upstream;      // "127.0.0.1:6901" or "-"
   std::uint64_t duration_us;
+  char term[2] = {'-', '-'};      // termination state (see Termination in worker.hpp)
 };
 
 // Per worker. Lines are combined-log style with two fields appended:
-// 127.0.0.1 - - [23/Nov/2026:11:50:00 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/7.88" upstream=127.0.0.1:6901 rt=0.001
+// 127.0.0.1 - - [23/Nov/2026:11:50:00 +0000] "GET / HTTP/1.1" 200 612 "-" "curl/7.88" upstream=127.0.0.1:6901 rt=0.001 term=--
 class AccessLog {
  public:
   // fd: where lines go (-1: off). Not owned.

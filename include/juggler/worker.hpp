@@ -94,13 +94,31 @@ struct UpstreamConn {
 
 enum class Phase : std::uint8_t { Head, Upstream, Local };
 
+// How an exchange ended, as data (HAProxy's termination state): who ended it
+// and while waiting for what. One function (exchange_fail) decides retry, 5xx
+// or close from it, and the access log writes it as two letters: who (`C`
+// client, `S` server, `P` proxy, lower case when it was a timeout, `-` nobody)
+// and when (`R` the request, `C` connecting, `H` the response head, `D` the
+// response body, `-` it ended normally): term=sH is a server that did not
+// answer in time (504), term=SC one that refused the connection, term=CD a
+// client that left during the response.
+enum class Who : std::uint8_t { None, Client, Server, Proxy };
+enum class When : std::uint8_t { Done, Request, Connect, Head, Body };
+struct Termination {
+  Who who = Who::None;
+  When when = When::Done;
+  bool timeout = false;
+  int err = 0;  // libuv error (UV_EPROTO: the peer broke the protocol)
+};
+
 // One request/response in flight. Pooled per worker; its arrays are sized
 // once from limit.header_count.
 struct Exchange {
   Worker* worker = nullptr;
   ClientSession* client = nullptr;
   UpstreamConn* up = nullptr;
-  TimerNode timer;   // connect / response head / stalled body timeouts
+  TimerNode timer;   // connect timeout, then whichever party the exchange waits for
+  Termination term;  // how it ended (set by exchange_fail / client_abort)
   MessageParser req;
   MessageParser resp;
   std::unique_ptr<HeaderSpan[]> req_headers;

@@ -104,6 +104,8 @@ void AccessLog::record(const AccessRecord& r) noexcept {
   char frac[8];
   std::snprintf(frac, sizeof frac, "%03u", static_cast<unsigned>((r.duration_us / 1000) % 1000));
   s.append(frac);
+  s.append(" term=");
+  s.append(r.term, 2);
   s.push_back('\n');
   if (s.size() >= kFlushAt) flush();
 }

@@ -102,6 +102,7 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
   ex->scratch_len = 0;
   ex->resp_extra_len = 0;
   ex->ticket = BalanceTicket{};
+  ex->term = Termination{};
   ex->interims = 0;
   ex->log_line_len = ex->log_referer_len = ex->log_agent_len = 0;
 }
@@ -164,6 +165,11 @@ void log_exchange(Exchange* ex) {
   r.upstream = ex->server >= 0 ? w.shared.config.table->servers[static_cast<std::size_t>(ex->server)].authority
                                : std::string_view("-");
   r.duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  static constexpr char kWho[] = {'-', 'C', 'S', 'P'};
+  static constexpr char kWhen[] = {'-', 'R', 'C', 'H', 'D'};
+  const char who = kWho[static_cast<int>(ex->term.who)];
+  r.term[0] = ex->term.timeout && who != '-' ? static_cast<char>(who - 'A' + 'a') : who;
+  r.term[1] = kWhen[static_cast<int>(ex->term.when)];
   w.access_log.record(r);
 }
 
@@ -204,6 +210,7 @@ void reply_error(Exchange* ex, int status) {
 // answer, then close without reading further (lingering, so the answer is not
 // lost to a reset).
 void reply_and_close(Exchange* ex, int status) {
+  if (ex->term.who == Who::None) ex->term = {Who::Client, When::Request, status == 408, 0};  // a bad or slow request
   ex->client_close = true;
   ex->req_complete = false;
   reply_error(ex, status);
@@ -309,63 +316,90 @@ void send_request(Exchange* ex) {
   flush_upstream(ex);
 }
 
-// What to do when the server connection failed before the response began.
-void upstream_failed(Exchange* ex, int err) {
-  UpstreamConn* c = ex->up;
-  const bool reused = c && c->reused;
-  const bool reached = ex->head_sent;
+// A server's failure counts against it (passive health), but for a
+// kept-alive connection it had closed under us: a race, not its fault.
+void count_server_failure(Exchange* ex, bool reused, const Termination& t) {
   Worker& w = *ex->worker;
   const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
-  if (c) {
-    log(LogLevel::Debug, "server %.*s failed: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
-        uv_strerror(err));
+  ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
+  if (reused || !passive_failure(h, pool, w.now_ms())) return;
+  const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(ex->server)];
+  log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
+      static_cast<int>(pool.name.size()), pool.name.data(),
+      static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()),
+      t.timeout ? "timed out" : uv_strerror(t.err));
+}
+
+// Whether the failed attempt goes to another server (or, for a kept-alive
+// connection the server had closed, to a fresh one): true when it was sent.
+bool retry(Exchange* ex, bool reused) {
+  Worker& w = *ex->worker;
+  const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
+  const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
+  if (!ex->replayable || ex->attempts >= pool.server_count + 3) return false;
+  if (!ex->head_sent && !reused) {
+    // Nothing reached the server (refused, unreachable, connect timeout):
+    // the next server gets it, at no risk and outside the retry budget.
+    ex->tried.add(pos);
+    connect_upstream(ex);
+    return true;
   }
+  // A request that may have reached a server is retried only within the
+  // pool's budget, so a sick cluster does not see a retry storm: a kept-alive
+  // connection the server had already closed (replayed on a fresh one), or an
+  // idempotent request whose server closed or reset before answering (sent
+  // to another server).
+  const bool wanted = reused || (idempotent(ex->head.method) && ex->retries_left > 0);
+  std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+  if (!wanted) return false;
+  if (tokens < Worker::kRetryCost) {
+    ++w.retries_denied;
+    return false;
+  }
+  tokens -= Worker::kRetryCost;
+  ++w.retries;
+  if (!reused) {
+    --ex->retries_left;
+    ex->tried.add(pos);
+  }
+  connect_upstream(ex);
+  return true;
+}
+
+// The one place that decides what a failure means, from its value: a client
+// that failed loses its connection (408 when it stalled before any answer);
+// once a response began it cannot be replaced, so the client connection is
+// cut; before that, a server that could not be reached or closed before
+// answering is retried where that is safe; otherwise 504 for a server that
+// was too slow and 502 for one that broke.
+void exchange_fail(Exchange* ex, Termination t) {
+  UpstreamConn* c = ex->up;
+  const bool reused = c && c->reused;
+  Worker& w = *ex->worker;
+  ex->term = t;
+  if (c && t.who == Who::Server && !t.timeout)
+    log(LogLevel::Debug, "server %.*s failed: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
+        uv_strerror(t.err));
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
+  if (t.who == Who::Client) {
+    if (!ex->resp_started && t.timeout && t.when == When::Request) reply_and_close(ex, 408);
+    else client_abort(ex->client);
+    return;
+  }
   if (ex->resp_started) {
     client_abort(ex->client);
     return;
   }
-  // A kept-alive connection closed under us is a race, not the server's
-  // fault; anything else before a response counts against it.
-  if (!reused && passive_failure(w.shared.health[static_cast<std::size_t>(ex->server)], pool, w.now_ms())) {
-    const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(ex->server)];
-    log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", static_cast<int>(sd.authority.size()),
-        sd.authority.data(), static_cast<int>(pool.name.size()), pool.name.data(),
-        static_cast<unsigned long long>(w.shared.health[static_cast<std::size_t>(ex->server)].ejected_until_ms.load() -
-                                        w.now_ms()),
-        uv_strerror(err));
+  // Transport failures before any answer: the connection could not be made,
+  // or the server closed or reset it without answering. A broken answer or a
+  // silent server is not retried (it may have acted on the request).
+  const bool transport = t.who == Who::Server && (t.when == When::Connect || (!t.timeout && t.err != UV_EPROTO));
+  if (transport) {
+    count_server_failure(ex, reused, t);
+    if (retry(ex, reused)) return;
   }
-  const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
-  const bool bounded = ex->attempts < pool.server_count + 3;
-  if (ex->replayable && bounded) {
-    if (!reached && !reused) {
-      // Nothing reached the server (refused, unreachable, connect timeout):
-      // the next server gets it, at no risk and outside the retry budget.
-      ex->tried.add(pos);
-      connect_upstream(ex);
-      return;
-    }
-    // A request that may have reached a server is retried only within the
-    // pool's budget, so a sick cluster does not see a retry storm: a
-    // kept-alive connection the server had already closed (replayed on a fresh
-    // one), or an idempotent request whose server closed or reset before
-    // answering (sent to another server).
-    const bool wanted = reused || (idempotent(ex->head.method) && ex->retries_left > 0);
-    std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-    if (wanted && tokens >= Worker::kRetryCost) {
-      tokens -= Worker::kRetryCost;
-      ++w.retries;
-      if (!reused) {
-        --ex->retries_left;
-        ex->tried.add(pos);
-      }
-      connect_upstream(ex);
-      return;
-    }
-    if (wanted) ++w.retries_denied;
-  }
-  reply_error(ex, 502);
+  reply_error(ex, t.timeout && t.when != When::Connect ? 504 : 502);
 }
 
 void on_upstream_connect(uv_connect_t* req, int status) {
@@ -377,7 +411,7 @@ void on_upstream_connect(uv_connect_t* req, int status) {
     return;
   }
   if (status < 0) {
-    upstream_failed(ex, status);
+    exchange_fail(ex, {Who::Server, When::Connect, false, status});
     return;
   }
   c->connected = true;
@@ -390,6 +424,9 @@ void connect_upstream(Exchange* ex) {
   const PickContext ctx{{ex->client->ip, ex->client->ip_len}, ex->ticket.minted_cookie(), w.now_ms()};
   const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
   if (s < 0) {
+    // Nobody left to try: 503 when nobody was usable at all, else the last
+    // attempt's failure stands (502).
+    if (ex->attempts == 0) ex->term = {Who::Proxy, When::Connect, false, 0};
     reply_error(ex, ex->attempts == 0 ? 503 : 502);
     return;
   }
@@ -408,7 +445,7 @@ void connect_upstream(Exchange* ex) {
   const auto* addr = reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[server]);
   int rc = uv_tcp_connect(&c->connect_req, &c->tcp, addr, on_upstream_connect);
   if (rc != 0) {
-    upstream_failed(ex, rc);
+    exchange_fail(ex, {Who::Server, When::Connect, false, rc});
     return;
   }
   w.wheel.arm(&ex->timer, w.now_ms() + settings(w).connect_timeout_ms);
@@ -651,13 +688,13 @@ void process_upstream(Exchange* ex) {
         c->parse_pos = c->in_len;
         if (c->in_len < c->in->cap) break;
         log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
-        reply_error(ex, 502);
+        exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
         return;
       }
       if (ev == ParseEvent::Error) {
         log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
             ex->resp.error_reason());
-        reply_error(ex, 502);
+        exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
         return;
       }
       c->parse_pos += static_cast<std::uint32_t>(used);
@@ -665,7 +702,8 @@ void process_upstream(Exchange* ex) {
       if (status / 100 == 1) {
         // Interim (100 Continue): relay it as it is, then parse the real response.
         if (status == 101 || ++ex->interims > kMaxInterim) {
-          reply_error(ex, 502);  // we removed Upgrade: a switch is a broken server; so are endless 1xx
+          // We removed Upgrade: a switch is a broken server; so are endless 1xx.
+          exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
           return;
         }
         std::size_t none = 0;
@@ -694,7 +732,7 @@ void process_upstream(Exchange* ex) {
     if (ev == ParseEvent::Error) {
       log(LogLevel::Warn, "bad response body from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
           ex->resp.error_reason());
-      client_abort(s);
+      exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
       return;
     }
     c->parse_pos += static_cast<std::uint32_t>(used);
@@ -850,6 +888,9 @@ void close_handles(ClientSession* s) {
 void client_abort(ClientSession* s) {
   if (s->stream.closing()) return;
   if (Exchange* ex = s->ex) {
+    if (ex->term.who == Who::None)  // the client left (or broke the protocol) first
+      ex->term = {Who::Client, ex->resp_started ? When::Body : ex->phase == Phase::Upstream ? When::Head : When::Request,
+                  false, 0};
     if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
     log_exchange(ex);
     detach_upstream(ex, false);
@@ -983,7 +1024,7 @@ void on_exchange_timer(TimerNode* t) {
   const std::string_view server = w.shared.config.table->servers[c->server].authority;
   if (!c->connected) {
     log(LogLevel::Info, "connect to %.*s timed out", static_cast<int>(server.size()), server.data());
-    upstream_failed(ex, UV_ETIMEDOUT);
+    exchange_fail(ex, {Who::Server, When::Connect, true, UV_ETIMEDOUT});
     return;
   }
   const Party party = waiting_on(ex);
@@ -993,22 +1034,19 @@ void on_exchange_timer(TimerNode* t) {
     w.wheel.arm(&ex->timer, ex->progress_ms + limit);
     return;
   }
-  ClientSession* s = ex->client;
+  const ClientSession* s = ex->client;
   if (party == Party::Client) {
     log(LogLevel::Info, "client %.*s stalled %s for %u ms", s->ip_len, s->ip,
         ex->resp_started ? "reading the response" : "sending the body", limit);
-    if (ex->resp_started) client_abort(s);
-    else reply_and_close(ex, 408);
+    exchange_fail(ex, {Who::Client, ex->resp_started ? When::Body : When::Request, true, UV_ETIMEDOUT});
     return;
   }
-  if (!ex->resp_started) {
+  if (!ex->resp_started)
     log(LogLevel::Info, "server %.*s did not answer within %u ms", static_cast<int>(server.size()), server.data(), limit);
-    reply_error(ex, 504);
-    return;
-  }
-  log(LogLevel::Info, "server %.*s stalled mid-response for %u ms", static_cast<int>(server.size()), server.data(),
-      limit);
-  client_abort(s);
+  else
+    log(LogLevel::Info, "server %.*s stalled mid-response for %u ms", static_cast<int>(server.size()), server.data(),
+        limit);
+  exchange_fail(ex, {Who::Server, ex->resp_started ? When::Body : When::Head, true, UV_ETIMEDOUT});
 }
 
 }  // namespace
@@ -1059,12 +1097,7 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
     if (!ex->client->stream.write_pending()) finish_exchange(ex);
     return;
   }
-  if (ex->resp_started) {
-    detach_upstream(ex, false);
-    client_abort(ex->client);
-    return;
-  }
-  upstream_failed(ex, static_cast<int>(n));
+  exchange_fail(ex, {Who::Server, ex->resp_started ? When::Body : When::Head, false, static_cast<int>(n)});
 }
 
 // ---------------------------------------------------------------- accept / drain

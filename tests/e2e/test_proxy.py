@@ -450,8 +450,8 @@ class LifecycleTest(BalancerTestCase):
                 lines = f.read().splitlines()
         self.assertEqual(len(lines), 2, lines)
         self.assertRegex(lines[0], r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ping HTTP/1\.1" '
-                                   r'200 \d+ "http://r/" "e2e-agent" upstream=127\.0\.71\.1:690[123] rt=\d+\.\d{3}$')
-        self.assertRegex(lines[1], r'"GET /nowhere HTTP/1\.1" 404 \d+ .* upstream=- ')
+                                   r'200 \d+ "http://r/" "e2e-agent" upstream=127\.0\.71\.1:690[123] rt=\d+\.\d{3} term=--$')
+        self.assertRegex(lines[1], r'"GET /nowhere HTTP/1\.1" 404 \d+ .* upstream=- rt=\S+ term=--$')
 
     def test_sigterm_finishes_in_flight_requests_then_exits_0(self):
         backends = [self.start_testserver(port=p, host=BASIC_HOST, quiet=False) for p in BASIC_PORTS]

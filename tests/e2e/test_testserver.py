@@ -632,7 +632,10 @@ class CommandLine(jtest.JugglerTestCase):
             self.assertEqual(reader.read(), b"")
         # Every connection gets its own count.
         self.assertEqual(jtest.http_request(server.port, path="/ping")[1]["X-Conn"], "2")
-        server.wait_for_line(r"^GET /ping drop$")
+        # The server logs a request after answering it: wait for the fourth line.
+        deadline = time.monotonic() + 5
+        while len(server.lines) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.assertEqual(server.lines[1:5], ["GET /ping 200"] * 2 + ["GET /ping drop", "GET /ping 200"])
         zero = self.start_testserver(extra_args=["--drop-after=0"])
         self.assertEqual(send_raw(zero.port, b"GET /ping HTTP/1.1\r\n\r\n"), b"")
