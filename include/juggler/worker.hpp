@@ -40,13 +40,6 @@ struct Shared {
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
 };
 
-// What a listening socket's callback needs: its worker, and the TLS context
-// when it is an https listener.
-struct ListenerCtx {
-  Worker* worker;
-  TlsContext* tls;  // null for plain http
-};
-
 // A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
 // the exchanges above. Its handler methods are defined in session.
 struct ClientSession final : StreamHandler {
@@ -111,21 +104,13 @@ struct Termination {
   int err = 0;  // libuv error (UV_EPROTO: the peer broke the protocol)
 };
 
-// One request/response in flight. Pooled per worker; its arrays are sized
-// once from limit.header_count.
-struct Exchange {
-  Worker* worker = nullptr;
+// Everything an exchange knows of the one request it carries: a value, reset
+// as a whole (`ex->state() = {}`) when the next request begins, so no field
+// can keep a previous request's value.
+struct ExchangeState {
   ClientSession* client = nullptr;
   UpstreamConn* up = nullptr;
-  TimerNode timer;   // connect timeout, then whichever party the exchange waits for
   Termination term;  // how it ended (set by exchange_fail / client_abort)
-  MessageParser req;
-  MessageParser resp;
-  std::unique_ptr<HeaderSpan[]> req_headers;
-  std::unique_ptr<HeaderSpan[]> resp_headers;
-  std::unique_ptr<Header[]> route_headers;
-  std::unique_ptr<uv_buf_t[]> iov;
-  std::uint32_t iov_cap = 0;
   RequestHead head;
   const RouteDef* route = nullptr;
   Tried tried;
@@ -154,19 +139,36 @@ struct Exchange {
   // side): its timer re-arms lazily from this, so a flowing exchange costs no
   // timer operation per read or write.
   std::uint64_t progress_ms = 0;
+  std::uint32_t scratch_len = 0;     // bytes of `scratch` in use
+  std::uint32_t resp_extra_len = 0;  // bytes of `resp_extra` in use
+  BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
+  std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
+};
+
+// One request/response in flight: its per-request value, and beside it what
+// is kept across requests (the pooled arrays, sized once from
+// limit.header_count, the parsers and the timer). Pooled per worker.
+struct Exchange : ExchangeState {
+  ExchangeState& state() noexcept { return *this; }
+
+  Worker* worker = nullptr;
+  TimerNode timer;   // connect timeout, then whichever party the exchange waits for
+  MessageParser req;
+  MessageParser resp;
+  std::unique_ptr<HeaderSpan[]> req_headers;
+  std::unique_ptr<HeaderSpan[]> resp_headers;
+  std::unique_ptr<Header[]> route_headers;
+  std::unique_ptr<uv_buf_t[]> iov;
+  std::uint32_t iov_cap = 0;
   // What the proxy adds to the request head: X-Forwarded-*, Via, the final CRLF.
   std::unique_ptr<char[]> scratch;
   std::uint32_t scratch_cap = 0;
-  std::uint32_t scratch_len = 0;
   // Lines added to the response head: Set-Cookie (a minted sticky cookie)
   // and Connection.
   char resp_extra[256];
-  std::uint32_t resp_extra_len = 0;
-  BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
   // For the access log: the request line, Referer and User-Agent, copied at
   // head time because a streamed body may reuse the buffer the head was in.
   char log_text[512];
-  std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;
   Exchange* next_free = nullptr;
 };
 
@@ -233,5 +235,14 @@ struct Worker {
     return bulk.get();
   }
 };
+
+// Small helpers of the request path's modules.
+inline const Settings& settings(const Worker& w) noexcept { return w.shared.config.settings; }
+inline std::uint64_t now_us() noexcept { return uv_hrtime() / 1000; }
+inline uv_stream_t* as_stream(uv_tcp_t* t) noexcept { return reinterpret_cast<uv_stream_t*>(t); }
+
+// printf arguments for a server's authority with "%.*s": no string is built
+// for a log line (which the level may drop anyway).
+#define JUGGLER_SERVER_ARGS(server) static_cast<int>((server).authority.size()), (server).authority.data()
 
 }  // namespace juggler

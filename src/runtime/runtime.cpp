@@ -22,7 +22,9 @@
 #include <thread>
 
 #include "juggler/health.hpp"
-#include "juggler/session.hpp"
+#include "exchange/exchange.hpp"
+#include "http1/connection.hpp"
+#include "listener/listener.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
 #include "juggler/worker.hpp"
@@ -167,7 +169,7 @@ void worker_main(WorkerThread* t) {
     t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i]}));
     l->data = t->listener_ctx.back().get();
     int rc = uv_tcp_open(l.get(), fd);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, session_on_connection);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, listener_on_connection);
     if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
     t->listeners.push_back(std::move(l));
   }

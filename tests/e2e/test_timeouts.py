@@ -117,7 +117,7 @@ class CommandLineTimeoutTest(BalancerTestCase):
         self.assertIn("not a duration", out.stderr + out.stdout)
 
     def test_second_signal_exits_at_once(self):
-        self.start_backends(HOST, (6901, 6902))
+        backends = [self.start_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
         from balancer import start_balancer
         import signal
         import threading
@@ -126,9 +126,12 @@ class CommandLineTimeoutTest(BalancerTestCase):
         hung = threading.Thread(target=lambda: self._swallow(lambda: jtest.http_request(lb.port, path="/hang",
                                                                                           timeout=10)))
         hung.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not any("GET /hang hang" in line for b in backends for line in list(b.lines)):
+            self.assertLess(time.monotonic(), deadline, "/hang never reached a server")
+            time.sleep(0.02)
         lb.send_signal(signal.SIGTERM)  # drains: waits for /hang (up to timeout.drain)
-        time.sleep(0.3)
+        lb.wait_for_line(r"draining")
         self.assertIsNone(lb.poll())
         started = time.monotonic()
         lb.send_signal(signal.SIGTERM)

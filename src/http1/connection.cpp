@@ -1,0 +1,353 @@
+// HTTP/1 client connections: the byte stream below (TCP or TLS), parsing and
+// pipelining, keep-alive and lingering close above, one exchange at a time.
+//
+// Ownership: a ClientSession is freed (or kept for reuse) in its stream's
+// close callback (on_stream_closed). Sessions are torn down only from libuv
+// callbacks at the top of the stack, so no function touches one after it was
+// released.
+#include "http1/connection.hpp"
+
+#include <netinet/in.h>
+
+#include <cstring>
+#include <new>
+
+#include "exchange/exchange.hpp"
+#include "exchange/relay.hpp"
+#include "respond/responder.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr std::uint64_t kLingerMs = 2000;
+
+void client_eof(ClientSession* s, int err) {
+  s->eof = true;
+  s->stream.set_reading(false);
+  if (s->lingering || err != UV_EOF || !s->ex) {
+    client_abort(s);
+    return;
+  }
+  Exchange* e = s->ex;
+  if (e->phase == Phase::Head || !e->req_complete) {
+    client_abort(s);
+    return;
+  }
+  e->client_close = true;  // answer what was asked, then close
+}
+
+// Sessions are recycled through a per-worker free list (bounded), so a new
+// connection costs no allocation at steady state.
+constexpr std::size_t kKeepFreeSessions = 1024;
+
+void close_handles(ClientSession* s) {
+  Worker& w = *s->worker;
+  if (s->prev) s->prev->next = s->next;
+  else w.sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  --w.session_count;
+  TimerWheel::disarm(&s->timer);
+  s->stream.close();
+}
+
+}  // namespace
+
+ClientSession* session_get(Worker& w) {
+  ClientSession* s = w.free_sessions;
+  if (!s) return new ClientSession();
+  w.free_sessions = s->next;
+  --w.free_session_count;
+  s->~ClientSession();
+  return new (s) ClientSession();
+}
+
+// Writes to the client through its stream; true when it all went out now,
+// else on_stream_written follows.
+bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) { return s->stream.write(iov, n); }
+
+void update_client_reading(ClientSession* s) {
+  if (s->stream.closing()) return;
+  bool want = !s->eof;
+  if (want && s->in && s->in_len >= s->in->cap) want = false;  // full: wait for the exchange
+  if (want && s->ex && s->ex->phase == Phase::Upstream && !s->ex->req_complete) {
+    UpstreamConn* c = s->ex->up;
+    if (c && c->write_pending) want = false;  // backpressure
+  }
+  if (s->lingering) want = !s->eof;  // discarding
+  s->stream.set_reading(want);
+}
+
+// Closes at once: the exchange (and its server connection) is abandoned.
+void client_abort(ClientSession* s) {
+  if (s->stream.closing()) return;
+  if (Exchange* ex = s->ex) {
+    if (ex->term.who == Who::None)  // the client left (or broke the protocol) first
+      ex->term = {Who::Client, ex->resp_started ? When::Body : ex->phase == Phase::Upstream ? When::Head : When::Request,
+                  false, 0};
+    if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
+    log_exchange(ex);
+    detach_upstream(ex, false);
+    s->ex = nullptr;
+    exchange_put(*s->worker, ex);
+  }
+  close_handles(s);
+}
+
+// Closes after the answer was written. With `linger`, the write side is shut
+// down first and what the client still sends is read and discarded for a
+// moment, so a reset does not destroy the answer in flight.
+void client_finish(ClientSession* s, bool linger) {
+  if (s->stream.closing()) return;
+  // TLS: close_notify before the close, so a body delimited by the close is
+  // not mistaken for a truncated one (RFC 8446 6.1).
+  if (!s->lingering && !s->stream.close_notify()) return;  // the write failed: aborted
+  if (s->stream.write_pending()) {
+    s->close_after_write = true;
+    s->linger_on_close = linger;
+    return;
+  }
+  if (!linger || s->eof) {
+    client_abort(s);
+    return;
+  }
+  s->lingering = true;
+  s->stream.discard_input();
+  if (s->stream.shutdown_write() != 0) {
+    client_abort(s);
+    return;
+  }
+  s->worker->wheel.arm(&s->timer, s->worker->now_ms() + kLingerMs);
+  update_client_reading(s);
+}
+
+// Parses and acts on what the client sent. Called after each read and when an
+// exchange finishes with pipelined bytes waiting.
+void process_client(ClientSession* s) {
+  // Once an answer said the connection closes, nothing more is parsed: what
+  // follows may be the body of a refused request, not a request.
+  while (!s->stream.closing() && !s->lingering && !s->close_after_write && s->in) {
+    if (!s->ex) {
+      if (s->parse_pos == s->in_len) break;
+      s->ex = exchange_get(*s->worker);
+      exchange_begin(s->ex, s);
+      s->ex->start_us = now_us();
+      s->worker->wheel.arm(&s->timer, s->worker->now_ms() + settings(*s->worker).client_header_timeout_ms);
+    }
+    Exchange* ex = s->ex;
+    char* base = s->in->data;
+    if (ex->phase == Phase::Head) {
+      std::size_t used = 0;
+      ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
+      if (ev == ParseEvent::NeedMore) {
+        s->parse_pos = s->in_len;
+        if (s->in_len == s->in->cap) reply_and_close(ex, 431);
+        break;
+      }
+      if (ev == ParseEvent::Error) {
+        log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
+        reply_and_close(ex, ex->req.error_status());
+        break;
+      }
+      s->parse_pos += static_cast<std::uint32_t>(used);
+      ex->head_end = ex->body_end = ex->sent_to = s->parse_pos;
+      if (!ex->req.has_body()) {
+        ex->req.feed(base + s->parse_pos, 0, &used);  // passes the message's end
+        ex->req_complete = true;
+      }
+      on_request_head(ex);
+      continue;  // the exchange may have ended already (a local answer)
+    }
+    if (ex->req_complete || ex->phase == Phase::Local) break;  // pipelined bytes wait for this exchange
+    std::size_t used = 0;
+    ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
+    if (ev == ParseEvent::Error) {
+      if (ex->resp_started || ex->phase == Phase::Local) client_abort(s);
+      else reply_and_close(ex, 400);
+      break;
+    }
+    s->parse_pos += static_cast<std::uint32_t>(used);
+    ex->body_end = s->parse_pos;
+    if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
+    // limit.body_bytes for chunked bodies, as they stream (Content-Length was
+    // checked at the head): what went upstream is cut off with the request.
+    if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
+      if (ex->resp_started) client_abort(s);
+      else reply_and_close(ex, 413);
+      break;
+    }
+    if (ex->phase == Phase::Upstream) {
+      ex->progress_ms = s->worker->now_ms();
+      flush_upstream(ex);
+      recycle_client_buffer(ex);
+    } else if (ex->phase == Phase::Local && ex->req_complete && !s->stream.write_pending()) {
+      finish_exchange(ex);
+      continue;
+    }
+    if (!ex->req_complete) break;
+  }
+  if (!s->stream.closing()) update_client_reading(s);
+}
+
+uv_buf_t ClientSession::on_stream_alloc() noexcept {
+  if (!in) {
+    in = worker->buffers.get();
+    in_len = parse_pos = 0;
+  }
+  return uv_buf_init(in->data + in_len, in->cap - in_len);
+}
+
+void ClientSession::on_stream_read(ssize_t n) noexcept {
+  if (n > 0) {
+    in_len += static_cast<std::uint32_t>(n);
+    process_client(this);
+    return;
+  }
+  if (n == 0) {
+    // Nothing arrived (a TLS handshake record): an idle connection holds no buffer.
+    if (in && in_len == 0 && !ex) {
+      worker->put_buffer(in);
+      in = nullptr;
+    }
+    return;
+  }
+  if (n == UV_EPROTO && stream.secure())
+    log(LogLevel::Debug, "TLS from %.*s: %s", ip_len, ip, stream.tls_error());
+  client_eof(this, static_cast<int>(n));
+}
+
+void ClientSession::on_stream_written(int status) noexcept {
+  ClientSession* s = this;
+  if (status < 0) {
+    client_abort(s);
+    return;
+  }
+  Exchange* ex = s->ex;
+  if (!ex) {
+    if (s->close_after_write) client_finish(s, s->linger_on_close);
+    return;
+  }
+  if (ex->phase == Phase::Local) {
+    if (ex->req_complete || ex->client_close) finish_exchange(ex);
+    return;
+  }
+  after_client_write(ex);
+}
+
+void ClientSession::on_stream_closed() noexcept {
+  Worker& w = *worker;
+  w.put_buffer(in);
+  in = nullptr;
+  if (w.free_session_count >= kKeepFreeSessions) {
+    delete this;
+    return;
+  }
+  next = w.free_sessions;
+  w.free_sessions = this;
+  ++w.free_session_count;
+}
+
+void client_next(ClientSession* s, bool close, bool linger) {
+  Worker& w = *s->worker;
+  if (close) {
+    client_finish(s, linger);
+    return;
+  }
+  s->stream.trim();
+  // Keep-alive: what follows in the buffer is the next (pipelined) request.
+  if (s->parse_pos < s->in_len) {
+    std::memmove(s->in->data, s->in->data + s->parse_pos, s->in_len - s->parse_pos);
+    s->in_len -= s->parse_pos;
+    s->parse_pos = 0;
+    process_client(s);
+    return;
+  }
+  w.put_buffer(s->in);
+  s->in = nullptr;
+  s->in_len = s->parse_pos = 0;
+  w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
+  update_client_reading(s);
+}
+
+// The client's one timeout means, by state: lingering after an answer is
+// over; a head that is not complete in time is 408; an idle keep-alive
+// connection (or one that never sent a byte) is closed.
+void on_client_timer(TimerNode* t) {
+  auto* s = static_cast<ClientSession*>(t->owner);
+  if (!s->lingering && s->ex && s->ex->phase == Phase::Head) {
+    reply_and_close(s->ex, 408);
+    return;
+  }
+  if (s->ex && !s->lingering) return;  // the exchange's own timer watches it
+  if (s->lingering || s->stream.write_pending()) {
+    client_abort(s);
+  } else {
+    // Idle: a graceful close (close_notify over TLS). Should that write stall,
+    // the timer fires again and the connection is dropped.
+    s->worker->wheel.arm(&s->timer, s->worker->now_ms() + kLingerMs);
+    client_finish(s, false);
+  }
+}
+
+// Accepts a pending connection of `server` into a new session (TLS with
+// `tls`), and starts reading its first request.
+void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
+  auto* s = session_get(w);
+  s->worker = &w;
+  s->stream.init(w.streams, s);
+  s->timer.fire = on_client_timer;
+  s->timer.owner = s;
+  s->next = w.sessions;
+  if (w.sessions) w.sessions->prev = s;
+  w.sessions = s;
+  ++w.session_count;
+  if (s->stream.accept(server, tls) != 0) {
+    close_handles(s);
+    return;
+  }
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  if (uv_tcp_getpeername(s->stream.tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+    if (peer.ss_family == AF_INET6) {
+      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+      if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+        sockaddr_in a4{};
+        a4.sin_family = AF_INET;
+        std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
+        uv_ip4_name(&a4, s->ip, sizeof s->ip);
+      } else {
+        uv_ip6_name(a6, s->ip, sizeof s->ip);
+      }
+    } else {
+      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), s->ip, sizeof s->ip);
+    }
+    s->ip_len = static_cast<std::uint8_t>(std::strlen(s->ip));
+  }
+  w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
+  update_client_reading(s);
+}
+
+void session_drain(Worker& w) noexcept {
+  ClientSession* s = w.sessions;
+  while (s) {
+    ClientSession* next = s->next;
+    if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
+    else if (s->ex) s->ex->client_close = true;
+    s = next;
+  }
+}
+
+void session_worker_done(Worker& w) noexcept {
+  // After the loop ended: every session's close callback has run.
+  while (ClientSession* s = w.free_sessions) {
+    w.free_sessions = s->next;
+    delete s;
+  }
+  w.free_session_count = 0;
+  // The pooled write requests go with the worker's StreamContext, later
+  // still: a write still queued when its handle was closed returns its
+  // request from the cancel callback, which can run after
+  // session_free_exchanges (the last session closed in the same loop turn).
+}
+
+}  // namespace juggler

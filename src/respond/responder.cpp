@@ -1,0 +1,123 @@
+// Responders: answers the balancer gives itself (`respond`, redirects, error
+// pages, 404), written through the same client writer as relayed responses.
+#include "respond/responder.hpp"
+
+#include <cstdio>
+#include <cstring>
+
+#include "exchange/exchange.hpp"
+#include "http1/connection.hpp"
+
+namespace juggler {
+
+// Answers from the balancer itself (errors, `respond`, 404). A request whose
+// body has not been read entirely cannot be followed by another on this
+// connection, so the connection closes after the answer.
+void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
+  ClientSession* s = ex->client;
+  detach_upstream(ex, false);
+  TimerWheel::disarm(&ex->timer);
+  ex->phase = Phase::Local;
+  ex->status = status;
+  if (!ex->req_complete && !ex->client_close && ex->client->in) {
+    // The body may be in the buffer already: skip it and keep the connection.
+    std::size_t used = 0;
+    ClientSession* cs = ex->client;
+    if (ex->req.feed(cs->in->data + cs->parse_pos, cs->in_len - cs->parse_pos, &used) == ParseEvent::MessageComplete) {
+      cs->parse_pos += static_cast<std::uint32_t>(used);
+      ex->req_complete = true;
+    }
+  }
+  if (!ex->req_complete) ex->client_close = true;
+  std::string_view bytes = ex->client_close ? close : keep;
+  ex->bytes_out += bytes.size();
+  uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
+  if (write_client(s, &b, 1)) finish_exchange(ex);
+}
+
+void reply_error(Exchange* ex, int status) {
+  const ErrorPages& pages = ex->worker->shared.error_pages;
+  if (ex->is_head) reply_local(ex, status, pages.head(status, false), pages.head(status, true));
+  else reply_local(ex, status, pages.reply(status, false), pages.reply(status, true));
+}
+
+// An error found before an exchange exists or while the head is parsed:
+// answer, then close without reading further (lingering, so the answer is not
+// lost to a reset).
+void reply_and_close(Exchange* ex, int status) {
+  if (ex->term.who == Who::None) ex->term = {Who::Client, When::Request, status == 408, 0};  // a bad or slow request
+  ex->client_close = true;
+  ex->req_complete = false;
+  reply_error(ex, status);
+}
+
+// `-> redirect POOL CODE`: Location is the picked server with the request's
+// target; `-> redirect https CODE`: the same host over https (with the https
+// listener's port unless it is 443). Both variants (keep-alive, close) are
+// written into the exchange's scratch; nothing is allocated.
+void reply_redirect(Exchange* ex) {
+  Worker& w = *ex->worker;
+  const RouteDef& r = *ex->route;
+  std::string_view target = ex->head.target;
+  if (target.empty() || target[0] != '/') target = ex->head.path;  // absolute-form: keep the path
+  char port_text[8];
+  std::string_view scheme, authority, port;
+  if (r.action == Action::RedirectHttps) {
+    if (ex->head.host.empty()) {
+      reply_error(ex, 400);
+      return;
+    }
+    scheme = "https://";
+    authority = ex->head.host;
+    if (w.shared.https_port != 443) {
+      const int n = std::snprintf(port_text, sizeof port_text, ":%u", static_cast<unsigned>(w.shared.https_port));
+      port = {port_text, static_cast<std::size_t>(n)};
+    }
+  } else {
+    const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
+    const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
+    if (s < 0) {
+      reply_error(ex, 503);
+      return;
+    }
+    ex->server = s;
+    scheme = "http://";
+    authority = w.shared.config.table->servers[static_cast<std::size_t>(s)].authority;
+  }
+  const std::string_view reason = status_reason(r.status);
+  char status_text[8];
+  const int sn = std::snprintf(status_text, sizeof status_text, "%u ", static_cast<unsigned>(r.status));
+  char* out = ex->scratch.get();
+  char* const end = out + ex->scratch_cap;
+  bool fits = true;
+  auto put = [&](std::string_view v) {
+    if (static_cast<std::size_t>(end - out) < v.size()) {
+      fits = false;
+      return;
+    }
+    if (!v.empty()) std::memcpy(out, v.data(), v.size());
+    out += v.size();
+  };
+  char* const keep_begin = out;
+  char* keep_end = out;
+  for (int variant = 0; variant < 2; ++variant) {
+    if (variant == 1) keep_end = out;
+    put("HTTP/1.1 ");
+    put({status_text, static_cast<std::size_t>(sn)});
+    put(reason);
+    put("\r\nLocation: ");
+    put(scheme);
+    put(authority);
+    put(port);
+    put(target);
+    put(variant == 0 ? "\r\nContent-Length: 0\r\n\r\n" : "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  }
+  if (!fits) {
+    reply_error(ex, 414);
+    return;
+  }
+  reply_local(ex, r.status, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
+              {keep_end, static_cast<std::size_t>(out - keep_end)});
+}
+
+}  // namespace juggler

@@ -1,0 +1,21 @@
+// Local answers: the balancer's own responses, written through the client
+// connection like relayed ones.
+#pragma once
+
+#include <string_view>
+
+#include "juggler/worker.hpp"
+
+namespace juggler {
+
+// Answers `status` with `keep` (keep-alive) or `close` (Connection: close)
+// bytes; a request whose body was not read entirely closes the connection.
+void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close);
+// The error page of `status` (custom or built in; HEAD gets the head only).
+void reply_error(Exchange* ex, int status);
+// An error before or while the head is parsed: answer, then close (lingering).
+void reply_and_close(Exchange* ex, int status);
+// `-> redirect POOL CODE` / `-> redirect https CODE`.
+void reply_redirect(Exchange* ex);
+
+}  // namespace juggler
