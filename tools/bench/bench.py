@@ -7,6 +7,7 @@ number means. Python 3 stdlib only.
 
     bench.py gen-routes OUT.def         write the 1,000-route routes file
     bench.py gen-ch OUT.def             write bench.def with pool web consistent_hash (scenario 8)
+    bench.py sync-tree NEW DST          make DST a copy of NEW, touching only the files that differ
     bench.py run                        run the scenarios (run.sh sets the env)
 """
 
@@ -216,6 +217,51 @@ def gen_routes_ch(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
         out.write_text(text)
+
+
+def sync_tree(new: Path, dst: Path) -> None:
+    """Makes DST a copy of NEW (a `git archive` export). Files that differ are
+    copied with a new modification time, the others are left alone: git archive
+    stamps every file with the commit's time, which is older than the objects
+    of an earlier build, so an export straight over DST would let ninja keep
+    objects of another commit (BENCH_BASE, BENCH_SOURCE=HEAD)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    def remove(path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    wanted: set[Path] = set()
+    for root, dirs, files in os.walk(new):
+        rel = Path(root).relative_to(new)
+        for d in dirs:
+            src, out = Path(root) / d, dst / rel / d
+            wanted.add(rel / d)
+            if src.is_symlink():        # os.walk lists a link to a directory among dirs
+                files.append(d)
+            elif not out.is_dir() or out.is_symlink():
+                remove(out)
+                out.mkdir()
+        for f in files:
+            src, out = Path(root) / f, dst / rel / f
+            wanted.add(rel / f)
+            if src.is_symlink():
+                if not (out.is_symlink() and os.readlink(out) == os.readlink(src)):
+                    remove(out)
+                    os.symlink(os.readlink(src), out)
+                continue
+            same = (out.is_file() and not out.is_symlink() and out.stat().st_size == src.stat().st_size
+                    and out.read_bytes() == src.read_bytes())
+            if not same:
+                remove(out)
+                shutil.copyfile(src, out)       # a new mtime: ninja rebuilds what depends on it
+            if (out.stat().st_mode & 0o777) != (src.stat().st_mode & 0o777):
+                shutil.copymode(src, out)
+    for root, dirs, files in os.walk(dst, topdown=False):
+        rel = Path(root).relative_to(dst)
+        for name in files + dirs:
+            if rel / name not in wanted:
+                remove(Path(root) / name)
 
 
 def nginx_1k_locations() -> str:
@@ -601,6 +647,7 @@ class Bench:
         round so that no target always runs first (or right after another)."""
         runs: dict[str, list[dict]] = {k: [] for k in keys}
         targets = [self.target(k) for k in keys]
+        width = max(28, *(len(t.label) for t in targets))
         # a short warm-up of each (pools, caches, upstream connections), not measured
         for t in targets:
             self.wrk(t.port, path, conns, 1, headers, timeout, scheme=t.scheme, script=script)
@@ -627,7 +674,7 @@ class Bench:
                            f"timeout={r['timeout']:.0f} non-2xx/3xx={r['status']:.0f}")
                 if r.get("crashed"):
                     bad += f"  CRASHED: {t.proc.tail()}"
-                log(f"  [{sid} round {rnd + 1}/{self.s.rounds}] {t.label:<28} {r['rps']:>10.0f} req/s  "
+                log(f"  [{sid} round {rnd + 1}/{self.s.rounds}] {t.label:<{width}} {r['rps']:>10.0f} req/s  "
                     f"p50 {r['p50']:>6.0f} µs  p99 {r['p99']:>6.0f} µs  {r['gbps']:.3f} GB/s  cpu {cpu}{bad}")
         return runs
 
@@ -665,6 +712,13 @@ def paired(runs: dict[str, list[dict]], a: str, b: str, key: str) -> float | Non
     vals = [ratio(x.get(key), y.get(key)) for x, y in zip(runs[a], runs[b])]
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
+
+
+def ratio_cell(r: float | None, a: float | None = None, b: float | None = None) -> str:
+    """A Juggler / base ratio; "same" for two equal values it cannot divide (0 and 0)."""
+    if r is None and a is not None and a == b:
+        return "same"
+    return fmt(r, ".3f", "×")
 
 
 def errors_cell(runs: list[dict]) -> str:
@@ -707,20 +761,23 @@ class Scenarios:
         is the ratio, e.g. the median of the per-round ratios."""
         if r is None:
             r = ratio(j, b)
-        self.b.base_ratios.append([sid, measure, fmt(j, spec), fmt(b, spec), fmt(r, ".3f", "×")])
+        self.b.base_ratios.append([sid, measure, fmt(j, spec), fmt(b, spec), ratio_cell(r, j, b)])
         return r
 
     def vs_base(self, sid: str, runs: dict[str, list[dict]], key: str,
-                measures: list[tuple[str, str, str]]) -> list[str]:
+                measures: list[tuple]) -> list[str]:
         """Juggler / base (key against its base twin) for each (metric, label,
-        value format): the median of the per-round ratios, recorded for the
-        summary. Returns the ratio cells."""
+        value format[, scale]): the median of the per-round ratios, recorded
+        for the summary (the values multiplied by scale). Returns the ratio cells."""
         bk = base_key(key)
         cells = []
-        for m, label, spec in measures:
+        for m, label, spec, *scale in measures:
+            j, b = med(runs[key], m), med(runs[bk], m)
+            if scale:
+                j, b = (None if v is None else v * scale[0] for v in (j, b))
             r = paired(runs, key, bk, m)
-            self.base_value(sid, label, med(runs[key], m), med(runs[bk], m), spec, r)
-            cells.append(fmt(r, ".3f", "×"))
+            self.base_value(sid, label, j, b, spec, r)
+            cells.append(ratio_cell(r, j, b))
         return cells
 
     def base_line(self, what: str, cells: list[tuple[str, str]]) -> None:
@@ -830,9 +887,9 @@ class Scenarios:
             b.note(l)
         b.results["scenarios"]["4"] = {"runs": runs, "medians": meds}
         if self.s.base_short:
-            ms = [("gbps", "GB/s", ".2f"), ("p50", "p50 µs/download", ",.0f"), ("cpu_s_per_gb", "CPU s/GB", ".3f")]
+            ms = [("gbps", "GB/s", ".2f"), ("p50", "p50 ms/download", ",.0f", 1e-3), ("cpu_s_per_gb", "CPU s/GB", ".3f")]
             self.base_line(f"Juggler / {b.base_label()} (median of the per-round ratios)",
-                           list(zip([l for _, l, _ in ms], self.vs_base("4", runs, "juggler", ms))))
+                           list(zip([m[1] for m in ms], self.vs_base("4", runs, "juggler", ms))))
         r = paired(runs, "juggler", "direct", "gbps")
         self.verdict("4 200 MB download", "≥ 0.9× direct GB/s", fmt(r, ".2f", "×"), r is not None and r >= 0.9)
 
@@ -901,8 +958,8 @@ class Scenarios:
             self.b.note(l)
         self.b.results["scenarios"]["5"] = {"runs": runs, "medians": meds}
         if self.s.base_short:
-            ms = [("per_conn", "RSS bytes/idle conn", ",.0f"), ("before", "RSS before, bytes", ",.0f"),
-                  ("after", "RSS after, bytes", ",.0f")]
+            ms = [("per_conn", "RSS bytes/idle conn", ",.0f"), ("before", "RSS before, MB", ".1f", 1e-6),
+                  ("after", "RSS after, MB", ".1f", 1e-6)]
             self.base_line(f"Juggler / {self.b.base_label()} (median of the per-round ratios)",
                            list(zip(["bytes/conn", "RSS before", "RSS after"], self.vs_base("5", runs, "juggler", ms))))
         pc = meds["juggler"]["per_conn"]
@@ -1022,6 +1079,7 @@ class Scenarios:
                     f"{d} s of load after a 2 s warm-up; one run each: the counts are not noisy)")
         rows = []
         res: dict[str, dict] = {}
+        w = max(8, *(len(self.b.label(k)) for k in keys))
         for k in keys:
             name = f"{k}-alloc"
             port = PORTS[name]
@@ -1053,7 +1111,7 @@ class Scenarios:
                             self.b.base_problems.append(f"{self.b.label(k)}: {problem}")
                         else:
                             self.b.juggler_problems.append(problem)
-                    log(f"  [7] {self.b.label(k):<8} {mode:<15} {r['requests']:.0f} requests, {allocs} allocations, "
+                    log(f"  [7] {self.b.label(k):<{w}} {mode:<15} {r['requests']:.0f} requests, {allocs} allocations, "
                         f"{frees} frees = {fmt(per, '.3f')} per request")
                     rows.append([self.b.label(k), mode, f"{r['requests']:,.0f}", f"{allocs:,}",
                                  f"{frees:,}", fmt(per, ".3f"), errors_cell([r])])
@@ -1070,7 +1128,7 @@ class Scenarios:
                 j = res.get("juggler", {}).get(mode, {}).get("per_req")
                 bb = res.get("juggler-base", {}).get(mode, {}).get("per_req")
                 r = self.base_value(f"7 {mode}", "allocs/request", j, bb, ".3f")
-                cells.append((mode, f"{fmt(j, '.3f')} vs {fmt(bb, '.3f')} allocs/request ({fmt(r, '.3f', '×')})"))
+                cells.append((mode, f"{fmt(j, '.3f')} vs {fmt(bb, '.3f')} allocs/request ({ratio_cell(r, j, bb)})"))
             self.base_line(f"Juggler / {self.b.base_label()}", cells)
         per = res.get("juggler", {}).get("keep-alive", {}).get("per_req")
         self.verdict("7 allocations", "zero heap allocations per request, keep-alive (< 0.001)",
@@ -1332,6 +1390,9 @@ def main() -> int:
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "gen-ch":
         gen_routes_ch(Path(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "sync-tree":
+        sync_tree(Path(sys.argv[2]), Path(sys.argv[3]))
         return 0
     if len(sys.argv) == 2 and sys.argv[1] == "run":
         def on_term(*_):

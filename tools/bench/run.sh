@@ -74,6 +74,16 @@ ulimit -n "$hard" 2>/dev/null || true
 mkdir -p "$BUILD/routes"
 python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
 python3 "$HERE/bench.py" gen-ch "$BUILD/routes/bench-ch.def"
+# export_rev COMMIT DIR: DIR becomes COMMIT's tree (git archive). Only the files
+# that differ from what DIR held get a new modification time: git archive stamps
+# every file with the commit's time, older than an earlier build's objects, so
+# an export straight into DIR would let ninja keep another commit's objects.
+export_rev() {
+  rm -rf "$2.new" && mkdir -p "$2.new"
+  git -C "$ROOT" archive --format=tar "$1" | tar -x -C "$2.new"
+  python3 "$HERE/bench.py" sync-tree "$2.new" "$2"
+  rm -rf "$2.new"
+}
 SRC="$ROOT" SFX=""
 case "${BENCH_SOURCE:-tree}" in
   tree) ;;
@@ -81,8 +91,8 @@ case "${BENCH_SOURCE:-tree}" in
     SRC="$BUILD/src" SFX="-head"
     head=$(git -C "$ROOT" rev-parse HEAD)
     if [ "$(cat "$BUILD/src.commit" 2>/dev/null)" != "$head" ]; then
-      rm -rf "$SRC" && mkdir -p "$SRC"
-      git -C "$ROOT" archive --format=tar HEAD | tar -x -C "$SRC"
+      rm -f "$BUILD/src.commit"
+      export_rev "$head" "$SRC"
       echo "$head" >"$BUILD/src.commit"
     fi
     echo "bench: building the last commit, ${head:0:7}" ;;
@@ -124,8 +134,8 @@ if [ -n "${BENCH_BASE:-}" ]; then
   short=$(git -C "$ROOT" rev-parse --short "$base")
   BASE_SRC="$BUILD/base-src"
   if [ "$(cat "$BUILD/base-src.commit" 2>/dev/null)" != "$base" ]; then
-    rm -rf "$BASE_SRC" "$BUILD/base-src.commit" && mkdir -p "$BASE_SRC"
-    git -C "$ROOT" archive --format=tar "$base" | tar -x -C "$BASE_SRC"
+    rm -f "$BUILD/base-src.commit"
+    export_rev "$base" "$BASE_SRC"
     echo "$base" >"$BUILD/base-src.commit"
   fi
   # What the bench needs from the base tree: the CMake project with its
