@@ -1341,6 +1341,9 @@ def run() -> int:
     rc = 0
     try:
         b.start_backends()
+        if s.base_short:     # a base that does not take the bench's flags or routes fails here, not mid-run
+            b.start("juggler-base")
+            b.stop("juggler-base")
         for n in s.scenarios:
             getattr(sc, f"s{n}")()
     except KeyboardInterrupt:
