@@ -7,6 +7,7 @@ number means. Python 3 stdlib only.
 
     bench.py gen-routes OUT.def         write the 1,000-route routes file
     bench.py gen-ch OUT.def             write bench.def with pool web consistent_hash (scenario 8)
+    bench.py sync-tree NEW DST          make DST a copy of NEW, touching only the files that differ
     bench.py run                        run the scenarios (run.sh sets the env)
 """
 
@@ -47,7 +48,14 @@ PORTS = {
     "juggler-cg": 19181,
     "juggler-idle": 19161, "nginx-idle": 19162, "haproxy-idle": 19163, "haproxy-tcp-idle": 19164,
 }
+# BENCH_BASE=REV: the base commit's Juggler, juggler@SHORT, beside Juggler in
+# every scenario it runs in (checked free only when BENCH_BASE is set).
+BASE_PORTS = {
+    "juggler-base": 19191, "juggler-1k-base": 19192, "juggler-ch-base": 19193, "juggler-base-tls": 19194,
+    "juggler-base-alloc": 19195, "juggler-base-idle": 19196, "juggler-base-cg": 19197,
+}
 ALL_PORTS = list(BACKENDS) + [BACKEND_TLS] + list(PORTS.values())
+PORTS.update(BASE_PORTS)
 
 SMALL_PATH = "/api/v1/items/42"       # the small GET (matches the last route of the 1k file)
 BIG_PATH = "/big"
@@ -57,6 +65,10 @@ CG_REQUESTS = (1000, 3000)           # scenario 6's (and 8's) callgrind runs
 CH_POOL = "pool web consistent_hash key=header:X-User"   # scenario 8's variant of bench.def's pool line
 CH_USERS = 1000                      # scenario 8: X-User: user-1 .. user-1000, in turn (users.lua)
 USERS_SCRIPT = HERE / "users.lua"
+
+# BENCH_BASE: the measures of a rate table compared Juggler / base (metric, label, value format)
+RATE_MEASURES = [("rps", "req/s", ",.0f"), ("p50", "p50 µs", ".0f"), ("p99", "p99 µs", ".0f"),
+                 ("cpu_us_per_req", "CPU µs/req", ".2f")]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -101,6 +113,12 @@ class Settings:
     malloc_so: Path
     cert: Path
     key: Path
+    # BENCH_BASE=REV (run.sh builds it): the base commit's builds, None without BENCH_BASE
+    base_short: str | None = None
+    base_commit: str | None = None
+    juggler_base: Path | None = None
+    juggler_base_1k: Path | None = None     # only when scenario 6 runs
+    juggler_base_ch: Path | None = None     # only when scenario 8 runs
 
     @staticmethod
     def from_env() -> "Settings":
@@ -121,6 +139,8 @@ class Settings:
         if rounds < 1 or duration < 1:
             sys.exit("bench: ROUNDS and DURATION must be at least 1")
         work = Path(os.environ["BENCH_WORK"])
+        opt = lambda name: Path(os.environ[name]) if os.environ.get(name) else None
+        base = opt("JUGGLER_BASE_BIN")
         return Settings(
             rounds=rounds, duration=duration, workers=env_int("WORKERS", 1), scenarios=scenarios, quick=quick,
             conns=env_int("CONNS", 50), wrk_threads=env_int("WRK_THREADS", 1), dl_conns=env_int("DL_CONNS", 1),
@@ -131,7 +151,34 @@ class Settings:
             juggler=Path(os.environ["JUGGLER_BIN"]), juggler_1k=Path(os.environ["JUGGLER_1K_BIN"]),
             juggler_ch=Path(os.environ["JUGGLER_CH_BIN"]) if os.environ.get("JUGGLER_CH_BIN") else None,
             malloc_so=Path(os.environ["MALLOC_COUNT_SO"]),
-            cert=Path(os.environ["BENCH_CERT_DIR"]) / "server.crt", key=Path(os.environ["BENCH_CERT_DIR"]) / "server.key")
+            cert=Path(os.environ["BENCH_CERT_DIR"]) / "server.crt", key=Path(os.environ["BENCH_CERT_DIR"]) / "server.key",
+            base_short=(os.environ.get("BENCH_BASE_SHORT") or "base") if base else None,
+            base_commit=os.environ.get("BENCH_BASE_COMMIT") if base else None,
+            juggler_base=base, juggler_base_1k=opt("JUGGLER_BASE_1K_BIN") if base else None,
+            juggler_base_ch=opt("JUGGLER_BASE_CH_BIN") if base else None)
+
+    def with_base(self, keys: list[str]) -> list[str]:
+        """keys with each Juggler key's base twin (juggler-base, juggler-1k-base,
+        juggler-base-tls, ...) right after it, when BENCH_BASE is set."""
+        if not self.base_short:
+            return list(keys)
+        out = []
+        for k in keys:
+            out.append(k)
+            if k.startswith("juggler") and not is_base(k):
+                out.append(base_key(k))
+        return out
+
+
+def is_base(key: str) -> bool:
+    return key.endswith("-base") or key.startswith("juggler-base")
+
+
+def base_key(key: str) -> str:
+    """juggler -> juggler-base, juggler-1k -> juggler-1k-base, juggler-tls -> juggler-base-tls."""
+    if key.endswith("-tls"):
+        return key.removesuffix("-tls") + "-base-tls"
+    return key + "-base"
 
 
 # ---------------------------------------------------------------- 1,000 routes
@@ -170,6 +217,51 @@ def gen_routes_ch(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
         out.write_text(text)
+
+
+def sync_tree(new: Path, dst: Path) -> None:
+    """Makes DST a copy of NEW (a `git archive` export). Files that differ are
+    copied with a new modification time, the others are left alone: git archive
+    stamps every file with the commit's time, which is older than the objects
+    of an earlier build, so an export straight over DST would let ninja keep
+    objects of another commit (BENCH_BASE, BENCH_SOURCE=HEAD)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    def remove(path: Path) -> None:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    wanted: set[Path] = set()
+    for root, dirs, files in os.walk(new):
+        rel = Path(root).relative_to(new)
+        for d in dirs:
+            src, out = Path(root) / d, dst / rel / d
+            wanted.add(rel / d)
+            if src.is_symlink():        # os.walk lists a link to a directory among dirs
+                files.append(d)
+            elif not out.is_dir() or out.is_symlink():
+                remove(out)
+                out.mkdir()
+        for f in files:
+            src, out = Path(root) / f, dst / rel / f
+            wanted.add(rel / f)
+            if src.is_symlink():
+                if not (out.is_symlink() and os.readlink(out) == os.readlink(src)):
+                    remove(out)
+                    os.symlink(os.readlink(src), out)
+                continue
+            same = (out.is_file() and not out.is_symlink() and out.stat().st_size == src.stat().st_size
+                    and out.read_bytes() == src.read_bytes())
+            if not same:
+                remove(out)
+                shutil.copyfile(src, out)       # a new mtime: ninja rebuilds what depends on it
+            if (out.stat().st_mode & 0o777) != (src.stat().st_mode & 0o777):
+                shutil.copymode(src, out)
+    for root, dirs, files in os.walk(dst, topdown=False):
+        rel = Path(root).relative_to(dst)
+        for name in files + dirs:
+            if rel / name not in wanted:
+                remove(Path(root) / name)
 
 
 def nginx_1k_locations() -> str:
@@ -363,6 +455,8 @@ class Bench:
         self.report: list[str] = []     # the text written to the results file
         self.targets_met: list[tuple[str, str, str, str]] = []   # (scenario, target, measured, verdict)
         self.juggler_problems: list[str] = []   # socket errors, non-2xx answers, crashes: reported at the end
+        self.base_problems: list[str] = []      # the same for BENCH_BASE's juggler@SHORT (information only)
+        self.base_ratios: list[list[str]] = []  # (scenario, measure, Juggler, base, Juggler / base): the summary
 
     # ------------------------------------------------------------ configs
 
@@ -400,20 +494,28 @@ class Bench:
 
     def start(self, key: str, env: dict | None = None, port: int | None = None, name: str | None = None,
               wrapper: list[str] | None = None) -> Proc:
-        """Starts one balancer: juggler[-1k|-ch], nginx[-1k], haproxy[-1k], haproxy-tcp."""
+        """Starts one balancer: juggler[-1k|-ch][-base], nginx[-1k], haproxy[-1k], haproxy-tcp."""
         name = name or key
         port = port or PORTS[name]
-        kind = key.removesuffix("-1k").removesuffix("-ch")
-        big = key.endswith("-1k")
+        base = key.endswith("-base")          # BENCH_BASE: the base commit's build of the same routes file
+        variant = key.removesuffix("-base")
+        kind = variant.removesuffix("-1k").removesuffix("-ch")
+        big = variant.endswith("-1k")
         w = self.s.work
         if kind == "juggler":
-            binary = self.s.juggler_1k if big else self.s.juggler
+            if base:
+                binary = {"juggler": self.s.juggler_base, "juggler-1k": self.s.juggler_base_1k,
+                          "juggler-ch": self.s.juggler_base_ch}[variant]
+                if binary is None:
+                    raise RuntimeError(f"no base build for {key}: run through tools/bench/run.sh with BENCH_BASE=REV")
+            else:
+                binary = self.s.juggler_1k if big else self.s.juggler
             if key == "juggler-ch":
                 if self.s.juggler_ch is None:
                     raise RuntimeError("no consistent_hash build (JUGGLER_CH_BIN): run through tools/bench/run.sh")
                 binary = self.s.juggler_ch
-            # only the main instance gets the https port of bench.def; the others any free one
-            https = PORTS["juggler-tls"] if name == "juggler" else 0
+            # only the main instances get an https port of their own (scenario 3); the others any free one
+            https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"]}.get(name, 0)
             argv = [str(binary), "--port", str(port), "--https-port", str(https), "--workers", str(self.s.workers),
                     "--access-log", "off", "--log-level", "warn"]
         elif kind == "nginx":
@@ -440,9 +542,19 @@ class Bench:
             argv = ["haproxy", "-db", "-f", str(conf)]
         else:
             raise ValueError(key)
-        p = Proc(name, (wrapper or []) + argv, port, w, env, cwd=ROOT if kind == "juggler" else None)
+        try:
+            p = Proc(name, (wrapper or []) + argv, port, w, env, cwd=ROOT if kind == "juggler" else None)
+        except RuntimeError as e:
+            if base:
+                raise RuntimeError(f"the base, {self.base_label()} (BENCH_BASE={os.environ.get('BENCH_BASE', '?')}), "
+                                   f"did not start with the bench's command line ({' '.join(argv[1:])}): its "
+                                   f"flags or routes support may differ from this tree's.\n{e}") from None
+            raise
         self.procs[name] = p
         return p
+
+    def base_label(self) -> str:
+        return f"juggler@{self.s.base_short}"
 
     def ensure(self, key: str) -> Proc:
         p = self.procs.get(key)
@@ -462,19 +574,28 @@ class Bench:
             self.stop(name)
 
     def target(self, key: str) -> Target:
+        label = self.label(key)
+        if key == "direct":
+            return Target(key, label, BACKENDS[0], None)
+        if key == "direct-tls":
+            return Target(key, label, BACKEND_TLS, None, "https")
+        if key.endswith("-tls"):
+            return Target(key, label, PORTS[key], self.ensure(key.removesuffix("-tls")), "https")
+        return Target(key, label, PORTS[key], self.ensure(key))
+
+    def label(self, key: str) -> str:
+        """The name of a target in the tables (starts nothing, unlike target())."""
         labels = {"juggler-tls": "Juggler", "nginx-tls": "nginx", "haproxy-tls": "HAProxy",
                   "direct-tls": "direct to backend, TLS (limit)",
                   "juggler": "Juggler", "nginx": "nginx", "haproxy": "HAProxy", "haproxy-tcp": "HAProxy TCP (limit)",
                   "direct": "direct to backend (limit)", "juggler-1k": "Juggler, 1,000 routes",
                   "nginx-1k": "nginx, 1,000 locations", "haproxy-1k": "HAProxy, 1,000 ACLs",
                   "juggler-ch": "Juggler, consistent_hash"}
-        if key == "direct":
-            return Target(key, labels[key], BACKENDS[0], None)
-        if key == "direct-tls":
-            return Target(key, labels[key], BACKEND_TLS, None, "https")
-        if key.endswith("-tls"):
-            return Target(key, labels[key], PORTS[key], self.ensure(key.removesuffix("-tls")), "https")
-        return Target(key, labels[key], PORTS[key], self.ensure(key))
+        if self.s.base_short:
+            bl = self.base_label()
+            labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
+                           "juggler-ch-base": f"{bl}, consistent_hash"})
+        return labels[key]
 
     # ------------------------------------------------------------ output
 
@@ -526,6 +647,7 @@ class Bench:
         round so that no target always runs first (or right after another)."""
         runs: dict[str, list[dict]] = {k: [] for k in keys}
         targets = [self.target(k) for k in keys]
+        width = max(28, *(len(t.label) for t in targets))
         # a short warm-up of each (pools, caches, upstream connections), not measured
         for t in targets:
             self.wrk(t.port, path, conns, 1, headers, timeout, scheme=t.scheme, script=script)
@@ -541,7 +663,10 @@ class Bench:
                 if t.key.startswith("juggler") and (r["errors"] or r["status"] or r.get("crashed")):
                     b_problem = (f"scenario {sid} round {rnd + 1}: {r['errors']:.0f} socket errors, "
                                  f"{r['status']:.0f} non-2xx{', crashed' if r.get('crashed') else ''}")
-                    self.juggler_problems.append(b_problem)
+                    if is_base(t.key):
+                        self.base_problems.append(f"{t.label}: {b_problem}")
+                    else:
+                        self.juggler_problems.append(b_problem)
                 cpu = f"{r['cpu_us_per_req']:.2f} µs/req" if r["cpu_us_per_req"] is not None else "-"
                 bad = ""
                 if r["errors"] or r["status"]:
@@ -549,7 +674,7 @@ class Bench:
                            f"timeout={r['timeout']:.0f} non-2xx/3xx={r['status']:.0f}")
                 if r.get("crashed"):
                     bad += f"  CRASHED: {t.proc.tail()}"
-                log(f"  [{sid} round {rnd + 1}/{self.s.rounds}] {t.label:<28} {r['rps']:>10.0f} req/s  "
+                log(f"  [{sid} round {rnd + 1}/{self.s.rounds}] {t.label:<{width}} {r['rps']:>10.0f} req/s  "
                     f"p50 {r['p50']:>6.0f} µs  p99 {r['p99']:>6.0f} µs  {r['gbps']:.3f} GB/s  cpu {cpu}{bad}")
         return runs
 
@@ -589,6 +714,13 @@ def paired(runs: dict[str, list[dict]], a: str, b: str, key: str) -> float | Non
     return statistics.median(vals) if vals else None
 
 
+def ratio_cell(r: float | None, a: float | None = None, b: float | None = None) -> str:
+    """A Juggler / base ratio; "same" for two equal values it cannot divide (0 and 0)."""
+    if r is None and a is not None and a == b:
+        return "same"
+    return fmt(r, ".3f", "×")
+
+
 def errors_cell(runs: list[dict]) -> str:
     e = sum(r["errors"] for r in runs)
     st = sum(r["status"] for r in runs)
@@ -617,6 +749,41 @@ class Scenarios:
         v = "n/a" if ok is None else ("met" if ok else "NOT met")
         self.b.targets_met.append((scenario, what, measured, v))
 
+    # ------------------------------------------------------------ BENCH_BASE
+
+    def keys(self, keys: list[str]) -> list[str]:
+        """The scenario's targets, with juggler@SHORT beside each Juggler one under BENCH_BASE."""
+        return self.s.with_base(keys)
+
+    def base_value(self, sid: str, measure: str, j: float | None, b: float | None, spec: str,
+                   r: float | None = None) -> float | None:
+        """Records one Juggler / base comparison for the summary; r (default j / b)
+        is the ratio, e.g. the median of the per-round ratios."""
+        if r is None:
+            r = ratio(j, b)
+        self.b.base_ratios.append([sid, measure, fmt(j, spec), fmt(b, spec), ratio_cell(r, j, b)])
+        return r
+
+    def vs_base(self, sid: str, runs: dict[str, list[dict]], key: str,
+                measures: list[tuple]) -> list[str]:
+        """Juggler / base (key against its base twin) for each (metric, label,
+        value format[, scale]): the median of the per-round ratios, recorded
+        for the summary (the values multiplied by scale). Returns the ratio cells."""
+        bk = base_key(key)
+        cells = []
+        for m, label, spec, *scale in measures:
+            j, b = med(runs[key], m), med(runs[bk], m)
+            if scale:
+                j, b = (None if v is None else v * scale[0] for v in (j, b))
+            r = paired(runs, key, bk, m)
+            self.base_value(sid, label, j, b, spec, r)
+            cells.append(ratio_cell(r, j, b))
+        return cells
+
+    def base_line(self, what: str, cells: list[tuple[str, str]]) -> None:
+        """One line of Juggler / base ratios under a table that has no ratio table."""
+        self.b.note(f"\n{what}: " + ", ".join(f"{l} {c}" for l, c in cells) + ".")
+
     def rate_table(self, title: str, runs: dict[str, list[dict]], keys: list[str],
                    sfx: str = "") -> dict[str, dict]:
         """The table of a request-rate scenario, then Juggler's ratios to nginx
@@ -626,16 +793,19 @@ class Scenarios:
         rows = []
         for k in keys:
             d = meds[k]
-            rows.append([b.target(k).label, fmt(d["rps"], ",.0f"), fmt(d["p50"], ".0f"), fmt(d["p99"], ".0f"),
+            rows.append([b.label(k), fmt(d["rps"], ",.0f"), fmt(d["p50"], ".0f"), fmt(d["p99"], ".0f"),
                          fmt(d["cpu_us_per_req"], ".2f"), errors_cell(runs[k])])
         b.note(f"\n### {title}\n")
         for l in table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"], rows):
             b.note(l)
         rr = []
         for other in ("nginx", "haproxy"):
-            rr.append([f"Juggler / {b.target(other).label}"] +
+            rr.append([f"Juggler / {b.label(other)}"] +
                       [fmt(paired(runs, "juggler" + sfx, other + sfx, m), ".2f", "×")
                        for m in ("rps", "p50", "p99", "cpu_us_per_req")])
+        if self.s.base_short:
+            rr.append([f"Juggler / {b.base_label()}"] +
+                      self.vs_base(title.split(".")[0], runs, "juggler" + sfx, RATE_MEASURES))
         b.note("\nRatios: the median over rounds of the ratio within each round.\n")
         for l in table(["ratio", "req/s", "p50", "p99", "CPU/req"], rr):
             b.note(l)
@@ -644,7 +814,7 @@ class Scenarios:
     # 1 and 2 ----------------------------------------------------------------
 
     def s1(self) -> None:
-        keys = ["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"]
+        keys = self.keys(["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"])
         self.b.note(f"\n## 1. Small GET, keep-alive, {self.s.conns} connections")
         runs = self.b.rounds("1", keys, SMALL_PATH, self.s.conns)
         meds = self.rate_table(f"1. small GET, keep-alive, {self.s.conns} connections (medians of {self.s.rounds})",
@@ -664,7 +834,7 @@ class Scenarios:
                      r is not None and r <= 0.75)
 
     def s2(self) -> None:
-        keys = ["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"]
+        keys = self.keys(["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"])
         self.b.note(f"\n## 2. Small GET, a new connection per request, {self.s.conns} concurrent")
         runs = self.b.rounds("2", keys, SMALL_PATH, self.s.conns, headers=["Connection: close"])
         meds = self.rate_table(f"2. small GET, new connection per request (Connection: close), {self.s.conns} "
@@ -672,7 +842,7 @@ class Scenarios:
         self.b.results["scenarios"]["2"] = {"runs": runs, "medians": meds}
         for other in ("nginx", "haproxy"):
             r = paired(runs, "juggler", other, "rps")
-            self.verdict("2 new connection", f"req/s ≥ 1.15× {self.b.target(other).label}", fmt(r, ".2f", "×"),
+            self.verdict("2 new connection", f"req/s ≥ 1.15× {self.b.label(other)}", fmt(r, ".2f", "×"),
                          r is not None and r >= 1.15)
 
     # 3 ----------------------------------------------------------------------
@@ -681,7 +851,7 @@ class Scenarios:
         """TLS termination (plain HTTP to the backends): keep-alive (record
         encryption) and a new connection per request (a handshake each). The
         direct limit is the backend nginx answering over TLS itself."""
-        keys = ["juggler-tls", "nginx-tls", "haproxy-tls", "direct-tls"]
+        keys = self.keys(["juggler-tls", "nginx-tls", "haproxy-tls", "direct-tls"])
         for sub_id, what, headers in (("3a", "keep-alive", None),
                                       ("3b", "a new connection (TLS handshake) per request", ["Connection: close"])):
             self.b.note(f"\n## {sub_id}. TLS (TLS 1.3, ECDSA P-256 certificate), small GET, {what}, "
@@ -698,7 +868,7 @@ class Scenarios:
     # 4 ----------------------------------------------------------------------
 
     def s4(self) -> None:
-        keys = ["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"]
+        keys = self.keys(["juggler", "nginx", "haproxy", "haproxy-tcp", "direct"])
         c = self.s.dl_conns
         self.b.note(f"\n## 4. 200 MB download, {c} connection{'s' if c > 1 else ''}, keep-alive")
         runs = self.b.rounds("4", keys, BIG_PATH, c, timeout="60s")
@@ -708,7 +878,7 @@ class Scenarios:
         rows = []
         for k in keys:
             m = meds[k]
-            rows.append([b.target(k).label, fmt(m["gbps"], ".2f"), fmt(paired(runs, k, "direct", "gbps"), ".2f", "×"),
+            rows.append([b.label(k), fmt(m["gbps"], ".2f"), fmt(paired(runs, k, "direct", "gbps"), ".2f", "×"),
                          fmt(m["p50"] / 1000 if m["p50"] else None, ".0f"), fmt(m["cpu_s_per_gb"], ".3f"),
                          f"{sum(r['requests'] for r in runs[k]):.0f}", errors_cell(runs[k])])
         b.note(f"\n### 4. 200 MB download (medians of {self.s.rounds}; GB = 10^9 bytes)\n")
@@ -716,6 +886,10 @@ class Scenarios:
                        rows):
             b.note(l)
         b.results["scenarios"]["4"] = {"runs": runs, "medians": meds}
+        if self.s.base_short:
+            ms = [("gbps", "GB/s", ".2f"), ("p50", "p50 ms/download", ",.0f", 1e-3), ("cpu_s_per_gb", "CPU s/GB", ".3f")]
+            self.base_line(f"Juggler / {b.base_label()} (median of the per-round ratios)",
+                           list(zip([m[1] for m in ms], self.vs_base("4", runs, "juggler", ms))))
         r = paired(runs, "juggler", "direct", "gbps")
         self.verdict("4 200 MB download", "≥ 0.9× direct GB/s", fmt(r, ".2f", "×"), r is not None and r >= 0.9)
 
@@ -746,7 +920,7 @@ class Scenarios:
                 "still_open": still_open, "alive": alive}
 
     def s5(self) -> None:
-        keys = ["juggler", "nginx", "haproxy", "haproxy-tcp"]
+        keys = self.keys(["juggler", "nginx", "haproxy", "haproxy-tcp"])
         n = self.s.idle_conns
         self.b.note(f"\n## 5. {n:,} idle keep-alive client connections (one request each, then idle)")
         runs: dict[str, list[dict]] = {k: [] for k in keys}
@@ -755,9 +929,13 @@ class Scenarios:
             for k in order:
                 r = self.idle_once(k)
                 runs[k].append(r)
-                if k == "juggler" and (r["bad"] or r["still_open"] < n or not r["alive"]):
-                    self.b.juggler_problems.append(f"scenario 5: {r['bad']} failed, {n - r['still_open']} closed, "
-                                                   f"{'alive' if r['alive'] else 'CRASHED'}")
+                if k.startswith("juggler") and (r["bad"] or r["still_open"] < n or not r["alive"]):
+                    problem = (f"scenario 5: {r['bad']} failed, {n - r['still_open']} closed, "
+                               f"{'alive' if r['alive'] else 'CRASHED'}")
+                    if is_base(k):
+                        self.b.base_problems.append(f"{self.b.label(k)}: {problem}")
+                    else:
+                        self.b.juggler_problems.append(problem)
                 log(f"  [5 round {rnd + 1}/{self.s.rounds}] {k:<12} RSS {r['before'] / 1e6:.1f} → "
                     f"{r['after'] / 1e6:.1f} MB = {r['per_conn']:.0f} B/conn; failed {r['bad']}, "
                     f"open after 1 s {r['still_open']}/{n}{'' if r['alive'] else '  CRASHED'}")
@@ -771,7 +949,7 @@ class Scenarios:
             crashed = not all(r["alive"] for r in runs[k])
             err = ", ".join(x for x in (f"{bad} failed" if bad else "", f"{closed} closed by the proxy" if closed
                                         else "", "CRASHED" if crashed else "") if x) or "0"
-            label = self.b.target(k).label if k != "haproxy-tcp" else "HAProxy TCP (+1 backend conn each)"
+            label = self.b.label(k) if k != "haproxy-tcp" else "HAProxy TCP (+1 backend conn each)"
             rows.append([label, fmt(m["before"] / 1e6, ".1f"), fmt(m["after"] / 1e6, ".1f"),
                          fmt(m["per_conn"], ",.0f"), fmt(m["per_conn"] / 1024, ".2f"), err])
         self.b.note(f"\n### 5. RSS of the proxy process(es), fresh start, {n:,} idle connections "
@@ -779,6 +957,11 @@ class Scenarios:
         for l in table(["proxy", "RSS before MB", "RSS after MB", "bytes/conn", "KB/conn", "errors"], rows):
             self.b.note(l)
         self.b.results["scenarios"]["5"] = {"runs": runs, "medians": meds}
+        if self.s.base_short:
+            ms = [("per_conn", "RSS bytes/idle conn", ",.0f"), ("before", "RSS before, MB", ".1f", 1e-6),
+                  ("after", "RSS after, MB", ".1f", 1e-6)]
+            self.base_line(f"Juggler / {self.b.base_label()} (median of the per-round ratios)",
+                           list(zip(["bytes/conn", "RSS before", "RSS after"], self.vs_base("5", runs, "juggler", ms))))
         pc = meds["juggler"]["per_conn"]
         self.verdict("5 idle connections", "≤ 0.5 KB RSS per idle connection", fmt(pc, ",.0f", " B"),
                      pc is not None and pc <= 512)
@@ -787,22 +970,27 @@ class Scenarios:
 
     def s6(self) -> None:
         keys = ["juggler", "juggler-1k", "nginx", "nginx-1k", "haproxy", "haproxy-1k"]
+        pairs = [["juggler", "juggler-1k"], ["nginx", "nginx-1k"], ["haproxy", "haproxy-1k"]]
+        if self.s.base_short:
+            keys[2:2] = ["juggler-base", "juggler-1k-base"]
+            pairs.insert(1, ["juggler-base", "juggler-1k-base"])
         self.b.note(f"\n## 6. Dispatch: 1 route vs 1,000 routes (999 non-matching prefix and host rules first), "
                     f"keep-alive, {self.s.conns} connections")
         def order_of(rnd: int) -> list[str]:
             # each 1,000-route run right next to its 1-route run, which one first alternating
-            pairs = [["juggler", "juggler-1k"], ["nginx", "nginx-1k"], ["haproxy", "haproxy-1k"]]
-            pairs = pairs[rnd % 3:] + pairs[:rnd % 3]
-            return [k for p in pairs for k in (p if rnd % 2 == 0 else p[::-1])]
+            ps = pairs[rnd % len(pairs):] + pairs[:rnd % len(pairs)]
+            return [k for p in ps for k in (p if rnd % 2 == 0 else p[::-1])]
         runs = self.b.rounds("6", keys, SMALL_PATH, self.s.conns, headers=[f"Host: {DISPATCH_HOST}"],
                              order_of=order_of)
         meds = {k: {m: med(runs[k], m) for m in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
         base_label = {"juggler": "Juggler, 1 route", "nginx": "nginx, 1 location", "haproxy": "HAProxy, no ACL"}
+        if self.s.base_short:
+            base_label["juggler-base"] = f"{self.b.base_label()}, 1 route"
         rows = []
         for k in keys:
             d = meds[k]
-            base = k.removesuffix("-1k") if k.endswith("-1k") else None
-            rows.append([base_label.get(k) or self.b.target(k).label, fmt(d["rps"], ",.0f"), fmt(d["p99"], ".0f"),
+            base = k.replace("-1k", "") if "-1k" in k else None     # the 1-route run it is paired with
+            rows.append([base_label.get(k) or self.b.label(k), fmt(d["rps"], ",.0f"), fmt(d["p99"], ".0f"),
                          fmt(d["cpu_us_per_req"], ".2f"),
                          fmt(paired(runs, k, base, "rps"), ".3f", "×") if base else "",
                          fmt(paired(runs, k, base, "cpu_us_per_req"), ".3f", "×") if base else "",
@@ -814,7 +1002,8 @@ class Scenarios:
         self.b.results["scenarios"]["6"] = {"runs": runs, "medians": meds}
         r = paired(runs, "juggler-1k", "juggler", "rps")
         c = paired(runs, "juggler-1k", "juggler", "cpu_us_per_req")
-        ins = self.instructions()
+        cg_keys = ("juggler", "juggler-1k") + (("juggler-base", "juggler-1k-base") if self.s.base_short else ())
+        ins = self.instructions(cg_keys)
         self.b.results["scenarios"]["6"]["instructions_per_request"] = ins
         if ins:
             i = ratio(ins["juggler-1k"], ins["juggler"])
@@ -822,6 +1011,18 @@ class Scenarios:
                         f"{CG_REQUESTS[1]:,} and {CG_REQUESTS[0]:,} keep-alive requests, so start-up cancels out; "
                         f"not noisy): Juggler, 1 route {ins['juggler']:,.0f}; 1,000 routes {ins['juggler-1k']:,.0f} "
                         f"({fmt(i, '.3f', '×')}).")
+            if self.s.base_short:
+                ib = ratio(ins["juggler-1k-base"], ins["juggler-base"])
+                self.b.note(f"{self.b.base_label()}: 1 route {ins['juggler-base']:,.0f}; 1,000 routes "
+                            f"{ins['juggler-1k-base']:,.0f} ({fmt(ib, '.3f', '×')}).")
+        if self.s.base_short:
+            ms = [("rps", "req/s", ",.0f"), ("p99", "p99 µs", ".0f"), ("cpu_us_per_req", "CPU µs/req", ".2f")]
+            for k, what in (("juggler", "1 route"), ("juggler-1k", "1,000 routes")):
+                cells = list(zip([l for _, l, _ in ms], self.vs_base(f"6 {what}", runs, k, ms)))
+                if ins:
+                    r_i = self.base_value(f"6 {what}", "instructions/req", ins[k], ins[base_key(k)], ",.0f")
+                    cells.append(("instructions/req", fmt(r_i, ".3f", "×")))
+                self.base_line(f"Juggler / {self.b.base_label()}, {what}", cells)
             self.verdict("6 dispatch", "1,000 routes: instructions/request within 5% of 1 route's",
                          f"{fmt(i, '.3f', '×')} ({ins['juggler']:,.0f} → {ins['juggler-1k']:,.0f})",
                          i is not None and i <= 1.05)
@@ -846,19 +1047,21 @@ class Scenarios:
         out = {}
         for key in keys:
             totals = []
+            # the base on a port of its own; the requests are the same bytes (request(i)'s Host included)
+            cg = "juggler-base-cg" if is_base(key) else "juggler-cg"
             for n in CG_REQUESTS:
                 f = self.s.work / f"callgrind.{key}.{n}"
-                p = self.b.start(key, port=PORTS["juggler-cg"], name="juggler-cg",
+                p = self.b.start(key, port=PORTS[cg], name=cg,
                                  wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={f}"])
                 try:
-                    c = socket.create_connection(("127.0.0.1", PORTS["juggler-cg"]), timeout=10)
+                    c = socket.create_connection(("127.0.0.1", PORTS[cg]), timeout=10)
                     for i in range(n):
                         c.sendall(request(i))
                         if read_response(c) != 200:
                             raise RuntimeError(f"{key} under callgrind: not 200")
                     c.close()
                 finally:
-                    self.b.stop("juggler-cg")
+                    self.b.stop(cg)
                 m = re.search(r"^(?:summary|totals):\s*(\d+)", f.read_text(), re.M) if f.exists() else None
                 if not m or p.popen.returncode not in (0, -15, 143):
                     self.b.note(f"\n(callgrind gave no total for {key}: exit {p.popen.returncode})")
@@ -870,12 +1073,13 @@ class Scenarios:
     # 7 ----------------------------------------------------------------------
 
     def s7(self) -> None:
-        keys = ["juggler", "nginx", "haproxy"]
+        keys = self.keys(["juggler", "nginx", "haproxy"])
         d = self.s.alloc_duration
         self.b.note(f"\n## 7. Heap allocations per request at steady state (LD_PRELOAD malloc counter, "
                     f"{d} s of load after a 2 s warm-up; one run each: the counts are not noisy)")
         rows = []
         res: dict[str, dict] = {}
+        w = max(8, *(len(self.b.label(k)) for k in keys))
         for k in keys:
             name = f"{k}-alloc"
             port = PORTS[name]
@@ -900,12 +1104,16 @@ class Scenarios:
                     per = allocs / r["requests"] if r["requests"] else None
                     res.setdefault(k, {})[mode] = {"allocs": allocs, "frees": frees, "requests": r["requests"],
                                                    "per_req": per, "errors": r["errors"] + r["status"]}
-                    if k == "juggler" and (r["errors"] or r["status"] or not p.alive()):
-                        self.b.juggler_problems.append(f"scenario 7 {mode}: {r['errors']:.0f} socket errors, "
-                                                       f"{r['status']:.0f} non-2xx")
-                    log(f"  [7] {k:<8} {mode:<15} {r['requests']:.0f} requests, {allocs} allocations, "
+                    if k.startswith("juggler") and (r["errors"] or r["status"] or not p.alive()):
+                        problem = (f"scenario 7 {mode}: {r['errors']:.0f} socket errors, {r['status']:.0f} non-2xx"
+                                   f"{'' if p.alive() else ', crashed'}")
+                        if is_base(k):
+                            self.b.base_problems.append(f"{self.b.label(k)}: {problem}")
+                        else:
+                            self.b.juggler_problems.append(problem)
+                    log(f"  [7] {self.b.label(k):<{w}} {mode:<15} {r['requests']:.0f} requests, {allocs} allocations, "
                         f"{frees} frees = {fmt(per, '.3f')} per request")
-                    rows.append([self.b.target(k).label, mode, f"{r['requests']:,.0f}", f"{allocs:,}",
+                    rows.append([self.b.label(k), mode, f"{r['requests']:,.0f}", f"{allocs:,}",
                                  f"{frees:,}", fmt(per, ".3f"), errors_cell([r])])
             finally:
                 self.b.stop(name)
@@ -914,6 +1122,14 @@ class Scenarios:
                        rows, left=2):
             self.b.note(l)
         self.b.results["scenarios"]["7"] = res
+        if self.s.base_short:
+            cells = []
+            for mode in ("keep-alive", "new connection"):
+                j = res.get("juggler", {}).get(mode, {}).get("per_req")
+                bb = res.get("juggler-base", {}).get(mode, {}).get("per_req")
+                r = self.base_value(f"7 {mode}", "allocs/request", j, bb, ".3f")
+                cells.append((mode, f"{fmt(j, '.3f')} vs {fmt(bb, '.3f')} allocs/request ({ratio_cell(r, j, bb)})"))
+            self.base_line(f"Juggler / {self.b.base_label()}", cells)
         per = res.get("juggler", {}).get("keep-alive", {}).get("per_req")
         self.verdict("7 allocations", "zero heap allocations per request, keep-alive (< 0.001)",
                      fmt(per, ".3f"), per is not None and per < 0.001)
@@ -930,6 +1146,8 @@ class Scenarios:
         users.lua: X-User: user-1 .. user-1000 in turn. Juggler only: nginx and
         HAProxy have no compiled equivalent to compare."""
         keys = ["juggler", "juggler-ch"]
+        if self.s.base_short:
+            keys += ["juggler-base", "juggler-ch-base"]
         self.b.note(f"\n## 8. Strategy cost: round_robin vs {CH_POOL.split(' ', 2)[2]}, small GET, keep-alive, "
                     f"{self.s.conns} connections, X-User: user-1..{CH_USERS} in turn")
         # rounds() alternates the two: round 1 rr, ch; round 2 ch, rr; ...
@@ -941,6 +1159,9 @@ class Scenarios:
                     f"X-User: user-{i % CH_USERS + 1}\r\n\r\n").encode()
         ins = self.instructions(tuple(keys), request)
         labels = {"juggler": "Juggler, round_robin", "juggler-ch": "Juggler, consistent_hash key=header:X-User"}
+        if self.s.base_short:
+            bl = self.b.base_label()
+            labels.update({"juggler-base": f"{bl}, round_robin", "juggler-ch-base": f"{bl}, consistent_hash"})
         rows = []
         for k in keys:
             d = meds[k]
@@ -951,6 +1172,15 @@ class Scenarios:
         i = ratio(ins["juggler-ch"], ins["juggler"]) if ins else None
         rows.append(["consistent_hash / round_robin", fmt(r["rps"], ".3f", "×"), fmt(r["p50"], ".3f", "×"),
                      fmt(r["p99"], ".3f", "×"), fmt(r["cpu_us_per_req"], ".3f", "×"), fmt(i, ".3f", "×"), ""])
+        if self.s.base_short:
+            rb = [fmt(paired(runs, "juggler-ch-base", "juggler-base", m), ".3f", "×")
+                  for m in ("rps", "p50", "p99", "cpu_us_per_req")]
+            ib = ratio(ins["juggler-ch-base"], ins["juggler-base"]) if ins else None
+            rows.append([f"{bl}: consistent_hash / round_robin"] + rb + [fmt(ib, ".3f", "×"), ""])
+            for k, what in (("juggler", "round_robin"), ("juggler-ch", "consistent_hash")):
+                cells = self.vs_base(f"8 {what}", runs, k, RATE_MEASURES)
+                ri = self.base_value(f"8 {what}", "instructions/req", ins[k], ins[base_key(k)], ",.0f") if ins else None
+                rows.append([f"Juggler / {bl}, {what}"] + cells + [fmt(ri, ".3f", "×"), ""])
         self.b.note(f"\n### 8. GET {SMALL_PATH} with X-User, keep-alive (medians of {self.s.rounds}; the ratios are "
                     "the median of the per-round ratios; instructions = user-space instructions per request under "
                     f"callgrind, ({CG_REQUESTS[1]:,} − {CG_REQUESTS[0]:,} requests on one connection) / "
@@ -1080,7 +1310,7 @@ def run() -> int:
     s = Settings.from_env()
     b = Bench(s)
     sc = Scenarios(b)
-    busy = [p for p in ALL_PORTS if not port_free(p)]
+    busy = [p for p in ALL_PORTS + (list(BASE_PORTS.values()) if s.base_short else []) if not port_free(p)]
     if busy:
         print(f"bench: port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; stop what uses them "
               f"(ss -ltnp) and run again", file=sys.stderr)
@@ -1088,7 +1318,8 @@ def run() -> int:
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cmd = " ".join(f"{k}={os.environ[k]}" for k in ("QUICK", "ROUNDS", "DURATION", "WORKERS", "SCENARIOS", "CONNS",
-                                                     "IDLE_CONNS", "DL_CONNS", "WRK_THREADS", "ALLOC_DURATION")
+                                                     "IDLE_CONNS", "DL_CONNS", "WRK_THREADS", "ALLOC_DURATION",
+                                                     "BENCH_SOURCE", "BENCH_BASE")
                    if os.environ.get(k)) or "(defaults)"
     b.note(f"# Juggler benchmark {time.strftime('%Y-%m-%d %H:%M:%S')}")
     b.note("")
@@ -1097,6 +1328,12 @@ def run() -> int:
            f"-c{s.conns}, scenarios {','.join(map(str, s.scenarios))}")
     for line in machine():
         b.note(line)
+    if s.base_short:
+        subject = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%s", s.base_commit or "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+        b.note(f"- base (BENCH_BASE={os.environ.get('BENCH_BASE', '?')}): {b.base_label()}, commit {s.base_commit} "
+               f"\"{subject}\", built from the same routes files, run with the same flags beside Juggler in "
+               "every scenario; Juggler / base ratios are the median of the per-round ratios")
     b.note(f"- backends: one nginx, 1 worker, 127.0.0.1:{BACKENDS[0]}-{BACKENDS[-1]}; request GET {SMALL_PATH} "
            "→ `return 200` (29-byte body)")
     b.note("- latencies as wrk measures them (µs); CPU = utime+stime of the proxy's processes over the run "
@@ -1104,6 +1341,9 @@ def run() -> int:
     rc = 0
     try:
         b.start_backends()
+        if s.base_short:     # a base that does not take the bench's flags or routes fails here, not mid-run
+            b.start("juggler-base")
+            b.stop("juggler-base")
         for n in s.scenarios:
             getattr(sc, f"s{n}")()
     except KeyboardInterrupt:
@@ -1115,6 +1355,16 @@ def run() -> int:
     finally:
         b.stop_all()
     elapsed = time.time() - started
+    if s.base_short and (b.base_ratios or b.base_problems):
+        b.note(f"\n## Juggler / {b.base_label()} (BENCH_BASE={os.environ.get('BENCH_BASE', '?')})\n")
+        b.note("Above 1 is better for req/s and GB/s, below 1 for latency, CPU, instructions, allocations and RSS. "
+               "Rates: the median of the per-round ratios; instructions, allocations: one count each.\n")
+        if b.base_ratios:
+            for l in table(["scenario", "measure", "Juggler", b.base_label(), "Juggler / base"], b.base_ratios,
+                           left=2):
+                b.note(l)
+        b.note(f"\n{b.base_label()}'s socket errors, non-2xx answers, crashes: "
+               f"{'; '.join(b.base_problems) or 'none'}")
     if b.targets_met:
         b.targets_met.append(("all", "Juggler: no socket error, non-2xx answer or crash",
                               "; ".join(b.juggler_problems) or "none", "NOT met" if b.juggler_problems else "met"))
@@ -1127,6 +1377,10 @@ def run() -> int:
     txt.write_text("\n".join(b.report) + "\n")
     b.results.update({"settings": {k: str(v) for k, v in vars(s).items()}, "targets": b.targets_met,
                       "elapsed_s": elapsed})
+    if s.base_short:
+        b.results["base"] = {"commit": s.base_commit, "label": b.base_label(), "problems": b.base_problems,
+                             "ratios": [dict(zip(("scenario", "measure", "juggler", "base", "ratio"), r))
+                                        for r in b.base_ratios]}
     (s.results / f"bench-{stamp}.json").write_text(json.dumps(b.results, indent=1, default=str))
     (s.results / "latest.md").write_text("\n".join(b.report) + "\n")
     log(f"\nresults: {txt} (and .json with every run)")
@@ -1139,6 +1393,9 @@ def main() -> int:
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "gen-ch":
         gen_routes_ch(Path(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 4 and sys.argv[1] == "sync-tree":
+        sync_tree(Path(sys.argv[2]), Path(sys.argv[3]))
         return 0
     if len(sys.argv) == 2 and sys.argv[1] == "run":
         def on_term(*_):

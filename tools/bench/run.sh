@@ -9,6 +9,8 @@
 #   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-8)  QUICK=1 (1 round, 3 s)
 #   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
 #   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
+#   BENCH_BASE=REV (any git revision): also build REV and run it as one more proxy,
+#     juggler@SHORT, beside Juggler in every scenario, with the ratios Juggler / base
 # Results: bench-results/bench-DATE.md (+ .json with every run), bench-results/latest.md.
 set -euo pipefail
 
@@ -72,6 +74,16 @@ ulimit -n "$hard" 2>/dev/null || true
 mkdir -p "$BUILD/routes"
 python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
 python3 "$HERE/bench.py" gen-ch "$BUILD/routes/bench-ch.def"
+# export_rev COMMIT DIR: DIR becomes COMMIT's tree (git archive). Only the files
+# that differ from what DIR held get a new modification time: git archive stamps
+# every file with the commit's time, older than an earlier build's objects, so
+# an export straight into DIR would let ninja keep another commit's objects.
+export_rev() {
+  rm -rf "$2.new" && mkdir -p "$2.new"
+  git -C "$ROOT" archive --format=tar "$1" | tar -x -C "$2.new"
+  python3 "$HERE/bench.py" sync-tree "$2.new" "$2"
+  rm -rf "$2.new"
+}
 SRC="$ROOT" SFX=""
 case "${BENCH_SOURCE:-tree}" in
   tree) ;;
@@ -79,19 +91,22 @@ case "${BENCH_SOURCE:-tree}" in
     SRC="$BUILD/src" SFX="-head"
     head=$(git -C "$ROOT" rev-parse HEAD)
     if [ "$(cat "$BUILD/src.commit" 2>/dev/null)" != "$head" ]; then
-      rm -rf "$SRC" && mkdir -p "$SRC"
-      git -C "$ROOT" archive --format=tar HEAD | tar -x -C "$SRC"
+      rm -f "$BUILD/src.commit"
+      export_rev "$head" "$SRC"
       echo "$head" >"$BUILD/src.commit"
     fi
     echo "bench: building the last commit, ${head:0:7}" ;;
   *) echo "bench: BENCH_SOURCE is 'tree' (default) or 'HEAD'" >&2; exit 2 ;;
 esac
-build() {  # build DIR ROUTES
-  cmake -S "$SRC" -B "$BUILD/$1" -G Ninja -DJUGGLER_USER_BUILD=OFF -DCMAKE_BUILD_TYPE=Release \
+build() {  # build DIR ROUTES [SOURCE [WHAT]]: WHAT names the source in the error messages
+  local src="${3:-$SRC}" what="${4:-}"
+  cmake -S "$src" -B "$BUILD/$1" -G Ninja -DJUGGLER_USER_BUILD=OFF -DCMAKE_BUILD_TYPE=Release \
         -DJUGGLER_ROUTES="$2" >"$BUILD/$1.configure.log" 2>&1 \
-    || { cat "$BUILD/$1.configure.log" >&2; echo "bench: cmake configure failed ($BUILD/$1)" >&2; exit 1; }
+    || { cat "$BUILD/$1.configure.log" >&2; echo "bench: cmake configure failed ($BUILD/$1)${what:+ $what}" >&2; exit 1; }
   cmake --build "$BUILD/$1" --target app >"$BUILD/$1.build.log" 2>&1 \
-    || { tail -40 "$BUILD/$1.build.log" >&2; echo "bench: build failed ($BUILD/$1)" >&2; exit 1; }
+    || { tail -40 "$BUILD/$1.build.log" >&2; echo "bench: build failed ($BUILD/$1)${what:+ $what}" >&2; exit 1; }
+  [ -x "$BUILD/$1/bin/app.out" ] \
+    || { echo "bench: no $BUILD/$1/bin/app.out after the build${what:+ $what}" >&2; exit 1; }
 }
 echo "bench: building Juggler (Release) into $BUILD/one$SFX and $BUILD/1k$SFX"
 build "one$SFX" "$HERE/bench.def"
@@ -99,12 +114,52 @@ build "1k$SFX" "$BUILD/routes/bench-1k.def"
 export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out" JUGGLER_1K_BIN="$BUILD/1k$SFX/bin/app.out"
 sc=$(printf '%s' "${SCENARIOS:-}" | tr -s ' ,' ',')   # as bench.py reads it: blank = all
 sc=${sc#,} sc=${sc%,}
-case ",${sc:-all}," in
-  *,all,*|*,8,*)
-    echo "bench: building the consistent_hash variant (scenario 8) into $BUILD/ch$SFX"
-    build "ch$SFX" "$BUILD/routes/bench-ch.def"
-    export JUGGLER_CH_BIN="$BUILD/ch$SFX/bin/app.out" ;;
-esac
+selected() {  # selected N: is scenario N among SCENARIOS?
+  case ",${sc:-all}," in *,all,*|*,"$1",*) return 0 ;; *) return 1 ;; esac
+}
+if selected 8; then
+  echo "bench: building the consistent_hash variant (scenario 8) into $BUILD/ch$SFX"
+  build "ch$SFX" "$BUILD/routes/bench-ch.def"
+  export JUGGLER_CH_BIN="$BUILD/ch$SFX/bin/app.out"
+fi
+
+# BENCH_BASE=REV: the commit to compare with ("each slice against the commit
+# before it, in one run"). REV is exported with `git archive` into
+# build-bench/base-src and built in Release from the same routes files
+# (bench.def, and the generated 1k / ch files when scenarios 6 / 8 run) into
+# build-bench/one-base (1k-base, ch-base); bench.py runs it as juggler@SHORT.
+if [ -n "${BENCH_BASE:-}" ]; then
+  base=$(git -C "$ROOT" rev-parse --verify --quiet "${BENCH_BASE}^{commit}") \
+    || { echo "bench: BENCH_BASE=$BENCH_BASE is not a commit of $ROOT" >&2; exit 2; }
+  short=$(git -C "$ROOT" rev-parse --short "$base")
+  BASE_SRC="$BUILD/base-src"
+  if [ "$(cat "$BUILD/base-src.commit" 2>/dev/null)" != "$base" ]; then
+    rm -f "$BUILD/base-src.commit"
+    export_rev "$base" "$BASE_SRC"
+    echo "$base" >"$BUILD/base-src.commit"
+  fi
+  # What the bench needs from the base tree: the CMake project with its
+  # JUGGLER_ROUTES setting and the app target (checked by the build). The
+  # command-line flags are checked when bench.py starts it.
+  grep -q 'JUGGLER_ROUTES' "$BASE_SRC/CMakeLists.txt" 2>/dev/null \
+    || { echo "bench: BENCH_BASE=$BENCH_BASE ($short): its CMakeLists.txt has no JUGGLER_ROUTES setting;" \
+              "the bench cannot compile bench.def into it" >&2; exit 2; }
+  what="(BENCH_BASE=$BENCH_BASE, commit $short: it may not accept tools/bench/bench.def or the generated routes files of this tree)"
+  echo "bench: building the base, $short ($(git -C "$ROOT" log -1 --format=%s "$base" | cut -c1-70)), into $BUILD/one-base"
+  build one-base "$HERE/bench.def" "$BASE_SRC" "$what"
+  export JUGGLER_BASE_BIN="$BUILD/one-base/bin/app.out"
+  if selected 6; then
+    echo "bench: building the base's 1,000-route variant (scenario 6) into $BUILD/1k-base"
+    build 1k-base "$BUILD/routes/bench-1k.def" "$BASE_SRC" "$what"
+    export JUGGLER_BASE_1K_BIN="$BUILD/1k-base/bin/app.out"
+  fi
+  if selected 8; then
+    echo "bench: building the base's consistent_hash variant (scenario 8) into $BUILD/ch-base"
+    build ch-base "$BUILD/routes/bench-ch.def" "$BASE_SRC" "$what"
+    export JUGGLER_BASE_CH_BIN="$BUILD/ch-base/bin/app.out"
+  fi
+  export BENCH_BASE_COMMIT="$base" BENCH_BASE_SHORT="$short"
+fi
 
 # Scenario 3's certificate: bench.def names build-bench/certs/ (relative to the
 # repository root, where Juggler runs); nginx and HAProxy use the same files.
