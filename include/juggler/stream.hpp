@@ -119,7 +119,7 @@ class Stream {
   bool close_notify();
   // Half-closes the write side once pending writes went out (FIN). Returns 0
   // or a libuv error.
-  int shutdown_write() noexcept;
+  int shutdown_write();
   // Closes (idempotent); on_stream_closed follows from the close callback.
   void close() noexcept;
   bool closing() const noexcept { return closing_; }

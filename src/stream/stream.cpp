@@ -258,7 +258,7 @@ bool Stream::close_notify() {
   return !closing_;
 }
 
-int Stream::shutdown_write() noexcept {
+int Stream::shutdown_write() {
   auto* req = new uv_shutdown_t();
   const int rc = uv_shutdown(req, as_stream(&tcp_), [](uv_shutdown_t* r, int) { delete r; });
   if (rc != 0) delete req;
