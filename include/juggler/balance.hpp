@@ -49,11 +49,13 @@ struct alignas(64) ServerHealth {
   std::atomic<std::uint64_t> up_since_ms{0};   // slow start: when it last came up; 0 = not ramping
   std::atomic<std::uint64_t> latency{0};       // least_time: packed peak-EWMA of TTFB; 0 = no sample yet
   // Passive health (see passive_failure): failures in the current window, and
-  // an ejection that keeps the server out of every pick until it expires.
+  // an ejection that keeps the server out of every pick until it expires (or
+  // the pool's active check ends it: end_ejection).
   std::atomic<std::uint32_t> fails{0};
   std::atomic<std::uint32_t> ejections{0};        // in a row; the back-off doubles with each
   std::atomic<std::uint64_t> fail_window_start_ms{0};
-  std::atomic<std::uint64_t> ejected_until_ms{0};
+  std::atomic<std::uint64_t> ejected_until_ms{0};  // 0 = not ejected (or ended early)
+  std::atomic<std::uint64_t> ejected_at_ms{0};     // when the latest ejection began (never 0 once set)
 };
 
 // Passive health, called by the request path of any worker. A connection
@@ -61,9 +63,28 @@ struct alignas(64) ServerHealth {
 // `max_fails` of them within `fail_window` eject the server for a back-off of
 // fail_window, doubling with each ejection in a row (at most 32x). Once the
 // ejection expires the next request is the probe: one more failure ejects it
-// again, a success (passive_success) clears the record. Returns true when this
+// again, a success (passive_success) clears the record. In a pool with an
+// active health check, `rise` passing checks that began after the ejection end
+// it early (end_ejection, called by the checker). Returns true when this
 // failure ejected the server (the caller logs it). max_fails=0 turns it off.
 bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms) noexcept;
+
+// When the ejection in force at `now_ms` began (ejected_at_ms), or 0 when the
+// server is not ejected at `now_ms`.
+[[nodiscard]] inline std::uint64_t ejection_start(const ServerHealth& h, std::uint64_t now_ms) noexcept {
+  // Acquire pairs with passive_failure's release: the start read below is
+  // that of this ejection or of a newer one, never of an older one.
+  if (h.ejected_until_ms.load(std::memory_order_acquire) <= now_ms) return 0;
+  return h.ejected_at_ms.load(std::memory_order_relaxed);
+}
+
+// Ends the ejection that began at `ejected_at_ms` (ejection_start) before it
+// expires and forgets the failures, so that the back-off starts over: the
+// server is back in every pick at once. Lock-free. Returns false, touching
+// nothing, when that ejection was already ended or a newer one replaced it; a
+// newer ejection racing with this call at worst loses its back-off doubling.
+// Called by the active checker (health.hpp).
+bool end_ejection(ServerHealth& h, std::uint64_t ejected_at_ms) noexcept;
 // A response arrived: forget past failures (a read when there are none).
 inline void passive_success(ServerHealth& h) noexcept {
   if (h.fails.load(std::memory_order_relaxed) || h.ejections.load(std::memory_order_relaxed)) {

@@ -93,6 +93,45 @@ class HealthState {
   bool up_;
 };
 
+// Ends a passive ejection early (as Envoy's active-check uneject): counts, per
+// server, the consecutive passing checks that BEGAN after the server's current
+// ejection began. A check that was already running when the server was ejected
+// says nothing about it since (it may have been answered just before the
+// crash), so it is not counted, passing or not; a failure starts the count
+// over, and so does a new ejection. Pure: the caller passes the clocks.
+class EjectionWatch {
+ public:
+  constexpr explicit EjectionWatch(std::uint8_t rise) noexcept : rise_(rise ? rise : 1) {}
+
+  // Records one check's outcome. `started_ms`: when the check began;
+  // `ejected_at_ms`: when the server's current ejection began, 0 when it is
+  // not ejected (ejection_start() of balance.hpp), both on the same clock.
+  // True when this is the `rise`-th such pass: the caller ends the ejection.
+  constexpr bool record(bool success, std::uint64_t started_ms, std::uint64_t ejected_at_ms) noexcept {
+    if (ejected_at_ms != ejection_) {
+      ejection_ = ejected_at_ms;
+      passes_ = 0;
+    }
+    if (ejected_at_ms == 0) return false;
+    if (!success) {
+      passes_ = 0;
+      return false;
+    }
+    if (started_ms <= ejected_at_ms) return false;  // began before (or as) the ejection did
+    if (++passes_ < rise_) return false;
+    passes_ = 0;
+    return true;
+  }
+
+  // Passes counted against the current ejection.
+  constexpr std::uint8_t passes() const noexcept { return passes_; }
+
+ private:
+  std::uint8_t rise_;
+  std::uint8_t passes_ = 0;
+  std::uint64_t ejection_ = 0;  // the ejected_at_ms the passes count against
+};
+
 // The bytes of one probe:
 // "METHOD PATH HTTP/1.1\r\nHost: AUTHORITY\r\nUser-Agent: juggler-health\r\nConnection: close\r\n\r\n"
 // (plus "Content-Length: 0" for POST, PUT and PATCH).

@@ -158,9 +158,23 @@ bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms)
   if (n < pool.max_fails && !probe_failed) return false;
   const std::uint32_t e = std::min<std::uint32_t>(h.ejections.fetch_add(1, std::memory_order_relaxed) + 1, 6);
   const std::uint64_t backoff = static_cast<std::uint64_t>(pool.fail_window_ms) << (e - 1);
-  h.ejected_until_ms.store(now_ms + backoff, std::memory_order_relaxed);
+  // The start first, published by the release: whoever sees this ejection
+  // (ejection_start) sees its start too.
+  h.ejected_at_ms.store(now_ms ? now_ms : 1, std::memory_order_relaxed);
+  h.ejected_until_ms.store(now_ms + backoff, std::memory_order_release);
   h.fails.store(0, std::memory_order_relaxed);
   h.fail_window_start_ms.store(now_ms, std::memory_order_relaxed);
+  return true;
+}
+
+bool end_ejection(ServerHealth& h, std::uint64_t ejected_at_ms) noexcept {
+  std::uint64_t until = h.ejected_until_ms.load(std::memory_order_acquire);
+  if (until == 0 || h.ejected_at_ms.load(std::memory_order_relaxed) != ejected_at_ms) return false;
+  // A worker that ejects it again meanwhile moves ejected_until_ms: then the
+  // exchange fails and the new ejection stands.
+  if (!h.ejected_until_ms.compare_exchange_strong(until, 0, std::memory_order_relaxed)) return false;
+  h.fails.store(0, std::memory_order_relaxed);
+  h.ejections.store(0, std::memory_order_relaxed);
   return true;
 }
 

@@ -110,8 +110,10 @@ struct HealthChecker::Probe {
   sockaddr_storage addr{};
   std::string request;
   HealthState state;
+  EjectionWatch ejection;
   std::uint64_t first_delay_ms;
-  std::uint64_t started_ms = 0;  // of the running (or last) check
+  std::uint64_t started_ms = 0;     // of the running (or last) check, on the loop's clock
+  std::uint64_t started_mono = 0;   // the same on the workers' clock (uv_hrtime() ms), for `ejection`
   uv_timer_t timer{};            // the next check, or the running check's timeout
   Check* check = nullptr;        // the running check, if any
 };
@@ -133,7 +135,8 @@ HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, Heal
     if (!pool.health.enabled) continue;
     auto p = std::make_unique<Probe>(Probe{this, static_cast<std::uint16_t>(i), &s, &pool, {},
                                            health_request(pool.health, s.authority),
-                                           HealthState(pool.health.rise, pool.health.fall), 0});
+                                           HealthState(pool.health.rise, pool.health.fall),
+                                           EjectionWatch(pool.health.rise), 0});
     if (!socket_address(s.host, s.port, p->addr))
       throw std::runtime_error("health check: bad server address '" + std::string(s.host) + "'");
     probes_.push_back(std::move(p));
@@ -214,6 +217,7 @@ void HealthChecker::begin_check(Probe& p) noexcept {
   c->write.data = c;
   p.check = c;
   p.started_ms = uv_now(&loop_);
+  p.started_mono = uv_hrtime() / 1000000;
   int rc = uv_tcp_init(&loop_, &c->tcp);
   if (rc != 0) {  // no handle to close: nothing else refers to c
     p.check = nullptr;
@@ -309,12 +313,22 @@ void HealthChecker::finish_check(Probe& p, CheckResult r, int status) noexcept {
   if (!ok && change == HealthState::Change::None && log_enabled(LogLevel::Debug))
     log(LogLevel::Debug, "health check of server %.*s in pool %.*s failed: %s", static_cast<int>(who.size()),
         who.data(), static_cast<int>(pool.size()), pool.data(), describe_check(r, status).c_str());
+  // A passive ejection ends after `rise` passes that began after it did: the
+  // server answers its checks again, so it need not sit out the whole window.
+  ServerHealth& h = health_[p.server];
+  const std::uint64_t ejected_at = ejection_start(h, uv_hrtime() / 1000000);
+  if (p.ejection.record(ok, p.started_mono, ejected_at) && end_ejection(h, ejected_at)) {
+    const unsigned passes = p.pool->health.rise ? p.pool->health.rise : 1;
+    log(LogLevel::Info, "server %.*s in pool %.*s back after passing %u check%s while ejected",
+        static_cast<int>(who.size()), who.data(), static_cast<int>(pool.size()), pool.data(), passes,
+        passes == 1 ? "" : "s");
+  }
   if (change != HealthState::Change::None) {
     const bool up = change == HealthState::Change::WentUp;
     // Through balance.hpp's transitions: mark_up() also starts the pool's
     // slow-start ramp, on the workers' clock (CLOCK_MONOTONIC milliseconds).
-    if (up) mark_up(health_[p.server], uv_hrtime() / 1000000);
-    else mark_down(health_[p.server]);
+    if (up) mark_up(h, uv_hrtime() / 1000000);
+    else mark_down(h);
     if (up)
       log(LogLevel::Info, "server %.*s in pool %.*s is UP again", static_cast<int>(who.size()), who.data(),
           static_cast<int>(pool.size()), pool.data());

@@ -103,6 +103,76 @@ TEST_CASE("the state machine is usable at compile time", "[health]") {
   STATIC_REQUIRE(down_after_two);
 }
 
+// ------------------------------------------------------------------ ending a passive ejection
+
+TEST_CASE("an ejection ends after `rise` passes that began after it", "[health][eject]") {
+  EjectionWatch w(2);
+  // Not ejected: passes count for nothing.
+  for (int i = 0; i < 5; ++i) CHECK_FALSE(w.record(true, 100 + static_cast<std::uint64_t>(i), 0));
+  CHECK(w.passes() == 0);
+  // Ejected at 1000: two passes of checks begun at 1001 and 1301.
+  CHECK_FALSE(w.record(true, 1001, 1000));
+  CHECK(w.passes() == 1);
+  CHECK(w.record(true, 1301, 1000));
+  // A failure in between starts the count over.
+  CHECK_FALSE(w.record(true, 5001, 5000));
+  CHECK_FALSE(w.record(false, 5301, 5000));
+  CHECK(w.passes() == 0);
+  CHECK_FALSE(w.record(true, 5601, 5000));
+  CHECK(w.record(true, 5901, 5000));
+  // rise of 0 counts as 1.
+  EjectionWatch one(0);
+  CHECK(one.record(true, 2, 1));
+}
+
+TEST_CASE("a pass of a check that began before the ejection does not count", "[health][eject]") {
+  EjectionWatch w(1);
+  // Began at 999 (or in the very millisecond of the ejection), passed after it.
+  CHECK_FALSE(w.record(true, 999, 1000));
+  CHECK_FALSE(w.record(true, 1000, 1000));
+  CHECK(w.passes() == 0);
+  CHECK(w.record(true, 1001, 1000));
+
+  // Passes counted against one ejection do not carry over to the next one.
+  EjectionWatch r(2);
+  CHECK_FALSE(r.record(true, 2001, 2000));
+  CHECK(r.passes() == 1);
+  CHECK_FALSE(r.record(true, 2301, 2200));  // ejected again at 2200: this is the first pass since
+  CHECK(r.passes() == 1);
+  CHECK(r.record(true, 2601, 2200));
+  // Nor to one after the ejection expired (ejected_at 0 in between).
+  CHECK_FALSE(r.record(true, 3001, 3000));
+  CHECK_FALSE(r.record(true, 3301, 0));
+  CHECK_FALSE(r.record(true, 3601, 3000));
+  CHECK(r.passes() == 1);
+}
+
+TEST_CASE("end_ejection clears the ejection it was asked to, and only that one", "[health][eject]") {
+  PoolDef pool{};
+  pool.max_fails = 2;
+  pool.fail_window_ms = 10000;
+  ServerHealth h;
+  CHECK(ejection_start(h, 5000) == 0);
+  CHECK_FALSE(passive_failure(h, pool, 5000));
+  CHECK(passive_failure(h, pool, 5001));
+  CHECK(h.ejected_until_ms.load() == 15001);
+  CHECK(ejection_start(h, 6000) == 5001);
+  CHECK(ejection_start(h, 15001) == 0);  // the window is over
+  CHECK_FALSE(end_ejection(h, 4000));    // not this ejection
+  CHECK(h.ejected_until_ms.load() == 15001);
+  CHECK(end_ejection(h, 5001));
+  CHECK(h.ejected_until_ms.load() == 0);
+  CHECK(h.ejections.load() == 0);
+  CHECK(h.fails.load() == 0);
+  CHECK(ejection_start(h, 6000) == 0);
+  CHECK_FALSE(end_ejection(h, 5001));  // already over
+  // The back-off starts over: it takes max_fails again, and the next ejection is fail_window long.
+  CHECK_FALSE(passive_failure(h, pool, 7000));
+  CHECK(passive_failure(h, pool, 7001));
+  CHECK(h.ejected_until_ms.load() == 17001);
+  CHECK(ejection_start(h, 7002) == 7001);
+}
+
 TEST_CASE("expected statuses are an inclusive range", "[health]") {
   constexpr HealthDef h{true, Method::Get, "/ping", 1000, 100, 2, 3, 200, 399};
   CHECK_FALSE(status_expected(h, 199));
@@ -209,8 +279,9 @@ using Clock = std::chrono::steady_clock;
 // A blocking HTTP server on 127.0.0.1, port 0, on a thread of its own.
 class TinyServer {
  public:
-  enum Mode { Ok, Fail, CloseAfterRequest, Hang };
+  enum Mode { Ok, Fail, CloseAfterRequest, Hang, Gate };
   std::atomic<int> mode{Ok};
+  std::atomic<int> gate{0};  // Gate: each request waits for a unit of this (at most 10 s), then gets 200
 
   TinyServer() {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -266,6 +337,14 @@ class TinyServer {
       last_ = req;
     }
     int m = mode.load();
+    if (m == Gate) {
+      for (int i = 0; i < 5000 && !stop_; ++i) {
+        int g = gate.load();
+        if (g > 0 && gate.compare_exchange_strong(g, g - 1)) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+      m = Ok;
+    }
     if (m == Hang) {
       held_.push_back(c);
       return;
@@ -527,4 +606,109 @@ TEST_CASE("stop() right after start() and destruction without stop() are clean",
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }  // the destructor stops it
   SUCCEED();
+}
+
+// ------------------------------------------------------------------ ending a passive ejection, on loopback
+
+namespace {
+
+// The workers' clock (balance.hpp): CLOCK_MONOTONIC milliseconds.
+std::uint64_t mono_ms() { return uv_hrtime() / 1000000; }
+
+// Ejects `h` now, as max_fails failures of the request path would.
+void eject(ServerHealth& h, std::uint32_t fail_window_ms) {
+  PoolDef pool{};
+  pool.max_fails = 1;
+  pool.fail_window_ms = fail_window_ms;
+  REQUIRE(passive_failure(h, pool, mono_ms()));
+  REQUIRE(h.ejected_until_ms.load() != 0);
+}
+
+}  // namespace
+
+TEST_CASE("the checker ends an ejection within interval x rise when the server passes", "[health][io][eject]") {
+  constexpr std::uint32_t interval = 50;
+  constexpr std::uint8_t rise = 2;
+  TinyServer server;
+  Table t({server.port()}, HealthDef{true, Method::Get, "/ping", interval, 500, rise, 3, 200, 399});
+  auto health = std::make_unique<ServerHealth[]>(1);
+  Seen seen;
+  HealthChecker checker(*t.table, health.get(), seen.callbacks());
+  checker.start();
+  REQUIRE(wait_for([&] { return seen.check_count() >= 2; }, 3000) >= 0);
+  // Ejected for a whole minute, as after a crash; the server answers its checks again.
+  eject(health[0], 60000);
+  const std::size_t at_eject = seen.check_count();
+  long back_ms = wait_for([&] { return health[0].ejected_until_ms.load() == 0; }, 5000);
+  INFO("ejection ended after " << back_ms << " ms");
+  REQUIRE(back_ms >= 0);
+  CHECK(back_ms <= long(interval) * rise + interval + kSlackMs);
+  CHECK(health[0].ejections.load() == 0);
+  CHECK(health[0].fails.load() == 0);
+  CHECK_FALSE(health[0].down.load());  // it never went down: the active state is untouched
+  // At least `rise` checks passed since the ejection (one of them may have begun before it).
+  CHECK(seen.count(at_eject, seen.check_count(), true) >= rise);
+  checker.stop();
+}
+
+TEST_CASE("a check already running when the server is ejected does not end the ejection", "[health][io][eject]") {
+  constexpr std::uint32_t interval = 50;
+  TinyServer server;
+  server.mode = TinyServer::Gate;  // every check waits for the gate
+  // rise=1: the late pass alone would end the ejection if it counted.
+  Table t({server.port()}, HealthDef{true, Method::Get, "/ping", interval, 5000, 1, 3, 200, 399});
+  auto health = std::make_unique<ServerHealth[]>(1);
+  Seen seen;
+  HealthChecker checker(*t.table, health.get(), seen.callbacks());
+  checker.start();
+  REQUIRE(wait_for([&] { return server.requests() >= 1; }, 3000) >= 0);  // the check began
+  // Eject in a later millisecond than the check began in.
+  const std::uint64_t t0 = mono_ms();
+  REQUIRE(wait_for([&] { return mono_ms() > t0 + 1; }, 1000) >= 0);
+  eject(health[0], 60000);
+  const std::uint64_t until = health[0].ejected_until_ms.load();
+  server.gate = 1;
+  // That check passes; the next one begins (and waits at the gate) after it was fully handled.
+  REQUIRE(wait_for([&] { return seen.check_count() >= 1 && server.requests() >= 2; }, 3000) >= 0);
+  CHECK(seen.count(0, 1, true) == 1);
+  CHECK(health[0].ejected_until_ms.load() == until);  // still ejected
+  // The next pass began after the ejection: that one ends it.
+  server.gate = 1000;
+  REQUIRE(wait_for([&] { return health[0].ejected_until_ms.load() == 0; }, 3000) >= 0);
+  CHECK(seen.count(0, seen.check_count(), true) >= 2);
+  checker.stop();
+}
+
+TEST_CASE("a pool without an active check keeps its ejection until the window ends", "[health][io][eject]") {
+  // Pool 0 is checked, pool 1 is not; both servers answer and both are ejected.
+  TinyServer checked_server, unchecked_server;
+  Settings settings{};
+  const std::string a0 = "127.0.0.1:" + std::to_string(checked_server.port());
+  const std::string a1 = "127.0.0.1:" + std::to_string(unchecked_server.port());
+  std::vector<ServerDef> servers{ServerDef{"127.0.0.1", checked_server.port(), a0, 1, false, 0, 2},
+                                 ServerDef{"127.0.0.1", unchecked_server.port(), a1, 1, false, 1, 3}};
+  std::vector<PoolDef> pools{
+      PoolDef{"checked", Strategy::RoundRobin, HashKey::None, "", 0, 1,
+              HealthDef{true, Method::Get, "/ping", 30, 500, 1, 3, 200, 399}, 0, 1, 60000, 1},
+      PoolDef{"unchecked", Strategy::RoundRobin, HashKey::None, "", 1, 1,
+              HealthDef{false, Method::Get, "", 0, 0, 0, 0, 0, 0}, 0, 1, 60000, 4}};
+  RouteTable table{"test", settings, {}, {}, pools, servers, {}, nullptr};
+  auto health = std::make_unique<ServerHealth[]>(2);
+  Seen seen;
+  HealthChecker checker(table, health.get(), seen.callbacks());
+  REQUIRE(checker.checked_servers() == 1);
+  eject(health[0], 60000);
+  eject(health[1], 60000);
+  const std::uint64_t until = health[1].ejected_until_ms.load();
+  const std::uint64_t at = health[1].ejected_at_ms.load();
+  checker.start();
+  // The checked server comes back; by then the unchecked one had every chance to.
+  REQUIRE(wait_for([&] { return health[0].ejected_until_ms.load() == 0 && seen.check_count() >= 4; }, 5000) >= 0);
+  checker.stop();
+  CHECK(health[1].ejected_until_ms.load() == until);
+  CHECK(health[1].ejections.load() == 1);
+  CHECK(ejection_start(health[1], until - 1) == at);
+  CHECK(ejection_start(health[1], until) == 0);  // the window alone ends it
+  std::lock_guard<std::mutex> g(seen.mu);
+  for (std::uint16_t s : seen.check_servers) CHECK(s == 0);
 }
