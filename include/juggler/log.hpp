@@ -26,7 +26,7 @@ struct AccessRecord {
   std::string_view user_agent;
   std::string_view upstream;      // "127.0.0.1:6901" or "-"
   std::uint64_t duration_us;
-  char term[2] = {'-', '-'};      // termination state (see Termination in worker.hpp)
+  char term[2] = {'-', '-'};      // termination state (see Termination in src/exchange/exchange.hpp)
 };
 
 // Per worker. Lines are combined-log style with two fields appended:

@@ -1,10 +1,33 @@
 // Connections to servers: a per-worker idle list per server (keep-alive), new
-// connections, and closing. The protocol on top lives in session.
+// connections, and closing. What is sent and read on them is the connector's
+// and the relay's (src/upstream/connector, src/exchange/relay).
 #pragma once
 
 #include "juggler/worker.hpp"
 
 namespace juggler {
+
+// A connection to a server: in use by one exchange, or idle on its server's
+// list (reading, so a close by the server is noticed before reuse).
+struct UpstreamConn {
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
+  Worker* worker;
+  Exchange* ex = nullptr;  // the exchange using it; null while idle
+  Buffer* in = nullptr;
+  std::uint32_t in_len = 0;
+  std::uint32_t parse_pos = 0;
+  std::uint16_t server = 0;
+  bool connected = false;
+  bool reused = false;
+  bool closing = false;
+  bool write_pending = false;
+  bool reading = false;
+  std::uint64_t idle_since_ms = 0;
+  UpstreamConn* prev = nullptr;  // idle list of its server
+  UpstreamConn* next = nullptr;
+};
+
 
 // Upstream keep-alive limits (per worker, per server).
 inline constexpr std::uint32_t kMaxIdlePerServer = 512;
@@ -27,7 +50,7 @@ void upstream_close(UpstreamConn* c) noexcept;
 // Closes idle connections older than the idle timeout (all, when `all`).
 void upstream_sweep(Worker& w, bool all) noexcept;
 
-// The read callbacks an active or idle connection uses (defined in session).
+// The read callbacks an active or idle connection uses (src/upstream/connector.cpp).
 void upstream_on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf);
 void upstream_on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
 

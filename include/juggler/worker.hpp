@@ -1,6 +1,7 @@
-// The per-worker state and the connection types of the request path. Types
-// only (plus tiny inline helpers): session, upstream and runtime all include it,
-// so the three never include each other.
+// The per-worker state: what every layer of a worker shares (pools, the
+// balancer, the timer wheel, the idle lists, counters), and the process-wide
+// Shared. The connection and exchange types live with their modules
+// (http1/connection.hpp, exchange/exchange.hpp, juggler/upstream.hpp).
 #pragma once
 
 #include <netinet/in.h>
@@ -26,6 +27,8 @@ namespace juggler {
 
 struct Worker;
 struct Exchange;
+struct ClientSession;
+struct UpstreamConn;
 
 // Process-wide, read-only after start-up (but for the atomics).
 struct Shared {
@@ -40,138 +43,6 @@ struct Shared {
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
 };
 
-// A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
-// the exchanges above. Its handler methods are defined in session.
-struct ClientSession final : StreamHandler {
-  Stream stream;
-  TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
-  Worker* worker;
-  Exchange* ex = nullptr;
-  Buffer* in = nullptr;         // plaintext (the stream decrypts below)
-  std::uint32_t in_len = 0;     // bytes in `in`
-  std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
-  std::uint32_t requests = 0;
-  bool eof = false;
-  bool close_after_write = false;
-  bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
-  bool lingering = false;       // answered and shut down: reading only to discard
-  std::uint8_t ip_len = 0;
-  char ip[46];
-  ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
-  ClientSession* next = nullptr;
-
-  uv_buf_t on_stream_alloc() noexcept override;
-  void on_stream_read(ssize_t n) noexcept override;
-  void on_stream_written(int status) noexcept override;
-  void on_stream_closed() noexcept override;
-};
-
-struct UpstreamConn {
-  uv_tcp_t tcp;
-  uv_connect_t connect_req;
-  Worker* worker;
-  Exchange* ex = nullptr;  // the exchange using it; null while idle
-  Buffer* in = nullptr;
-  std::uint32_t in_len = 0;
-  std::uint32_t parse_pos = 0;
-  std::uint16_t server = 0;
-  bool connected = false;
-  bool reused = false;
-  bool closing = false;
-  bool write_pending = false;
-  bool reading = false;
-  std::uint64_t idle_since_ms = 0;
-  UpstreamConn* prev = nullptr;  // idle list of its server
-  UpstreamConn* next = nullptr;
-};
-
-enum class Phase : std::uint8_t { Head, Upstream, Local };
-
-// How an exchange ended, as data (HAProxy's termination state): who ended it
-// and while waiting for what. One function (exchange_fail) decides retry, 5xx
-// or close from it, and the access log writes it as two letters: who (`C`
-// client, `S` server, `P` proxy, lower case when it was a timeout, `-` nobody)
-// and when (`R` the request, `C` connecting, `H` the response head, `D` the
-// response body, `-` it ended normally): term=sH is a server that did not
-// answer in time (504), term=SC one that refused the connection, term=CD a
-// client that left during the response.
-enum class Who : std::uint8_t { None, Client, Server, Proxy };
-enum class When : std::uint8_t { Done, Request, Connect, Head, Body };
-struct Termination {
-  Who who = Who::None;
-  When when = When::Done;
-  bool timeout = false;
-  int err = 0;  // libuv error (UV_EPROTO: the peer broke the protocol)
-};
-
-// Everything an exchange knows of the one request it carries: a value, reset
-// as a whole (`ex->state() = {}`) when the next request begins, so no field
-// can keep a previous request's value.
-struct ExchangeState {
-  ClientSession* client = nullptr;
-  UpstreamConn* up = nullptr;
-  Termination term;  // how it ended (set by exchange_fail / client_abort)
-  RequestHead head;
-  const RouteDef* route = nullptr;
-  Tried tried;
-  int server = -1;
-  Phase phase = Phase::Head;
-  std::uint8_t attempts = 0;
-  std::uint8_t retries_left = 0;
-  // request side (offsets into client->in)
-  std::uint32_t head_end = 0;    // end of the head in client->in
-  std::uint32_t body_end = 0;    // end of the body bytes parsed so far
-  std::uint32_t sent_to = 0;     // bytes of client->in already written upstream (head counts from head_end)
-  bool head_sent = false;
-  bool req_complete = false;
-  bool replayable = true;        // the whole request is still in client->in
-  bool client_close = false;     // close the client connection after this exchange
-  bool is_head = false;
-  // response side
-  bool resp_started = false;     // a byte of the final response went to the client
-  std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
-  bool resp_complete = false;
-  bool upstream_reusable = false;
-  int status = 0;
-  std::uint64_t bytes_out = 0;
-  std::uint64_t start_us = 0;
-  // The last time the exchange moved (a byte read from or written to either
-  // side): its timer re-arms lazily from this, so a flowing exchange costs no
-  // timer operation per read or write.
-  std::uint64_t progress_ms = 0;
-  std::uint32_t scratch_len = 0;     // bytes of `scratch` in use
-  std::uint32_t resp_extra_len = 0;  // bytes of `resp_extra` in use
-  BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
-  std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
-};
-
-// One request/response in flight: its per-request value, and beside it what
-// is kept across requests (the pooled arrays, sized once from
-// limit.header_count, the parsers and the timer). Pooled per worker.
-struct Exchange : ExchangeState {
-  ExchangeState& state() noexcept { return *this; }
-
-  Worker* worker = nullptr;
-  TimerNode timer;   // connect timeout, then whichever party the exchange waits for
-  MessageParser req;
-  MessageParser resp;
-  std::unique_ptr<HeaderSpan[]> req_headers;
-  std::unique_ptr<HeaderSpan[]> resp_headers;
-  std::unique_ptr<Header[]> route_headers;
-  std::unique_ptr<uv_buf_t[]> iov;
-  std::uint32_t iov_cap = 0;
-  // What the proxy adds to the request head: X-Forwarded-*, Via, the final CRLF.
-  std::unique_ptr<char[]> scratch;
-  std::uint32_t scratch_cap = 0;
-  // Lines added to the response head: Set-Cookie (a minted sticky cookie)
-  // and Connection.
-  char resp_extra[256];
-  // For the access log: the request line, Referer and User-Agent, copied at
-  // head time because a streamed body may reuse the buffer the head was in.
-  char log_text[512];
-  Exchange* next_free = nullptr;
-};
-
 struct IdleList {
   UpstreamConn* head = nullptr;
   std::uint32_t count = 0;
@@ -179,6 +50,7 @@ struct IdleList {
 
 struct Worker {
   Worker(Shared& shared, std::uint32_t id, int access_log_fd);
+  ~Worker();  // where Exchange is complete (runtime.cpp)
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 

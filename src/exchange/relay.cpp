@@ -113,81 +113,98 @@ void flush_upstream(Exchange* ex) {
   update_client_reading(s);
 }
 
-// Relays what the server sent: the head (edited when needed) and the body
-// bytes, in one write per read.
+namespace {
+
+enum class HeadStep : std::uint8_t { NeedMore, Interim, Final, Failed };
+
+// Parses a response head in the server buffer. An interim response (100
+// Continue) is queued into the exchange's iov as it is, and the caller parses
+// on; the final one's head is queued (edited when needed) and *fwd says
+// where the raw bytes to relay start.
+HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
+  UpstreamConn* c = ex->up;
+  Worker& w = *ex->worker;
+  char* base = c->in->data;
+  std::size_t used = 0;
+  const ParseEvent ev = ex->resp.feed(base + c->parse_pos, c->in_len - c->parse_pos, &used);
+  if (ev == ParseEvent::NeedMore) {
+    c->parse_pos = c->in_len;
+    if (c->in_len < c->in->cap) return HeadStep::NeedMore;
+    log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
+    exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
+    return HeadStep::Failed;
+  }
+  if (ev == ParseEvent::Error) {
+    log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
+        ex->resp.error_reason());
+    exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
+    return HeadStep::Failed;
+  }
+  c->parse_pos += static_cast<std::uint32_t>(used);
+  uv_buf_t* iov = ex->iov.get();
+  const int status = ex->resp.status();
+  if (status / 100 == 1) {
+    if (status == 101 || ++ex->interims > kMaxInterim) {
+      // We removed Upgrade: a switch is a broken server; so are endless 1xx.
+      exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
+      return HeadStep::Failed;
+    }
+    std::size_t none = 0;
+    ex->resp.feed(base + c->parse_pos, 0, &none);  // passes the bodiless message's end
+    iov[(*n)++] = uv_buf_init(const_cast<char*>(ex->resp.head_begin()), static_cast<unsigned>(ex->resp.head_len()));
+    restart_response_parser(ex);
+    return HeadStep::Interim;
+  }
+  ex->status = status;
+  ex->resp_started = true;
+  passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
+  w.balancer.response(ex->ticket, now_us(), w.now_ms());
+  ex->progress_ms = w.now_ms();
+  if (ex->resp.body_until_close()) ex->client_close = true;
+  bool raw = false;
+  *n += build_response_head(ex, iov + *n, &raw);
+  *fwd = raw ? ex->resp.head_begin() : base + c->parse_pos;
+  return HeadStep::Final;
+}
+
+// Parses the body bytes in the server buffer (they are relayed as they are,
+// from *fwd on). False when the body is broken (the exchange failed).
+bool response_body(Exchange* ex, const char** fwd) {
+  UpstreamConn* c = ex->up;
+  const char* start = c->in->data + c->parse_pos;
+  std::size_t used = 0;
+  const ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
+  if (ev == ParseEvent::Error) {
+    log(LogLevel::Warn, "bad response body from %.*s: %s",
+        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
+    exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
+    return false;
+  }
+  c->parse_pos += static_cast<std::uint32_t>(used);
+  if (!*fwd) *fwd = start;
+  if (ev == ParseEvent::MessageComplete) {
+    ex->resp_complete = true;
+    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
+  }
+  return true;
+}
+
+}  // namespace
+
+// Relays what the server sent: interim responses, the head (edited when
+// needed) and the body bytes, in one client write per read.
 void process_upstream(Exchange* ex) {
   UpstreamConn* c = ex->up;
-  ClientSession* s = ex->client;
-  Worker& w = *ex->worker;
   uv_buf_t* iov = ex->iov.get();
   unsigned n = 0;
   const char* fwd = nullptr;  // raw bytes to relay start here
-  char* base = c->in->data;
-  for (;;) {
-    if (!ex->resp_started) {
-      std::size_t used = 0;
-      ParseEvent ev = ex->resp.feed(base + c->parse_pos, c->in_len - c->parse_pos, &used);
-      if (ev == ParseEvent::NeedMore) {
-        c->parse_pos = c->in_len;
-        if (c->in_len < c->in->cap) break;
-        log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
-        exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-        return;
-      }
-      if (ev == ParseEvent::Error) {
-        log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
-            ex->resp.error_reason());
-        exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-        return;
-      }
-      c->parse_pos += static_cast<std::uint32_t>(used);
-      const int status = ex->resp.status();
-      if (status / 100 == 1) {
-        // Interim (100 Continue): relay it as it is, then parse the real response.
-        if (status == 101 || ++ex->interims > kMaxInterim) {
-          // We removed Upgrade: a switch is a broken server; so are endless 1xx.
-          exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-          return;
-        }
-        std::size_t none = 0;
-        ex->resp.feed(base + c->parse_pos, 0, &none);  // passes the bodiless message's end
-        iov[n++] = uv_buf_init(const_cast<char*>(ex->resp.head_begin()), static_cast<unsigned>(ex->resp.head_len()));
-        restart_response_parser(ex);
-        continue;
-      }
-      ex->status = status;
-      ex->resp_started = true;
-      {
-        ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
-        passive_success(h);
-        w.balancer.response(ex->ticket, now_us(), w.now_ms());
-      }
-      ex->progress_ms = w.now_ms();
-      if (ex->resp.body_until_close()) ex->client_close = true;
-      bool raw = false;
-      n += build_response_head(ex, iov + n, &raw);
-      fwd = raw ? ex->resp.head_begin() : base + c->parse_pos;
-      continue;
-    }
-    const char* start = base + c->parse_pos;
-    std::size_t used = 0;
-    ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
-    if (ev == ParseEvent::Error) {
-      log(LogLevel::Warn, "bad response body from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
-          ex->resp.error_reason());
-      exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
-      return;
-    }
-    c->parse_pos += static_cast<std::uint32_t>(used);
-    if (!fwd) fwd = start;
-    if (ev == ParseEvent::MessageComplete) {
-      ex->resp_complete = true;
-      ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
-    }
-    break;
+  HeadStep step = HeadStep::Final;
+  while (!ex->resp_started && (step = response_head(ex, &n, &fwd)) == HeadStep::Interim) {
   }
+  if (step == HeadStep::Failed) return;
+  if (ex->resp_started && !response_body(ex, &fwd)) return;
   if (fwd) {
-    const char* end = base + c->parse_pos;
+    const char* end = c->in->data + c->parse_pos;
     if (end > fwd) iov[n++] = uv_buf_init(const_cast<char*>(fwd), static_cast<unsigned>(end - fwd));
   }
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
@@ -195,7 +212,7 @@ void process_upstream(Exchange* ex) {
     if (ex->resp_complete) finish_exchange(ex);
     return;
   }
-  if (write_client(s, iov, n)) after_client_write(ex);
+  if (write_client(ex->client, iov, n)) after_client_write(ex);
 }
 
 void after_client_write(Exchange* ex) {

@@ -15,6 +15,7 @@
 #include "exchange/exchange.hpp"
 #include "exchange/relay.hpp"
 #include "respond/responder.hpp"
+#include "juggler/upstream.hpp"
 
 namespace juggler {
 
@@ -121,6 +122,63 @@ void client_finish(ClientSession* s, bool linger) {
   update_client_reading(s);
 }
 
+namespace {
+
+// The request head in the buffer: parsed, then routed (on_request_head).
+// False when parsing must wait for more bytes or the connection is done.
+bool request_head(ClientSession* s, Exchange* ex) {
+  char* base = s->in->data;
+  std::size_t used = 0;
+  const ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
+  if (ev == ParseEvent::NeedMore) {
+    s->parse_pos = s->in_len;
+    if (s->in_len == s->in->cap) reply_and_close(ex, 431);
+    return false;
+  }
+  if (ev == ParseEvent::Error) {
+    log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
+    reply_and_close(ex, ex->req.error_status());
+    return false;
+  }
+  s->parse_pos += static_cast<std::uint32_t>(used);
+  ex->head_end = ex->body_end = ex->sent_to = s->parse_pos;
+  if (!ex->req.has_body()) {
+    ex->req.feed(base + s->parse_pos, 0, &used);  // passes the message's end
+    ex->req_complete = true;
+  }
+  on_request_head(ex);
+  return true;  // the exchange may have ended already (a local answer)
+}
+
+// Request body bytes in the buffer: parsed (framing checked, chunked bodies
+// held to limit.body_bytes as they stream) and sent on. False when parsing
+// must wait.
+bool request_body(ClientSession* s, Exchange* ex) {
+  std::size_t used = 0;
+  const ParseEvent ev = ex->req.feed(s->in->data + s->parse_pos, s->in_len - s->parse_pos, &used);
+  if (ev == ParseEvent::Error) {
+    if (ex->resp_started) client_abort(s);
+    else reply_and_close(ex, 400);
+    return false;
+  }
+  s->parse_pos += static_cast<std::uint32_t>(used);
+  ex->body_end = s->parse_pos;
+  if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
+  // Content-Length was checked at the head: what went upstream is cut off
+  // with the request.
+  if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
+    if (ex->resp_started) client_abort(s);
+    else reply_and_close(ex, 413);
+    return false;
+  }
+  ex->progress_ms = s->worker->now_ms();
+  flush_upstream(ex);
+  recycle_client_buffer(ex);
+  return ex->req_complete;
+}
+
+}  // namespace
+
 // Parses and acts on what the client sent. Called after each read and when an
 // exchange finishes with pipelined bytes waiting.
 void process_client(ClientSession* s) {
@@ -135,56 +193,12 @@ void process_client(ClientSession* s) {
       s->worker->wheel.arm(&s->timer, s->worker->now_ms() + settings(*s->worker).client_header_timeout_ms);
     }
     Exchange* ex = s->ex;
-    char* base = s->in->data;
     if (ex->phase == Phase::Head) {
-      std::size_t used = 0;
-      ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
-      if (ev == ParseEvent::NeedMore) {
-        s->parse_pos = s->in_len;
-        if (s->in_len == s->in->cap) reply_and_close(ex, 431);
-        break;
-      }
-      if (ev == ParseEvent::Error) {
-        log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
-        reply_and_close(ex, ex->req.error_status());
-        break;
-      }
-      s->parse_pos += static_cast<std::uint32_t>(used);
-      ex->head_end = ex->body_end = ex->sent_to = s->parse_pos;
-      if (!ex->req.has_body()) {
-        ex->req.feed(base + s->parse_pos, 0, &used);  // passes the message's end
-        ex->req_complete = true;
-      }
-      on_request_head(ex);
-      continue;  // the exchange may have ended already (a local answer)
-    }
-    if (ex->req_complete || ex->phase == Phase::Local) break;  // pipelined bytes wait for this exchange
-    std::size_t used = 0;
-    ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
-    if (ev == ParseEvent::Error) {
-      if (ex->resp_started || ex->phase == Phase::Local) client_abort(s);
-      else reply_and_close(ex, 400);
-      break;
-    }
-    s->parse_pos += static_cast<std::uint32_t>(used);
-    ex->body_end = s->parse_pos;
-    if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
-    // limit.body_bytes for chunked bodies, as they stream (Content-Length was
-    // checked at the head): what went upstream is cut off with the request.
-    if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
-      if (ex->resp_started) client_abort(s);
-      else reply_and_close(ex, 413);
-      break;
-    }
-    if (ex->phase == Phase::Upstream) {
-      ex->progress_ms = s->worker->now_ms();
-      flush_upstream(ex);
-      recycle_client_buffer(ex);
-    } else if (ex->phase == Phase::Local && ex->req_complete && !s->stream.write_pending()) {
-      finish_exchange(ex);
+      if (!request_head(s, ex)) break;
       continue;
     }
-    if (!ex->req_complete) break;
+    // Pipelined bytes wait for this exchange to end.
+    if (ex->req_complete || ex->phase != Phase::Upstream || !request_body(s, ex)) break;
   }
   if (!s->stream.closing()) update_client_reading(s);
 }

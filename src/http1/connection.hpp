@@ -1,10 +1,39 @@
-// HTTP/1 client connections (ClientSession, in juggler/worker.hpp): the
-// protocol above a byte stream. What the exchange and the listener call.
+// HTTP/1 client connections: the protocol above a byte stream. What the
+// exchange and the listener call.
 #pragma once
 
+#include "juggler/stream.hpp"
+#include "juggler/timer_wheel.hpp"
 #include "juggler/worker.hpp"
 
 namespace juggler {
+
+// A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
+// the exchanges above.
+struct ClientSession final : StreamHandler {
+  Stream stream;
+  TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
+  Worker* worker;
+  Exchange* ex = nullptr;
+  Buffer* in = nullptr;         // plaintext (the stream decrypts below)
+  std::uint32_t in_len = 0;     // bytes in `in`
+  std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
+  std::uint32_t requests = 0;
+  bool eof = false;
+  bool close_after_write = false;
+  bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
+  bool lingering = false;       // answered and shut down: reading only to discard
+  std::uint8_t ip_len = 0;
+  char ip[46];
+  ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
+  ClientSession* next = nullptr;
+
+  uv_buf_t on_stream_alloc() noexcept override;
+  void on_stream_read(ssize_t n) noexcept override;
+  void on_stream_written(int status) noexcept override;
+  void on_stream_closed() noexcept override;
+};
+
 
 // Accepts a pending connection of `server` into a new session (terminating
 // TLS with `tls` when not null) and starts reading its first request.

@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
@@ -51,42 +52,15 @@ void reply_and_close(Exchange* ex, int status) {
   reply_error(ex, status);
 }
 
-// `-> redirect POOL CODE`: Location is the picked server with the request's
-// target; `-> redirect https CODE`: the same host over https (with the https
-// listener's port unless it is 443). Both variants (keep-alive, close) are
-// written into the exchange's scratch; nothing is allocated.
-void reply_redirect(Exchange* ex) {
-  Worker& w = *ex->worker;
-  const RouteDef& r = *ex->route;
-  std::string_view target = ex->head.target;
-  if (target.empty() || target[0] != '/') target = ex->head.path;  // absolute-form: keep the path
-  char port_text[8];
-  std::string_view scheme, authority, port;
-  if (r.action == Action::RedirectHttps) {
-    if (ex->head.host.empty()) {
-      reply_error(ex, 400);
-      return;
-    }
-    scheme = "https://";
-    authority = ex->head.host;
-    if (w.shared.https_port != 443) {
-      const int n = std::snprintf(port_text, sizeof port_text, ":%u", static_cast<unsigned>(w.shared.https_port));
-      port = {port_text, static_cast<std::size_t>(n)};
-    }
-  } else {
-    const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
-    const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
-    if (s < 0) {
-      reply_error(ex, 503);
-      return;
-    }
-    ex->server = s;
-    scheme = "http://";
-    authority = w.shared.config.table->servers[static_cast<std::size_t>(s)].authority;
-  }
-  const std::string_view reason = status_reason(r.status);
+namespace {
+
+// Writes the two variants (keep-alive, then Connection: close) of a redirect
+// to `location` (its parts, concatenated) into the exchange's scratch, then
+// answers with them; 414 when they do not fit.
+void send_redirect(Exchange* ex, std::initializer_list<std::string_view> location) {
+  const std::uint16_t code = ex->route->status;
   char status_text[8];
-  const int sn = std::snprintf(status_text, sizeof status_text, "%u ", static_cast<unsigned>(r.status));
+  const int sn = std::snprintf(status_text, sizeof status_text, "%u ", static_cast<unsigned>(code));
   char* out = ex->scratch.get();
   char* const end = out + ex->scratch_cap;
   bool fits = true;
@@ -104,20 +78,52 @@ void reply_redirect(Exchange* ex) {
     if (variant == 1) keep_end = out;
     put("HTTP/1.1 ");
     put({status_text, static_cast<std::size_t>(sn)});
-    put(reason);
+    put(status_reason(code));
     put("\r\nLocation: ");
-    put(scheme);
-    put(authority);
-    put(port);
-    put(target);
+    for (std::string_view part : location) put(part);
     put(variant == 0 ? "\r\nContent-Length: 0\r\n\r\n" : "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   }
   if (!fits) {
     reply_error(ex, 414);
     return;
   }
-  reply_local(ex, r.status, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
+  reply_local(ex, code, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
               {keep_end, static_cast<std::size_t>(out - keep_end)});
+}
+
+}  // namespace
+
+// `-> redirect POOL CODE`: Location is the picked server with the request's
+// target; `-> redirect https CODE`: the same host over https (with the https
+// listener's port unless it is 443). Both variants (keep-alive, close) are
+// written into the exchange's scratch; nothing is allocated.
+void reply_redirect(Exchange* ex) {
+  Worker& w = *ex->worker;
+  const RouteDef& r = *ex->route;
+  std::string_view target = ex->head.target;
+  if (target.empty() || target[0] != '/') target = ex->head.path;  // absolute-form: keep the path
+  if (r.action == Action::RedirectHttps) {
+    if (ex->head.host.empty()) {
+      reply_error(ex, 400);
+      return;
+    }
+    char port_text[8];
+    std::string_view port;
+    if (w.shared.https_port != 443) {
+      const int n = std::snprintf(port_text, sizeof port_text, ":%u", static_cast<unsigned>(w.shared.https_port));
+      port = {port_text, static_cast<std::size_t>(n)};
+    }
+    send_redirect(ex, {"https://", ex->head.host, port, target});
+    return;
+  }
+  const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
+  const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
+  if (s < 0) {
+    reply_error(ex, 503);
+    return;
+  }
+  ex->server = s;
+  send_redirect(ex, {"http://", w.shared.config.table->servers[static_cast<std::size_t>(s)].authority, target});
 }
 
 }  // namespace juggler

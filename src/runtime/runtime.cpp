@@ -43,6 +43,8 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       idle(s.config.table->servers.size()),
       retry_tokens(s.config.table->pools.size(), kRetryCap / 2) {}
 
+Worker::~Worker() = default;
+
 namespace {
 
 constexpr std::uint64_t kTickMs = TimerWheel::kTickMs;

@@ -1,7 +1,7 @@
 // The upstream connector: pick, connect or reuse, send; failures as values.
 #pragma once
 
-#include "juggler/worker.hpp"
+#include "exchange/exchange.hpp"
 
 namespace juggler {
 
