@@ -64,8 +64,10 @@ struct Worker {
   // Large bodies (downloads, uploads) move to bigger buffers once their head
   // went through: a quarter of the syscalls and copies per byte. Bounded per
   // worker; past the bound they stay on small buffers.
+  // The pools' free lists hold what recent load needed (housekeeping trims
+  // the rest, see HighWater), so bulk may keep all kMaxBulk when they are used.
   static constexpr std::uint32_t kBulkSize = 256 * 1024, kMaxBulk = 64;
-  BufferPool bulk{kBulkSize, 16};
+  BufferPool bulk{kBulkSize, kMaxBulk, 2};
   std::uint32_t bulk_in_use = 0;
   Balancer balancer;
   AccessLog access_log;
@@ -83,6 +85,12 @@ struct Worker {
   ClientSession* sessions = nullptr;                 // live client sessions
   std::uint32_t session_count = 0;
   std::uint32_t active_exchanges = 0;
+  // Exchanges and closed sessions in use at most lately: housekeeping frees
+  // the free ones beyond that (exchange_get and accept note the counts).
+  HighWater exchange_water{64};
+  HighWater session_water{64};
+  std::uint64_t trimmed_bytes = 0;    // freed by housekeeping since the last malloc_trim
+  std::uint64_t malloc_trim_ms = 0;   // when this worker last called it
   bool draining = false;
   StreamContext streams{&loop};  // write requests, TLS scratch and pumping, shared by this worker's streams
   std::uint64_t refused_connections = 0;  // over limit.connections_per_worker

@@ -37,6 +37,7 @@ Exchange* exchange_get(Worker& w) {
   }
   ex->next_free = nullptr;
   ++w.active_exchanges;
+  w.exchange_water.note(w.active_exchanges);
   return ex;
 }
 

@@ -315,6 +315,7 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
   if (w.sessions) w.sessions->prev = s;
   w.sessions = s;
   ++w.session_count;
+  w.session_water.note(w.session_count);
   if (s->stream.accept(server, tls) != 0) {
     close_handles(s);
     return;

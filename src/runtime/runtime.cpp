@@ -14,6 +14,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -36,7 +41,7 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       id(i),
       table(s.config.table),
       loop(),
-      buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096),
+      buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096, 64),
       balancer(*s.config.table, s.health.get(), i),
       access_log(access_log_fd),
       wheel(uv_hrtime() / 1000000),
@@ -130,6 +135,75 @@ void finish_worker(WorkerThread* t) {
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
 }
 
+// ---------------------------------------------------------------- memory returns
+
+// glibc keeps what a worker thread frees in that thread's arena, and gives
+// back to the kernel only a free top of the heap: pages freed in the middle
+// (buffers between exchanges) stay resident. malloc_trim(0) releases every
+// free page of every arena; it takes an arena's lock while it walks it (2-4 ms
+// after a burst of 1,000 connections), so it runs only from the housekeeping,
+// after a trim freed a lot, and at most once a second per worker.
+constexpr std::uint64_t kMallocTrimBytes = 4u << 20;
+constexpr std::uint64_t kMallocTrimEveryMs = 1000;
+
+std::size_t exchange_bytes(const Exchange& ex, std::uint32_t header_count) {
+  return sizeof(Exchange) + header_count * (2 * sizeof(HeaderSpan) + sizeof(Header)) +
+         ex.iov_cap * sizeof(uv_buf_t) + ex.scratch_cap;
+}
+
+// Frees the free exchanges beyond what recent load needed.
+std::size_t trim_exchanges(Worker& w) {
+  const std::size_t free = w.exchanges.size() - w.active_exchanges;
+  const std::size_t keep = w.exchange_water.keep(w.active_exchanges);
+  if (free <= keep) return 0;
+  std::vector<Exchange*> drop;
+  drop.reserve(free - keep);
+  while (drop.size() < free - keep && w.free_exchanges) {
+    drop.push_back(w.free_exchanges);
+    w.free_exchanges = w.free_exchanges->next_free;
+  }
+  std::sort(drop.begin(), drop.end());
+  const std::uint32_t hc = std::max<std::uint32_t>(1, w.shared.config.settings.header_count);
+  std::size_t bytes = 0;
+  std::erase_if(w.exchanges, [&](const std::unique_ptr<Exchange>& ex) {
+    if (!std::binary_search(drop.begin(), drop.end(), ex.get())) return false;
+    bytes += exchange_bytes(*ex, hc);
+    return true;
+  });
+  return bytes;
+}
+
+// Frees the closed sessions kept for reuse beyond what recent load needed.
+std::size_t trim_sessions(Worker& w) {
+  const std::size_t keep = w.session_water.keep(w.session_count);
+  std::size_t bytes = 0;
+  while (w.free_session_count > keep && w.free_sessions) {
+    ClientSession* s = w.free_sessions;
+    w.free_sessions = s->next;
+    --w.free_session_count;
+    delete s;
+    bytes += sizeof(ClientSession);
+  }
+  return bytes;
+}
+
+void trim_pools(Worker& w) {
+  const std::size_t freed = w.buffers.trim() + w.bulk.trim() + trim_exchanges(w) + trim_sessions(w);
+  w.trimmed_bytes += freed;
+#if defined(__GLIBC__)
+  const std::uint64_t now = w.now_ms();
+  if (w.trimmed_bytes >= kMallocTrimBytes && now - w.malloc_trim_ms >= kMallocTrimEveryMs) {
+    const std::uint64_t t0 = uv_hrtime();
+    ::malloc_trim(0);
+    log(LogLevel::Debug, "worker %u: %llu kB freed by the pools, malloc_trim took %llu us", w.id,
+        static_cast<unsigned long long>(w.trimmed_bytes >> 10),
+        static_cast<unsigned long long>((uv_hrtime() - t0) / 1000));
+    w.trimmed_bytes = 0;
+    w.malloc_trim_ms = now;
+  }
+#endif
+}
+
 void on_tick(uv_timer_t* h) {
   auto* t = static_cast<WorkerThread*>(h->data);
   Worker& w = *t->worker;
@@ -137,6 +211,7 @@ void on_tick(uv_timer_t* h) {
   if (++t->ticks % kHousekeepingTicks == 0) {
     w.access_log.flush();
     upstream_sweep(w, false);
+    trim_pools(w);
   }
   if (t->stopping && w.session_count == 0) finish_worker(t);
 }
