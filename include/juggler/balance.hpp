@@ -8,8 +8,8 @@
 //
 //   balancer.begin(pool, head, ticket);          // once per request (mints a sticky cookie)
 //   int s = balancer.pick(pool, head, tried, ticket.pick_context(client_ip, now_ms));
-//   balancer.sent(ticket, s, now_us);            // the request goes out to s
-//   balancer.response(ticket, now_us, now_ms);   // first byte of the response
+//   balancer.sent(ticket, s);                    // the request goes out to s
+//   balancer.response(ticket, now_ms);           // first byte of the response
 //   balancer.finish(ticket);                     // the attempt is over, however it ended
 //   balancer.response_lines(ticket, out, cap);   // lines for the response head (Set-Cookie)
 //
@@ -241,12 +241,33 @@ class Balancer {
 
   // A request for `pool` begins: the ticket is reset, and a sticky cookie is
   // minted when the pool hashes on a cookie the request lacks.
-  void begin(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept;
+  void begin(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept {
+    finish(t);
+    t.pool = pool;
+    t.sent_to = -1;
+    t.minted = false;
+    if (events_[pool] & kMayMint) begin_sticky(pool, head, t);
+  }
   // The attempt goes out to `server`: counted in flight where the pool's
-  // strategy reads it, and timed where it learns from latency.
-  void sent(BalanceTicket& t, int server, std::uint64_t now_us) noexcept;
+  // strategy reads it, and timed (the clock read only then) where it learns
+  // from latency. The *_at variants take the clock's reading (tests).
+  void sent(BalanceTicket& t, int server) noexcept { sent_at(t, server, learns(t) ? clock_us() : 0); }
+  void sent_at(BalanceTicket& t, int server, std::uint64_t now_us) noexcept {
+    finish(t);
+    t.sent_to = server;
+    t.sent_us = now_us;
+    if (t.pool >= 0 && (events_[static_cast<std::size_t>(t.pool)] & kCountsInflight)) {
+      on_start(server);
+      t.started = server;
+    }
+  }
   // The first byte of the response arrived for the attempt sent().
-  void response(BalanceTicket& t, std::uint64_t now_us, std::uint64_t now_ms) noexcept;
+  void response(BalanceTicket& t, std::uint64_t now_ms) noexcept {
+    if (t.sent_to >= 0 && learns(t)) on_response(t.sent_to, clock_us() - t.sent_us, now_ms);
+  }
+  void response_at(BalanceTicket& t, std::uint64_t now_us, std::uint64_t now_ms) noexcept {
+    if (t.sent_to >= 0 && learns(t)) on_response(t.sent_to, now_us - t.sent_us, now_ms);
+  }
   // The attempt is over (any outcome); idempotent, harmless without sent().
   void finish(BalanceTicket& t) noexcept {
     if (t.started >= 0) on_finish(t.started);
@@ -271,6 +292,16 @@ class Balancer {
     MaglevTable hash[2];   // consistent_hash: [0] the servers, [1] the backups
     AliasTable random[2];  // random, least_time
   };
+
+  // Per pool: the events its strategy acts on (the request path calls them
+  // all; these bits keep the calls a pool ignores to a test and a jump).
+  static constexpr std::uint8_t kCountsInflight = 1, kLearnsLatency = 2, kMayMint = 4;
+  std::vector<std::uint8_t> events_;
+  void begin_sticky(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept;
+  bool learns(const BalanceTicket& t) const noexcept {
+    return t.pool >= 0 && (events_[static_cast<std::size_t>(t.pool)] & kLearnsLatency);
+  }
+  static std::uint64_t clock_us() noexcept;  // CLOCK_MONOTONIC, as uv_hrtime() / 1000
 
   std::uint64_t pick_now_ms_ = 0;  // the current pick's clock, for usable()
   int round_robin(const PoolDef& p, const Tried& tried, bool backup, std::uint64_t now_ms) noexcept;

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <system_error>
 
 #include "juggler/balance.hpp"
@@ -110,8 +111,15 @@ Balancer::Balancer(const RouteTable& table, ServerHealth* health, std::uint32_t 
   server_hash_.reserve(table.servers.size());
   for (const ServerDef& s : table.servers) server_hash_.push_back(hash64(s.authority));
   pools_.resize(table.pools.size());
+  events_.resize(table.pools.size());
   for (std::size_t i = 0; i < table.pools.size(); ++i) {
     const PoolDef& p = table.pools[i];
+    // Which events this pool's strategy acts on.
+    const bool inflight = p.strategy == Strategy::LeastConn || p.strategy == Strategy::Random ||
+                          p.strategy == Strategy::LeastTime;
+    events_[i] = static_cast<std::uint8_t>((inflight ? kCountsInflight : 0) |
+                                           (p.strategy == Strategy::LeastTime ? kLearnsLatency : 0) |
+                                           (p.key == HashKey::Cookie ? kMayMint : 0));
     const auto servers = table.servers.subspan(p.first_server, p.server_count);
     for (int tier = 0; tier < 2; ++tier) {
       if (p.strategy == Strategy::ConsistentHash) pools_[i].hash[tier] = MaglevTable(servers, tier == 1);
@@ -379,37 +387,15 @@ int Balancer::pick(std::uint16_t pool, const RequestHead& head, const Tried& tri
   return -1;
 }
 
-namespace {
-// Whether the pool's strategy reads the in-flight counters (the others skip
-// the shared atomic's read-modify-write).
-bool counts_inflight(Strategy s) noexcept {
-  return s == Strategy::LeastConn || s == Strategy::Random || s == Strategy::LeastTime;
-}
-}  // namespace
-
-void Balancer::begin(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept {
-  finish(t);
-  t.pool = pool;
-  t.sent_to = -1;
-  t.sent_us = 0;
+void Balancer::begin_sticky(std::uint16_t pool, const RequestHead& head, BalanceTicket& t) noexcept {
   t.minted = needs_cookie(pool, head);
   if (t.minted) mint_cookie(t.cookie);
 }
 
-void Balancer::sent(BalanceTicket& t, int server, std::uint64_t now_us) noexcept {
-  finish(t);
-  t.sent_to = server;
-  t.sent_us = now_us;
-  if (t.pool >= 0 && counts_inflight(table_.pools[static_cast<std::size_t>(t.pool)].strategy)) {
-    on_start(server);
-    t.started = server;
-  }
-}
-
-void Balancer::response(BalanceTicket& t, std::uint64_t now_us, std::uint64_t now_ms) noexcept {
-  if (t.pool < 0 || t.sent_to < 0) return;
-  if (table_.pools[static_cast<std::size_t>(t.pool)].strategy == Strategy::LeastTime)
-    on_response(t.sent_to, now_us - t.sent_us, now_ms);
+std::uint64_t Balancer::clock_us() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000u + static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
 }
 
 std::size_t Balancer::response_lines(const BalanceTicket& t, char* out, std::size_t cap) const noexcept {

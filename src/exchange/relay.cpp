@@ -158,7 +158,7 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   ex->status = status;
   ex->resp_started = true;
   passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
-  w.balancer.response(ex->ticket, now_us(), w.now_ms());
+  w.balancer.response(ex->ticket, w.now_ms());
   ex->progress_ms = w.now_ms();
   if (ex->resp.body_until_close()) ex->client_close = true;
   bool raw = false;

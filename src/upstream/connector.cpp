@@ -117,7 +117,7 @@ Party waiting_on(const Exchange* ex) {
 void send_request(Exchange* ex) {
   UpstreamConn* c = ex->up;
   Worker& w = *ex->worker;
-  w.balancer.sent(ex->ticket, ex->server, now_us());
+  w.balancer.sent(ex->ticket, ex->server);
   ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(w).header_count);
   ex->resp.max_head_bytes = w.buffers.size();
   if (ex->is_head) ex->resp.expect_no_body();

@@ -549,34 +549,34 @@ TEST_CASE("events: every strategy gets the same calls; each acts on those it nee
 
   // In flight: counted only where the strategy reads it, and once per sent().
   const int rr = f.table().pools[1].first_server;
-  b.sent(t, rr, 1000);
+  b.sent_at(t, rr, 1000);
   CHECK(f.health(rr).inflight.load() == 0);
   b.finish(t);
   const int lc = f.table().pools[2].first_server;
   b.begin(2, bare.head, t);
-  b.sent(t, lc, 1000);
+  b.sent_at(t, lc, 1000);
   CHECK(f.health(lc).inflight.load() == 1);
-  b.sent(t, lc + 1, 2000);  // a retry: the first attempt is finished first
+  b.sent_at(t, lc + 1, 2000);  // a retry: the first attempt is finished first
   CHECK(f.health(lc).inflight.load() == 0);
   CHECK(f.health(lc + 1).inflight.load() == 1);
   b.finish(t);
   b.finish(t);  // idempotent
   CHECK(f.health(lc + 1).inflight.load() == 0);
   b.begin(2, bare.head, t);
-  b.sent(t, lc, 1000);
+  b.sent_at(t, lc, 1000);
   b.begin(2, bare.head, t);  // a ticket reused for the next request ends the last attempt
   CHECK(f.health(lc).inflight.load() == 0);
 
   // Latency: only least_time learns from response(), with the time since sent().
   const int lt = f.table().pools[3].first_server;
   b.begin(3, bare.head, t);
-  b.sent(t, lt, 1000);
-  b.response(t, 6000, 5);
+  b.sent_at(t, lt, 1000);
+  b.response_at(t, 6000, 5);
   CHECK(ttfb_estimate_us(f.health(lt), 5) == Approx(5000).epsilon(0.01));
   b.finish(t);
   b.begin(1, bare.head, t);
-  b.sent(t, rr, 1000);
-  b.response(t, 9000, 5);
+  b.sent_at(t, rr, 1000);
+  b.response_at(t, 9000, 5);
   CHECK(f.health(rr).latency.load() == 0);
 }
 
