@@ -46,6 +46,13 @@ enum class ParseEvent : std::uint8_t {
   HeadComplete,     // head() is valid; body bytes (if any) start at the returned position
   MessageComplete,  // the message ended at the returned position
   Error,            // error_status() says which answer to give
+  BodyFull,         // collecting body spans: the span array is full; take them, feed the rest
+};
+
+// Body bytes of a message as a view into the fed data, framing removed.
+struct BodySpan {
+  const char* data;
+  std::uint32_t len;
 };
 
 class MessageParser {
@@ -56,6 +63,19 @@ class MessageParser {
 
   // Prepare for the next message on the same connection.
   void reset() noexcept;
+
+  // Opt-in, before feeding the body: every feed() then also records the body
+  // bytes it parsed, chunk framing removed, as views into the data it was
+  // given (valid as long as that data is). At most kMaxBodySpans per call: a
+  // call that fills the array stops there with BodyFull (*consumed says how
+  // far it got) and the caller feeds the rest once it took the spans. Filters
+  // and other protocols need the body without HTTP/1 framing; the relay of an
+  // HTTP/1 response as it is never turns this on.
+  static constexpr std::uint32_t kMaxBodySpans = 16;
+  void collect_body(bool on) noexcept;
+  // The spans recorded by the last feed() (reset at the start of each).
+  const BodySpan* body_spans() const noexcept { return spans_; }
+  std::uint32_t body_span_count() const noexcept { return span_count_; }
 
   // Parse [data, data+len). `*consumed` is how many bytes belong to what was
   // reported: for HeadComplete, the head's bytes; for MessageComplete, up to the
@@ -121,7 +141,9 @@ class MessageParser {
   static int on_header_value_complete(llhttp_t*);
   static int on_headers_complete(llhttp_t*);
   static int on_message_complete(llhttp_t*);
+  static int on_body(llhttp_t*, const char*, std::size_t);
   static const llhttp_settings_t kSettings;
+  static const llhttp_settings_t kSettingsBody;  // kSettings + on_body (collect_body)
 
   int fail(int status, const char* reason) noexcept;
   bool lines_clean() const noexcept;
@@ -168,6 +190,9 @@ class MessageParser {
   std::uint64_t chunked_total_ = 0;
   int error_status_ = 0;
   const char* error_reason_ = nullptr;
+  BodySpan spans_[kMaxBodySpans];
+  std::uint32_t span_count_ = 0;
+  bool body_full_ = false;  // on_body paused llhttp: the span array is full
 };
 
 // Maps llhttp's method numbers onto the methods a route can name.

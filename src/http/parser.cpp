@@ -105,6 +105,30 @@ const llhttp_settings_t MessageParser::kSettings = [] {
   return s;
 }();
 
+const llhttp_settings_t MessageParser::kSettingsBody = [] {
+  llhttp_settings_t s = kSettings;
+  s.on_body = &MessageParser::on_body;
+  return s;
+}();
+
+void MessageParser::collect_body(bool on) noexcept {
+  parser_.settings = const_cast<llhttp_settings_t*>(on ? &kSettingsBody : &kSettings);
+}
+
+int MessageParser::on_body(llhttp_t* p, const char* at, std::size_t len) {
+  auto* self = static_cast<MessageParser*>(p->data);
+  // llhttp hands over at most what one feed() was given, so a span fits 32 bits.
+  BodySpan& last = self->spans_[self->span_count_ ? self->span_count_ - 1 : 0];
+  if (self->span_count_ && last.data + last.len == at) {
+    last.len += static_cast<std::uint32_t>(len);
+  } else {
+    self->spans_[self->span_count_++] = {at, static_cast<std::uint32_t>(len)};
+  }
+  if (self->span_count_ < kMaxBodySpans) return 0;
+  self->body_full_ = true;
+  return HPE_PAUSED;
+}
+
 void MessageParser::init(llhttp_type_t type, HeaderSpan* headers, std::uint32_t max_headers) noexcept {
   llhttp_init(&parser_, type, &kSettings);
   parser_.data = this;
@@ -115,6 +139,8 @@ void MessageParser::init(llhttp_type_t type, HeaderSpan* headers, std::uint32_t 
 
 void MessageParser::reset() noexcept {
   count_ = 0;
+  span_count_ = 0;
+  body_full_ = false;
   head_begin_ = head_end_ = url_ = nullptr;
   url_len_ = 0;
   field_end_ = value_begin_ = value_end_ = nullptr;
@@ -445,6 +471,7 @@ bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
 
 ParseEvent MessageParser::feed(const char* data, std::size_t len, std::size_t* consumed) noexcept {
   if (!head_begin_) head_begin_ = data;
+  span_count_ = 0;
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
   if (err == HPE_OK) {
     *consumed = len;
@@ -465,6 +492,15 @@ ParseEvent MessageParser::feed(const char* data, std::size_t len, std::size_t* c
     *consumed = static_cast<std::size_t>(pos - data);
     if (err == HPE_PAUSED) llhttp_resume(&parser_);
     else llhttp_resume_after_upgrade(&parser_);
+    if (body_full_) {
+      body_full_ = false;
+      if (!check_chunks(data, *consumed)) {
+        error_status_ = 400;
+        error_reason_ = "malformed chunked body";
+        return ParseEvent::Error;
+      }
+      return ParseEvent::BodyFull;
+    }
     if (head_done_ && !head_end_) {
       head_end_ = pos;
       if (head_len() > max_head_bytes) {
