@@ -177,6 +177,32 @@ void check_forwarded(const std::string& head, const char* body, std::size_t body
   FUZZ_CHECK(sf.chunked == q.chunked());
   FUZZ_CHECK(sf.has_content_length == q.has_content_length());
   if (sf.has_content_length) FUZZ_CHECK(sf.content_length == q.content_length());
+
+  // The body once more with decoded spans collected (what filters and HTTP/2
+  // consume): every span inside the bytes fed, the message ending where it
+  // did, and as many decoded bytes as the strict reader counted.
+  MessageParser d;
+  d.init(HTTP_REQUEST, spans, kMaxHeaders + 8);
+  d.max_head_bytes = head.size() + 1;
+  FUZZ_CHECK(d.feed(copy.get(), all.size(), &used) == ParseEvent::HeadComplete);
+  d.collect_body(true);
+  std::size_t at = used;
+  std::uint64_t decoded = 0;
+  for (;;) {
+    ev = d.feed(copy.get() + at, all.size() - at, &used);
+    for (std::uint32_t i = 0; i < d.body_span_count(); ++i) {
+      const BodySpan& b = d.body_spans()[i];
+      FUZZ_CHECK(b.data >= copy.get() + at && b.data + b.len <= copy.get() + at + used);
+      decoded += b.len;
+    }
+    at += used;
+    if (ev != ParseEvent::BodyFull) break;
+  }
+  FUZZ_CHECK(ev == (complete ? ParseEvent::MessageComplete : ParseEvent::NeedMore));
+  if (complete) {
+    FUZZ_CHECK(at == all.size());
+    FUZZ_CHECK(decoded == sf.body_bytes);
+  }
 }
 
 }  // namespace
