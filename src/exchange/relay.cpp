@@ -157,6 +157,7 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   }
   ex->status = status;
   ex->resp_started = true;
+  ex->term = {};  // a response began: failed attempts before it are history
   passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
   w.balancer.response(ex->ticket, w.now_ms());
   ex->progress_ms = w.now_ms();
