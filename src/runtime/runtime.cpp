@@ -120,6 +120,7 @@ std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
 
 void close_listeners(WorkerThread* t) {
+  for (auto& lc : t->listener_ctx) listener_close(*lc);
   for (auto& l : t->listeners)
     if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(l.get()))) uv_close(reinterpret_cast<uv_handle_t*>(l.get()), nullptr);
 }
@@ -245,6 +246,7 @@ void worker_main(WorkerThread* t) {
     uv_tcp_init(&w.loop, l.get());
     t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i]}));
     l->data = t->listener_ctx.back().get();
+    listener_init(*t->listener_ctx.back(), &w.loop, reinterpret_cast<uv_stream_t*>(l.get()));
     int rc = uv_tcp_open(l.get(), fd);
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, listener_on_connection);
     if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
