@@ -1,7 +1,7 @@
 // Listeners: accepting connections (one listening socket per worker and
-// listen statement, SO_REUSEPORT) at most kAcceptsPerTurn per loop iteration,
-// refusing them over limit.connections_per_worker, and handing them to an
-// HTTP/1 connection.
+// listen statement, SO_REUSEPORT; TLS ones at most kAcceptsPerTurn per loop
+// iteration), refusing them over limit.connections_per_worker, and handing
+// them to an HTTP/1 connection.
 #include "listener/listener.hpp"
 
 #include "http1/connection.hpp"
@@ -25,7 +25,7 @@ void refuse_connection(Worker& w, uv_stream_t* server) {
   uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
-// One new connection per loop iteration (nginx's multi_accept off): a TLS
+// One new TLS connection per loop iteration (nginx's multi_accept off): a TLS
 // connection costs a handshake (~200 us of CPU) before it sends anything, and
 // accepting every pending one in a single turn put a turn's worth of them
 // ahead of each request already in flight (scenario 3b: p50 2.7 ms against
@@ -77,6 +77,12 @@ void listener_on_connection(uv_stream_t* server, int status) {
       w->last_accept_error_ms = w->now_ms();
       log(LogLevel::Warn, "accept: %s", uv_strerror(status));
     }
+    return;
+  }
+  if (!lc->tls) {
+    // Plain HTTP: a connection costs no handshake before its request, so
+    // every pending one is taken now (pacing them cost instructions, no latency).
+    accept_one(lc, server);
     return;
   }
   if (lc->accepted >= kAcceptsPerTurn) {
