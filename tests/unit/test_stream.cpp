@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "test_cert.hpp"
 #include "juggler/stream.hpp"
 
 using namespace juggler;
@@ -25,26 +26,7 @@ namespace {
 
 constexpr std::size_t kBig = 16 * 1024 * 1024;  // more than the socket buffers take at once
 
-SSL_CTX* make_server_ctx() {
-  EVP_PKEY* key = EVP_EC_gen("P-256");
-  REQUIRE(key != nullptr);
-  X509* cert = X509_new();
-  X509_set_version(cert, 2);
-  ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
-  X509_gmtime_adj(X509_getm_notBefore(cert), 0);
-  X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
-  X509_set_pubkey(cert, key);
-  X509_NAME* name = X509_get_subject_name(cert);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
-  X509_set_issuer_name(cert, name);
-  REQUIRE(X509_sign(cert, key, EVP_sha256()) > 0);
-  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  REQUIRE(SSL_CTX_use_certificate(ctx, cert) == 1);
-  REQUIRE(SSL_CTX_use_PrivateKey(ctx, key) == 1);
-  X509_free(cert);
-  EVP_PKEY_free(key);
-  return ctx;
-}
+SSL_CTX* make_server_ctx() { return juggler::test::self_signed_server_ctx(); }
 
 char pattern(std::size_t i) { return static_cast<char>('a' + i % 26); }
 
