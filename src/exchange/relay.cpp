@@ -160,7 +160,6 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   ex->term = {};  // a response began: failed attempts before it are history
   passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
   w.balancer.response(ex->ticket, w.now_ms());
-  ex->progress_ms = w.now_ms();
   if (ex->resp.body_until_close()) ex->client_close = true;
   bool raw = false;
   *n += build_response_head(ex, iov + *n, &raw);

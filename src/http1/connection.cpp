@@ -52,8 +52,6 @@ void close_handles(ClientSession* s) {
   s->stream.close();
 }
 
-}  // namespace
-
 ClientSession* session_get(Worker& w) {
   ClientSession* s = w.free_sessions;
   if (!s) return new ClientSession();
@@ -62,6 +60,8 @@ ClientSession* session_get(Worker& w) {
   s->~ClientSession();
   return new (s) ClientSession();
 }
+
+}  // namespace
 
 // Writes to the client through its stream; true when it all went out now,
 // else on_stream_written follows.
@@ -231,14 +231,12 @@ void ClientSession::on_stream_read(ssize_t n) noexcept {
 }
 
 void ClientSession::on_stream_written(int status) noexcept {
-  ClientSession* s = this;
   if (status < 0) {
-    client_abort(s);
+    client_abort(this);
     return;
   }
-  Exchange* ex = s->ex;
   if (!ex) {
-    if (s->close_after_write) client_finish(s, s->linger_on_close);
+    if (close_after_write) client_finish(this, linger_on_close);
     return;
   }
   if (ex->phase == Phase::Local) {

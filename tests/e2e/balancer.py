@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from typing import Optional, Sequence
 
 import jtest
@@ -43,6 +45,12 @@ class BalancerTestCase(jtest.JugglerTestCase):
         proc = start_balancer(name, **kwargs)
         self.addCleanup(jtest.check_stopped_cleanly, proc)
         return proc
+
+    def access_log_path(self) -> str:
+        """A path for a balancer's --access-log, in a folder removed at cleanup."""
+        tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, tmp)
+        return os.path.join(tmp, "access.log")
 
     def start_backends(self, host: str, ports: Sequence[int], roots: Optional[Sequence[str]] = None):
         procs = []

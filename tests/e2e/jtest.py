@@ -347,6 +347,23 @@ def read_response(reader, head: bool = False) -> RawResponse:
 
 # ---------------------------------------------------------------- process facts and certificates
 
+def access_log_lines(path: str, count: int = 1, pattern: Optional[str] = None, timeout: float = 5.0) -> list:
+    """The balancer flushes its access log every 500 ms: polls `path` until it holds at least
+    `count` lines (and, with `pattern`, one matching it) or `timeout` passed; returns the lines
+    (the caller asserts on them)."""
+    deadline = time.monotonic() + timeout
+    lines: list = []
+    while True:
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = f.read().splitlines()
+        if len(lines) >= count and (pattern is None or any(re.search(pattern, line) for line in lines)):
+            return lines
+        if time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
 def rss_kb(pid: int) -> int:
     """Resident memory of process `pid` in kB (VmRSS), 0 if it is gone."""
     try:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import http.client
 import signal
-import os
-import shutil
-import tempfile
 import socket
 import threading
 import time
@@ -135,9 +132,7 @@ class ConnectTimeoutTest(BalancerTestCase):
     def test_a_server_whose_connect_times_out_is_skipped(self):
         self.black_hole(6901)
         self.start_testserver(port=6902, host=CONNECT_HOST)
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp)
-        log = os.path.join(tmp, "access.log")
+        log = self.access_log_path()
         # timeout.connect 500ms, round-robin over both
         lb = self.start_balancer("connect_timeout", access_log=log)
         took = []
@@ -151,13 +146,7 @@ class ConnectTimeoutTest(BalancerTestCase):
         self.assertLess(max(took), 4.0, took)  # ...not for the kernel's SYN retries (a minute and more)
         # Both were answered: the access log says they ended normally (term=--), the failed
         # first attempt being history once the next server answered.
-        deadline = time.monotonic() + 5
-        lines: list = []
-        while len(lines) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            if os.path.exists(log):
-                with open(log) as f:
-                    lines = f.read().splitlines()
+        lines = jtest.access_log_lines(log, 2)
         self.assertEqual(len(lines), 2, lines)
         for line in lines:
             self.assertRegex(line, r'"GET /ping HTTP/1\.1" 200 .* upstream=127\.0\.92\.1:6902 rt=\S+ term=--$')

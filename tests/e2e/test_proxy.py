@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
@@ -436,18 +435,11 @@ class WeightsTest(BalancerTestCase):
 class LifecycleTest(BalancerTestCase):
     def test_access_log_records_each_request(self):
         self.start_backends(BASIC_HOST, BASIC_PORTS)
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp)
-        path = os.path.join(tmp, "access.log")
+        path = self.access_log_path()
         lb = self.start_balancer("basic", access_log=path)
         jtest.http_request(lb.port, path="/ping", headers={"User-Agent": "e2e-agent", "Referer": "http://r/"})
         jtest.http_request(lb.port, path="/nowhere")
-        deadline = time.monotonic() + 5
-        lines = []
-        while time.monotonic() < deadline and len(lines) < 2:
-            time.sleep(0.1)
-            with open(path) as f:
-                lines = f.read().splitlines()
+        lines = jtest.access_log_lines(path, 2)
         self.assertEqual(len(lines), 2, lines)
         self.assertRegex(lines[0], r'^127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /ping HTTP/1\.1" '
                                    r'200 \d+ "http://r/" "e2e-agent" upstream=127\.0\.71\.1:690[123] rt=\d+\.\d{3} term=--$')

@@ -6,11 +6,8 @@ not read)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 import socket
-import tempfile
 import time
 import unittest
 
@@ -25,24 +22,10 @@ class TimeoutPartiesTest(BalancerTestCase):
     def setUp(self):
         self.start_backends(HOST, (6901,))
 
-    def access_log(self) -> str:
-        tmp = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, tmp)
-        return os.path.join(tmp, "access.log")
-
-    def wait_for_log_line(self, path: str, pattern: str, timeout: float = 5.0) -> str:
-        """The access log is flushed every 500 ms: poll it for a line matching `pattern`."""
-        deadline = time.monotonic() + timeout
-        lines: list = []
-        while time.monotonic() < deadline:
-            if os.path.exists(path):
-                with open(path) as f:
-                    lines = f.read().splitlines()
-                for line in lines:
-                    if re.search(pattern, line):
-                        return line
-            time.sleep(0.1)
-        self.fail(f"no access log line matches {pattern!r}: {lines}")
+    def assert_logged(self, path: str, pattern: str) -> None:
+        lines = jtest.access_log_lines(path, pattern=pattern)
+        self.assertTrue(any(re.search(pattern, line) for line in lines),
+                        f"no access log line matches {pattern!r}: {lines}")
 
     def test_upload_slower_than_the_upstream_timeout_completes(self):
         lb = self.start_balancer("parties")
@@ -96,7 +79,7 @@ class TimeoutPartiesTest(BalancerTestCase):
         self.assertNotIn("did not answer", lb.output())
 
     def test_client_that_stops_sending_its_body_gets_408_not_504(self):
-        log = self.access_log()
+        log = self.access_log_path()
         lb = self.start_balancer("parties", access_log=log, extra=["--timeout-client-idle", "1s"])
         sock = jtest.raw_connection(lb.port, timeout=10)
         self.addCleanup(sock.close)
@@ -109,19 +92,19 @@ class TimeoutPartiesTest(BalancerTestCase):
         self.assertLess(waited, UPSTREAM_S + 3)
         lb.wait_for_line(r"client 127\.0\.0\.1 stalled sending the body")
         # The access log names the party: a client timeout (c) during the request (R).
-        self.wait_for_log_line(log, r'"POST /echo HTTP/1\.1" 408 .* term=cR$')
+        self.assert_logged(log, r'"POST /echo HTTP/1\.1" 408 .* term=cR$')
 
     def test_silent_server_is_504_and_logged_as_a_server_timeout(self):
-        log = self.access_log()
+        log = self.access_log_path()
         lb = self.start_balancer("parties", access_log=log)
         started = time.monotonic()
         status, _, _ = jtest.http_request(lb.port, path="/hang", timeout=10)
         self.assertEqual(status, 504)
         self.assertGreaterEqual(time.monotonic() - started, UPSTREAM_S - 0.2)
         lb.wait_for_line(r"server 127\.0\.102\.1:6901 did not answer within 2000 ms")
-        self.wait_for_log_line(log, r'"GET /hang HTTP/1\.1" 504 .* term=sH$')
+        self.assert_logged(log, r'"GET /hang HTTP/1\.1" 504 .* term=sH$')
         self.assertEqual(jtest.http_request(lb.port, path="/ping")[0], 200)
-        self.wait_for_log_line(log, r'"GET /ping HTTP/1\.1" 200 .* term=--$')
+        self.assert_logged(log, r'"GET /ping HTTP/1\.1" 200 .* term=--$')
 
 
 if __name__ == "__main__":
