@@ -56,6 +56,7 @@ struct alignas(64) ServerHealth {
   std::atomic<std::uint64_t> fail_window_start_ms{0};
   std::atomic<std::uint64_t> ejected_until_ms{0};  // 0 = not ejected (or ended early)
   std::atomic<std::uint64_t> ejected_at_ms{0};     // when the latest ejection began (never 0 once set)
+  std::atomic<bool> ejecting{false};               // held by the one worker making an ejection
 };
 
 // Passive health, called by the request path of any worker. A connection
@@ -63,7 +64,9 @@ struct alignas(64) ServerHealth {
 // `max_fails` of them within `fail_window` eject the server for a back-off of
 // fail_window, doubling with each ejection in a row (at most 32x). Once the
 // ejection expires the next request is the probe: one more failure ejects it
-// again, a success (passive_success) clears the record. In a pool with an
+// again, a success (passive_success) clears the record; failures while it is
+// ejected (requests sent before) do not count, and workers failing at the
+// same moment make one ejection, not one each. In a pool with an
 // active health check, `rise` passing checks that began after the ejection end
 // it early (end_ejection, called by the checker). Returns true when this
 // failure ejected the server (the caller logs it). max_fails=0 turns it off.

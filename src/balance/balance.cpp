@@ -153,6 +153,9 @@ bool Balancer::usable(const PoolDef& p, std::uint32_t pos, const Tried& tried) c
 
 bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms) noexcept {
   if (pool.max_fails == 0) return false;
+  // Requests sent before the ejection that fail while it stands say nothing
+  // new: counted, they would eject it again at twice the back-off.
+  if (h.ejected_until_ms.load(std::memory_order_acquire) > now_ms) return false;
   std::uint32_t n;
   if (now_ms - h.fail_window_start_ms.load(std::memory_order_relaxed) > pool.fail_window_ms) {
     h.fail_window_start_ms.store(now_ms, std::memory_order_relaxed);
@@ -164,6 +167,14 @@ bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms)
   const bool probe_failed = h.ejections.load(std::memory_order_relaxed) > 0 &&
                             now_ms >= h.ejected_until_ms.load(std::memory_order_relaxed);
   if (n < pool.max_fails && !probe_failed) return false;
+  // One ejection per crossing: workers that cross the threshold at the same
+  // moment would each double the back-off. The loser of the flag, or whoever
+  // finds the ejection already made, leaves it alone.
+  if (h.ejecting.exchange(true, std::memory_order_acquire)) return false;
+  if (h.ejected_until_ms.load(std::memory_order_relaxed) > now_ms) {
+    h.ejecting.store(false, std::memory_order_release);
+    return false;
+  }
   const std::uint32_t e = std::min<std::uint32_t>(h.ejections.fetch_add(1, std::memory_order_relaxed) + 1, 6);
   const std::uint64_t backoff = static_cast<std::uint64_t>(pool.fail_window_ms) << (e - 1);
   // The start first, published by the release: whoever sees this ejection
@@ -172,6 +183,7 @@ bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms)
   h.ejected_until_ms.store(now_ms + backoff, std::memory_order_release);
   h.fails.store(0, std::memory_order_relaxed);
   h.fail_window_start_ms.store(now_ms, std::memory_order_relaxed);
+  h.ejecting.store(false, std::memory_order_release);
   return true;
 }
 

@@ -1,8 +1,10 @@
 // Smooth weighted round-robin, backup servers, the tried set and health.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "juggler/balance.hpp"
 
@@ -109,6 +111,45 @@ TEST_CASE("passive health ejects after max_fails in the window, doubling on repe
   CHECK_FALSE(passive_failure(h, p, 20001));
   CHECK(passive_failure(h, p, 20002));
   CHECK(h.ejected_until_ms.load() == 21002);
+}
+
+TEST_CASE("failures while ejected do not eject again", "[balance]") {
+  PoolDef p = kPools[0];
+  p.max_fails = 2;
+  p.fail_window_ms = 1000;
+  ServerHealth h;
+  CHECK_FALSE(passive_failure(h, p, 10000));
+  CHECK(passive_failure(h, p, 10001));
+  // Requests sent before the ejection fail after it: the first back-off stands.
+  for (std::uint64_t t = 10002; t < 10010; ++t) CHECK_FALSE(passive_failure(h, p, t));
+  CHECK(h.ejected_until_ms.load() == 11001);
+  CHECK(h.ejections.load() == 1);
+}
+
+TEST_CASE("workers failing at the same moment make one ejection", "[balance]") {
+  PoolDef p = kPools[0];
+  p.max_fails = 1;
+  p.fail_window_ms = 1000;
+  // Two threads released together fail the same server once each, many times
+  // over: the ejection is made once and is one fail_window long.
+  int doubled = 0;
+  for (int round = 0; round < 5000 && doubled == 0; ++round) {
+    ServerHealth h;
+    std::atomic<int> ready{0};
+    std::atomic<int> ejected{0};
+    auto fail = [&] {
+      ready.fetch_add(1);
+      while (ready.load() < 2) {
+      }
+      ejected += passive_failure(h, p, 5000) ? 1 : 0;
+    };
+    std::thread a(fail);
+    std::thread b(fail);
+    a.join();
+    b.join();
+    if (ejected.load() != 1 || h.ejected_until_ms.load() != 6000) ++doubled;
+  }
+  CHECK(doubled == 0);
 }
 
 TEST_CASE("failures spread over more than the window do not eject", "[balance]") {
