@@ -206,7 +206,6 @@ std::string unsupported_features(const RouteTable& t) {
     if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
   }
   for (const RouteDef& r : t.routes) {
-    if (r.gzip) at(r.line) << "gzip is not implemented yet\n";
     if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
   }
   const Settings& s = t.settings;

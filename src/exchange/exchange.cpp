@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "exchange/relay.hpp"
+#include "filter/filtered.hpp"
 #include "http1/connection.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
@@ -51,6 +52,7 @@ void exchange_begin(Exchange* ex, ClientSession* s) {
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
+  if (ex->filters) filters_release(ex);
   ex->client = nullptr;
   ex->up = nullptr;
   ex->next_free = w.free_exchanges;

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "exchange/exchange.hpp"
+#include "filter/filtered.hpp"
 #include "http1/connection.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -22,6 +23,7 @@ constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final 
 constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
 unsigned build_request_head(Exchange* ex) {
+  if (ex->route->compress) filters_note_request(ex);
   std::size_t len = 0;
   unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->stream.secure() ? "https" : "http",
                                  ex->scratch.get(),
@@ -51,6 +53,7 @@ void on_upstream_write(uv_write_t* req, int status) {
 // Response head for the client, into `iov`: nothing when the raw bytes can go
 // as they are (*raw), else the kept lines plus our Connection header.
 unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
+  if (ex->filter_want) filters_begin(ex);  // may make it close-delimited
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
@@ -62,6 +65,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
     ex->resp_extra_len = static_cast<std::uint32_t>(n);
     extra = {ex->resp_extra, n};
   }
+  if (ex->filters) extra = filters_head_lines(ex, extra);
   unsigned n = edit_response_head(ex->resp, extra, iov);
   *raw = n == 0;
   return n;
@@ -111,6 +115,22 @@ void flush_upstream(Exchange* ex) {
   ex->progress_ms = c->worker->now_ms();
   recycle_client_buffer(ex);
   update_client_reading(s);
+}
+
+ParseEvent feed_response_body(Exchange* ex) {
+  UpstreamConn* c = ex->up;
+  std::size_t used = 0;
+  const ParseEvent ev = ex->resp.feed(c->in->data + c->parse_pos, c->in_len - c->parse_pos, &used);
+  if (ev == ParseEvent::Error) {
+    log(LogLevel::Warn, "bad response body from %.*s: %s",
+        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
+    exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
+    return ev;
+  }
+  c->parse_pos += static_cast<std::uint32_t>(used);
+  if (ev == ParseEvent::MessageComplete)
+    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
+  return ev;
 }
 
 namespace {
@@ -170,22 +190,11 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
 // Parses the body bytes in the server buffer (they are relayed as they are,
 // from *fwd on). False when the body is broken (the exchange failed).
 bool response_body(Exchange* ex, const char** fwd) {
-  UpstreamConn* c = ex->up;
-  const char* start = c->in->data + c->parse_pos;
-  std::size_t used = 0;
-  const ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
-  if (ev == ParseEvent::Error) {
-    log(LogLevel::Warn, "bad response body from %.*s: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
-    exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
-    return false;
-  }
-  c->parse_pos += static_cast<std::uint32_t>(used);
+  const char* start = ex->up->in->data + ex->up->parse_pos;
+  const ParseEvent ev = feed_response_body(ex);
+  if (ev == ParseEvent::Error) return false;
   if (!*fwd) *fwd = start;
-  if (ev == ParseEvent::MessageComplete) {
-    ex->resp_complete = true;
-    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
-  }
+  if (ev == ParseEvent::MessageComplete) ex->resp_complete = true;
   return true;
 }
 
@@ -202,6 +211,10 @@ void process_upstream(Exchange* ex) {
   while (!ex->resp_started && (step = response_head(ex, &n, &fwd)) == HeadStep::Interim) {
   }
   if (step == HeadStep::Failed) return;
+  if (ex->filters) {
+    filtered_relay(ex, n);
+    return;
+  }
   if (ex->resp_started && !response_body(ex, &fwd)) return;
   if (fwd) {
     const char* end = c->in->data + c->parse_pos;
@@ -216,12 +229,20 @@ void process_upstream(Exchange* ex) {
 }
 
 void after_client_write(Exchange* ex) {
-  UpstreamConn* c = ex->up;
+  if (ex->filters) {
+    filtered_written(ex);
+    return;
+  }
   ex->progress_ms = ex->worker->now_ms();
   if (ex->resp_complete) {
     finish_exchange(ex);
     return;
   }
+  read_upstream_on(ex);
+}
+
+void read_upstream_on(Exchange* ex) {
+  UpstreamConn* c = ex->up;
   if (!c) return;
   // Everything read so far went out: the buffer starts over (a bigger one for
   // a large body).

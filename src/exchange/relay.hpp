@@ -17,7 +17,15 @@ void recycle_client_buffer(Exchange* ex);
 // the body bytes, one client write per read.
 void process_upstream(Exchange* ex);
 
+// Feeds the body bytes in the server buffer (from parse_pos) to the
+// response parser. Error: the body is broken and the exchange failed.
+ParseEvent feed_response_body(Exchange* ex);
+
 // A client write of the relayed response completed.
 void after_client_write(Exchange* ex);
+
+// Everything read from the server went out: its buffer starts over (a bigger
+// one for a large body) and reading it resumes.
+void read_upstream_on(Exchange* ex);
 
 }  // namespace juggler

@@ -25,6 +25,9 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = {},
     .admin_address = {},
+    .compress_level_gzip = 5,
+    .compress_level_br = 4,
+    .compress_level_zstd = 3,
 };
 
 constexpr ListenerDef kListeners[] = {
