@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -29,7 +30,7 @@ PORT = 6901
 
 # name -> size; the type comes from the extension (testserver's table).
 FILES = {"one_k.txt": 1000, "hundred_k.json": 100_000, "three_m.html": 3_000_000, "four_m.js": 4_000_000,
-         "small.txt": 200, "picture.png": 50_000, "drawing.svg": 20_000}
+         "small.txt": 200, "picture.png": 50_000, "drawing.svg": 20_000, "big.txt": 24_000_000}
 
 
 def words_text(size: int, seed: int) -> bytes:
@@ -207,6 +208,8 @@ class CompressTest(BalancerTestCase):
             ("brgz.test", "zstd, br, gzip", "br"),            # the route has no zstd
             ("brgz.test", "zstd", None),
             ("gzip.test", "x-gzip", "gzip"),
+            ("gzip.test", "gzip;q=0, br", None),           # q=0 refuses
+            ("any.test", "*;q=0", None),
             ("any.test", "deflate", None),
             ("any.test", "gzip;q=bad", None),               # a malformed element is ignored
         ]
@@ -234,22 +237,37 @@ class CompressTest(BalancerTestCase):
 
     # ------------------------------------------------------------ backpressure
 
-    def test_slow_reader_gets_every_byte(self):
-        """A client that reads 4 KB every 20 ms for 2 s, then the rest at full speed, of a
-        4 MB text body (about 1.3 MB gzipped, more than the socket buffers hold): the
-        balancer holds the encoder and the server back meanwhile (nothing is pushed and the
-        server is not read while a client write is pending) and delivers the whole body."""
-        with jtest.raw_connection(self.lb.port, timeout=30) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.sendall(b"GET /four_m.js HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: gzip\r\n\r\n")
-            deadline = time.monotonic() + 2
-            slow = bytearray()
-            while time.monotonic() < deadline:
-                slow += sock.recv(4096)
-                time.sleep(0.02)
-            self.assertLess(len(slow), 600_000)  # it was read slowly indeed
-            r = jtest.read_response(_Joined(bytes(slow), sock.makefile("rb")))
-        self.assert_encoded(r, "gzip", self.bodies["four_m.js"])
+    def test_slow_readers_get_every_byte(self):
+        """Three clients at once, each reading 4 KB every 20 ms for 2 s, then the rest at
+        full speed, of a 24 MB text body (about 8 MB gzipped, more than the loopback socket
+        buffers hold): the balancer holds each encoder and the server back meanwhile
+        (nothing is pushed and the server is not read while a client write is pending) and
+        delivers every body byte for byte."""
+        results, errors = {}, []
+
+        def fetch(k: int) -> None:
+            try:
+                with jtest.raw_connection(self.lb.port, timeout=30) as sock:
+                    sock.sendall(b"GET /big.txt HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: gzip\r\n\r\n")
+                    deadline = time.monotonic() + 2
+                    slow = bytearray()
+                    while time.monotonic() < deadline:
+                        slow += sock.recv(4096)
+                        time.sleep(0.02)
+                    results[k] = (len(slow), jtest.read_response(_Joined(bytes(slow), sock.makefile("rb"))))
+            except Exception as error:  # reported below, in the test's thread
+                errors.append(f"client {k}: {error!r}")
+
+        threads = [threading.Thread(target=fetch, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        for k in range(3):
+            slow, r = results[k]
+            self.assertLess(slow, 600_000)  # it was read slowly indeed
+            self.assert_encoded(r, "gzip", self.bodies["big.txt"])
 
 
 class _Joined:
