@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "exchange/relay.hpp"
-#include "http1/connection.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -41,17 +40,19 @@ Exchange* exchange_get(Worker& w) {
   return ex;
 }
 
-void exchange_begin(Exchange* ex, ClientSession* s) {
-  Worker& w = *s->worker;
+void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
+  Worker& w = *ex->worker;
   ex->state() = ExchangeState{};
-  ex->client = s;
+  ex->down = down;
+  ex->body = body;
   ex->req.init(HTTP_REQUEST, ex->req_headers.get(), settings(w).header_count);
   ex->req.max_head_bytes = settings(w).header_bytes;
 }
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
-  ex->client = nullptr;
+  ex->down = nullptr;
+  ex->body = nullptr;
   ex->up = nullptr;
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
@@ -88,9 +89,8 @@ void copy_log_fields(Exchange* ex) {
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   if (!w.access_log.enabled()) return;
-  if (ex->log_line_len == 0 && ex->req.head_begin() && ex->replayable && ex->head_end) copy_log_fields(ex);
   AccessRecord r;
-  r.client_ip = {ex->client->ip, ex->client->ip_len};
+  r.client_ip = ex->down->peer();
   r.request_line = {ex->log_text, ex->log_line_len};
   r.referer = {ex->log_text + ex->log_line_len, ex->log_referer_len};
   r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
@@ -108,23 +108,19 @@ void log_exchange(Exchange* ex) {
 }
 
 void on_request_head(Exchange* ex) {
-  ClientSession* s = ex->client;
-  Worker& w = *s->worker;
-  TimerWheel::disarm(&s->timer);
+  Worker& w = *ex->worker;
   describe_request(ex->req, ex->route_headers.get(), ex->head);
-  ex->head.secure = s->stream.secure();
+  ex->head.secure = ex->down->secure();
   ex->is_head = ex->head.method == Method::Head;
-  ++s->requests;
   const Settings& st = settings(w);
-  ex->client_close = !ex->req.keep_alive() || w.draining ||
-                     (st.requests_per_connection && s->requests >= st.requests_per_connection);
   if (w.access_log.enabled()) copy_log_fields(ex);
   if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) {
     reply_and_close(ex, 413);
     return;
   }
   if (!path_is_normal(ex->head.path)) {
-    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", s->ip_len, s->ip);
+    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),
+        ex->down->peer().data());
     reply_and_close(ex, 400);
     return;
   }
@@ -160,19 +156,50 @@ void on_request_head(Exchange* ex) {
 }
 
 void finish_exchange(Exchange* ex) {
-  ClientSession* s = ex->client;
-  Worker& w = *s->worker;
+  Worker& w = *ex->worker;
   log_exchange(ex);
   UpstreamConn* c = ex->up;
-  detach_upstream(ex, c && ex->upstream_reusable && ex->req_complete && ex->resp_complete);
-  const bool close = ex->client_close || !ex->req_complete || s->eof || w.draining;
-  // Linger only when the client may still be sending (an unread body, or
-  // pipelined requests we will not answer): closing with unread input would
-  // reset the connection and could destroy the answer in flight.
-  const bool linger = !ex->req_complete || s->parse_pos < s->in_len;
-  s->ex = nullptr;
+  const bool complete = ex->body->complete();
+  detach_upstream(ex, c && ex->upstream_reusable && complete && ex->resp_complete);
+  const bool close = ex->client_close || !complete || w.draining;
+  Downstream* d = ex->down;
   exchange_put(w, ex);
-  client_next(s, close, linger);
+  // Linger when the client may still be sending (an unread body).
+  d->done(close, !complete);
+}
+
+void exchange_cut(Exchange* ex) {
+  if (ex->term.who == Who::None)  // the client left (or broke the protocol) first
+    ex->term = {Who::Client, ex->resp_started ? When::Body : ex->phase == Phase::Upstream ? When::Head : When::Request,
+                false, 0};
+  if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
+  log_exchange(ex);
+  detach_upstream(ex, false);
+  Downstream* d = ex->down;
+  exchange_put(*ex->worker, ex);
+  d->abort();
+}
+
+void exchange_client_gone(Exchange* ex) { exchange_cut(ex); }
+
+void exchange_refuse(Exchange* ex, int status) {
+  if (ex->resp_started) exchange_cut(ex);
+  else reply_and_close(ex, status);
+}
+
+bool exchange_wants_body(const Exchange* ex) { return ex->phase == Phase::Upstream; }
+
+void exchange_body(Exchange* ex) {
+  ex->progress_ms = ex->worker->now_ms();
+  flush_upstream(ex);
+}
+
+void exchange_written(Exchange* ex) {
+  if (ex->phase == Phase::Local) {
+    if (ex->body->complete() || ex->client_close) finish_exchange(ex);
+    return;
+  }
+  after_client_write(ex);
 }
 
 void session_free_exchanges(Worker& w) noexcept {

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "exchange/downstream.hpp"
 #include "juggler/balance.hpp"
 #include "juggler/http.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -33,7 +34,8 @@ struct Termination {
 // as a whole (`ex->state() = {}`) when the next request begins, so no field
 // can keep a previous request's value.
 struct ExchangeState {
-  ClientSession* client = nullptr;
+  Downstream* down = nullptr;  // the connection the request came on
+  RequestBody* body = nullptr;  // its body (never null; complete at once when there is none)
   UpstreamConn* up = nullptr;
   Termination term;  // how it ended (set by exchange_fail / client_abort)
   RequestHead head;
@@ -43,13 +45,8 @@ struct ExchangeState {
   Phase phase = Phase::Head;
   std::uint8_t attempts = 0;
   std::uint8_t retries_left = 0;
-  // request side (offsets into client->in)
-  std::uint32_t head_end = 0;    // end of the head in client->in
-  std::uint32_t body_end = 0;    // end of the body bytes parsed so far
-  std::uint32_t sent_to = 0;     // bytes of client->in already written upstream (head counts from head_end)
+  // request side (the body's bytes are the downstream's: `body`)
   bool head_sent = false;
-  bool req_complete = false;
-  bool replayable = true;        // the whole request is still in client->in
   bool client_close = false;     // close the client connection after this exchange
   bool is_head = false;
   // response side
@@ -100,13 +97,30 @@ struct Exchange : ExchangeState {
 
 // An exchange from the worker's pool (arrays sized from limit.header_count).
 Exchange* exchange_get(Worker& w);
-// Resets it for a new request on `s`.
-void exchange_begin(Exchange* ex, ClientSession* s);
+// Resets it for a new request arriving on `down`, its body from `body`.
+void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body);
 // Back to the pool.
 void exchange_put(Worker& w, Exchange* ex);
 
+// What the downstream connection tells the exchange.
 // The request head is complete: route it and start what the route says.
 void on_request_head(Exchange* ex);
+// More of the request body arrived (or all of it): sent on when it can be.
+void exchange_body(Exchange* ex);
+// Whether the exchange takes body bytes now (it is proxying the request).
+bool exchange_wants_body(const Exchange* ex);
+// A send to the client completed.
+void exchange_written(Exchange* ex);
+// The request is refused (bad framing, too large, too slow): `status`, then
+// the connection closes; the connection is cut when an answer began already.
+void exchange_refuse(Exchange* ex, int status);
+// The client went away or broke the connection: the exchange ends (it
+// releases itself and calls Downstream::abort).
+void exchange_client_gone(Exchange* ex);
+
+// The exchange cannot complete its answer: it releases itself and cuts the
+// client connection (Downstream::abort).
+void exchange_cut(Exchange* ex);
 
 // Ends the balancer's events for the attempt and lets go of the server
 // connection: back to its idle list with `reuse`, else closed.

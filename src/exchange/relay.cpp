@@ -7,7 +7,6 @@
 #include <cstring>
 
 #include "exchange/exchange.hpp"
-#include "http1/connection.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
 
@@ -23,8 +22,7 @@ constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size strea
 
 unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
-  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->stream.secure() ? "https" : "http",
-                                 ex->scratch.get(),
+  unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
                                  ex->scratch_cap, &len, ex->iov.get());
   ex->scratch_len = static_cast<std::uint32_t>(len);
   return n;
@@ -43,9 +41,8 @@ void on_upstream_write(uv_write_t* req, int status) {
     return;
   }
   ex->progress_ms = c->worker->now_ms();
-  recycle_client_buffer(ex);
+  ex->body->written();
   flush_upstream(ex);
-  update_client_reading(ex->client);
 }
 
 // Response head for the client, into `iov`: nothing when the raw bytes can go
@@ -75,42 +72,25 @@ void restart_response_parser(Exchange* ex) {
 
 }  // namespace
 
-// While a large body streams, the client buffer is reused from its start once
-// everything in it went upstream; the request can then no longer be replayed.
-void recycle_client_buffer(Exchange* ex) {
-  ClientSession* s = ex->client;
-  if (ex->req_complete || !s->in || s->in_len < s->in->cap || ex->sent_to < s->in_len) return;
-  if (ex->up && ex->up->write_pending) return;  // the write still reads these bytes
-  if (ex->worker->access_log.enabled() && ex->log_line_len == 0 && ex->replayable) copy_log_fields(ex);
-  s->in_len = s->parse_pos = 0;
-  ex->head_end = ex->body_end = ex->sent_to = 0;
-  ex->replayable = false;
-  s->in = ex->worker->upgrade(s->in);  // a large upload: bigger reads from here on
-}
-
 // Sends what is pending of the request: the head once, then body bytes as
 // they arrive. One write at a time; reading the client pauses meanwhile.
 void flush_upstream(Exchange* ex) {
   UpstreamConn* c = ex->up;
   if (!c || !c->connected || c->write_pending) return;
-  ClientSession* s = ex->client;
   unsigned n = 0;
   if (!ex->head_sent) {
     n = build_request_head(ex);
     ex->head_sent = true;
-    ex->sent_to = ex->head_end;
   }
-  if (ex->body_end > ex->sent_to) {
-    ex->iov[n++] = uv_buf_init(s->in->data + ex->sent_to, ex->body_end - ex->sent_to);
-    ex->sent_to = ex->body_end;
-  }
+  const std::string_view body = ex->body->available();
+  if (!body.empty()) ex->iov[n++] = uv_buf_init(const_cast<char*>(body.data()), static_cast<unsigned>(body.size()));
   if (n == 0) return;
+  ex->body->consume(body.size());
   c->write_pending = true;
   if (!write_or_queue(c->worker->streams, as_stream(&c->tcp), c, ex->iov.get(), n, on_upstream_write)) return;
   c->write_pending = false;
   ex->progress_ms = c->worker->now_ms();
-  recycle_client_buffer(ex);
-  update_client_reading(s);
+  ex->body->written();
 }
 
 namespace {
@@ -184,7 +164,7 @@ bool response_body(Exchange* ex, const char** fwd) {
   if (!*fwd) *fwd = start;
   if (ev == ParseEvent::MessageComplete) {
     ex->resp_complete = true;
-    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
+    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->body->complete();
   }
   return true;
 }
@@ -212,7 +192,7 @@ void process_upstream(Exchange* ex) {
     if (ex->resp_complete) finish_exchange(ex);
     return;
   }
-  if (write_client(ex->client, iov, n)) after_client_write(ex);
+  if (ex->down->send(iov, n)) after_client_write(ex);
 }
 
 void after_client_write(Exchange* ex) {

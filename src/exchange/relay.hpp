@@ -9,10 +9,6 @@ namespace juggler {
 // they arrive. One write at a time.
 void flush_upstream(Exchange* ex);
 
-// While a large body streams, the client buffer is reused from its start once
-// everything in it went upstream (the request can then no longer be replayed).
-void recycle_client_buffer(Exchange* ex);
-
 // Parses what the server sent and relays the head (edited when needed) and
 // the body bytes, one client write per read.
 void process_upstream(Exchange* ex);

@@ -7,7 +7,6 @@
 #include <initializer_list>
 
 #include "exchange/exchange.hpp"
-#include "http1/connection.hpp"
 
 namespace juggler {
 
@@ -15,25 +14,16 @@ namespace juggler {
 // body has not been read entirely cannot be followed by another on this
 // connection, so the connection closes after the answer.
 void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
-  ClientSession* s = ex->client;
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
   ex->phase = Phase::Local;
   ex->status = status;
-  if (!ex->req_complete && !ex->client_close && ex->client->in) {
-    // The body may be in the buffer already: skip it and keep the connection.
-    std::size_t used = 0;
-    ClientSession* cs = ex->client;
-    if (ex->req.feed(cs->in->data + cs->parse_pos, cs->in_len - cs->parse_pos, &used) == ParseEvent::MessageComplete) {
-      cs->parse_pos += static_cast<std::uint32_t>(used);
-      ex->req_complete = true;
-    }
-  }
-  if (!ex->req_complete) ex->client_close = true;
+  // The body may be in hand already: read past it and keep the connection.
+  if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
   std::string_view bytes = ex->client_close ? close : keep;
   ex->bytes_out += bytes.size();
   uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
-  if (write_client(s, &b, 1)) finish_exchange(ex);
+  if (ex->down->send(&b, 1)) finish_exchange(ex);
 }
 
 void reply_error(Exchange* ex, int status) {
@@ -48,7 +38,7 @@ void reply_error(Exchange* ex, int status) {
 void reply_and_close(Exchange* ex, int status) {
   if (ex->term.who == Who::None) ex->term = {Who::Client, When::Request, status == 408, 0};  // a bad or slow request
   ex->client_close = true;
-  ex->req_complete = false;
+  ex->body->abandon();
   reply_error(ex, status);
 }
 
@@ -116,7 +106,7 @@ void reply_redirect(Exchange* ex) {
     send_redirect(ex, {"https://", ex->head.host, port, target});
     return;
   }
-  const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
+  const PickContext ctx{ex->down->peer(), {}, w.now_ms()};
   const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
   if (s < 0) {
     reply_error(ex, 503);

@@ -6,7 +6,6 @@
 
 #include "exchange/exchange.hpp"
 #include "exchange/relay.hpp"
-#include "http1/connection.hpp"
 #include "respond/responder.hpp"
 #include "juggler/upstream.hpp"
 
@@ -48,7 +47,7 @@ bool retry(Exchange* ex, bool reused) {
   Worker& w = *ex->worker;
   const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
   const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
-  if (!ex->replayable || ex->attempts >= pool.server_count + 3) return false;
+  if (!ex->body->replayable() || ex->attempts >= pool.server_count + 3) return false;
   if (!ex->head_sent && !reused) {
     // Nothing reached the server (refused, unreachable, connect timeout):
     // the next server gets it, at no risk and outside the retry budget.
@@ -106,10 +105,10 @@ Party waiting_on(const Exchange* ex) {
   const UpstreamConn* c = ex->up;
   if (!ex->resp_started) {
     if (c->write_pending) return Party::Server;     // it is not reading the request
-    if (!ex->req_complete) return Party::Client;    // the body is slow to come
-    return Party::Server;                           // the answer is slow to come
+    if (!ex->body->complete()) return Party::Client;  // the body is slow to come
+    return Party::Server;                             // the answer is slow to come
   }
-  return ex->client->stream.write_pending() ? Party::Client : Party::Server;
+  return ex->down->sending() ? Party::Client : Party::Server;
 }
 
 }  // namespace
@@ -122,7 +121,7 @@ void send_request(Exchange* ex) {
   ex->resp.max_head_bytes = w.buffers.size();
   if (ex->is_head) ex->resp.expect_no_body();
   ex->head_sent = false;
-  ex->sent_to = ex->head_end;
+  ex->body->rewind();
   if (!c->reading) {
     if (uv_read_start(as_stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
   }
@@ -149,11 +148,11 @@ void exchange_fail(Exchange* ex, Termination t) {
   TimerWheel::disarm(&ex->timer);
   if (t.who == Who::Client) {
     if (!ex->resp_started && t.timeout && t.when == When::Request) reply_and_close(ex, 408);
-    else client_abort(ex->client);
+    else exchange_cut(ex);
     return;
   }
   if (ex->resp_started) {
-    client_abort(ex->client);
+    exchange_cut(ex);
     return;
   }
   // Transport failures before any answer: the connection could not be made,
@@ -169,7 +168,7 @@ void exchange_fail(Exchange* ex, Termination t) {
 
 void connect_upstream(Exchange* ex) {
   Worker& w = *ex->worker;
-  const PickContext ctx{{ex->client->ip, ex->client->ip_len}, ex->ticket.minted_cookie(), w.now_ms()};
+  const PickContext ctx{ex->down->peer(), ex->ticket.minted_cookie(), w.now_ms()};
   const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
   if (s < 0) {
     // Nobody left to try: 503 when nobody was usable at all, else the last
@@ -221,9 +220,9 @@ void on_exchange_timer(TimerNode* t) {
     w.wheel.arm(&ex->timer, ex->progress_ms + limit);
     return;
   }
-  const ClientSession* s = ex->client;
   if (party == Party::Client) {
-    log(LogLevel::Info, "client %.*s stalled %s for %u ms", s->ip_len, s->ip,
+    const std::string_view peer = ex->down->peer();
+    log(LogLevel::Info, "client %.*s stalled %s for %u ms", static_cast<int>(peer.size()), peer.data(),
         ex->resp_started ? "reading the response" : "sending the body", limit);
     exchange_fail(ex, {Who::Client, ex->resp_started ? When::Body : When::Request, true, UV_ETIMEDOUT});
     return;
@@ -263,7 +262,7 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
     ex->progress_ms = c->worker->now_ms();
     process_upstream(ex);
     // Backpressure: stop reading the server while the client is behind.
-    if (ex == c->ex && ex->client && ex->client->stream.write_pending() && c->reading) {
+    if (ex == c->ex && ex->down && ex->down->sending() && c->reading) {
       uv_read_stop(st);
       c->reading = false;
     }
@@ -277,7 +276,7 @@ void upstream_on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
     ex->upstream_reusable = false;
     ex->client_close = true;
     detach_upstream(ex, false);
-    if (!ex->client->stream.write_pending()) finish_exchange(ex);
+    if (!ex->down->sending()) finish_exchange(ex);
     return;
   }
   exchange_fail(ex, {Who::Server, ex->resp_started ? When::Body : When::Head, false, static_cast<int>(n)});
