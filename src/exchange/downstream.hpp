@@ -68,7 +68,7 @@ class Downstream {
   bool secure() const noexcept { return secure_; }
 
   // Writes response bytes (they stay valid until the write completes). True
-  // when all went out now; else exchange_written() follows once they did,
+  // when all went out now; else Event::ClientWritten follows once they did,
   // and no other send starts meanwhile.
   virtual bool send(uv_buf_t* iov, unsigned n) noexcept = 0;
   // A send has not completed yet (the client is behind).

@@ -5,8 +5,8 @@
 #include "exchange/exchange.hpp"
 
 #include <cstring>
+#include <iterator>
 
-#include "exchange/relay.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -61,12 +61,12 @@ void exchange_put(Worker& w, Exchange* ex) {
 
 void detach_upstream(Exchange* ex, bool reuse) {
   ex->worker->balancer.finish(ex->ticket);
-  UpstreamConn* c = ex->up;
+  Upstream* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
   c->ex = nullptr;
-  if (reuse) upstream_release(c);
-  else upstream_close(c);
+  if (reuse) c->release();
+  else c->close();
 }
 
 void copy_log_fields(Exchange* ex) {
@@ -107,60 +107,31 @@ void log_exchange(Exchange* ex) {
   w.access_log.record(r);
 }
 
-void on_request_head(Exchange* ex) {
-  Worker& w = *ex->worker;
-  describe_request(ex->req, ex->route_headers.get(), ex->head);
-  ex->head.secure = ex->down->secure();
-  ex->is_head = ex->head.method == Method::Head;
-  const Settings& st = settings(w);
-  if (w.access_log.enabled()) copy_log_fields(ex);
-  if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) {
-    reply_and_close(ex, 413);
-    return;
+namespace {
+
+TunnelHook g_tunnel_hook = nullptr;  // set once at start-up, before any worker runs
+
+bool response_began(State st) { return st == State::Relay || st == State::Finish || st == State::Done; }
+
+// The client left first: the exchange is cut, and the log says when.
+State client_gone(Exchange* ex) {
+  if (ex->term.who == Who::None) {
+    const State s = ex->st;
+    const When when = response_began(s) ? When::Body
+                      : s == State::Connect || s == State::Send || s == State::AwaitHead ? When::Head
+                                                                                          : When::Request;
+    ex->term = {Who::Client, when, false, 0};
   }
-  if (!path_is_normal(ex->head.path)) {
-    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),
-        ex->down->peer().data());
-    reply_and_close(ex, 400);
-    return;
-  }
-  if (ex->req.url().size() > st.uri_bytes) {
-    reply_and_close(ex, 414);
-    return;
-  }
-  ex->route = w.table->distribute(ex->head);
-  if (!ex->route) {
-    reply_error(ex, 404);
-    return;
-  }
-  switch (ex->route->action) {
-    case Action::Proxy: {
-      ex->phase = Phase::Upstream;
-      ex->retries_left = ex->route->retries;
-      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
-      connect_upstream(ex);
-      return;
-    }
-    case Action::Respond: {
-      const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
-      reply_local(ex, ex->route->status, reply.keep, reply.close);
-      return;
-    }
-    case Action::Redirect:
-    case Action::RedirectHttps:
-      reply_redirect(ex);
-      return;
-  }
+  return State::Cut;
 }
 
+// Done: logs, lets go of the server connection (to its idle list when the
+// exchange ended cleanly) and the exchange, and tells the connection.
 void finish_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   log_exchange(ex);
-  UpstreamConn* c = ex->up;
   const bool complete = ex->body->complete();
-  detach_upstream(ex, c && ex->upstream_reusable && complete && ex->resp_complete);
+  detach_upstream(ex, ex->up && ex->upstream_reusable && complete);
   const bool close = ex->client_close || !complete || w.draining;
   Downstream* d = ex->down;
   exchange_put(w, ex);
@@ -168,10 +139,8 @@ void finish_exchange(Exchange* ex) {
   d->done(close, !complete);
 }
 
-void exchange_cut(Exchange* ex) {
-  if (ex->term.who == Who::None)  // the client left (or broke the protocol) first
-    ex->term = {Who::Client, ex->resp_started ? When::Body : ex->phase == Phase::Upstream ? When::Head : When::Request,
-                false, 0};
+// Cut: the answer cannot be completed (or the client left).
+void cut_exchange(Exchange* ex) {
   if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
   log_exchange(ex);
   detach_upstream(ex, false);
@@ -180,26 +149,128 @@ void exchange_cut(Exchange* ex) {
   d->abort();
 }
 
-void exchange_client_gone(Exchange* ex) { exchange_cut(ex); }
-
-void exchange_refuse(Exchange* ex, int status) {
-  if (ex->resp_started) exchange_cut(ex);
-  else reply_and_close(ex, status);
+// Tunnel: both sides go to the hook, which takes them.
+void tunnel_exchange(Exchange* ex) {
+  g_tunnel_hook(ex);
+  log_exchange(ex);
+  detach_upstream(ex, false);  // closes the server connection unless the hook took it
+  exchange_put(*ex->worker, ex);
 }
 
-bool exchange_wants_body(const Exchange* ex) { return ex->phase == Phase::Upstream; }
+using Handler = State (*)(Exchange*, Event, int);
+constexpr Handler kHandlers[] = {state_head,  state_route, state_respond, state_connect, state_send,
+                                 state_await_head, state_relay, state_finish, state_failed};
+static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
 
-void exchange_body(Exchange* ex) {
-  ex->progress_ms = ex->worker->now_ms();
-  flush_upstream(ex);
-}
+bool ended(State s) { return s >= State::Done; }
 
-void exchange_written(Exchange* ex) {
-  if (ex->phase == Phase::Local) {
-    if (ex->body->complete() || ex->client_close) finish_exchange(ex);
+}  // namespace
+
+void set_tunnel_hook(TunnelHook hook) noexcept { g_tunnel_hook = hook; }
+TunnelHook tunnel_hook() noexcept { return g_tunnel_hook; }
+
+void step(Exchange* ex, Event ev, int arg) {
+  if (ex->stepping) {
+    ex->deferred = ev;
     return;
   }
-  after_client_write(ex);
+  ex->stepping = true;
+  State s = ex->st;
+  for (;;) {
+    State next = kHandlers[static_cast<std::size_t>(s)](ex, ev, arg);
+    while (next != s) {
+      s = ex->st = next;
+      if (ended(s)) break;
+      next = kHandlers[static_cast<std::size_t>(s)](ex, Event::Enter, 0);
+    }
+    const Event later = ex->deferred;
+    ex->deferred = Event::Enter;
+    if (later == Event::Enter) break;
+    if (ended(s)) {
+      // The client broke the connection while the last send was made.
+      if (s == State::Done && later == Event::ClientGone) s = ex->st = client_gone(ex);
+      break;
+    }
+    ev = later;
+    arg = 0;
+  }
+  ex->stepping = false;
+  if (s == State::Done) finish_exchange(ex);
+  else if (s == State::Cut) cut_exchange(ex);
+  else if (s == State::Tunnel) tunnel_exchange(ex);
+}
+
+State on_other_event(Exchange* ex, Event ev, int arg, State self) {
+  switch (ev) {
+    case Event::ClientGone:
+      return client_gone(ex);
+    case Event::Refuse:
+      if (response_began(self)) return client_gone(ex);
+      return reply_and_close(ex, arg);
+    default:
+      return self;
+  }
+}
+
+State state_head(Exchange* ex, Event ev, int arg) {
+  if (ev == Event::HeadParsed) return State::Route;
+  return on_other_event(ex, ev, arg, State::Head);
+}
+
+// The head is complete: refuse what breaks the limits, route, and start
+// what the route says.
+State state_route(Exchange* ex, Event, int) {
+  Worker& w = *ex->worker;
+  describe_request(ex->req, ex->route_headers.get(), ex->head);
+  ex->head.secure = ex->down->secure();
+  ex->is_head = ex->head.method == Method::Head;
+  const Settings& st = settings(w);
+  if (w.access_log.enabled()) copy_log_fields(ex);
+  if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) return reply_and_close(ex, 413);
+  if (!path_is_normal(ex->head.path)) {
+    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),
+        ex->down->peer().data());
+    return reply_and_close(ex, 400);
+  }
+  if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
+  ex->route = w.table->distribute(ex->head);
+  if (!ex->route) return reply_error(ex, 404);
+  switch (ex->route->action) {
+    case Action::Proxy: {
+      ex->retries_left = ex->route->retries;
+      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
+      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
+      return State::Connect;
+    }
+    case Action::Respond: {
+      const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
+      return reply_local(ex, ex->route->status, reply.keep, reply.close);
+    }
+    case Action::Redirect:
+    case Action::RedirectHttps:
+      break;
+  }
+  return reply_redirect(ex);
+}
+
+// A local answer, prepared by a responder in `answer`: written, then Done.
+State state_respond(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::Enter: {
+      uv_buf_t b = uv_buf_init(const_cast<char*>(ex->answer.data()), static_cast<unsigned>(ex->answer.size()));
+      return ex->down->send(&b, 1) ? State::Done : State::Respond;
+    }
+    case Event::ClientWritten:
+      return State::Done;
+    default:
+      return on_other_event(ex, ev, arg, State::Respond);
+  }
+}
+
+bool exchange_wants_body(const Exchange* ex) {
+  const State s = ex->st;
+  return s == State::Connect || s == State::Send || s == State::AwaitHead || s == State::Relay || s == State::Finish;
 }
 
 void session_free_exchanges(Worker& w) noexcept {

@@ -13,9 +13,6 @@
 #include <new>
 
 #include "exchange/exchange.hpp"
-#include "exchange/relay.hpp"
-#include "respond/responder.hpp"
-#include "juggler/upstream.hpp"
 
 namespace juggler {
 
@@ -76,7 +73,7 @@ void update_client_reading(ClientSession* s) {
 void client_abort(ClientSession* s) {
   if (s->stream.closing()) return;
   if (s->ex) {
-    exchange_client_gone(s->ex);
+    step(s->ex, Event::ClientGone);
     return;
   }
   close_handles(s);
@@ -116,7 +113,7 @@ void client_finish(ClientSession* s, bool linger) {
 
 namespace {
 
-// The request head in the buffer: parsed, then routed (on_request_head).
+// The request head in the buffer: parsed, then handed to the exchange (Event::HeadParsed).
 // False when parsing must wait for more bytes or the connection is done.
 bool request_head(ClientSession* s, Exchange* ex) {
   char* base = s->in->data;
@@ -124,12 +121,12 @@ bool request_head(ClientSession* s, Exchange* ex) {
   const ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
   if (ev == ParseEvent::NeedMore) {
     s->parse_pos = s->in_len;
-    if (s->in_len == s->in->cap) reply_and_close(ex, 431);
+    if (s->in_len == s->in->cap) step(ex, Event::Refuse, 431);
     return false;
   }
   if (ev == ParseEvent::Error) {
     log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
-    reply_and_close(ex, ex->req.error_status());
+    step(ex, Event::Refuse, ex->req.error_status());
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
@@ -145,7 +142,7 @@ bool request_head(ClientSession* s, Exchange* ex) {
   const Settings& st = settings(w);
   ex->client_close = !ex->req.keep_alive() || w.draining ||
                      (st.requests_per_connection && s->requests >= st.requests_per_connection);
-  on_request_head(ex);
+  step(ex, Event::HeadParsed);
   return true;  // the exchange may have ended already (a local answer)
 }
 
@@ -156,7 +153,7 @@ bool request_body(ClientSession* s, Exchange* ex) {
   std::size_t used = 0;
   const ParseEvent ev = ex->req.feed(s->in->data + s->parse_pos, s->in_len - s->parse_pos, &used);
   if (ev == ParseEvent::Error) {
-    exchange_refuse(ex, 400);
+    step(ex, Event::Refuse, 400);
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
@@ -165,11 +162,11 @@ bool request_body(ClientSession* s, Exchange* ex) {
   // Content-Length was checked at the head: what went upstream is cut off
   // with the request.
   if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
-    exchange_refuse(ex, 413);
+    step(ex, Event::Refuse, 413);
     return false;
   }
   const bool complete = s->complete();
-  exchange_body(ex);  // may end the exchange (an answer was complete already)
+  step(ex, Event::Body);
   return complete;
 }
 
@@ -266,7 +263,7 @@ void ClientSession::on_stream_written(int status) noexcept {
     if (close_after_write) client_finish(this, linger_on_close);
     return;
   }
-  exchange_written(ex);
+  step(ex, Event::ClientWritten);
 }
 
 void ClientSession::on_stream_closed() noexcept {
@@ -318,7 +315,7 @@ void ClientSession::done(bool close, bool linger) noexcept {
 void on_client_timer(TimerNode* t) {
   auto* s = static_cast<ClientSession*>(t->owner);
   if (!s->lingering && s->ex && s->reading_head) {
-    reply_and_close(s->ex, 408);
+    step(s->ex, Event::Refuse, 408);
     return;
   }
   if (s->ex && !s->lingering) return;  // the exchange's own timer watches it
