@@ -162,7 +162,12 @@ constexpr Handler kHandlers[] = {state_head,  state_route, state_respond, state_
                                  state_await_head, state_relay, state_finish, state_failed};
 static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
 
-bool ended(State s) { return s >= State::Done; }
+// The states that act when entered; the others (and the ends) wait for
+// their next event, so entering them costs no call.
+constexpr unsigned kActsOnEnter = 1U << static_cast<unsigned>(State::Route) | 1U << static_cast<unsigned>(State::Respond) |
+                                  1U << static_cast<unsigned>(State::Connect) |
+                                  1U << static_cast<unsigned>(State::Send) | 1U << static_cast<unsigned>(State::Failed);
+bool acts_on_enter(State s) { return (kActsOnEnter >> static_cast<unsigned>(s) & 1U) != 0; }
 
 }  // namespace
 
@@ -180,19 +185,18 @@ void step(Exchange* ex, Event ev, int arg) {
     State next = kHandlers[static_cast<std::size_t>(s)](ex, ev, arg);
     while (next != s) {
       s = ex->st = next;
-      if (ended(s)) break;
+      if (!acts_on_enter(s)) break;
       next = kHandlers[static_cast<std::size_t>(s)](ex, Event::Enter, 0);
     }
-    const Event later = ex->deferred;
+    if (ex->deferred == Event::Enter) break;
+    ev = ex->deferred;
+    arg = 0;
     ex->deferred = Event::Enter;
-    if (later == Event::Enter) break;
-    if (ended(s)) {
+    if (s >= State::Done) {
       // The client broke the connection while the last send was made.
-      if (s == State::Done && later == Event::ClientGone) s = ex->st = client_gone(ex);
+      if (s == State::Done && ev == Event::ClientGone) s = ex->st = client_gone(ex);
       break;
     }
-    ev = later;
-    arg = 0;
   }
   ex->stepping = false;
   if (s == State::Done) finish_exchange(ex);

@@ -46,12 +46,15 @@ bool flush_upstream(Exchange* ex, bool with_head) {
   unsigned n = with_head ? build_request_head(ex) : 0;
   const std::string_view body = ex->body->available();
   if (!body.empty()) ex->iov[n++] = uv_buf_init(const_cast<char*>(body.data()), static_cast<unsigned>(body.size()));
-  if (n == 0) return ex->body->complete();
-  ex->body->consume(body.size());
+  const bool complete = ex->body->complete();
+  if (n == 0) return complete;
+  // The head of a request without more body holds nothing of the source.
+  const bool holds = !body.empty() || !complete;
+  if (holds) ex->body->consume(body.size());
   if (!c->write(ex->iov.get(), n)) return false;
   ex->progress_ms = ex->worker->now_ms();
-  ex->body->written();
-  return ex->body->complete();
+  if (holds) ex->body->written();
+  return complete;
 }
 
 // Send, entered: the connection is ready; the response parser and the timer
@@ -61,7 +64,7 @@ bool send_request(Exchange* ex) {
   Worker& w = *ex->worker;
   w.balancer.sent(ex->ticket, ex->server);
   restart_response_parser(ex);
-  ex->body->rewind();
+  if (ex->attempts > 1) ex->body->rewind();  // a retry sends it all again
   if (!c->reading) c->set_reading(true);
   ex->progress_ms = w.now_ms();
   w.wheel.arm(&ex->timer, ex->progress_ms + settings(w).upstream_timeout_ms);
