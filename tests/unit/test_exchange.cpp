@@ -29,12 +29,19 @@ struct FakeDownstream final : Downstream, RequestBody {
   std::string sent;
   int done_calls = 0, abort_calls = 0;
   bool closed = false;
+  // A send whose write fails at once (as a TLS stream's can): the connection
+  // reports the client gone from inside send().
+  Exchange* fail_sends_of = nullptr;
 
   FakeDownstream() {
     std::memcpy(ip, "192.0.2.7", 9);
     ip_len = 9;
   }
   bool send(uv_buf_t* iov, unsigned n) noexcept override {
+    if (fail_sends_of) {
+      step(fail_sends_of, Event::ClientGone);
+      return false;
+    }
     for (unsigned i = 0; i < n; ++i) sent.append(iov[i].base, iov[i].len);
     return true;
   }
@@ -218,6 +225,20 @@ TEST_CASE("a reset in the middle of the response head is a 502", "[exchange]") {
   CHECK(starts_with(f.down.sent, "HTTP/1.1 502 "));
   CHECK(f.conns.size() == 1);
   CHECK(f.down.done_calls == 1);
+}
+
+TEST_CASE("a client that fails inside a send is cut once, after the handler returned", "[exchange]") {
+  Fixture f;
+  f.begin(std::string(kGet));
+  step(f.ex, Event::Connected, 0);
+  Exchange* ex = f.ex;
+  f.down.fail_sends_of = ex;
+  f.server_sends(0, kOk);
+  CHECK(f.down.abort_calls == 1);
+  CHECK(f.down.done_calls == 0);
+  CHECK(f.conn(0).closing);  // not kept: the exchange did not end cleanly
+  CHECK(ex->st == State::Cut);  // the handler's own next state did not overwrite the end
+  CHECK(f.worker->active_exchanges == 0);
 }
 
 namespace {
