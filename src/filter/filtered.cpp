@@ -11,12 +11,11 @@
 
 #include <cstring>
 
+#include "exchange/downstream.hpp"
 #include "exchange/relay.hpp"
 #include "filter/compress.hpp"
 #include "filter/filter.hpp"
-#include "http1/connection.hpp"
 #include "juggler/upstream.hpp"
-#include "upstream/connector.hpp"
 
 namespace juggler {
 
@@ -138,7 +137,7 @@ unsigned frame(FilteredResponse& f, uv_buf_t* iov, unsigned n, const FilterOut& 
 }
 
 // Parses what the server buffer holds beyond parse_pos into decoded spans.
-// False when the body is broken (the exchange failed).
+// False when the body is broken (Exchange::term says so).
 bool parse_more(Exchange* ex, FilteredResponse& f) {
   f.span_count = f.span_at = f.span_off = 0;
   if (!ex->up || !ex->up->in) return true;
@@ -150,23 +149,26 @@ bool parse_more(Exchange* ex, FilteredResponse& f) {
   return true;
 }
 
-// Writes iov[0, n) to the client: true when it all went out now.
+// Writes iov[0, n) to the client: true when it all went out now; else the
+// server waits (backpressure) until the write completed.
 bool send(Exchange* ex, unsigned n) {
   uv_buf_t* iov = ex->iov.get();
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
-  return write_client(ex->client, iov, n);
+  if (ex->down->send(iov, n)) return true;
+  if (ex->up && ex->up->reading) ex->up->set_reading(false);
+  return false;
 }
 
 // Pushes decoded body through the chain and writes what comes out, until a
 // write is pending (filtered_written goes on), the server owes more bytes
 // (reading resumes) or the response is complete. iov[0, n) holds the head
-// when this is the first read.
-void pump(Exchange* ex, unsigned n) {
+// when this is the first read. Returns the exchange's next state.
+State pump(Exchange* ex, unsigned n) {
   FilteredResponse& f = *ex->filters;
   uv_buf_t* iov = ex->iov.get();
   for (;;) {
     if (f.span_at == f.span_count && !f.body_done) {
-      if (!parse_more(ex, f)) return;
+      if (!parse_more(ex, f)) return State::Failed;
       if (f.span_count == 0 && !f.body_done) break;  // the server owes more
     }
     std::string_view in;
@@ -180,8 +182,8 @@ void pump(Exchange* ex, unsigned n) {
     const FilterStatus st = f.chain.push(in, last, out, &used);
     if (st == FilterStatus::Failed || (st == FilterStatus::Full && used == 0 && out.n == 0)) {
       log(LogLevel::Warn, "response filter failed");
-      exchange_fail(ex, {Who::Proxy, When::Body, false, UV_EPROTO});
-      return;
+      ex->term = {Who::Proxy, When::Body, false, UV_EPROTO};
+      return State::Failed;
     }
     if (f.span_at < f.span_count && (f.span_off += static_cast<std::uint32_t>(used)) == f.spans[f.span_at].len) {
       ++f.span_at;
@@ -189,20 +191,21 @@ void pump(Exchange* ex, unsigned n) {
     }
     const bool finished = last && st == FilterStatus::Done;
     n = frame(f, iov, n, out, finished);
-    ex->resp_complete = finished;
-    if (n == 0) continue;
+    if (n == 0) {
+      if (finished) return State::Done;  // close-delimited: nothing more to say
+      continue;
+    }
     const bool now = send(ex, n);
     n = 0;
-    if (!now) return;  // filtered_written goes on
+    if (!now) return finished ? State::Finish : State::Relay;  // filtered_written goes on
     f.chain.written();
-    if (finished) {
-      finish_exchange(ex);
-      return;
-    }
+    ex->progress_ms = ex->worker->now_ms();
+    if (finished) return State::Done;
   }
   // The head goes out now even when the chain holds all the body so far.
-  if (n && !send(ex, n)) return;
+  if (n && !send(ex, n)) return State::Relay;
   read_upstream_on(ex);
+  return State::Relay;
 }
 
 }  // namespace
@@ -246,19 +249,17 @@ std::string_view filters_head_lines(Exchange* ex, std::string_view extra) {
   return {f.head, f.head_len + k};
 }
 
-void filtered_relay(Exchange* ex, unsigned n) {
-  if (ex->client->stream.write_pending()) return;  // the write's completion goes on
-  pump(ex, n);
+State filtered_relay(Exchange* ex, unsigned n) {
+  // Bytes that came while a write is pending wait for its completion.
+  if (ex->down->sending()) return State::Relay;
+  return pump(ex, n);
 }
 
-void filtered_written(Exchange* ex) {
+State filtered_written(Exchange* ex, State s) {
   ex->progress_ms = ex->worker->now_ms();
   ex->filters->chain.written();
-  if (ex->resp_complete) {
-    finish_exchange(ex);
-    return;
-  }
-  pump(ex, 0);
+  if (s == State::Finish) return State::Done;
+  return pump(ex, 0);
 }
 
 void filters_release(Exchange* ex) noexcept {

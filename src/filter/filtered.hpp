@@ -26,14 +26,16 @@ void filters_begin(Exchange* ex);
 // relay's Connection and Set-Cookie lines), in the chain's memory.
 std::string_view filters_head_lines(Exchange* ex, std::string_view extra);
 
-// Instead of the zero-copy relay for each server read: the `n` slices of
-// Exchange::iov already hold the head (first read) or nothing; the body
-// bytes parsed from the server buffer run through the chain and go out
-// framed, one client write at a time.
-void filtered_relay(Exchange* ex, unsigned n);
+// Instead of the zero-copy relay for each server read in Relay: the `n`
+// slices of Exchange::iov already hold the head (first read) or nothing; the
+// body bytes parsed from the server buffer run through the chain and go out
+// framed, one client write at a time. Returns the next state: Relay (more
+// to come, or a write pending), Finish (the last write pending), Done or
+// Failed (Exchange::term says why).
+State filtered_relay(Exchange* ex, unsigned n);
 
-// The client write of a filtered response completed.
-void filtered_written(Exchange* ex);
+// The client write of a filtered response completed, in state `s`.
+State filtered_written(Exchange* ex, State s);
 
 // Returns the chain to the worker's pool (exchange_put).
 void filters_release(Exchange* ex) noexcept;
