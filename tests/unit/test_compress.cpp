@@ -9,30 +9,12 @@
 #include <random>
 #include <string>
 
+#include "decode.hpp"
 #include "filter/compress.hpp"
 
 using namespace juggler;
 
 namespace {
-
-std::string gunzip(const std::string& in) {
-  z_stream z{};
-  REQUIRE(inflateInit2(&z, 15 + 16) == Z_OK);
-  std::string out;
-  char buf[65536];
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
-  z.avail_in = static_cast<uInt>(in.size());
-  int rc = Z_OK;
-  while (rc == Z_OK) {
-    z.next_out = reinterpret_cast<Bytef*>(buf);
-    z.avail_out = sizeof buf;
-    rc = inflate(&z, Z_NO_FLUSH);
-    out.append(buf, sizeof buf - z.avail_out);
-  }
-  inflateEnd(&z);
-  CHECK(rc == Z_STREAM_END);
-  return out;
-}
 
 std::string unbrotli(const std::string& in) {
   BrotliDecoderState* s = BrotliDecoderCreateInstance(nullptr, nullptr, nullptr);
@@ -71,7 +53,7 @@ std::string unzstd(const std::string& in) {
 }
 
 std::string decode(std::uint8_t encoding, const std::string& data) {
-  if (encoding == kCompressGzip) return gunzip(data);
+  if (encoding == kCompressGzip) return juggler_test::gunzip(data);
   if (encoding == kCompressBr) return unbrotli(data);
   return unzstd(data);
 }
