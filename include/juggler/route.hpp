@@ -125,6 +125,7 @@ enum class Action : std::uint8_t {
   Redirect,       // answer `status` with Location: http://<picked server authority><target>
   RedirectHttps,  // answer `status` with Location: https://<host><target>
   Respond,        // answer `status` with an empty body
+  Admin,          // the admin listener's pages (src/admin); never in a compiled table
 };
 
 struct RouteDef {

@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "admin/admin.hpp"
 #include "exchange/relay.hpp"
 #include "http1/connection.hpp"
 #include "respond/responder.hpp"
@@ -87,6 +88,9 @@ void copy_log_fields(Exchange* ex) {
 
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
+  const std::uint64_t duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  w.metrics.exchange_done(ex->route ? ex->route->index : -1, ex->route ? ex->route->pool : -1, ex->server,
+                          ex->status, ex->bytes_out, duration_us);
   if (!w.access_log.enabled()) return;
   if (ex->log_line_len == 0 && ex->req.head_begin() && ex->replayable && ex->head_end) copy_log_fields(ex);
   AccessRecord r;
@@ -98,7 +102,7 @@ void log_exchange(Exchange* ex) {
   r.bytes = ex->bytes_out;
   r.upstream = ex->server >= 0 ? w.shared.config.table->servers[static_cast<std::size_t>(ex->server)].authority
                                : std::string_view("-");
-  r.duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  r.duration_us = duration_us;
   static constexpr char kWho[] = {'-', 'C', 'S', 'P'};
   static constexpr char kWhen[] = {'-', 'R', 'C', 'H', 'D'};
   const char who = kWho[static_cast<int>(ex->term.who)];
@@ -155,6 +159,9 @@ void on_request_head(Exchange* ex) {
     case Action::Redirect:
     case Action::RedirectHttps:
       reply_redirect(ex);
+      return;
+    case Action::Admin:
+      admin_respond(ex);
       return;
   }
 }

@@ -1,0 +1,79 @@
+// The admin listener's responder: /metrics (Prometheus text format 0.0.4),
+// /stats (a self-contained HTML page) and /stats.json (what the page polls).
+//
+// Where it plugs in: the admin listener is served by a worker of its own (a
+// thread and loop running the same listener, HTTP/1 connection and exchange
+// code as the traffic workers, runtime.cpp) whose route table is
+// admin_table(): its one route's action is Action::Admin, which the exchange
+// hands to admin_respond() like any other local responder. The pages read the
+// traffic workers' counters (metrics.hpp, lock-free) and the shared health
+// atomics; nothing here runs on a traffic worker.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "juggler/metrics.hpp"
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+struct Exchange;
+struct Shared;
+
+// `traffic` with its routes replaced by one that takes every request to
+// admin_respond(). The value points into `traffic` and static storage.
+RouteTable admin_table(const RouteTable& traffic) noexcept;
+
+// Answers an admin request (Action::Admin): a page, 404 for an unknown path,
+// 405 for a method a page does not take.
+void admin_respond(Exchange* ex);
+
+// Milliseconds since the epoch (the stats page's clock, check times).
+inline std::uint64_t wall_clock_ms() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+// The traffic workers' counters summed at one moment (each value read once,
+// racily but safely: see counter.hpp).
+struct Snapshot {
+  struct Requests {
+    std::uint64_t by_class[kStatusClasses] = {};
+    std::uint64_t buckets[kLatencyBuckets] = {};
+    std::uint64_t sum_us = 0;
+    [[nodiscard]] std::uint64_t count() const noexcept;
+    [[nodiscard]] std::uint64_t errors() const noexcept { return by_class[4]; }  // 5xx
+    // The q-quantile (0..1) of the durations in ms, interpolated within its
+    // bucket; 0 without requests.
+    [[nodiscard]] double quantile_ms(double q) const noexcept;
+  };
+  struct Server {
+    Requests req;
+    std::uint64_t conn_new = 0, conn_reused = 0, conn_closed = 0, idle = 0, ejections = 0;
+    [[nodiscard]] std::uint64_t busy() const noexcept;  // open and not idle: requests in flight
+  };
+  std::vector<std::uint64_t> routes;  // (routes + 1) * kStatusClasses (metrics.hpp)
+  std::vector<Requests> pools;
+  std::vector<Server> servers;
+  Requests all;  // every request of every pool
+  std::uint64_t bytes_in = 0, bytes_out = 0, accept_errors = 0, refused = 0, retries = 0, retries_denied = 0;
+  std::uint64_t tls_full = 0, tls_resumed = 0, tls_failures = 0, connections = 0, active = 0;
+};
+Snapshot take_snapshot(const Shared& shared);
+
+// The bodies of /metrics and /stats.json, appended to `out`.
+void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out);
+void render_stats_json(const Shared& shared, const Snapshot& snap, std::string& out);
+// The /stats page (static: it fetches /stats.json).
+std::string_view stats_page() noexcept;
+
+// A server's state for the pages: "up", "down" (active checks) or "ejected"
+// (passive health).
+std::string_view server_state(const Shared& shared, std::size_t server) noexcept;
+
+}  // namespace juggler

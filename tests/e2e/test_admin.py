@@ -1,0 +1,206 @@
+"""The admin listener end to end (tests/routes/admin.def): /metrics after known traffic,
+health in /metrics and /stats.json, unknown paths, the admin listener while the traffic
+listener is at its connection limit, and the /stats page in headless Chromium."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import socket
+import threading
+import time
+import unittest
+
+import jtest
+import promtext
+from balancer import BalancerTestCase
+
+HOST = "127.0.125.1"        # the balancer's listeners and pool web's servers
+OTHER_HOST = "127.0.126.1"  # pool other's server (never started: its requests get 502)
+ADMIN_READY = r"admin listening on http://[\d.]+:(\d+)"
+# admin.def checks pool web every 300 ms (timeout 250 ms, fall 1): a verdict within
+# 0.55 s; the bound leaves several seconds for a loaded machine and the ASan pass.
+DETECT_S = 6.0
+
+
+def exchange(port: int, request: bytes, host: str = HOST) -> bytes:
+    """Sends `request` on a new connection and returns every byte until the balancer closes."""
+    with jtest.raw_connection(port, host=host) as s:
+        s.sendall(request)
+        chunks = []
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def status_and_server(response: bytes):
+    head = response.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    status = int(head[0].split(" ")[1])
+    server = next((line.split(":", 1)[1].strip() for line in head[1:] if line.lower().startswith("x-server:")), None)
+    return status, server
+
+
+def get(port: int, path: str, method: str = "GET"):
+    """(status, headers, body) of one request to HOST:port."""
+    return jtest.http_request(port, method=method, path=path, host=HOST)
+
+
+class AdminTestCase(BalancerTestCase):
+    def start_admin_balancer(self, workers: int = 2, **kwargs):
+        lb = self.start_balancer("admin", workers=workers, extra=["--admin", f"{HOST}:0"], **kwargs)
+        lb.admin_port = int(lb.wait_for_line(ADMIN_READY).group(1))
+        return lb
+
+    def scrape(self, lb) -> dict:
+        status, headers, body = get(lb.admin_port, "/metrics")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["Content-Type"], "text/plain; version=0.0.4; charset=utf-8")
+        return promtext.parse(body.decode("utf-8"))
+
+    def scrape_until(self, lb, done, timeout: float = 5.0) -> dict:
+        """Scrapes until done(samples) (the exchange's record follows its last byte by a
+        moment), then returns the samples; the caller asserts on them either way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            samples = self.scrape(lb)
+            if done(samples) or time.monotonic() > deadline:
+                return samples
+            time.sleep(0.05)
+
+
+class MetricsTest(AdminTestCase):
+    def test_counters_after_known_traffic(self):
+        self.start_backends(HOST, [6901, 6902])
+        lb = self.start_admin_balancer()
+        sent = received = 0
+        by_server = collections.Counter()  # (X-Server, class)
+        plan = [(b"/ping", 200)] * 7 + [(b"/status/404", 404)] * 2 + [(b"/status/503", 503)] * 3
+        for path, expected in plan:
+            request = b"GET " + path + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+            response = exchange(lb.port, request)
+            status, server = status_and_server(response)
+            self.assertEqual(status, expected)
+            by_server[(f"{HOST}:{server}", f"{expected // 100}xx")] += 1
+            sent, received = sent + len(request), received + len(response)
+        for request, expected in [(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 200)] * 2 + [
+                (b"GET /other/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", 502),
+                (b"GARBAGE\r\n\r\n", 400)]:
+            response = exchange(lb.port, request)
+            self.assertEqual(status_and_server(response)[0], expected)
+            sent, received = sent + len(request), received + len(response)
+
+        requests = len(plan) + 4
+        m = self.scrape_until(lb, lambda s: promtext.total(s, "juggler_route_requests_total") >= requests)
+        route = lambda r, c: promtext.value(m, "juggler_route_requests_total", route=r, **{"class": c})
+        self.assertEqual(promtext.total(m, "juggler_route_requests_total"), requests)
+        self.assertEqual(route("1", "2xx"), 2)   # /healthz -> respond 200
+        self.assertEqual(route("2", "5xx"), 1)   # /other/* -> other, nobody listens
+        self.assertEqual((route("3", "2xx"), route("3", "4xx"), route("3", "5xx")), (7, 2, 3))
+        self.assertEqual(route("none", "4xx"), 1)  # the malformed request
+        pool = lambda p, c: promtext.value(m, "juggler_pool_requests_total", pool=p, **{"class": c})
+        self.assertEqual([pool("web", c) for c in ("1xx", "2xx", "3xx", "4xx", "5xx")], [0, 7, 0, 2, 3])
+        self.assertEqual(pool("other", "5xx"), 1)
+        for port in (6901, 6902):
+            for c in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+                self.assertEqual(promtext.value(m, "juggler_server_requests_total", server=f"{HOST}:{port}",
+                                                **{"class": c}), by_server[(f"{HOST}:{port}", c)], (port, c))
+        self.assertEqual(promtext.value(m, "juggler_server_requests_total", server=f"{OTHER_HOST}:6901",
+                                        **{"class": "5xx"}), 1)
+        self.assertEqual(promtext.value(m, "juggler_pool_request_duration_seconds_count", pool="web"), 12)
+        self.assertEqual(promtext.value(m, "juggler_client_bytes_received_total"), sent)
+        self.assertEqual(promtext.value(m, "juggler_client_bytes_sent_total"), received)
+        self.assertEqual(promtext.value(m, "juggler_client_connections", state="active"), 0)
+        self.assertEqual(promtext.value(m, "juggler_server_ejections_total", server=f"{OTHER_HOST}:6901"), 0)
+        opened = promtext.total(m, "juggler_upstream_connections_opened_total", pool="web")
+        reused = promtext.total(m, "juggler_upstream_connections_reused_total", pool="web")
+        self.assertEqual(opened + reused, 12)  # every request to web went on a new or a kept-alive connection
+        self.assertEqual(promtext.value(m, "juggler_workers"), 2)
+
+    def test_format_parses_and_pages_answer(self):
+        lb = self.start_admin_balancer(workers=1)
+        status, headers, body = get(lb.admin_port, "/metrics")
+        samples = promtext.parse(body.decode("utf-8"))  # raises on any deviation from the format
+        self.assertGreater(len(samples), 100)
+        status, headers, body = get(lb.admin_port, "/metrics", method="HEAD")
+        self.assertEqual((status, body), (200, b""))
+        self.assertGreater(int(headers["Content-Length"]), 1000)
+        for path in ("/nope", "/metrics/", "/stats.jsonx", "/servers", "/metrics.txt"):
+            self.assertEqual(get(lb.admin_port, path)[0], 404, path)
+        self.assertEqual(get(lb.admin_port, "/metrics", method="POST")[0], 405)
+        # The traffic listener does not answer admin paths: they go to pool web (down here).
+        self.assertNotEqual(get(lb.port, "/metrics")[0], 200)
+
+    def test_server_down_shows_down(self):
+        self.start_testserver(port=6901, host=HOST)  # 6902 is never started
+        lb = self.start_admin_balancer()
+        lb.wait_for_line(rf"server {re.escape(HOST)}:6902 in pool web is DOWN", timeout=DETECT_S)
+        m = self.scrape(lb)
+        self.assertEqual(promtext.value(m, "juggler_server_up", server=f"{HOST}:6902"), 0)
+        self.assertEqual(promtext.value(m, "juggler_server_up", server=f"{HOST}:6901"), 1)
+        self.assertEqual(promtext.value(m, "juggler_server_last_check_success", server=f"{HOST}:6902"), 0)
+        self.assertGreater(promtext.value(m, "juggler_server_last_check_timestamp_seconds", server=f"{HOST}:6902"),
+                           time.time() - 60)
+        stats = json.loads(get(lb.admin_port, "/stats.json")[2])
+        web = {s["address"]: s for s in stats["pools"][0]["servers"]}
+        self.assertEqual(web[f"{HOST}:6902"]["state"], "down")
+        self.assertEqual(web[f"{HOST}:6902"]["last_check"]["result"], "connect refused")
+        self.assertEqual(web[f"{HOST}:6901"]["state"], "up")
+
+
+class SaturationTest(AdminTestCase):
+    def test_admin_answers_while_traffic_is_at_its_limit(self):
+        # One worker, limit.connections_per_worker 8: eight held connections fill it, and
+        # four of them keep it busy with pipelined requests while the admin is asked.
+        lb = self.start_admin_balancer(workers=1)
+        held = [jtest.raw_connection(lb.port, host=HOST) for _ in range(8)]
+        for s in held:
+            self.addCleanup(s.close)
+        # Each held connection has been accepted once a request on it is answered.
+        for s in held:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertIn(b"200 OK", s.recv(4096))
+        # Refused at accept with a 503 (nothing sent: unread bytes would turn the close into a reset).
+        refused = exchange(lb.port, b"")
+        self.assertTrue(refused.startswith(b"HTTP/1.1 503"), refused[:80])
+
+        stop = threading.Event()
+        batch = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 200
+
+        def flood(s: socket.socket) -> None:
+            deadline = time.monotonic() + 20  # bounded even if the test fails early
+            s.settimeout(5)
+            try:
+                while not stop.is_set() and time.monotonic() < deadline:
+                    s.sendall(batch)
+                    got = 0
+                    while got < 200 * 38:  # each answer is 38 bytes
+                        data = s.recv(65536)
+                        if not data:
+                            return
+                        got += len(data)
+            except OSError:
+                return
+
+        threads = [threading.Thread(target=flood, args=(s,), daemon=True) for s in held[:4]]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(5):
+                started = time.monotonic()
+                status, _, body = get(lb.admin_port, "/metrics")
+                self.assertEqual(status, 200)
+                self.assertLess(time.monotonic() - started, 2.0)
+            m = promtext.parse(body.decode("utf-8"))
+            self.assertGreaterEqual(promtext.value(m, "juggler_accept_refused_total"), 1)
+            self.assertEqual(promtext.total(m, "juggler_client_connections"), 8)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=10)
+
+
+if __name__ == "__main__":
+    unittest.main()
