@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
 import unittest
 
+import chromium
 import jtest
 import promtext
-from balancer import BalancerTestCase
+from balancer import ROUTES_BIN, BalancerTestCase
 
 HOST = "127.0.125.1"        # the balancer's listeners and pool web's servers
 OTHER_HOST = "127.0.126.1"  # pool other's server (never started: its requests get 502)
@@ -200,6 +203,61 @@ class SaturationTest(AdminTestCase):
             stop.set()
             for t in threads:
                 t.join(timeout=10)
+
+
+# Painted pixels of a canvas in its line colours (blue, orange): a chart that drew a line.
+PAINTED = """(() => {
+  const c = document.getElementById(%r), d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 200 && (d[i + 2] > 150 && d[i] < 60 || d[i] > 150 && d[i + 2] < 60)) n++;
+  return n;
+})()"""
+ROW = 'document.querySelector(\'tr[data-server="%s"]\')'
+
+
+class StatsPageTest(AdminTestCase):
+    def test_stats_page_in_chromium(self):
+        self.start_testserver(port=6901, host=HOST)
+        killed = jtest.start_testserver(port=6902, host=HOST)  # SIGKILLed below, so not checked at cleanup
+        self.addCleanup(killed.stop, signal.SIGKILL)
+        lb = self.start_admin_balancer()
+        stop = threading.Event()
+
+        def traffic() -> None:  # a few requests a second for the charts; bounded in time
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    exchange(lb.port, b"GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+                time.sleep(0.02)
+
+        loader = threading.Thread(target=traffic, daemon=True)
+        loader.start()
+        self.addCleanup(loader.join, 10)
+        self.addCleanup(stop.set)
+        with chromium.Browser() as browser:
+            page = browser.open(f"http://{HOST}:{lb.admin_port}/stats")
+            page.wait_for("window.juggler && window.juggler.updates >= 3")
+            row = ROW % f"{HOST}:6902"
+            self.assertEqual(page.evaluate(f"{row}.className"), "up")
+            # Both charts draw lines that grow with each poll (a point needs two polls).
+            page.wait_for(f"{PAINTED % 'rps'} > 100")
+            page.wait_for(f"{PAINTED % 'lat'} > 100")
+
+            killed.stop(signal.SIGKILL)
+            lb.wait_for_line(rf"server {re.escape(HOST)}:6902 in pool web is DOWN", timeout=DETECT_S)
+            known_down = page.evaluate("window.juggler.updates")
+            page.wait_for(f"{row}.className === 'down'", timeout=10)
+            self.assertLessEqual(page.evaluate("window.juggler.updates") - known_down, 2)
+            self.assertEqual(page.evaluate(f"getComputedStyle({row}.children[0]).backgroundColor"),
+                             "rgb(255, 215, 213)")
+            self.assertEqual(page.evaluate(f"{row}.children[1].textContent"), "down")
+            self.assertEqual(page.evaluate(f"{ROW % (HOST + ':6901')}.className"), "up")
+            # The artifact: in the build folder, not committed.
+            page.screenshot(os.path.join(os.path.dirname(ROUTES_BIN), "artifacts", "stats-page.png"))
+            self.assertEqual(page.errors, [])
+            self.assertEqual(page.evaluate("window.juggler.failures"), 0)
 
 
 if __name__ == "__main__":
