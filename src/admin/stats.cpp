@@ -80,9 +80,15 @@ void render_stats_json(const Shared& shared, const Snapshot& s, std::string& out
   out += ",\"connections\":" + std::to_string(s.connections) + ",\"active\":" + std::to_string(s.active);
   out += ",\"bytes_in\":" + std::to_string(s.bytes_in) + ",\"bytes_out\":" + std::to_string(s.bytes_out);
   out += ",\"bounds_us\":[";
-  for (std::size_t b = 0; b < std::size(kLatencyBoundsUs); ++b) out += (b ? "," : "") + std::to_string(kLatencyBoundsUs[b]);
+  for (std::size_t b = 0; b < std::size(kLatencyBoundsUs); ++b) {
+    if (b) out += ',';
+    out += std::to_string(kLatencyBoundsUs[b]);
+  }
   out += "],\"buckets\":[";
-  for (std::size_t b = 0; b < kLatencyBuckets; ++b) out += (b ? "," : "") + std::to_string(s.all.buckets[b]);
+  for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+    if (b) out += ',';
+    out += std::to_string(s.all.buckets[b]);
+  }
   out += "],\"pools\":[";
   for (std::size_t p = 0; p < t.pools.size(); ++p) {
     const PoolDef& pd = t.pools[p];

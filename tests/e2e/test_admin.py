@@ -124,6 +124,8 @@ class MetricsTest(AdminTestCase):
 
     def test_format_parses_and_pages_answer(self):
         lb = self.start_admin_balancer(workers=1)
+        for _ in range(3):  # durations in the histograms of pool other and its server (502: nobody listens)
+            self.assertEqual(get(lb.port, "/other/x")[0], 502)
         status, headers, body = get(lb.admin_port, "/metrics")
         samples = promtext.parse(body.decode("utf-8"))  # raises on any deviation from the format
         self.assertGreater(len(samples), 100)
