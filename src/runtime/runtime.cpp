@@ -81,8 +81,9 @@ int bind_one(const std::string& host, std::uint16_t port, std::string_view sourc
   if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int e = errno;
     ::close(fd);
-    std::string where = std::string(source) + (line ? ":" + std::to_string(line) : "") + ": cannot listen on " + host + ":" +
-                        std::to_string(port) + ": " + std::strerror(e);
+    std::string where(source);
+    if (line) where.append(":").append(std::to_string(line));
+    where += ": cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(e);
     if (e == EACCES) where += " (ports below 1024 need root: run with sudo, or pick another port with --port)";
     if (e == EADDRINUSE) where += " (another process holds it; stop it or pick another port with --port)";
     throw std::runtime_error(where);
