@@ -165,6 +165,7 @@ struct Settings {
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::string_view admin_address;  // empty = no admin listener
+  std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

@@ -53,6 +53,7 @@ struct Shared {
     std::atomic<std::uint16_t> status{0};
   };
   std::unique_ptr<LastCheck[]> last_check;  // per compiled server
+  std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
 };
 
 struct IdleList {

@@ -26,9 +26,21 @@ constexpr RouteDef kAdminRoute{.index = 0,
 
 const RouteDef* admin_distribute(const RequestHead&) noexcept { return &kAdminRoute; }
 
-// Writes the whole answer into the exchange (it must outlive the write) and
-// sends it. A request whose body is not read yet closes the connection after.
-void answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra = {}) {
+void add_requests(Snapshot::Requests& to, const RequestCounters& from) noexcept {
+  for (std::size_t c = 0; c < kStatusClasses; ++c) to.by_class[c] += from.by_class[c].get();
+  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.duration.buckets[b].get();
+  to.sum_us += from.duration.sum_us.get();
+}
+
+void add_requests(Snapshot::Requests& to, const Snapshot::Requests& from) noexcept {
+  for (std::size_t c = 0; c < kStatusClasses; ++c) to.by_class[c] += from.by_class[c];
+  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.buckets[b];
+  to.sum_us += from.sum_us;
+}
+
+}  // namespace
+
+void admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra) {
   if (!ex->req_complete) ex->client_close = true;
   std::string& out = ex->local_reply;
   out.clear();
@@ -44,20 +56,6 @@ void answer(Exchange* ex, int status, std::string_view type, std::string_view bo
   if (!ex->is_head) out.append(body);
   reply_local(ex, status, out, out);
 }
-
-void add_requests(Snapshot::Requests& to, const RequestCounters& from) noexcept {
-  for (std::size_t c = 0; c < kStatusClasses; ++c) to.by_class[c] += from.by_class[c].get();
-  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.duration.buckets[b].get();
-  to.sum_us += from.duration.sum_us.get();
-}
-
-void add_requests(Snapshot::Requests& to, const Snapshot::Requests& from) noexcept {
-  for (std::size_t c = 0; c < kStatusClasses; ++c) to.by_class[c] += from.by_class[c];
-  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.buckets[b];
-  to.sum_us += from.sum_us;
-}
-
-}  // namespace
 
 RouteTable admin_table(const RouteTable& t) noexcept {
   return RouteTable{t.source,  t.settings, t.listeners, t.certs, t.pools, t.servers,
@@ -134,7 +132,13 @@ std::string_view server_state(const Shared& shared, std::size_t server) noexcept
   const ServerHealth& h = shared.health[server];
   if (h.down.load(std::memory_order_relaxed)) return "down";
   if (ejection_start(h, uv_hrtime() / 1000000) != 0) return "ejected";
+  if (h.drained.load(std::memory_order_relaxed)) return "drain";
   return "up";
+}
+
+std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
+  const std::uint16_t set = shared.health[server].weight.load(std::memory_order_relaxed);
+  return set ? set : shared.config.table->servers[server].weight;
 }
 
 void admin_respond(Exchange* ex) {
@@ -145,16 +149,19 @@ void admin_respond(Exchange* ex) {
   if (path == "/metrics") page = Page::Metrics;
   else if (path == "/stats" || path == "/") page = Page::Stats;
   else if (path == "/stats.json") page = Page::StatsJson;
-  else {
-    answer(ex, 404, "text/plain; charset=utf-8", "not found: the admin listener serves /metrics, /stats, /stats.json\n");
+  else if (path.starts_with("/servers/")) {
+    admin_control(ex);
+    return;
+  } else {
+    admin_answer(ex, 404, "text/plain; charset=utf-8", "not found: the admin listener serves /metrics, /stats, /stats.json\n");
     return;
   }
   if (!read_only) {
-    answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
+    admin_answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
     return;
   }
   if (page == Page::Stats) {
-    answer(ex, 200, "text/html; charset=utf-8", stats_page());
+    admin_answer(ex, 200, "text/html; charset=utf-8", stats_page());
     return;
   }
   // Built aside, then copied after the head that gives its length.
@@ -163,10 +170,10 @@ void admin_respond(Exchange* ex) {
   const Snapshot snap = take_snapshot(shared);
   if (page == Page::Metrics) {
     render_metrics(shared, snap, body);
-    answer(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
+    admin_answer(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
   } else {
     render_stats_json(shared, snap, body);
-    answer(ex, 200, "application/json", body);
+    admin_answer(ex, 200, "application/json", body);
   }
 }
 

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "juggler/balance.hpp"
+
 #include "juggler/metrics.hpp"
 #include "juggler/route.hpp"
 
@@ -31,6 +33,21 @@ RouteTable admin_table(const RouteTable& traffic) noexcept;
 // Answers an admin request (Action::Admin): a page, 404 for an unknown path,
 // 405 for a method a page does not take.
 void admin_respond(Exchange* ex);
+
+// Writes a whole answer (head and body) into the exchange, which keeps it
+// until the write is done, and sends it. `extra`: header lines, each ending
+// in CRLF. A request whose body is not read yet closes the connection after.
+void admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra = {});
+
+// Runtime control, POST /servers/POOL/HOST:PORT/{drain,ready,weight?w=N}
+// (control.cpp): applied through the servers' ServerHealth atomics, so every
+// worker's next pick sees it. Guarded by the bearer token of
+// `set admin_token_file` (401 without it; 403 when no token is set).
+void admin_control(Exchange* ex);
+
+// The token in `path` (surrounding blanks dropped). Throws std::runtime_error
+// naming the file when it cannot be read or is empty. At start-up.
+std::string read_admin_token(const std::string& path);
 
 // Milliseconds since the epoch (the stats page's clock, check times).
 inline std::uint64_t wall_clock_ms() noexcept {
@@ -72,8 +89,10 @@ void render_stats_json(const Shared& shared, const Snapshot& snap, std::string& 
 // The /stats page (static: it fetches /stats.json).
 std::string_view stats_page() noexcept;
 
-// A server's state for the pages: "up", "down" (active checks) or "ejected"
-// (passive health).
+// A server's state for the pages: "up", "down" (active checks), "ejected"
+// (passive health) or "drain" (the admin drained it).
 std::string_view server_state(const Shared& shared, std::size_t server) noexcept;
+// Its weight now: the admin's, else the compiled one.
+std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept;
 
 }  // namespace juggler

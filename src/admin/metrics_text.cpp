@@ -136,8 +136,10 @@ void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
              [&](std::size_t i) { return std::uint64_t{server_state(shared, i) == "ejected"}; });
   per_server("juggler_server_ejections_total", "counter", "Passive ejections of a server (max_fails reached).",
              [&](std::size_t i) { return s.servers[i].ejections; });
-  per_server("juggler_server_weight", "gauge", "A server's weight.",
-             [&](std::size_t i) { return std::uint64_t{t.servers[i].weight}; });
+  per_server("juggler_server_drained", "gauge", "1 while the admin keeps a server drained (no new requests).",
+             [&](std::size_t i) { return std::uint64_t{shared.health[i].drained.load(std::memory_order_relaxed)}; });
+  per_server("juggler_server_weight", "gauge", "A server's weight (the admin's, else the compiled one).",
+             [&](std::size_t i) { return std::uint64_t{server_weight(shared, i)}; });
   per_server(
       "juggler_server_last_check_timestamp_seconds", "gauge",
       "When a server's latest active check ended (Unix time; 0 before the first).",

@@ -49,7 +49,7 @@ void json_server(std::string& out, const Shared& shared, const Snapshot& s, std:
   json_string(out, d.authority);
   out += ",\"state\":";
   json_string(out, server_state(shared, i));
-  out += ",\"weight\":" + std::to_string(d.weight) + ",\"backup\":" + (d.backup ? "true" : "false");
+  out += ",\"weight\":" + std::to_string(server_weight(shared, i)) + ",\"backup\":" + (d.backup ? "true" : "false");
   out += ",\"inflight\":" + std::to_string(s.servers[i].busy()) + ',';
   json_requests(out, s.servers[i].req);
   const Shared::LastCheck& c = shared.last_check[i];
@@ -120,7 +120,7 @@ table{border-collapse:collapse;background:#fff;border:1px solid #d0d7de;margin-b
 th,td{padding:4px 10px;border-bottom:1px solid #eaeef2;text-align:right}th{background:#f6f8fa}
 td:first-child,th:first-child{text-align:left}.pool td{background:#eef2f6;font-weight:600}
 .state{font-weight:700;text-transform:uppercase}.up .state{color:#1a7f37}
-tr.down td{background:#ffd7d5;color:#82071e}tr.ejected td{background:#fff1c2}
+tr.down td{background:#ffd7d5;color:#82071e}tr.ejected td{background:#fff1c2}tr.drain td{background:#ddf4ff}
 </style></head><body>
 <h1>Juggler</h1><div id="status">loading&hellip;</div>
 <div class="charts">

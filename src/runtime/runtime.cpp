@@ -297,6 +297,9 @@ int run(const Config& config) {
     log(LogLevel::Info, "error pages: %zu from %s", shared.error_pages.custom_count(),
         std::string(config.settings.error_pages).c_str());
 
+  if (config.admin_port >= 0 && !config.settings.admin_token_file.empty())
+    shared.admin_token = read_admin_token(std::string(config.settings.admin_token_file));
+
   int log_fd = -1;
   if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
   if (config.settings.access_log == LogTarget::File) {

@@ -5,11 +5,14 @@ listener is at its connection limit, and the /stats page in headless Chromium.""
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 import unittest
@@ -17,7 +20,7 @@ import unittest
 import chromium
 import jtest
 import promtext
-from balancer import ROUTES_BIN, BalancerTestCase
+from balancer import ROUTES_BIN, BalancerTestCase, balancer_path
 
 HOST = "127.0.125.1"        # the balancer's listeners and pool web's servers
 OTHER_HOST = "127.0.126.1"  # pool other's server (never started: its requests get 502)
@@ -205,6 +208,107 @@ class SaturationTest(AdminTestCase):
             stop.set()
             for t in threads:
                 t.join(timeout=10)
+
+
+CONTROL_HOST = "127.0.127.1"  # admin_control.def: its listeners and servers
+TOKEN = "s3cret-token-for-the-test"
+
+
+def control(port: int, path: str, token=TOKEN, method: str = "POST"):
+    """(status, headers, body) of a control request to the admin listener on CONTROL_HOST."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return jtest.http_request(port, method=method, path=path, headers=headers, host=CONTROL_HOST)
+
+
+class ControlTest(AdminTestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        with open(os.path.join(self.dir, "admin.token"), "w") as f:
+            f.write(TOKEN + "\n")
+
+    def start_control_balancer(self):
+        lb = self.start_balancer("admin_control", workers=1, cwd=self.dir,
+                                 extra=["--admin", f"{CONTROL_HOST}:0"])
+        lb.admin_port = int(lb.wait_for_line(ADMIN_READY).group(1))
+        return lb
+
+    def spread(self, lb, n: int) -> collections.Counter:
+        counts = collections.Counter()
+        for _ in range(n):
+            status, headers, _ = jtest.http_request(lb.port, path="/ping", host=CONTROL_HOST)
+            self.assertEqual(status, 200)
+            counts[headers["X-Server"]] += 1
+        return counts
+
+    def test_token_is_required(self):
+        self.start_backends(CONTROL_HOST, [6901, 6902])
+        lb = self.start_control_balancer()
+        path = f"/servers/web/{CONTROL_HOST}:6902/drain"
+        for token in (None, "wrong", TOKEN + "x", ""):
+            status, headers, _ = control(lb.admin_port, path, token=token)
+            self.assertEqual(status, 401, token)
+            self.assertEqual(headers["WWW-Authenticate"], 'Bearer realm="juggler"')
+        self.assertEqual(control(lb.admin_port, path, method="GET")[0], 405)
+        self.assertEqual(set(self.spread(lb, 10)), {"6901", "6902"})  # nothing was drained
+        self.assertEqual(control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6903/drain")[0], 404)
+        self.assertEqual(control(lb.admin_port, f"/servers/nope/{CONTROL_HOST}:6902/drain")[0], 404)
+        self.assertEqual(control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6902/stop")[0], 404)
+        for w in ("0", "257", "x", ""):
+            self.assertEqual(control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6902/weight?w={w}")[0], 400, w)
+
+    def test_drain_ready_and_weight(self):
+        self.start_backends(CONTROL_HOST, [6901, 6902])
+        lb = self.start_control_balancer()
+        # Two slow requests in flight, one on each server (one worker: round-robin alternates).
+        results = []
+
+        def slow() -> None:
+            results.append(jtest.http_request(lb.port, path="/delay?ms=1500", host=CONTROL_HOST))
+
+        threads = [threading.Thread(target=slow) for _ in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while promtext.total(self.scrape_control(lb), "juggler_upstream_connections", state="busy") < 2:
+            self.assertLess(time.monotonic(), deadline, "the slow requests never got under way")
+            time.sleep(0.05)
+
+        status, _, body = control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6902/drain")
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(body)["state"], "drain")
+        self.assertEqual(set(self.spread(lb, 10)), {"6901"})  # no new request for 6902
+        for t in threads:
+            t.join(timeout=20)
+        # The ones in flight finished, on both servers.
+        self.assertEqual(sorted((s, h["X-Server"]) for s, h, _ in results), [(200, "6901"), (200, "6902")])
+        m = self.scrape_control(lb)
+        self.assertEqual(promtext.value(m, "juggler_server_drained", server=f"{CONTROL_HOST}:6902"), 1)
+        stats = json.loads(jtest.http_request(lb.admin_port, path="/stats.json", host=CONTROL_HOST)[2])
+        self.assertEqual([s["state"] for s in stats["pools"][0]["servers"]], ["up", "drain"])
+
+        self.assertEqual(control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6902/ready")[0], 200)
+        self.assertEqual(self.spread(lb, 10), {"6901": 5, "6902": 5})
+        self.assertEqual(control(lb.admin_port, f"/servers/web/{CONTROL_HOST}:6901/weight?w=3")[0], 200)
+        self.assertEqual(self.spread(lb, 40), {"6901": 30, "6902": 10})
+        m = self.scrape_control(lb)
+        self.assertEqual(promtext.value(m, "juggler_server_weight", server=f"{CONTROL_HOST}:6901"), 3)
+        self.assertEqual(promtext.value(m, "juggler_server_drained", server=f"{CONTROL_HOST}:6902"), 0)
+
+    def scrape_control(self, lb) -> dict:
+        return promtext.parse(jtest.http_request(lb.admin_port, path="/metrics", host=CONTROL_HOST)[2].decode())
+
+    def test_missing_token_file_stops_start_up(self):
+        os.unlink(os.path.join(self.dir, "admin.token"))
+        out = jtest.run_program([balancer_path("admin_control"), "--port", "0"], cwd=self.dir, timeout=10)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("set admin_token_file: cannot read a token from admin.token", out.stderr)
+
+    def test_control_is_off_without_a_token_file(self):
+        lb = self.start_admin_balancer(workers=1)
+        status, _, _ = jtest.http_request(lb.admin_port, method="POST", path=f"/servers/web/{HOST}:6901/drain",
+                                          headers={"Authorization": "Bearer x"}, host=HOST)
+        self.assertEqual(status, 403)
 
 
 # Painted pixels of a canvas in its line colours (blue, orange): a chart that drew a line.
