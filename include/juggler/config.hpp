@@ -55,7 +55,7 @@ Config make_config(const RouteTable& table, const Options& opts);
 bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage& out) noexcept;
 
 // Splits "127.0.0.1:9090" or "[::1]:9090" (port 0..65535) into host (without
-// brackets) and port; false when it is neither.
+// brackets) and port; "9090" alone is 127.0.0.1:9090. False when it is none of these.
 bool split_host_port(std::string_view text, std::string& host, int& port);
 
 // Human-readable tables of listeners, pools, servers and routes, and the

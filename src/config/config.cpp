@@ -25,7 +25,8 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
       ->check(CLI::Range(0, 65535));
   app.add_option("--access-log", out.access_log, "PATH, stdout or off (default: routes.def's `set access_log`)");
   app.add_option("--admin", out.admin,
-                 "ADDR:PORT of the admin listener (/metrics, /stats), or off (default: routes.def's `set admin`)");
+                 "ADDR:PORT (or PORT: 127.0.0.1) of the admin listener (/metrics, /stats), or off "
+                 "(default: routes.def's `set admin`)");
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
@@ -80,9 +81,11 @@ bool split_host_port(std::string_view text, std::string& host, int& port) {
     if (close == std::string_view::npos) return false;
     h = text.substr(1, close - 1);
     p = text.substr(close + 2);
+  } else if (const std::size_t colon = text.rfind(':'); colon == std::string_view::npos) {
+    h = "127.0.0.1";  // a port alone: loopback, never every interface by accident
+    p = text;
   } else {
-    const std::size_t colon = text.rfind(':');
-    if (colon == std::string_view::npos || text.find(':') != colon) return false;
+    if (text.find(':') != colon) return false;
     h = text.substr(0, colon);
     p = text.substr(colon + 1);
   }
@@ -204,7 +207,10 @@ std::string describe_config(const Config& c) {
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";
   }
-  if (c.admin_port >= 0) o << "  admin  " << c.admin_host << ":" << c.admin_port << "  (/metrics, /stats)\n";
+  if (c.admin_port >= 0) {
+    const bool v6 = c.admin_host.find(':') != std::string::npos;
+    o << "  admin  " << (v6 ? "[" : "") << c.admin_host << (v6 ? "]:" : ":") << c.admin_port << "  (/metrics, /stats)\n";
+  }
   o << "\npools\n";
   for (const PoolDef& p : t.pools) {
     o << "  " << p.name << "  " << strategy_name(p.strategy);

@@ -141,6 +141,16 @@ class MetricsTest(AdminTestCase):
         # The traffic listener does not answer admin paths: they go to pool web (down here).
         self.assertNotEqual(get(lb.port, "/metrics")[0], 200)
 
+    def test_admin_flag(self):
+        check = lambda *flags: jtest.run_program([balancer_path("admin"), "--check", *flags], timeout=10)
+        self.assertIn("admin  127.0.125.1:19125  (/metrics, /stats)", check().stdout)  # set admin
+        self.assertIn("admin  127.0.0.1:9999  (/metrics, /stats)", check("--admin", "9999").stdout)
+        self.assertIn("admin  [::1]:9999", check("--admin", "[::1]:9999").stdout)
+        self.assertNotIn("admin  ", check("--admin", "off").stdout)
+        bad = check("--admin", "localhost:80")
+        self.assertEqual(bad.returncode, 1)
+        self.assertIn("--admin: 'localhost:80' is not ADDR:PORT", bad.stderr)
+
     def test_server_down_shows_down(self):
         self.start_testserver(port=6901, host=HOST)  # 6902 is never started
         lb = self.start_admin_balancer()
