@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -319,6 +320,46 @@ class ControlTest(AdminTestCase):
         status, _, _ = jtest.http_request(lb.admin_port, method="POST", path=f"/servers/web/{HOST}:6901/drain",
                                           headers={"Authorization": "Bearer x"}, host=HOST)
         self.assertEqual(status, 403)
+
+
+class TlsCountersTest(AdminTestCase):
+    def test_handshakes_full_resumed_and_failed(self):
+        tls_host = "127.0.128.1"
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        jtest.make_cert(d, "admin-tls", "localhost", f"DNS:localhost,IP:{tls_host}")
+        lb = self.start_balancer("admin_tls", workers=1, cwd=d,
+                                 extra=["--https-port", "0", "--admin", f"{tls_host}:0"])
+        https_port = int(lb.wait_for_line(r"listening on https://\S+:(\d+)").group(1))
+        admin_port = int(lb.wait_for_line(ADMIN_READY).group(1))
+        ctx = ssl.create_default_context(cafile=os.path.join(d, "admin-tls.crt"))
+        session = None
+        for expect_reused in (False, True, True):  # one full handshake, two resumed
+            with socket.create_connection((tls_host, https_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    self.assertEqual(jtest.read_response(tls.makefile("rb")).status, 200)
+                    self.assertEqual(tls.session_reused, expect_reused)
+                    session = tls.session
+        # Plain HTTP on the https port: the handshake fails and the connection closes.
+        try:
+            answer = exchange(https_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", host=tls_host)
+        except ConnectionResetError:
+            answer = b""
+        self.assertFalse(answer.startswith(b"HTTP/"))
+
+        def scrape():
+            body = jtest.http_request(admin_port, path="/metrics", host=tls_host)[2]
+            return promtext.parse(body.decode())
+
+        deadline = time.monotonic() + 5
+        m = scrape()
+        while promtext.value(m, "juggler_tls_failures_total") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            m = scrape()
+        self.assertEqual(promtext.value(m, "juggler_tls_handshakes_total", kind="full"), 1)
+        self.assertEqual(promtext.value(m, "juggler_tls_handshakes_total", kind="resumed"), 2)
+        self.assertEqual(promtext.value(m, "juggler_tls_failures_total"), 1)
 
 
 # Painted pixels of a canvas in its line colours (blue, orange): a chart that drew a line.
