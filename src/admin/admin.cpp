@@ -40,8 +40,9 @@ void add_requests(Snapshot::Requests& to, const Snapshot::Requests& from) noexce
 
 }  // namespace
 
-void admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra) {
-  if (!ex->req_complete) ex->client_close = true;
+State admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra) {
+  // A body in hand is read past (as reply_local does); one still coming closes the connection.
+  if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
   std::string& out = ex->local_reply;
   out.clear();
   char line[64];
@@ -54,7 +55,7 @@ void admin_answer(Exchange* ex, int status, std::string_view type, std::string_v
   if (ex->client_close) out.append("Connection: close\r\n");
   out.append("\r\n");
   if (!ex->is_head) out.append(body);
-  reply_local(ex, status, out, out);
+  return reply_local(ex, status, out, out);
 }
 
 RouteTable admin_table(const RouteTable& t) noexcept {
@@ -141,7 +142,7 @@ std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
   return set ? set : shared.config.table->servers[server].weight;
 }
 
-void admin_respond(Exchange* ex) {
+State admin_respond(Exchange* ex) {
   const Shared& shared = ex->worker->shared;
   const std::string_view path = ex->head.path;
   const bool read_only = ex->head.method == Method::Get || ex->head.method == Method::Head;
@@ -149,32 +150,22 @@ void admin_respond(Exchange* ex) {
   if (path == "/metrics") page = Page::Metrics;
   else if (path == "/stats" || path == "/") page = Page::Stats;
   else if (path == "/stats.json") page = Page::StatsJson;
-  else if (path.starts_with("/servers/")) {
-    admin_control(ex);
-    return;
-  } else {
-    admin_answer(ex, 404, "text/plain; charset=utf-8", "not found: the admin listener serves /metrics, /stats, /stats.json\n");
-    return;
-  }
-  if (!read_only) {
-    admin_answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
-    return;
-  }
-  if (page == Page::Stats) {
-    admin_answer(ex, 200, "text/html; charset=utf-8", stats_page());
-    return;
-  }
+  else if (path.starts_with("/servers/")) return admin_control(ex);
+  else
+    return admin_answer(ex, 404, "text/plain; charset=utf-8",
+                        "not found: the admin listener serves /metrics, /stats, /stats.json\n");
+  if (!read_only) return admin_answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
+  if (page == Page::Stats) return admin_answer(ex, 200, "text/html; charset=utf-8", stats_page());
   // Built aside, then copied after the head that gives its length.
   thread_local std::string body;
   body.clear();
   const Snapshot snap = take_snapshot(shared);
   if (page == Page::Metrics) {
     render_metrics(shared, snap, body);
-    admin_answer(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
-  } else {
-    render_stats_json(shared, snap, body);
-    admin_answer(ex, 200, "application/json", body);
+    return admin_answer(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
   }
+  render_stats_json(shared, snap, body);
+  return admin_answer(ex, 200, "application/json", body);
 }
 
 }  // namespace juggler

@@ -25,6 +25,7 @@ namespace juggler {
 
 struct Exchange;
 struct Shared;
+enum class State : std::uint8_t;
 
 // `traffic` with its routes replaced by one that takes every request to
 // admin_respond(). The value points into `traffic` and static storage.
@@ -32,18 +33,20 @@ RouteTable admin_table(const RouteTable& traffic) noexcept;
 
 // Answers an admin request (Action::Admin): a page, 404 for an unknown path,
 // 405 for a method a page does not take.
-void admin_respond(Exchange* ex);
+// Like the other responders, it prepares the answer and returns the state
+// that writes it (exchange.hpp).
+State admin_respond(Exchange* ex);
 
 // Writes a whole answer (head and body) into the exchange, which keeps it
 // until the write is done, and sends it. `extra`: header lines, each ending
 // in CRLF. A request whose body is not read yet closes the connection after.
-void admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra = {});
+State admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra = {});
 
 // Runtime control, POST /servers/POOL/HOST:PORT/{drain,ready,weight?w=N}
 // (control.cpp): applied through the servers' ServerHealth atomics, so every
 // worker's next pick sees it. Guarded by the bearer token of
 // `set admin_token_file` (401 without it; 403 when no token is set).
-void admin_control(Exchange* ex);
+State admin_control(Exchange* ex);
 
 // The token in `path` (surrounding blanks dropped). Throws std::runtime_error
 // naming the file when it cannot be read or is empty. At start-up.

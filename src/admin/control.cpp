@@ -60,7 +60,7 @@ std::string read_admin_token(const std::string& path) {
   return token;
 }
 
-void admin_control(Exchange* ex) {
+State admin_control(Exchange* ex) {
   Shared& shared = ex->worker->shared;
   const RouteTable& t = *shared.config.table;
   // /servers/POOL/AUTHORITY/ACTION
@@ -68,42 +68,35 @@ void admin_control(Exchange* ex) {
   const std::size_t slash1 = rest.find('/');
   const std::size_t slash2 = rest.rfind('/');
   if (slash1 == std::string_view::npos || slash2 == slash1) {
-    admin_answer(ex, 404, kText, "expected /servers/POOL/HOST:PORT/drain, /ready or /weight?w=N\n");
-    return;
+    return admin_answer(ex, 404, kText, "expected /servers/POOL/HOST:PORT/drain, /ready or /weight?w=N\n");
   }
   const std::string_view pool = rest.substr(0, slash1);
   const std::string_view authority = rest.substr(slash1 + 1, slash2 - slash1 - 1);
   const std::string_view action = rest.substr(slash2 + 1);
   if (action != "drain" && action != "ready" && action != "weight") {
-    admin_answer(ex, 404, kText, "unknown action: expected drain, ready or weight?w=N\n");
-    return;
+    return admin_answer(ex, 404, kText, "unknown action: expected drain, ready or weight?w=N\n");
   }
   if (ex->head.method != Method::Post) {
-    admin_answer(ex, 405, kText, "method not allowed: control takes POST\n", "Allow: POST\r\n");
-    return;
+    return admin_answer(ex, 405, kText, "method not allowed: control takes POST\n", "Allow: POST\r\n");
   }
   if (shared.admin_token.empty()) {
-    admin_answer(ex, 403, kText, "runtime control is off: set admin_token_file in routes.def\n");
-    return;
+    return admin_answer(ex, 403, kText, "runtime control is off: set admin_token_file in routes.def\n");
   }
   std::string_view auth = ex->head.header("authorization");
   constexpr std::string_view kBearer = "Bearer ";
   if (!auth.starts_with(kBearer) || !same_secret(auth.substr(kBearer.size()), shared.admin_token)) {
-    admin_answer(ex, 401, kText, "unauthorized: send Authorization: Bearer <the token of admin_token_file>\n",
+    return admin_answer(ex, 401, kText, "unauthorized: send Authorization: Bearer <the token of admin_token_file>\n",
                  "WWW-Authenticate: Bearer realm=\"juggler\"\r\n");
-    return;
   }
   const int server = find_server(t, pool, authority);
   if (server < 0) {
-    admin_answer(ex, 404, kText, "no such server in that pool\n");
-    return;
+    return admin_answer(ex, 404, kText, "no such server in that pool\n");
   }
   ServerHealth& h = shared.health[static_cast<std::size_t>(server)];
   if (action == "weight") {
     const std::uint16_t w = parse_weight(query_value(ex->head.query, "w"));
     if (w == 0) {
-      admin_answer(ex, 400, kText, "weight?w=N takes N from 1 to 256\n");
-      return;
+      return admin_answer(ex, 400, kText, "weight?w=N takes N from 1 to 256\n");
     }
     h.weight.store(w, std::memory_order_relaxed);
   } else {
@@ -116,7 +109,7 @@ void admin_control(Exchange* ex) {
   std::string body = "{\"pool\":\"" + std::string(pool) + "\",\"server\":\"" + std::string(d.authority) +
                      "\",\"state\":\"" + std::string(server_state(shared, static_cast<std::size_t>(server))) +
                      "\",\"weight\":" + std::to_string(server_weight(shared, static_cast<std::size_t>(server))) + "}\n";
-  admin_answer(ex, 200, "application/json", body);
+  return admin_answer(ex, 200, "application/json", body);
 }
 
 }  // namespace juggler
