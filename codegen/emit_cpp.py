@@ -81,6 +81,7 @@ def emit_settings(c: Config) -> list[str]:
         ("cache_bytes", f"{s.cache_bytes}u"),
         ("cache_address", sv(s.cache_address)),
         ("admin_address", sv(s.admin_address)),
+        ("admin_token_file", sv(s.admin_token_file)),
         ("compress_level_gzip", str(s.compress_levels["gzip"])),
         ("compress_level_br", str(s.compress_levels["br"])),
         ("compress_level_zstd", str(s.compress_levels["zstd"])),

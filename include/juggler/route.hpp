@@ -125,6 +125,7 @@ enum class Action : std::uint8_t {
   Redirect,       // answer `status` with Location: http://<picked server authority><target>
   RedirectHttps,  // answer `status` with Location: https://<host><target>
   Respond,        // answer `status` with an empty body
+  Admin,          // the admin listener's pages (src/admin); never in a compiled table
 };
 
 // Response encodings a route may compress with (RouteDef::compress bits).
@@ -167,6 +168,7 @@ struct Settings {
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::string_view admin_address;  // empty = no admin listener
+  std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
   std::uint8_t compress_level_gzip;  // 1..9
   std::uint8_t compress_level_br;    // 0..11
   std::uint8_t compress_level_zstd;  // 1..19

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "juggler/counter.hpp"
 #include "juggler/tls.hpp"
 
 namespace juggler {
@@ -50,7 +51,8 @@ struct StreamContext {
   uv_idle_t pump_idle;                 // pumps streams whose plaintext waits inside OpenSSL
   bool pump_ready = false;
   Stream* pump_head = nullptr;
-  std::uint64_t tls_failures = 0;      // handshakes and records that failed
+  Counter tls_failures;                // handshakes and records that failed
+  Counter tls_full, tls_resumed;       // handshakes completed (read by the admin listener)
 
   WriteReq* get_write();
   // Returns a finished write's request to the pool; first thing in a write callback.
@@ -152,6 +154,7 @@ class Stream {
   bool closing_ = false;
   bool discard_ = false;
   bool pump_queued_ = false;
+  bool handshake_counted_ = false;
 };
 
 }  // namespace juggler

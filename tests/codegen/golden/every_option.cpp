@@ -25,6 +25,7 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = "cache.internal:6379",
     .admin_address = "0.0.0.0:9090",
+    .admin_token_file = "secrets/admin.token",
     .compress_level_gzip = 9,
     .compress_level_br = 11,
     .compress_level_zstd = 19,

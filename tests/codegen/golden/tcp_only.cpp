@@ -25,6 +25,7 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = {},
     .admin_address = {},
+    .admin_token_file = {},
     .compress_level_gzip = 5,
     .compress_level_br = 4,
     .compress_level_zstd = 3,
