@@ -1,11 +1,12 @@
-// The byte stream: one accepted connection, plain TCP or TLS behind the same
-// API (read start/stop, write with completion, close_notify, shutdown, close).
+// The byte stream: one connection, accepted or made (connect()), plain TCP
+// or TLS behind the same API (read start/stop, write with completion,
+// close_notify, shutdown, close).
 // TLS lives below it: OpenSSL over memory BIOs, ciphertext read into a
 // per-worker scratch, plaintext delivered into the buffer its handler gives,
 // so no code above this layer asks which kind it has.
 //
 // Ownership: the Stream is a member of its handler's object (a client
-// connection); that object may be freed only from on_stream_closed(), the
+// connection, a tunnel); that object may be freed only from on_stream_closed(), the
 // last call a stream makes. Calls into the handler come from libuv callbacks
 // (or from the idle phase for TLS plaintext already decrypted), never from
 // inside a Stream method the handler called, but for the one documented case
@@ -33,6 +34,13 @@ struct WriteReq {
   WriteReq* next_free = nullptr;
 };
 
+// A connect in progress: pooled like the write requests, so a stream that
+// was accepted carries none.
+struct ConnectReq {
+  uv_connect_t req;  // first: a uv_connect_t* is a ConnectReq*
+  ConnectReq* next_free = nullptr;
+};
+
 // What the streams (and the upstream connections) of one worker share. Worker
 // thread only.
 struct StreamContext {
@@ -52,9 +60,14 @@ struct StreamContext {
   Stream* pump_head = nullptr;
   std::uint64_t tls_failures = 0;      // handshakes and records that failed
 
+  ConnectReq* free_connects = nullptr;
+  std::size_t connect_reqs = 0;        // allocated
+
   WriteReq* get_write();
   // Returns a finished write's request to the pool; first thing in a write callback.
   void put_write(uv_write_t* req) noexcept;
+  ConnectReq* get_connect();
+  void put_connect(uv_connect_t* req) noexcept;
   // Closes the idle handle (worker exit, every stream closed or closing).
   void release() noexcept;
 };
@@ -81,6 +94,9 @@ class StreamHandler {
   virtual void on_stream_written(int status) noexcept = 0;
   // The last call: the stream's memory may go.
   virtual void on_stream_closed() noexcept = 0;
+  // connect() completed: 0, or a libuv error (UV_ECONNREFUSED, ...; the
+  // handler then closes the stream). Not called once close() was called.
+  virtual void on_stream_connected(int status) noexcept { (void)status; }
 
  protected:
   ~StreamHandler() = default;
@@ -93,11 +109,19 @@ class Stream {
   Stream& operator=(const Stream&) = delete;
   ~Stream() { delete tls_; }
 
-  // Initialises the TCP handle on ctx's loop. Call once, before accept().
+  // Initialises the TCP handle on ctx's loop: before accept() or connect(),
+  // and again to reuse the stream once on_stream_closed came.
   void init(StreamContext& ctx, StreamHandler* handler) noexcept;
   // Accepts a pending connection of `server`; with `tls`, the stream
   // terminates TLS with that context. Returns 0 or a libuv error (then close()).
   int accept(uv_stream_t* server, SSL_CTX* tls);
+  // Connects (plain TCP) to `addr`, which must stay valid until
+  // on_stream_connected. Returns 0 (on_stream_connected follows), or a libuv
+  // error now (then close()). Reading and writing wait for the connection.
+  int connect(const sockaddr* addr);
+  // The peer's address as text ("192.0.2.7", "2001:db8::1"; an IPv4-mapped
+  // IPv6 address as IPv4) into `out`; returns its length, 0 when unknown.
+  std::uint8_t peer_ip(char (&out)[46]) noexcept;
 
   // Whether the handler wants bytes now. Idempotent; with TLS, plaintext that
   // OpenSSL already holds is delivered from the loop's idle phase.
@@ -135,6 +159,7 @@ class Stream {
   static void on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf);
   static void on_write(uv_write_t* req, int status);
   static void on_closed(uv_handle_t* h);
+  static void on_connect(uv_connect_t* req, int status);
   static void on_pump_idle(uv_idle_t* h);
   void pump();
   bool flush_tls();

@@ -318,24 +318,7 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
     close_handles(s);
     return;
   }
-  sockaddr_storage peer{};
-  int len = sizeof peer;
-  if (uv_tcp_getpeername(s->stream.tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
-    if (peer.ss_family == AF_INET6) {
-      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-      if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-        sockaddr_in a4{};
-        a4.sin_family = AF_INET;
-        std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
-        uv_ip4_name(&a4, s->ip, sizeof s->ip);
-      } else {
-        uv_ip6_name(a6, s->ip, sizeof s->ip);
-      }
-    } else {
-      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), s->ip, sizeof s->ip);
-    }
-    s->ip_len = static_cast<std::uint8_t>(std::strlen(s->ip));
-  }
+  s->ip_len = s->stream.peer_ip(s->ip);
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
   update_client_reading(s);
 }

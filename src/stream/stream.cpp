@@ -1,5 +1,9 @@
 #include "juggler/stream.hpp"
 
+#include <netinet/in.h>
+
+#include <cstring>
+
 namespace juggler {
 
 namespace {
@@ -28,9 +32,28 @@ void StreamContext::put_write(uv_write_t* req) noexcept {
   free_writes = r;
 }
 
+ConnectReq* StreamContext::get_connect() {
+  if (ConnectReq* r = free_connects) {
+    free_connects = r->next_free;
+    return r;
+  }
+  ++connect_reqs;
+  return new ConnectReq();
+}
+
+void StreamContext::put_connect(uv_connect_t* req) noexcept {
+  auto* r = reinterpret_cast<ConnectReq*>(req);
+  r->next_free = free_connects;
+  free_connects = r;
+}
+
 StreamContext::~StreamContext() {
   while (WriteReq* r = free_writes) {
     free_writes = r->next_free;
+    delete r;
+  }
+  while (ConnectReq* r = free_connects) {
+    free_connects = r->next_free;
     delete r;
   }
 }
@@ -70,6 +93,7 @@ bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* 
 void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
   ctx_ = &ctx;
   handler_ = handler;
+  reading_ = write_pending_ = closing_ = discard_ = false;
   uv_tcp_init(ctx.loop, &tcp_);
   tcp_.data = this;
 }
@@ -80,6 +104,44 @@ int Stream::accept(uv_stream_t* server, SSL_CTX* tls) {
   uv_tcp_nodelay(&tcp_, 1);
   if (tls) tls_ = new TlsStream(tls);
   return 0;
+}
+
+int Stream::connect(const sockaddr* addr) {
+  ConnectReq* req = ctx_->get_connect();
+  req->req.data = this;
+  const int rc = uv_tcp_connect(&req->req, &tcp_, addr, on_connect);
+  if (rc != 0) ctx_->put_connect(&req->req);
+  return rc;
+}
+
+void Stream::on_connect(uv_connect_t* req, int status) {
+  auto* s = static_cast<Stream*>(req->data);
+  s->ctx_->put_connect(req);
+  // A close() cancels the connect (UV_ECANCELED): the handler asked for it.
+  if (s->closing_) return;
+  if (status == 0) uv_tcp_nodelay(&s->tcp_, 1);
+  s->handler_->on_stream_connected(status);
+}
+
+std::uint8_t Stream::peer_ip(char (&out)[46]) noexcept {
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  out[0] = '\0';
+  if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return 0;
+  if (peer.ss_family == AF_INET6) {
+    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+      sockaddr_in a4{};
+      a4.sin_family = AF_INET;
+      std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
+      uv_ip4_name(&a4, out, sizeof out);
+    } else {
+      uv_ip6_name(a6, out, sizeof out);
+    }
+  } else {
+    uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), out, sizeof out);
+  }
+  return static_cast<std::uint8_t>(std::strlen(out));
 }
 
 void Stream::set_reading(bool want) noexcept {

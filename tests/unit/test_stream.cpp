@@ -193,3 +193,138 @@ void exercise(bool with_tls) {
 TEST_CASE("stream: plain TCP reads, a pending write, discard, EOF, close", "[stream]") { exercise(false); }
 
 TEST_CASE("stream: TLS behind the same API (close_notify is the EOF)", "[stream]") { exercise(true); }
+
+// ---------------------------------------------------------------- outbound streams
+
+namespace {
+
+// A blocking listener on 127.0.0.1 (port from the kernel); `listening` false
+// leaves the port bound but refusing.
+struct PeerSocket {
+  int fd = -1;
+  int port = 0;
+  explicit PeerSocket(bool listening) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    if (listening) REQUIRE(::listen(fd, 4) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~PeerSocket() { ::close(fd); }
+  sockaddr_in addr() const {
+    sockaddr_in a{};
+    uv_ip4_addr("127.0.0.1", port, &a);
+    return a;
+  }
+};
+
+// Connects, says "ping", reads until the peer's end, then closes.
+struct Dialer final : StreamHandler {
+  Stream stream;
+  char room[256];
+  std::string got;
+  int connected = 1, connects = 0, eofs = 0, closed = 0;  // connected: the last status
+  bool close_on_connect = false;
+
+  uv_buf_t on_stream_alloc() noexcept override { return uv_buf_init(room, sizeof room); }
+  void on_stream_connected(int status) noexcept override {
+    ++connects;
+    connected = status;
+    if (status != 0 || close_on_connect) {
+      stream.close();
+      return;
+    }
+    static char ping[] = "ping";
+    uv_buf_t b = uv_buf_init(ping, 4);
+    CHECK(stream.write(&b, 1));
+    stream.set_reading(true);
+  }
+  void on_stream_read(ssize_t n) noexcept override {
+    if (n > 0) got.append(room, static_cast<std::size_t>(n));
+    if (n < 0) {
+      eofs += n == UV_EOF;
+      stream.close();
+    }
+  }
+  void on_stream_written(int) noexcept override {}
+  void on_stream_closed() noexcept override { ++closed; }
+};
+
+struct DialLoop {
+  uv_loop_t loop;
+  StreamContext ctx{&loop};
+  DialLoop() { uv_loop_init(&loop); }
+  ~DialLoop() {
+    ctx.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("stream: connect, write, read the answer, EOF", "[stream]") {
+  PeerSocket peer(true);
+  std::string heard;
+  std::thread server([&] {
+    const int c = ::accept(peer.fd, nullptr, nullptr);
+    char buf[4];
+    const ssize_t n = ::recv(c, buf, sizeof buf, MSG_WAITALL);
+    if (n > 0) heard.assign(buf, static_cast<std::size_t>(n));
+    ::send(c, "pong", 4, 0);
+    ::close(c);
+  });
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  server.join();
+  CHECK(heard == "ping");
+  CHECK(dialer.got == "pong");
+  CHECK(dialer.eofs == 1);
+  CHECK(dialer.closed == 1);
+  CHECK(d.ctx.connect_reqs == 1);
+}
+
+TEST_CASE("stream: a refused connect reports its error; the stream is reusable after close", "[stream]") {
+  PeerSocket refusing(false);
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = refusing.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connected == UV_ECONNREFUSED);
+  CHECK(dialer.closed == 1);
+
+  // Again on the same Stream, this time to a listener, closing at once.
+  PeerSocket peer(true);
+  dialer.close_on_connect = true;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in b = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&b)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connected == 0);
+  CHECK(dialer.connects == 2);
+  CHECK(dialer.closed == 2);
+  CHECK(d.ctx.connect_reqs == 1);  // the pooled request was reused
+}
+
+TEST_CASE("stream: close() while connecting: no on_stream_connected, on_stream_closed last", "[stream]") {
+  PeerSocket peer(true);
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.stream.close();
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connects == 0);
+  CHECK(dialer.closed == 1);
+}
