@@ -71,6 +71,7 @@ def emit_settings(c: Config) -> list[str]:
         ("client_idle_timeout_ms", str(s.client_idle_timeout_ms)),
         ("upstream_timeout_ms", str(s.upstream_timeout_ms)),
         ("drain_timeout_ms", str(s.drain_timeout_ms)),
+        ("tunnel_idle_timeout_ms", str(s.tunnel_idle_timeout_ms)),
         ("header_bytes", f"{s.header_bytes}u"),
         ("header_count", f"{s.header_count}u"),
         ("uri_bytes", f"{s.uri_bytes}u"),

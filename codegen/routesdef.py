@@ -203,6 +203,7 @@ class Settings:
     client_idle_timeout_ms: int = 60_000
     upstream_timeout_ms: int = 30_000
     drain_timeout_ms: int = 30_000
+    tunnel_idle_timeout_ms: int = 3_600_000
     header_bytes: int = 16 << 10
     header_count: int = 100
     uri_bytes: int = 8 << 10
@@ -382,6 +383,7 @@ class Parser:
     SET_KEYS = [
         "workers", "access_log", "error_pages",
         "timeout.connect", "timeout.client_header", "timeout.client_idle", "timeout.upstream", "timeout.drain",
+        "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "admin",

@@ -154,6 +154,7 @@ struct Settings {
   std::uint32_t client_idle_timeout_ms;
   std::uint32_t upstream_timeout_ms;
   std::uint32_t drain_timeout_ms;
+  std::uint32_t tunnel_idle_timeout_ms;  // L4 tunnels: closed after this long with no byte either way
   std::uint64_t header_bytes;
   std::uint32_t header_count;
   std::uint32_t uri_bytes;

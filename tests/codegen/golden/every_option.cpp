@@ -15,6 +15,7 @@ constexpr Settings kSettings{
     .client_idle_timeout_ms = 120000,
     .upstream_timeout_ms = 3600000,
     .drain_timeout_ms = 0,
+    .tunnel_idle_timeout_ms = 3600000,
     .header_bytes = 32768u,
     .header_count = 64u,
     .uri_bytes = 4096u,

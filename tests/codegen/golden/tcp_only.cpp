@@ -15,6 +15,7 @@ constexpr Settings kSettings{
     .client_idle_timeout_ms = 60000,
     .upstream_timeout_ms = 30000,
     .drain_timeout_ms = 30000,
+    .tunnel_idle_timeout_ms = 3600000,
     .header_bytes = 16384u,
     .header_count = 100u,
     .uri_bytes = 8192u,
