@@ -29,6 +29,7 @@ struct Worker;
 struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
+struct L4Worker;
 
 // Process-wide, read-only after start-up (but for the atomics).
 struct Shared {
@@ -95,6 +96,7 @@ struct Worker {
   StreamContext streams{&loop};  // write requests, TLS scratch and pumping, shared by this worker's streams
   std::uint64_t refused_connections = 0;  // over limit.connections_per_worker
   std::uint64_t last_accept_error_ms = 0;
+  std::unique_ptr<L4Worker> l4;  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 
   // Returns a buffer of either size to its pool (null is fine).
