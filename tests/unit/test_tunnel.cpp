@@ -16,6 +16,7 @@
 #include <chrono>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tunnel/tunnel.hpp"
 
@@ -109,6 +110,7 @@ struct Rig final : TunnelOwner {
   const sockaddr_in* retry_target = nullptr;  // a refused connect goes here next
   std::atomic<int> connected{1};              // the last status
   int connects = 0, closed = 0;
+  std::uint32_t connect_ms = 5000;
   void (*on_tick)(Rig&) = nullptr;            // polled every tick while the tunnel lives
 
   Rig(const sockaddr_in* to, std::uint32_t idle_ms) : target(to) {
@@ -138,7 +140,7 @@ struct Rig final : TunnelOwner {
     REQUIRE(status == 0);
     auto* r = static_cast<Rig*>(l->data);
     REQUIRE(r->tunnel.client().accept(l, nullptr) == 0);
-    r->tunnel.connect(reinterpret_cast<const sockaddr*>(r->target), 5000);
+    r->tunnel.connect(reinterpret_cast<const sockaddr*>(r->target), r->connect_ms);
     uv_close(reinterpret_cast<uv_handle_t*>(l), nullptr);  // one connection
   }
   void on_tunnel_connected(Tunnel& t, int status) noexcept override {
@@ -146,7 +148,7 @@ struct Rig final : TunnelOwner {
     connected = status;
     if (status == 0) return;
     if (retry_target) {
-      t.connect(reinterpret_cast<const sockaddr*>(retry_target), 5000);
+      t.connect(reinterpret_cast<const sockaddr*>(retry_target), connect_ms);
       retry_target = nullptr;
       return;
     }
@@ -338,6 +340,37 @@ TEST_CASE("tunnel: a refused connect is reported; a second connect on the same t
   CHECK(rig.connects == 2);
   CHECK(rig.connected == 0);
   CHECK(at_client == "hello");
+  CHECK(rig.closed == 1);
+}
+
+TEST_CASE("tunnel: a connect that does not complete in time is reported as UV_ETIMEDOUT", "[tunnel]") {
+  // A listener whose accept queue is full drops further SYNs: connects hang.
+  Peer full(false);
+  REQUIRE(::listen(full.fd, 0) == 0);
+  std::vector<int> fillers;
+  for (int i = 0; i < 8; ++i) {
+    const int f = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ::connect(f, reinterpret_cast<const sockaddr*>(&full.addr), sizeof full.addr);
+    fillers.push_back(f);
+  }
+  Rig rig(&full.addr, 60000);
+  rig.connect_ms = 300;
+  std::chrono::steady_clock::duration took{};
+  bool client_ok = false;
+  std::thread client_thread([&] {
+    const int c = dial(rig.listen_addr);
+    if (c < 0) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    read_to_end(c, &client_ok);  // the owner closes the tunnel on the failure
+    took = std::chrono::steady_clock::now() - t0;
+    ::close(c);
+  });
+  rig.run();
+  client_thread.join();
+  for (int f : fillers) ::close(f);
+  CHECK(rig.connected == UV_ETIMEDOUT);
+  CHECK(client_ok);
+  CHECK(took >= std::chrono::milliseconds(250));
   CHECK(rig.closed == 1);
 }
 
