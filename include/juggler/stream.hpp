@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 #include "juggler/tls.hpp"
 
@@ -102,6 +103,26 @@ class StreamHandler {
   ~StreamHandler() = default;
 };
 
+// A step that reads the first bytes of an accepted connection before its
+// protocol does: a PROXY protocol header, later a TLS ClientHello peeked for
+// SNI routing. It reads raw bytes (below TLS) into its own room; once it is
+// done, the bytes it read but did not consume reach the protocol as if just
+// read, ahead of anything else, so the protocol never knows it ran.
+class Prelude {
+ public:
+  enum class Verdict : std::uint8_t { NeedMore, Done, Reject };
+  // Room for the next raw bytes (the prelude's own memory); must not be empty.
+  virtual uv_buf_t prelude_room() noexcept = 0;
+  // `n` raw bytes landed at the start of the room last given. NeedMore: read
+  // on. Done: `*rest` is set to what was read but not consumed (a view into
+  // the prelude's memory, read before this call returns; may be empty).
+  // Reject: the connection is refused (the handler sees UV_EPROTO).
+  virtual Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept = 0;
+
+ protected:
+  ~Prelude() = default;
+};
+
 class Stream {
  public:
   Stream() = default;
@@ -122,6 +143,14 @@ class Stream {
   // The peer's address as text ("192.0.2.7", "2001:db8::1"; an IPv4-mapped
   // IPv6 address as IPv4) into `out`; returns its length, 0 when unknown.
   std::uint8_t peer_ip(char (&out)[46]) noexcept;
+
+  // Runs `p` on the first bytes read, before the handler sees any (call
+  // after accept(), before reading starts; `p` must live until the handler's
+  // first on_stream_read). The rest it hands back is delivered at once
+  // through on_stream_alloc/on_stream_read (over TLS: decrypted first), so
+  // the handler's room must take up to the prelude's room in those calls.
+  void set_prelude(Prelude* p) noexcept { prelude_ = p; }
+  bool in_prelude() const noexcept { return prelude_ != nullptr; }
 
   // Whether the handler wants bytes now. Idempotent; with TLS, plaintext that
   // OpenSSL already holds is delivered from the loop's idle phase.
@@ -162,6 +191,8 @@ class Stream {
   static void on_connect(uv_connect_t* req, int status);
   static void on_pump_idle(uv_idle_t* h);
   void pump();
+  void prelude_read(ssize_t n);
+  void deliver(std::string_view bytes);
   bool flush_tls();
   void queue_pump();
   void unqueue_pump() noexcept;
@@ -170,6 +201,7 @@ class Stream {
   StreamContext* ctx_ = nullptr;
   StreamHandler* handler_ = nullptr;
   TlsStream* tls_ = nullptr;
+  Prelude* prelude_ = nullptr;  // runs before the handler reads (set_prelude)
   Stream* pump_prev_ = nullptr;  // ctx_'s list of streams to pump
   Stream* pump_next_ = nullptr;
   bool reading_ = false;

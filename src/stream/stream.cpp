@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace juggler {
@@ -94,6 +95,7 @@ void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
   ctx_ = &ctx;
   handler_ = handler;
   reading_ = write_pending_ = closing_ = discard_ = false;
+  prelude_ = nullptr;
   uv_tcp_init(ctx.loop, &tcp_);
   tcp_.data = this;
 }
@@ -155,6 +157,10 @@ void Stream::set_reading(bool want) noexcept {
 
 void Stream::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
   auto* s = static_cast<Stream*>(h->data);
+  if (s->prelude_) {
+    *buf = s->prelude_->prelude_room();
+    return;
+  }
   if (s->tls_ || s->discard_) {
     if (!s->ctx_->scratch) s->ctx_->scratch = std::make_unique<char[]>(kScratchSize);
     *buf = uv_buf_init(s->ctx_->scratch.get(), kScratchSize);
@@ -166,6 +172,10 @@ void Stream::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
 void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
   auto* s = static_cast<Stream*>(st->data);
   if (s->closing_) return;
+  if (n > 0 && s->prelude_) {
+    s->prelude_read(n);
+    return;
+  }
   if (n > 0 && s->discard_) return;
   if (n > 0 && s->tls_) {
     s->tls_->feed(buf->base, static_cast<std::size_t>(n));
@@ -178,6 +188,38 @@ void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
     s->reading_ = false;
   }
   s->handler_->on_stream_read(n);
+}
+
+// The prelude's bytes: on Done, what it did not consume goes where a read
+// would have put it (OpenSSL, or the handler's room).
+void Stream::prelude_read(ssize_t n) {
+  std::string_view rest;
+  const Prelude::Verdict v = prelude_->prelude_read(static_cast<std::size_t>(n), &rest);
+  if (v == Prelude::Verdict::NeedMore) return;
+  prelude_ = nullptr;
+  if (v == Prelude::Verdict::Reject) {
+    if (reading_) uv_read_stop(as_stream(&tcp_));
+    reading_ = false;
+    handler_->on_stream_read(UV_EPROTO);
+    return;
+  }
+  if (rest.empty()) return;
+  if (tls_) {
+    tls_->feed(rest.data(), rest.size());
+    pump();
+    return;
+  }
+  deliver(rest);
+}
+
+void Stream::deliver(std::string_view bytes) {
+  while (!bytes.empty() && !closing_ && reading_ && !discard_) {
+    const uv_buf_t room = handler_->on_stream_alloc();
+    const std::size_t k = std::min<std::size_t>(room.len, bytes.size());
+    std::memcpy(room.base, bytes.data(), k);
+    bytes.remove_prefix(k);
+    handler_->on_stream_read(static_cast<ssize_t>(k));
+  }
 }
 
 // TLS: decrypts what OpenSSL holds into the handler's room, sends what the
