@@ -101,7 +101,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     listeners = [
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
-        f".cert_count = {len(lst.certs)}, .line = {lst.line}}}"
+        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]

@@ -96,6 +96,7 @@ class Listener:
     pool_name: str | None = None
     pool_index: int = -1
     first_cert: int = 0
+    proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
 
 
 @dataclass
@@ -465,9 +466,14 @@ class Parser:
             raise DefError(f"unknown listener kind '{kind}' (expected http, https or tcp)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
+        if "proxy_protocol" in rest:
+            rest.remove("proxy_protocol")
+            lst.proxy_protocol = True
+            if "proxy_protocol" in rest:
+                raise DefError("option 'proxy_protocol' given twice")
         if kind == "http":
             if rest:
-                raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT'")
+                raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
             if "pool" not in opts.values:

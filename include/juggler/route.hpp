@@ -74,6 +74,7 @@ struct ListenerDef {
   std::int16_t pool;         // Tcp: index into pools(); -1 otherwise
   std::uint16_t first_cert;  // Https: range in certs(); the first is the default
   std::uint16_t cert_count;
+  bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
 };
 

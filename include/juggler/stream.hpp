@@ -118,6 +118,8 @@ class Prelude {
   // the prelude's memory, read before this call returns; may be empty).
   // Reject: the connection is refused (the handler sees UV_EPROTO).
   virtual Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept = 0;
+  // After Done, once the rest was delivered: the prelude's memory may go.
+  virtual void prelude_over() noexcept {}
 
  protected:
   ~Prelude() = default;

@@ -250,6 +250,7 @@ void ClientSession::on_stream_closed() noexcept {
   Worker& w = *worker;
   w.put_buffer(in);
   in = nullptr;
+  proxy.release();  // closed before its PROXY header was complete
   if (w.free_session_count >= kKeepFreeSessions) {
     delete this;
     return;
@@ -303,7 +304,7 @@ void on_client_timer(TimerNode* t) {
 
 // Accepts a pending connection of `server` into a new session (TLS with
 // `tls`), and starts reading its first request.
-void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
+void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_protocol) {
   auto* s = session_get(w);
   s->worker = &w;
   s->stream.init(w.streams, s);
@@ -319,6 +320,7 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
     return;
   }
   s->ip_len = s->stream.peer_ip(s->ip);
+  if (proxy_protocol) s->proxy.start(s->stream, w.buffers, s->ip, &s->ip_len, nullptr, nullptr);
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
   update_client_reading(s);
 }

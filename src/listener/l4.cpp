@@ -2,6 +2,8 @@
 // failure), then the tunnel relays until either side ends it.
 #include "listener/l4.hpp"
 
+#include "stream/proxy_protocol.hpp"
+
 namespace juggler {
 
 // One client connection of an L4 listener and its tunnel. ~900 bytes while
@@ -16,6 +18,7 @@ struct L4Conn final : TunnelOwner {
   std::uint16_t attempts = 0;
   std::uint8_t ip_len = 0;
   char ip[46];
+  ProxyPrelude proxy;  // proxy_protocol listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
   L4Conn* next = nullptr;
 
@@ -49,6 +52,13 @@ void connect_next(L4Conn* c) {
                     settings(w).connect_timeout_ms);
 }
 
+// The PROXY header named the client: now the pool's strategy can pick.
+void on_proxy_header(void* owner) {
+  auto* c = static_cast<L4Conn*>(owner);
+  c->worker->balancer.begin(c->pool, kNoHead, c->ticket);
+  connect_next(c);
+}
+
 }  // namespace
 
 L4Worker::L4Worker(Worker& w) noexcept
@@ -62,7 +72,8 @@ L4Worker::~L4Worker() {
   }
 }
 
-void l4_accept(Worker& w, uv_stream_t* server, std::uint16_t pool) {
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
+  const auto pool = static_cast<std::uint16_t>(def.pool);
   if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
   L4Worker& l4 = *w.l4;
   L4Conn* c = l4.free;
@@ -86,6 +97,11 @@ void l4_accept(Worker& w, uv_stream_t* server, std::uint16_t pool) {
     return;
   }
   c->ip_len = c->tunnel.client().peer_ip(c->ip);
+  if (def.proxy_protocol) {
+    c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
+    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
+    return;
+  }
   w.balancer.begin(pool, kNoHead, c->ticket);
   connect_next(c);
 }
@@ -113,6 +129,7 @@ void L4Conn::on_tunnel_closed(Tunnel&) noexcept {
   Worker& w = *worker;
   L4Worker& l4 = *w.l4;
   w.balancer.finish(ticket);
+  proxy.release();  // closed before the header was complete
   if (prev) prev->next = next;
   else l4.live = next;
   if (next) next->prev = prev;

@@ -29,9 +29,10 @@ struct L4Worker {
   std::uint32_t free_count = 0;
 };
 
-// Accepts a pending connection of the tcp listener `server` for `pool` and
-// starts connecting it to a server.
-void l4_accept(Worker& w, uv_stream_t* server, std::uint16_t pool);
+// Accepts a pending connection of the tcp listener `server` (compiled from
+// `def`) and starts connecting it to a server of def.pool (with
+// proxy_protocol: once the PROXY header named the client).
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def);
 
 // L4 connections open in `w`.
 inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count : 0; }

@@ -38,14 +38,14 @@ void accept_one(ListenerCtx* lc, uv_stream_t* server) {
   Worker* w = lc->worker;
   const std::uint32_t limit = settings(*w).connections_per_worker;
   if (limit && w->session_count + l4_count(*w) >= limit) {
-    refuse_connection(*w, server, lc->pool < 0);
+    refuse_connection(*w, server, lc->def->kind != ListenKind::Tcp);
     return;
   }
-  if (lc->pool >= 0) {
-    l4_accept(*w, server, static_cast<std::uint16_t>(lc->pool));
+  if (lc->def->kind == ListenKind::Tcp) {
+    l4_accept(*w, server, *lc->def);
     return;
   }
-  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr);
+  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr, lc->def->proxy_protocol);
 }
 
 void on_prepare(uv_prepare_t* h) {

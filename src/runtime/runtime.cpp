@@ -107,7 +107,7 @@ struct WorkerThread {
   std::unique_ptr<Worker> worker;
   std::vector<int> fds;
   std::vector<TlsContext*> fd_tls;  // per fd: its https context, or null
-  std::vector<std::int16_t> fd_pool;  // per fd: a tcp listener's pool, or -1
+  std::vector<const ListenerDef*> fd_def;  // per fd: its listen statement
   std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
   uv_async_t stop;
@@ -257,7 +257,7 @@ void worker_main(WorkerThread* t) {
     const int fd = t->fds[i];
     auto l = std::make_unique<uv_tcp_t>();
     uv_tcp_init(&w.loop, l.get());
-    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i], t->fd_pool[i]}));
+    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i], t->fd_def[i]}));
     l->data = t->listener_ctx.back().get();
     listener_init(*t->listener_ctx.back(), &w.loop, reinterpret_cast<uv_stream_t*>(l.get()));
     int rc = uv_tcp_open(l.get(), fd);
@@ -342,7 +342,7 @@ int run(const Config& config) {
       if (port == 0) port = bound_port(fd);  // the others join the port the kernel chose
       threads[i].fds.push_back(fd);
       threads[i].fd_tls.push_back(tls);
-      threads[i].fd_pool.push_back(tcp ? l.pool : std::int16_t{-1});
+      threads[i].fd_def.push_back(&l);
     }
     if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
     const std::string shown = host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;

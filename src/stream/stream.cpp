@@ -196,20 +196,23 @@ void Stream::prelude_read(ssize_t n) {
   std::string_view rest;
   const Prelude::Verdict v = prelude_->prelude_read(static_cast<std::size_t>(n), &rest);
   if (v == Prelude::Verdict::NeedMore) return;
-  prelude_ = nullptr;
   if (v == Prelude::Verdict::Reject) {
+    prelude_ = nullptr;
     if (reading_) uv_read_stop(as_stream(&tcp_));
     reading_ = false;
     handler_->on_stream_read(UV_EPROTO);
     return;
   }
-  if (rest.empty()) return;
+  Prelude* p = prelude_;
+  prelude_ = nullptr;
   if (tls_) {
-    tls_->feed(rest.data(), rest.size());
+    tls_->feed(rest.data(), rest.size());  // OpenSSL copies it
+    p->prelude_over();
     pump();
     return;
   }
-  deliver(rest);
+  deliver(rest);  // copied into the handler's room
+  p->prelude_over();
 }
 
 void Stream::deliver(std::string_view bytes) {

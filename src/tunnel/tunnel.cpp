@@ -15,6 +15,7 @@ void Tunnel::init(TunnelEnv& env, TunnelOwner* owner) noexcept {
   for (Side& s : side_) {
     s.tunnel = this;
     s.buf = nullptr;
+    s.held = 0;
     s.eof = s.passed = false;
     s.stream.init(*env.streams, &s);
     s.open = true;
@@ -64,8 +65,21 @@ void Tunnel::open() noexcept {
   state_ = State::Open;
   active_ms_ = uv_now(env_->streams->loop);
   env_->wheel->arm(&timer_, active_ms_ + env_->idle_ms);
-  side_[0].stream.set_reading(true);
-  side_[1].stream.set_reading(true);
+  for (Side& s : side_) {
+    if (s.held) {
+      // Read before the tunnel opened (what followed a prelude): sent first.
+      const std::uint32_t n = s.held;
+      s.held = 0;
+      relay(s, n);
+      if (s.buf) continue;  // pending: on_stream_written resumes reading
+    }
+    if (s.eof) pass_end(s);  // it ended before the tunnel opened
+    else s.stream.set_reading(true);
+  }
+}
+
+void Tunnel::expire_in(std::uint32_t timeout_ms) noexcept {
+  env_->wheel->arm(&timer_, uv_now(env_->streams->loop) + timeout_ms);
 }
 
 uv_buf_t Tunnel::Side::on_stream_alloc() noexcept {
@@ -80,8 +94,17 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
     t.relay(*this, static_cast<std::size_t>(n));
     return;
   }
+  if (n > 0 && (t.state_ == State::Idle || t.state_ == State::Connecting)) {
+    held = static_cast<std::uint32_t>(n);  // kept until open()
+    stream.set_reading(false);
+    return;
+  }
   t.release(*this);  // nothing landed, or nothing more will
   if (n == 0) return;
+  if (n == UV_EOF && (t.state_ == State::Idle || t.state_ == State::Connecting)) {
+    eof = true;  // passed on by open()
+    return;
+  }
   if (n == UV_EOF && t.state_ == State::Open) {
     eof = true;
     t.pass_end(*this);
@@ -129,7 +152,7 @@ void Tunnel::pass_end(Side& from) noexcept {
 }
 
 void Tunnel::release(Side& s) noexcept {
-  if (s.buf && !peer(s).stream.write_pending()) {
+  if (s.buf && !s.held && !peer(s).stream.write_pending()) {
     env_->buffers->put(s.buf);
     s.buf = nullptr;
   }
@@ -166,6 +189,10 @@ void Tunnel::on_timer(TimerNode* n) {
   if (t->state_ == State::Connecting) {
     t->connect_error_ = UV_ETIMEDOUT;
     t->side_[1].stream.close();
+    return;
+  }
+  if (t->state_ == State::Idle) {
+    t->close();  // expire_in()
     return;
   }
   if (t->state_ != State::Open) return;

@@ -69,6 +69,9 @@ class Tunnel {
   void connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept;
   // Both streams connected (accepted or connected by the caller): bytes flow.
   void open() noexcept;
+  // Before connect(): closes the tunnel unless connect() or open() comes
+  // within `timeout_ms` (e.g. while a prelude waits for its header).
+  void expire_in(std::uint32_t timeout_ms) noexcept;
   // Closes both streams (idempotent); on_tunnel_closed follows.
   void close() noexcept;
 
@@ -83,6 +86,7 @@ class Tunnel {
     Stream stream;
     Tunnel* tunnel = nullptr;
     Buffer* buf = nullptr;  // bytes read from this side, written to the other
+    std::uint32_t held = 0; // bytes in buf read before the tunnel opened
     bool eof = false;       // this side's input ended
     bool passed = false;    // ...and the other side's write was shut down
     bool open = false;      // the stream is initialised and not yet closed

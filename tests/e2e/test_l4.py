@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import struct
 import threading
 import time
 import unittest
@@ -22,7 +23,8 @@ import jtest
 from balancer import BalancerTestCase
 
 HOST = "127.0.115.1"
-ECHO, SKIP, STICKY, GREET, ANSWER, CONNS, DEAD = 17001, 17002, 17003, 17004, 17005, 17006, 17007
+ECHO, SKIP, STICKY, GREET, ANSWER, CONNS, DEAD, STICKY_PROXY = 17001, 17002, 17003, 17004, 17005, 17006, 17007, 17008
+HTTP_PROXY = 18116  # an http listener with proxy_protocol
 REFUSING = 7009
 
 
@@ -274,6 +276,83 @@ class L4Test(BalancerTestCase):
         self.assertEqual(lb.wait(timeout=10), 0, lb.output())
         self.assertGreaterEqual(took, 2.0)
         self.assertLess(took, 10)
+
+
+
+def proxy_v2(src: str, sport: int = 4242, dst: str = "127.0.115.1", dport: int = 80, tlv: bytes = b"") -> bytes:
+    """A PROXY v2 header (PROXY command, TCP over IPv4), with `tlv` after the addresses."""
+    body = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport) + tlv
+    return b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack("!H", len(body)) + body
+
+
+class ProxyProtocolTest(BalancerTestCase):
+    """listen ... proxy_protocol: the client address a PROXY v1/v2 header carries is the one
+    consistent_hash key=ip and X-Forwarded-For use; a malformed header closes the connection."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.backends = Backends()
+        cls.addClassCleanup(cls.backends.stop)
+
+    def setUp(self):
+        self.start_testserver(port=7010, host=HOST)
+        self.lb = self.start_balancer("l4")
+        jtest.wait_for_port(STICKY_PROXY, HOST)
+
+    def server_for(self, header: bytes, split: bool = False) -> bytes:
+        with dial(STICKY_PROXY) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if split:
+                s.sendall(header[:7])
+                time.sleep(0.05)  # two segments: the parser sees the header in two reads
+                s.sendall(header[7:] + b"tail")
+            else:
+                s.sendall(header + b"tail")
+            line = recv_line(s)
+            self.assertEqual(recv_exact(s, 4), b"tail")  # what followed the header passed on
+            return line
+
+    def test_l4_hashes_on_the_address_of_the_header(self):
+        seen = {}
+        for i in range(16):
+            ip = f"198.51.100.{i + 1}"
+            v1 = f"PROXY TCP4 {ip} 127.0.115.1 4242 17008\r\n".encode()
+            picks = {self.server_for(v1), self.server_for(proxy_v2(ip, tlv=b"\x04\x00\x02ab")),
+                     self.server_for(v1, split=True), self.server_for(proxy_v2(ip), split=True)}
+            self.assertEqual(len(picks), 1, f"{ip} (v1, v2, split) went to {picks}")
+            seen[ip] = picks.pop()
+        # Every connection came from 127.0.0.1: only the carried addresses spread them.
+        self.assertEqual(set(seen.values()), {b"7002\n", b"7003\n"})
+
+    def test_malformed_headers_close_the_connection(self):
+        for bad in (b"PROXY TCP4 1.2.3.400 127.0.0.1 1 2\r\n", b"PROXY TCP5 1.2.3.4 1.2.3.4 1 2\r\n",
+                    b"PROXY TCP4 1.2.3.4 1.2.3.4 1 2 3\r\n", b"PROXY TCP4 1.2.3.4 1.2.3.4 1 65536\r\n",
+                    b"GET / HTTP/1.1\r\n\r\n", b"PROXY " + b"x" * 120,
+                    b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12):
+            with self.subTest(bad=bad[:24]):
+                with dial(STICKY_PROXY) as s:
+                    s.sendall(bad)
+                    try:
+                        self.assertEqual(recv_to_end(s), b"")
+                    except ConnectionResetError:
+                        pass
+
+    def test_http_x_forwarded_for_is_the_address_of_the_header(self):
+        for header in (b"PROXY TCP4 203.0.113.7 127.0.115.1 5555 18116\r\n", proxy_v2("203.0.113.7")):
+            with self.subTest(v=header[:5]):
+                with dial(HTTP_PROXY) as s:
+                    s.sendall(header + b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    body = recv_to_end(s).decode()
+                self.assertIn("200", body.split("\r\n", 1)[0])
+                self.assertIn("X-Forwarded-For: 203.0.113.7", body)
+
+    def test_http_without_a_header_is_closed(self):
+        with dial(HTTP_PROXY) as s:
+            s.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                self.assertEqual(recv_to_end(s), b"")
+            except ConnectionResetError:
+                pass
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 15},
-    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .line = 16},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .line = 17},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15},
+    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17},
 };
 
 constexpr CertDef kCerts[] = {

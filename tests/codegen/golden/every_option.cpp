@@ -29,11 +29,11 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 20},
-    {.kind = ListenKind::Http, .host = "::", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 21},
-    {.kind = ListenKind::Https, .host = "127.0.0.1", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 2, .line = 22},
-    {.kind = ListenKind::Https, .host = "::1", .port = 8443, .pool = -1, .first_cert = 2, .cert_count = 1, .line = 23},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 4, .first_cert = 0, .cert_count = 0, .line = 24},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 20},
+    {.kind = ListenKind::Http, .host = "::", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 21},
+    {.kind = ListenKind::Https, .host = "127.0.0.1", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 2, .proxy_protocol = false, .line = 22},
+    {.kind = ListenKind::Https, .host = "::1", .port = 8443, .pool = -1, .first_cert = 2, .cert_count = 1, .proxy_protocol = true, .line = 23},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 4, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 24},
 };
 
 constexpr CertDef kCerts[] = {

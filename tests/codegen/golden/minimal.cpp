@@ -29,7 +29,7 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 2},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
 };
 
 constexpr PoolDef kPools[] = {

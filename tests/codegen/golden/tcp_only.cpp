@@ -29,7 +29,7 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .line = 2},
+    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
 };
 
 constexpr PoolDef kPools[] = {
