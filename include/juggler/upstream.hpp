@@ -1,18 +1,32 @@
-// Connections to servers: a per-worker idle list per server (keep-alive), new
-// connections, and closing. What is sent and read on them is the connector's
-// and the relay's (src/upstream/connector, src/exchange/relay).
+// Connections to servers: what the exchange uses of one (Upstream), the TCP
+// implementation (UpstreamConn) with a per-worker idle list per server
+// (keep-alive), new connections, and closing. What is sent and read on them
+// is the connector's and the relay's (src/upstream/connector,
+// src/exchange/relay); the exchange reaches a connection only through
+// Upstream and Worker::upstream_connect, so the unit tests drive it with a
+// fake one.
 #pragma once
 
 #include "juggler/worker.hpp"
 
 namespace juggler {
 
-// A connection to a server: in use by one exchange, or idle on its server's
-// list (reading, so a close by the server is noticed before reuse).
-struct UpstreamConn {
-  uv_tcp_t tcp;
-  uv_connect_t connect_req;
-  Worker* worker;
+// A connection to a server as the exchange uses it: the buffer the response
+// is read into, and what the exchange asks of it. Its events (connected,
+// bytes read, end, write done) reach the exchange as step() events.
+class Upstream {
+ public:
+  // Writes request bytes (valid until written): true when all went out now;
+  // else write_pending until the exchange receives Event::UpstreamWritten.
+  virtual bool write(uv_buf_t* iov, unsigned n) noexcept = 0;
+  // Starts or stops reading the server (backpressure while the client is behind).
+  virtual void set_reading(bool on) noexcept = 0;
+  // The response ended cleanly: back to its server's idle list (or closed).
+  virtual void release() noexcept = 0;
+  // Closes (idempotent); the exchange has forgotten it.
+  virtual void close() noexcept = 0;
+
+  Worker* worker = nullptr;
   Exchange* ex = nullptr;  // the exchange using it; null while idle
   Buffer* in = nullptr;
   std::uint32_t in_len = 0;
@@ -23,9 +37,27 @@ struct UpstreamConn {
   bool closing = false;
   bool write_pending = false;
   bool reading = false;
+
+ protected:
+  Upstream() = default;
+  Upstream(const Upstream&) = default;
+  Upstream& operator=(const Upstream&) = default;
+  ~Upstream() = default;
+};
+
+// A TCP connection to a server: in use by one exchange, or idle on its
+// server's list (reading, so a close by the server is noticed before reuse).
+struct UpstreamConn final : Upstream {
+  uv_tcp_t tcp;
+  uv_connect_t connect_req;
   std::uint64_t idle_since_ms = 0;
   UpstreamConn* prev = nullptr;  // idle list of its server
   UpstreamConn* next = nullptr;
+
+  bool write(uv_buf_t* iov, unsigned n) noexcept override;
+  void set_reading(bool on) noexcept override;
+  void release() noexcept override;
+  void close() noexcept override;
 };
 
 
@@ -49,9 +81,5 @@ void upstream_close(UpstreamConn* c) noexcept;
 
 // Closes idle connections older than the idle timeout (all, when `all`).
 void upstream_sweep(Worker& w, bool all) noexcept;
-
-// The read callbacks an active or idle connection uses (src/upstream/connector.cpp).
-void upstream_on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf);
-void upstream_on_read(uv_stream_t* s, ssize_t n, const uv_buf_t* buf);
 
 }  // namespace juggler

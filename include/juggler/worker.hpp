@@ -30,6 +30,14 @@ struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
 struct L4Worker;
+class Upstream;
+
+// How an exchange gets a server connection (juggler/upstream.hpp): a live
+// idle one to `server` (reused), or a new one connecting (Event::Connected
+// follows; *rc is a libuv error when it could not even start), attached to
+// `ex`, never null. A pointer in the worker, so the unit tests hand out fakes.
+using UpstreamConnect = Upstream* (*)(Worker& w, std::uint16_t server, Exchange* ex, int* rc);
+Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, int* rc);
 
 // Process-wide, read-only after start-up (but for the atomics).
 struct Shared {
@@ -74,6 +82,7 @@ struct Worker {
   AccessLog access_log;
   TimerWheel wheel;
   std::vector<IdleList> idle;  // per compiled server
+  UpstreamConnect upstream_connect = upstream_connect_tcp;
   // Retry budget, per pool: a request earns kRetryEarn tokens, a retry costs
   // kRetryCost (so retries stay near 20% of requests), capped at kRetryCap.
   static constexpr std::int32_t kRetryEarn = 1, kRetryCost = 5, kRetryCap = 100;

@@ -5,9 +5,8 @@
 #include "exchange/exchange.hpp"
 
 #include <cstring>
+#include <iterator>
 
-#include "exchange/relay.hpp"
-#include "http1/connection.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -41,17 +40,19 @@ Exchange* exchange_get(Worker& w) {
   return ex;
 }
 
-void exchange_begin(Exchange* ex, ClientSession* s) {
-  Worker& w = *s->worker;
+void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
+  Worker& w = *ex->worker;
   ex->state() = ExchangeState{};
-  ex->client = s;
+  ex->down = down;
+  ex->body = body;
   ex->req.init(HTTP_REQUEST, ex->req_headers.get(), settings(w).header_count);
   ex->req.max_head_bytes = settings(w).header_bytes;
 }
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
-  ex->client = nullptr;
+  ex->down = nullptr;
+  ex->body = nullptr;
   ex->up = nullptr;
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
@@ -60,12 +61,12 @@ void exchange_put(Worker& w, Exchange* ex) {
 
 void detach_upstream(Exchange* ex, bool reuse) {
   ex->worker->balancer.finish(ex->ticket);
-  UpstreamConn* c = ex->up;
+  Upstream* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
   c->ex = nullptr;
-  if (reuse) upstream_release(c);
-  else upstream_close(c);
+  if (reuse) c->release();
+  else c->close();
 }
 
 void copy_log_fields(Exchange* ex) {
@@ -88,9 +89,8 @@ void copy_log_fields(Exchange* ex) {
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   if (!w.access_log.enabled()) return;
-  if (ex->log_line_len == 0 && ex->req.head_begin() && ex->replayable && ex->head_end) copy_log_fields(ex);
   AccessRecord r;
-  r.client_ip = {ex->client->ip, ex->client->ip_len};
+  r.client_ip = ex->down->peer();
   r.request_line = {ex->log_text, ex->log_line_len};
   r.referer = {ex->log_text + ex->log_line_len, ex->log_referer_len};
   r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
@@ -107,72 +107,174 @@ void log_exchange(Exchange* ex) {
   w.access_log.record(r);
 }
 
-void on_request_head(Exchange* ex) {
-  ClientSession* s = ex->client;
-  Worker& w = *s->worker;
-  TimerWheel::disarm(&s->timer);
+namespace {
+
+TunnelHook g_tunnel_hook = nullptr;  // set once at start-up, before any worker runs
+
+bool response_began(State st) { return st == State::Relay || st == State::Finish || st == State::Done; }
+
+// The client left first: the exchange is cut, and the log says when.
+State client_gone(Exchange* ex) {
+  if (ex->term.who == Who::None) {
+    const State s = ex->st;
+    const When when = response_began(s) ? When::Body
+                      : s == State::Connect || s == State::Send || s == State::AwaitHead ? When::Head
+                                                                                          : When::Request;
+    ex->term = {Who::Client, when, false, 0};
+  }
+  return State::Cut;
+}
+
+// Done: logs, lets go of the server connection (to its idle list when the
+// exchange ended cleanly) and the exchange, and tells the connection.
+void finish_exchange(Exchange* ex) {
+  Worker& w = *ex->worker;
+  log_exchange(ex);
+  const bool complete = ex->body->complete();
+  detach_upstream(ex, ex->up && ex->upstream_reusable && complete);
+  const bool close = ex->client_close || !complete || w.draining;
+  Downstream* d = ex->down;
+  exchange_put(w, ex);
+  // Linger when the client may still be sending (an unread body).
+  d->done(close, !complete);
+}
+
+// Cut: the answer cannot be completed (or the client left).
+void cut_exchange(Exchange* ex) {
+  if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
+  log_exchange(ex);
+  detach_upstream(ex, false);
+  Downstream* d = ex->down;
+  exchange_put(*ex->worker, ex);
+  d->abort();
+}
+
+// Tunnel: both sides go to the hook, which takes them.
+void tunnel_exchange(Exchange* ex) {
+  g_tunnel_hook(ex);
+  log_exchange(ex);
+  detach_upstream(ex, false);  // closes the server connection unless the hook took it
+  exchange_put(*ex->worker, ex);
+}
+
+using Handler = State (*)(Exchange*, Event, int);
+constexpr Handler kHandlers[] = {state_head,  state_route, state_respond, state_connect, state_send,
+                                 state_await_head, state_relay, state_finish, state_failed};
+static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
+
+// The states that act when entered; the others (and the ends) wait for
+// their next event, so entering them costs no call.
+constexpr unsigned kActsOnEnter = 1U << static_cast<unsigned>(State::Route) | 1U << static_cast<unsigned>(State::Respond) |
+                                  1U << static_cast<unsigned>(State::Connect) |
+                                  1U << static_cast<unsigned>(State::Send) | 1U << static_cast<unsigned>(State::Failed);
+bool acts_on_enter(State s) { return (kActsOnEnter >> static_cast<unsigned>(s) & 1U) != 0; }
+
+}  // namespace
+
+void set_tunnel_hook(TunnelHook hook) noexcept { g_tunnel_hook = hook; }
+TunnelHook tunnel_hook() noexcept { return g_tunnel_hook; }
+
+void step(Exchange* ex, Event ev, int arg) {
+  if (ex->stepping) {
+    ex->deferred = ev;
+    return;
+  }
+  ex->stepping = true;
+  State s = ex->st;
+  for (;;) {
+    State next = kHandlers[static_cast<std::size_t>(s)](ex, ev, arg);
+    while (next != s) {
+      s = ex->st = next;
+      if (!acts_on_enter(s)) break;
+      next = kHandlers[static_cast<std::size_t>(s)](ex, Event::Enter, 0);
+    }
+    if (ex->deferred == Event::Enter) break;
+    ev = ex->deferred;
+    arg = 0;
+    ex->deferred = Event::Enter;
+    if (s >= State::Done) {
+      // The client broke the connection while the last send was made.
+      if (s == State::Done && ev == Event::ClientGone) s = ex->st = client_gone(ex);
+      break;
+    }
+  }
+  ex->stepping = false;
+  if (s == State::Done) finish_exchange(ex);
+  else if (s == State::Cut) cut_exchange(ex);
+  else if (s == State::Tunnel) tunnel_exchange(ex);
+}
+
+State on_other_event(Exchange* ex, Event ev, int arg, State self) {
+  switch (ev) {
+    case Event::ClientGone:
+      return client_gone(ex);
+    case Event::Refuse:
+      if (response_began(self)) return client_gone(ex);
+      return reply_and_close(ex, arg);
+    default:
+      return self;
+  }
+}
+
+State state_head(Exchange* ex, Event ev, int arg) {
+  if (ev == Event::HeadParsed) return State::Route;
+  return on_other_event(ex, ev, arg, State::Head);
+}
+
+// The head is complete: refuse what breaks the limits, route, and start
+// what the route says.
+State state_route(Exchange* ex, Event, int) {
+  Worker& w = *ex->worker;
   describe_request(ex->req, ex->route_headers.get(), ex->head);
-  ex->head.secure = s->stream.secure();
+  ex->head.secure = ex->down->secure();
   ex->is_head = ex->head.method == Method::Head;
-  ++s->requests;
   const Settings& st = settings(w);
-  ex->client_close = !ex->req.keep_alive() || w.draining ||
-                     (st.requests_per_connection && s->requests >= st.requests_per_connection);
   if (w.access_log.enabled()) copy_log_fields(ex);
-  if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) {
-    reply_and_close(ex, 413);
-    return;
-  }
+  if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) return reply_and_close(ex, 413);
   if (!path_is_normal(ex->head.path)) {
-    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", s->ip_len, s->ip);
-    reply_and_close(ex, 400);
-    return;
+    log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),
+        ex->down->peer().data());
+    return reply_and_close(ex, 400);
   }
-  if (ex->req.url().size() > st.uri_bytes) {
-    reply_and_close(ex, 414);
-    return;
-  }
+  if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
   ex->route = w.table->distribute(ex->head);
-  if (!ex->route) {
-    reply_error(ex, 404);
-    return;
-  }
+  if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
     case Action::Proxy: {
-      ex->phase = Phase::Upstream;
       ex->retries_left = ex->route->retries;
       std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
       tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
       w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
-      connect_upstream(ex);
-      return;
+      return State::Connect;
     }
     case Action::Respond: {
       const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
-      reply_local(ex, ex->route->status, reply.keep, reply.close);
-      return;
+      return reply_local(ex, ex->route->status, reply.keep, reply.close);
     }
     case Action::Redirect:
     case Action::RedirectHttps:
-      reply_redirect(ex);
-      return;
+      break;
+  }
+  return reply_redirect(ex);
+}
+
+// A local answer, prepared by a responder in `answer`: written, then Done.
+State state_respond(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::Enter: {
+      uv_buf_t b = uv_buf_init(const_cast<char*>(ex->answer.data()), static_cast<unsigned>(ex->answer.size()));
+      return ex->down->send(&b, 1) ? State::Done : State::Respond;
+    }
+    case Event::ClientWritten:
+      return State::Done;
+    default:
+      return on_other_event(ex, ev, arg, State::Respond);
   }
 }
 
-void finish_exchange(Exchange* ex) {
-  ClientSession* s = ex->client;
-  Worker& w = *s->worker;
-  log_exchange(ex);
-  UpstreamConn* c = ex->up;
-  detach_upstream(ex, c && ex->upstream_reusable && ex->req_complete && ex->resp_complete);
-  const bool close = ex->client_close || !ex->req_complete || s->eof || w.draining;
-  // Linger only when the client may still be sending (an unread body, or
-  // pipelined requests we will not answer): closing with unread input would
-  // reset the connection and could destroy the answer in flight.
-  const bool linger = !ex->req_complete || s->parse_pos < s->in_len;
-  s->ex = nullptr;
-  exchange_put(w, ex);
-  client_next(s, close, linger);
+bool exchange_wants_body(const Exchange* ex) {
+  const State s = ex->st;
+  return s == State::Connect || s == State::Send || s == State::AwaitHead || s == State::Relay || s == State::Finish;
 }
 
 void session_free_exchanges(Worker& w) noexcept {

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "exchange/downstream.hpp"
 #include "juggler/balance.hpp"
 #include "juggler/http.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -10,7 +11,46 @@
 
 namespace juggler {
 
-enum class Phase : std::uint8_t { Head, Upstream, Local };
+// The states of an exchange. Each has one handler, which step() calls with
+// the event and which returns the next state; a state just entered is called
+// with Event::Enter first. Done, Cut and Tunnel end the exchange: step()
+// tears it down after the handlers returned, never inside one.
+//
+//   Head ─▶ Route ─┬─▶ Respond ──────────────────────────────────────▶ Done
+//                  └─▶ Connect ─▶ Send ─▶ AwaitHead ─▶ Relay ─▶ Finish ─▶ Done
+//   (Connect, Send, AwaitHead, Relay, Finish) ─▶ Failed ─▶ Connect (retry)
+//                                                      ├─▶ Respond (408/502/504)
+//                                                      └─▶ Cut
+//   (Send, AwaitHead) ─▶ Tunnel (a 101 the client asked for)
+enum class State : std::uint8_t {
+  Head,       // the connection reads the request head
+  Route,      // the head is complete: routing picks the action (passed through)
+  Respond,    // a local answer (respond, redirect, error page) is being written
+  Connect,    // picking a server and connecting (the connect timeout runs)
+  Send,       // connected: the request head and body go out
+  AwaitHead,  // the whole request went out: the response head is awaited
+  Relay,      // the final response head went to the client: the body follows
+  Finish,     // the response is complete: its last bytes are being written
+  Failed,     // passed through: exchange_fail decides from `term`
+  Done,       // ended: the connection goes on with the next request, or closes
+  Cut,        // ended: the client connection is cut
+  Tunnel,     // ended: both connections went to the tunnel hook
+};
+
+// What happens to an exchange: step(ex, event, arg).
+enum class Event : std::uint8_t {
+  Enter,            // the state was just entered
+  HeadParsed,       // the connection parsed the request head
+  Body,             // more of the request body arrived (or the rest of it)
+  Refuse,           // the connection refuses the request (arg: the status)
+  ClientWritten,    // a send to the client completed
+  ClientGone,       // the client left or broke the connection
+  Connected,        // the server connection is up (arg: 0, or the libuv error)
+  ServerData,       // bytes from the server in its connection's buffer
+  ServerEof,        // the server closed or broke the connection (arg: UV_EOF or the error)
+  UpstreamWritten,  // a write to the server completed (arg: its status)
+  Timer,            // the exchange's timer fired
+};
 
 // How an exchange ended, as data (HAProxy's termination state): who ended it
 // and while waiting for what. One function (exchange_fail) decides retry, 5xx
@@ -33,30 +73,25 @@ struct Termination {
 // as a whole (`ex->state() = {}`) when the next request begins, so no field
 // can keep a previous request's value.
 struct ExchangeState {
-  ClientSession* client = nullptr;
-  UpstreamConn* up = nullptr;
-  Termination term;  // how it ended (set by exchange_fail / client_abort)
+  Downstream* down = nullptr;  // the connection the request came on
+  RequestBody* body = nullptr;  // its body (never null; complete at once when there is none)
+  Upstream* up = nullptr;
+  Termination term;  // how it ended (set where the failure is seen; state Failed decides from it)
   RequestHead head;
   const RouteDef* route = nullptr;
   Tried tried;
   int server = -1;
-  Phase phase = Phase::Head;
+  State st = State::Head;
+  Event deferred = Event::Enter;  // an event raised while a handler ran (Enter: none)
+  bool stepping = false;          // a handler runs: events wait in `deferred`
   std::uint8_t attempts = 0;
   std::uint8_t retries_left = 0;
-  // request side (offsets into client->in)
-  std::uint32_t head_end = 0;    // end of the head in client->in
-  std::uint32_t body_end = 0;    // end of the body bytes parsed so far
-  std::uint32_t sent_to = 0;     // bytes of client->in already written upstream (head counts from head_end)
-  bool head_sent = false;
-  bool req_complete = false;
-  bool replayable = true;        // the whole request is still in client->in
   bool client_close = false;     // close the client connection after this exchange
   bool is_head = false;
   // response side
-  bool resp_started = false;     // a byte of the final response went to the client
   std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
-  bool resp_complete = false;
-  bool upstream_reusable = false;
+  bool upstream_reusable = false;  // the response ended cleanly and the server keeps the connection
+  std::string_view answer;       // Respond: the bytes of the local answer
   int status = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t start_us = 0;
@@ -100,13 +135,49 @@ struct Exchange : ExchangeState {
 
 // An exchange from the worker's pool (arrays sized from limit.header_count).
 Exchange* exchange_get(Worker& w);
-// Resets it for a new request on `s`.
-void exchange_begin(Exchange* ex, ClientSession* s);
+// Resets it for a new request arriving on `down`, its body from `body`.
+void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body);
 // Back to the pool.
 void exchange_put(Worker& w, Exchange* ex);
 
-// The request head is complete: route it and start what the route says.
-void on_request_head(Exchange* ex);
+// Everything that happens to an exchange comes here: the handler of its
+// current state acts and names the next state, until one waits for the next
+// event. When the exchange ends (Done, Cut, Tunnel) it is torn down here, as
+// the last thing: `ex` must not be used after a call that may end it. An
+// event raised while a handler runs (a send that failed at once) is handled
+// after it returns.
+void step(Exchange* ex, Event ev, int arg = 0);
+
+// Whether the exchange takes request body bytes now (it is proxying).
+bool exchange_wants_body(const Exchange* ex);
+
+// A 101 answer to a request whose client asked for that Upgrade ends the
+// exchange in Tunnel: the hook is called (at the top, once) with both sides
+// still attached: ex->down, and ex->up with the 101 head parsed in ex->resp
+// and whatever followed it in ex->up->in from parse_pos. The hook takes both:
+// it sets ex->up to null (else the connection is closed) and owns the client
+// connection from then on (telling its protocol that the exchange ended);
+// then the exchange is logged and goes back to the pool. Null (the default):
+// a 101 is a broken answer, 502, as the request went without its Upgrade.
+using TunnelHook = void (*)(Exchange* ex);
+void set_tunnel_hook(TunnelHook hook) noexcept;
+TunnelHook tunnel_hook() noexcept;
+
+// The state handlers (step() calls them; each returns the next state).
+State state_head(Exchange* ex, Event ev, int arg);     // exchange.cpp
+State state_route(Exchange* ex, Event ev, int arg);
+State state_respond(Exchange* ex, Event ev, int arg);
+State state_connect(Exchange* ex, Event ev, int arg);  // upstream/connector.cpp
+State state_failed(Exchange* ex, Event ev, int arg);
+State state_send(Exchange* ex, Event ev, int arg);     // exchange/relay.cpp
+State state_await_head(Exchange* ex, Event ev, int arg);
+State state_relay(Exchange* ex, Event ev, int arg);
+State state_finish(Exchange* ex, Event ev, int arg);
+
+// What every state does with the events it has no use of: the client left
+// (Cut), a refused request (the error page before a response began, else
+// Cut); others leave the state as it is (`self`).
+State on_other_event(Exchange* ex, Event ev, int arg, State self);
 
 // Ends the balancer's events for the attempt and lets go of the server
 // connection: back to its idle list with `reuse`, else closed.
@@ -118,10 +189,6 @@ void copy_log_fields(Exchange* ex);
 
 // The access log line of the exchange (when the log is on).
 void log_exchange(Exchange* ex);
-
-// The answer is complete (or given up): logs, releases the server connection
-// and the exchange, and tells the client connection what comes next.
-void finish_exchange(Exchange* ex);
 
 // Releases the exchange pool and the streams' idle handle (at worker exit,
 // after every session closed).

@@ -2,12 +2,14 @@
 // server as they arrive, the response head (edited when needed) and body go
 // to the client, each from the buffer it was read into: nothing is copied.
 // One write at a time per side; the other side's reading pauses meanwhile.
+// The states Send, AwaitHead, Relay and Finish live here.
 #include "exchange/relay.hpp"
+
+#include <strings.h>
 
 #include <cstring>
 
 #include "exchange/exchange.hpp"
-#include "http1/connection.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
 
@@ -23,29 +25,71 @@ constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size strea
 
 unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
-  unsigned n = edit_request_head(ex->req, {ex->client->ip, ex->client->ip_len}, ex->client->stream.secure() ? "https" : "http",
-                                 ex->scratch.get(),
+  unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
                                  ex->scratch_cap, &len, ex->iov.get());
   ex->scratch_len = static_cast<std::uint32_t>(len);
   return n;
 }
 
-void on_upstream_write(uv_write_t* req, int status) {
-  auto* c = static_cast<UpstreamConn*>(req->data);
-  c->worker->streams.put_write(req);
-  c->write_pending = false;
-  Exchange* ex = c->ex;
-  if (c->closing || !ex) return;
+void restart_response_parser(Exchange* ex) {
+  ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(*ex->worker).header_count);
+  ex->resp.max_head_bytes = ex->worker->buffers.size();
+  if (ex->is_head) ex->resp.expect_no_body();
+}
+
+// Sends what is pending of the request: the head first (`with_head`), then
+// body bytes as they arrive. One write at a time; reading the client pauses
+// meanwhile (RequestBody::consume). True when the whole request went out.
+bool flush_upstream(Exchange* ex, bool with_head) {
+  Upstream* c = ex->up;
+  if (!c || c->write_pending) return false;
+  unsigned n = with_head ? build_request_head(ex) : 0;
+  const std::string_view body = ex->body->available();
+  if (!body.empty()) ex->iov[n++] = uv_buf_init(const_cast<char*>(body.data()), static_cast<unsigned>(body.size()));
+  const bool complete = ex->body->complete();
+  if (n == 0) return complete;
+  // The head of a request without more body holds nothing of the source.
+  const bool holds = !body.empty() || !complete;
+  if (holds) ex->body->consume(body.size());
+  if (!c->write(ex->iov.get(), n)) return false;
+  ex->progress_ms = ex->worker->now_ms();
+  if (holds) ex->body->written();
+  return complete;
+}
+
+// Send, entered: the connection is ready; the response parser and the timer
+// start, the request goes out. True when all of it went.
+bool send_request(Exchange* ex) {
+  Upstream* c = ex->up;
+  Worker& w = *ex->worker;
+  w.balancer.sent(ex->ticket, ex->server);
+  restart_response_parser(ex);
+  if (ex->attempts > 1) ex->body->rewind();  // a retry sends it all again
+  if (!c->reading) c->set_reading(true);
+  ex->progress_ms = w.now_ms();
+  w.wheel.arm(&ex->timer, ex->progress_ms + settings(w).upstream_timeout_ms);
+  return flush_upstream(ex, true);
+}
+
+// More request body arrived: sent on when the server takes it.
+bool body_arrived(Exchange* ex) {
+  ex->progress_ms = ex->worker->now_ms();
+  return flush_upstream(ex, false);
+}
+
+// A write to the server completed: the bytes it carried are released and
+// what arrived meanwhile goes. True when the whole request went out.
+bool upstream_written(Exchange* ex, int status) {
   if (status < 0) {
     // The server went away while taking the request; the read side will see
     // the reset or EOF and decide between retry and 502.
-    log(LogLevel::Debug, "write to %.*s failed: %s", JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), uv_strerror(status));
-    return;
+    log(LogLevel::Debug, "write to %.*s failed: %s",
+        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[ex->up->server]), uv_strerror(status));
+    return false;
   }
-  ex->progress_ms = c->worker->now_ms();
-  recycle_client_buffer(ex);
-  flush_upstream(ex);
-  update_client_reading(ex->client);
+  ex->progress_ms = ex->worker->now_ms();
+  ex->body->written();
+  return flush_upstream(ex, false);
 }
 
 // Response head for the client, into `iov`: nothing when the raw bytes can go
@@ -67,62 +111,36 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   return n;
 }
 
-void restart_response_parser(Exchange* ex) {
-  ex->resp.init(HTTP_RESPONSE, ex->resp_headers.get(), settings(*ex->worker).header_count);
-  ex->resp.max_head_bytes = ex->worker->buffers.size();
-  if (ex->is_head) ex->resp.expect_no_body();
-}
-
-}  // namespace
-
-// While a large body streams, the client buffer is reused from its start once
-// everything in it went upstream; the request can then no longer be replayed.
-void recycle_client_buffer(Exchange* ex) {
-  ClientSession* s = ex->client;
-  if (ex->req_complete || !s->in || s->in_len < s->in->cap || ex->sent_to < s->in_len) return;
-  if (ex->up && ex->up->write_pending) return;  // the write still reads these bytes
-  if (ex->worker->access_log.enabled() && ex->log_line_len == 0 && ex->replayable) copy_log_fields(ex);
-  s->in_len = s->parse_pos = 0;
-  ex->head_end = ex->body_end = ex->sent_to = 0;
-  ex->replayable = false;
-  s->in = ex->worker->upgrade(s->in);  // a large upload: bigger reads from here on
-}
-
-// Sends what is pending of the request: the head once, then body bytes as
-// they arrive. One write at a time; reading the client pauses meanwhile.
-void flush_upstream(Exchange* ex) {
-  UpstreamConn* c = ex->up;
-  if (!c || !c->connected || c->write_pending) return;
-  ClientSession* s = ex->client;
-  unsigned n = 0;
-  if (!ex->head_sent) {
-    n = build_request_head(ex);
-    ex->head_sent = true;
-    ex->sent_to = ex->head_end;
+// A 101 answer whose Upgrade the client asked for, with a tunnel to take it.
+bool upgrade_asked(const Exchange* ex) {
+  const std::string_view asked = ex->head.header("upgrade");
+  if (!tunnel_hook() || asked.empty()) return false;
+  for (std::uint32_t i = 0; i < ex->resp.header_count(); ++i) {
+    const HeaderSpan& h = ex->resp.headers()[i];
+    std::string_view name = ex->resp.header_name(h);
+    if (name.size() != 7 || strncasecmp(name.data(), "upgrade", 7) != 0) continue;
+    const std::string_view offered = ex->resp.header_value(h);
+    if (offered.empty() || offered.size() > asked.size()) return false;
+    for (std::size_t at = 0; at + offered.size() <= asked.size(); ++at)
+      if (strncasecmp(asked.data() + at, offered.data(), offered.size()) == 0) return true;
+    return false;
   }
-  if (ex->body_end > ex->sent_to) {
-    ex->iov[n++] = uv_buf_init(s->in->data + ex->sent_to, ex->body_end - ex->sent_to);
-    ex->sent_to = ex->body_end;
-  }
-  if (n == 0) return;
-  c->write_pending = true;
-  if (!write_or_queue(c->worker->streams, as_stream(&c->tcp), c, ex->iov.get(), n, on_upstream_write)) return;
-  c->write_pending = false;
-  ex->progress_ms = c->worker->now_ms();
-  recycle_client_buffer(ex);
-  update_client_reading(s);
+  return false;
 }
 
-namespace {
+enum class HeadStep : std::uint8_t { NeedMore, Interim, Final, Failed, Tunnel };
 
-enum class HeadStep : std::uint8_t { NeedMore, Interim, Final, Failed };
+HeadStep broken_head(Exchange* ex) {
+  ex->term = {Who::Server, When::Head, false, UV_EPROTO};
+  return HeadStep::Failed;
+}
 
 // Parses a response head in the server buffer. An interim response (100
 // Continue) is queued into the exchange's iov as it is, and the caller parses
 // on; the final one's head is queued (edited when needed) and *fwd says
 // where the raw bytes to relay start.
 HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
-  UpstreamConn* c = ex->up;
+  Upstream* c = ex->up;
   Worker& w = *ex->worker;
   char* base = c->in->data;
   std::size_t used = 0;
@@ -131,24 +149,25 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
     c->parse_pos = c->in_len;
     if (c->in_len < c->in->cap) return HeadStep::NeedMore;
     log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
-    exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-    return HeadStep::Failed;
+    return broken_head(ex);
   }
   if (ev == ParseEvent::Error) {
     log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
         ex->resp.error_reason());
-    exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-    return HeadStep::Failed;
+    return broken_head(ex);
   }
   c->parse_pos += static_cast<std::uint32_t>(used);
   uv_buf_t* iov = ex->iov.get();
   const int status = ex->resp.status();
+  if (status == 101 && upgrade_asked(ex)) {
+    ex->status = status;
+    ex->term = {};
+    return HeadStep::Tunnel;
+  }
   if (status / 100 == 1) {
-    if (status == 101 || ++ex->interims > kMaxInterim) {
-      // We removed Upgrade: a switch is a broken server; so are endless 1xx.
-      exchange_fail(ex, {Who::Server, When::Head, false, UV_EPROTO});
-      return HeadStep::Failed;
-    }
+    // Upgrade went without the client's ask: a switch is a broken server;
+    // so are endless 1xx.
+    if (status == 101 || ++ex->interims > kMaxInterim) return broken_head(ex);
     std::size_t none = 0;
     ex->resp.feed(base + c->parse_pos, 0, &none);  // passes the bodiless message's end
     iov[(*n)++] = uv_buf_init(const_cast<char*>(ex->resp.head_begin()), static_cast<unsigned>(ex->resp.head_len()));
@@ -156,7 +175,6 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
     return HeadStep::Interim;
   }
   ex->status = status;
-  ex->resp_started = true;
   ex->term = {};  // a response began: failed attempts before it are history
   passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
   w.balancer.response(ex->ticket, w.now_ms());
@@ -168,70 +186,160 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
 }
 
 // Parses the body bytes in the server buffer (they are relayed as they are,
-// from *fwd on). False when the body is broken (the exchange failed).
-bool response_body(Exchange* ex, const char** fwd) {
-  UpstreamConn* c = ex->up;
+// from *fwd on): Relay while more follows, Finish once complete, Failed when
+// the body is broken.
+State response_body(Exchange* ex, const char** fwd) {
+  Upstream* c = ex->up;
   const char* start = c->in->data + c->parse_pos;
   std::size_t used = 0;
   const ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
   if (ev == ParseEvent::Error) {
     log(LogLevel::Warn, "bad response body from %.*s: %s",
         JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
-    exchange_fail(ex, {Who::Server, When::Body, false, UV_EPROTO});
-    return false;
+    ex->term = {Who::Server, When::Body, false, UV_EPROTO};
+    return State::Failed;
   }
   c->parse_pos += static_cast<std::uint32_t>(used);
   if (!*fwd) *fwd = start;
-  if (ev == ParseEvent::MessageComplete) {
-    ex->resp_complete = true;
-    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->req_complete;
-  }
-  return true;
+  if (ev != ParseEvent::MessageComplete) return State::Relay;
+  ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->body->complete();
+  return State::Finish;
 }
 
-}  // namespace
+// A client write of the response completed (or went out at once): Done after
+// the last one; else the server buffer starts over when all of it went (a
+// bigger one for a large body) and the server is read again.
+State after_client_write(Exchange* ex, State s) {
+  ex->progress_ms = ex->worker->now_ms();
+  if (s == State::Finish) return State::Done;
+  Upstream* c = ex->up;
+  if (!c) return s;
+  if (c->parse_pos == c->in_len && s == State::Relay) {
+    c->in_len = c->parse_pos = 0;
+    const MessageParser& r = ex->resp;
+    if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
+  }
+  if (!c->reading && !c->closing) c->set_reading(true);
+  return s;
+}
 
 // Relays what the server sent: interim responses, the head (edited when
-// needed) and the body bytes, in one client write per read.
-void process_upstream(Exchange* ex) {
-  UpstreamConn* c = ex->up;
+// needed) and the body bytes, in one client write per read. `s` is the
+// state the bytes arrived in; returns the next one.
+State process_upstream(Exchange* ex, State s) {
+  Upstream* c = ex->up;
   uv_buf_t* iov = ex->iov.get();
   unsigned n = 0;
   const char* fwd = nullptr;  // raw bytes to relay start here
-  HeadStep step = HeadStep::Final;
-  while (!ex->resp_started && (step = response_head(ex, &n, &fwd)) == HeadStep::Interim) {
+  if (s != State::Relay) {
+    HeadStep step = HeadStep::Interim;
+    while ((step = response_head(ex, &n, &fwd)) == HeadStep::Interim) {
+    }
+    if (step == HeadStep::Failed) return State::Failed;
+    if (step == HeadStep::Tunnel) return State::Tunnel;
+    if (step == HeadStep::Final) s = State::Relay;
   }
-  if (step == HeadStep::Failed) return;
-  if (ex->resp_started && !response_body(ex, &fwd)) return;
+  if (s == State::Relay && (s = response_body(ex, &fwd)) == State::Failed) return s;
   if (fwd) {
     const char* end = c->in->data + c->parse_pos;
     if (end > fwd) iov[n++] = uv_buf_init(const_cast<char*>(fwd), static_cast<unsigned>(end - fwd));
   }
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
-  if (n == 0) {
-    if (ex->resp_complete) finish_exchange(ex);
-    return;
-  }
-  if (write_client(ex->client, iov, n)) after_client_write(ex);
+  if (n == 0) return s == State::Finish ? State::Done : s;
+  if (ex->down->send(iov, n)) return after_client_write(ex, s);
+  if (c->reading) c->set_reading(false);  // backpressure: the server waits while the client is behind
+  return s;
 }
 
-void after_client_write(Exchange* ex) {
-  UpstreamConn* c = ex->up;
-  ex->progress_ms = ex->worker->now_ms();
-  if (ex->resp_complete) {
-    finish_exchange(ex);
-    return;
+// The server closed: the end of a body delimited by the close, else a
+// failure (a response began: the client connection is cut).
+State server_closed(Exchange* ex, int err) {
+  if (err == UV_EOF && ex->resp.body_until_close()) {
+    ex->resp.finish();
+    ex->upstream_reusable = false;
+    ex->client_close = true;
+    detach_upstream(ex, false);
+    return ex->down->sending() ? State::Finish : State::Done;
   }
-  if (!c) return;
-  // Everything read so far went out: the buffer starts over (a bigger one for
-  // a large body).
-  if (c->parse_pos == c->in_len && ex->resp_started) {
-    c->in_len = c->parse_pos = 0;
-    const MessageParser& r = ex->resp;
-    if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
+  ex->term = {Who::Server, When::Body, false, err};
+  return State::Failed;
+}
+
+// Send and AwaitHead: the response head is awaited.
+State awaiting_head(Exchange* ex, Event ev, int arg, State self) {
+  switch (ev) {
+    case Event::ServerData:
+      return process_upstream(ex, self);
+    case Event::ServerEof:
+      ex->term = {Who::Server, When::Head, false, arg};
+      return State::Failed;
+    case Event::ClientWritten:  // an interim response went out
+      return after_client_write(ex, self);
+    case Event::Timer:
+      return exchange_timer(ex, self);
+    default:
+      return on_other_event(ex, ev, arg, self);
   }
-  if (!c->reading && !c->closing) {
-    if (uv_read_start(as_stream(&c->tcp), upstream_on_alloc, upstream_on_read) == 0) c->reading = true;
+}
+
+}  // namespace
+
+State state_send(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::Enter:
+      return send_request(ex) ? State::AwaitHead : State::Send;
+    case Event::Body:
+      return body_arrived(ex) ? State::AwaitHead : State::Send;
+    case Event::UpstreamWritten:
+      return upstream_written(ex, arg) ? State::AwaitHead : State::Send;
+    default:
+      return awaiting_head(ex, ev, arg, State::Send);
+  }
+}
+
+State state_await_head(Exchange* ex, Event ev, int arg) { return awaiting_head(ex, ev, arg, State::AwaitHead); }
+
+// Relay and Finish: the response flows to the client; the request may still
+// be streaming to the server (it answered early).
+State state_relay(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::ServerData:
+      return process_upstream(ex, State::Relay);
+    case Event::ServerEof:
+      return server_closed(ex, arg);
+    case Event::ClientWritten:
+      return after_client_write(ex, State::Relay);
+    case Event::Body:
+      body_arrived(ex);
+      return State::Relay;
+    case Event::UpstreamWritten:
+      upstream_written(ex, arg);
+      return State::Relay;
+    case Event::Timer:
+      return exchange_timer(ex, State::Relay);
+    default:
+      return on_other_event(ex, ev, arg, State::Relay);
+  }
+}
+
+State state_finish(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::ClientWritten:
+      return State::Done;
+    case Event::ServerData:
+    case Event::ServerEof:  // after a complete response: the connection is not kept
+      ex->upstream_reusable = false;
+      return State::Finish;
+    case Event::Body:
+      body_arrived(ex);
+      return State::Finish;
+    case Event::UpstreamWritten:
+      upstream_written(ex, arg);
+      return State::Finish;
+    case Event::Timer:
+      return exchange_timer(ex, State::Finish);
+    default:
+      return on_other_event(ex, ev, arg, State::Finish);
   }
 }
 

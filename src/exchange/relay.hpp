@@ -1,23 +1,6 @@
-// The relay between a client connection and a server connection.
+// The relay between a client connection and a server connection: the states
+// Send, AwaitHead, Relay and Finish (declared with the others in
+// exchange/exchange.hpp, where step() dispatches to them).
 #pragma once
 
-#include "juggler/worker.hpp"
-
-namespace juggler {
-
-// Sends what is pending of the request: the head once, then body bytes as
-// they arrive. One write at a time.
-void flush_upstream(Exchange* ex);
-
-// While a large body streams, the client buffer is reused from its start once
-// everything in it went upstream (the request can then no longer be replayed).
-void recycle_client_buffer(Exchange* ex);
-
-// Parses what the server sent and relays the head (edited when needed) and
-// the body bytes, one client write per read.
-void process_upstream(Exchange* ex);
-
-// A client write of the relayed response completed.
-void after_client_write(Exchange* ex);
-
-}  // namespace juggler
+#include "exchange/exchange.hpp"

@@ -13,9 +13,6 @@
 #include <new>
 
 #include "exchange/exchange.hpp"
-#include "exchange/relay.hpp"
-#include "respond/responder.hpp"
-#include "juggler/upstream.hpp"
 
 namespace juggler {
 
@@ -30,12 +27,11 @@ void client_eof(ClientSession* s, int err) {
     client_abort(s);
     return;
   }
-  Exchange* e = s->ex;
-  if (e->phase == Phase::Head || !e->req_complete) {
+  if (s->reading_head || !s->complete()) {
     client_abort(s);
     return;
   }
-  e->client_close = true;  // answer what was asked, then close
+  s->ex->client_close = true;  // answer what was asked, then close
 }
 
 // Sessions are recycled through a per-worker free list (bounded), so a new
@@ -63,36 +59,29 @@ ClientSession* session_get(Worker& w) {
 
 }  // namespace
 
-// Writes to the client through its stream; true when it all went out now,
-// else on_stream_written follows.
-bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n) { return s->stream.write(iov, n); }
-
 void update_client_reading(ClientSession* s) {
   if (s->stream.closing()) return;
   bool want = !s->eof;
   if (want && s->in && s->in_len >= s->in->cap) want = false;  // full: wait for the exchange
-  if (want && s->ex && s->ex->phase == Phase::Upstream && !s->ex->req_complete) {
-    UpstreamConn* c = s->ex->up;
-    if (c && c->write_pending) want = false;  // backpressure
-  }
+  if (want && s->ex && s->in_flight && !s->complete()) want = false;  // backpressure: a write of the request is under way
   if (s->lingering) want = !s->eof;  // discarding
   s->stream.set_reading(want);
 }
 
-// Closes at once: the exchange (and its server connection) is abandoned.
+// Closes at once: the exchange (and its server connection) is abandoned; it
+// releases itself and calls abort() back.
 void client_abort(ClientSession* s) {
   if (s->stream.closing()) return;
-  if (Exchange* ex = s->ex) {
-    if (ex->term.who == Who::None)  // the client left (or broke the protocol) first
-      ex->term = {Who::Client, ex->resp_started ? When::Body : ex->phase == Phase::Upstream ? When::Head : When::Request,
-                  false, 0};
-    if (ex->status == 0) ex->status = 499;  // nginx's "client closed request"
-    log_exchange(ex);
-    detach_upstream(ex, false);
-    s->ex = nullptr;
-    exchange_put(*s->worker, ex);
+  if (s->ex) {
+    step(s->ex, Event::ClientGone);
+    return;
   }
   close_handles(s);
+}
+
+void ClientSession::abort() noexcept {
+  ex = nullptr;
+  if (!stream.closing()) close_handles(this);
 }
 
 // Closes after the answer was written. With `linger`, the write side is shut
@@ -124,7 +113,7 @@ void client_finish(ClientSession* s, bool linger) {
 
 namespace {
 
-// The request head in the buffer: parsed, then routed (on_request_head).
+// The request head in the buffer: parsed, then handed to the exchange (Event::HeadParsed).
 // False when parsing must wait for more bytes or the connection is done.
 bool request_head(ClientSession* s, Exchange* ex) {
   char* base = s->in->data;
@@ -132,21 +121,28 @@ bool request_head(ClientSession* s, Exchange* ex) {
   const ParseEvent ev = ex->req.feed(base + s->parse_pos, s->in_len - s->parse_pos, &used);
   if (ev == ParseEvent::NeedMore) {
     s->parse_pos = s->in_len;
-    if (s->in_len == s->in->cap) reply_and_close(ex, 431);
+    if (s->in_len == s->in->cap) step(ex, Event::Refuse, 431);
     return false;
   }
   if (ev == ParseEvent::Error) {
     log(LogLevel::Debug, "bad request from %.*s: %s", s->ip_len, s->ip, ex->req.error_reason());
-    reply_and_close(ex, ex->req.error_status());
+    step(ex, Event::Refuse, ex->req.error_status());
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
-  ex->head_end = ex->body_end = ex->sent_to = s->parse_pos;
+  s->head_end = s->body_end = s->sent_to = s->parse_pos;
+  s->reading_head = false;
   if (!ex->req.has_body()) {
     ex->req.feed(base + s->parse_pos, 0, &used);  // passes the message's end
-    ex->req_complete = true;
+    s->complete_ = true;
   }
-  on_request_head(ex);
+  Worker& w = *s->worker;
+  TimerWheel::disarm(&s->timer);
+  ++s->requests;
+  const Settings& st = settings(w);
+  ex->client_close = !ex->req.keep_alive() || w.draining ||
+                     (st.requests_per_connection && s->requests >= st.requests_per_connection);
+  step(ex, Event::HeadParsed);
   return true;  // the exchange may have ended already (a local answer)
 }
 
@@ -157,27 +153,50 @@ bool request_body(ClientSession* s, Exchange* ex) {
   std::size_t used = 0;
   const ParseEvent ev = ex->req.feed(s->in->data + s->parse_pos, s->in_len - s->parse_pos, &used);
   if (ev == ParseEvent::Error) {
-    if (ex->resp_started) client_abort(s);
-    else reply_and_close(ex, 400);
+    step(ex, Event::Refuse, 400);
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
-  ex->body_end = s->parse_pos;
-  if (ev == ParseEvent::MessageComplete) ex->req_complete = true;
+  s->body_end = s->parse_pos;
+  if (ev == ParseEvent::MessageComplete) s->complete_ = true;
   // Content-Length was checked at the head: what went upstream is cut off
   // with the request.
   if (ex->req.chunked() && ex->req.chunked_body_bytes() > settings(*s->worker).body_bytes) {
-    if (ex->resp_started) client_abort(s);
-    else reply_and_close(ex, 413);
+    step(ex, Event::Refuse, 413);
     return false;
   }
-  ex->progress_ms = s->worker->now_ms();
-  flush_upstream(ex);
-  recycle_client_buffer(ex);
-  return ex->req_complete;
+  const bool complete = s->complete();
+  step(ex, Event::Body);
+  return complete;
 }
 
 }  // namespace
+
+// The write that carried the request's bytes completed. While a large body
+// streams, the buffer starts over once everything in it went upstream (then
+// the request can no longer be replayed), a bigger one from here on.
+void ClientSession::written() noexcept {
+  in_flight = false;
+  if (!complete() && in && in_len >= in->cap && sent_to >= in_len) {
+    in_len = parse_pos = 0;
+    head_end = body_end = sent_to = 0;
+    replayable_ = false;
+    in = worker->upgrade(in);
+  }
+  update_client_reading(this);
+}
+
+// A local answer to a request whose body is still arriving: the part of the
+// body in the buffer is read past, so the connection can be kept.
+bool ClientSession::skip() noexcept {
+  if (complete() || !in || !ex) return complete();
+  std::size_t used = 0;
+  if (ex->req.feed(in->data + parse_pos, in_len - parse_pos, &used) == ParseEvent::MessageComplete) {
+    parse_pos += static_cast<std::uint32_t>(used);
+    complete_ = true;
+  }
+  return complete();
+}
 
 // Parses and acts on what the client sent. Called after each read and when an
 // exchange finishes with pipelined bytes waiting.
@@ -188,17 +207,22 @@ void process_client(ClientSession* s) {
     if (!s->ex) {
       if (s->parse_pos == s->in_len) break;
       s->ex = exchange_get(*s->worker);
-      exchange_begin(s->ex, s);
+      exchange_begin(s->ex, s, s);
       s->ex->start_us = now_us();
+      s->head_end = s->body_end = s->sent_to = 0;
+      s->in_flight = false;
+      s->reading_head = true;
+      s->complete_ = false;
+      s->replayable_ = true;
       s->worker->wheel.arm(&s->timer, s->worker->now_ms() + settings(*s->worker).client_header_timeout_ms);
     }
     Exchange* ex = s->ex;
-    if (ex->phase == Phase::Head) {
+    if (s->reading_head) {
       if (!request_head(s, ex)) break;
       continue;
     }
     // Pipelined bytes wait for this exchange to end.
-    if (ex->req_complete || ex->phase != Phase::Upstream || !request_body(s, ex)) break;
+    if (s->complete() || !exchange_wants_body(ex) || !request_body(s, ex)) break;
   }
   if (!s->stream.closing()) update_client_reading(s);
 }
@@ -239,11 +263,7 @@ void ClientSession::on_stream_written(int status) noexcept {
     if (close_after_write) client_finish(this, linger_on_close);
     return;
   }
-  if (ex->phase == Phase::Local) {
-    if (ex->req_complete || ex->client_close) finish_exchange(ex);
-    return;
-  }
-  after_client_write(ex);
+  step(ex, Event::ClientWritten);
 }
 
 void ClientSession::on_stream_closed() noexcept {
@@ -260,7 +280,15 @@ void ClientSession::on_stream_closed() noexcept {
   ++w.free_session_count;
 }
 
-void client_next(ClientSession* s, bool close, bool linger) {
+// The exchange ended: the connection closes (lingering when the client may
+// still be sending: an unread body, or pipelined requests we will not
+// answer; closing with unread input would reset the connection and could
+// destroy the answer in flight), or goes on with the next request.
+void ClientSession::done(bool close, bool linger) noexcept {
+  ClientSession* s = this;
+  ex = nullptr;
+  close = close || eof;
+  linger = linger || parse_pos < in_len;
   Worker& w = *s->worker;
   if (close) {
     client_finish(s, linger);
@@ -287,8 +315,8 @@ void client_next(ClientSession* s, bool close, bool linger) {
 // connection (or one that never sent a byte) is closed.
 void on_client_timer(TimerNode* t) {
   auto* s = static_cast<ClientSession*>(t->owner);
-  if (!s->lingering && s->ex && s->ex->phase == Phase::Head) {
-    reply_and_close(s->ex, 408);
+  if (!s->lingering && s->ex && s->reading_head) {
+    step(s->ex, Event::Refuse, 408);
     return;
   }
   if (s->ex && !s->lingering) return;  // the exchange's own timer watches it
@@ -320,6 +348,7 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_prot
     return;
   }
   s->ip_len = s->stream.peer_ip(s->ip);
+  s->secure_ = s->stream.secure();
   if (proxy_protocol) s->proxy.start(s->stream, w.buffers, s->ip, &s->ip_len, nullptr, nullptr);
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
   update_client_reading(s);

@@ -2,6 +2,7 @@
 // exchange and the listener call.
 #pragma once
 
+#include "exchange/downstream.hpp"
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
 #include "juggler/worker.hpp"
@@ -10,8 +11,9 @@
 namespace juggler {
 
 // A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
-// the exchanges above.
-struct ClientSession final : StreamHandler {
+// the exchanges above. It is the Downstream of its exchanges and the source
+// of their request bodies: the body is the bytes after the head in `in`.
+struct ClientSession final : StreamHandler, Downstream, RequestBody {
   Stream stream;
   TimerNode timer;    // header timeout while a head arrives, idle timeout between requests, linger
   Worker* worker;
@@ -20,12 +22,16 @@ struct ClientSession final : StreamHandler {
   std::uint32_t in_len = 0;     // bytes in `in`
   std::uint32_t parse_pos = 0;  // bytes of `in` given to the parser
   std::uint32_t requests = 0;
+  // The request body of the exchange, as offsets into `in`.
+  std::uint32_t head_end = 0;   // end of the head
+  std::uint32_t body_end = 0;   // end of the body bytes parsed so far
+  std::uint32_t sent_to = 0;    // end of what was taken (consume)
+  bool in_flight = false;       // a write of the request is under way
+  bool reading_head = false;    // the exchange's head is not complete yet
   bool eof = false;
   bool close_after_write = false;
   bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
-  std::uint8_t ip_len = 0;
-  char ip[46];
   ProxyPrelude proxy;  // proxy_protocol listeners: fills `ip` before the first request
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
   ClientSession* next = nullptr;
@@ -34,6 +40,31 @@ struct ClientSession final : StreamHandler {
   void on_stream_read(ssize_t n) noexcept override;
   void on_stream_written(int status) noexcept override;
   void on_stream_closed() noexcept override;
+
+  bool send(uv_buf_t* iov, unsigned n) noexcept override { return stream.write(iov, n); }
+  bool sending() const noexcept override { return stream.write_pending(); }
+  void done(bool close, bool linger) noexcept override;
+  void abort() noexcept override;
+
+  std::string_view available() noexcept override {
+    return {in ? in->data + sent_to : nullptr, body_end - sent_to};
+  }
+  void consume(std::size_t n) noexcept override {
+    sent_to += static_cast<std::uint32_t>(n);
+    in_flight = true;
+  }
+  void written() noexcept override;
+  void rewind() noexcept override {
+    sent_to = head_end;
+    in_flight = false;
+  }
+  bool skip() noexcept override;
+
+  using Downstream::ip;
+  using Downstream::ip_len;
+  using Downstream::secure_;
+  using RequestBody::complete_;
+  using RequestBody::replayable_;
 };
 
 
@@ -46,10 +77,6 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_prot
 // an exchange finished with pipelined bytes waiting.
 void process_client(ClientSession* s);
 
-// Writes to the client; true when it all went out now, else
-// on_stream_written follows.
-bool write_client(ClientSession* s, uv_buf_t* iov, unsigned n);
-
 // Starts or stops reading the client as the buffer, the exchange and
 // backpressure allow.
 void update_client_reading(ClientSession* s);
@@ -60,10 +87,6 @@ void client_abort(ClientSession* s);
 // Closes after the answer was written; with `linger`, the write side is shut
 // down first and what the client still sends is discarded for a moment.
 void client_finish(ClientSession* s, bool linger);
-
-// The exchange of `s` ended (it was released): closes the connection
-// (`close`, lingering with `linger`) or goes on with the next request.
-void client_next(ClientSession* s, bool close, bool linger);
 
 // The client's timer: 408 for a slow head, idle close, end of lingering.
 void on_client_timer(TimerNode* t);

@@ -7,49 +7,37 @@
 #include <initializer_list>
 
 #include "exchange/exchange.hpp"
-#include "http1/connection.hpp"
 
 namespace juggler {
 
 // Answers from the balancer itself (errors, `respond`, 404). A request whose
 // body has not been read entirely cannot be followed by another on this
 // connection, so the connection closes after the answer.
-void reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
-  ClientSession* s = ex->client;
+State reply_local(Exchange* ex, int status, std::string_view keep, std::string_view close) {
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
-  ex->phase = Phase::Local;
   ex->status = status;
-  if (!ex->req_complete && !ex->client_close && ex->client->in) {
-    // The body may be in the buffer already: skip it and keep the connection.
-    std::size_t used = 0;
-    ClientSession* cs = ex->client;
-    if (ex->req.feed(cs->in->data + cs->parse_pos, cs->in_len - cs->parse_pos, &used) == ParseEvent::MessageComplete) {
-      cs->parse_pos += static_cast<std::uint32_t>(used);
-      ex->req_complete = true;
-    }
-  }
-  if (!ex->req_complete) ex->client_close = true;
-  std::string_view bytes = ex->client_close ? close : keep;
-  ex->bytes_out += bytes.size();
-  uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
-  if (write_client(s, &b, 1)) finish_exchange(ex);
+  // The body may be in hand already: read past it and keep the connection.
+  if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
+  ex->answer = ex->client_close ? close : keep;
+  ex->bytes_out += ex->answer.size();
+  return State::Respond;
 }
 
-void reply_error(Exchange* ex, int status) {
+State reply_error(Exchange* ex, int status) {
   const ErrorPages& pages = ex->worker->shared.error_pages;
-  if (ex->is_head) reply_local(ex, status, pages.head(status, false), pages.head(status, true));
-  else reply_local(ex, status, pages.reply(status, false), pages.reply(status, true));
+  if (ex->is_head) return reply_local(ex, status, pages.head(status, false), pages.head(status, true));
+  return reply_local(ex, status, pages.reply(status, false), pages.reply(status, true));
 }
 
 // An error found before an exchange exists or while the head is parsed:
 // answer, then close without reading further (lingering, so the answer is not
 // lost to a reset).
-void reply_and_close(Exchange* ex, int status) {
+State reply_and_close(Exchange* ex, int status) {
   if (ex->term.who == Who::None) ex->term = {Who::Client, When::Request, status == 408, 0};  // a bad or slow request
   ex->client_close = true;
-  ex->req_complete = false;
-  reply_error(ex, status);
+  ex->body->abandon();
+  return reply_error(ex, status);
 }
 
 namespace {
@@ -57,7 +45,7 @@ namespace {
 // Writes the two variants (keep-alive, then Connection: close) of a redirect
 // to `location` (its parts, concatenated) into the exchange's scratch, then
 // answers with them; 414 when they do not fit.
-void send_redirect(Exchange* ex, std::initializer_list<std::string_view> location) {
+State send_redirect(Exchange* ex, std::initializer_list<std::string_view> location) {
   const std::uint16_t code = ex->route->status;
   char status_text[8];
   const int sn = std::snprintf(status_text, sizeof status_text, "%u ", static_cast<unsigned>(code));
@@ -83,11 +71,8 @@ void send_redirect(Exchange* ex, std::initializer_list<std::string_view> locatio
     for (std::string_view part : location) put(part);
     put(variant == 0 ? "\r\nContent-Length: 0\r\n\r\n" : "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   }
-  if (!fits) {
-    reply_error(ex, 414);
-    return;
-  }
-  reply_local(ex, code, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
+  if (!fits) return reply_error(ex, 414);
+  return reply_local(ex, code, {keep_begin, static_cast<std::size_t>(keep_end - keep_begin)},
               {keep_end, static_cast<std::size_t>(out - keep_end)});
 }
 
@@ -97,33 +82,26 @@ void send_redirect(Exchange* ex, std::initializer_list<std::string_view> locatio
 // target; `-> redirect https CODE`: the same host over https (with the https
 // listener's port unless it is 443). Both variants (keep-alive, close) are
 // written into the exchange's scratch; nothing is allocated.
-void reply_redirect(Exchange* ex) {
+State reply_redirect(Exchange* ex) {
   Worker& w = *ex->worker;
   const RouteDef& r = *ex->route;
   std::string_view target = ex->head.target;
   if (target.empty() || target[0] != '/') target = ex->head.path;  // absolute-form: keep the path
   if (r.action == Action::RedirectHttps) {
-    if (ex->head.host.empty()) {
-      reply_error(ex, 400);
-      return;
-    }
+    if (ex->head.host.empty()) return reply_error(ex, 400);
     char port_text[8];
     std::string_view port;
     if (w.shared.https_port != 443) {
       const int n = std::snprintf(port_text, sizeof port_text, ":%u", static_cast<unsigned>(w.shared.https_port));
       port = {port_text, static_cast<std::size_t>(n)};
     }
-    send_redirect(ex, {"https://", ex->head.host, port, target});
-    return;
+    return send_redirect(ex, {"https://", ex->head.host, port, target});
   }
-  const PickContext ctx{{ex->client->ip, ex->client->ip_len}, {}, w.now_ms()};
+  const PickContext ctx{ex->down->peer(), {}, w.now_ms()};
   const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
-  if (s < 0) {
-    reply_error(ex, 503);
-    return;
-  }
+  if (s < 0) return reply_error(ex, 503);
   ex->server = s;
-  send_redirect(ex, {"http://", w.shared.config.table->servers[static_cast<std::size_t>(s)].authority, target});
+  return send_redirect(ex, {"http://", w.shared.config.table->servers[static_cast<std::size_t>(s)].authority, target});
 }
 
 }  // namespace juggler
