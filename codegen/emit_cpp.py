@@ -111,10 +111,11 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
         if h is not None:
             health = (f"{{.enabled = true, .method = Method::{METHOD_ENUM[h.method]}, .path = {cstr(h.path)}, "
                       f".interval_ms = {h.interval_ms}, .timeout_ms = {h.timeout_ms}, .rise = {h.rise}, "
-                      f".fall = {h.fall}, .expect_lo = {h.expect_lo}, .expect_hi = {h.expect_hi}}}")
+                      f".fall = {h.fall}, .expect_lo = {h.expect_lo}, .expect_hi = {h.expect_hi}, "
+                      f".tcp = {cbool(h.tcp)}}}")
         else:
             health = ("{.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, "
-                      ".rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0}")
+                      ".rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false}")
         pools.append(
             f"{{.name = {cstr(p.name)}, .strategy = Strategy::{STRATEGY_ENUM[p.strategy]}, "
             f".key = HashKey::{p.key}, .key_name = {sv(p.key_name)}, .first_server = {p.first_server}, "

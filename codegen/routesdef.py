@@ -119,6 +119,7 @@ class Health:
     fall: int = 3
     expect_lo: int = 200
     expect_hi: int = 399
+    tcp: bool = False  # `health tcp`: a connect is the whole check
 
 
 @dataclass
@@ -584,15 +585,25 @@ class Parser:
         pool = self.pool_for("health")
         if pool.health is not None:
             raise DefError(f"pool '{pool.name}' already has a health check at line {pool.health.line}")
+        if len(toks) >= 2 and toks[1] == "tcp":
+            # Connect only (L4 pools whose servers do not speak HTTP).
+            h = Health(line=line, method="GET", path="", tcp=True)
+            self.health_options(h, toks[2:], ["interval", "timeout", "rise", "fall"])
+            pool.health = h
+            return
         if len(toks) < 3:
-            raise DefError("'health' needs a method and a path (health GET /ping [interval=DUR] ...)")
+            raise DefError("'health' needs a method and a path (health GET /ping [interval=DUR] ...), or tcp")
         method, path = toks[1], toks[2]
         if method not in METHODS:
             raise DefError(f"unknown method '{method}' (expected {', '.join(METHODS)})")
         if not path.startswith("/"):
             raise DefError(f"health check path '{path}' must start with '/'")
         h = Health(line=line, method=method, path=path)
-        opts = Options("health", toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
+        self.health_options(h, toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
+        pool.health = h
+
+    def health_options(self, h: Health, toks: list[str], known: list[str]) -> None:
+        opts = Options("health", toks, known)
         v = opts.values
         if "interval" in v:
             h.interval_ms = parse_duration("interval", v["interval"])
@@ -609,7 +620,6 @@ class Parser:
             h.expect_lo, h.expect_hi = int(m.group(1)), int(m.group(2))
         if h.timeout_ms >= h.interval_ms:
             raise DefError(f"health timeout ({h.timeout_ms}ms) must be shorter than its interval ({h.interval_ms}ms)")
-        pool.health = h
 
     # ------------------------------------------------------------ route
 

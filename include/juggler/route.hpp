@@ -103,6 +103,7 @@ struct HealthDef {
   std::uint8_t fall;
   std::uint16_t expect_lo;  // accepted status range, inclusive
   std::uint16_t expect_hi;
+  bool tcp = false;         // `health tcp`: connecting is the whole check (no request)
 };
 
 struct PoolDef {

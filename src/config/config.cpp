@@ -176,7 +176,9 @@ std::string describe_config(const Config& c) {
   o << "\npools\n";
   for (const PoolDef& p : t.pools) {
     o << "  " << p.name << "  " << strategy_name(p.strategy);
-    if (p.health.enabled) o << "  health=" << p.health.path << " every " << p.health.interval_ms << "ms";
+    if (p.health.enabled)
+      o << "  health=" << (p.health.tcp ? std::string_view("tcp") : p.health.path) << " every " << p.health.interval_ms
+        << "ms";
     o << "\n";
     for (std::uint16_t i = 0; i < p.server_count; ++i) {
       const ServerDef& s = t.servers[p.first_server + i];

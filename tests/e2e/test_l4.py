@@ -24,6 +24,7 @@ from balancer import BalancerTestCase
 
 HOST = "127.0.115.1"
 ECHO, SKIP, STICKY, GREET, ANSWER, CONNS, DEAD, STICKY_PROXY = 17001, 17002, 17003, 17004, 17005, 17006, 17007, 17008
+CHECKED = 17009
 HTTP_PROXY = 18116  # an http listener with proxy_protocol
 REFUSING = 7009
 
@@ -195,6 +196,18 @@ class L4Test(BalancerTestCase):
             except ConnectionResetError:
                 pass  # closed before we read: as good
         lb.wait_for_line(r"L4: no server of pool dead left for 127\.0\.0\.1")
+
+    def test_health_tcp_takes_a_refusing_server_out_and_keeps_one_that_accepts(self):
+        lb = self.start()
+        lb.wait_for_line(rf"server {HOST}:{REFUSING} in pool checked is DOWN: connect refused")
+        time.sleep(1.0)  # five more checks: the echo server (no HTTP) must stay up
+        self.assertNotRegex(lb.output(), rf"{HOST}:7001 in pool checked is DOWN")
+        for i in range(4):
+            with dial(CHECKED) as s:
+                s.sendall(b"ping %d" % i)
+                self.assertEqual(recv_exact(s, 6), b"ping %d" % i)
+        # No connect went to the server the check took out.
+        self.assertNotRegex(lb.output(), rf"L4 connect to {HOST}:{REFUSING} failed")
 
     def test_idle_tunnel_is_closed_after_the_idle_timeout(self):
         self.start(extra=["--timeout-tunnel-idle", "1s"])
