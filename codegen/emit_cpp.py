@@ -82,6 +82,7 @@ def emit_settings(c: Config) -> list[str]:
         ("cache_bytes", f"{s.cache_bytes}u"),
         ("cache_address", sv(s.cache_address)),
         ("admin_address", sv(s.admin_address)),
+        ("admin_token_file", sv(s.admin_token_file)),
     ]
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]

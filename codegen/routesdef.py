@@ -217,6 +217,7 @@ class Settings:
     cache_address: str = ""
     admin_address: str = ""
     admin_endpoint: Endpoint | None = None
+    admin_token_file: str = ""
 
 
 @dataclass
@@ -388,7 +389,7 @@ class Parser:
         "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
-        "cache", "admin",
+        "cache", "admin", "admin_token_file",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -435,6 +436,8 @@ class Parser:
         elif key == "admin":
             s.admin_endpoint = parse_endpoint(v, "listen")
             s.admin_address = s.admin_endpoint.authority
+        elif key == "admin_token_file":
+            s.admin_token_file = v
 
     def set_cache(self, values: list[str]) -> None:
         s = self.config.settings
@@ -751,6 +754,9 @@ class Parser:
             if lst.pool_name is not None:
                 lst.pool_index = self.resolve(lst.line, lst.pool_name, "listener")
         admin = c.settings.admin_endpoint
+        if admin is None and c.settings.admin_token_file:
+            self.errors.append((self.set_lines["admin_token_file"], DefError(
+                "'set admin_token_file' needs 'set admin' (the token guards the admin listener)").message))
         if admin is not None:
             for lst in c.listeners:
                 if endpoints_overlap(admin, lst.endpoint):

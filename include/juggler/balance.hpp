@@ -57,6 +57,11 @@ struct alignas(64) ServerHealth {
   std::atomic<std::uint64_t> ejected_until_ms{0};  // 0 = not ejected (or ended early)
   std::atomic<std::uint64_t> ejected_at_ms{0};     // when the latest ejection began (never 0 once set)
   std::atomic<bool> ejecting{false};               // held by the one worker making an ejection
+  // Runtime control (the admin listener's POST /servers/...): a drained
+  // server gets no new request (those in flight finish); a weight other than
+  // 0 replaces the compiled one until restart. Written by the admin thread.
+  std::atomic<bool> drained{false};
+  std::atomic<std::uint16_t> weight{0};
 };
 
 // Passive health, called by the request path of any worker. A connection
@@ -318,6 +323,7 @@ class Balancer {
   bool usable(const PoolDef& p, std::uint32_t pos, const Tried& tried) const noexcept;
   std::uint32_t ramp_permille(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept;
   std::uint64_t effective_weight(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept;
+  std::uint16_t weight(std::uint32_t server) const noexcept;
   std::uint64_t next_random() noexcept;
 
   const RouteTable& table_;

@@ -17,6 +17,7 @@ struct Options {
   int port = -1;           // -1: as compiled; overrides the first http listener
   int https_port = -1;     // likewise for the first https listener
   std::string access_log;  // empty: routes.def's; else PATH | stdout | off
+  std::string admin;       // empty: routes.def's `set admin`; else ADDR:PORT, or off
   LogLevel log_level = LogLevel::Info;
   bool check = false;
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
@@ -39,6 +40,9 @@ struct Config {
   int port_override = -1;
   int https_port_override = -1;
   std::string access_log_path;  // when settings.access_log == File
+  // The admin listener (/metrics, /stats): `set admin` or --admin; port -1 = none.
+  std::string admin_host;
+  int admin_port = -1;
   LogLevel log_level = LogLevel::Info;
 };
 
@@ -49,6 +53,10 @@ Config make_config(const RouteTable& table, const Options& opts);
 // The socket address of a compiled host (an IPv4 or IPv6 literal, stored
 // without brackets by the code generator) and port; false when it is neither.
 bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage& out) noexcept;
+
+// Splits "127.0.0.1:9090" or "[::1]:9090" (port 0..65535) into host (without
+// brackets) and port; "9090" alone is 127.0.0.1:9090. False when it is none of these.
+bool split_host_port(std::string_view text, std::string& host, int& port);
 
 // Human-readable tables of listeners, pools, servers and routes, and the
 // effective settings after command-line overrides (--check).

@@ -127,6 +127,7 @@ enum class Action : std::uint8_t {
   Redirect,       // answer `status` with Location: http://<picked server authority><target>
   RedirectHttps,  // answer `status` with Location: https://<host><target>
   Respond,        // answer `status` with an empty body
+  Admin,          // the admin listener's pages (src/admin); never in a compiled table
 };
 
 struct RouteDef {
@@ -167,6 +168,7 @@ struct Settings {
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::string_view admin_address;  // empty = no admin listener
+  std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

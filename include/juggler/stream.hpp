@@ -21,6 +21,7 @@
 #include <memory>
 #include <string_view>
 
+#include "juggler/counter.hpp"
 #include "juggler/tls.hpp"
 
 namespace juggler {
@@ -59,7 +60,8 @@ struct StreamContext {
   uv_idle_t pump_idle;                 // pumps streams whose plaintext waits inside OpenSSL
   bool pump_ready = false;
   Stream* pump_head = nullptr;
-  std::uint64_t tls_failures = 0;      // handshakes and records that failed
+  Counter tls_failures;                // handshakes and records that failed
+  Counter tls_full, tls_resumed;       // handshakes completed (read by the admin listener)
 
   ConnectReq* free_connects = nullptr;
   std::size_t connect_reqs = 0;        // allocated
@@ -211,6 +213,7 @@ class Stream {
   bool closing_ = false;
   bool discard_ = false;
   bool pump_queued_ = false;
+  bool handshake_counted_ = false;
 };
 
 }  // namespace juggler

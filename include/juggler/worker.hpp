@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <uv.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,6 +19,7 @@
 #include "juggler/error_pages.hpp"
 #include "juggler/http.hpp"
 #include "juggler/log.hpp"
+#include "juggler/metrics.hpp"
 #include "juggler/route.hpp"
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -50,11 +52,22 @@ struct Shared {
   std::vector<RouteReply> route_replies;             // per route (empty unless Respond)
   std::uint16_t https_port = 443;                    // redirect https: the first https listener's port
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
+  // For the admin listener (src/admin), which reads them from its own thread:
+  // the traffic workers (their counters and gauges, never anything else), and
+  // the outcome of each server's latest active check, written by the checker.
+  std::vector<const Worker*> workers;
+  struct LastCheck {
+    std::atomic<std::uint64_t> at_ms{0};  // wall clock (ms since the epoch); 0 = never checked
+    std::atomic<std::uint8_t> result{0};  // CheckResult
+    std::atomic<std::uint16_t> status{0};
+  };
+  std::unique_ptr<LastCheck[]> last_check;  // per compiled server
+  std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
 };
 
 struct IdleList {
   UpstreamConn* head = nullptr;
-  std::uint32_t count = 0;
+  Gauge<std::uint32_t> count;  // read by the admin listener
 };
 
 struct Worker {
@@ -87,14 +100,14 @@ struct Worker {
   // kRetryCost (so retries stay near 20% of requests), capped at kRetryCap.
   static constexpr std::int32_t kRetryEarn = 1, kRetryCost = 5, kRetryCap = 100;
   std::vector<std::int32_t> retry_tokens;  // per pool
-  std::uint64_t retries = 0, retries_denied = 0;
+  Counter retries, retries_denied;
   Exchange* free_exchanges = nullptr;
   ClientSession* free_sessions = nullptr;  // closed sessions kept for reuse
   std::size_t free_session_count = 0;
   std::vector<std::unique_ptr<Exchange>> exchanges;  // all ever made (owned)
   ClientSession* sessions = nullptr;                 // live client sessions
-  std::uint32_t session_count = 0;
-  std::uint32_t active_exchanges = 0;
+  Gauge<std::uint32_t> session_count;     // client connections open
+  Gauge<std::uint32_t> active_exchanges;  // of which with a request in flight
   // Exchanges and closed sessions in use at most lately: housekeeping frees
   // the free ones beyond that (exchange_get and accept note the counts).
   HighWater exchange_water{64};
@@ -103,7 +116,8 @@ struct Worker {
   std::uint64_t malloc_trim_ms = 0;   // when this worker last called it
   bool draining = false;
   StreamContext streams{&loop};  // write requests, TLS scratch and pumping, shared by this worker's streams
-  std::uint64_t refused_connections = 0;  // over limit.connections_per_worker
+  Counter refused_connections;  // over limit.connections_per_worker
+  Metrics metrics;  // for /metrics: see metrics.hpp
   std::uint64_t last_accept_error_ms = 0;
   std::unique_ptr<L4Worker> l4;  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }

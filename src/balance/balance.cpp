@@ -147,7 +147,7 @@ std::uint64_t Balancer::next_random() noexcept {
 
 bool Balancer::usable(const PoolDef& p, std::uint32_t pos, const Tried& tried) const noexcept {
   const ServerHealth& h = health_[p.first_server + pos];
-  return !tried.has(pos) && !h.down.load(std::memory_order_relaxed) &&
+  return !tried.has(pos) && !h.down.load(std::memory_order_relaxed) && !h.drained.load(std::memory_order_relaxed) &&
          h.ejected_until_ms.load(std::memory_order_relaxed) <= pick_now_ms_;
 }
 
@@ -211,9 +211,17 @@ std::uint32_t Balancer::ramp_permille(const PoolDef& p, std::uint32_t server, st
          static_cast<std::uint32_t>((kFullPermille - kRampStartPermille) * elapsed / p.slow_start_ms);
 }
 
+// The weight (the admin's, else the compiled one), never 0. Inline (both):
+// round_robin calls them for every server of every pick, and a call each cost
+// more than the rest of the admin's weight control.
+inline std::uint16_t Balancer::weight(std::uint32_t server) const noexcept {
+  const std::uint16_t set = health_[server].weight.load(std::memory_order_relaxed);
+  return std::max<std::uint16_t>(set ? set : table_.servers[server].weight, 1);
+}
+
 // The weight in thousandths: weight × ramp. Never 0.
-std::uint64_t Balancer::effective_weight(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept {
-  return std::uint64_t{std::max<std::uint16_t>(table_.servers[server].weight, 1)} * ramp_permille(p, server, now_ms);
+inline std::uint64_t Balancer::effective_weight(const PoolDef& p, std::uint32_t server, std::uint64_t now_ms) const noexcept {
+  return std::uint64_t{weight(server)} * ramp_permille(p, server, now_ms);
 }
 
 // ---------------------------------------------------------------- strategies

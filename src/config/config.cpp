@@ -24,6 +24,9 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
   app.add_option("--https-port", out.https_port, "port of the first https listener (0 = any free port)")
       ->check(CLI::Range(0, 65535));
   app.add_option("--access-log", out.access_log, "PATH, stdout or off (default: routes.def's `set access_log`)");
+  app.add_option("--admin", out.admin,
+                 "ADDR:PORT (or PORT: 127.0.0.1) of the admin listener (/metrics, /stats), or off "
+                 "(default: routes.def's `set admin`)");
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
@@ -72,6 +75,34 @@ bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage&
   return uv_ip4_addr(name, port, reinterpret_cast<sockaddr_in*>(&out)) == 0;
 }
 
+bool split_host_port(std::string_view text, std::string& host, int& port) {
+  std::string_view h, p;
+  if (!text.empty() && text.front() == '[') {
+    const std::size_t close = text.find("]:");
+    if (close == std::string_view::npos) return false;
+    h = text.substr(1, close - 1);
+    p = text.substr(close + 2);
+  } else if (const std::size_t colon = text.rfind(':'); colon == std::string_view::npos) {
+    h = "127.0.0.1";  // a port alone: loopback, never every interface by accident
+    p = text;
+  } else {
+    if (text.find(':') != colon) return false;
+    h = text.substr(0, colon);
+    p = text.substr(colon + 1);
+  }
+  if (p.empty() || p.size() > 5 || h.empty()) return false;
+  int n = 0;
+  for (char ch : p) {
+    if (ch < '0' || ch > '9') return false;
+    n = n * 10 + (ch - '0');
+  }
+  sockaddr_storage ss{};
+  if (n > 65535 || !socket_address(h, static_cast<std::uint16_t>(n), ss)) return false;
+  host.assign(h);
+  port = n;
+  return true;
+}
+
 std::int64_t parse_duration_ms(std::string_view t) noexcept {
   std::size_t i = 0;
   std::int64_t n = 0;
@@ -117,6 +148,11 @@ Config make_config(const RouteTable& table, const Options& opts) {
     }
   } else if (c.settings.access_log == LogTarget::File) {
     c.access_log_path = std::string(c.settings.access_log_path);
+  }
+  const std::string admin = opts.admin.empty() ? std::string(table.settings.admin_address) : opts.admin;
+  if (!admin.empty() && admin != "off") {
+    if (!split_host_port(admin, c.admin_host, c.admin_port))
+      throw std::runtime_error("--admin: '" + admin + "' is not ADDR:PORT (e.g. 127.0.0.1:9090, [::1]:9090)");
   }
   if (opts.port >= 0) {
     bool has_http = false;
@@ -173,6 +209,10 @@ std::string describe_config(const Config& c) {
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";
   }
+  if (c.admin_port >= 0) {
+    const bool v6 = c.admin_host.find(':') != std::string::npos;
+    o << "  admin  " << (v6 ? "[" : "") << c.admin_host << (v6 ? "]:" : ":") << c.admin_port << "  (/metrics, /stats)\n";
+  }
   o << "\npools\n";
   for (const PoolDef& p : t.pools) {
     o << "  " << p.name << "  " << strategy_name(p.strategy);
@@ -212,7 +252,6 @@ std::string unsupported_features(const RouteTable& t) {
   }
   const Settings& s = t.settings;
   if (s.cache != CacheKind::Off) o << t.source << ": set cache: response caching is not implemented yet\n";
-  if (!s.admin_address.empty()) o << t.source << ": set admin: the admin listener is not implemented yet\n";
   return o.str();
 }
 

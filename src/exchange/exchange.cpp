@@ -7,6 +7,7 @@
 #include <cstring>
 #include <iterator>
 
+#include "admin/admin.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -88,6 +89,9 @@ void copy_log_fields(Exchange* ex) {
 
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
+  const std::uint64_t duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  w.metrics.exchange_done(ex->route ? ex->route->index : -1, ex->route ? ex->route->pool : -1, ex->server,
+                          ex->status, ex->bytes_out, duration_us);
   if (!w.access_log.enabled()) return;
   AccessRecord r;
   r.client_ip = ex->down->peer();
@@ -98,7 +102,7 @@ void log_exchange(Exchange* ex) {
   r.bytes = ex->bytes_out;
   r.upstream = ex->server >= 0 ? w.shared.config.table->servers[static_cast<std::size_t>(ex->server)].authority
                                : std::string_view("-");
-  r.duration_us = ex->start_us ? now_us() - ex->start_us : 0;
+  r.duration_us = duration_us;
   static constexpr char kWho[] = {'-', 'C', 'S', 'P'};
   static constexpr char kWhen[] = {'-', 'R', 'C', 'H', 'D'};
   const char who = kWho[static_cast<int>(ex->term.who)];
@@ -254,6 +258,8 @@ State state_route(Exchange* ex, Event, int) {
     case Action::Redirect:
     case Action::RedirectHttps:
       break;
+    case Action::Admin:
+      return admin_respond(ex);
   }
   return reply_redirect(ex);
 }

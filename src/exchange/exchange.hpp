@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "exchange/downstream.hpp"
 #include "juggler/balance.hpp"
@@ -129,6 +130,9 @@ struct Exchange : ExchangeState {
   // For the access log: the request line, Referer and User-Agent, copied at
   // head time because a streamed body may reuse the buffer the head was in.
   char log_text[512];
+  // A responder's answer built at run time (the admin pages): written from
+  // here, so it stays until the exchange is reused.
+  std::string local_reply;
   Exchange* next_free = nullptr;
 };
 
@@ -187,7 +191,8 @@ void detach_upstream(Exchange* ex, bool reuse);
 // a streamed body may reuse the buffer the head was in.
 void copy_log_fields(Exchange* ex);
 
-// The access log line of the exchange (when the log is on).
+// The exchange's record, once it ended: its counters (metrics.hpp) and its
+// access log line (when the log is on).
 void log_exchange(Exchange* ex);
 
 // Releases the exchange pool and the streams' idle handle (at worker exit,

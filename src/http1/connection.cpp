@@ -238,6 +238,7 @@ uv_buf_t ClientSession::on_stream_alloc() noexcept {
 void ClientSession::on_stream_read(ssize_t n) noexcept {
   if (n > 0) {
     in_len += static_cast<std::uint32_t>(n);
+    worker->metrics.bytes_in.add(static_cast<std::uint64_t>(n));
     process_client(this);
     return;
   }

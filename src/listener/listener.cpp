@@ -76,6 +76,7 @@ void listener_on_connection(uv_stream_t* server, int status) {
   auto* lc = static_cast<ListenerCtx*>(server->data);
   Worker* w = lc->worker;
   if (status < 0) {
+    ++w->metrics.accept_errors;
     // EMFILE and the like: libuv sheds the pending connections itself; say so
     // at most once a second, not once per connection.
     if (w->now_ms() - w->last_accept_error_ms >= 1000) {

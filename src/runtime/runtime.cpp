@@ -27,6 +27,7 @@
 #include <thread>
 
 #include "juggler/health.hpp"
+#include "admin/admin.hpp"
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "listener/l4.hpp"
@@ -47,7 +48,8 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       access_log(access_log_fd),
       wheel(uv_hrtime() / 1000000),
       idle(s.config.table->servers.size()),
-      retry_tokens(s.config.table->pools.size(), kRetryCap / 2) {}
+      retry_tokens(s.config.table->pools.size(), kRetryCap / 2),
+      metrics(s.config.table->routes.size(), s.config.table->pools.size(), s.config.table->servers.size()) {}
 
 Worker::~Worker() = default;
 
@@ -80,8 +82,9 @@ int bind_one(const std::string& host, std::uint16_t port, std::string_view sourc
   if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
     int e = errno;
     ::close(fd);
-    std::string where = std::string(source) + ":" + std::to_string(line) + ": cannot listen on " + host + ":" +
-                        std::to_string(port) + ": " + std::strerror(e);
+    std::string where(source);
+    if (line) where.append(":").append(std::to_string(line));
+    where += ": cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(e);
     if (e == EACCES) where += " (ports below 1024 need root: run with sudo, or pick another port with --port)";
     if (e == EADDRINUSE) where += " (another process holds it; stop it or pick another port with --port)";
     throw std::runtime_error(where);
@@ -287,6 +290,7 @@ int run(const Config& config) {
   Shared shared;
   shared.config = config;
   shared.health = std::make_unique<ServerHealth[]>(table.servers.size());
+  shared.last_check = std::make_unique<Shared::LastCheck[]>(table.servers.size());
   for (const ServerDef& s : table.servers) shared.server_addrs.push_back(make_addr(s.host, s.port));
   for (const RouteDef& r : table.routes) {
     if (r.action != Action::Respond) {
@@ -305,6 +309,9 @@ int run(const Config& config) {
   if (shared.error_pages.custom_count())
     log(LogLevel::Info, "error pages: %zu from %s", shared.error_pages.custom_count(),
         std::string(config.settings.error_pages).c_str());
+
+  if (config.admin_port >= 0 && !config.settings.admin_token_file.empty())
+    shared.admin_token = read_admin_token(std::string(config.settings.admin_token_file));
 
   int log_fd = -1;
   if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
@@ -349,22 +356,50 @@ int run(const Config& config) {
     announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") + shown + ":" + std::to_string(port));
   }
 
+  // The admin listener: a thread and loop of its own running the same HTTP/1
+  // code as the workers, whose one route is the admin responder. Apart from
+  // the traffic loops, a flood that keeps every worker busy, or fills their
+  // connection limits, leaves it answering; it reads the workers' counters
+  // (lock-free atomics) and touches nothing else of theirs.
+  const RouteTable admin_routes = admin_table(table);
+  std::string admin_announce;
+  if (config.admin_port >= 0) {
+    threads.emplace_back();
+    WorkerThread& a = threads.back();
+    const int fd = bind_one(config.admin_host, static_cast<std::uint16_t>(config.admin_port), "admin listener", 0);
+    a.fds.push_back(fd);
+    a.fd_tls.push_back(nullptr);
+    const std::string& h = config.admin_host;
+    admin_announce = ("admin listening on http://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
+                      std::to_string(bound_port(fd)) + " (/metrics, /stats)");
+  }
+
   uv_loop_t main_loop;
   uv_loop_init(&main_loop);
   uv_async_t wakeup;
   uv_async_init(&main_loop, &wakeup, [](uv_async_t* a) { uv_stop(a->loop); });
   g_main_wakeup = &wakeup;
-  g_workers_left = static_cast<int>(n);
+  g_workers_left = static_cast<int>(threads.size());
 
-  for (std::uint32_t i = 0; i < n; ++i) {
-    threads[i].worker = std::make_unique<Worker>(shared, i, log_fd);
+  for (std::uint32_t i = 0; i < threads.size(); ++i) {
+    const bool admin = i == n;
+    threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd);
+    if (admin) threads[i].worker->table = &admin_routes;
+    else shared.workers.push_back(threads[i].worker.get());
     prepare_worker(&threads[i]);
   }
   for (auto& t : threads) t.thread = std::thread(worker_main, &t);
   // Active health checks: one thread for the whole process, publishing into
   // shared.health (declared after it, so it stops first). It keeps running
   // while the workers drain, so retries still avoid dead servers.
-  HealthChecker checker(table, shared.health.get());
+  HealthCallbacks on_health;
+  on_health.on_check = [&shared](std::uint16_t server, CheckResult result, int status) {
+    Shared::LastCheck& c = shared.last_check[server];
+    c.result.store(static_cast<std::uint8_t>(result), std::memory_order_relaxed);
+    c.status.store(static_cast<std::uint16_t>(status), std::memory_order_relaxed);
+    c.at_ms.store(wall_clock_ms(), std::memory_order_relaxed);
+  };
+  HealthChecker checker(table, shared.health.get(), std::move(on_health));
   checker.start();
 
   struct SignalState {
@@ -396,6 +431,7 @@ int run(const Config& config) {
   uv_signal_start(&sigint, on_signal, SIGINT);
   // Said only now: tests (and operators' scripts) may connect or signal at once.
   for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
+  if (!admin_announce.empty()) log(LogLevel::Info, "%s", admin_announce.c_str());
 
   // A worker could have finished before the wakeup handle was armed.
   if (g_workers_left.load() > 0) uv_run(&main_loop, UV_RUN_DEFAULT);

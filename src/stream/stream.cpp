@@ -253,6 +253,10 @@ void Stream::pump() {
       break;
     }
   }
+  if (!handshake_counted_ && tls_->handshake_done()) {
+    handshake_counted_ = true;
+    ++(tls_->session_reused() ? ctx_->tls_resumed : ctx_->tls_full);
+  }
   if (tls_->has_output()) {
     flush_tls();
     if (closing_) return;

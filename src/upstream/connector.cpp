@@ -34,6 +34,7 @@ void count_server_failure(Exchange* ex, bool reused, const Termination& t) {
   const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
   ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
   if (reused || !passive_failure(h, pool, w.now_ms())) return;
+  ++w.metrics.server[static_cast<std::size_t>(ex->server)].ejections;
   const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(ex->server)];
   log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
       static_cast<int>(pool.name.size()), pool.name.data(),

@@ -111,6 +111,7 @@ UpstreamConn* upstream_take_idle(Worker& w, std::uint16_t server) noexcept {
   if (!c) return nullptr;
   unlink_idle(c);
   c->reused = true;
+  ++w.metrics.server[server].conn_reused;
   return c;
 }
 
@@ -121,6 +122,7 @@ UpstreamConn* upstream_new(Worker& w, std::uint16_t server) {
   uv_tcp_init(&w.loop, &c->tcp);
   c->tcp.data = c;
   c->connect_req.data = c;
+  ++w.metrics.server[server].conn_new;
   return c;
 }
 
@@ -153,6 +155,7 @@ void upstream_release(UpstreamConn* c) noexcept {
 void upstream_close(UpstreamConn* c) noexcept {
   if (c->closing) return;
   c->closing = true;
+  ++c->worker->metrics.server[c->server].conn_closed;
   unlink_idle(c);
   if (c->ex) {
     // The exchange forgets the connection; it decides what to do next.

@@ -26,6 +26,7 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = "cache.internal:6379",
     .admin_address = "0.0.0.0:9090",
+    .admin_token_file = "secrets/admin.token",
 };
 
 constexpr ListenerDef kListeners[] = {

@@ -26,6 +26,7 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = {},
     .admin_address = {},
+    .admin_token_file = {},
 };
 
 constexpr ListenerDef kListeners[] = {

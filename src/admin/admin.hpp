@@ -1,0 +1,101 @@
+// The admin listener's responder: /metrics (Prometheus text format 0.0.4),
+// /stats (a self-contained HTML page) and /stats.json (what the page polls).
+//
+// Where it plugs in: the admin listener is served by a worker of its own (a
+// thread and loop running the same listener, HTTP/1 connection and exchange
+// code as the traffic workers, runtime.cpp) whose route table is
+// admin_table(): its one route's action is Action::Admin, which the exchange
+// hands to admin_respond() like any other local responder. The pages read the
+// traffic workers' counters (metrics.hpp, lock-free) and the shared health
+// atomics; nothing here runs on a traffic worker.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "juggler/balance.hpp"
+
+#include "juggler/metrics.hpp"
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+struct Exchange;
+struct Shared;
+enum class State : std::uint8_t;
+
+// `traffic` with its routes replaced by one that takes every request to
+// admin_respond(). The value points into `traffic` and static storage.
+RouteTable admin_table(const RouteTable& traffic) noexcept;
+
+// Answers an admin request (Action::Admin): a page, 404 for an unknown path,
+// 405 for a method a page does not take.
+// Like the other responders, it prepares the answer and returns the state
+// that writes it (exchange.hpp).
+State admin_respond(Exchange* ex);
+
+// Writes a whole answer (head and body) into the exchange, which keeps it
+// until the write is done, and sends it. `extra`: header lines, each ending
+// in CRLF. A request whose body is not read yet closes the connection after.
+State admin_answer(Exchange* ex, int status, std::string_view type, std::string_view body, std::string_view extra = {});
+
+// Runtime control, POST /servers/POOL/HOST:PORT/{drain,ready,weight?w=N}
+// (control.cpp): applied through the servers' ServerHealth atomics, so every
+// worker's next pick sees it. Guarded by the bearer token of
+// `set admin_token_file` (401 without it; 403 when no token is set).
+State admin_control(Exchange* ex);
+
+// The token in `path` (surrounding blanks dropped). Throws std::runtime_error
+// naming the file when it cannot be read or is empty. At start-up.
+std::string read_admin_token(const std::string& path);
+
+// Milliseconds since the epoch (the stats page's clock, check times).
+inline std::uint64_t wall_clock_ms() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+// The traffic workers' counters summed at one moment (each value read once,
+// racily but safely: see counter.hpp).
+struct Snapshot {
+  struct Requests {
+    std::uint64_t by_class[kStatusClasses] = {};
+    std::uint64_t buckets[kLatencyBuckets] = {};
+    std::uint64_t sum_us = 0;
+    [[nodiscard]] std::uint64_t count() const noexcept;
+    [[nodiscard]] std::uint64_t errors() const noexcept { return by_class[4]; }  // 5xx
+    // The q-quantile (0..1) of the durations in ms, interpolated within its
+    // bucket; 0 without requests.
+    [[nodiscard]] double quantile_ms(double q) const noexcept;
+  };
+  struct Server {
+    Requests req;
+    std::uint64_t conn_new = 0, conn_reused = 0, conn_closed = 0, idle = 0, ejections = 0;
+    [[nodiscard]] std::uint64_t busy() const noexcept;  // open and not idle: requests in flight
+  };
+  std::vector<std::uint64_t> routes;  // (routes + 1) * kStatusClasses (metrics.hpp)
+  std::vector<Requests> pools;
+  std::vector<Server> servers;
+  Requests all;  // every request of every pool
+  std::uint64_t bytes_in = 0, bytes_out = 0, accept_errors = 0, refused = 0, retries = 0, retries_denied = 0;
+  std::uint64_t tls_full = 0, tls_resumed = 0, tls_failures = 0, connections = 0, active = 0;
+};
+Snapshot take_snapshot(const Shared& shared);
+
+// The bodies of /metrics and /stats.json, appended to `out`.
+void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out);
+void render_stats_json(const Shared& shared, const Snapshot& snap, std::string& out);
+// The /stats page (static: it fetches /stats.json).
+std::string_view stats_page() noexcept;
+
+// A server's state for the pages: "up", "down" (active checks), "ejected"
+// (passive health) or "drain" (the admin drained it).
+std::string_view server_state(const Shared& shared, std::size_t server) noexcept;
+// Its weight now: the admin's, else the compiled one.
+std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept;
+
+}  // namespace juggler

@@ -1,0 +1,196 @@
+// /metrics: the snapshot in the Prometheus text exposition format, version
+// 0.0.4 (https://prometheus.io/docs/instrumenting/exposition_formats/). Every
+// family has its HELP and TYPE lines; every series of a family is written
+// together; the set of series depends on the routes file only (a server with
+// no traffic shows zeros), so dashboards do not see series come and go.
+#include <cstdio>
+
+#include "admin/admin.hpp"
+#include "juggler/worker.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr const char* kClassNames[kStatusClasses] = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+// A label value with \, " and newline escaped.
+void append_escaped(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+}
+
+struct Writer {
+  std::string& out;
+
+  void family(const char* name, const char* type, const char* help) {
+    out.append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ");
+    out.append(name).append(" ").append(type).append("\n");
+  }
+  // name{labels} value; `labels` already formatted (`a="x",b="y"`), may be empty.
+  void sample(std::string_view name, std::string_view labels, std::uint64_t v) {
+    head(name, labels);
+    out.append(std::to_string(v)).append("\n");
+  }
+  void sample(std::string_view name, std::string_view labels, double v) {
+    head(name, labels);
+    char text[32];
+    const int n = std::snprintf(text, sizeof text, "%.9g", v);
+    out.append(text, static_cast<std::size_t>(n)).append("\n");
+  }
+  void head(std::string_view name, std::string_view labels) {
+    out.append(name);
+    if (!labels.empty()) out.append("{").append(labels).append("}");
+    out.append(" ");
+  }
+  void histogram(const char* name, const std::string& labels, const Snapshot::Requests& r) {
+    const std::string bucket = std::string(name) + "_bucket";
+    std::uint64_t cumulative = 0;
+    for (std::size_t b = 0; b < kLatencyBuckets; ++b) {
+      cumulative += r.buckets[b];
+      char le[32];
+      if (b + 1 < kLatencyBuckets)
+        std::snprintf(le, sizeof le, "le=\"%g\"", static_cast<double>(kLatencyBoundsUs[b]) / 1e6);
+      else
+        std::snprintf(le, sizeof le, "le=\"+Inf\"");
+      sample(bucket, labels.empty() ? std::string(le) : labels + "," + le, cumulative);
+    }
+    sample(std::string(name) + "_sum", labels, static_cast<double>(r.sum_us) / 1e6);
+    sample(std::string(name) + "_count", labels, cumulative);
+  }
+};
+
+std::string pool_label(const PoolDef& p) {
+  std::string l = "pool=\"";
+  append_escaped(l, p.name);
+  return l + "\"";
+}
+
+std::string server_label(const RouteTable& t, std::size_t i) {
+  const ServerDef& s = t.servers[i];
+  std::string l = pool_label(t.pools[s.pool]) + ",server=\"";
+  append_escaped(l, s.authority);
+  return l + "\"";
+}
+
+std::string with_class(const std::string& labels, std::size_t c) {
+  return labels + ",class=\"" + kClassNames[c] + "\"";
+}
+
+void render_requests(Writer& w, const RouteTable& t, const Snapshot& s) {
+  w.family("juggler_route_requests_total", "counter",
+           "Requests answered, by route (its number in file order, as --check shows; none: no route took it) and "
+           "status class.");
+  for (std::size_t r = 0; r <= t.routes.size(); ++r) {
+    const std::string route = r < t.routes.size() ? "route=\"" + std::to_string(r + 1) + "\",line=\"" +
+                                                        std::to_string(t.routes[r].line) + "\""
+                                                  : std::string("route=\"none\",line=\"0\"");
+    for (std::size_t c = 0; c < kStatusClasses; ++c)
+      w.sample("juggler_route_requests_total", with_class(route, c), s.routes[r * kStatusClasses + c]);
+  }
+  w.family("juggler_pool_requests_total", "counter", "Requests a pool's route took, by status class.");
+  for (std::size_t p = 0; p < t.pools.size(); ++p)
+    for (std::size_t c = 0; c < kStatusClasses; ++c)
+      w.sample("juggler_pool_requests_total", with_class(pool_label(t.pools[p]), c), s.pools[p].by_class[c]);
+  w.family("juggler_server_requests_total", "counter",
+           "Requests whose last attempt went to a server (or a redirect named it), by status class.");
+  for (std::size_t i = 0; i < t.servers.size(); ++i)
+    for (std::size_t c = 0; c < kStatusClasses; ++c)
+      w.sample("juggler_server_requests_total", with_class(server_label(t, i), c), s.servers[i].req.by_class[c]);
+  w.family("juggler_pool_request_duration_seconds", "histogram",
+           "Time from a request's first byte to the end of its answer, per pool.");
+  for (std::size_t p = 0; p < t.pools.size(); ++p)
+    w.histogram("juggler_pool_request_duration_seconds", pool_label(t.pools[p]), s.pools[p]);
+  w.family("juggler_server_request_duration_seconds", "histogram",
+           "Time from a request's first byte to the end of its answer, per server.");
+  for (std::size_t i = 0; i < t.servers.size(); ++i)
+    w.histogram("juggler_server_request_duration_seconds", server_label(t, i), s.servers[i].req);
+}
+
+void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
+  const RouteTable& t = *shared.config.table;
+  // One family with a sample per server (of the pools with active checks only, when `checked`).
+  auto per_server = [&](const char* name, const char* type, const char* help, auto sample_value, bool checked = false) {
+    w.family(name, type, help);
+    for (std::size_t i = 0; i < t.servers.size(); ++i)
+      if (!checked || t.pools[t.servers[i].pool].health.enabled) w.sample(name, server_label(t, i), sample_value(i));
+  };
+  w.family("juggler_upstream_connections", "gauge", "Connections to a server: busy (a request on it) or idle.");
+  for (std::size_t i = 0; i < t.servers.size(); ++i) {
+    const std::string l = server_label(t, i);
+    w.sample("juggler_upstream_connections", l + ",state=\"busy\"", s.servers[i].busy());
+    w.sample("juggler_upstream_connections", l + ",state=\"idle\"", s.servers[i].idle);
+  }
+  per_server("juggler_upstream_connections_opened_total", "counter", "Connections opened to a server.",
+             [&](std::size_t i) { return s.servers[i].conn_new; });
+  per_server("juggler_upstream_connections_reused_total", "counter",
+             "Requests sent on a kept-alive connection instead of a new one.",
+             [&](std::size_t i) { return s.servers[i].conn_reused; });
+  per_server("juggler_server_up", "gauge", "1 while active health checks say a server is up (always 1 unchecked).",
+             [&](std::size_t i) { return std::uint64_t{server_state(shared, i) != "down"}; });
+  per_server("juggler_server_ejected", "gauge", "1 while passive health keeps a server out of the picks.",
+             [&](std::size_t i) { return std::uint64_t{server_state(shared, i) == "ejected"}; });
+  per_server("juggler_server_ejections_total", "counter", "Passive ejections of a server (max_fails reached).",
+             [&](std::size_t i) { return s.servers[i].ejections; });
+  per_server("juggler_server_drained", "gauge", "1 while the admin keeps a server drained (no new requests).",
+             [&](std::size_t i) { return std::uint64_t{shared.health[i].drained.load(std::memory_order_relaxed)}; });
+  per_server("juggler_server_weight", "gauge", "A server's weight (the admin's, else the compiled one).",
+             [&](std::size_t i) { return std::uint64_t{server_weight(shared, i)}; });
+  per_server(
+      "juggler_server_last_check_timestamp_seconds", "gauge",
+      "When a server's latest active check ended (Unix time; 0 before the first).",
+      [&](std::size_t i) { return static_cast<double>(shared.last_check[i].at_ms.load(std::memory_order_relaxed)) / 1000; },
+      true);
+  per_server(
+      "juggler_server_last_check_success", "gauge", "1 when a server's latest active check passed.",
+      [&](std::size_t i) {
+        const Shared::LastCheck& c = shared.last_check[i];
+        return std::uint64_t{c.at_ms.load(std::memory_order_relaxed) != 0 && c.result.load(std::memory_order_relaxed) == 0};
+      },
+      true);
+}
+
+void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
+  w.family("juggler_client_bytes_received_total", "counter", "Bytes read from clients (TLS: decrypted).");
+  w.sample("juggler_client_bytes_received_total", "", s.bytes_in);
+  w.family("juggler_client_bytes_sent_total", "counter", "Bytes of answers to clients (heads and bodies).");
+  w.sample("juggler_client_bytes_sent_total", "", s.bytes_out);
+  w.family("juggler_client_connections", "gauge", "Client connections: active (a request in flight) or idle.");
+  w.sample("juggler_client_connections", "state=\"active\"", s.active);
+  w.sample("juggler_client_connections", "state=\"idle\"", s.connections > s.active ? s.connections - s.active : 0);
+  w.family("juggler_retries_total", "counter", "Requests sent again to a server after a failed attempt.");
+  w.sample("juggler_retries_total", "", s.retries);
+  w.family("juggler_retries_denied_total", "counter", "Retries the retry budget refused.");
+  w.sample("juggler_retries_denied_total", "", s.retries_denied);
+  w.family("juggler_tls_handshakes_total", "counter", "TLS handshakes completed with clients.");
+  w.sample("juggler_tls_handshakes_total", "kind=\"full\"", s.tls_full);
+  w.sample("juggler_tls_handshakes_total", "kind=\"resumed\"", s.tls_resumed);
+  w.family("juggler_tls_failures_total", "counter", "TLS handshakes and records that failed.");
+  w.sample("juggler_tls_failures_total", "", s.tls_failures);
+  w.family("juggler_accept_refused_total", "counter",
+           "Connections refused with 503 over limit.connections_per_worker.");
+  w.sample("juggler_accept_refused_total", "", s.refused);
+  w.family("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).");
+  w.sample("juggler_accept_errors_total", "", s.accept_errors);
+  w.family("juggler_workers", "gauge", "Worker threads serving traffic.");
+  w.sample("juggler_workers", "", std::uint64_t{shared.workers.size()});
+  w.family("juggler_build_info", "gauge", "The version, and the routes file compiled in.");
+  std::string labels = "version=\"" JUGGLER_VERSION "\",routes=\"";
+  append_escaped(labels, shared.config.table->source);
+  w.sample("juggler_build_info", labels + "\"", std::uint64_t{1});
+}
+
+}  // namespace
+
+void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out) {
+  Writer w{out};
+  render_requests(w, *shared.config.table, snap);
+  render_servers(w, shared, snap);
+  render_process(w, shared, snap);
+}
+
+}  // namespace juggler

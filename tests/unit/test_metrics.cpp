@@ -1,0 +1,52 @@
+// The counters' arithmetic (include/juggler/metrics.hpp) and the quantiles the
+// stats page shows (src/admin): status classes, bucket bounds, one exchange's
+// record, interpolation within a bucket.
+#include <catch2/catch.hpp>
+
+#include "admin/admin.hpp"
+#include "juggler/metrics.hpp"
+
+using namespace juggler;
+
+TEST_CASE("status classes and duration buckets", "[metrics]") {
+  CHECK(status_class(100) == 0);
+  CHECK(status_class(204) == 1);
+  CHECK(status_class(399) == 2);
+  CHECK(status_class(499) == 3);
+  CHECK(status_class(503) == 4);
+  CHECK(status_class(0) == 4);    // no status: counted as a failure
+  CHECK(status_class(600) == 4);
+  CHECK(latency_bucket(0) == 0);
+  CHECK(latency_bucket(100) == 0);  // le is inclusive
+  CHECK(latency_bucket(101) == 1);
+  CHECK(latency_bucket(10000000) == kLatencyBuckets - 2);
+  CHECK(latency_bucket(10000001) == kLatencyBuckets - 1);  // +Inf
+}
+
+TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") {
+  Metrics m(2, 1, 3);
+  m.exchange_done(1, 0, 2, 200, 100, 300);
+  m.exchange_done(-1, -1, -1, 400, 50, 10);  // refused before routing
+  m.exchange_done(1, 0, -1, 503, 7, 20000);  // nobody to send it to
+  CHECK(m.by_route[1 * kStatusClasses + 1].get() == 1);
+  CHECK(m.by_route[1 * kStatusClasses + 4].get() == 1);
+  CHECK(m.by_route[2 * kStatusClasses + 3].get() == 1);  // the row after the routes
+  CHECK(m.pool[0].by_class[1].get() == 1);
+  CHECK(m.pool[0].by_class[4].get() == 1);
+  CHECK(m.server[2].by_class[1].get() == 1);
+  CHECK(m.server[0].by_class[4].get() == 0);
+  CHECK(m.pool[0].duration.buckets[latency_bucket(300)].get() == 1);
+  CHECK(m.pool[0].duration.sum_us.get() == 20300);
+  CHECK(m.bytes_out.get() == 157);
+}
+
+TEST_CASE("quantiles interpolate within their bucket", "[metrics]") {
+  Snapshot::Requests r;
+  CHECK(r.quantile_ms(0.5) == 0);
+  r.buckets[latency_bucket(200)] = 100;  // 100 requests in (100 us, 250 us]
+  CHECK(r.quantile_ms(0.5) == Approx(0.175));
+  CHECK(r.quantile_ms(1.0) == Approx(0.25));
+  r.buckets[kLatencyBuckets - 1] = 100;  // and 100 beyond the last bound
+  CHECK(r.quantile_ms(0.99) == Approx(10000));
+  CHECK(r.count() == 200);
+}
