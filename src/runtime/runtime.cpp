@@ -122,6 +122,10 @@ struct WorkerThread {
   bool done = false;
 };
 
+// What the admin listener's connections are to the listener code: plain
+// HTTP, no PROXY header (it has no listen statement of its own).
+constexpr ListenerDef kAdminListenerDef{ListenKind::Http, "", 0, -1, 0, 0, false, 0};
+
 std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
 
@@ -369,6 +373,7 @@ int run(const Config& config) {
     const int fd = bind_one(config.admin_host, static_cast<std::uint16_t>(config.admin_port), "admin listener", 0);
     a.fds.push_back(fd);
     a.fd_tls.push_back(nullptr);
+    a.fd_def.push_back(&kAdminListenerDef);
     const std::string& h = config.admin_host;
     admin_announce = ("admin listening on http://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
                       std::to_string(bound_port(fd)) + " (/metrics, /stats)");
