@@ -71,6 +71,7 @@ def emit_settings(c: Config) -> list[str]:
         ("client_idle_timeout_ms", str(s.client_idle_timeout_ms)),
         ("upstream_timeout_ms", str(s.upstream_timeout_ms)),
         ("drain_timeout_ms", str(s.drain_timeout_ms)),
+        ("tunnel_idle_timeout_ms", str(s.tunnel_idle_timeout_ms)),
         ("header_bytes", f"{s.header_bytes}u"),
         ("header_count", f"{s.header_count}u"),
         ("uri_bytes", f"{s.uri_bytes}u"),
@@ -104,7 +105,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     listeners = [
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
-        f".cert_count = {len(lst.certs)}, .line = {lst.line}}}"
+        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]
@@ -114,10 +115,11 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
         if h is not None:
             health = (f"{{.enabled = true, .method = Method::{METHOD_ENUM[h.method]}, .path = {cstr(h.path)}, "
                       f".interval_ms = {h.interval_ms}, .timeout_ms = {h.timeout_ms}, .rise = {h.rise}, "
-                      f".fall = {h.fall}, .expect_lo = {h.expect_lo}, .expect_hi = {h.expect_hi}}}")
+                      f".fall = {h.fall}, .expect_lo = {h.expect_lo}, .expect_hi = {h.expect_hi}, "
+                      f".tcp = {cbool(h.tcp)}}}")
         else:
             health = ("{.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, "
-                      ".rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0}")
+                      ".rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false}")
         pools.append(
             f"{{.name = {cstr(p.name)}, .strategy = Strategy::{STRATEGY_ENUM[p.strategy]}, "
             f".key = HashKey::{p.key}, .key_name = {sv(p.key_name)}, .first_server = {p.first_server}, "

@@ -100,6 +100,7 @@ class Listener:
     pool_name: str | None = None
     pool_index: int = -1
     first_cert: int = 0
+    proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
 
 
 @dataclass
@@ -122,6 +123,7 @@ class Health:
     fall: int = 3
     expect_lo: int = 200
     expect_hi: int = 399
+    tcp: bool = False  # `health tcp`: a connect is the whole check
 
 
 @dataclass
@@ -207,6 +209,7 @@ class Settings:
     client_idle_timeout_ms: int = 60_000
     upstream_timeout_ms: int = 30_000
     drain_timeout_ms: int = 30_000
+    tunnel_idle_timeout_ms: int = 3_600_000
     header_bytes: int = 16 << 10
     header_count: int = 100
     uri_bytes: int = 8 << 10
@@ -389,6 +392,7 @@ class Parser:
     SET_KEYS = [
         "workers", "access_log", "error_pages",
         "timeout.connect", "timeout.client_header", "timeout.client_idle", "timeout.upstream", "timeout.drain",
+        "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "admin", "admin_token_file",
@@ -477,9 +481,14 @@ class Parser:
             raise DefError(f"unknown listener kind '{kind}' (expected http, https or tcp)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
+        if "proxy_protocol" in rest:
+            rest.remove("proxy_protocol")
+            lst.proxy_protocol = True
+            if "proxy_protocol" in rest:
+                raise DefError("option 'proxy_protocol' given twice")
         if kind == "http":
             if rest:
-                raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT'")
+                raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
             if "pool" not in opts.values:
@@ -590,15 +599,25 @@ class Parser:
         pool = self.pool_for("health")
         if pool.health is not None:
             raise DefError(f"pool '{pool.name}' already has a health check at line {pool.health.line}")
+        if len(toks) >= 2 and toks[1] == "tcp":
+            # Connect only (L4 pools whose servers do not speak HTTP).
+            h = Health(line=line, method="GET", path="", tcp=True)
+            self.health_options(h, toks[2:], ["interval", "timeout", "rise", "fall"])
+            pool.health = h
+            return
         if len(toks) < 3:
-            raise DefError("'health' needs a method and a path (health GET /ping [interval=DUR] ...)")
+            raise DefError("'health' needs a method and a path (health GET /ping [interval=DUR] ...), or tcp")
         method, path = toks[1], toks[2]
         if method not in METHODS:
             raise DefError(f"unknown method '{method}' (expected {', '.join(METHODS)})")
         if not path.startswith("/"):
             raise DefError(f"health check path '{path}' must start with '/'")
         h = Health(line=line, method=method, path=path)
-        opts = Options("health", toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
+        self.health_options(h, toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
+        pool.health = h
+
+    def health_options(self, h: Health, toks: list[str], known: list[str]) -> None:
+        opts = Options("health", toks, known)
         v = opts.values
         if "interval" in v:
             h.interval_ms = parse_duration("interval", v["interval"])
@@ -615,7 +634,6 @@ class Parser:
             h.expect_lo, h.expect_hi = int(m.group(1)), int(m.group(2))
         if h.timeout_ms >= h.interval_ms:
             raise DefError(f"health timeout ({h.timeout_ms}ms) must be shorter than its interval ({h.interval_ms}ms)")
-        pool.health = h
 
     # ------------------------------------------------------------ route
 

@@ -22,7 +22,7 @@ struct Options {
   bool check = false;
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
   std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
-               upstream_timeout_ms = -1, drain_timeout_ms = -1;
+               upstream_timeout_ms = -1, drain_timeout_ms = -1, tunnel_idle_timeout_ms = -1;
 };
 
 // "250ms", "10s", "2m", "1h" in milliseconds; -1 when malformed or zero.

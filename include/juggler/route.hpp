@@ -74,6 +74,7 @@ struct ListenerDef {
   std::int16_t pool;         // Tcp: index into pools(); -1 otherwise
   std::uint16_t first_cert;  // Https: range in certs(); the first is the default
   std::uint16_t cert_count;
+  bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
 };
 
@@ -102,6 +103,7 @@ struct HealthDef {
   std::uint8_t fall;
   std::uint16_t expect_lo;  // accepted status range, inclusive
   std::uint16_t expect_hi;
+  bool tcp = false;         // `health tcp`: connecting is the whole check (no request)
 };
 
 struct PoolDef {
@@ -158,6 +160,7 @@ struct Settings {
   std::uint32_t client_idle_timeout_ms;
   std::uint32_t upstream_timeout_ms;
   std::uint32_t drain_timeout_ms;
+  std::uint32_t tunnel_idle_timeout_ms;  // L4 tunnels: closed after this long with no byte either way
   std::uint64_t header_bytes;
   std::uint32_t header_count;
   std::uint32_t uri_bytes;

@@ -1,11 +1,12 @@
-// The byte stream: one accepted connection, plain TCP or TLS behind the same
-// API (read start/stop, write with completion, close_notify, shutdown, close).
+// The byte stream: one connection, accepted or made (connect()), plain TCP
+// or TLS behind the same API (read start/stop, write with completion,
+// close_notify, shutdown, close).
 // TLS lives below it: OpenSSL over memory BIOs, ciphertext read into a
 // per-worker scratch, plaintext delivered into the buffer its handler gives,
 // so no code above this layer asks which kind it has.
 //
 // Ownership: the Stream is a member of its handler's object (a client
-// connection); that object may be freed only from on_stream_closed(), the
+// connection, a tunnel); that object may be freed only from on_stream_closed(), the
 // last call a stream makes. Calls into the handler come from libuv callbacks
 // (or from the idle phase for TLS plaintext already decrypted), never from
 // inside a Stream method the handler called, but for the one documented case
@@ -18,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 
 #include "juggler/counter.hpp"
 #include "juggler/tls.hpp"
@@ -32,6 +34,13 @@ class Stream;
 struct WriteReq {
   uv_write_t req;  // first: a uv_write_t* is a WriteReq*
   WriteReq* next_free = nullptr;
+};
+
+// A connect in progress: pooled like the write requests, so a stream that
+// was accepted carries none.
+struct ConnectReq {
+  uv_connect_t req;  // first: a uv_connect_t* is a ConnectReq*
+  ConnectReq* next_free = nullptr;
 };
 
 // What the streams (and the upstream connections) of one worker share. Worker
@@ -54,9 +63,14 @@ struct StreamContext {
   Counter tls_failures;                // handshakes and records that failed
   Counter tls_full, tls_resumed;       // handshakes completed (read by the admin listener)
 
+  ConnectReq* free_connects = nullptr;
+  std::size_t connect_reqs = 0;        // allocated
+
   WriteReq* get_write();
   // Returns a finished write's request to the pool; first thing in a write callback.
   void put_write(uv_write_t* req) noexcept;
+  ConnectReq* get_connect();
+  void put_connect(uv_connect_t* req) noexcept;
   // Closes the idle handle (worker exit, every stream closed or closing).
   void release() noexcept;
 };
@@ -83,9 +97,34 @@ class StreamHandler {
   virtual void on_stream_written(int status) noexcept = 0;
   // The last call: the stream's memory may go.
   virtual void on_stream_closed() noexcept = 0;
+  // connect() completed: 0, or a libuv error (UV_ECONNREFUSED, ...; the
+  // handler then closes the stream). Not called once close() was called.
+  virtual void on_stream_connected(int status) noexcept { (void)status; }
 
  protected:
   ~StreamHandler() = default;
+};
+
+// A step that reads the first bytes of an accepted connection before its
+// protocol does: a PROXY protocol header, later a TLS ClientHello peeked for
+// SNI routing. It reads raw bytes (below TLS) into its own room; once it is
+// done, the bytes it read but did not consume reach the protocol as if just
+// read, ahead of anything else, so the protocol never knows it ran.
+class Prelude {
+ public:
+  enum class Verdict : std::uint8_t { NeedMore, Done, Reject };
+  // Room for the next raw bytes (the prelude's own memory); must not be empty.
+  virtual uv_buf_t prelude_room() noexcept = 0;
+  // `n` raw bytes landed at the start of the room last given. NeedMore: read
+  // on. Done: `*rest` is set to what was read but not consumed (a view into
+  // the prelude's memory, read before this call returns; may be empty).
+  // Reject: the connection is refused (the handler sees UV_EPROTO).
+  virtual Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept = 0;
+  // After Done, once the rest was delivered: the prelude's memory may go.
+  virtual void prelude_over() noexcept {}
+
+ protected:
+  ~Prelude() = default;
 };
 
 class Stream {
@@ -95,11 +134,27 @@ class Stream {
   Stream& operator=(const Stream&) = delete;
   ~Stream() { delete tls_; }
 
-  // Initialises the TCP handle on ctx's loop. Call once, before accept().
+  // Initialises the TCP handle on ctx's loop: before accept() or connect(),
+  // and again to reuse the stream once on_stream_closed came.
   void init(StreamContext& ctx, StreamHandler* handler) noexcept;
   // Accepts a pending connection of `server`; with `tls`, the stream
   // terminates TLS with that context. Returns 0 or a libuv error (then close()).
   int accept(uv_stream_t* server, SSL_CTX* tls);
+  // Connects (plain TCP) to `addr`, which must stay valid until
+  // on_stream_connected. Returns 0 (on_stream_connected follows), or a libuv
+  // error now (then close()). Reading and writing wait for the connection.
+  int connect(const sockaddr* addr);
+  // The peer's address as text ("192.0.2.7", "2001:db8::1"; an IPv4-mapped
+  // IPv6 address as IPv4) into `out`; returns its length, 0 when unknown.
+  std::uint8_t peer_ip(char (&out)[46]) noexcept;
+
+  // Runs `p` on the first bytes read, before the handler sees any (call
+  // after accept(), before reading starts; `p` must live until the handler's
+  // first on_stream_read). The rest it hands back is delivered at once
+  // through on_stream_alloc/on_stream_read (over TLS: decrypted first), so
+  // the handler's room must take up to the prelude's room in those calls.
+  void set_prelude(Prelude* p) noexcept { prelude_ = p; }
+  bool in_prelude() const noexcept { return prelude_ != nullptr; }
 
   // Whether the handler wants bytes now. Idempotent; with TLS, plaintext that
   // OpenSSL already holds is delivered from the loop's idle phase.
@@ -137,8 +192,11 @@ class Stream {
   static void on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf);
   static void on_write(uv_write_t* req, int status);
   static void on_closed(uv_handle_t* h);
+  static void on_connect(uv_connect_t* req, int status);
   static void on_pump_idle(uv_idle_t* h);
   void pump();
+  void prelude_read(ssize_t n);
+  void deliver(std::string_view bytes);
   bool flush_tls();
   void queue_pump();
   void unqueue_pump() noexcept;
@@ -147,6 +205,7 @@ class Stream {
   StreamContext* ctx_ = nullptr;
   StreamHandler* handler_ = nullptr;
   TlsStream* tls_ = nullptr;
+  Prelude* prelude_ = nullptr;  // runs before the handler reads (set_prelude)
   Stream* pump_prev_ = nullptr;  // ctx_'s list of streams to pump
   Stream* pump_next_ = nullptr;
   bool reading_ = false;

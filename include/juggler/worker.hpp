@@ -31,6 +31,7 @@ struct Worker;
 struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
+struct L4Worker;
 class Upstream;
 
 // How an exchange gets a server connection (juggler/upstream.hpp): a live
@@ -118,6 +119,7 @@ struct Worker {
   Counter refused_connections;  // over limit.connections_per_worker
   Metrics metrics;  // for /metrics: see metrics.hpp
   std::uint64_t last_accept_error_ms = 0;
+  std::unique_ptr<L4Worker> l4;  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 
   // Returns a buffer of either size to its pool (null is fine).

@@ -42,6 +42,7 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
       {"--timeout-client-idle", &out.client_idle_timeout_ms, "a client idle, or silent mid-request, or not reading, longer is closed"},
       {"--timeout-upstream", &out.upstream_timeout_ms, "a server silent longer while awaited: 504, or its body is cut"},
       {"--timeout-drain", &out.drain_timeout_ms, "SIGTERM waits this long for requests in flight"},
+      {"--timeout-tunnel-idle", &out.tunnel_idle_timeout_ms, "an L4 tunnel with no byte either way this long is closed"},
   };
   for (const TimeoutFlag& f : timeouts) {
     app.add_option_function<std::string>(
@@ -137,6 +138,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
   over(opts.client_idle_timeout_ms, c.settings.client_idle_timeout_ms);
   over(opts.upstream_timeout_ms, c.settings.upstream_timeout_ms);
   over(opts.drain_timeout_ms, c.settings.drain_timeout_ms);
+  over(opts.tunnel_idle_timeout_ms, c.settings.tunnel_idle_timeout_ms);
   if (!opts.access_log.empty()) {
     if (opts.access_log == "off") c.settings.access_log = LogTarget::Off;
     else if (opts.access_log == "stdout") c.settings.access_log = LogTarget::Stdout;
@@ -214,7 +216,9 @@ std::string describe_config(const Config& c) {
   o << "\npools\n";
   for (const PoolDef& p : t.pools) {
     o << "  " << p.name << "  " << strategy_name(p.strategy);
-    if (p.health.enabled) o << "  health=" << p.health.path << " every " << p.health.interval_ms << "ms";
+    if (p.health.enabled)
+      o << "  health=" << (p.health.tcp ? std::string_view("tcp") : p.health.path) << " every " << p.health.interval_ms
+        << "ms";
     o << "\n";
     for (std::uint16_t i = 0; i < p.server_count; ++i) {
       const ServerDef& s = t.servers[p.first_server + i];
@@ -231,7 +235,7 @@ std::string describe_config(const Config& c) {
     << (log ? log : c.access_log_path.c_str()) << "\n  timeout.connect " << s.connect_timeout_ms
     << "ms, client_header " << s.client_header_timeout_ms << "ms, client_idle " << s.client_idle_timeout_ms
     << "ms, upstream " << s.upstream_timeout_ms << "ms, drain " << s.drain_timeout_ms
-    << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
+    << "ms, tunnel_idle " << s.tunnel_idle_timeout_ms << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
     << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n";
   return o.str();
 }
@@ -242,9 +246,6 @@ std::string unsupported_features(const RouteTable& t) {
     o << t.source << ":" << line << ": ";
     return o;
   };
-  for (const ListenerDef& l : t.listeners) {
-    if (l.kind == ListenKind::Tcp) at(l.line) << "tcp listeners (L4 pass-through) are not implemented yet\n";
-  }
   for (const RouteDef& r : t.routes) {
     if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
   }

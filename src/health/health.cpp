@@ -247,6 +247,10 @@ void HealthChecker::on_connect(uv_connect_t* req, int status) {
                            0);
     return;
   }
+  if (p->pool->health.tcp) {
+    p->owner->finish_check(*p, CheckResult::Ok, 0);  // `health tcp`: connected is up
+    return;
+  }
   auto* stream = reinterpret_cast<uv_stream_t*>(&c->tcp);
   // The bytes are the Probe's, which outlives every Check.
   uv_buf_t b = uv_buf_init(p->request.data(), static_cast<unsigned>(p->request.size()));

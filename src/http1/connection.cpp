@@ -271,6 +271,7 @@ void ClientSession::on_stream_closed() noexcept {
   Worker& w = *worker;
   w.put_buffer(in);
   in = nullptr;
+  proxy.release();  // closed before its PROXY header was complete
   if (w.free_session_count >= kKeepFreeSessions) {
     delete this;
     return;
@@ -332,7 +333,7 @@ void on_client_timer(TimerNode* t) {
 
 // Accepts a pending connection of `server` into a new session (TLS with
 // `tls`), and starts reading its first request.
-void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
+void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_protocol) {
   auto* s = session_get(w);
   s->worker = &w;
   s->stream.init(w.streams, s);
@@ -347,25 +348,9 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls) {
     close_handles(s);
     return;
   }
-  sockaddr_storage peer{};
-  int len = sizeof peer;
-  if (uv_tcp_getpeername(s->stream.tcp(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
-    if (peer.ss_family == AF_INET6) {
-      const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
-      if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
-        sockaddr_in a4{};
-        a4.sin_family = AF_INET;
-        std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
-        uv_ip4_name(&a4, s->ip, sizeof s->ip);
-      } else {
-        uv_ip6_name(a6, s->ip, sizeof s->ip);
-      }
-    } else {
-      uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), s->ip, sizeof s->ip);
-    }
-    s->ip_len = static_cast<std::uint8_t>(std::strlen(s->ip));
-  }
+  s->ip_len = s->stream.peer_ip(s->ip);
   s->secure_ = s->stream.secure();
+  if (proxy_protocol) s->proxy.start(s->stream, w.buffers, s->ip, &s->ip_len, nullptr, nullptr);
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
   update_client_reading(s);
 }

@@ -6,6 +6,7 @@
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
 #include "juggler/worker.hpp"
+#include "stream/proxy_protocol.hpp"
 
 namespace juggler {
 
@@ -31,6 +32,7 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
   bool close_after_write = false;
   bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
+  ProxyPrelude proxy;  // proxy_protocol listeners: fills `ip` before the first request
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
   ClientSession* next = nullptr;
 
@@ -67,8 +69,9 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
 
 
 // Accepts a pending connection of `server` into a new session (terminating
-// TLS with `tls` when not null) and starts reading its first request.
-void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls);
+// TLS with `tls` when not null; reading a PROXY header first with
+// `proxy_protocol`) and starts reading its first request.
+void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_protocol = false);
 
 // Parses and acts on what the client sent: called after each read and when
 // an exchange finished with pipelined bytes waiting.

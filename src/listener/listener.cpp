@@ -1,22 +1,23 @@
 // Listeners: accepting connections (one listening socket per worker and
 // listen statement, SO_REUSEPORT; TLS ones at most kAcceptsPerTurn per loop
 // iteration), refusing them over limit.connections_per_worker, and handing
-// them to an HTTP/1 connection.
+// them to an HTTP/1 connection (http, https) or a tunnel (tcp: l4.cpp).
 #include "listener/listener.hpp"
 
 #include "http1/connection.hpp"
+#include "listener/l4.hpp"
 
 namespace juggler {
 
 namespace {
 
 // limit.connections_per_worker reached: the connection is accepted, told 503
-// (best effort, one non-blocking write) and closed, so clients are not left
+// (best effort, one non-blocking write; an L4 one is told nothing) and closed, so clients are not left
 // waiting in the backlog.
-void refuse_connection(Worker& w, uv_stream_t* server) {
+void refuse_connection(Worker& w, uv_stream_t* server, bool http) {
   auto* t = new uv_tcp_t();
   uv_tcp_init(&w.loop, t);
-  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(t)) == 0) {
+  if (uv_accept(server, reinterpret_cast<uv_stream_t*>(t)) == 0 && http) {
     std::string_view bytes = w.shared.error_pages.reply(503, true);
     uv_buf_t b = uv_buf_init(const_cast<char*>(bytes.data()), static_cast<unsigned>(bytes.size()));
     uv_try_write(reinterpret_cast<uv_stream_t*>(t), &b, 1);
@@ -36,11 +37,15 @@ constexpr std::uint32_t kAcceptsPerTurn = 1;
 void accept_one(ListenerCtx* lc, uv_stream_t* server) {
   Worker* w = lc->worker;
   const std::uint32_t limit = settings(*w).connections_per_worker;
-  if (limit && w->session_count >= limit) {
-    refuse_connection(*w, server);
+  if (limit && w->session_count + l4_count(*w) >= limit) {
+    refuse_connection(*w, server, lc->def->kind != ListenKind::Tcp);
     return;
   }
-  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr);
+  if (lc->def->kind == ListenKind::Tcp) {
+    l4_accept(*w, server, *lc->def);
+    return;
+  }
+  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr, lc->def->proxy_protocol);
 }
 
 void on_prepare(uv_prepare_t* h) {

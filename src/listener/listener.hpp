@@ -10,6 +10,7 @@ namespace juggler {
 struct ListenerCtx {
   Worker* worker;
   TlsContext* tls;  // null for plain http
+  const ListenerDef* def;  // its listen statement (kind, pool, proxy_protocol)
   uv_stream_t* server = nullptr;
   // Accept pacing (listener.cpp, kAcceptsPerTurn): past the turn's quota, a
   // connection is left to libuv (which then stops watching the socket) and

@@ -30,6 +30,7 @@
 #include "admin/admin.hpp"
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
+#include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
@@ -109,15 +110,21 @@ struct WorkerThread {
   std::unique_ptr<Worker> worker;
   std::vector<int> fds;
   std::vector<TlsContext*> fd_tls;  // per fd: its https context, or null
+  std::vector<const ListenerDef*> fd_def;  // per fd: its listen statement
   std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
   uv_async_t stop;
   uv_timer_t tick;
   std::thread thread;
   std::uint32_t ticks = 0;
+  std::uint64_t stop_ms = 0;  // when the drain began
   bool stopping = false;
   bool done = false;
 };
+
+// What the admin listener's connections are to the listener code: plain
+// HTTP, no PROXY header (it has no listen statement of its own).
+constexpr ListenerDef kAdminListenerDef{ListenKind::Http, "", 0, -1, 0, 0, false, 0};
 
 std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
@@ -208,6 +215,14 @@ void trim_pools(Worker& w) {
 #endif
 }
 
+// Tunnels may go on for hours: a drain lets them run for timeout.drain, less
+// a margin, then closes them, so the process ends cleanly before the main
+// thread's drain timeout exits it.
+std::uint64_t l4_drain_ms(const Worker& w) {
+  const std::uint64_t d = settings(w).drain_timeout_ms;
+  return d - std::min<std::uint64_t>(d / 2, 500);
+}
+
 void on_tick(uv_timer_t* h) {
   auto* t = static_cast<WorkerThread*>(h->data);
   Worker& w = *t->worker;
@@ -217,7 +232,8 @@ void on_tick(uv_timer_t* h) {
     upstream_sweep(w, false);
     trim_pools(w);
   }
-  if (t->stopping && w.session_count == 0) finish_worker(t);
+  if (t->stopping && l4_count(w) && w.now_ms() - t->stop_ms >= l4_drain_ms(w)) l4_close_all(w);
+  if (t->stopping && w.session_count == 0 && l4_count(w) == 0) finish_worker(t);
 }
 
 // Runs in the main thread before the worker starts, so a signal can reach the
@@ -230,10 +246,11 @@ void prepare_worker(WorkerThread* t) {
     if (th->stopping) return;
     th->stopping = true;
     th->worker->draining = true;
+    th->stop_ms = th->worker->now_ms();
     close_listeners(th);
     session_drain(*th->worker);
     upstream_sweep(*th->worker, true);
-    if (th->worker->session_count == 0) finish_worker(th);
+    if (th->worker->session_count == 0 && l4_count(*th->worker) == 0) finish_worker(th);
   });
   t->stop.data = t;
   uv_timer_init(&w.loop, &t->tick);
@@ -247,7 +264,7 @@ void worker_main(WorkerThread* t) {
     const int fd = t->fds[i];
     auto l = std::make_unique<uv_tcp_t>();
     uv_tcp_init(&w.loop, l.get());
-    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i]}));
+    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i], t->fd_def[i]}));
     l->data = t->listener_ctx.back().get();
     listener_init(*t->listener_ctx.back(), &w.loop, reinterpret_cast<uv_stream_t*>(l.get()));
     int rc = uv_tcp_open(l.get(), fd);
@@ -316,29 +333,31 @@ int run(const Config& config) {
   std::vector<std::unique_ptr<TlsContext>> tls_contexts;
   bool first_http = true, first_https = true;
   for (const ListenerDef& l : table.listeners) {
-    if (l.kind == ListenKind::Tcp) continue;
-    const bool https = l.kind == ListenKind::Https;
+    const bool https = l.kind == ListenKind::Https, tcp = l.kind == ListenKind::Tcp;
     TlsContext* tls = nullptr;
     if (https) {
       tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
       tls = tls_contexts.back().get();
     }
     std::uint16_t port = l.port;
-    if (!https && first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
+    // --port and --https-port move the first http and https listener (tcp
+    // listeners keep their compiled port).
+    if (!tcp && !https && first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
     if (https && first_https && config.https_port_override >= 0)
       port = static_cast<std::uint16_t>(config.https_port_override);
     const bool first_https_listener = https && first_https;
-    (https ? first_https : first_http) = false;
+    if (!tcp) (https ? first_https : first_http) = false;
     std::string host(l.host);
     for (std::uint32_t i = 0; i < n; ++i) {
       int fd = bind_one(host, port, table.source, l.line);
       if (port == 0) port = bound_port(fd);  // the others join the port the kernel chose
       threads[i].fds.push_back(fd);
       threads[i].fd_tls.push_back(tls);
+      threads[i].fd_def.push_back(&l);
     }
     if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
     const std::string shown = host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
-    announce.push_back(std::string("listening on ") + (https ? "https://" : "http://") + shown + ":" + std::to_string(port));
+    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") + shown + ":" + std::to_string(port));
   }
 
   // The admin listener: a thread and loop of its own running the same HTTP/1
@@ -354,6 +373,7 @@ int run(const Config& config) {
     const int fd = bind_one(config.admin_host, static_cast<std::uint16_t>(config.admin_port), "admin listener", 0);
     a.fds.push_back(fd);
     a.fd_tls.push_back(nullptr);
+    a.fd_def.push_back(&kAdminListenerDef);
     const std::string& h = config.admin_host;
     admin_announce = ("admin listening on http://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
                       std::to_string(bound_port(fd)) + " (/metrics, /stats)");

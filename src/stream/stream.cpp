@@ -1,5 +1,10 @@
 #include "juggler/stream.hpp"
 
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstring>
+
 namespace juggler {
 
 namespace {
@@ -28,9 +33,28 @@ void StreamContext::put_write(uv_write_t* req) noexcept {
   free_writes = r;
 }
 
+ConnectReq* StreamContext::get_connect() {
+  if (ConnectReq* r = free_connects) {
+    free_connects = r->next_free;
+    return r;
+  }
+  ++connect_reqs;
+  return new ConnectReq();
+}
+
+void StreamContext::put_connect(uv_connect_t* req) noexcept {
+  auto* r = reinterpret_cast<ConnectReq*>(req);
+  r->next_free = free_connects;
+  free_connects = r;
+}
+
 StreamContext::~StreamContext() {
   while (WriteReq* r = free_writes) {
     free_writes = r->next_free;
+    delete r;
+  }
+  while (ConnectReq* r = free_connects) {
+    free_connects = r->next_free;
     delete r;
   }
 }
@@ -70,6 +94,8 @@ bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* 
 void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
   ctx_ = &ctx;
   handler_ = handler;
+  reading_ = write_pending_ = closing_ = discard_ = false;
+  prelude_ = nullptr;
   uv_tcp_init(ctx.loop, &tcp_);
   tcp_.data = this;
 }
@@ -80,6 +106,44 @@ int Stream::accept(uv_stream_t* server, SSL_CTX* tls) {
   uv_tcp_nodelay(&tcp_, 1);
   if (tls) tls_ = new TlsStream(tls);
   return 0;
+}
+
+int Stream::connect(const sockaddr* addr) {
+  ConnectReq* req = ctx_->get_connect();
+  req->req.data = this;
+  const int rc = uv_tcp_connect(&req->req, &tcp_, addr, on_connect);
+  if (rc != 0) ctx_->put_connect(&req->req);
+  return rc;
+}
+
+void Stream::on_connect(uv_connect_t* req, int status) {
+  auto* s = static_cast<Stream*>(req->data);
+  s->ctx_->put_connect(req);
+  // A close() cancels the connect (UV_ECANCELED): the handler asked for it.
+  if (s->closing_) return;
+  if (status == 0) uv_tcp_nodelay(&s->tcp_, 1);
+  s->handler_->on_stream_connected(status);
+}
+
+std::uint8_t Stream::peer_ip(char (&out)[46]) noexcept {
+  sockaddr_storage peer{};
+  int len = sizeof peer;
+  out[0] = '\0';
+  if (uv_tcp_getpeername(&tcp_, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return 0;
+  if (peer.ss_family == AF_INET6) {
+    const auto* a6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (IN6_IS_ADDR_V4MAPPED(&a6->sin6_addr)) {
+      sockaddr_in a4{};
+      a4.sin_family = AF_INET;
+      std::memcpy(&a4.sin_addr, a6->sin6_addr.s6_addr + 12, 4);
+      uv_ip4_name(&a4, out, sizeof out);
+    } else {
+      uv_ip6_name(a6, out, sizeof out);
+    }
+  } else {
+    uv_ip4_name(reinterpret_cast<const sockaddr_in*>(&peer), out, sizeof out);
+  }
+  return static_cast<std::uint8_t>(std::strlen(out));
 }
 
 void Stream::set_reading(bool want) noexcept {
@@ -93,6 +157,10 @@ void Stream::set_reading(bool want) noexcept {
 
 void Stream::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
   auto* s = static_cast<Stream*>(h->data);
+  if (s->prelude_) {
+    *buf = s->prelude_->prelude_room();
+    return;
+  }
   if (s->tls_ || s->discard_) {
     if (!s->ctx_->scratch) s->ctx_->scratch = std::make_unique<char[]>(kScratchSize);
     *buf = uv_buf_init(s->ctx_->scratch.get(), kScratchSize);
@@ -104,6 +172,10 @@ void Stream::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
 void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
   auto* s = static_cast<Stream*>(st->data);
   if (s->closing_) return;
+  if (n > 0 && s->prelude_) {
+    s->prelude_read(n);
+    return;
+  }
   if (n > 0 && s->discard_) return;
   if (n > 0 && s->tls_) {
     s->tls_->feed(buf->base, static_cast<std::size_t>(n));
@@ -116,6 +188,41 @@ void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
     s->reading_ = false;
   }
   s->handler_->on_stream_read(n);
+}
+
+// The prelude's bytes: on Done, what it did not consume goes where a read
+// would have put it (OpenSSL, or the handler's room).
+void Stream::prelude_read(ssize_t n) {
+  std::string_view rest;
+  const Prelude::Verdict v = prelude_->prelude_read(static_cast<std::size_t>(n), &rest);
+  if (v == Prelude::Verdict::NeedMore) return;
+  if (v == Prelude::Verdict::Reject) {
+    prelude_ = nullptr;
+    if (reading_) uv_read_stop(as_stream(&tcp_));
+    reading_ = false;
+    handler_->on_stream_read(UV_EPROTO);
+    return;
+  }
+  Prelude* p = prelude_;
+  prelude_ = nullptr;
+  if (tls_) {
+    tls_->feed(rest.data(), rest.size());  // OpenSSL copies it
+    p->prelude_over();
+    pump();
+    return;
+  }
+  deliver(rest);  // copied into the handler's room
+  p->prelude_over();
+}
+
+void Stream::deliver(std::string_view bytes) {
+  while (!bytes.empty() && !closing_ && reading_ && !discard_) {
+    const uv_buf_t room = handler_->on_stream_alloc();
+    const std::size_t k = std::min<std::size_t>(room.len, bytes.size());
+    std::memcpy(room.base, bytes.data(), k);
+    bytes.remove_prefix(k);
+    handler_->on_stream_read(static_cast<ssize_t>(k));
+  }
 }
 
 // TLS: decrypts what OpenSSL holds into the handler's room, sends what the

@@ -299,7 +299,8 @@ class ParseTest(unittest.TestCase):
         self.assertEqual((s.workers, s.access_log, s.cache, s.cache_bytes, s.admin_address),
                          (0, "Stdout", "Off", 64 << 20, ""))
         self.assertEqual((s.connect_timeout_ms, s.client_header_timeout_ms, s.client_idle_timeout_ms,
-                          s.upstream_timeout_ms, s.drain_timeout_ms), (2000, 10000, 60000, 30000, 30000))
+                          s.upstream_timeout_ms, s.drain_timeout_ms, s.tunnel_idle_timeout_ms),
+                         (2000, 10000, 60000, 30000, 30000, 3_600_000))
         self.assertEqual((s.header_bytes, s.header_count, s.uri_bytes, s.body_bytes), (16384, 100, 8192, 100 << 20))
         self.assertEqual(c.listeners[0].endpoint.host, "0.0.0.0")
 

@@ -51,6 +51,11 @@ done
   "$ROOT/tests/fuzz/strict_framing_test.cpp" -o "$OUT/strict_framing_test"
 echo "built $OUT/strict_framing_test"
 
+# The PROXY protocol parser: one source, no llhttp.
+"$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$ROOT/src" \
+  "$ROOT/tests/fuzz/fuzz_proxy.cpp" "$ROOT/src/stream/proxy_header.cpp" -o "$OUT/fuzz_proxy"
+echo "built $OUT/fuzz_proxy"
+
 for t in fuzz_request fuzz_response; do
   "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$LLHTTP_INC" \
     "$ROOT/tests/fuzz/$t.cpp" "${objs[@]}" -luv -o "$OUT/$t"

@@ -75,6 +75,21 @@ struct Handler final : StreamHandler {
   void on_stream_closed() noexcept override { ++closed; }
 };
 
+// Inits `loop` and a listener on 127.0.0.1 (its data `owner`); returns its port.
+int listen_loopback(uv_loop_t* loop, uv_tcp_t* listener, void* owner, uv_connection_cb cb) {
+  uv_loop_init(loop);
+  uv_tcp_init(loop, listener);
+  listener->data = owner;
+  sockaddr_in addr{};
+  uv_ip4_addr("127.0.0.1", 0, &addr);
+  REQUIRE(uv_tcp_bind(listener, reinterpret_cast<const sockaddr*>(&addr), 0) == 0);
+  REQUIRE(uv_listen(reinterpret_cast<uv_stream_t*>(listener), 8, cb) == 0);
+  sockaddr_in bound{};
+  int len = sizeof bound;
+  uv_tcp_getsockname(listener, reinterpret_cast<sockaddr*>(&bound), &len);
+  return ntohs(bound.sin_port);
+}
+
 struct Server {
   uv_loop_t loop;
   uv_tcp_t listener;
@@ -84,18 +99,8 @@ struct Server {
   int port = 0;
 
   explicit Server(bool with_tls) {
-    uv_loop_init(&loop);
+    port = listen_loopback(&loop, &listener, this, on_connection);
     if (with_tls) tls = make_server_ctx();
-    uv_tcp_init(&loop, &listener);
-    listener.data = this;
-    sockaddr_in addr{};
-    uv_ip4_addr("127.0.0.1", 0, &addr);
-    REQUIRE(uv_tcp_bind(&listener, reinterpret_cast<const sockaddr*>(&addr), 0) == 0);
-    REQUIRE(uv_listen(reinterpret_cast<uv_stream_t*>(&listener), 8, on_connection) == 0);
-    sockaddr_in bound{};
-    int len = sizeof bound;
-    uv_tcp_getsockname(&listener, reinterpret_cast<sockaddr*>(&bound), &len);
-    port = ntohs(bound.sin_port);
   }
   ~Server() {
     ctx.release();
@@ -193,3 +198,262 @@ void exercise(bool with_tls) {
 TEST_CASE("stream: plain TCP reads, a pending write, discard, EOF, close", "[stream]") { exercise(false); }
 
 TEST_CASE("stream: TLS behind the same API (close_notify is the EOF)", "[stream]") { exercise(true); }
+
+// ---------------------------------------------------------------- outbound streams
+
+namespace {
+
+// A blocking listener on 127.0.0.1 (port from the kernel); `listening` false
+// leaves the port bound but refusing.
+struct PeerSocket {
+  int fd = -1;
+  int port = 0;
+  explicit PeerSocket(bool listening) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    if (listening) REQUIRE(::listen(fd, 4) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+  }
+  ~PeerSocket() { ::close(fd); }
+  sockaddr_in addr() const {
+    sockaddr_in a{};
+    uv_ip4_addr("127.0.0.1", port, &a);
+    return a;
+  }
+};
+
+// Connects, says "ping", reads until the peer's end, then closes.
+struct Dialer final : StreamHandler {
+  Stream stream;
+  char room[256];
+  std::string got;
+  int connected = 1, connects = 0, eofs = 0, closed = 0;  // connected: the last status
+  bool close_on_connect = false;
+
+  uv_buf_t on_stream_alloc() noexcept override { return uv_buf_init(room, sizeof room); }
+  void on_stream_connected(int status) noexcept override {
+    ++connects;
+    connected = status;
+    if (status != 0 || close_on_connect) {
+      stream.close();
+      return;
+    }
+    static char ping[] = "ping";
+    uv_buf_t b = uv_buf_init(ping, 4);
+    CHECK(stream.write(&b, 1));
+    stream.set_reading(true);
+  }
+  void on_stream_read(ssize_t n) noexcept override {
+    if (n > 0) got.append(room, static_cast<std::size_t>(n));
+    if (n < 0) {
+      eofs += n == UV_EOF;
+      stream.close();
+    }
+  }
+  void on_stream_written(int) noexcept override {}
+  void on_stream_closed() noexcept override { ++closed; }
+};
+
+struct DialLoop {
+  uv_loop_t loop;
+  StreamContext ctx{&loop};
+  DialLoop() { uv_loop_init(&loop); }
+  ~DialLoop() {
+    ctx.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("stream: connect, write, read the answer, EOF", "[stream]") {
+  PeerSocket peer(true);
+  std::string heard;
+  std::thread server([&] {
+    const int c = ::accept(peer.fd, nullptr, nullptr);
+    char buf[4];
+    const ssize_t n = ::recv(c, buf, sizeof buf, MSG_WAITALL);
+    if (n > 0) heard.assign(buf, static_cast<std::size_t>(n));
+    ::send(c, "pong", 4, 0);
+    ::close(c);
+  });
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  server.join();
+  CHECK(heard == "ping");
+  CHECK(dialer.got == "pong");
+  CHECK(dialer.eofs == 1);
+  CHECK(dialer.closed == 1);
+  CHECK(d.ctx.connect_reqs == 1);
+}
+
+TEST_CASE("stream: a refused connect reports its error; the stream is reusable after close", "[stream]") {
+  PeerSocket refusing(false);
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = refusing.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connected == UV_ECONNREFUSED);
+  CHECK(dialer.closed == 1);
+
+  // Again on the same Stream, this time to a listener, closing at once.
+  PeerSocket peer(true);
+  dialer.close_on_connect = true;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in b = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&b)) == 0);
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connected == 0);
+  CHECK(dialer.connects == 2);
+  CHECK(dialer.closed == 2);
+  CHECK(d.ctx.connect_reqs == 1);  // the pooled request was reused
+}
+
+TEST_CASE("stream: close() while connecting: no on_stream_connected, on_stream_closed last", "[stream]") {
+  PeerSocket peer(true);
+  DialLoop d;
+  Dialer dialer;
+  dialer.stream.init(d.ctx, &dialer);
+  const sockaddr_in a = peer.addr();
+  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.stream.close();
+  uv_run(&d.loop, UV_RUN_DEFAULT);
+  CHECK(dialer.connects == 0);
+  CHECK(dialer.closed == 1);
+}
+
+// ---------------------------------------------------------------- the prelude
+
+namespace {
+
+// Consumes one line ("PRE:...\n"), five bytes a read at most (so it spans
+// reads and its last read brings bytes past the line); "BAD" is refused.
+struct LinePrelude final : Prelude {
+  char acc[64];
+  std::size_t len = 0;
+  std::string line;
+  uv_buf_t prelude_room() noexcept override {
+    return uv_buf_init(acc + len, static_cast<unsigned>(std::min<std::size_t>(5, sizeof acc - len)));
+  }
+  Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept override {
+    len += n;
+    const std::string_view seen(acc, len);
+    if (seen.starts_with("BAD")) return Verdict::Reject;
+    const std::size_t nl = seen.find('\n');
+    if (nl == std::string_view::npos) return len == sizeof acc ? Verdict::Reject : Verdict::NeedMore;
+    line.assign(acc, nl);
+    *rest = seen.substr(nl + 1);
+    return Verdict::Done;
+  }
+};
+
+// Records what the protocol sees once the prelude is done.
+struct After final : StreamHandler {
+  Stream stream;
+  char room[4096];
+  std::string got;
+  int eofs = 0, errors = 0, closed = 0;
+  uv_buf_t on_stream_alloc() noexcept override { return uv_buf_init(room, sizeof room); }
+  void on_stream_read(ssize_t n) noexcept override {
+    if (n > 0) got.append(room, static_cast<std::size_t>(n));
+    if (n >= 0) return;
+    (n == UV_EOF ? eofs : errors)++;
+    stream.close();
+  }
+  void on_stream_written(int) noexcept override {}
+  void on_stream_closed() noexcept override { ++closed; }
+};
+
+struct PreludeServer {
+  uv_loop_t loop;
+  uv_tcp_t listener;
+  StreamContext ctx{&loop};
+  After after;
+  LinePrelude prelude;
+  SSL_CTX* tls = nullptr;
+  int port = 0;
+  explicit PreludeServer(bool with_tls) {
+    port = listen_loopback(&loop, &listener, this, [](uv_stream_t* l, int) {
+      auto* s = static_cast<PreludeServer*>(l->data);
+      s->after.stream.init(s->ctx, &s->after);
+      REQUIRE(s->after.stream.accept(l, s->tls) == 0);
+      s->after.stream.set_prelude(&s->prelude);
+      s->after.stream.set_reading(true);
+      uv_close(reinterpret_cast<uv_handle_t*>(&s->listener), nullptr);
+    });
+    if (with_tls) tls = make_server_ctx();
+  }
+  ~PreludeServer() {
+    ctx.release();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    if (tls) SSL_CTX_free(tls);
+  }
+};
+
+// Sends `raw` in the clear, then `data` (over TLS when `with_tls`), then ends.
+void prelude_client(int port, std::string raw, std::string data, bool with_tls) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;
+  if (!with_tls) {
+    raw += data;
+    ::send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+  } else {
+    ::send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
+    SSL_CTX* cctx = SSL_CTX_new(TLS_client_method());
+    SSL* ssl = SSL_new(cctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) == 1) {
+      SSL_write(ssl, data.data(), static_cast<int>(data.size()));
+      SSL_shutdown(ssl);
+    }
+    SSL_free(ssl);
+    SSL_CTX_free(cctx);
+  }
+  char b[256];
+  while (::recv(fd, b, sizeof b, 0) > 0) {
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("stream: a prelude reads first; the bytes it did not consume reach the protocol", "[stream]") {
+  const bool with_tls = GENERATE(false, true);
+  PreludeServer server(with_tls);
+  std::thread client(prelude_client, server.port, "PRE:abc\n", "hello world", with_tls);
+  uv_run(&server.loop, UV_RUN_DEFAULT);
+  client.join();
+  CHECK(server.prelude.line == "PRE:abc");
+  CHECK(server.after.got == "hello world");
+  CHECK(server.after.eofs == 1);
+  CHECK(server.after.errors == 0);
+  CHECK(server.after.closed == 1);
+}
+
+TEST_CASE("stream: a prelude that rejects breaks the connection before the protocol sees a byte", "[stream]") {
+  PreludeServer server(false);
+  std::thread client(prelude_client, server.port, "BAD\n", "hello", false);
+  uv_run(&server.loop, UV_RUN_DEFAULT);
+  client.join();
+  CHECK(server.after.got.empty());
+  CHECK(server.after.errors == 1);
+  CHECK(server.after.closed == 1);
+}

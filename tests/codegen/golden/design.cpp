@@ -15,6 +15,7 @@ constexpr Settings kSettings{
     .client_idle_timeout_ms = 60000,
     .upstream_timeout_ms = 30000,
     .drain_timeout_ms = 30000,
+    .tunnel_idle_timeout_ms = 3600000,
     .header_bytes = 16384u,
     .header_count = 100u,
     .uri_bytes = 8192u,
@@ -32,9 +33,9 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 15},
-    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .line = 16},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .line = 17},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15},
+    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17},
 };
 
 constexpr CertDef kCerts[] = {
@@ -43,16 +44,16 @@ constexpr CertDef kCerts[] = {
 
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 3,
-     .health = {.enabled = true, .method = Method::Get, .path = "/ping", .interval_ms = 10000, .timeout_ms = 2000, .rise = 2, .fall = 3, .expect_lo = 200, .expect_hi = 399},
+     .health = {.enabled = true, .method = Method::Get, .path = "/ping", .interval_ms = 10000, .timeout_ms = 2000, .rise = 2, .fall = 3, .expect_lo = 200, .expect_hi = 399, .tcp = false},
      .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 19},
     {.name = "api", .strategy = Strategy::ConsistentHash, .key = HashKey::Cookie, .key_name = "jsid", .first_server = 3, .server_count = 2,
-     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0},
+     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
      .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 25},
     {.name = "fast", .strategy = Strategy::LeastTime, .key = HashKey::None, .key_name = {}, .first_server = 5, .server_count = 2,
-     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0},
+     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
      .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 29},
     {.name = "db", .strategy = Strategy::LeastConn, .key = HashKey::None, .key_name = {}, .first_server = 7, .server_count = 1,
-     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0},
+     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
      .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40},
 };
 

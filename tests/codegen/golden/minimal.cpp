@@ -15,6 +15,7 @@ constexpr Settings kSettings{
     .client_idle_timeout_ms = 60000,
     .upstream_timeout_ms = 30000,
     .drain_timeout_ms = 30000,
+    .tunnel_idle_timeout_ms = 3600000,
     .header_bytes = 16384u,
     .header_count = 100u,
     .uri_bytes = 8192u,
@@ -32,12 +33,12 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .line = 2},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
 };
 
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 1,
-     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0},
+     .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
      .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3},
 };
 

@@ -1,0 +1,151 @@
+// L4 connections (l4.hpp): accept, pick, connect (the next server on
+// failure), then the tunnel relays until either side ends it.
+#include "listener/l4.hpp"
+
+#include "stream/proxy_protocol.hpp"
+
+namespace juggler {
+
+// One client connection of an L4 listener and its tunnel. ~900 bytes while
+// idle: the tunnel's two streams, the balancer's ticket, the tried set.
+struct L4Conn final : TunnelOwner {
+  Tunnel tunnel;
+  Worker* worker = nullptr;
+  BalanceTicket ticket;
+  Tried tried;
+  int server = -1;  // the server of the current attempt
+  std::uint16_t pool = 0;
+  std::uint16_t attempts = 0;
+  std::uint8_t ip_len = 0;
+  char ip[46];
+  ProxyPrelude proxy;  // proxy_protocol listeners
+  L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
+  L4Conn* next = nullptr;
+
+  void on_tunnel_connected(Tunnel& t, int status) noexcept override;
+  void on_tunnel_closed(Tunnel& t) noexcept override;
+};
+
+namespace {
+
+constexpr std::uint32_t kKeepFree = 256;
+const RequestHead kNoHead{};  // what an L4 pick sees of "the request": nothing (key=ip uses the address)
+
+const PoolDef& pool_of(const L4Conn* c) { return c->worker->shared.config.table->pools[c->pool]; }
+
+// Picks the next server not tried yet and connects to it; none left (or too
+// many attempts): the client connection is closed.
+void connect_next(L4Conn* c) {
+  Worker& w = *c->worker;
+  const PoolDef& pool = pool_of(c);
+  const PickContext ctx{{c->ip, c->ip_len}, {}, w.now_ms()};
+  const int s = c->attempts > pool.server_count ? -1 : w.balancer.pick(c->pool, kNoHead, c->tried, ctx);
+  if (s < 0 || w.draining) {
+    log(LogLevel::Info, "L4: no server of pool %.*s left for %.*s", static_cast<int>(pool.name.size()),
+        pool.name.data(), c->ip_len, c->ip);
+    c->tunnel.close();
+    return;
+  }
+  c->server = s;
+  ++c->attempts;
+  c->tunnel.connect(reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[static_cast<std::size_t>(s)]),
+                    settings(w).connect_timeout_ms);
+}
+
+// The PROXY header named the client: now the pool's strategy can pick.
+void on_proxy_header(void* owner) {
+  auto* c = static_cast<L4Conn*>(owner);
+  c->worker->balancer.begin(c->pool, kNoHead, c->ticket);
+  connect_next(c);
+}
+
+}  // namespace
+
+L4Worker::L4Worker(Worker& w) noexcept
+    : env{&w.streams, &w.buffers, &w.wheel, settings(w).tunnel_idle_timeout_ms} {}
+
+L4Worker::~L4Worker() {
+  // After the loop ended: every tunnel's close callbacks have run.
+  while (L4Conn* c = free) {
+    free = c->next;
+    delete c;
+  }
+}
+
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
+  const auto pool = static_cast<std::uint16_t>(def.pool);
+  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
+  L4Worker& l4 = *w.l4;
+  L4Conn* c = l4.free;
+  if (c) {
+    l4.free = c->next;
+    --l4.free_count;
+    c->~L4Conn();
+    new (c) L4Conn();
+  } else {
+    c = new L4Conn();
+  }
+  c->worker = &w;
+  c->pool = pool;
+  c->next = l4.live;
+  if (l4.live) l4.live->prev = c;
+  l4.live = c;
+  ++l4.count;
+  c->tunnel.init(l4.env, c);
+  if (c->tunnel.client().accept(server, nullptr) != 0) {
+    c->tunnel.close();
+    return;
+  }
+  c->ip_len = c->tunnel.client().peer_ip(c->ip);
+  if (def.proxy_protocol) {
+    c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
+    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
+    return;
+  }
+  w.balancer.begin(pool, kNoHead, c->ticket);
+  connect_next(c);
+}
+
+void L4Conn::on_tunnel_connected(Tunnel& t, int status) noexcept {
+  Worker& w = *worker;
+  ServerHealth& h = w.shared.health[static_cast<std::size_t>(server)];
+  const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(server)];
+  if (status == 0) {
+    passive_success(h);
+    w.balancer.sent(ticket, server);  // in flight (least_conn) until the tunnel closes
+    return;
+  }
+  const PoolDef& p = pool_of(this);
+  log(LogLevel::Info, "L4 connect to %.*s failed: %s", JUGGLER_SERVER_ARGS(sd), uv_strerror(status));
+  if (passive_failure(h, p, w.now_ms()))
+    log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
+        static_cast<int>(p.name.size()), p.name.data(),
+        static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()), uv_strerror(status));
+  tried.add(static_cast<std::uint32_t>(server) - p.first_server);
+  if (t.state() == Tunnel::State::Connecting) connect_next(this);
+}
+
+void L4Conn::on_tunnel_closed(Tunnel&) noexcept {
+  Worker& w = *worker;
+  L4Worker& l4 = *w.l4;
+  w.balancer.finish(ticket);
+  proxy.release();  // closed before the header was complete
+  if (prev) prev->next = next;
+  else l4.live = next;
+  if (next) next->prev = prev;
+  --l4.count;
+  if (l4.free_count >= kKeepFree) {
+    delete this;
+    return;
+  }
+  next = l4.free;
+  l4.free = this;
+  ++l4.free_count;
+}
+
+void l4_close_all(Worker& w) noexcept {
+  if (!w.l4) return;
+  for (L4Conn* c = w.l4->live; c; c = c->next) c->tunnel.close();
+}
+
+}  // namespace juggler

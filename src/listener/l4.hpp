@@ -1,0 +1,43 @@
+// L4 listeners (`listen tcp ADDR:PORT pool=NAME`): each accepted connection
+// becomes side 0 of a tunnel whose side 1 connects to a server the pool's
+// strategy picks, through the same balancer events as an HTTP request
+// (begin, pick, sent once connected, finish when the tunnel closes: so
+// least_conn counts tunnels and consistent_hash key=ip keeps a client on one
+// server). A refused connect or a connect timeout counts against the server
+// (passive health) and the next server is tried, skipping those tried; none
+// left: the client connection is closed.
+#pragma once
+
+#include "juggler/worker.hpp"
+#include "tunnel/tunnel.hpp"
+
+namespace juggler {
+
+struct L4Conn;
+
+// A worker's L4 connections: made on its first L4 accept.
+struct L4Worker {
+  explicit L4Worker(Worker& w) noexcept;
+  ~L4Worker();
+  L4Worker(const L4Worker&) = delete;
+  L4Worker& operator=(const L4Worker&) = delete;
+
+  TunnelEnv env;
+  L4Conn* live = nullptr;  // open connections (drain closes them)
+  std::uint32_t count = 0;
+  L4Conn* free = nullptr;  // closed connections kept for reuse (bounded)
+  std::uint32_t free_count = 0;
+};
+
+// Accepts a pending connection of the tcp listener `server` (compiled from
+// `def`) and starts connecting it to a server of def.pool (with
+// proxy_protocol: once the PROXY header named the client).
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def);
+
+// L4 connections open in `w`.
+inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count : 0; }
+
+// Closes every open L4 connection of `w` (the end of a drain).
+void l4_close_all(Worker& w) noexcept;
+
+}  // namespace juggler

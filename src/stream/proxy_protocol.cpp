@@ -1,0 +1,58 @@
+// The PROXY protocol prelude (proxy_protocol.hpp): the parser
+// (proxy_header.cpp) run on a connection's first bytes.
+#include "stream/proxy_protocol.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace juggler {
+
+// ---------------------------------------------------------------- the prelude
+
+void ProxyPrelude::start(Stream& s, BufferPool& buffers, char* ip_out, std::uint8_t* ip_len_out,
+                         void (*done)(void*), void* done_owner) noexcept {
+  pool = &buffers;
+  ip = ip_out;
+  ip_len = ip_len_out;
+  on_done = done;
+  owner = done_owner;
+  buf = nullptr;
+  len = 0;
+  s.set_prelude(this);
+  s.set_reading(true);
+}
+
+void ProxyPrelude::release() noexcept {
+  if (buf) pool->put(buf);
+  buf = nullptr;
+  len = 0;
+}
+
+uv_buf_t ProxyPrelude::prelude_room() noexcept {
+  if (!buf) buf = pool->get();
+  // No more than a header can need: what follows it waits in the kernel
+  // (its delivery to the protocol must fit the protocol's room).
+  const std::uint32_t cap = static_cast<std::uint32_t>(std::min<std::size_t>(buf->cap, kMaxProxyHeader));
+  return uv_buf_init(buf->data + len, cap - len);
+}
+
+Prelude::Verdict ProxyPrelude::prelude_read(std::size_t n, std::string_view* rest) noexcept {
+  len += static_cast<std::uint32_t>(n);
+  ProxyHeader h;
+  std::size_t used = 0;
+  const ProxyParse r = parse_proxy_header(std::string_view(buf->data, len), &h, &used);
+  if (r == ProxyParse::NeedMore) return Verdict::NeedMore;
+  if (r == ProxyParse::Invalid) {
+    release();
+    return Verdict::Reject;
+  }
+  if (!h.local) {
+    std::memcpy(ip, h.ip, h.ip_len + 1u);
+    *ip_len = h.ip_len;
+  }
+  if (on_done) on_done(owner);
+  *rest = std::string_view(buf->data + used, len - used);
+  return Verdict::Done;
+}
+
+}  // namespace juggler

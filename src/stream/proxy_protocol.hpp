@@ -1,0 +1,61 @@
+// PROXY protocol v1 and v2 (haproxy.org/download/2.9/doc/proxy-protocol.txt):
+// the header an L4 tier in front (a cloud NLB, HAProxy, IPVS) sends first on
+// each connection, carrying the client's address. The parser is pure (no I/O,
+// no allocation: proxy_header.cpp, fuzzed by tests/fuzz/fuzz_proxy.cpp);
+// ProxyPrelude (proxy_protocol.cpp) runs it as a stream prelude
+// (listen ... proxy_protocol).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "juggler/buffer.hpp"
+#include "juggler/stream.hpp"
+
+namespace juggler {
+
+struct ProxyHeader {
+  bool local = true;  // LOCAL / UNKNOWN / a family without an IP: the connection's own address stands
+  std::uint8_t ip_len = 0;
+  char ip[46] = {};   // the client's address as text ("192.0.2.7", "2001:db8::1") unless local
+  std::uint16_t port = 0;
+};
+
+enum class ProxyParse : std::uint8_t { NeedMore, Done, Invalid };
+
+// The longest header accepted (v1's is at most 107 bytes; a v2 header with
+// its TLVs beyond this is refused).
+inline constexpr std::size_t kMaxProxyHeader = 1024;
+
+// Parses the PROXY header at the start of `data` (v1 or v2, told apart by
+// their signatures). Done: `*used` is its length and `*out` its content.
+// NeedMore: `data` is a valid beginning (never past kMaxProxyHeader).
+// Invalid: not a PROXY header, or a malformed one.
+ProxyParse parse_proxy_header(std::string_view data, ProxyHeader* out, std::size_t* used) noexcept;
+
+// The prelude of a `proxy_protocol` listener's connections: reads into a
+// buffer of the worker's pool (given back once done), parses, writes the
+// client's address into the owner's `ip`/`ip_len` (left as they are for a
+// LOCAL header), and calls `on_done` (may be null) before the protocol sees
+// the bytes that followed the header.
+struct ProxyPrelude final : Prelude {
+  BufferPool* pool = nullptr;
+  char* ip = nullptr;               // the owner's, 46 bytes
+  std::uint8_t* ip_len = nullptr;
+  void (*on_done)(void* owner) = nullptr;
+  void* owner = nullptr;
+  Buffer* buf = nullptr;
+  std::uint32_t len = 0;
+
+  // Runs on `s` (accepted, not reading yet), then starts it reading.
+  void start(Stream& s, BufferPool& buffers, char* ip_out, std::uint8_t* ip_len_out, void (*done)(void*),
+             void* done_owner) noexcept;
+  // Gives the buffer back (the owner's close, if the prelude did not finish).
+  void release() noexcept;
+  uv_buf_t prelude_room() noexcept override;
+  Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept override;
+  void prelude_over() noexcept override { release(); }
+};
+
+}  // namespace juggler

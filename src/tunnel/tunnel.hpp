@@ -1,0 +1,117 @@
+// The tunnel: two byte streams joined, bytes passed both ways untouched. The
+// protocol of an L4 listener's connections (and, later, of an HTTP connection
+// after 101 Switching Protocols or CONNECT).
+//
+// Data flow, per direction: the reading side reads into a buffer of the
+// worker's pool, that buffer is written to the other side as it is (no copy);
+// when the write completes at once the buffer goes back to the pool, when it
+// is left pending the reading side stops reading until it completes
+// (backpressure: at most one buffer in flight per direction). An idle tunnel
+// holds no buffer. An end of input (FIN) one way is passed on as a shutdown of
+// the other side's write, once what was read before it went out; the other
+// direction keeps flowing. Both ends passed on: both streams close. An error
+// on either side, or no byte either way for `idle_ms`, closes both.
+//
+// Side 0 is the accepted (client) stream, side 1 the one the tunnel connects
+// (connect()) or that the owner hands over connected.
+//
+// Ownership: the owner (an L4 connection) holds the Tunnel by value and may
+// free it from on_tunnel_closed(), the last call. Worker thread only.
+#pragma once
+
+#include <cstdint>
+
+#include "juggler/buffer.hpp"
+#include "juggler/stream.hpp"
+#include "juggler/timer_wheel.hpp"
+
+namespace juggler {
+
+// What the tunnels of one worker share.
+struct TunnelEnv {
+  StreamContext* streams;
+  BufferPool* buffers;
+  TimerWheel* wheel;
+  std::uint32_t idle_ms;  // timeout.tunnel_idle
+};
+
+class Tunnel;
+
+// What the owner of a tunnel implements.
+class TunnelOwner {
+ public:
+  // connect() completed: 0 (bytes flow now) or an error (UV_ECONNREFUSED,
+  // UV_ETIMEDOUT for the connect timeout, ...; side 1 is closed again, so the
+  // owner may connect() once more or close()).
+  virtual void on_tunnel_connected(Tunnel& t, int status) noexcept = 0;
+  // Both streams are closed: the last call, the tunnel's memory may go.
+  virtual void on_tunnel_closed(Tunnel& t) noexcept = 0;
+
+ protected:
+  ~TunnelOwner() = default;
+};
+
+class Tunnel {
+ public:
+  enum class State : std::uint8_t { Idle, Connecting, Open, Closing };
+
+  Tunnel() = default;
+  Tunnel(const Tunnel&) = delete;
+  Tunnel& operator=(const Tunnel&) = delete;
+
+  // Sets up side 0's stream (for the caller to accept() into) and side 1's.
+  void init(TunnelEnv& env, TunnelOwner* owner) noexcept;
+  Stream& client() noexcept { return side_[0].stream; }
+  Stream& server() noexcept { return side_[1].stream; }
+
+  // Connects side 1 to `addr` (valid until on_tunnel_connected), within
+  // `timeout_ms`. Side 0 is not read meanwhile (its bytes wait in the kernel).
+  void connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept;
+  // Both streams connected (accepted or connected by the caller): bytes flow.
+  void open() noexcept;
+  // Before connect(): closes the tunnel unless connect() or open() comes
+  // within `timeout_ms` (e.g. while a prelude waits for its header).
+  void expire_in(std::uint32_t timeout_ms) noexcept;
+  // Closes both streams (idempotent); on_tunnel_closed follows.
+  void close() noexcept;
+
+  State state() const noexcept { return state_; }
+  // Buffers held now (at most one per direction), for tests and stats.
+  unsigned buffers_held() const noexcept { return (side_[0].buf != nullptr) + (side_[1].buf != nullptr); }
+  // Whether side `i` passed its end of input on to the other side.
+  bool ended(unsigned i) const noexcept { return side_[i].passed; }
+
+ private:
+  struct Side final : StreamHandler {
+    Stream stream;
+    Tunnel* tunnel = nullptr;
+    Buffer* buf = nullptr;  // bytes read from this side, written to the other
+    std::uint32_t held = 0; // bytes in buf read before the tunnel opened
+    bool eof = false;       // this side's input ended
+    bool passed = false;    // ...and the other side's write was shut down
+    bool open = false;      // the stream is initialised and not yet closed
+    uv_buf_t on_stream_alloc() noexcept override;
+    void on_stream_read(ssize_t n) noexcept override;
+    void on_stream_written(int status) noexcept override;
+    void on_stream_closed() noexcept override;
+    void on_stream_connected(int status) noexcept override;
+  };
+
+  Side& peer(Side& s) noexcept { return &s == &side_[0] ? side_[1] : side_[0]; }
+  void relay(Side& from, std::size_t n) noexcept;
+  void pass_end(Side& from) noexcept;
+  void release(Side& s) noexcept;
+  void start_connect() noexcept;
+  static void on_timer(TimerNode* n);
+
+  Side side_[2];
+  TimerNode timer_;  // the connect timeout, then the idle timeout (re-armed lazily)
+  TunnelEnv* env_ = nullptr;
+  TunnelOwner* owner_ = nullptr;
+  const sockaddr* addr_ = nullptr;  // Connecting: where side 1 goes
+  std::uint64_t active_ms_ = 0;     // the last read either way
+  int connect_error_ = 0;           // Connecting: why side 1 is being closed
+  State state_ = State::Idle;
+};
+
+}  // namespace juggler
