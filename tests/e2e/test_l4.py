@@ -12,6 +12,7 @@ run until timeout.drain, then closes them.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import struct
@@ -247,7 +248,10 @@ class L4Test(BalancerTestCase):
                 s.close()
         per_tunnel = (held - base) * 1024 / n
         print(f"\n500 tunnels: RSS {base} kB -> {held} kB, {per_tunnel:.0f} bytes per tunnel")
-        self.assertLess(per_tunnel, 1536)
+        # Under the suite's ASan pass RSS counts redzones and quarantine, not our memory
+        # (test_memory.py skips its RSS bounds there too); the tunnels still open and close.
+        if "ASAN_OPTIONS" not in os.environ:
+            self.assertLess(per_tunnel, 1536)
         self.assertTrue(self.backends.wait_for(lambda: self.backends.open[7001] == 0))
 
     def test_consistent_hash_on_ip_keeps_a_client_on_one_server(self):
