@@ -55,6 +55,9 @@ ProxyParse parse_v1(std::string_view data, ProxyHeader* out, std::size_t* used) 
     const std::size_t cr = data.find('\r');
     return cr == std::string_view::npos || cr == data.size() - 1 ? ProxyParse::NeedMore : ProxyParse::Invalid;
   }
+  // A CR inside the line is as malformed as one not followed by LF above:
+  // the same bytes must not be Invalid or Done depending on how they arrived.
+  if (data.substr(0, end).find('\r') != std::string_view::npos) return ProxyParse::Invalid;
   std::string_view line = data.substr(kV1.size(), end - kV1.size());
   const std::string_view proto = field(line);
   *out = ProxyHeader{};

@@ -69,6 +69,7 @@ TEST_CASE("proxy: malformed headers are Invalid", "[proxy]") {
       "PROXY TCP4  192.0.2.7 127.0.0.1 1 2\r\n",   // two spaces
       "PROXY TCP5 192.0.2.7 127.0.0.1 1 2\r\n",
       "PROXY TCP4 192.0.2.7\r127.0.0.1 1 2\r\n",
+      "PROXY UNKNOWN 1\r1.1\r\n",               // a bare CR, even where the rest is ignored
       "PROXY " + std::string(120, '1'),           // no CRLF within 107 bytes
       v2(0x31, 0x11, kV4Body),                    // version 3
       v2(0x22, 0x11, kV4Body),                    // command 2
