@@ -150,8 +150,10 @@ void Stream::set_reading(bool want) noexcept {
   if (closing_) return;
   if (want && tls_ && !discard_ && tls_->buffered()) queue_pump();
   if (want == reading_) return;
-  if (want) uv_read_start(as_stream(&tcp_), on_alloc, on_read);
-  else uv_read_stop(as_stream(&tcp_));
+  // Starting fails once the peer's EOF came (or before a connection): then
+  // reading() stays false.
+  if (want && uv_read_start(as_stream(&tcp_), on_alloc, on_read) != 0) return;
+  if (!want) uv_read_stop(as_stream(&tcp_));
   reading_ = want;
 }
 
