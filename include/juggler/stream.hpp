@@ -137,6 +137,9 @@ class Stream {
   // Initialises the TCP handle on ctx's loop: before accept() or connect(),
   // and again to reuse the stream once on_stream_closed came.
   void init(StreamContext& ctx, StreamHandler* handler) noexcept;
+  // Hands the stream to another handler (an HTTP connection becoming a
+  // tunnel): every later call goes to it.
+  void set_handler(StreamHandler* handler) noexcept { handler_ = handler; }
   // Accepts a pending connection of `server`; with `tls`, the stream
   // terminates TLS with that context. Returns 0 or a libuv error (then close()).
   int accept(uv_stream_t* server, SSL_CTX* tls);
