@@ -7,7 +7,9 @@
 //
 // Ownership: the Stream is a member of its handler's object (a client
 // connection, a tunnel); that object may be freed only from on_stream_closed(), the
-// last call a stream makes. Calls into the handler come from libuv callbacks
+// last call a stream makes. A handed-over stream (set_handler: an upgraded HTTP
+// connection adopted by a tunnel) stays in its first owner's memory, which
+// the new handler keeps until that last call. Calls into the handler come from libuv callbacks
 // (or from the idle phase for TLS plaintext already decrypted), never from
 // inside a Stream method the handler called, but for the one documented case
 // of write() below.

@@ -1,6 +1,6 @@
 // The tunnel: two byte streams joined, bytes passed both ways untouched. The
-// protocol of an L4 listener's connections (and, later, of an HTTP connection
-// after 101 Switching Protocols or CONNECT).
+// protocol of an L4 listener's connections and of an HTTP/1 connection after
+// 101 Switching Protocols (WebSocket, src/http1/upgrade; later CONNECT).
 //
 // Data flow, per direction: the reading side reads into a buffer of the
 // worker's pool, that buffer is written to the other side as it is (no copy);
