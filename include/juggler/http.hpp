@@ -218,12 +218,12 @@ void describe_request(const MessageParser& p, Header* headers, RequestHead& head
 // add, written into `scratch`: X-Forwarded-For (the client's list with
 // `client_ip` appended), X-Forwarded-Proto: `proto`, X-Forwarded-Host, Via and
 // the final CRLF. `iov` needs room for header_count() + 2 entries. Returns the
-// iov count; *scratch_len is what was written to scratch. With `upgrade` (a
-// switch the proxy will tunnel), the Upgrade header stays and
-// `Connection: Upgrade` is added.
+// iov count; *scratch_len is what was written to scratch. With `upgrade` (the
+// Upgrade value of a switch the proxy will tunnel), `Connection: Upgrade` and
+// `Upgrade: <upgrade>` are added.
 unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, std::string_view proto,
                            char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov,
-                           bool upgrade = false);
+                           std::string_view upgrade = {});
 
 // The response head for the client. Returns 0 when the raw bytes can be sent
 // as they are (nothing dropped and `extra` empty); else fills `iov` with the

@@ -26,7 +26,8 @@ constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size strea
 unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
   unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
-                                 ex->scratch_cap, &len, ex->iov.get(), ex->upgrade);
+                                 ex->scratch_cap, &len, ex->iov.get(),
+                                 ex->upgrade ? ex->head.header("upgrade") : std::string_view());
   ex->scratch_len = static_cast<std::uint32_t>(len);
   return n;
 }
