@@ -83,6 +83,9 @@ def emit_settings(c: Config) -> list[str]:
         ("cache_address", sv(s.cache_address)),
         ("admin_address", sv(s.admin_address)),
         ("admin_token_file", sv(s.admin_token_file)),
+        ("compress_level_gzip", str(s.compress_levels["gzip"])),
+        ("compress_level_br", str(s.compress_levels["br"])),
+        ("compress_level_zstd", str(s.compress_levels["zstd"])),
     ]
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]
@@ -131,7 +134,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     routes = [
         f"{{.index = {r.index}, .line = {r.line}, .text = {cstr(r.text)},\n     "
         f".action = Action::{r.action}, .pool = {r.pool_index}, .status = {r.status}, .retries = {r.retries}, "
-        f".gzip = {cbool(r.gzip)}, .cache_ttl_ms = {r.cache_ms}}}"
+        f".compress = {r.compress}, .cache_ttl_ms = {r.cache_ms}}}"
         for r in c.routes
     ]
     out: list[str] = []

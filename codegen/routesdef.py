@@ -32,6 +32,10 @@ STRATEGIES = {
     "least_time": "LeastTime",
 }
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+# Response encodings: route `compress=` names -> RouteDef::compress bits (kCompress*).
+ENCODINGS = {"gzip": 1, "br": 2, "zstd": 4}
+# `set compress.level.NAME N`: the range each encoder takes, and its default.
+COMPRESS_LEVELS = {"gzip": (1, 9, 5), "br": (0, 11, 4), "zstd": (1, 19, 3)}
 RESERVED_POOL_NAMES = ("redirect", "respond", "https")
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -158,7 +162,7 @@ class Route:
     pool_index: int = -1
     status: int = 0
     retries: int = 2
-    gzip: bool = False
+    compress: int = 0  # ENCODINGS bits
     cache_ms: int = 0
 
     @property
@@ -218,6 +222,7 @@ class Settings:
     admin_address: str = ""
     admin_endpoint: Endpoint | None = None
     admin_token_file: str = ""
+    compress_levels: dict = field(default_factory=lambda: {k: v[2] for k, v in COMPRESS_LEVELS.items()})
 
 
 @dataclass
@@ -319,14 +324,15 @@ class Options:
         self.values: dict[str, str] = {}
         self.flags: set[str] = set()
         self.order: list[tuple[str, str]] = []
-        known = ", ".join([f"{v}=" for v in valued] + list(flags)) or "none"
+        known = ", ".join([f"{v}=" for v in valued if v not in flags] +
+                          [f"{f}[=...]" if f in valued else f for f in flags]) or "none"
         for tok in tokens:
             name, eq, value = tok.partition("=")
             if name not in valued and name not in flags:
                 raise DefError(f"unknown option '{tok}' for {where} (expected: {known})")
             if name in self.values or name in self.flags:
                 raise DefError(f"option '{name}' given twice")
-            if name in flags:
+            if name in flags and not (eq and name in valued):
                 if eq:
                     raise DefError(f"option '{name}' takes no value (got '{tok}')")
                 self.flags.add(name)
@@ -390,6 +396,7 @@ class Parser:
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "admin", "admin_token_file",
+        "compress.level.gzip", "compress.level.br", "compress.level.zstd",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -433,6 +440,10 @@ class Parser:
             s.body_bytes = parse_size(key, v, 0, U64)
         elif key == "cache":
             self.set_cache(values)
+        elif key.startswith("compress.level."):
+            name = key[len("compress.level."):]
+            lo, hi, _ = COMPRESS_LEVELS[name]
+            s.compress_levels[name] = parse_int(key, v, lo, hi)
         elif key == "admin":
             s.admin_endpoint = parse_endpoint(v, "listen")
             s.admin_address = s.admin_endpoint.authority
@@ -718,17 +729,36 @@ class Parser:
         else:
             r.action, r.pool_name, rest = "Proxy", word, tail[1:]
         if r.action != "Proxy" and rest:
-            if rest[0].partition("=")[0] in ("gzip", "cache", "retries"):
+            if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries"):
                 raise DefError(f"option '{rest[0]}' is only for routes that proxy to a pool (-> POOL {rest[0]})")
             raise DefError(f"unexpected '{rest[0]}' after the action")
-        opts = Options("a route", rest, ["cache", "retries"], ["gzip"])
-        r.gzip = "gzip" in opts.flags
+        opts = Options("a route", rest, ["cache", "retries", "compress"], ["gzip", "compress"])
+        r.compress = Parser.route_compress(opts)
         if "cache" in opts.values:
             r.cache_ms = parse_duration("cache", opts.values["cache"])
         if "retries" in opts.values:
             r.retries = parse_int("retries", opts.values["retries"], 0, 10)
         if r.action != "Proxy":
             r.retries = 0
+
+    @staticmethod
+    def route_compress(opts: Options) -> int:
+        """`gzip` (= compress=gzip), `compress` (every encoding) or `compress=LIST`."""
+        if "gzip" in opts.flags and ("compress" in opts.flags or "compress" in opts.values):
+            raise DefError("gzip and compress both given (gzip is compress=gzip; compress alone is all encodings)")
+        if "gzip" in opts.flags:
+            return ENCODINGS["gzip"]
+        if "compress" in opts.flags:
+            return sum(ENCODINGS.values())
+        bits = 0
+        for name in opts.values.get("compress", "").split(",") if "compress" in opts.values else ():
+            if name not in ENCODINGS:
+                raise DefError(f"unknown encoding '{name}' in compress= (expected a comma list of "
+                               f"{', '.join(ENCODINGS)})")
+            if bits & ENCODINGS[name]:
+                raise DefError(f"encoding '{name}' is listed twice in compress=")
+            bits |= ENCODINGS[name]
+        return bits
 
     # ------------------------------------------------------------ whole file
 

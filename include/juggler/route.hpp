@@ -130,6 +130,9 @@ enum class Action : std::uint8_t {
   Admin,          // the admin listener's pages (src/admin); never in a compiled table
 };
 
+// Response encodings a route may compress with (RouteDef::compress bits).
+inline constexpr std::uint8_t kCompressGzip = 1, kCompressBr = 2, kCompressZstd = 4;
+
 struct RouteDef {
   std::uint16_t index;     // position in routes(), file order
   std::uint32_t line;      // routes.def line
@@ -138,7 +141,7 @@ struct RouteDef {
   std::int16_t pool;       // Proxy / Redirect; -1 otherwise
   std::uint16_t status;    // Redirect / RedirectHttps / Respond
   std::uint8_t retries;    // Proxy: extra attempts on another server
-  bool gzip;
+  std::uint8_t compress;   // kCompress* bits: `gzip`, `compress`, `compress=gzip,br,zstd`
   std::uint32_t cache_ttl_ms;  // 0 = not cached
 };
 
@@ -169,6 +172,9 @@ struct Settings {
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::string_view admin_address;  // empty = no admin listener
   std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
+  std::uint8_t compress_level_gzip;  // 1..9
+  std::uint8_t compress_level_br;    // 0..11
+  std::uint8_t compress_level_zstd;  // 1..19
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

@@ -21,7 +21,7 @@ constexpr RouteDef kAdminRoute{.index = 0,
                                .pool = -1,
                                .status = 200,
                                .retries = 0,
-                               .gzip = false,
+                               .compress = 0,
                                .cache_ttl_ms = 0};
 
 const RouteDef* admin_distribute(const RequestHead&) noexcept { return &kAdminRoute; }

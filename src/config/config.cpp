@@ -247,7 +247,6 @@ std::string unsupported_features(const RouteTable& t) {
     return o;
   };
   for (const RouteDef& r : t.routes) {
-    if (r.gzip) at(r.line) << "gzip is not implemented yet\n";
     if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
   }
   const Settings& s = t.settings;

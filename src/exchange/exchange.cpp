@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "admin/admin.hpp"
+#include "filter/filtered.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -52,6 +53,7 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
+  if (ex->filters) filters_release(ex);
   ex->down = nullptr;
   ex->body = nullptr;
   ex->up = nullptr;

@@ -70,6 +70,8 @@ struct Termination {
   int err = 0;  // libuv error (UV_EPROTO: the peer broke the protocol)
 };
 
+struct FilteredResponse;  // src/filter/filtered.hpp
+
 // Everything an exchange knows of the one request it carries: a value, reset
 // as a whole (`ex->state() = {}`) when the next request begins, so no field
 // can keep a previous request's value.
@@ -104,6 +106,11 @@ struct ExchangeState {
   std::uint32_t scratch_len = 0;     // bytes of `scratch` in use
   std::uint32_t resp_extra_len = 0;  // bytes of `resp_extra` in use
   BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
+  // Response filters: what the request lets them do (the encoding the client
+  // accepts, from the route's list), and the chain running on this response
+  // (null: the zero-copy relay). Released by exchange_put.
+  std::uint8_t filter_want = 0;
+  FilteredResponse* filters = nullptr;
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
 };
 

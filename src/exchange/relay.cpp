@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "exchange/exchange.hpp"
+#include "filter/filtered.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
 
@@ -24,6 +25,7 @@ constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final 
 constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
 unsigned build_request_head(Exchange* ex) {
+  if (ex->route->compress) filters_note_request(ex);
   std::size_t len = 0;
   unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
                                  ex->scratch_cap, &len, ex->iov.get(),
@@ -96,6 +98,7 @@ bool upstream_written(Exchange* ex, int status) {
 // Response head for the client, into `iov`: nothing when the raw bytes can go
 // as they are (*raw), else the kept lines plus our Connection header.
 unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
+  if (ex->filter_want) filters_begin(ex);  // may make it close-delimited
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
@@ -107,6 +110,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
     ex->resp_extra_len = static_cast<std::uint32_t>(n);
     extra = {ex->resp_extra, n};
   }
+  if (ex->filters) extra = filters_head_lines(ex, extra);
   unsigned n = edit_response_head(ex->resp, extra, iov);
   *raw = n == 0;
   return n;
@@ -190,37 +194,22 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
 // from *fwd on): Relay while more follows, Finish once complete, Failed when
 // the body is broken.
 State response_body(Exchange* ex, const char** fwd) {
-  Upstream* c = ex->up;
-  const char* start = c->in->data + c->parse_pos;
-  std::size_t used = 0;
-  const ParseEvent ev = ex->resp.feed(start, c->in_len - c->parse_pos, &used);
-  if (ev == ParseEvent::Error) {
-    log(LogLevel::Warn, "bad response body from %.*s: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
-    ex->term = {Who::Server, When::Body, false, UV_EPROTO};
-    return State::Failed;
-  }
-  c->parse_pos += static_cast<std::uint32_t>(used);
+  const char* start = ex->up->in->data + ex->up->parse_pos;
+  const ParseEvent ev = feed_response_body(ex);
+  if (ev == ParseEvent::Error) return State::Failed;
   if (!*fwd) *fwd = start;
-  if (ev != ParseEvent::MessageComplete) return State::Relay;
-  ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->body->complete();
-  return State::Finish;
+  return ev == ParseEvent::MessageComplete ? State::Finish : State::Relay;
 }
 
 // A client write of the response completed (or went out at once): Done after
 // the last one; else the server buffer starts over when all of it went (a
 // bigger one for a large body) and the server is read again.
 State after_client_write(Exchange* ex, State s) {
+  if (ex->filters) return filtered_written(ex, s);
   ex->progress_ms = ex->worker->now_ms();
   if (s == State::Finish) return State::Done;
-  Upstream* c = ex->up;
-  if (!c) return s;
-  if (c->parse_pos == c->in_len && s == State::Relay) {
-    c->in_len = c->parse_pos = 0;
-    const MessageParser& r = ex->resp;
-    if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
-  }
-  if (!c->reading && !c->closing) c->set_reading(true);
+  if (s == State::Relay) read_upstream_on(ex);
+  else if (ex->up && !ex->up->reading && !ex->up->closing) ex->up->set_reading(true);
   return s;
 }
 
@@ -240,6 +229,7 @@ State process_upstream(Exchange* ex, State s) {
     if (step == HeadStep::Tunnel) return State::Tunnel;
     if (step == HeadStep::Final) s = State::Relay;
   }
+  if (s == State::Relay && ex->filters) return filtered_relay(ex, n);
   if (s == State::Relay && (s = response_body(ex, &fwd)) == State::Failed) return s;
   if (fwd) {
     const char* end = c->in->data + c->parse_pos;
@@ -284,6 +274,33 @@ State awaiting_head(Exchange* ex, Event ev, int arg, State self) {
 }
 
 }  // namespace
+
+ParseEvent feed_response_body(Exchange* ex) {
+  Upstream* c = ex->up;
+  std::size_t used = 0;
+  const ParseEvent ev = ex->resp.feed(c->in->data + c->parse_pos, c->in_len - c->parse_pos, &used);
+  if (ev == ParseEvent::Error) {
+    log(LogLevel::Warn, "bad response body from %.*s: %s",
+        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
+    ex->term = {Who::Server, When::Body, false, UV_EPROTO};
+    return ev;
+  }
+  c->parse_pos += static_cast<std::uint32_t>(used);
+  if (ev == ParseEvent::MessageComplete)
+    ex->upstream_reusable = ex->resp.keep_alive() && c->parse_pos == c->in_len && ex->body->complete();
+  return ev;
+}
+
+void read_upstream_on(Exchange* ex) {
+  Upstream* c = ex->up;
+  if (!c) return;
+  if (c->parse_pos == c->in_len) {
+    c->in_len = c->parse_pos = 0;
+    const MessageParser& r = ex->resp;
+    if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
+  }
+  if (!c->reading && !c->closing) c->set_reading(true);
+}
 
 State state_send(Exchange* ex, Event ev, int arg) {
   switch (ev) {

@@ -116,6 +116,9 @@ void MessageParser::collect_body(bool on) noexcept {
 }
 
 int MessageParser::on_body(llhttp_t* p, const char* at, std::size_t len) {
+  // llhttp ends the body span at the end of every execute, also of an empty
+  // one (a feed of no bytes mid-body): nothing to record.
+  if (len == 0) return 0;
   auto* self = static_cast<MessageParser*>(p->data);
   // llhttp hands over at most what one feed() was given, so a span fits 32 bits.
   BodySpan& last = self->spans_[self->span_count_ ? self->span_count_ - 1 : 0];

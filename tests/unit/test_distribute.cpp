@@ -352,14 +352,14 @@ TEST_CASE("route_table: routes in file order with their actions and options", "[
   CHECK(st.text == kStatic);
   CHECK(st.action == Action::Proxy);
   CHECK(st.pool == 0);
-  CHECK(st.gzip);
+  CHECK(st.compress == kCompressGzip);
   CHECK(st.cache_ttl_ms == 60000);
   CHECK(st.retries == 2);  // the default
 
   CHECK(routes[4].text == kImg);  // the trailing comment is not part of it
   CHECK(routes[5].pool == 1);
   CHECK(routes[5].retries == 5);
-  CHECK_FALSE(routes[5].gzip);
+  CHECK(routes[5].compress == 0);
   CHECK(routes[5].cache_ttl_ms == 0);
   CHECK(routes[7].pool == 3);
 

@@ -6,11 +6,13 @@
 // the exchange did on both sides.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "decode.hpp"
 #include "exchange/exchange.hpp"
 #include "upstream/connector.hpp"
 #include "juggler/upstream.hpp"
@@ -32,6 +34,10 @@ struct FakeDownstream final : Downstream, RequestBody {
   // A send whose write fails at once (as a TLS stream's can): the connection
   // reports the client gone from inside send().
   Exchange* fail_sends_of = nullptr;
+  // Sends that complete only when the test says so (complete_send), reading
+  // the slices then, as a pending socket write does.
+  bool late = false;
+  std::vector<uv_buf_t> pending;
 
   FakeDownstream() {
     std::memcpy(ip, "192.0.2.7", 9);
@@ -42,10 +48,19 @@ struct FakeDownstream final : Downstream, RequestBody {
       step(fail_sends_of, Event::ClientGone);
       return false;
     }
+    if (late) {
+      pending.assign(iov, iov + n);
+      return false;
+    }
     for (unsigned i = 0; i < n; ++i) sent.append(iov[i].base, iov[i].len);
     return true;
   }
-  bool sending() const noexcept override { return false; }
+  bool sending() const noexcept override { return !pending.empty(); }
+  void complete_send(Exchange* ex) {
+    for (const uv_buf_t& b : pending) sent.append(b.base, b.len);
+    pending.clear();
+    step(ex, Event::ClientWritten);
+  }
   void done(bool close, bool) noexcept override {
     ++done_calls;
     closed = close;
@@ -292,4 +307,55 @@ TEST_CASE("a 101 the client did not ask for, or with no tunnel hook, is a 502", 
     CHECK(starts_with(f.down.sent, "HTTP/1.1 502 "));
   }
   CHECK(g_hook_calls == 0);
+}
+
+TEST_CASE("a filtered response waits for the client: nothing is pushed and the server is not read while a send is "
+          "pending", "[exchange][filter]") {
+  Fixture f;
+  f.down.late = true;
+  f.begin("GET /gz/page HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: gzip\r\n\r\n");
+  step(f.ex, Event::Connected, 0);
+  std::string body;  // prose-like: about 3:1, so the encoder's output runs over many sends
+  for (unsigned i = 0; body.size() < 300000; ++i) body += std::to_string(i * 2654435761u % 100003) + " lorem ";
+  body.resize(300000);
+  f.server_sends(0, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 300000\r\n\r\n");
+  std::size_t at = 0;
+  int waits = 0;
+  while (f.down.done_calls == 0 && waits < 10000) {
+    FakeUpstream& c = f.conn(0);
+    if (f.down.sending()) {
+      CHECK_FALSE(c.reading);  // backpressure: the server waits for the client
+      ++waits;
+      f.down.complete_send(f.ex);
+      continue;
+    }
+    REQUIRE(c.reading);
+    REQUIRE(at < body.size());
+    const std::size_t k = std::min<std::size_t>({4096, body.size() - at, c.in ? c.in->cap - c.in_len : 4096});
+    REQUIRE(k > 0);
+    f.server_sends(0, std::string_view(body).substr(at, k));
+    at += k;
+  }
+  CHECK(at == body.size());
+  CHECK(waits > 3);
+  CHECK(f.down.done_calls == 1);
+  CHECK(f.conn(0).released);
+  // What the client got, read when each send completed: the head, then the
+  // chunks, which inflate to the body (an output overwritten before its send
+  // completed would not).
+  const std::size_t head_end = f.down.sent.find("\r\n\r\n") + 4;
+  const std::string head = f.down.sent.substr(0, head_end);
+  CHECK(head.find("Content-Encoding: gzip\r\n") != std::string::npos);
+  CHECK(head.find("Transfer-Encoding: chunked\r\n") != std::string::npos);
+  CHECK(head.find("Content-Length") == std::string::npos);
+  std::string gz;
+  for (std::size_t p = head_end;;) {
+    const std::size_t eol = f.down.sent.find("\r\n", p);
+    REQUIRE(eol != std::string::npos);
+    const std::size_t n = std::stoul(f.down.sent.substr(p, eol - p), nullptr, 16);
+    if (n == 0) break;
+    gz += f.down.sent.substr(eol + 2, n);
+    p = eol + 2 + n + 2;
+  }
+  CHECK(juggler_test::gunzip(gz) == body);
 }

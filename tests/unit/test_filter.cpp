@@ -3,6 +3,7 @@
 // not reused before the client write that carries it completed (the chain
 // refuses more input meanwhile: backpressure).
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <string>
@@ -18,12 +19,15 @@ struct Upper final : ResponseFilter {
   char buf[256];
   bool held = false;           // output handed out and not written yet
   int overwrites = 0;          // process() while held: the chain let memory be reused too early
-  bool process(std::string_view in, bool, FilterOut& out) override {
+  // Takes at most what fits its buffer (Full: the rest comes after written()).
+  FilterStatus process(std::string_view in, bool, FilterOut& out, std::size_t* used) noexcept override {
     if (held && !in.empty()) ++overwrites;
-    if (in.size() > sizeof buf) return false;
-    for (std::size_t i = 0; i < in.size(); ++i) buf[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(in[i])));
-    held = held || !in.empty();
-    return out.add(buf, in.size());
+    const std::size_t k = std::min(in.size(), sizeof buf);
+    for (std::size_t i = 0; i < k; ++i) buf[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(in[i])));
+    held = held || k > 0;
+    *used = k;
+    out.add(buf, k);
+    return k == in.size() ? FilterStatus::Done : FilterStatus::Full;
   }
   void written() noexcept override { held = false; }
 };
@@ -31,17 +35,20 @@ struct Upper final : ResponseFilter {
 // Holds everything back until the end of the body, then brackets it.
 struct Hold final : ResponseFilter {
   std::string kept, done;
-  bool process(std::string_view in, bool last, FilterOut& out) override {
+  FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
     kept.append(in);
-    if (!last) return true;
+    *used = in.size();
+    if (!last) return FilterStatus::Done;
     done = "[" + kept + "]";
-    return out.add(done.data(), done.size());
+    return out.add(done.data(), done.size()) ? FilterStatus::Done : FilterStatus::Failed;
   }
   void written() noexcept override {}
 };
 
 struct Fails final : ResponseFilter {
-  bool process(std::string_view, bool, FilterOut&) override { return false; }
+  FilterStatus process(std::string_view, bool, FilterOut&, std::size_t*) noexcept override {
+    return FilterStatus::Failed;
+  }
   void written() noexcept override {}
 };
 
@@ -67,15 +74,19 @@ TEST_CASE("filters: a stage's memory waits for the client write (backpressure)",
   LateWrite client;
   FilterOut out;
 
-  REQUIRE(chain.push("hello", false, out));
+  std::size_t used = 0;
+  REQUIRE(chain.push("hello", false, out, &used) == FilterStatus::Done);
+  CHECK(used == 5);
   CHECK(out.bytes() == 5);
   CHECK(chain.busy());
   client.start(out);
   // The write is pending: more input is refused, and the pending bytes stay intact.
-  CHECK_FALSE(chain.push("xxxxx", false, out));
+  FilterOut refused;
+  CHECK(chain.push("xxxxx", false, refused, &used) == FilterStatus::Failed);
+  CHECK(used == 0);
   client.complete(chain);
   CHECK_FALSE(chain.busy());
-  REQUIRE(chain.push(" world", true, out));
+  REQUIRE(chain.push(" world", true, out, &used) == FilterStatus::Done);
   client.start(out);
   client.complete(chain);
   CHECK(client.delivered == "HELLO WORLD");
@@ -90,12 +101,13 @@ TEST_CASE("filters: stages run in order; one may hold the body back until its en
   REQUIRE(chain.add(&hold));
   LateWrite client;
   FilterOut out;
-  REQUIRE(chain.push("ab", false, out));
+  std::size_t used = 0;
+  REQUIRE(chain.push("ab", false, out, &used) == FilterStatus::Done);
   CHECK(out.n == 0);
   CHECK_FALSE(chain.busy());  // nothing to write: the relay reads on
   CHECK_FALSE(up.held);       // and Upper's buffer, copied by Hold, is free again
-  REQUIRE(chain.push("cd", false, out));
-  REQUIRE(chain.push({}, true, out));  // the end of the body, with no bytes
+  REQUIRE(chain.push("cd", false, out, &used) == FilterStatus::Done);
+  REQUIRE(chain.push({}, true, out, &used) == FilterStatus::Done);  // the end of the body, with no bytes
   client.start(out);
   client.complete(chain);
   CHECK(client.delivered == "[ABCD]");
@@ -108,7 +120,8 @@ TEST_CASE("filters: a failing stage fails the push; a full chain refuses another
   REQUIRE(chain.add(&up));
   REQUIRE(chain.add(&bad));
   FilterOut out;
-  CHECK_FALSE(chain.push("x", false, out));
+  std::size_t used = 0;
+  CHECK(chain.push("x", false, out, &used) == FilterStatus::Failed);
   FilterChain full;
   Upper a, b, c, d, e;
   CHECK(full.add(&a));
@@ -116,4 +129,33 @@ TEST_CASE("filters: a failing stage fails the push; a full chain refuses another
   CHECK(full.add(&c));
   CHECK(full.add(&d));
   CHECK_FALSE(full.add(&e));
+}
+
+TEST_CASE("filters: a stage with a full buffer takes part of the input; the rest after the late write",
+          "[filter]") {
+  Upper up;
+  FilterChain chain;
+  REQUIRE(chain.add(&up));
+  LateWrite client;
+  const std::string body(1000, 'q');  // four buffers' worth for Upper
+  std::size_t at = 0;
+  int writes = 0;
+  while (at < body.size()) {
+    FilterOut out;
+    std::size_t used = 0;
+    const FilterStatus st = chain.push(std::string_view(body).substr(at), true, out, &used);
+    REQUIRE(st != FilterStatus::Failed);
+    CHECK(used <= sizeof up.buf);
+    at += used;
+    client.start(out);
+    // While the write is pending nothing more goes in, whatever is left.
+    FilterOut none;
+    std::size_t none_used = 0;
+    CHECK(chain.push(std::string_view(body).substr(at), true, none, &none_used) == FilterStatus::Failed);
+    client.complete(chain);
+    ++writes;
+  }
+  CHECK(writes == 4);
+  CHECK(client.delivered == std::string(1000, 'Q'));
+  CHECK(up.overwrites == 0);
 }

@@ -660,7 +660,25 @@ void Conn::serve_bytes() {
     send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P]\n");
     return;
   }
-  std::string head = response_head(200, "application/octet-stream", *n, {}, chunked);
+  // type=T: the Content-Type; header=NAME:VALUE: one more header line (both
+  // percent-decoded), for the compression tests.
+  std::string type = "application/octet-stream", extra;
+  if (const auto t = query_param(req_.query, "type")) {
+    const auto decoded = percent_decode(*t);
+    if (!decoded || decoded->find_first_of("\r\n") != std::string::npos) bad = true;
+    else type = *decoded;
+  }
+  if (const auto h = query_param(req_.query, "header")) {
+    const auto decoded = percent_decode(*h);
+    const std::size_t colon = decoded ? decoded->find(':') : std::string::npos;
+    if (colon == std::string::npos || colon == 0 || decoded->find_first_of("\r\n") != std::string::npos) bad = true;
+    else extra = decoded->substr(0, colon) + ": " + decoded->substr(colon + 1) + "\r\n";
+  }
+  if (bad) {
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P][&type=T][&header=NAME:VALUE]\n");
+    return;
+  }
+  std::string head = response_head(200, type, *n, extra, chunked);
   log("200");
   if (cut < *n && !req_.head && !chunked) {
     req_.keep_alive = false;

@@ -27,6 +27,9 @@ constexpr Settings kSettings{
     .cache_address = {},
     .admin_address = "127.0.0.1:9090",
     .admin_token_file = {},
+    .compress_level_gzip = 5,
+    .compress_level_br = 4,
+    .compress_level_zstd = 3,
 };
 
 constexpr ListenerDef kListeners[] = {
@@ -67,15 +70,15 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 33, .text = "route GET,HEAD /static/* -> web gzip cache=60s",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .gzip = true, .cache_ttl_ms = 60000},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 60000},
     {.index = 1, .line = 34, .text = "route * /api/* host=api.example.com -> api retries=2",
-     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .gzip = false, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
     {.index = 2, .line = 35, .text = "route GET /files/* -> redirect web 302",
-     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .gzip = false, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
     {.index = 3, .line = 36, .text = "route GET /healthz -> respond 200",
-     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .gzip = false, .cache_ttl_ms = 0},
+     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
     {.index = 4, .line = 37, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .gzip = false, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
 };
 
 }  // namespace

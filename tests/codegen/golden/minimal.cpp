@@ -27,6 +27,9 @@ constexpr Settings kSettings{
     .cache_address = {},
     .admin_address = {},
     .admin_token_file = {},
+    .compress_level_gzip = 5,
+    .compress_level_br = 4,
+    .compress_level_zstd = 3,
 };
 
 constexpr ListenerDef kListeners[] = {
@@ -45,7 +48,7 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 5, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .gzip = false, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
 };
 
 }  // namespace

@@ -27,6 +27,9 @@ constexpr Settings kSettings{
     .cache_address = {},
     .admin_address = {},
     .admin_token_file = {},
+    .compress_level_gzip = 5,
+    .compress_level_br = 4,
+    .compress_level_zstd = 3,
 };
 
 constexpr ListenerDef kListeners[] = {

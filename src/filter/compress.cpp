@@ -1,0 +1,319 @@
+// gzip (zlib), br (libbrotli) and zstd (libzstd) as streaming response
+// filters. Each encoder has one fixed output buffer: when it is full the
+// stage takes no more input until the client write carrying it completed
+// (FilterStatus::Full), so a stream costs the encoder's state plus kOut
+// whatever the body's size and the client's speed. Encoders are pooled per
+// thread (one worker) and reset between responses: zlib and zstd keep their
+// memory across resets (no allocation per response in steady state); brotli
+// has no reset, so its state is made anew per response (bounded by kBrWindow).
+#include "filter/compress.hpp"
+
+#include <brotli/encode.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <memory>
+
+namespace juggler {
+
+namespace {
+
+constexpr std::size_t kOut = 16 * 1024;  // output buffer per stream
+constexpr int kBrWindow = 18;            // 256 KB: brotli's default (4 MB) is too much per stream
+constexpr int kZstdWindow = 18;          // the same bound for zstd (its level 3 default is 2 MB)
+constexpr unsigned kKeepPerKind = 16;    // idle encoders kept per thread and kind
+
+bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+
+std::string_view trim(std::string_view v) noexcept {
+  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
+  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
+  return v;
+}
+
+// Calls f(element) for each comma-separated element of a list value.
+template <class F>
+void each_element(std::string_view v, F&& f) {
+  while (!v.empty()) {
+    const std::size_t comma = v.find(',');
+    const std::string_view e = trim(v.substr(0, comma));
+    if (!e.empty()) f(e);
+    if (comma == std::string_view::npos) break;
+    v.remove_prefix(comma + 1);
+  }
+}
+
+bool starts_with_lower(std::string_view v, std::string_view lower) noexcept {
+  return v.size() >= lower.size() && iequals(v.substr(0, lower.size()), lower);
+}
+
+bool ends_with_lower(std::string_view v, std::string_view lower) noexcept {
+  return v.size() >= lower.size() && iequals(v.substr(v.size() - lower.size()), lower);
+}
+
+// A q-value in thousandths ("1", "0.5", "0.125"); -1 when malformed.
+int parse_q(std::string_view q) noexcept {
+  if (q.empty() || (q[0] != '0' && q[0] != '1')) return -1;
+  int value = (q[0] - '0') * 1000;
+  if (q.size() == 1) return value;
+  if (q[1] != '.' || q.size() > 5) return -1;
+  int scale = 100;
+  for (std::size_t i = 2; i < q.size(); ++i, scale /= 10) {
+    if (q[i] < '0' || q[i] > '9') return -1;
+    value += (q[i] - '0') * scale;
+  }
+  return value > 1000 ? -1 : value;
+}
+
+bool has_token(std::string_view list, std::string_view lower) noexcept {
+  bool found = false;
+  each_element(list, [&](std::string_view e) { found = found || iequals(e, lower); });
+  return found;
+}
+
+}  // namespace
+
+std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept {
+  // q per coding in thousandths, -1 while not named; index 0 is `*`.
+  int q[4] = {-1, -1, -1, -1};
+  each_element(accept_encoding, [&](std::string_view e) {
+    const std::size_t semi = e.find(';');
+    const std::string_view name = trim(e.substr(0, semi));
+    int value = 1000;
+    if (semi != std::string_view::npos) {
+      // Only q is defined for Accept-Encoding (RFC 9110 12.5.3).
+      const std::string_view param = trim(e.substr(semi + 1));
+      if (param.size() >= 2 && (param[0] == 'q' || param[0] == 'Q') && param[1] == '=')
+        value = parse_q(trim(param.substr(2, param.find(';') - 2)));
+      if (value < 0) return;  // a malformed element is ignored
+    }
+    int slot = -1;
+    if (name == "*") slot = 0;
+    else if (iequals(name, "gzip") || iequals(name, "x-gzip")) slot = 1;
+    else if (iequals(name, "br")) slot = 2;
+    else if (iequals(name, "zstd")) slot = 3;
+    if (slot >= 0) q[slot] = std::max(q[slot], value);
+  });
+  // The server's order breaks ties: zstd, then br, then gzip.
+  static constexpr struct {
+    int slot;
+    std::uint8_t bit;
+  } kOrder[] = {{3, kCompressZstd}, {2, kCompressBr}, {1, kCompressGzip}};
+  std::uint8_t best = 0;
+  int best_q = 0;
+  for (const auto& o : kOrder) {
+    if (!(allowed & o.bit)) continue;
+    const int v = q[o.slot] >= 0 ? q[o.slot] : q[0];
+    if (v > best_q) {
+      best_q = v;
+      best = o.bit;
+    }
+  }
+  return best;
+}
+
+bool compressible_type(std::string_view content_type) noexcept {
+  const std::string_view t = trim(content_type.substr(0, content_type.find(';')));
+  if (starts_with_lower(t, "text/")) return !iequals(t, "text/event-stream");
+  if (starts_with_lower(t, "application/")) {
+    const std::string_view sub = t.substr(12);
+    return iequals(sub, "json") || iequals(sub, "javascript") || iequals(sub, "x-javascript") ||
+           iequals(sub, "ecmascript") || iequals(sub, "xml") || iequals(sub, "wasm") ||
+           ends_with_lower(sub, "+json") || ends_with_lower(sub, "+xml");
+  }
+  return iequals(t, "image/svg+xml");
+}
+
+namespace {
+
+// What every encoder shares: the decision at the head, the head edits, the
+// output buffer and the pool link.
+class Encoder : public ResponseFilter {
+ public:
+  Encoder(std::uint8_t kind, std::string_view name) noexcept : kind_(kind), name_(name) {}
+  std::uint8_t kind() const noexcept { return kind_; }
+  // Ready for a new response; false when the encoder could not be set up.
+  virtual bool reset() noexcept = 0;
+  bool head(HeadEdit& e) noexcept override;
+  void written() noexcept override {}  // every process() starts with an empty buffer
+  Encoder* next_free = nullptr;
+
+ protected:
+  // The output of one call: what the encoder put into out_.
+  FilterStatus result(std::size_t produced, bool took_all, bool finished, bool last, FilterOut& out) noexcept {
+    out.add(out_, produced);
+    if (last) return finished ? FilterStatus::Done : FilterStatus::Full;
+    return took_all ? FilterStatus::Done : FilterStatus::Full;
+  }
+  char out_[kOut];
+
+ private:
+  std::uint8_t kind_;
+  std::string_view name_;
+};
+
+bool Encoder::head(HeadEdit& e) noexcept {
+  const MessageParser& r = e.response();
+  if (r.has_content_length() && r.content_length() < kCompressMinBytes) return false;
+  const int type = e.find("content-type");
+  if (type < 0 || !compressible_type(e.value(type))) return false;
+  const int coding = e.find("content-encoding");
+  if (coding >= 0 && !iequals(trim(e.value(coding)), "identity")) return false;
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+    const HeaderSpan& h = r.headers()[i];
+    if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
+  }
+  if (!e.add("Content-Encoding", name_)) return false;
+  if (coding >= 0) e.drop(coding);
+  // Caches must keep the encodings apart: Vary names Accept-Encoding, merged
+  // into the server's Vary (a second line when the merged one does not fit).
+  const int vary = e.find("vary");
+  if (vary < 0) {
+    e.add("Vary", "Accept-Encoding");
+  } else if (!has_token(e.value(vary), "accept-encoding") && !has_token(e.value(vary), "*")) {
+    if (e.add("Vary", e.value(vary), ", Accept-Encoding")) e.drop(vary);
+    else e.add("Vary", "Accept-Encoding");
+  }
+  // The bytes differ from the identity response's: a strong validator would
+  // be a lie (RFC 9110 8.8.1), a weak one still revalidates.
+  const int etag = e.find("etag");
+  if (etag >= 0 && !starts_with_lower(trim(e.value(etag)), "w/")) {
+    e.add("ETag", "W/", trim(e.value(etag)));
+    e.drop(etag);
+  }
+  // Ranges of the identity body mean nothing in the encoded one.
+  if (const int ranges = e.find("accept-ranges"); ranges >= 0) e.drop(ranges);
+  e.changes_length = true;
+  return true;
+}
+
+class Gzip final : public Encoder {
+ public:
+  explicit Gzip(int level) noexcept : Encoder(kCompressGzip, "gzip") {
+    // windowBits 15 + 16: a gzip wrapper; memLevel 8: zlib's default (~256 KB).
+    ok_ = deflateInit2(&z_, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK;
+  }
+  ~Gzip() override {
+    if (ok_) deflateEnd(&z_);
+  }
+  bool reset() noexcept override { return ok_ && deflateReset(&z_) == Z_OK; }
+  FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
+    z_.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+    z_.avail_in = static_cast<uInt>(in.size());
+    z_.next_out = reinterpret_cast<Bytef*>(out_);
+    z_.avail_out = kOut;
+    const int rc = deflate(&z_, last ? Z_FINISH : Z_NO_FLUSH);
+    if (rc == Z_STREAM_ERROR) return FilterStatus::Failed;
+    *used = in.size() - z_.avail_in;
+    return result(kOut - z_.avail_out, z_.avail_in == 0, rc == Z_STREAM_END, last, out);
+  }
+
+ private:
+  z_stream z_{};
+  bool ok_ = false;
+};
+
+class Brotli final : public Encoder {
+ public:
+  explicit Brotli(int level) noexcept : Encoder(kCompressBr, "br"), level_(level) {}
+  ~Brotli() override {
+    if (s_) BrotliEncoderDestroyInstance(s_);
+  }
+  bool reset() noexcept override {
+    if (s_) BrotliEncoderDestroyInstance(s_);
+    s_ = BrotliEncoderCreateInstance(nullptr, nullptr, nullptr);
+    return s_ && BrotliEncoderSetParameter(s_, BROTLI_PARAM_QUALITY, static_cast<std::uint32_t>(level_)) &&
+           BrotliEncoderSetParameter(s_, BROTLI_PARAM_LGWIN, kBrWindow);
+  }
+  FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
+    std::size_t avail_in = in.size();
+    const auto* next_in = reinterpret_cast<const std::uint8_t*>(in.data());
+    std::size_t avail_out = kOut;
+    auto* next_out = reinterpret_cast<std::uint8_t*>(out_);
+    const BrotliEncoderOperation op = last ? BROTLI_OPERATION_FINISH : BROTLI_OPERATION_PROCESS;
+    if (!BrotliEncoderCompressStream(s_, op, &avail_in, &next_in, &avail_out, &next_out, nullptr))
+      return FilterStatus::Failed;
+    *used = in.size() - avail_in;
+    const bool finished = BrotliEncoderIsFinished(s_) && !BrotliEncoderHasMoreOutput(s_);
+    return result(kOut - avail_out, avail_in == 0, finished, last, out);
+  }
+
+ private:
+  BrotliEncoderState* s_ = nullptr;
+  int level_;
+};
+
+class Zstd final : public Encoder {
+ public:
+  explicit Zstd(int level) noexcept : Encoder(kCompressZstd, "zstd"), c_(ZSTD_createCCtx()) {
+    ok_ = c_ && !ZSTD_isError(ZSTD_CCtx_setParameter(c_, ZSTD_c_compressionLevel, level)) &&
+          !ZSTD_isError(ZSTD_CCtx_setParameter(c_, ZSTD_c_windowLog, kZstdWindow));
+  }
+  ~Zstd() override { ZSTD_freeCCtx(c_); }
+  bool reset() noexcept override { return ok_ && !ZSTD_isError(ZSTD_CCtx_reset(c_, ZSTD_reset_session_only)); }
+  FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
+    ZSTD_inBuffer src{in.data(), in.size(), 0};
+    ZSTD_outBuffer dst{out_, kOut, 0};
+    const std::size_t left = ZSTD_compressStream2(c_, &dst, &src, last ? ZSTD_e_end : ZSTD_e_continue);
+    if (ZSTD_isError(left)) return FilterStatus::Failed;
+    *used = src.pos;
+    return result(dst.pos, src.pos == src.size, left == 0, last, out);
+  }
+
+ private:
+  ZSTD_CCtx* c_;
+  bool ok_ = false;
+};
+
+// Idle encoders of this thread (a worker), per kind.
+struct Pool {
+  Encoder* free[3] = {};
+  unsigned count[3] = {};
+  ~Pool() {
+    for (Encoder*& head : free)
+      while (Encoder* e = head) {
+        head = e->next_free;
+        delete e;
+      }
+  }
+};
+thread_local Pool t_pool;
+
+unsigned slot_of(std::uint8_t kind) noexcept { return kind == kCompressGzip ? 0 : kind == kCompressBr ? 1 : 2; }
+
+}  // namespace
+
+ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) {
+  const unsigned slot = slot_of(encoding);
+  Encoder* e = t_pool.free[slot];
+  if (e) {
+    t_pool.free[slot] = e->next_free;
+    --t_pool.count[slot];
+  } else if (encoding == kCompressGzip) {
+    e = new Gzip(settings.compress_level_gzip);
+  } else if (encoding == kCompressBr) {
+    e = new Brotli(settings.compress_level_br);
+  } else {
+    e = new Zstd(settings.compress_level_zstd);
+  }
+  if (!e->reset()) {
+    delete e;
+    return nullptr;
+  }
+  return e;
+}
+
+void compressor_put(ResponseFilter* f) noexcept {
+  auto* e = static_cast<Encoder*>(f);
+  const unsigned slot = slot_of(e->kind());
+  if (t_pool.count[slot] >= kKeepPerKind) {
+    delete e;
+    return;
+  }
+  e->next_free = t_pool.free[slot];
+  t_pool.free[slot] = e;
+  ++t_pool.count[slot];
+}
+
+}  // namespace juggler
