@@ -13,6 +13,7 @@ The frames are raw bytes: the tunnel does not look at them, so the backend just 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -194,6 +195,41 @@ class WebSocketTest(BalancerTestCase):
 
     def test_websocket_echo_over_https(self):
         self.echo_through(tls=True)
+
+    def test_https_full_duplex_two_megabytes(self):
+        """Both ways at once over TLS, one thread (an SSL socket takes no concurrent reader and
+        writer): every byte echoed, none held back inside the balancer's OpenSSL when a read
+        fills the tunnel's buffer (seen short by 128 bytes at the end before the fix)."""
+        lb = self.start()
+        with self.dial(lb, tls=True) as s:
+            s.sendall(upgrade_request("/ws"))
+            head, rest = read_head(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            data = jtest.pattern_bytes(2_000_000)
+            want = b"after-101" + data
+            got = bytearray(rest)
+            s.setblocking(False)
+            sent, ended = 0, False
+            deadline = time.monotonic() + 60
+            while len(got) < len(want) and not ended and time.monotonic() < deadline:
+                r, w, _ = select.select([s], [s] if sent < len(data) else [], [], 1)
+                if w:
+                    try:
+                        sent += s.send(data[sent:sent + 16384])
+                    except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                        pass
+                if r or s.pending():
+                    try:
+                        while len(got) < len(want):
+                            chunk = s.recv(65536)
+                            if not chunk:
+                                ended = True
+                                break
+                            got += chunk
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+            self.assertEqual(len(got), len(want), f"sent {sent}, ended {ended}")
+            self.assertTrue(bytes(got) == want, "the echo differs")
 
     def test_non_101_answer_is_a_normal_response_and_the_connection_stays_http(self):
         lb = self.start()
