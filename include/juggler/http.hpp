@@ -122,6 +122,11 @@ class MessageParser {
   bool body_until_close() const noexcept { return until_close_; }
   bool expect_continue() const noexcept { return expect_continue_; }
   bool connection_close() const noexcept { return connection_close_; }
+  // The request asks to switch protocols (Connection: upgrade and an Upgrade
+  // header), after the head.
+  bool upgrade_request() const noexcept {
+    return (parser_.flags & F_UPGRADE) != 0 && (parser_.flags & F_CONNECTION_UPGRADE) != 0;
+  }
   // Headers were dropped: the head cannot be forwarded as its raw bytes.
   bool has_dropped() const noexcept { return dropped_; }
 
@@ -213,9 +218,12 @@ void describe_request(const MessageParser& p, Header* headers, RequestHead& head
 // add, written into `scratch`: X-Forwarded-For (the client's list with
 // `client_ip` appended), X-Forwarded-Proto: `proto`, X-Forwarded-Host, Via and
 // the final CRLF. `iov` needs room for header_count() + 2 entries. Returns the
-// iov count; *scratch_len is what was written to scratch.
+// iov count; *scratch_len is what was written to scratch. With `upgrade` (the
+// Upgrade value of a switch the proxy will tunnel), `Connection: Upgrade` and
+// `Upgrade: <upgrade>` are added.
 unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, std::string_view proto,
-                           char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov);
+                           char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov,
+                           std::string_view upgrade = {});
 
 // The response head for the client. Returns 0 when the raw bytes can be sent
 // as they are (nothing dropped and `extra` empty); else fills `iov` with the

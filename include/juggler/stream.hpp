@@ -7,7 +7,9 @@
 //
 // Ownership: the Stream is a member of its handler's object (a client
 // connection, a tunnel); that object may be freed only from on_stream_closed(), the
-// last call a stream makes. Calls into the handler come from libuv callbacks
+// last call a stream makes. A handed-over stream (set_handler: an upgraded HTTP
+// connection adopted by a tunnel) stays in its first owner's memory, which
+// the new handler keeps until that last call. Calls into the handler come from libuv callbacks
 // (or from the idle phase for TLS plaintext already decrypted), never from
 // inside a Stream method the handler called, but for the one documented case
 // of write() below.
@@ -137,6 +139,9 @@ class Stream {
   // Initialises the TCP handle on ctx's loop: before accept() or connect(),
   // and again to reuse the stream once on_stream_closed came.
   void init(StreamContext& ctx, StreamHandler* handler) noexcept;
+  // Hands the stream to another handler (an HTTP connection becoming a
+  // tunnel): every later call goes to it.
+  void set_handler(StreamHandler* handler) noexcept { handler_ = handler; }
   // Accepts a pending connection of `server`; with `tls`, the stream
   // terminates TLS with that context. Returns 0 or a libuv error (then close()).
   int accept(uv_stream_t* server, SSL_CTX* tls);

@@ -7,6 +7,7 @@
 // fake one.
 #pragma once
 
+#include "juggler/stream.hpp"
 #include "juggler/worker.hpp"
 
 namespace juggler {
@@ -45,11 +46,12 @@ class Upstream {
   ~Upstream() = default;
 };
 
-// A TCP connection to a server: in use by one exchange, or idle on its
-// server's list (reading, so a close by the server is noticed before reuse).
-struct UpstreamConn final : Upstream {
-  uv_tcp_t tcp;
-  uv_connect_t connect_req;
+// A connection to a server over a Stream (plain TCP): in use by one
+// exchange, or idle on its server's list (reading, so a close by the server
+// is noticed before reuse). The stream's events become the exchange's step()
+// events; the object is freed from on_stream_closed.
+struct UpstreamConn final : Upstream, StreamHandler {
+  Stream stream;
   std::uint64_t idle_since_ms = 0;
   UpstreamConn* prev = nullptr;  // idle list of its server
   UpstreamConn* next = nullptr;
@@ -58,6 +60,12 @@ struct UpstreamConn final : Upstream {
   void set_reading(bool on) noexcept override;
   void release() noexcept override;
   void close() noexcept override;
+
+  uv_buf_t on_stream_alloc() noexcept override;
+  void on_stream_read(ssize_t n) noexcept override;
+  void on_stream_written(int status) noexcept override;
+  void on_stream_closed() noexcept override;
+  void on_stream_connected(int status) noexcept override;
 };
 
 
@@ -69,7 +77,7 @@ inline constexpr std::uint64_t kUpstreamIdleTimeoutMs = 30000;
 // reading; its read callback sees `ex` set once the caller attaches it.
 UpstreamConn* upstream_take_idle(Worker& w, std::uint16_t server) noexcept;
 
-// A new, unconnected connection to `server` (uv_tcp_init done). Never null.
+// A new, unconnected connection to `server` (its stream initialised). Never null.
 UpstreamConn* upstream_new(Worker& w, std::uint16_t server);
 
 // Returns a connection whose last response ended cleanly to the idle list

@@ -227,6 +227,33 @@ State state_head(Exchange* ex, Event ev, int arg) {
   return on_other_event(ex, ev, arg, State::Head);
 }
 
+namespace {
+
+// A request to switch protocols. WebSocket goes with its Upgrade (when a
+// tunnel can take the 101); h2c (HTTP/2 is not spoken to servers) and a
+// switch with a body (the bytes after the head would be neither body nor
+// tunnel for sure) are refused; any other protocol goes without its Upgrade,
+// as plain HTTP. False: 400.
+bool upgrade_allowed(Exchange* ex) {
+  std::string_view v = ex->head.header("upgrade");
+  bool websocket = false;
+  while (!v.empty()) {
+    const std::size_t comma = v.find(',');
+    std::string_view t = v.substr(0, comma);
+    v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    t = t.substr(0, t.find('/'));  // protocol-version
+    if (iequals(t, "h2c")) return false;
+    if (iequals(t, "websocket")) websocket = true;
+  }
+  if (ex->req.has_body()) return false;
+  ex->upgrade = websocket && tunnel_hook() != nullptr;
+  return true;
+}
+
+}  // namespace
+
 // The head is complete: refuse what breaks the limits, route, and start
 // what the route says.
 State state_route(Exchange* ex, Event, int) {
@@ -236,6 +263,7 @@ State state_route(Exchange* ex, Event, int) {
   ex->is_head = ex->head.method == Method::Head;
   const Settings& st = settings(w);
   if (w.access_log.enabled()) copy_log_fields(ex);
+  if (ex->req.upgrade_request() && !upgrade_allowed(ex)) return reply_and_close(ex, 400);
   if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) return reply_and_close(ex, 413);
   if (!path_is_normal(ex->head.path)) {
     log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),

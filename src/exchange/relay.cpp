@@ -28,7 +28,8 @@ unsigned build_request_head(Exchange* ex) {
   if (ex->route->compress) filters_note_request(ex);
   std::size_t len = 0;
   unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
-                                 ex->scratch_cap, &len, ex->iov.get());
+                                 ex->scratch_cap, &len, ex->iov.get(),
+                                 ex->upgrade ? ex->head.header("upgrade") : std::string_view());
   ex->scratch_len = static_cast<std::uint32_t>(len);
   return n;
 }
@@ -117,8 +118,8 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
 
 // A 101 answer whose Upgrade the client asked for, with a tunnel to take it.
 bool upgrade_asked(const Exchange* ex) {
+  if (!ex->upgrade || !tunnel_hook()) return false;
   const std::string_view asked = ex->head.header("upgrade");
-  if (!tunnel_hook() || asked.empty()) return false;
   for (std::uint32_t i = 0; i < ex->resp.header_count(); ++i) {
     const HeaderSpan& h = ex->resp.headers()[i];
     std::string_view name = ex->resp.header_name(h);

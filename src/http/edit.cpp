@@ -30,7 +30,8 @@ struct Writer {
 }  // namespace
 
 unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, std::string_view proto,
-                           char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov) {
+                           char* scratch, std::size_t scratch_cap, std::size_t* scratch_len, uv_buf_t* iov,
+                           std::string_view upgrade) {
   unsigned n = 0;
   const char* run = p.head_begin();
   auto cut = [&](const char* at) {
@@ -79,7 +80,12 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
   }
   w.put("Via: 1.1 juggler\r\n");
   // HTTP/1.0 requests ask the server to keep the connection for the next one.
-  if (p.http_major() == 1 && p.http_minor() == 0) w.put("Connection: keep-alive\r\n");
+  if (!upgrade.empty()) {
+    // The switch we tunnel: its Upgrade line (cut with the hop-by-hop ones) comes back.
+    w.put("Connection: Upgrade\r\nUpgrade: ");
+    w.put(upgrade);
+    w.put("\r\n");
+  } else if (p.http_major() == 1 && p.http_minor() == 0) w.put("Connection: keep-alive\r\n");
   w.put("\r\n");
   *scratch_len = static_cast<std::size_t>(w.out - scratch);
   iov[n++] = uv_buf_init(scratch, static_cast<unsigned>(*scratch_len));

@@ -39,11 +39,7 @@ void client_eof(ClientSession* s, int err) {
 constexpr std::size_t kKeepFreeSessions = 1024;
 
 void close_handles(ClientSession* s) {
-  Worker& w = *s->worker;
-  if (s->prev) s->prev->next = s->next;
-  else w.sessions = s->next;
-  if (s->next) s->next->prev = s->prev;
-  --w.session_count;
+  session_unlink(s);
   TimerWheel::disarm(&s->timer);
   s->stream.close();
 }
@@ -58,6 +54,15 @@ ClientSession* session_get(Worker& w) {
 }
 
 }  // namespace
+
+void session_unlink(ClientSession* s) noexcept {
+  Worker& w = *s->worker;
+  if (s->prev) s->prev->next = s->next;
+  else w.sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = nullptr;
+  --w.session_count;
+}
 
 void update_client_reading(ClientSession* s) {
   if (s->stream.closing()) return;

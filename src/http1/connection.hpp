@@ -88,6 +88,10 @@ void client_abort(ClientSession* s);
 // down first and what the client still sends is discarded for a moment.
 void client_finish(ClientSession* s, bool linger);
 
+// Takes the session off the worker's live sessions (closing, or handed to a
+// tunnel).
+void session_unlink(ClientSession* s) noexcept;
+
 // The client's timer: 408 for a slow head, idle close, end of lingering.
 void on_client_timer(TimerNode* t);
 

@@ -2,6 +2,7 @@
 // failure), then the tunnel relays until either side ends it.
 #include "listener/l4.hpp"
 
+#include "http1/upgrade.hpp"
 #include "stream/proxy_protocol.hpp"
 
 namespace juggler {
@@ -146,6 +147,7 @@ void L4Conn::on_tunnel_closed(Tunnel&) noexcept {
 void l4_close_all(Worker& w) noexcept {
   if (!w.l4) return;
   for (L4Conn* c = w.l4->live; c; c = c->next) c->tunnel.close();
+  upgrades_close_all(w);
 }
 
 }  // namespace juggler

@@ -14,6 +14,7 @@
 namespace juggler {
 
 struct L4Conn;
+struct UpgradeTunnel;
 
 // A worker's L4 connections: made on its first L4 accept.
 struct L4Worker {
@@ -27,6 +28,10 @@ struct L4Worker {
   std::uint32_t count = 0;
   L4Conn* free = nullptr;  // closed connections kept for reuse (bounded)
   std::uint32_t free_count = 0;
+  // HTTP/1 connections tunnelled after a 101 (src/http1/upgrade): drained
+  // like the L4 connections.
+  UpgradeTunnel* upgraded = nullptr;
+  std::uint32_t upgraded_count = 0;
 };
 
 // Accepts a pending connection of the tcp listener `server` (compiled from
@@ -34,10 +39,10 @@ struct L4Worker {
 // proxy_protocol: once the PROXY header named the client).
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def);
 
-// L4 connections open in `w`.
-inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count : 0; }
+// Tunnels open in `w`: L4 connections and upgraded HTTP/1 connections.
+inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count + w.l4->upgraded_count : 0; }
 
-// Closes every open L4 connection of `w` (the end of a drain).
+// Closes every open tunnel of `w` (the end of a drain).
 void l4_close_all(Worker& w) noexcept;
 
 }  // namespace juggler

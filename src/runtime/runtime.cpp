@@ -30,6 +30,7 @@
 #include "admin/admin.hpp"
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
+#include "http1/upgrade.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "juggler/tls.hpp"
@@ -385,6 +386,7 @@ int run(const Config& config) {
   uv_async_init(&main_loop, &wakeup, [](uv_async_t* a) { uv_stop(a->loop); });
   g_main_wakeup = &wakeup;
   g_workers_left = static_cast<int>(threads.size());
+  set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
 
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
     const bool admin = i == n;

@@ -150,8 +150,10 @@ void Stream::set_reading(bool want) noexcept {
   if (closing_) return;
   if (want && tls_ && !discard_ && tls_->buffered()) queue_pump();
   if (want == reading_) return;
-  if (want) uv_read_start(as_stream(&tcp_), on_alloc, on_read);
-  else uv_read_stop(as_stream(&tcp_));
+  // Starting fails once the peer's EOF came (or before a connection): then
+  // reading() stays false.
+  if (want && uv_read_start(as_stream(&tcp_), on_alloc, on_read) != 0) return;
+  if (!want) uv_read_stop(as_stream(&tcp_));
   reading_ = want;
 }
 
@@ -230,6 +232,7 @@ void Stream::deliver(std::string_view bytes) {
 void Stream::pump() {
   std::size_t got = 0;
   bool peer_closed = false;
+  bool full = false;  // the room filled: OpenSSL may hold more
   if (reading_ && !discard_) {
     const uv_buf_t room = handler_->on_stream_alloc();
     while (got < room.len) {
@@ -252,6 +255,7 @@ void Stream::pump() {
       peer_closed = true;  // close_notify
       break;
     }
+    full = got == room.len;
   }
   if (!handshake_counted_ && tls_->handshake_done()) {
     handshake_counted_ = true;
@@ -264,6 +268,9 @@ void Stream::pump() {
   if (got > 0 || !peer_closed) {
     handler_->on_stream_read(static_cast<ssize_t>(got));
     if (closing_) return;
+    // The room filled with plaintext left in OpenSSL: no socket event will
+    // bring it (a handler that keeps reading never calls set_reading again).
+    if (full && reading_ && !discard_ && tls_->buffered()) queue_pump();
   }
   if (peer_closed) {
     if (reading_) uv_read_stop(as_stream(&tcp_));

@@ -17,9 +17,33 @@ void Tunnel::init(TunnelEnv& env, TunnelOwner* owner) noexcept {
     s.buf = nullptr;
     s.held = 0;
     s.eof = s.passed = false;
-    s.stream.init(*env.streams, &s);
+    s.stream = &s.own;
+    s.stream->init(*env.streams, &s);
     s.open = true;
   }
+}
+
+void Tunnel::adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server, const Held& from_client,
+                   const Held& from_server) noexcept {
+  env_ = &env;
+  owner_ = owner;
+  connect_error_ = 0;
+  timer_.fire = on_timer;
+  timer_.owner = this;
+  Stream* streams[2] = {&client, &server};
+  const Held* held[2] = {&from_client, &from_server};
+  for (unsigned i = 0; i < 2; ++i) {
+    Side& s = side_[i];
+    s.tunnel = this;
+    s.stream = streams[i];
+    s.stream->set_handler(&s);
+    s.buf = held[i]->buf;
+    s.held = held[i]->len;
+    s.eof = held[i]->eof;
+    s.passed = false;
+    s.open = true;
+  }
+  open();
 }
 
 // ---------------------------------------------------------------- connecting
@@ -32,18 +56,18 @@ void Tunnel::connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept {
   Side& s = side_[1];
   if (!s.open) {
     // A failed attempt closed it: the same Stream, initialised again.
-    s.stream.init(*env_->streams, &s);
+    s.stream->init(*env_->streams, &s);
     s.open = true;
   }
   start_connect();
 }
 
 void Tunnel::start_connect() noexcept {
-  const int rc = side_[1].stream.connect(addr_);
+  const int rc = side_[1].stream->connect(addr_);
   if (rc != 0) {
     // Reported from the close callback, like a connect that failed later.
     connect_error_ = rc;
-    side_[1].stream.close();
+    side_[1].stream->close();
   }
 }
 
@@ -52,7 +76,7 @@ void Tunnel::Side::on_stream_connected(int status) noexcept {
   if (t.state_ != State::Connecting) return;
   if (status != 0) {
     t.connect_error_ = status;
-    stream.close();  // on_stream_closed tells the owner
+    stream->close();  // on_stream_closed tells the owner
     return;
   }
   t.open();
@@ -74,7 +98,7 @@ void Tunnel::open() noexcept {
       if (s.buf) continue;  // pending: on_stream_written resumes reading
     }
     if (s.eof) pass_end(s);  // it ended before the tunnel opened
-    else s.stream.set_reading(true);
+    else s.stream->set_reading(true);
   }
 }
 
@@ -96,7 +120,7 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
   }
   if (n > 0 && (t.state_ == State::Idle || t.state_ == State::Connecting)) {
     held = static_cast<std::uint32_t>(n);  // kept until open()
-    stream.set_reading(false);
+    stream->set_reading(false);
     return;
   }
   t.release(*this);  // nothing landed, or nothing more will
@@ -118,11 +142,11 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
 void Tunnel::relay(Side& from, std::size_t n) noexcept {
   Side& to = peer(from);
   uv_buf_t b = uv_buf_init(from.buf->data, static_cast<unsigned>(n));
-  if (to.stream.write(&b, 1)) {
+  if (to.stream->write(&b, 1)) {
     release(from);
     return;
   }
-  from.stream.set_reading(false);
+  from.stream->set_reading(false);
 }
 
 void Tunnel::Side::on_stream_written(int status) noexcept {
@@ -134,7 +158,7 @@ void Tunnel::Side::on_stream_written(int status) noexcept {
   Side& from = t.peer(*this);
   t.release(from);
   if (from.eof) t.pass_end(from);
-  else from.stream.set_reading(true);
+  else from.stream->set_reading(true);
 }
 
 // `from`'s input ended: once its last bytes went out, the other side's write
@@ -142,9 +166,9 @@ void Tunnel::Side::on_stream_written(int status) noexcept {
 // both ends were passed on, the tunnel is over.
 void Tunnel::pass_end(Side& from) noexcept {
   Side& to = peer(from);
-  if (from.passed || to.stream.write_pending()) return;  // on_stream_written comes back here
+  if (from.passed || to.stream->write_pending()) return;  // on_stream_written comes back here
   from.passed = true;
-  if (!to.stream.close_notify() || to.stream.shutdown_write() != 0) {
+  if (!to.stream->close_notify() || to.stream->shutdown_write() != 0) {
     close();
     return;
   }
@@ -152,7 +176,7 @@ void Tunnel::pass_end(Side& from) noexcept {
 }
 
 void Tunnel::release(Side& s) noexcept {
-  if (s.buf && !s.held && !peer(s).stream.write_pending()) {
+  if (s.buf && !s.held && !peer(s).stream->write_pending()) {
     env_->buffers->put(s.buf);
     s.buf = nullptr;
   }
@@ -164,7 +188,7 @@ void Tunnel::close() noexcept {
   state_ = State::Closing;
   TimerWheel::disarm(&timer_);
   for (Side& s : side_)
-    if (s.open) s.stream.close();
+    if (s.open) s.stream->close();
 }
 
 void Tunnel::Side::on_stream_closed() noexcept {
@@ -188,7 +212,7 @@ void Tunnel::on_timer(TimerNode* n) {
   auto* t = static_cast<Tunnel*>(n->owner);
   if (t->state_ == State::Connecting) {
     t->connect_error_ = UV_ETIMEDOUT;
-    t->side_[1].stream.close();
+    t->side_[1].stream->close();
     return;
   }
   if (t->state_ == State::Idle) {

@@ -1,6 +1,6 @@
 // The tunnel: two byte streams joined, bytes passed both ways untouched. The
-// protocol of an L4 listener's connections (and, later, of an HTTP connection
-// after 101 Switching Protocols or CONNECT).
+// protocol of an L4 listener's connections and of an HTTP/1 connection after
+// 101 Switching Protocols (WebSocket, src/http1/upgrade; later CONNECT).
 //
 // Data flow, per direction: the reading side reads into a buffer of the
 // worker's pool, that buffer is written to the other side as it is (no copy);
@@ -16,7 +16,10 @@
 // (connect()) or that the owner hands over connected.
 //
 // Ownership: the owner (an L4 connection) holds the Tunnel by value and may
-// free it from on_tunnel_closed(), the last call. Worker thread only.
+// free it from on_tunnel_closed(), the last call. The streams are the
+// tunnel's own (init()), or two streams adopted from an HTTP connection that
+// switched protocols (adopt()): their memory stays their owners', which keep
+// it until on_tunnel_closed (both closed). Worker thread only.
 #pragma once
 
 #include <cstdint>
@@ -61,14 +64,27 @@ class Tunnel {
 
   // Sets up side 0's stream (for the caller to accept() into) and side 1's.
   void init(TunnelEnv& env, TunnelOwner* owner) noexcept;
-  Stream& client() noexcept { return side_[0].stream; }
-  Stream& server() noexcept { return side_[1].stream; }
+  Stream& client() noexcept { return *side_[0].stream; }
+  Stream& server() noexcept { return *side_[1].stream; }
 
   // Connects side 1 to `addr` (valid until on_tunnel_connected), within
   // `timeout_ms`. Side 0 is not read meanwhile (its bytes wait in the kernel).
   void connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept;
   // Both streams connected (accepted or connected by the caller): bytes flow.
   void open() noexcept;
+  // What one side read before the tunnel took it over: `len` bytes at the
+  // start of `buf` (from env.buffers, or null), sent to the other side first;
+  // `eof`: its input already ended.
+  struct Held {
+    Buffer* buf = nullptr;
+    std::uint32_t len = 0;
+    bool eof = false;
+  };
+  // Instead of init(): takes over two connected streams (an HTTP/1 connection
+  // and its server connection after 101 Switching Protocols), becoming their
+  // handler, and opens. The streams must live until on_tunnel_closed.
+  void adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server, const Held& from_client,
+             const Held& from_server) noexcept;
   // Before connect(): closes the tunnel unless connect() or open() comes
   // within `timeout_ms` (e.g. while a prelude waits for its header).
   void expire_in(std::uint32_t timeout_ms) noexcept;
@@ -83,7 +99,8 @@ class Tunnel {
 
  private:
   struct Side final : StreamHandler {
-    Stream stream;
+    Stream own;                // init(): the tunnel's own stream
+    Stream* stream = nullptr;  // own, or an adopted one
     Tunnel* tunnel = nullptr;
     Buffer* buf = nullptr;  // bytes read from this side, written to the other
     std::uint32_t held = 0; // bytes in buf read before the tunnel opened

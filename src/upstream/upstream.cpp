@@ -1,5 +1,5 @@
-// TCP connections to servers (UpstreamConn): the idle lists, connecting, and
-// the libuv callbacks, which reach the exchange as step() events.
+// Connections to servers (UpstreamConn): the idle lists, connecting, and the
+// stream's events, which reach the exchange as step() events.
 #include "juggler/upstream.hpp"
 
 #include "exchange/exchange.hpp"
@@ -18,88 +18,79 @@ void unlink_idle(UpstreamConn* c) noexcept {
   --l.count;
 }
 
-void on_closed(uv_handle_t* h) { delete static_cast<UpstreamConn*>(h->data); }
-
-void on_write(uv_write_t* req, int status) {
-  auto* c = static_cast<UpstreamConn*>(req->data);
-  c->worker->streams.put_write(req);
-  c->write_pending = false;
-  if (c->closing || !c->ex) return;
-  step(c->ex, Event::UpstreamWritten, status);
-}
-
-void on_connect(uv_connect_t* req, int status) {
-  auto* c = static_cast<UpstreamConn*>(req->data);
-  if (c->closing) return;
-  if (!c->ex) {
-    upstream_close(c);
-    return;
-  }
-  if (status == 0) {
-    c->connected = true;
-    uv_tcp_nodelay(&c->tcp, 1);
-  }
-  step(c->ex, Event::Connected, status);
-}
-
-void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf) {
-  auto* c = static_cast<UpstreamConn*>(h->data);
-  if (!c->in) {
-    c->in = c->worker->buffers.get();
-    c->in_len = c->parse_pos = 0;
-  }
-  *buf = uv_buf_init(c->in->data + c->in_len, c->in->cap - c->in_len);
-}
-
-void on_read(uv_stream_t* st, ssize_t n, const uv_buf_t*) {
-  auto* c = static_cast<UpstreamConn*>(st->data);
-  if (c->closing) return;
-  Exchange* ex = c->ex;
-  if (!ex) {
-    // Idle: the server closed it (or sent bytes nobody asked for).
-    if (n != 0) upstream_close(c);
-    else if (c->in && c->in_len == 0) {
-      c->worker->put_buffer(c->in);
-      c->in = nullptr;
-    }
-    return;
-  }
-  if (n > 0) {
-    c->in_len += static_cast<std::uint32_t>(n);
-    ex->progress_ms = c->worker->now_ms();
-    step(ex, Event::ServerData);
-    return;
-  }
-  if (n != 0) step(ex, Event::ServerEof, static_cast<int>(n));  // EOF or error from the server
-}
-
 }  // namespace
 
 bool UpstreamConn::write(uv_buf_t* iov, unsigned n) noexcept {
   write_pending = true;
-  if (!write_or_queue(worker->streams, as_stream(&tcp), this, iov, n, on_write)) return false;
+  if (!stream.write(iov, n)) return false;
   write_pending = false;
   return true;
 }
 
 void UpstreamConn::set_reading(bool on) noexcept {
-  if (!on) {
-    uv_read_stop(as_stream(&tcp));
-    reading = false;
-  } else if (uv_read_start(as_stream(&tcp), on_alloc, on_read) == 0) {
-    reading = true;
-  }
+  stream.set_reading(on);
+  reading = stream.reading();
 }
 
 void UpstreamConn::release() noexcept { upstream_release(this); }
 void UpstreamConn::close() noexcept { upstream_close(this); }
+
+// ---------------------------------------------------------------- stream events
+
+uv_buf_t UpstreamConn::on_stream_alloc() noexcept {
+  if (!in) {
+    in = worker->buffers.get();
+    in_len = parse_pos = 0;
+  }
+  return uv_buf_init(in->data + in_len, in->cap - in_len);
+}
+
+void UpstreamConn::on_stream_read(ssize_t n) noexcept {
+  if (closing) return;
+  if (n < 0) reading = false;  // the stream stopped reading
+  Exchange* e = ex;
+  if (!e) {
+    // Idle: the server closed it (or sent bytes nobody asked for).
+    if (n != 0) upstream_close(this);
+    else if (in && in_len == 0) {
+      worker->put_buffer(in);
+      in = nullptr;
+    }
+    return;
+  }
+  if (n > 0) {
+    in_len += static_cast<std::uint32_t>(n);
+    e->progress_ms = worker->now_ms();
+    step(e, Event::ServerData);
+    return;
+  }
+  if (n != 0) step(e, Event::ServerEof, static_cast<int>(n));  // EOF or error from the server
+}
+
+void UpstreamConn::on_stream_written(int status) noexcept {
+  write_pending = false;
+  if (closing || !ex) return;
+  step(ex, Event::UpstreamWritten, status);
+}
+
+void UpstreamConn::on_stream_connected(int status) noexcept {
+  if (closing) return;
+  if (!ex) {
+    upstream_close(this);
+    return;
+  }
+  if (status == 0) connected = true;
+  step(ex, Event::Connected, status);
+}
+
+void UpstreamConn::on_stream_closed() noexcept { delete this; }
 
 Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, int* rc) {
   UpstreamConn* c = upstream_take_idle(w, server);
   if (!c) {
     c = upstream_new(w, server);
     const auto* addr = reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[server]);
-    *rc = uv_tcp_connect(&c->connect_req, &c->tcp, addr, on_connect);
+    *rc = c->stream.connect(addr);
   }
   c->ex = ex;
   return c;
@@ -119,9 +110,7 @@ UpstreamConn* upstream_new(Worker& w, std::uint16_t server) {
   auto* c = new UpstreamConn();
   c->worker = &w;
   c->server = server;
-  uv_tcp_init(&w.loop, &c->tcp);
-  c->tcp.data = c;
-  c->connect_req.data = c;
+  c->stream.init(w.streams, c);
   ++w.metrics.server[server].conn_new;
   return c;
 }
@@ -163,7 +152,7 @@ void upstream_close(UpstreamConn* c) noexcept {
   }
   c->worker->put_buffer(c->in);
   c->in = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp), on_closed);
+  c->stream.close();
 }
 
 void upstream_sweep(Worker& w, bool all) noexcept {

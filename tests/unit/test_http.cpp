@@ -172,6 +172,24 @@ TEST_CASE("a clean request head is one slice plus our lines", "[http]") {
   CHECK(edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov) == 2);
 }
 
+TEST_CASE("a WebSocket switch keeps its Upgrade and says Connection: Upgrade", "[http]") {
+  std::string req = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n";
+  Parsed r;
+  parse(r, req);
+  REQUIRE(r.event == ParseEvent::HeadComplete);
+  CHECK(r.p.upgrade_request());
+  char scratch[512];
+  std::size_t len = 0;
+  uv_buf_t iov[8];
+  unsigned n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov, "websocket");
+  CHECK(joined(iov, n) ==
+        "GET /ws HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+        "X-Forwarded-Host: a\r\nVia: 1.1 juggler\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+  // Without the switch (another token, or no tunnel) both go as hop-by-hop headers.
+  n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov);
+  CHECK(joined(iov, n).find("pgrade") == std::string::npos);
+}
+
 TEST_CASE("HTTP/1.0 requests ask the server for keep-alive", "[http]") {
   std::string req = "GET / HTTP/1.0\r\n\r\n";
   Parsed r;

@@ -1,0 +1,120 @@
+// HTTP/1 connections that switched protocols (upgrade.hpp).
+//
+// Data flow: the 101 head and whatever the server sent after it (already in
+// the server connection's buffer) become the tunnel's held bytes for the
+// client, so the head goes out first and nothing is lost; the bytes the client
+// sent after its request head (a request with a body is refused, so they are
+// the new protocol's) become the held bytes for the server. From then on the
+// Tunnel relays both ways (half-close, timeout.tunnel_idle).
+//
+// Ownership: a Stream cannot move (libuv holds its handle's address), so the
+// tunnel adopts the two streams where they are: the ClientSession and the
+// UpstreamConn stay allocated, idle, owning their stream's memory, until the
+// tunnel reports both closed; then the session goes back to the worker's free
+// list (as its own close callback would have sent it) and the server
+// connection is freed. Neither is on any list meanwhile (the session left the
+// worker's sessions: drain and the session count no longer see it; the
+// tunnel is counted with the L4 connections, which a drain lets run for
+// timeout.drain and then closes).
+#include "http1/upgrade.hpp"
+
+#include <cstring>
+
+#include "exchange/exchange.hpp"
+#include "http1/connection.hpp"
+#include "juggler/upstream.hpp"
+#include "listener/l4.hpp"
+
+namespace juggler {
+
+struct UpgradeTunnel final : TunnelOwner {
+  Tunnel tunnel;
+  Worker* worker = nullptr;
+  ClientSession* session = nullptr;
+  UpstreamConn* server = nullptr;
+  UpgradeTunnel* prev = nullptr;  // the worker's upgraded connections (L4Worker::upgraded)
+  UpgradeTunnel* next = nullptr;
+
+  void on_tunnel_connected(Tunnel&, int) noexcept override {}
+  void on_tunnel_closed(Tunnel& t) noexcept override;
+};
+
+namespace {
+
+// `len` bytes from `from` moved to the start of `b`, or the buffer given back
+// when there are none. Both connections' buffers are small ones here (a
+// bodyless request, a response head), from the pool the tunnel returns to.
+Tunnel::Held hold(Worker& w, Buffer* b, const char* from, std::size_t len) {
+  if (!b) return {};
+  if (len == 0) {
+    w.put_buffer(b);
+    return {};
+  }
+  std::memmove(b->data, from, len);
+  return {b, static_cast<std::uint32_t>(len), false};
+}
+
+}  // namespace
+
+void http1_upgrade(Exchange* ex) {
+  Worker& w = *ex->worker;
+  // HTTP/1 is the one protocol that sends an Upgrade, and upstream_connect_tcp
+  // the one server transport outside the unit tests (which set their own hook).
+  auto* s = static_cast<ClientSession*>(ex->down);
+  auto* c = static_cast<UpstreamConn*>(ex->up);
+  if (s->stream.write_pending() || s->stream.closing()) {
+    s->abort();  // cannot switch cleanly: both connections close
+    return;
+  }
+  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
+  L4Worker& l4 = *w.l4;
+  auto* u = new UpgradeTunnel();
+  u->worker = &w;
+  u->session = s;
+  u->server = c;
+
+  // The server connection: out of the exchange's hands (nobody reuses it).
+  const char* head = ex->resp.head_begin();
+  const std::size_t to_client = static_cast<std::size_t>(c->in->data + c->in_len - head);
+  const Tunnel::Held from_server = hold(w, c->in, head, to_client);
+  c->in = nullptr;
+  c->in_len = c->parse_pos = 0;
+  c->ex = nullptr;
+  c->closing = true;  // its own handler is done
+  ex->up = nullptr;
+
+  // The client session: out of the worker's sessions, its exchange over.
+  Tunnel::Held from_client = hold(w, s->in, s->in ? s->in->data + s->parse_pos : nullptr, s->in_len - s->parse_pos);
+  from_client.eof = s->eof;
+  s->in = nullptr;
+  s->in_len = s->parse_pos = 0;
+  s->ex = nullptr;
+  TimerWheel::disarm(&s->timer);
+  session_unlink(s);
+
+  u->next = l4.upgraded;
+  if (l4.upgraded) l4.upgraded->prev = u;
+  l4.upgraded = u;
+  ++l4.upgraded_count;
+  u->tunnel.adopt(l4.env, u, s->stream, c->stream, from_client, from_server);
+}
+
+void UpgradeTunnel::on_tunnel_closed(Tunnel&) noexcept {
+  Worker& w = *worker;
+  L4Worker& l4 = *w.l4;
+  if (prev) prev->next = next;
+  else l4.upgraded = next;
+  if (next) next->prev = prev;
+  --l4.upgraded_count;
+  ++w.metrics.server[server->server].conn_closed;
+  delete server;
+  session->on_stream_closed();  // back to the free list
+  delete this;
+}
+
+void upgrades_close_all(Worker& w) noexcept {
+  if (!w.l4) return;
+  for (UpgradeTunnel* u = w.l4->upgraded; u; u = u->next) u->tunnel.close();
+}
+
+}  // namespace juggler
