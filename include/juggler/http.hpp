@@ -153,6 +153,8 @@ class MessageParser {
   int fail(int status, const char* reason) noexcept;
   bool lines_clean() const noexcept;
   bool check_chunks(const char* p, std::size_t n) noexcept;
+  bool chunk_size_byte(char c) noexcept;
+  bool chunk_trailer_byte(char c) noexcept;
   bool validating_chunks() const noexcept { return parser_.type == HTTP_REQUEST && head_end_ && (parser_.flags & F_CHUNKED); }
 
   enum class ChunkState : std::uint8_t {

@@ -382,6 +382,69 @@ bool MessageParser::lines_clean() const noexcept {
   return true;
 }
 
+// One byte of a chunk-size line (size, extensions, CRLF). False: malformed.
+bool MessageParser::chunk_size_byte(char c) noexcept {
+  switch (chunk_) {
+    case ChunkState::Size: {
+      const int d = (c >= '0' && c <= '9')   ? c - '0'
+                    : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                    : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                             : -1;
+      const bool sized = chunk_digits_ > 0;  // at least one digit before anything else
+      if (d >= 0) {
+        if (++chunk_digits_ > 16) return false;
+        chunk_left_ = (chunk_left_ << 4) | static_cast<std::uint64_t>(d);
+      } else if (sized && (c == ';' || c == ' ' || c == '\t')) {
+        chunk_ = ChunkState::Ext;
+        chunk_line_ = 0;
+      } else if (sized && c == '\r') {
+        chunk_ = ChunkState::SizeLf;
+      } else {
+        return false;
+      }
+      return true;
+    }
+    case ChunkState::Ext:
+      if (c == '\r') chunk_ = ChunkState::SizeLf;
+      else if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f || ++chunk_line_ > 4096) return false;
+      return true;
+    default:  // SizeLf
+      if (c != '\n') return false;
+      if (chunk_left_ > UINT64_MAX - chunked_total_) return false;
+      chunked_total_ += chunk_left_;
+      chunk_ = chunk_left_ ? ChunkState::Data : ChunkState::TrailerStart;
+      return true;
+  }
+}
+
+// One byte of the trailer section and the final CRLF. False: malformed.
+bool MessageParser::chunk_trailer_byte(char c) noexcept {
+  switch (chunk_) {
+    case ChunkState::TrailerStart:
+      chunk_line_ = 0;
+      if (c == '\r') chunk_ = ChunkState::FinalLf;
+      else if (is_tchar(c)) chunk_ = ChunkState::TrailerName;
+      else return false;
+      return true;
+    case ChunkState::TrailerName:
+      if (c == ':') chunk_ = ChunkState::Trailer;
+      else if (!is_tchar(c) || ++chunk_line_ > 8192) return false;
+      return true;
+    case ChunkState::Trailer:
+      if (c == '\r') chunk_ = ChunkState::TrailerLf;
+      else if (c == '\n' || (static_cast<unsigned char>(c) < 0x20 && c != '\t') || ++chunk_line_ > 8192) return false;
+      return true;
+    case ChunkState::TrailerLf:
+      if (c != '\n') return false;
+      chunk_ = ChunkState::TrailerStart;
+      return true;
+    default:  // FinalLf
+      if (c != '\n') return false;
+      chunk_ = ChunkState::Done;
+      return true;
+  }
+}
+
 // A strict chunked-body check run beside llhttp (which, in version 8, takes
 // any two bytes after chunk data for CRLF): the body we relay byte for byte
 // must frame the same way for every server behind us.
@@ -391,33 +454,10 @@ bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
   while (p < end) {
     const char c = *p;
     switch (chunk_) {
-      case ChunkState::Size: {
-        int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10 : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
-        const bool sized = chunk_digits_ > 0;  // at least one digit before anything else
-        if (d >= 0) {
-          if (++chunk_digits_ > 16) return false;
-          chunk_left_ = (chunk_left_ << 4) | static_cast<std::uint64_t>(d);
-        } else if (sized && (c == ';' || c == ' ' || c == '\t')) {
-          chunk_ = ChunkState::Ext;
-          chunk_line_ = 0;
-        } else if (sized && c == '\r') {
-          chunk_ = ChunkState::SizeLf;
-        } else {
-          return false;
-        }
-        ++p;
-        break;
-      }
+      case ChunkState::Size:
       case ChunkState::Ext:
-        if (c == '\r') chunk_ = ChunkState::SizeLf;
-        else if ((static_cast<unsigned char>(c) < 0x20 && c != '\t') || c == 0x7f || ++chunk_line_ > 4096) return false;
-        ++p;
-        break;
       case ChunkState::SizeLf:
-        if (c != '\n') return false;
-        if (chunk_left_ > UINT64_MAX - chunked_total_) return false;
-        chunked_total_ += chunk_left_;
-        chunk_ = chunk_left_ ? ChunkState::Data : ChunkState::TrailerStart;
+        if (!chunk_size_byte(c)) return false;
         ++p;
         break;
       case ChunkState::Data: {
@@ -438,35 +478,12 @@ bool MessageParser::check_chunks(const char* p, std::size_t n) noexcept {
         chunk_digits_ = 0;
         ++p;
         break;
-      case ChunkState::TrailerStart:
-        chunk_line_ = 0;
-        if (c == '\r') chunk_ = ChunkState::FinalLf;
-        else if (is_tchar(c)) chunk_ = ChunkState::TrailerName;
-        else return false;
-        ++p;
-        break;
-      case ChunkState::TrailerName:
-        if (c == ':') chunk_ = ChunkState::Trailer;
-        else if (!is_tchar(c) || ++chunk_line_ > 8192) return false;
-        ++p;
-        break;
-      case ChunkState::Trailer:
-        if (c == '\r') chunk_ = ChunkState::TrailerLf;
-        else if (c == '\n' || (static_cast<unsigned char>(c) < 0x20 && c != '\t') || ++chunk_line_ > 8192) return false;
-        ++p;
-        break;
-      case ChunkState::TrailerLf:
-        if (c != '\n') return false;
-        chunk_ = ChunkState::TrailerStart;
-        ++p;
-        break;
-      case ChunkState::FinalLf:
-        if (c != '\n') return false;
-        chunk_ = ChunkState::Done;
-        ++p;
-        break;
       case ChunkState::Done:
         return false;  // nothing may follow within this message
+      default:  // the trailer section
+        if (!chunk_trailer_byte(c)) return false;
+        ++p;
+        break;
     }
   }
   return true;
