@@ -11,6 +11,7 @@ Layers, each usable alone:
   * the test backend:   start_testserver(), demo_root(n)
   * bodies:             PATTERN, pattern_bytes(), pattern_sha256()
   * HTTP on the wire:   http_request(), RawResponse / read_response(), raw_connection()
+                        recv_exact(), recv_to_end() -- raw socket reads
   * unittest glue:      JugglerTestCase, whose start_* methods register the cleanup
 
 Balancer helpers (start_balancer, ...) belong here too, built on start_process().
@@ -343,6 +344,27 @@ def read_response(reader, head: bool = False) -> RawResponse:
     else:
         response.body = reader.read()
     return response
+
+
+def recv_exact(s: socket.socket, n: int, have: bytes = b"") -> bytes:
+    """`n` bytes from `s` (after the `have` already read), fewer only when the peer closed."""
+    out = bytearray(have)
+    while len(out) < n:
+        chunk = s.recv(min(65536, n - len(out)))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def recv_to_end(s: socket.socket) -> bytes:
+    """Everything `s` receives until the peer closes (or shuts down) its side."""
+    out = bytearray()
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return bytes(out)
+        out += chunk
 
 
 # ---------------------------------------------------------------- process facts and certificates

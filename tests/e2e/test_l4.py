@@ -110,25 +110,6 @@ def dial(port: int, source: str = "", timeout: float = 10.0) -> socket.socket:
     return s
 
 
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        chunk = s.recv(min(65536, n - len(out)))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-def recv_to_end(s: socket.socket) -> bytes:
-    out = bytearray()
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-
-
 def recv_line(s: socket.socket) -> bytes:
     out = bytearray()
     while not out.endswith(b"\n"):
@@ -156,12 +137,12 @@ class L4Test(BalancerTestCase):
         with dial(ECHO) as s:
             sender = threading.Thread(target=s.sendall, args=(data,))
             sender.start()
-            got = recv_exact(s, len(data))
+            got = jtest.recv_exact(s, len(data))
             sender.join()
             self.assertEqual(len(got), len(data))
             self.assertTrue(got == data, "the echoed megabyte differs")
             s.shutdown(socket.SHUT_WR)
-            self.assertEqual(recv_to_end(s), b"")  # the server's FIN, passed back
+            self.assertEqual(jtest.recv_to_end(s), b"")  # the server's FIN, passed back
 
     def test_client_fin_passed_on_and_the_answer_still_flows(self):
         self.start()
@@ -169,13 +150,13 @@ class L4Test(BalancerTestCase):
             s.sendall(b"question")
             s.shutdown(socket.SHUT_WR)
             # The server answers only once it saw our FIN: the answer proves both.
-            self.assertEqual(recv_to_end(s), b"got:question")
+            self.assertEqual(jtest.recv_to_end(s), b"got:question")
 
     def test_server_fin_passed_on_and_the_client_still_sends(self):
         self.start()
         before = len(self.backends.received[7004])
         with dial(GREET) as s:
-            self.assertEqual(recv_to_end(s), b"hello")  # "hello", then the server's FIN
+            self.assertEqual(jtest.recv_to_end(s), b"hello")  # "hello", then the server's FIN
             s.sendall(b"after your fin")
             s.shutdown(socket.SHUT_WR)
             self.assertTrue(self.backends.wait_for(lambda: len(self.backends.received[7004]) > before))
@@ -186,14 +167,14 @@ class L4Test(BalancerTestCase):
         for i in range(6):
             with dial(SKIP) as s:
                 s.sendall(b"ping %d" % i)
-                self.assertEqual(recv_exact(s, 6), b"ping %d" % i)
+                self.assertEqual(jtest.recv_exact(s, 6), b"ping %d" % i)
         lb.wait_for_line(rf"L4 connect to {HOST}:{REFUSING} failed: connection refused")
 
     def test_no_server_left_closes_the_client(self):
         lb = self.start()
         with dial(DEAD) as s:
             try:
-                self.assertEqual(recv_to_end(s), b"")
+                self.assertEqual(jtest.recv_to_end(s), b"")
             except ConnectionResetError:
                 pass  # closed before we read: as good
         lb.wait_for_line(r"L4: no server of pool dead left for 127\.0\.0\.1")
@@ -206,7 +187,7 @@ class L4Test(BalancerTestCase):
         for i in range(4):
             with dial(CHECKED) as s:
                 s.sendall(b"ping %d" % i)
-                self.assertEqual(recv_exact(s, 6), b"ping %d" % i)
+                self.assertEqual(jtest.recv_exact(s, 6), b"ping %d" % i)
         # No connect went to the server the check took out.
         self.assertNotRegex(lb.output(), rf"L4 connect to {HOST}:{REFUSING} failed")
 
@@ -214,9 +195,9 @@ class L4Test(BalancerTestCase):
         self.start(extra=["--timeout-tunnel-idle", "1s"])
         with dial(ECHO, timeout=30) as s:
             s.sendall(b"ping")
-            self.assertEqual(recv_exact(s, 4), b"ping")
+            self.assertEqual(jtest.recv_exact(s, 4), b"ping")
             t0 = time.monotonic()
-            self.assertEqual(recv_to_end(s), b"")  # the balancer closed it
+            self.assertEqual(jtest.recv_to_end(s), b"")  # the balancer closed it
             quiet = time.monotonic() - t0
         self.assertGreaterEqual(quiet, 0.9)
         self.assertLess(quiet, 20)
@@ -229,7 +210,7 @@ class L4Test(BalancerTestCase):
             socks = [dial(ECHO) for _ in range(50)]
             for s in socks:
                 s.sendall(b"x")
-                self.assertEqual(recv_exact(s, 1), b"x")
+                self.assertEqual(jtest.recv_exact(s, 1), b"x")
             for s in socks:
                 s.close()
         self.assertTrue(self.backends.wait_for(lambda: self.backends.open[7001] == 0))
@@ -240,7 +221,7 @@ class L4Test(BalancerTestCase):
                 s = dial(ECHO)
                 socks.append(s)
                 s.sendall(b"%04d" % i)
-                self.assertEqual(recv_exact(s, 4), b"%04d" % i)
+                self.assertEqual(jtest.recv_exact(s, 4), b"%04d" % i)
             self.assertTrue(self.backends.wait_for(lambda: self.backends.open[7001] == n))
             held = jtest.rss_kb(lb.pid)
         finally:
@@ -276,19 +257,19 @@ class L4Test(BalancerTestCase):
                     self.assertNotEqual(recv_line(s), first, "sent to the server that holds a tunnel")
                     # Ended both ways before the next: its tunnel is no longer counted.
                     s.shutdown(socket.SHUT_WR)
-                    self.assertEqual(recv_to_end(s), b"")
+                    self.assertEqual(jtest.recv_to_end(s), b"")
 
     def test_drain_lets_a_tunnel_run_then_closes_it(self):
         lb = self.start()
         with dial(ECHO, timeout=30) as s:
             s.sendall(b"before")
-            self.assertEqual(recv_exact(s, 6), b"before")
+            self.assertEqual(jtest.recv_exact(s, 6), b"before")
             t0 = time.monotonic()
             lb.send_signal(signal.SIGTERM)
             lb.wait_for_line("draining")
             s.sendall(b"during")  # the tunnel still carries bytes
-            self.assertEqual(recv_exact(s, 6), b"during")
-            self.assertEqual(recv_to_end(s), b"")  # closed at the end of the drain (3s)
+            self.assertEqual(jtest.recv_exact(s, 6), b"during")
+            self.assertEqual(jtest.recv_to_end(s), b"")  # closed at the end of the drain (3s)
             took = time.monotonic() - t0
         self.assertEqual(lb.wait(timeout=10), 0, lb.output())
         self.assertGreaterEqual(took, 2.0)
@@ -326,7 +307,7 @@ class ProxyProtocolTest(BalancerTestCase):
             else:
                 s.sendall(header + b"tail")
             line = recv_line(s)
-            self.assertEqual(recv_exact(s, 4), b"tail")  # what followed the header passed on
+            self.assertEqual(jtest.recv_exact(s, 4), b"tail")  # what followed the header passed on
             return line
 
     def test_l4_hashes_on_the_address_of_the_header(self):
@@ -350,7 +331,7 @@ class ProxyProtocolTest(BalancerTestCase):
                 with dial(STICKY_PROXY) as s:
                     s.sendall(bad)
                     try:
-                        self.assertEqual(recv_to_end(s), b"")
+                        self.assertEqual(jtest.recv_to_end(s), b"")
                     except ConnectionResetError:
                         pass
 
@@ -359,7 +340,7 @@ class ProxyProtocolTest(BalancerTestCase):
             with self.subTest(v=header[:5]):
                 with dial(HTTP_PROXY) as s:
                     s.sendall(header + b"GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    body = recv_to_end(s).decode()
+                    body = jtest.recv_to_end(s).decode()
                 self.assertIn("200", body.split("\r\n", 1)[0])
                 self.assertIn("X-Forwarded-For: 203.0.113.7", body)
 
@@ -367,7 +348,7 @@ class ProxyProtocolTest(BalancerTestCase):
         with dial(HTTP_PROXY) as s:
             s.sendall(b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
             try:
-                self.assertEqual(recv_to_end(s), b"")
+                self.assertEqual(jtest.recv_to_end(s), b"")
             except ConnectionResetError:
                 pass
 

@@ -49,25 +49,6 @@ def read_head(s: socket.socket) -> tuple[bytes, bytes]:
     return head, rest
 
 
-def recv_exact(s: socket.socket, n: int, have: bytes = b"") -> bytes:
-    out = bytearray(have)
-    while len(out) < n:
-        chunk = s.recv(min(65536, n - len(out)))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-def recv_to_end(s: socket.socket) -> bytes:
-    out = bytearray()
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-
-
 class Backend:
     """By path: /ws answers 101 with b"after-101" in the same write, then echoes until the
     client's FIN, which it passes back; /bye answers 101 + b"bye" and closes; /plain answers
@@ -175,17 +156,17 @@ class WebSocketTest(BalancerTestCase):
             self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
             self.assertIn(b"\r\nUpgrade: websocket", head)
             # What the server wrote behind its 101, then the echo of "early".
-            self.assertEqual(recv_exact(s, len(b"after-101early"), rest), b"after-101early")
+            self.assertEqual(jtest.recv_exact(s, len(b"after-101early"), rest), b"after-101early")
             # Frame by frame (an SSL socket takes no concurrent reader and writer).
             data = jtest.pattern_bytes(320_000)
             got = bytearray()
             for at in range(0, len(data), 16_000):
                 s.sendall(data[at:at + 16_000])
-                got += recv_exact(s, len(data[at:at + 16_000]))
+                got += jtest.recv_exact(s, len(data[at:at + 16_000]))
             self.assertTrue(got == data, f"echo differs ({len(got)} of {len(data)} bytes)")
             if not tls:
                 s.shutdown(socket.SHUT_WR)
-                self.assertEqual(recv_to_end(s), b"")  # the server's FIN, passed back
+                self.assertEqual(jtest.recv_to_end(s), b"")  # the server's FIN, passed back
         sent = self.backend.heads[-1]
         self.assertIn(b"\r\nUpgrade: websocket", sent)
         self.assertIn(b"\r\nConnection: Upgrade", sent)
@@ -237,11 +218,11 @@ class WebSocketTest(BalancerTestCase):
             s.sendall(upgrade_request("/plain"))
             head, rest = read_head(s)
             self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
-            self.assertEqual(recv_exact(s, 2, rest), b"no")
+            self.assertEqual(jtest.recv_exact(s, 2, rest), b"no")
             s.sendall(b"GET /plain HTTP/1.1\r\nHost: ws.test\r\n\r\n")
             head, rest = read_head(s)
             self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
-            self.assertEqual(recv_exact(s, 2, rest), b"no")
+            self.assertEqual(jtest.recv_exact(s, 2, rest), b"no")
 
     def refused(self, request: bytes):
         lb = self.start()
@@ -264,7 +245,7 @@ class WebSocketTest(BalancerTestCase):
             s.sendall(upgrade_request("/bye"))
             head, rest = read_head(s)
             self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
-            self.assertEqual(rest + recv_to_end(s), b"bye")
+            self.assertEqual(rest + jtest.recv_to_end(s), b"bye")
 
     def test_client_close_closes_the_server_side(self):
         lb = self.start()
@@ -283,13 +264,13 @@ class WebSocketTest(BalancerTestCase):
             s.sendall(upgrade_request("/ws"))
             head, rest = read_head(s)
             self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
-            self.assertEqual(recv_exact(s, 9, rest), b"after-101")
+            self.assertEqual(jtest.recv_exact(s, 9, rest), b"after-101")
             t0 = time.monotonic()
             lb.send_signal(signal.SIGTERM)
             lb.wait_for_line("draining")
             s.sendall(b"still here")
-            self.assertEqual(recv_exact(s, 10), b"still here")  # the tunnel runs on
-            self.assertEqual(recv_to_end(s), b"")  # closed at the end of the drain (3s)
+            self.assertEqual(jtest.recv_exact(s, 10), b"still here")  # the tunnel runs on
+            self.assertEqual(jtest.recv_to_end(s), b"")  # closed at the end of the drain (3s)
             took = time.monotonic() - t0
         self.assertEqual(lb.wait(timeout=10), 0, lb.output())
         self.assertGreaterEqual(took, 2.0)
