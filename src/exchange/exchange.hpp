@@ -103,8 +103,6 @@ struct ExchangeState {
   // side): its timer re-arms lazily from this, so a flowing exchange costs no
   // timer operation per read or write.
   std::uint64_t progress_ms = 0;
-  std::uint32_t scratch_len = 0;     // bytes of `scratch` in use
-  std::uint32_t resp_extra_len = 0;  // bytes of `resp_extra` in use
   BalanceTicket ticket;  // the balancer's own state for this request (sticky cookie, in-flight)
   // Response filters: what the request lets them do (the encoding the client
   // accepts, from the route's list), and the chain running on this response

@@ -27,11 +27,9 @@ constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size strea
 unsigned build_request_head(Exchange* ex) {
   if (ex->route->compress) filters_note_request(ex);
   std::size_t len = 0;
-  unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
-                                 ex->scratch_cap, &len, ex->iov.get(),
-                                 ex->upgrade ? ex->head.header("upgrade") : std::string_view());
-  ex->scratch_len = static_cast<std::uint32_t>(len);
-  return n;
+  return edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
+                           ex->scratch_cap, &len, ex->iov.get(),
+                           ex->upgrade ? ex->head.header("upgrade") : std::string_view());
 }
 
 void restart_response_parser(Exchange* ex) {
@@ -107,7 +105,6 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
     const std::size_t k = std::min(conn.size(), sizeof ex->resp_extra - n);
     if (k) std::memcpy(ex->resp_extra + n, conn.data(), k);
     n += k;
-    ex->resp_extra_len = static_cast<std::uint32_t>(n);
     extra = {ex->resp_extra, n};
   }
   if (ex->filters) extra = filters_head_lines(ex, extra);
