@@ -33,9 +33,9 @@ class Upstream {
   std::uint32_t in_len = 0;
   std::uint32_t parse_pos = 0;
   std::uint16_t server = 0;
-  bool connected = false;
-  bool reused = false;
-  bool closing = false;
+  bool reused = false;  // taken from the idle list: connected already (a new one is not, until Event::Connected)
+  // Mirrors of the stream's write_pending() and reading(), kept by the
+  // implementation: the exchange reads them as fields, not virtual calls.
   bool write_pending = false;
   bool reading = false;
 

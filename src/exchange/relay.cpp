@@ -206,7 +206,7 @@ State after_client_write(Exchange* ex, State s) {
   ex->progress_ms = ex->worker->now_ms();
   if (s == State::Finish) return State::Done;
   if (s == State::Relay) read_upstream_on(ex);
-  else if (ex->up && !ex->up->reading && !ex->up->closing) ex->up->set_reading(true);
+  else if (ex->up && !ex->up->reading) ex->up->set_reading(true);
   return s;
 }
 
@@ -296,7 +296,7 @@ void read_upstream_on(Exchange* ex) {
     const MessageParser& r = ex->resp;
     if (r.body_until_close() || r.chunked() || r.content_length() >= kLargeBody) c->in = ex->worker->upgrade(c->in);
   }
-  if (!c->reading && !c->closing) c->set_reading(true);
+  if (!c->reading) c->set_reading(true);
 }
 
 State state_send(Exchange* ex, Event ev, int arg) {

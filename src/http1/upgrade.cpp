@@ -80,7 +80,6 @@ void http1_upgrade(Exchange* ex) {
   c->in = nullptr;
   c->in_len = c->parse_pos = 0;
   c->ex = nullptr;
-  c->closing = true;  // its own handler is done
   ex->up = nullptr;
 
   // The client session: out of the worker's sessions, its exchange over.

@@ -114,7 +114,7 @@ State connect_upstream(Exchange* ex) {
   int rc = 0;
   ex->up = w.upstream_connect(w, static_cast<std::uint16_t>(s), ex, &rc);
   if (rc != 0) return fail(ex, {Who::Server, When::Connect, false, rc});
-  if (ex->up->connected) return State::Send;
+  if (ex->up->reused) return State::Send;
   w.wheel.arm(&ex->timer, w.now_ms() + settings(w).connect_timeout_ms);
   return State::Connect;
 }

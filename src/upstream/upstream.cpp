@@ -36,6 +36,8 @@ void UpstreamConn::release() noexcept { upstream_release(this); }
 void UpstreamConn::close() noexcept { upstream_close(this); }
 
 // ---------------------------------------------------------------- stream events
+// None comes once the stream was closed (Stream drops them), so a closed
+// connection needs no guard here.
 
 uv_buf_t UpstreamConn::on_stream_alloc() noexcept {
   if (!in) {
@@ -46,7 +48,6 @@ uv_buf_t UpstreamConn::on_stream_alloc() noexcept {
 }
 
 void UpstreamConn::on_stream_read(ssize_t n) noexcept {
-  if (closing) return;
   if (n < 0) reading = false;  // the stream stopped reading
   Exchange* e = ex;
   if (!e) {
@@ -69,17 +70,15 @@ void UpstreamConn::on_stream_read(ssize_t n) noexcept {
 
 void UpstreamConn::on_stream_written(int status) noexcept {
   write_pending = false;
-  if (closing || !ex) return;
+  if (!ex) return;
   step(ex, Event::UpstreamWritten, status);
 }
 
 void UpstreamConn::on_stream_connected(int status) noexcept {
-  if (closing) return;
   if (!ex) {
     upstream_close(this);
     return;
   }
-  if (status == 0) connected = true;
   step(ex, Event::Connected, status);
 }
 
@@ -142,14 +141,10 @@ void upstream_release(UpstreamConn* c) noexcept {
 }
 
 void upstream_close(UpstreamConn* c) noexcept {
-  if (c->closing) return;
-  c->closing = true;
+  if (c->stream.closing()) return;
   ++c->worker->metrics.server[c->server].conn_closed;
   unlink_idle(c);
-  if (c->ex) {
-    // The exchange forgets the connection; it decides what to do next.
-    c->ex = nullptr;
-  }
+  c->ex = nullptr;
   c->worker->put_buffer(c->in);
   c->in = nullptr;
   c->stream.close();

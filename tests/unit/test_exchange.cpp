@@ -78,6 +78,7 @@ struct FakeDownstream final : Downstream, RequestBody {
 struct FakeUpstream final : Upstream {
   std::string written;
   bool released = false;
+  bool closing = false;  // close() was called
 
   bool write(uv_buf_t* iov, unsigned n) noexcept override {
     for (unsigned i = 0; i < n; ++i) written.append(iov[i].base, iov[i].len);
@@ -152,7 +153,7 @@ Upstream* fake_connect(Worker& w, std::uint16_t server, Exchange* ex, int* rc) {
   c->worker = &w;
   c->server = server;
   c->ex = ex;
-  c->connected = c->reused = f.idle;
+  c->reused = f.idle;
   f.idle = false;
   f.servers.push_back(server);
   f.conns.push_back(std::move(c));
