@@ -54,9 +54,6 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
   if (ex->filters) filters_release(ex);
-  ex->down = nullptr;
-  ex->body = nullptr;
-  ex->up = nullptr;
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
   --w.active_exchanges;

@@ -115,7 +115,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
 
 // A 101 answer whose Upgrade the client asked for, with a tunnel to take it.
 bool upgrade_asked(const Exchange* ex) {
-  if (!ex->upgrade || !tunnel_hook()) return false;
+  if (!ex->upgrade) return false;  // set only while a tunnel hook is there
   const std::string_view asked = ex->head.header("upgrade");
   for (std::uint32_t i = 0; i < ex->resp.header_count(); ++i) {
     const HeaderSpan& h = ex->resp.headers()[i];
