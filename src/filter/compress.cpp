@@ -13,7 +13,6 @@
 #include <zstd.h>
 
 #include <algorithm>
-#include <memory>
 
 namespace juggler {
 
@@ -23,26 +22,6 @@ constexpr std::size_t kOut = 16 * 1024;  // output buffer per stream
 constexpr int kBrWindow = 18;            // 256 KB: brotli's default (4 MB) is too much per stream
 constexpr int kZstdWindow = 18;          // the same bound for zstd (its level 3 default is 2 MB)
 constexpr unsigned kKeepPerKind = 16;    // idle encoders kept per thread and kind
-
-bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
-
-std::string_view trim(std::string_view v) noexcept {
-  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
-  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
-  return v;
-}
-
-// Calls f(element) for each comma-separated element of a list value.
-template <class F>
-void each_element(std::string_view v, F&& f) {
-  while (!v.empty()) {
-    const std::size_t comma = v.find(',');
-    const std::string_view e = trim(v.substr(0, comma));
-    if (!e.empty()) f(e);
-    if (comma == std::string_view::npos) break;
-    v.remove_prefix(comma + 1);
-  }
-}
 
 bool starts_with_lower(std::string_view v, std::string_view lower) noexcept {
   return v.size() >= lower.size() && iequals(v.substr(0, lower.size()), lower);
@@ -68,7 +47,7 @@ int parse_q(std::string_view q) noexcept {
 
 bool has_token(std::string_view list, std::string_view lower) noexcept {
   bool found = false;
-  each_element(list, [&](std::string_view e) { found = found || iequals(e, lower); });
+  for_each_token(list, [&](std::string_view e) { found = found || iequals(e, lower); });
   return found;
 }
 
@@ -77,15 +56,15 @@ bool has_token(std::string_view list, std::string_view lower) noexcept {
 std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept {
   // q per coding in thousandths, -1 while not named; index 0 is `*`.
   int q[4] = {-1, -1, -1, -1};
-  each_element(accept_encoding, [&](std::string_view e) {
+  for_each_token(accept_encoding, [&](std::string_view e) {
     const std::size_t semi = e.find(';');
-    const std::string_view name = trim(e.substr(0, semi));
+    const std::string_view name = trim_ows(e.substr(0, semi));
     int value = 1000;
     if (semi != std::string_view::npos) {
       // Only q is defined for Accept-Encoding (RFC 9110 12.5.3).
-      const std::string_view param = trim(e.substr(semi + 1));
+      const std::string_view param = trim_ows(e.substr(semi + 1));
       if (param.size() >= 2 && (param[0] == 'q' || param[0] == 'Q') && param[1] == '=')
-        value = parse_q(trim(param.substr(2, param.find(';') - 2)));
+        value = parse_q(trim_ows(param.substr(2, param.find(';') - 2)));
       if (value < 0) return;  // a malformed element is ignored
     }
     int slot = -1;
@@ -114,7 +93,7 @@ std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t a
 }
 
 bool compressible_type(std::string_view content_type) noexcept {
-  const std::string_view t = trim(content_type.substr(0, content_type.find(';')));
+  const std::string_view t = trim_ows(content_type.substr(0, content_type.find(';')));
   if (starts_with_lower(t, "text/")) return !iequals(t, "text/event-stream");
   if (starts_with_lower(t, "application/")) {
     const std::string_view sub = t.substr(12);
@@ -143,8 +122,7 @@ class Encoder : public ResponseFilter {
   // The output of one call: what the encoder put into out_.
   FilterStatus result(std::size_t produced, bool took_all, bool finished, bool last, FilterOut& out) noexcept {
     out.add(out_, produced);
-    if (last) return finished ? FilterStatus::Done : FilterStatus::Full;
-    return took_all ? FilterStatus::Done : FilterStatus::Full;
+    return (last ? finished : took_all) ? FilterStatus::Done : FilterStatus::Full;
   }
   char out_[kOut];
 
@@ -159,7 +137,7 @@ bool Encoder::head(HeadEdit& e) noexcept {
   const int type = e.find("content-type");
   if (type < 0 || !compressible_type(e.value(type))) return false;
   const int coding = e.find("content-encoding");
-  if (coding >= 0 && !iequals(trim(e.value(coding)), "identity")) return false;
+  if (coding >= 0 && !iequals(e.value(coding), "identity")) return false;
   for (std::uint32_t i = 0; i < r.header_count(); ++i) {
     const HeaderSpan& h = r.headers()[i];
     if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
@@ -178,8 +156,8 @@ bool Encoder::head(HeadEdit& e) noexcept {
   // The bytes differ from the identity response's: a strong validator would
   // be a lie (RFC 9110 8.8.1), a weak one still revalidates.
   const int etag = e.find("etag");
-  if (etag >= 0 && !starts_with_lower(trim(e.value(etag)), "w/")) {
-    e.add("ETag", "W/", trim(e.value(etag)));
+  if (etag >= 0 && !starts_with_lower(e.value(etag), "w/")) {
+    e.add("ETag", "W/", e.value(etag));
     e.drop(etag);
   }
   // Ranges of the identity body mean nothing in the encoded one.

@@ -57,6 +57,7 @@ class HeadEdit {
   const MessageParser& response() const noexcept { return resp_; }
   // The first header named `lower_name` (lower case), or -1.
   int find(std::string_view lower_name) const noexcept;
+  // Header i's value, without the whitespace around it (the parser's).
   std::string_view value(int i) const noexcept { return resp_.header_value(resp_.headers()[i]); }
   // Header i is not sent.
   void drop(int i) noexcept { resp_.headers()[i].drop = true; }
