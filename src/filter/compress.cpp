@@ -5,7 +5,8 @@
 // whatever the body's size and the client's speed. Encoders are pooled per
 // thread (one worker) and reset between responses: zlib and zstd keep their
 // memory across resets (no allocation per response in steady state); brotli
-// has no reset, so its state is made anew per response (bounded by kBrWindow).
+// has no reset, so its state is made anew per response (bounded by kBrWindow)
+// from memory its encoder recycles (BlockCache).
 #include "filter/compress.hpp"
 
 #include <brotli/encode.h>
@@ -114,6 +115,8 @@ class Encoder : public ResponseFilter {
   std::uint8_t kind() const noexcept { return kind_; }
   // Ready for a new response; false when the encoder could not be set up.
   virtual bool reset() noexcept = 0;
+  // Back in the pool until the next reset(): may give up per-response memory.
+  virtual void idle() noexcept {}
   bool head(HeadEdit& e) noexcept override;
   void written() noexcept override {}  // every process() starts with an empty buffer
   Encoder* next_free = nullptr;
@@ -192,17 +195,78 @@ class Gzip final : public Encoder {
   bool ok_ = false;
 };
 
+// Brotli's memory, recycled: it has no reset, so its state is made anew per
+// response, and the ~20 blocks it takes (hash tables, ring buffer: 0.5 MB
+// and up at level 4) come from the blocks the previous response gave back
+// instead of from malloc. Best fit, at most twice the size asked; at most
+// kMaxBytes kept (about the whole state of a level-4 stream).
+class BlockCache {
+ public:
+  BlockCache() noexcept = default;
+  BlockCache(const BlockCache&) = delete;
+  BlockCache& operator=(const BlockCache&) = delete;
+  ~BlockCache() {
+    for (unsigned i = 0; i < n_; ++i) std::free(blocks_[i]);
+  }
+  static void* alloc(void* self, std::size_t size) noexcept { return static_cast<BlockCache*>(self)->take(size); }
+  static void release(void* self, void* p) noexcept {
+    if (p) static_cast<BlockCache*>(self)->give(static_cast<char*>(p) - kHeader);
+  }
+
+ private:
+  // A block starts with its size; brotli gets what follows.
+  static constexpr std::size_t kHeader = alignof(std::max_align_t);
+  static constexpr unsigned kMax = 64;
+  static constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
+  static std::size_t size_of(const void* block) noexcept { return *static_cast<const std::size_t*>(block); }
+
+  void* take(std::size_t size) noexcept {
+    unsigned best = n_;
+    for (unsigned i = 0; i < n_; ++i) {
+      const std::size_t have = size_of(blocks_[i]);
+      if (have >= size && have / 2 <= size && (best == n_ || have < size_of(blocks_[best]))) best = i;
+    }
+    void* block;
+    if (best < n_) {
+      block = blocks_[best];
+      blocks_[best] = blocks_[--n_];
+      bytes_ -= size_of(block);
+    } else {
+      block = std::malloc(kHeader + size);
+      if (!block) return nullptr;
+      *static_cast<std::size_t*>(block) = size;
+    }
+    return static_cast<char*>(block) + kHeader;
+  }
+  void give(void* block) noexcept {
+    const std::size_t size = size_of(block);
+    if (n_ == kMax || bytes_ + size > kMaxBytes) {
+      std::free(block);
+      return;
+    }
+    blocks_[n_++] = block;
+    bytes_ += size;
+  }
+
+  void* blocks_[kMax] = {};
+  unsigned n_ = 0;
+  std::size_t bytes_ = 0;
+};
+
 class Brotli final : public Encoder {
  public:
   explicit Brotli(int level) noexcept : Encoder(kCompressBr, "br"), level_(level) {}
-  ~Brotli() override {
-    if (s_) BrotliEncoderDestroyInstance(s_);
-  }
+  ~Brotli() override { idle(); }
   bool reset() noexcept override {
-    if (s_) BrotliEncoderDestroyInstance(s_);
-    s_ = BrotliEncoderCreateInstance(nullptr, nullptr, nullptr);
+    idle();
+    s_ = BrotliEncoderCreateInstance(&BlockCache::alloc, &BlockCache::release, &blocks_);
     return s_ && BrotliEncoderSetParameter(s_, BROTLI_PARAM_QUALITY, static_cast<std::uint32_t>(level_)) &&
            BrotliEncoderSetParameter(s_, BROTLI_PARAM_LGWIN, kBrWindow);
+  }
+  // Back in the pool: the state's memory waits in blocks_ for the next response.
+  void idle() noexcept override {
+    if (s_) BrotliEncoderDestroyInstance(s_);
+    s_ = nullptr;
   }
   FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
     std::size_t avail_in = in.size();
@@ -218,6 +282,7 @@ class Brotli final : public Encoder {
   }
 
  private:
+  BlockCache blocks_;
   BrotliEncoderState* s_ = nullptr;
   int level_;
 };
@@ -284,6 +349,7 @@ ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) 
 
 void compressor_put(ResponseFilter* f) noexcept {
   auto* e = static_cast<Encoder*>(f);
+  e->idle();
   const unsigned slot = slot_of(e->kind());
   if (t_pool.count[slot] >= kKeepPerKind) {
     delete e;
