@@ -14,6 +14,10 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+
+#include "juggler/free_list.hpp"
 
 namespace juggler {
 
@@ -309,36 +313,19 @@ class Zstd final : public Encoder {
   bool ok_ = false;
 };
 
-// Idle encoders of this thread (a worker), per kind.
-struct Pool {
-  Encoder* free[3] = {};
-  unsigned count[3] = {};
-  ~Pool() {
-    for (Encoder*& head : free)
-      while (Encoder* e = head) {
-        head = e->next_free;
-        delete e;
-      }
-  }
-};
-thread_local Pool t_pool;
+// Idle encoders of this thread (a worker), per kind (slot_of).
+thread_local FreeList<Encoder, kKeepPerKind> t_pool[3];
 
 unsigned slot_of(std::uint8_t kind) noexcept { return kind == kCompressGzip ? 0 : kind == kCompressBr ? 1 : 2; }
 
 }  // namespace
 
 ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) {
-  const unsigned slot = slot_of(encoding);
-  Encoder* e = t_pool.free[slot];
-  if (e) {
-    t_pool.free[slot] = e->next_free;
-    --t_pool.count[slot];
-  } else if (encoding == kCompressGzip) {
-    e = new Gzip(settings.compress_level_gzip);
-  } else if (encoding == kCompressBr) {
-    e = new Brotli(settings.compress_level_br);
-  } else {
-    e = new Zstd(settings.compress_level_zstd);
+  Encoder* e = t_pool[slot_of(encoding)].pop();
+  if (!e) {
+    if (encoding == kCompressGzip) e = new Gzip(settings.compress_level_gzip);
+    else if (encoding == kCompressBr) e = new Brotli(settings.compress_level_br);
+    else e = new Zstd(settings.compress_level_zstd);
   }
   if (!e->reset()) {
     delete e;
@@ -350,14 +337,7 @@ ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) 
 void compressor_put(ResponseFilter* f) noexcept {
   auto* e = static_cast<Encoder*>(f);
   e->idle();
-  const unsigned slot = slot_of(e->kind());
-  if (t_pool.count[slot] >= kKeepPerKind) {
-    delete e;
-    return;
-  }
-  e->next_free = t_pool.free[slot];
-  t_pool.free[slot] = e;
-  ++t_pool.count[slot];
+  t_pool[slot_of(e->kind())].push(e);
 }
 
 }  // namespace juggler
