@@ -109,9 +109,22 @@ bool compressible_type(std::string_view content_type) noexcept {
   return iequals(t, "image/svg+xml");
 }
 
+bool compress_worth(const MessageParser& r) noexcept {
+  if (r.has_content_length() && r.content_length() < kCompressMinBytes) return false;
+  const int type = find_header(r, "content-type");
+  if (type < 0 || !compressible_type(r.header_value(r.headers()[type]))) return false;
+  const int coding = find_header(r, "content-encoding");
+  if (coding >= 0 && !iequals(r.header_value(r.headers()[coding]), "identity")) return false;
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+    const HeaderSpan& h = r.headers()[i];
+    if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
+  }
+  return true;
+}
+
 namespace {
 
-// What every encoder shares: the decision at the head, the head edits, the
+// What every encoder shares: the head edits, the
 // output buffer and the pool link.
 class Encoder : public ResponseFilter {
  public:
@@ -139,16 +152,8 @@ class Encoder : public ResponseFilter {
 };
 
 bool Encoder::head(HeadEdit& e) noexcept {
-  const MessageParser& r = e.response();
-  if (r.has_content_length() && r.content_length() < kCompressMinBytes) return false;
-  const int type = e.find("content-type");
-  if (type < 0 || !compressible_type(e.value(type))) return false;
+  // compress_worth said yes: an absent or identity Content-Encoding.
   const int coding = e.find("content-encoding");
-  if (coding >= 0 && !iequals(e.value(coding), "identity")) return false;
-  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
-    const HeaderSpan& h = r.headers()[i];
-    if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
-  }
   if (!e.add("Content-Encoding", name_)) return false;
   if (coding >= 0) e.drop(coding);
   // Caches must keep the encodings apart: Vary names Accept-Encoding, merged

@@ -207,7 +207,7 @@ void filters_begin(Exchange* ex) {
   // Nothing to filter in a bodiless answer (HEAD, 204, 304) or a part of
   // one (206). A body delimited by the server's close is relayed as it is:
   // its end comes as an EOF the zero-copy relay handles.
-  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r)) return;
+  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r) || !compress_worth(r)) return;
   if (ex->iov_cap < st.header_count + kHeadSlices + kBodySlices) return;
   FilteredResponse* f = pool_get();
   f->compressor = compressor_get(ex->filter_want, st);
