@@ -750,8 +750,10 @@ class Parser:
             return ENCODINGS["gzip"]
         if "compress" in opts.flags:
             return sum(ENCODINGS.values())
+        if "compress" not in opts.values:
+            return 0
         bits = 0
-        for name in opts.values.get("compress", "").split(",") if "compress" in opts.values else ():
+        for name in opts.values["compress"].split(","):
             if name not in ENCODINGS:
                 raise DefError(f"unknown encoding '{name}' in compress= (expected a comma list of "
                                f"{', '.join(ENCODINGS)})")

@@ -202,6 +202,30 @@ class MessageParser {
   bool body_full_ = false;  // on_body paused llhttp: the span array is full
 };
 
+// Optional whitespace (RFC 9110 5.6.3).
+constexpr bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
+
+constexpr std::string_view trim_ows(std::string_view v) noexcept {
+  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
+  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
+  return v;
+}
+
+// Calls f(token) for each element of a comma-separated list value (RFC 9110
+// 5.6.1), whitespace around it removed and empty elements skipped.
+template <class F>
+void for_each_token(std::string_view v, F&& f) {
+  std::size_t i = 0;
+  while (i < v.size()) {
+    while (i < v.size() && (is_ows(v[i]) || v[i] == ',')) ++i;
+    std::size_t b = i;
+    while (i < v.size() && v[i] != ',') ++i;
+    std::size_t e = i;
+    while (e > b && is_ows(v[e - 1])) --e;
+    if (e > b) f(v.substr(b, e - b));
+  }
+}
+
 // Maps llhttp's method numbers onto the methods a route can name.
 Method route_method(std::uint8_t llhttp_method) noexcept;
 

@@ -5,7 +5,8 @@
 // whatever the body's size and the client's speed. Encoders are pooled per
 // thread (one worker) and reset between responses: zlib and zstd keep their
 // memory across resets (no allocation per response in steady state); brotli
-// has no reset, so its state is made anew per response (bounded by kBrWindow).
+// has no reset, so its state is made anew per response (bounded by kBrWindow)
+// from memory its encoder recycles (BlockCache).
 #include "filter/compress.hpp"
 
 #include <brotli/encode.h>
@@ -13,7 +14,10 @@
 #include <zstd.h>
 
 #include <algorithm>
-#include <memory>
+#include <cstddef>
+#include <cstdlib>
+
+#include "juggler/free_list.hpp"
 
 namespace juggler {
 
@@ -23,26 +27,6 @@ constexpr std::size_t kOut = 16 * 1024;  // output buffer per stream
 constexpr int kBrWindow = 18;            // 256 KB: brotli's default (4 MB) is too much per stream
 constexpr int kZstdWindow = 18;          // the same bound for zstd (its level 3 default is 2 MB)
 constexpr unsigned kKeepPerKind = 16;    // idle encoders kept per thread and kind
-
-bool is_ows(char c) noexcept { return c == ' ' || c == '\t'; }
-
-std::string_view trim(std::string_view v) noexcept {
-  while (!v.empty() && is_ows(v.front())) v.remove_prefix(1);
-  while (!v.empty() && is_ows(v.back())) v.remove_suffix(1);
-  return v;
-}
-
-// Calls f(element) for each comma-separated element of a list value.
-template <class F>
-void each_element(std::string_view v, F&& f) {
-  while (!v.empty()) {
-    const std::size_t comma = v.find(',');
-    const std::string_view e = trim(v.substr(0, comma));
-    if (!e.empty()) f(e);
-    if (comma == std::string_view::npos) break;
-    v.remove_prefix(comma + 1);
-  }
-}
 
 bool starts_with_lower(std::string_view v, std::string_view lower) noexcept {
   return v.size() >= lower.size() && iequals(v.substr(0, lower.size()), lower);
@@ -68,7 +52,7 @@ int parse_q(std::string_view q) noexcept {
 
 bool has_token(std::string_view list, std::string_view lower) noexcept {
   bool found = false;
-  each_element(list, [&](std::string_view e) { found = found || iequals(e, lower); });
+  for_each_token(list, [&](std::string_view e) { found = found || iequals(e, lower); });
   return found;
 }
 
@@ -77,15 +61,15 @@ bool has_token(std::string_view list, std::string_view lower) noexcept {
 std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept {
   // q per coding in thousandths, -1 while not named; index 0 is `*`.
   int q[4] = {-1, -1, -1, -1};
-  each_element(accept_encoding, [&](std::string_view e) {
+  for_each_token(accept_encoding, [&](std::string_view e) {
     const std::size_t semi = e.find(';');
-    const std::string_view name = trim(e.substr(0, semi));
+    const std::string_view name = trim_ows(e.substr(0, semi));
     int value = 1000;
     if (semi != std::string_view::npos) {
       // Only q is defined for Accept-Encoding (RFC 9110 12.5.3).
-      const std::string_view param = trim(e.substr(semi + 1));
+      const std::string_view param = trim_ows(e.substr(semi + 1));
       if (param.size() >= 2 && (param[0] == 'q' || param[0] == 'Q') && param[1] == '=')
-        value = parse_q(trim(param.substr(2, param.find(';') - 2)));
+        value = parse_q(trim_ows(param.substr(2, param.find(';') - 2)));
       if (value < 0) return;  // a malformed element is ignored
     }
     int slot = -1;
@@ -114,7 +98,7 @@ std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t a
 }
 
 bool compressible_type(std::string_view content_type) noexcept {
-  const std::string_view t = trim(content_type.substr(0, content_type.find(';')));
+  const std::string_view t = trim_ows(content_type.substr(0, content_type.find(';')));
   if (starts_with_lower(t, "text/")) return !iequals(t, "text/event-stream");
   if (starts_with_lower(t, "application/")) {
     const std::string_view sub = t.substr(12);
@@ -125,9 +109,22 @@ bool compressible_type(std::string_view content_type) noexcept {
   return iequals(t, "image/svg+xml");
 }
 
+bool compress_worth(const MessageParser& r) noexcept {
+  if (r.has_content_length() && r.content_length() < kCompressMinBytes) return false;
+  const int type = find_header(r, "content-type");
+  if (type < 0 || !compressible_type(r.header_value(r.headers()[type]))) return false;
+  const int coding = find_header(r, "content-encoding");
+  if (coding >= 0 && !iequals(r.header_value(r.headers()[coding]), "identity")) return false;
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+    const HeaderSpan& h = r.headers()[i];
+    if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
+  }
+  return true;
+}
+
 namespace {
 
-// What every encoder shares: the decision at the head, the head edits, the
+// What every encoder shares: the head edits, the
 // output buffer and the pool link.
 class Encoder : public ResponseFilter {
  public:
@@ -135,6 +132,8 @@ class Encoder : public ResponseFilter {
   std::uint8_t kind() const noexcept { return kind_; }
   // Ready for a new response; false when the encoder could not be set up.
   virtual bool reset() noexcept = 0;
+  // Back in the pool until the next reset(): may give up per-response memory.
+  virtual void idle() noexcept {}
   bool head(HeadEdit& e) noexcept override;
   void written() noexcept override {}  // every process() starts with an empty buffer
   Encoder* next_free = nullptr;
@@ -143,8 +142,7 @@ class Encoder : public ResponseFilter {
   // The output of one call: what the encoder put into out_.
   FilterStatus result(std::size_t produced, bool took_all, bool finished, bool last, FilterOut& out) noexcept {
     out.add(out_, produced);
-    if (last) return finished ? FilterStatus::Done : FilterStatus::Full;
-    return took_all ? FilterStatus::Done : FilterStatus::Full;
+    return (last ? finished : took_all) ? FilterStatus::Done : FilterStatus::Full;
   }
   char out_[kOut];
 
@@ -154,16 +152,8 @@ class Encoder : public ResponseFilter {
 };
 
 bool Encoder::head(HeadEdit& e) noexcept {
-  const MessageParser& r = e.response();
-  if (r.has_content_length() && r.content_length() < kCompressMinBytes) return false;
-  const int type = e.find("content-type");
-  if (type < 0 || !compressible_type(e.value(type))) return false;
+  // compress_worth said yes: an absent or identity Content-Encoding.
   const int coding = e.find("content-encoding");
-  if (coding >= 0 && !iequals(trim(e.value(coding)), "identity")) return false;
-  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
-    const HeaderSpan& h = r.headers()[i];
-    if (iequals(r.header_name(h), "cache-control") && has_token(r.header_value(h), "no-transform")) return false;
-  }
   if (!e.add("Content-Encoding", name_)) return false;
   if (coding >= 0) e.drop(coding);
   // Caches must keep the encodings apart: Vary names Accept-Encoding, merged
@@ -178,8 +168,8 @@ bool Encoder::head(HeadEdit& e) noexcept {
   // The bytes differ from the identity response's: a strong validator would
   // be a lie (RFC 9110 8.8.1), a weak one still revalidates.
   const int etag = e.find("etag");
-  if (etag >= 0 && !starts_with_lower(trim(e.value(etag)), "w/")) {
-    e.add("ETag", "W/", trim(e.value(etag)));
+  if (etag >= 0 && !starts_with_lower(e.value(etag), "w/")) {
+    e.add("ETag", "W/", e.value(etag));
     e.drop(etag);
   }
   // Ranges of the identity body mean nothing in the encoded one.
@@ -214,17 +204,78 @@ class Gzip final : public Encoder {
   bool ok_ = false;
 };
 
+// Brotli's memory, recycled: it has no reset, so its state is made anew per
+// response, and the ~20 blocks it takes (hash tables, ring buffer: 0.5 MB
+// and up at level 4) come from the blocks the previous response gave back
+// instead of from malloc. Best fit, at most twice the size asked; at most
+// kMaxBytes kept (about the whole state of a level-4 stream).
+class BlockCache {
+ public:
+  BlockCache() noexcept = default;
+  BlockCache(const BlockCache&) = delete;
+  BlockCache& operator=(const BlockCache&) = delete;
+  ~BlockCache() {
+    for (unsigned i = 0; i < n_; ++i) std::free(blocks_[i]);
+  }
+  static void* alloc(void* self, std::size_t size) noexcept { return static_cast<BlockCache*>(self)->take(size); }
+  static void release(void* self, void* p) noexcept {
+    if (p) static_cast<BlockCache*>(self)->give(static_cast<char*>(p) - kHeader);
+  }
+
+ private:
+  // A block starts with its size; brotli gets what follows.
+  static constexpr std::size_t kHeader = alignof(std::max_align_t);
+  static constexpr unsigned kMax = 64;
+  static constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
+  static std::size_t size_of(const void* block) noexcept { return *static_cast<const std::size_t*>(block); }
+
+  void* take(std::size_t size) noexcept {
+    unsigned best = n_;
+    for (unsigned i = 0; i < n_; ++i) {
+      const std::size_t have = size_of(blocks_[i]);
+      if (have >= size && have / 2 <= size && (best == n_ || have < size_of(blocks_[best]))) best = i;
+    }
+    void* block;
+    if (best < n_) {
+      block = blocks_[best];
+      blocks_[best] = blocks_[--n_];
+      bytes_ -= size_of(block);
+    } else {
+      block = std::malloc(kHeader + size);
+      if (!block) return nullptr;
+      *static_cast<std::size_t*>(block) = size;
+    }
+    return static_cast<char*>(block) + kHeader;
+  }
+  void give(void* block) noexcept {
+    const std::size_t size = size_of(block);
+    if (n_ == kMax || bytes_ + size > kMaxBytes) {
+      std::free(block);
+      return;
+    }
+    blocks_[n_++] = block;
+    bytes_ += size;
+  }
+
+  void* blocks_[kMax] = {};
+  unsigned n_ = 0;
+  std::size_t bytes_ = 0;
+};
+
 class Brotli final : public Encoder {
  public:
   explicit Brotli(int level) noexcept : Encoder(kCompressBr, "br"), level_(level) {}
-  ~Brotli() override {
-    if (s_) BrotliEncoderDestroyInstance(s_);
-  }
+  ~Brotli() override { idle(); }
   bool reset() noexcept override {
-    if (s_) BrotliEncoderDestroyInstance(s_);
-    s_ = BrotliEncoderCreateInstance(nullptr, nullptr, nullptr);
+    idle();
+    s_ = BrotliEncoderCreateInstance(&BlockCache::alloc, &BlockCache::release, &blocks_);
     return s_ && BrotliEncoderSetParameter(s_, BROTLI_PARAM_QUALITY, static_cast<std::uint32_t>(level_)) &&
            BrotliEncoderSetParameter(s_, BROTLI_PARAM_LGWIN, kBrWindow);
+  }
+  // Back in the pool: the state's memory waits in blocks_ for the next response.
+  void idle() noexcept override {
+    if (s_) BrotliEncoderDestroyInstance(s_);
+    s_ = nullptr;
   }
   FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override {
     std::size_t avail_in = in.size();
@@ -240,6 +291,7 @@ class Brotli final : public Encoder {
   }
 
  private:
+  BlockCache blocks_;
   BrotliEncoderState* s_ = nullptr;
   int level_;
 };
@@ -266,36 +318,19 @@ class Zstd final : public Encoder {
   bool ok_ = false;
 };
 
-// Idle encoders of this thread (a worker), per kind.
-struct Pool {
-  Encoder* free[3] = {};
-  unsigned count[3] = {};
-  ~Pool() {
-    for (Encoder*& head : free)
-      while (Encoder* e = head) {
-        head = e->next_free;
-        delete e;
-      }
-  }
-};
-thread_local Pool t_pool;
+// Idle encoders of this thread (a worker), per kind (slot_of).
+thread_local FreeList<Encoder, kKeepPerKind> t_pool[3];
 
 unsigned slot_of(std::uint8_t kind) noexcept { return kind == kCompressGzip ? 0 : kind == kCompressBr ? 1 : 2; }
 
 }  // namespace
 
 ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) {
-  const unsigned slot = slot_of(encoding);
-  Encoder* e = t_pool.free[slot];
-  if (e) {
-    t_pool.free[slot] = e->next_free;
-    --t_pool.count[slot];
-  } else if (encoding == kCompressGzip) {
-    e = new Gzip(settings.compress_level_gzip);
-  } else if (encoding == kCompressBr) {
-    e = new Brotli(settings.compress_level_br);
-  } else {
-    e = new Zstd(settings.compress_level_zstd);
+  Encoder* e = t_pool[slot_of(encoding)].pop();
+  if (!e) {
+    if (encoding == kCompressGzip) e = new Gzip(settings.compress_level_gzip);
+    else if (encoding == kCompressBr) e = new Brotli(settings.compress_level_br);
+    else e = new Zstd(settings.compress_level_zstd);
   }
   if (!e->reset()) {
     delete e;
@@ -306,14 +341,8 @@ ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings) 
 
 void compressor_put(ResponseFilter* f) noexcept {
   auto* e = static_cast<Encoder*>(f);
-  const unsigned slot = slot_of(e->kind());
-  if (t_pool.count[slot] >= kKeepPerKind) {
-    delete e;
-    return;
-  }
-  e->next_free = t_pool.free[slot];
-  t_pool.free[slot] = e;
-  ++t_pool.count[slot];
+  e->idle();
+  t_pool[slot_of(e->kind())].push(e);
 }
 
 }  // namespace juggler

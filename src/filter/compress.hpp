@@ -25,11 +25,17 @@ bool compressible_type(std::string_view content_type) noexcept;
 // Smaller bodies are sent as they are (the encoding's framing would eat the gain).
 inline constexpr std::uint64_t kCompressMinBytes = 256;
 
+// Worth compressing, by the response head alone (asked before an encoder is
+// taken, so a response left alone costs none): not already encoded, of a
+// type compressible_type() takes, not marked no-transform, not shorter than
+// kCompressMinBytes.
+bool compress_worth(const MessageParser& resp) noexcept;
+
 // An encoder stage for `encoding` (one kCompress* bit) from this thread's
-// pool, at the level `settings` names; release it with compressor_put. Its
-// head() steps aside for a response already encoded, of a type not worth
-// compressing, marked no-transform or shorter than kCompressMinBytes; else
-// it adds Content-Encoding, merges Vary and weakens a strong ETag.
+// pool, at the level `settings` names, for a response compress_worth()
+// took; release it with compressor_put. Its head() adds Content-Encoding,
+// merges Vary and weakens a strong ETag (it steps aside only when those
+// lines do not fit).
 ResponseFilter* compressor_get(std::uint8_t encoding, const Settings& settings);
 void compressor_put(ResponseFilter* f) noexcept;
 

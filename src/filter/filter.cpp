@@ -4,9 +4,9 @@
 
 namespace juggler {
 
-int HeadEdit::find(std::string_view lower_name) const noexcept {
-  for (std::uint32_t i = 0; i < resp_.header_count(); ++i)
-    if (iequals(resp_.header_name(resp_.headers()[i]), lower_name)) return static_cast<int>(i);
+int find_header(const MessageParser& m, std::string_view lower_name) noexcept {
+  for (std::uint32_t i = 0; i < m.header_count(); ++i)
+    if (iequals(m.header_name(m.headers()[i]), lower_name)) return static_cast<int>(i);
   return -1;
 }
 

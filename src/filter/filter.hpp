@@ -49,6 +49,9 @@ enum class FilterStatus : std::uint8_t {
   Failed,  // the exchange is cut
 };
 
+// The first header of `m` named `lower_name` (lower case), or -1.
+int find_header(const MessageParser& m, std::string_view lower_name) noexcept;
+
 // The server's response head as a stage may change it before it is sent: the
 // lines it cuts (drop) and the lines it adds, in memory the relay owns.
 class HeadEdit {
@@ -56,7 +59,8 @@ class HeadEdit {
   HeadEdit(MessageParser& resp, char* buf, std::size_t cap) noexcept : resp_(resp), buf_(buf), cap_(cap) {}
   const MessageParser& response() const noexcept { return resp_; }
   // The first header named `lower_name` (lower case), or -1.
-  int find(std::string_view lower_name) const noexcept;
+  int find(std::string_view lower_name) const noexcept { return find_header(resp_, lower_name); }
+  // Header i's value, without the whitespace around it (the parser's).
   std::string_view value(int i) const noexcept { return resp_.header_value(resp_.headers()[i]); }
   // Header i is not sent.
   void drop(int i) noexcept { resp_.headers()[i].drop = true; }

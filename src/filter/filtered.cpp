@@ -15,6 +15,7 @@
 #include "exchange/relay.hpp"
 #include "filter/compress.hpp"
 #include "filter/filter.hpp"
+#include "juggler/free_list.hpp"
 #include "juggler/upstream.hpp"
 
 namespace juggler {
@@ -47,24 +48,11 @@ constexpr std::string_view kFramingLine = "Transfer-Encoding: chunked\r\n";
 
 // Idle FilteredResponses of this thread (a worker): no allocation per
 // response in steady state.
-struct Pool {
-  FilteredResponse* free = nullptr;
-  std::uint32_t count = 0;
-  ~Pool() {
-    while (FilteredResponse* f = free) {
-      free = f->next_free;
-      delete f;
-    }
-  }
-};
-thread_local Pool t_pool;
-constexpr std::uint32_t kKeepFree = 256;
+thread_local FreeList<FilteredResponse, 256> t_pool;
 
 FilteredResponse* pool_get() {
-  FilteredResponse* f = t_pool.free;
+  FilteredResponse* f = t_pool.pop();
   if (!f) return new FilteredResponse();
-  t_pool.free = f->next_free;
-  --t_pool.count;
   f->chain.clear();
   f->compressor = nullptr;
   f->span_count = f->span_at = f->span_off = 0;
@@ -73,14 +61,9 @@ FilteredResponse* pool_get() {
   return f;
 }
 
-void pool_put(FilteredResponse* f) noexcept {
-  if (t_pool.count >= kKeepFree) {
-    delete f;
-    return;
-  }
-  f->next_free = t_pool.free;
-  t_pool.free = f;
-  ++t_pool.count;
+void release(FilteredResponse* f) noexcept {
+  if (f->compressor) compressor_put(f->compressor);
+  t_pool.push(f);
 }
 
 // The server's framing can be replaced by ours: chunked, or a length. A
@@ -224,7 +207,7 @@ void filters_begin(Exchange* ex) {
   // Nothing to filter in a bodiless answer (HEAD, 204, 304) or a part of
   // one (206). A body delimited by the server's close is relayed as it is:
   // its end comes as an EOF the zero-copy relay handles.
-  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r)) return;
+  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r) || !compress_worth(r)) return;
   if (ex->iov_cap < st.header_count + kHeadSlices + kBodySlices) return;
   FilteredResponse* f = pool_get();
   f->compressor = compressor_get(ex->filter_want, st);
@@ -232,8 +215,7 @@ void filters_begin(Exchange* ex) {
   // A stage that steps aside has not edited the head, so the zero-copy
   // relay can send it as it would have.
   if (!f->compressor || !f->chain.add(f->compressor) || !f->chain.head(edit)) {
-    ex->filters = f;
-    filters_release(ex);
+    release(f);
     return;
   }
   take_framing(ex, f, edit);
@@ -263,10 +245,8 @@ State filtered_written(Exchange* ex, State s) {
 }
 
 void filters_release(Exchange* ex) noexcept {
-  FilteredResponse* f = ex->filters;
+  release(ex->filters);
   ex->filters = nullptr;
-  if (f->compressor) compressor_put(f->compressor);
-  pool_put(f);
 }
 
 }  // namespace juggler

@@ -12,8 +12,6 @@ namespace {
 
 MessageParser& self(llhttp_t* p) { return *static_cast<MessageParser*>(p->data); }
 
-bool is_ows(char c) { return c == ' ' || c == '\t'; }
-
 // RFC 9110 token characters, as a table: names are checked byte by byte.
 struct TcharTable {
   bool ok[256] = {};
@@ -72,20 +70,6 @@ HeaderKind classify(std::string_view n) noexcept {
       break;
   }
   return HeaderKind::Other;
-}
-
-// Calls f(token) for each comma-separated token of a list header value.
-template <class F>
-void for_each_token(std::string_view v, F&& f) {
-  std::size_t i = 0;
-  while (i < v.size()) {
-    while (i < v.size() && (is_ows(v[i]) || v[i] == ',')) ++i;
-    std::size_t b = i;
-    while (i < v.size() && v[i] != ',') ++i;
-    std::size_t e = i;
-    while (e > b && is_ows(v[e - 1])) --e;
-    if (e > b) f(v.substr(b, e - b));
-  }
 }
 
 }  // namespace
