@@ -3,6 +3,7 @@
 #include "listener/l4.hpp"
 
 #include "http1/upgrade.hpp"
+#include "juggler/upstream.hpp"
 #include "stream/proxy_protocol.hpp"
 
 namespace juggler {
@@ -118,10 +119,7 @@ void L4Conn::on_tunnel_connected(Tunnel& t, int status) noexcept {
   }
   const PoolDef& p = pool_of(this);
   log(LogLevel::Info, "L4 connect to %.*s failed: %s", JUGGLER_SERVER_ARGS(sd), uv_strerror(status));
-  if (passive_failure(h, p, w.now_ms()))
-    log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
-        static_cast<int>(p.name.size()), p.name.data(),
-        static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()), uv_strerror(status));
+  server_failure(w, static_cast<std::uint16_t>(server), p, uv_strerror(status));
   tried.add(static_cast<std::uint32_t>(server) - p.first_server);
   if (t.state() == Tunnel::State::Connecting) connect_next(this);
 }
