@@ -294,7 +294,7 @@ TEST_CASE("stream: connect, write, read the answer, EOF", "[stream]") {
   CHECK(dialer.got == "pong");
   CHECK(dialer.eofs == 1);
   CHECK(dialer.closed == 1);
-  CHECK(d.ctx.connect_reqs == 1);
+  CHECK(d.ctx.connects.allocated == 1);
 }
 
 TEST_CASE("stream: a refused connect reports its error; the stream is reusable after close", "[stream]") {
@@ -318,7 +318,7 @@ TEST_CASE("stream: a refused connect reports its error; the stream is reusable a
   CHECK(dialer.connected == 0);
   CHECK(dialer.connects == 2);
   CHECK(dialer.closed == 2);
-  CHECK(d.ctx.connect_reqs == 1);  // the pooled request was reused
+  CHECK(d.ctx.connects.allocated == 1);  // the pooled request was reused
 }
 
 TEST_CASE("stream: close() while connecting: no on_stream_connected, on_stream_closed last", "[stream]") {
