@@ -9,8 +9,9 @@
 namespace juggler {
 
 // One client connection of an L4 listener and its tunnel. ~900 bytes while
-// idle: the tunnel's two streams, the balancer's ticket, the tried set.
+// idle: the two streams, the balancer's ticket, the tried set.
 struct L4Conn final : TunnelOwner {
+  Stream streams[2];  // the tunnel's sides: the client's, the server's
   Tunnel tunnel;
   Worker* worker = nullptr;
   BalanceTicket ticket;
@@ -93,7 +94,7 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   if (l4.live) l4.live->prev = c;
   l4.live = c;
   ++l4.count;
-  c->tunnel.init(l4.env, c);
+  c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
   if (c->tunnel.client().accept(server, nullptr) != 0) {
     c->tunnel.close();
     return;

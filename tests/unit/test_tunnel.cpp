@@ -102,6 +102,7 @@ struct Rig final : TunnelOwner {
   BufferPool pool{16 * 1024, 64};
   TimerWheel wheel{start_loop(&loop)};
   TunnelEnv env;
+  Stream sides[2];
   Tunnel tunnel;
   uv_tcp_t listener;
   uv_timer_t tick;
@@ -115,7 +116,7 @@ struct Rig final : TunnelOwner {
 
   Rig(const sockaddr_in* to, std::uint32_t idle_ms) : target(to) {
     env = TunnelEnv{&streams, &pool, &wheel, idle_ms};
-    tunnel.init(env, this);
+    tunnel.init(env, this, sides[0], sides[1]);
     uv_tcp_init(&loop, &listener);
     listener.data = this;
     uv_ip4_addr("127.0.0.1", 0, &listen_addr);
