@@ -106,9 +106,10 @@ std::uint8_t Stream::peer_ip(char (&out)[46]) noexcept {
 }
 
 void Stream::set_reading(bool want) noexcept {
-  if (closing_) return;
+  if (closing_ || want == reading_) return;
+  // Plaintext OpenSSL holds from before reading stopped would wake no socket.
+  // (While reading, pump() queued itself when it left some.)
   if (want && tls_ && !discard_ && tls_->buffered()) queue_pump();
-  if (want == reading_) return;
   // Starting fails once the peer's EOF came (or before a connection): then
   // reading() stays false.
   if (want && uv_read_start(as_stream(&tcp_), on_alloc, on_read) != 0) return;
