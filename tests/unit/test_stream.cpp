@@ -234,6 +234,14 @@ struct Dialer final : StreamHandler {
   std::string got;
   int connected = 1, connects = 0, eofs = 0, closed = 0;  // connected: the last status
   bool close_on_connect = false;
+  sockaddr_in to{};  // valid until on_stream_connected, as connect() wants
+
+  // (Re)initialises the stream on `ctx` and starts connecting it to `peer`.
+  void dial(StreamContext& ctx, const PeerSocket& peer) {
+    stream.init(ctx, this);
+    to = peer.addr();
+    REQUIRE(stream.connect(reinterpret_cast<const sockaddr*>(&to)) == 0);
+  }
 
   uv_buf_t on_stream_alloc() noexcept override { return uv_buf_init(room, sizeof room); }
   void on_stream_connected(int status) noexcept override {
@@ -285,9 +293,7 @@ TEST_CASE("stream: connect, write, read the answer, EOF", "[stream]") {
   });
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, peer);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   server.join();
   CHECK(heard == "ping");
@@ -301,9 +307,7 @@ TEST_CASE("stream: a refused connect reports its error; the stream is reusable a
   PeerSocket refusing(false);
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = refusing.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, refusing);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connected == UV_ECONNREFUSED);
   CHECK(dialer.closed == 1);
@@ -311,9 +315,7 @@ TEST_CASE("stream: a refused connect reports its error; the stream is reusable a
   // Again on the same Stream, this time to a listener, closing at once.
   PeerSocket peer(true);
   dialer.close_on_connect = true;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in b = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&b)) == 0);
+  dialer.dial(d.ctx, peer);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connected == 0);
   CHECK(dialer.connects == 2);
@@ -325,9 +327,7 @@ TEST_CASE("stream: close() while connecting: no on_stream_connected, on_stream_c
   PeerSocket peer(true);
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, peer);
   dialer.stream.close();
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connects == 0);

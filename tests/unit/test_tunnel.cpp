@@ -48,6 +48,13 @@ struct Peer {
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   }
   ~Peer() { ::close(fd); }
+  // The next connection, with dial()'s receive timeout.
+  int accept_one() const {
+    const int c = ::accept(fd, nullptr, nullptr);
+    timeval tv{20, 0};
+    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return c;
+  }
 };
 
 int dial(const sockaddr_in& a) {
@@ -180,9 +187,7 @@ void half_close_round_trip(int first) {
     }
   };
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const int c = server.accept_one();
     talk(c, 1, &at_server, &server_ok);
     ::close(c);
   });
@@ -236,10 +241,8 @@ TEST_CASE("tunnel: a server that does not read stops the reading of the client",
   std::string at_server;
   bool server_ok = false;
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
+    const int c = server.accept_one();
     while (!checked.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // not reading
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     at_server = read_to_end(c, &server_ok);
     ::close(c);
   });
@@ -291,9 +294,7 @@ TEST_CASE("tunnel: no byte either way for the idle timeout closes both sides", "
   std::string at_server, at_client;
   std::chrono::steady_clock::duration quiet{};
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const int c = server.accept_one();
     at_server = read_to_end(c, &server_ok);
     ::close(c);
   });
