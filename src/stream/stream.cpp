@@ -298,11 +298,8 @@ bool Stream::flush_tls() {
 bool Stream::write(uv_buf_t* iov, unsigned n) {
   if (tls_) {
     if (!tls_->write(iov, n)) {
-      write_pending_ = true;
-      uv_write_t* req = ctx_->writes.get();
-      req->data = this;
-      req->handle = as_stream(&tcp_);
-      on_write(req, UV_EPROTO);
+      // The one synchronous on_stream_written (see write()): no request to fake.
+      if (!closing_) handler_->on_stream_written(UV_EPROTO);
       return false;
     }
     return flush_tls();
