@@ -77,8 +77,7 @@ L4Worker::~L4Worker() {
 
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   const auto pool = static_cast<std::uint16_t>(def.pool);
-  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
-  L4Worker& l4 = *w.l4;
+  L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
   if (c) {
     l4.free = c->next;
