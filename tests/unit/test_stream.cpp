@@ -18,9 +18,11 @@
 #include <thread>
 
 #include "test_cert.hpp"
+#include "test_peer.hpp"
 #include "juggler/stream.hpp"
 
 using namespace juggler;
+using juggler::test::PeerSocket;
 
 namespace {
 
@@ -203,30 +205,6 @@ TEST_CASE("stream: TLS behind the same API (close_notify is the EOF)", "[stream]
 
 namespace {
 
-// A blocking listener on 127.0.0.1 (port from the kernel); `listening` false
-// leaves the port bound but refusing.
-struct PeerSocket {
-  int fd = -1;
-  int port = 0;
-  explicit PeerSocket(bool listening) {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    if (listening) REQUIRE(::listen(fd, 4) == 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
-  ~PeerSocket() { ::close(fd); }
-  sockaddr_in addr() const {
-    sockaddr_in a{};
-    uv_ip4_addr("127.0.0.1", port, &a);
-    return a;
-  }
-};
-
 // Connects, says "ping", reads until the peer's end, then closes.
 struct Dialer final : StreamHandler {
   Stream stream;
@@ -239,7 +217,7 @@ struct Dialer final : StreamHandler {
   // (Re)initialises the stream on `ctx` and starts connecting it to `peer`.
   void dial(StreamContext& ctx, const PeerSocket& peer) {
     stream.init(ctx, this);
-    to = peer.addr();
+    to = peer.addr;
     REQUIRE(stream.connect(reinterpret_cast<const sockaddr*>(&to)) == 0);
   }
 
