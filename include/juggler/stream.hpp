@@ -30,19 +30,50 @@ namespace juggler {
 
 class Stream;
 
-// A write that did not complete at once (uv_try_write took part of it):
-// these come from a per-worker free list, so connections do not each carry a
-// 192-byte uv_write_t that the common case never uses.
-struct WriteReq {
-  uv_write_t req;  // first: a uv_write_t* is a WriteReq*
-  WriteReq* next_free = nullptr;
+// libuv requests come from per-worker free lists, so connections do not each
+// carry requests the common case never uses: a 192-byte uv_write_t (a write
+// that did not complete at once: uv_try_write took part of it), a
+// uv_connect_t (an accepted stream makes none), a uv_shutdown_t.
+template <class Req>
+struct PooledReq {
+  Req req;  // first: a Req* is a PooledReq<Req>*
+  PooledReq* next_free = nullptr;
 };
 
-// A connect in progress: pooled like the write requests, so a stream that
-// was accepted carries none.
-struct ConnectReq {
-  uv_connect_t req;  // first: a uv_connect_t* is a ConnectReq*
-  ConnectReq* next_free = nullptr;
+template <class Req>
+class ReqPool {
+ public:
+  ReqPool() = default;
+  ReqPool(const ReqPool&) = delete;
+  ReqPool& operator=(const ReqPool&) = delete;
+  // After the loop ended: a request cancelled by a late close comes back
+  // from its cancel callback.
+  ~ReqPool() {
+    while (PooledReq<Req>* r = free_) {
+      free_ = r->next_free;
+      delete r;
+    }
+  }
+
+  Req* get() {
+    if (PooledReq<Req>* r = free_) {
+      free_ = r->next_free;
+      return &r->req;
+    }
+    ++allocated;
+    return &(new PooledReq<Req>())->req;
+  }
+  // Returns a finished request; first thing in its callback.
+  void put(Req* req) noexcept {
+    auto* r = reinterpret_cast<PooledReq<Req>*>(req);
+    r->next_free = free_;
+    free_ = r;
+  }
+
+  std::size_t allocated = 0;
+
+ private:
+  PooledReq<Req>* free_ = nullptr;
 };
 
 // What the streams (and the upstream connections) of one worker share. Worker
@@ -51,13 +82,11 @@ struct StreamContext {
   explicit StreamContext(uv_loop_t* l) : loop(l) {}
   StreamContext(const StreamContext&) = delete;
   StreamContext& operator=(const StreamContext&) = delete;
-  // Frees the pooled write requests: after the loop ended, since a write
-  // cancelled by a late close returns its request from the cancel callback.
-  ~StreamContext();
 
   uv_loop_t* loop;
-  WriteReq* free_writes = nullptr;
-  std::size_t write_reqs = 0;          // allocated (for the exit check)
+  ReqPool<uv_write_t> writes;
+  ReqPool<uv_connect_t> connects;
+  ReqPool<uv_shutdown_t> shutdowns;
   std::unique_ptr<char[]> scratch;     // TLS ciphertext and discarded input land here
   uv_idle_t pump_idle;                 // pumps streams whose plaintext waits inside OpenSSL
   bool pump_ready = false;
@@ -65,14 +94,6 @@ struct StreamContext {
   Counter tls_failures;                // handshakes and records that failed
   Counter tls_full, tls_resumed;       // handshakes completed (read by the admin listener)
 
-  ConnectReq* free_connects = nullptr;
-  std::size_t connect_reqs = 0;        // allocated
-
-  WriteReq* get_write();
-  // Returns a finished write's request to the pool; first thing in a write callback.
-  void put_write(uv_write_t* req) noexcept;
-  ConnectReq* get_connect();
-  void put_connect(uv_connect_t* req) noexcept;
   // Closes the idle handle (worker exit, every stream closed or closing).
   void release() noexcept;
 };

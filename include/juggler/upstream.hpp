@@ -68,6 +68,10 @@ struct UpstreamConn final : Upstream, StreamHandler {
   void on_stream_connected(int status) noexcept override;
 };
 
+// A failed attempt at `server` (of `pool`) counts against it (passive
+// health); when that ejects it, the ejection is counted and logged with `why`.
+// The exchange's connector and the L4 listeners both report through it.
+void server_failure(Worker& w, std::uint16_t server, const PoolDef& pool, const char* why) noexcept;
 
 // Upstream keep-alive limits (per worker, per server).
 inline constexpr std::uint32_t kMaxIdlePerServer = 512;

@@ -66,8 +66,7 @@ void http1_upgrade(Exchange* ex) {
     s->abort();  // cannot switch cleanly: both connections close
     return;
   }
-  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
-  L4Worker& l4 = *w.l4;
+  L4Worker& l4 = l4_worker(w);
   auto* u = new UpgradeTunnel();
   u->worker = &w;
   u->session = s;

@@ -3,13 +3,15 @@
 #include "listener/l4.hpp"
 
 #include "http1/upgrade.hpp"
+#include "juggler/upstream.hpp"
 #include "stream/proxy_protocol.hpp"
 
 namespace juggler {
 
 // One client connection of an L4 listener and its tunnel. ~900 bytes while
-// idle: the tunnel's two streams, the balancer's ticket, the tried set.
+// idle: the two streams, the balancer's ticket, the tried set.
 struct L4Conn final : TunnelOwner {
+  Stream streams[2];  // the tunnel's sides: the client's, the server's
   Tunnel tunnel;
   Worker* worker = nullptr;
   BalanceTicket ticket;
@@ -75,8 +77,7 @@ L4Worker::~L4Worker() {
 
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   const auto pool = static_cast<std::uint16_t>(def.pool);
-  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
-  L4Worker& l4 = *w.l4;
+  L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
   if (c) {
     l4.free = c->next;
@@ -92,7 +93,7 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   if (l4.live) l4.live->prev = c;
   l4.live = c;
   ++l4.count;
-  c->tunnel.init(l4.env, c);
+  c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
   if (c->tunnel.client().accept(server, nullptr) != 0) {
     c->tunnel.close();
     return;
@@ -118,10 +119,7 @@ void L4Conn::on_tunnel_connected(Tunnel& t, int status) noexcept {
   }
   const PoolDef& p = pool_of(this);
   log(LogLevel::Info, "L4 connect to %.*s failed: %s", JUGGLER_SERVER_ARGS(sd), uv_strerror(status));
-  if (passive_failure(h, p, w.now_ms()))
-    log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
-        static_cast<int>(p.name.size()), p.name.data(),
-        static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()), uv_strerror(status));
+  server_failure(w, static_cast<std::uint16_t>(server), p, uv_strerror(status));
   tried.add(static_cast<std::uint32_t>(server) - p.first_server);
   if (t.state() == Tunnel::State::Connecting) connect_next(this);
 }

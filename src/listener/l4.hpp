@@ -34,6 +34,12 @@ struct L4Worker {
   std::uint32_t upgraded_count = 0;
 };
 
+// `w`'s tunnels, made on first use (an L4 accept or an upgrade).
+inline L4Worker& l4_worker(Worker& w) {
+  if (!w.l4) w.l4 = std::make_unique<L4Worker>(w);
+  return *w.l4;
+}
+
 // Accepts a pending connection of the tcp listener `server` (compiled from
 // `def`) and starts connecting it to a server of def.pool (with
 // proxy_protocol: once the PROXY header named the client).

@@ -48,16 +48,13 @@ bool parse_ip(std::string_view f, int family, ProxyHeader* out) {
 }
 
 ProxyParse parse_v1(std::string_view data, ProxyHeader* out, std::size_t* used) {
-  const std::size_t end = data.substr(0, kV1Max).find("\r\n");
-  if (end == std::string_view::npos) {
-    if (data.size() >= kV1Max) return ProxyParse::Invalid;
-    // Only what a header may hold: a CR must be followed by LF.
-    const std::size_t cr = data.find('\r');
-    return cr == std::string_view::npos || cr == data.size() - 1 ? ProxyParse::NeedMore : ProxyParse::Invalid;
-  }
-  // A CR inside the line is as malformed as one not followed by LF above:
-  // the same bytes must not be Invalid or Done depending on how they arrived.
-  if (data.substr(0, end).find('\r') != std::string_view::npos) return ProxyParse::Invalid;
+  // The first CR ends the line, and it must be followed by LF within the
+  // bound: a CR anywhere else is malformed, whether or not its LF arrived
+  // (the same bytes must not be Invalid or Done depending on how they came).
+  const std::size_t end = data.substr(0, kV1Max - 1).find('\r');
+  if (end == std::string_view::npos) return data.size() >= kV1Max ? ProxyParse::Invalid : ProxyParse::NeedMore;
+  if (end + 1 == data.size()) return ProxyParse::NeedMore;
+  if (data[end + 1] != '\n') return ProxyParse::Invalid;
   std::string_view line = data.substr(kV1.size(), end - kV1.size());
   const std::string_view proto = field(line);
   *out = ProxyHeader{};

@@ -18,47 +18,6 @@ inline uv_handle_t* as_handle(uv_tcp_t* t) { return reinterpret_cast<uv_handle_t
 
 // ---------------------------------------------------------------- context
 
-WriteReq* StreamContext::get_write() {
-  if (WriteReq* r = free_writes) {
-    free_writes = r->next_free;
-    return r;
-  }
-  ++write_reqs;
-  return new WriteReq();
-}
-
-void StreamContext::put_write(uv_write_t* req) noexcept {
-  auto* r = reinterpret_cast<WriteReq*>(req);
-  r->next_free = free_writes;
-  free_writes = r;
-}
-
-ConnectReq* StreamContext::get_connect() {
-  if (ConnectReq* r = free_connects) {
-    free_connects = r->next_free;
-    return r;
-  }
-  ++connect_reqs;
-  return new ConnectReq();
-}
-
-void StreamContext::put_connect(uv_connect_t* req) noexcept {
-  auto* r = reinterpret_cast<ConnectReq*>(req);
-  r->next_free = free_connects;
-  free_connects = r;
-}
-
-StreamContext::~StreamContext() {
-  while (WriteReq* r = free_writes) {
-    free_writes = r->next_free;
-    delete r;
-  }
-  while (ConnectReq* r = free_connects) {
-    free_connects = r->next_free;
-    delete r;
-  }
-}
-
 void StreamContext::release() noexcept {
   if (pump_ready) {
     pump_ready = false;
@@ -79,12 +38,12 @@ bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* 
     iov->base += left;
     iov->len -= left;
   }
-  WriteReq* req = ctx.get_write();
-  req->req.data = owner;
-  if (uv_write(&req->req, st, iov, n, cb) != 0) {
+  uv_write_t* req = ctx.writes.get();
+  req->data = owner;
+  if (uv_write(req, st, iov, n, cb) != 0) {
     // The stream is closing or broken: report it like a failed write.
-    req->req.handle = st;
-    cb(&req->req, UV_EPIPE);
+    req->handle = st;
+    cb(req, UV_EPIPE);
   }
   return false;
 }
@@ -109,16 +68,16 @@ int Stream::accept(uv_stream_t* server, SSL_CTX* tls) {
 }
 
 int Stream::connect(const sockaddr* addr) {
-  ConnectReq* req = ctx_->get_connect();
-  req->req.data = this;
-  const int rc = uv_tcp_connect(&req->req, &tcp_, addr, on_connect);
-  if (rc != 0) ctx_->put_connect(&req->req);
+  uv_connect_t* req = ctx_->connects.get();
+  req->data = this;
+  const int rc = uv_tcp_connect(req, &tcp_, addr, on_connect);
+  if (rc != 0) ctx_->connects.put(req);
   return rc;
 }
 
 void Stream::on_connect(uv_connect_t* req, int status) {
   auto* s = static_cast<Stream*>(req->data);
-  s->ctx_->put_connect(req);
+  s->ctx_->connects.put(req);
   // A close() cancels the connect (UV_ECANCELED): the handler asked for it.
   if (s->closing_) return;
   if (status == 0) uv_tcp_nodelay(&s->tcp_, 1);
@@ -147,9 +106,10 @@ std::uint8_t Stream::peer_ip(char (&out)[46]) noexcept {
 }
 
 void Stream::set_reading(bool want) noexcept {
-  if (closing_) return;
+  if (closing_ || want == reading_) return;
+  // Plaintext OpenSSL holds from before reading stopped would wake no socket.
+  // (While reading, pump() queued itself when it left some.)
   if (want && tls_ && !discard_ && tls_->buffered()) queue_pump();
-  if (want == reading_) return;
   // Starting fails once the peer's EOF came (or before a connection): then
   // reading() stays false.
   if (want && uv_read_start(as_stream(&tcp_), on_alloc, on_read) != 0) return;
@@ -338,11 +298,8 @@ bool Stream::flush_tls() {
 bool Stream::write(uv_buf_t* iov, unsigned n) {
   if (tls_) {
     if (!tls_->write(iov, n)) {
-      write_pending_ = true;
-      WriteReq* req = ctx_->get_write();
-      req->req.data = this;
-      req->req.handle = as_stream(&tcp_);
-      on_write(&req->req, UV_EPROTO);
+      // The one synchronous on_stream_written (see write()): no request to fake.
+      if (!closing_) handler_->on_stream_written(UV_EPROTO);
       return false;
     }
     return flush_tls();
@@ -357,7 +314,7 @@ bool Stream::write(uv_buf_t* iov, unsigned n) {
 
 void Stream::on_write(uv_write_t* req, int status) {
   auto* s = static_cast<Stream*>(req->data);
-  s->ctx_->put_write(req);
+  s->ctx_->writes.put(req);
   s->write_pending_ = false;
   if (s->closing_) return;
   if (status < 0) {
@@ -377,9 +334,12 @@ bool Stream::close_notify() {
 }
 
 int Stream::shutdown_write() {
-  auto* req = new uv_shutdown_t();
-  const int rc = uv_shutdown(req, as_stream(&tcp_), [](uv_shutdown_t* r, int) { delete r; });
-  if (rc != 0) delete req;
+  uv_shutdown_t* req = ctx_->shutdowns.get();
+  req->data = ctx_;  // outlives the stream, whose close may cancel the request
+  const int rc = uv_shutdown(req, as_stream(&tcp_), [](uv_shutdown_t* r, int) {
+    static_cast<StreamContext*>(r->data)->shutdowns.put(r);
+  });
+  if (rc != 0) ctx_->shutdowns.put(req);
   return rc;
 }
 

@@ -5,43 +5,40 @@
 
 namespace juggler {
 
-void Tunnel::init(TunnelEnv& env, TunnelOwner* owner) noexcept {
+void Tunnel::join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept {
   env_ = &env;
   owner_ = owner;
   state_ = State::Idle;
   connect_error_ = 0;
   timer_.fire = on_timer;
   timer_.owner = this;
-  for (Side& s : side_) {
-    s.tunnel = this;
-    s.buf = nullptr;
-    s.held = 0;
-    s.eof = s.passed = false;
-    s.stream = &s.own;
-    s.stream->init(*env.streams, &s);
-    s.open = true;
-  }
-}
-
-void Tunnel::adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server, const Held& from_client,
-                   const Held& from_server) noexcept {
-  env_ = &env;
-  owner_ = owner;
-  connect_error_ = 0;
-  timer_.fire = on_timer;
-  timer_.owner = this;
   Stream* streams[2] = {&client, &server};
-  const Held* held[2] = {&from_client, &from_server};
   for (unsigned i = 0; i < 2; ++i) {
     Side& s = side_[i];
     s.tunnel = this;
     s.stream = streams[i];
+    s.buf = nullptr;
+    s.held = 0;
+    s.eof = s.passed = false;
+    s.open = true;
+  }
+}
+
+void Tunnel::init(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept {
+  join(env, owner, client, server);
+  for (Side& s : side_) s.stream->init(*env.streams, &s);
+}
+
+void Tunnel::adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server, const Held& from_client,
+                   const Held& from_server) noexcept {
+  join(env, owner, client, server);
+  const Held* held[2] = {&from_client, &from_server};
+  for (unsigned i = 0; i < 2; ++i) {
+    Side& s = side_[i];
     s.stream->set_handler(&s);
     s.buf = held[i]->buf;
     s.held = held[i]->len;
     s.eof = held[i]->eof;
-    s.passed = false;
-    s.open = true;
   }
   open();
 }

@@ -16,10 +16,11 @@
 // (connect()) or that the owner hands over connected.
 //
 // Ownership: the owner (an L4 connection) holds the Tunnel by value and may
-// free it from on_tunnel_closed(), the last call. The streams are the
-// tunnel's own (init()), or two streams adopted from an HTTP connection that
-// switched protocols (adopt()): their memory stays their owners', which keep
-// it until on_tunnel_closed (both closed). Worker thread only.
+// free it from on_tunnel_closed(), the last call. The tunnel holds no stream
+// of its own: the two it joins stay in their owners' memory, which they keep
+// until on_tunnel_closed (both closed): the L4 connection's two (init()), or
+// an HTTP connection's and its server connection's after it switched
+// protocols (adopt()). Worker thread only.
 #pragma once
 
 #include <cstdint>
@@ -62,8 +63,9 @@ class Tunnel {
   Tunnel(const Tunnel&) = delete;
   Tunnel& operator=(const Tunnel&) = delete;
 
-  // Sets up side 0's stream (for the caller to accept() into) and side 1's.
-  void init(TunnelEnv& env, TunnelOwner* owner) noexcept;
+  // Initialises `client` (side 0, for the caller to accept() into) and
+  // `server` (side 1, for connect()); both must live until on_tunnel_closed.
+  void init(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept;
   Stream& client() noexcept { return *side_[0].stream; }
   Stream& server() noexcept { return *side_[1].stream; }
 
@@ -99,8 +101,7 @@ class Tunnel {
 
  private:
   struct Side final : StreamHandler {
-    Stream own;                // init(): the tunnel's own stream
-    Stream* stream = nullptr;  // own, or an adopted one
+    Stream* stream = nullptr;
     Tunnel* tunnel = nullptr;
     Buffer* buf = nullptr;  // bytes read from this side, written to the other
     std::uint32_t held = 0; // bytes in buf read before the tunnel opened
@@ -114,6 +115,8 @@ class Tunnel {
     void on_stream_connected(int status) noexcept override;
   };
 
+  // What init() and adopt() share: `client` and `server` become sides 0 and 1.
+  void join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept;
   Side& peer(Side& s) noexcept { return &s == &side_[0] ? side_[1] : side_[0]; }
   void relay(Side& from, std::size_t n) noexcept;
   void pass_end(Side& from) noexcept;

@@ -30,16 +30,9 @@ bool idempotent(Method m) {
 // A server's failure counts against it (passive health), but for a
 // kept-alive connection it had closed under us: a race, not its fault.
 void count_server_failure(Exchange* ex, bool reused, const Termination& t) {
-  Worker& w = *ex->worker;
-  const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
-  ServerHealth& h = w.shared.health[static_cast<std::size_t>(ex->server)];
-  if (reused || !passive_failure(h, pool, w.now_ms())) return;
-  ++w.metrics.server[static_cast<std::size_t>(ex->server)].ejections;
-  const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(ex->server)];
-  log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
-      static_cast<int>(pool.name.size()), pool.name.data(),
-      static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()),
-      t.timeout ? "timed out" : uv_strerror(t.err));
+  if (reused) return;
+  const PoolDef& pool = ex->worker->shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
+  server_failure(*ex->worker, static_cast<std::uint16_t>(ex->server), pool, t.timeout ? "timed out" : uv_strerror(t.err));
 }
 
 // Whether the failed attempt goes to another server (or, for a kept-alive

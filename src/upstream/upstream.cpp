@@ -84,6 +84,16 @@ void UpstreamConn::on_stream_connected(int status) noexcept {
 
 void UpstreamConn::on_stream_closed() noexcept { delete this; }
 
+void server_failure(Worker& w, std::uint16_t server, const PoolDef& pool, const char* why) noexcept {
+  ServerHealth& h = w.shared.health[server];
+  if (!passive_failure(h, pool, w.now_ms())) return;
+  ++w.metrics.server[server].ejections;
+  const ServerDef& sd = w.shared.config.table->servers[server];
+  log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
+      static_cast<int>(pool.name.size()), pool.name.data(),
+      static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()), why);
+}
+
 Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, int* rc) {
   UpstreamConn* c = upstream_take_idle(w, server);
   if (!c) {

@@ -367,6 +367,16 @@ def recv_to_end(s: socket.socket) -> bytes:
         out += chunk
 
 
+def wait_until(predicate, timeout: float) -> bool:
+    """Polls `predicate` (every 20 ms) until it holds or `timeout` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
 # ---------------------------------------------------------------- process facts and certificates
 
 def access_log_lines(path: str, count: int = 1, pattern: Optional[str] = None, timeout: float = 5.0) -> list:

@@ -93,12 +93,7 @@ class Backends:
         self.thread.join(10)
 
     def wait_for(self, predicate, timeout=10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return jtest.wait_until(predicate, timeout)
 
 
 def dial(port: int, source: str = "", timeout: float = 10.0) -> socket.socket:

@@ -117,12 +117,7 @@ class Backend:
         self.sock.close()
 
     def wait_for(self, predicate, timeout=15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return jtest.wait_until(predicate, timeout)
 
 
 class WebSocketTest(BalancerTestCase):
@@ -147,13 +142,18 @@ class WebSocketTest(BalancerTestCase):
         raw = socket.create_connection((HOST, HTTPS), timeout=15)
         return ctx.wrap_socket(raw, server_hostname="localhost")
 
+    def switch(self, s, request: bytes):
+        """Sends `request` on `s`, checks that a 101 answers it: its head and the bytes read behind it."""
+        s.sendall(request)
+        head, rest = read_head(s)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        return head, rest
+
     def echo_through(self, tls: bool):
         lb = self.start()
         with self.dial(lb, tls) as s:
             # Bytes right behind the head, in the same write: the first frame.
-            s.sendall(upgrade_request("/ws") + b"early")
-            head, rest = read_head(s)
-            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            head, rest = self.switch(s, upgrade_request("/ws") + b"early")
             self.assertIn(b"\r\nUpgrade: websocket", head)
             # What the server wrote behind its 101, then the echo of "early".
             self.assertEqual(jtest.recv_exact(s, len(b"after-101early"), rest), b"after-101early")
@@ -183,9 +183,7 @@ class WebSocketTest(BalancerTestCase):
         fills the tunnel's buffer (seen short by 128 bytes at the end before the fix)."""
         lb = self.start()
         with self.dial(lb, tls=True) as s:
-            s.sendall(upgrade_request("/ws"))
-            head, rest = read_head(s)
-            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            head, rest = self.switch(s, upgrade_request("/ws"))
             data = jtest.pattern_bytes(2_000_000)
             want = b"after-101" + data
             got = bytearray(rest)
@@ -242,18 +240,14 @@ class WebSocketTest(BalancerTestCase):
     def test_server_close_closes_the_client(self):
         lb = self.start()
         with self.dial(lb) as s:
-            s.sendall(upgrade_request("/bye"))
-            head, rest = read_head(s)
-            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            head, rest = self.switch(s, upgrade_request("/bye"))
             self.assertEqual(rest + jtest.recv_to_end(s), b"bye")
 
     def test_client_close_closes_the_server_side(self):
         lb = self.start()
         self.assertTrue(self.backend.wait_for(lambda: self.backend.open == 0))
         s = self.dial(lb)
-        s.sendall(upgrade_request("/ws"))
-        head, rest = read_head(s)
-        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        head, rest = self.switch(s, upgrade_request("/ws"))
         self.assertEqual(self.backend.open, 1)
         s.close()  # no FIN dance: the whole client goes
         self.assertTrue(self.backend.wait_for(lambda: self.backend.open == 0), "the server side stayed open")
@@ -261,9 +255,7 @@ class WebSocketTest(BalancerTestCase):
     def test_drain_lets_a_tunnel_run_then_closes_it(self):
         lb = self.start()
         with self.dial(lb) as s:
-            s.sendall(upgrade_request("/ws"))
-            head, rest = read_head(s)
-            self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+            head, rest = self.switch(s, upgrade_request("/ws"))
             self.assertEqual(jtest.recv_exact(s, 9, rest), b"after-101")
             t0 = time.monotonic()
             lb.send_signal(signal.SIGTERM)

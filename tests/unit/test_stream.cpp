@@ -18,9 +18,11 @@
 #include <thread>
 
 #include "test_cert.hpp"
+#include "test_peer.hpp"
 #include "juggler/stream.hpp"
 
 using namespace juggler;
+using juggler::test::PeerSocket;
 
 namespace {
 
@@ -203,30 +205,6 @@ TEST_CASE("stream: TLS behind the same API (close_notify is the EOF)", "[stream]
 
 namespace {
 
-// A blocking listener on 127.0.0.1 (port from the kernel); `listening` false
-// leaves the port bound but refusing.
-struct PeerSocket {
-  int fd = -1;
-  int port = 0;
-  explicit PeerSocket(bool listening) {
-    fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    if (listening) REQUIRE(::listen(fd, 4) == 0);
-    socklen_t len = sizeof a;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    port = ntohs(a.sin_port);
-  }
-  ~PeerSocket() { ::close(fd); }
-  sockaddr_in addr() const {
-    sockaddr_in a{};
-    uv_ip4_addr("127.0.0.1", port, &a);
-    return a;
-  }
-};
-
 // Connects, says "ping", reads until the peer's end, then closes.
 struct Dialer final : StreamHandler {
   Stream stream;
@@ -234,6 +212,14 @@ struct Dialer final : StreamHandler {
   std::string got;
   int connected = 1, connects = 0, eofs = 0, closed = 0;  // connected: the last status
   bool close_on_connect = false;
+  sockaddr_in to{};  // valid until on_stream_connected, as connect() wants
+
+  // (Re)initialises the stream on `ctx` and starts connecting it to `peer`.
+  void dial(StreamContext& ctx, const PeerSocket& peer) {
+    stream.init(ctx, this);
+    to = peer.addr;
+    REQUIRE(stream.connect(reinterpret_cast<const sockaddr*>(&to)) == 0);
+  }
 
   uv_buf_t on_stream_alloc() noexcept override { return uv_buf_init(room, sizeof room); }
   void on_stream_connected(int status) noexcept override {
@@ -285,25 +271,21 @@ TEST_CASE("stream: connect, write, read the answer, EOF", "[stream]") {
   });
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, peer);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   server.join();
   CHECK(heard == "ping");
   CHECK(dialer.got == "pong");
   CHECK(dialer.eofs == 1);
   CHECK(dialer.closed == 1);
-  CHECK(d.ctx.connect_reqs == 1);
+  CHECK(d.ctx.connects.allocated == 1);
 }
 
 TEST_CASE("stream: a refused connect reports its error; the stream is reusable after close", "[stream]") {
   PeerSocket refusing(false);
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = refusing.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, refusing);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connected == UV_ECONNREFUSED);
   CHECK(dialer.closed == 1);
@@ -311,23 +293,19 @@ TEST_CASE("stream: a refused connect reports its error; the stream is reusable a
   // Again on the same Stream, this time to a listener, closing at once.
   PeerSocket peer(true);
   dialer.close_on_connect = true;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in b = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&b)) == 0);
+  dialer.dial(d.ctx, peer);
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connected == 0);
   CHECK(dialer.connects == 2);
   CHECK(dialer.closed == 2);
-  CHECK(d.ctx.connect_reqs == 1);  // the pooled request was reused
+  CHECK(d.ctx.connects.allocated == 1);  // the pooled request was reused
 }
 
 TEST_CASE("stream: close() while connecting: no on_stream_connected, on_stream_closed last", "[stream]") {
   PeerSocket peer(true);
   DialLoop d;
   Dialer dialer;
-  dialer.stream.init(d.ctx, &dialer);
-  const sockaddr_in a = peer.addr();
-  REQUIRE(dialer.stream.connect(reinterpret_cast<const sockaddr*>(&a)) == 0);
+  dialer.dial(d.ctx, peer);
   dialer.stream.close();
   uv_run(&d.loop, UV_RUN_DEFAULT);
   CHECK(dialer.connects == 0);

@@ -18,9 +18,11 @@
 #include <thread>
 #include <vector>
 
+#include "test_peer.hpp"
 #include "tunnel/tunnel.hpp"
 
 using namespace juggler;
+using juggler::test::PeerSocket;
 
 namespace {
 
@@ -34,21 +36,6 @@ bool matches(const std::string& got, std::size_t n, int seed) {
     if (got[i] != pattern(i, seed)) return false;
   return true;
 }
-
-// A blocking socket on 127.0.0.1; `listening` false leaves the port refusing.
-struct Peer {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  explicit Peer(bool listening) {
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    if (listening) REQUIRE(::listen(fd, 4) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  }
-  ~Peer() { ::close(fd); }
-};
 
 int dial(const sockaddr_in& a) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -102,6 +89,7 @@ struct Rig final : TunnelOwner {
   BufferPool pool{16 * 1024, 64};
   TimerWheel wheel{start_loop(&loop)};
   TunnelEnv env;
+  Stream sides[2];
   Tunnel tunnel;
   uv_tcp_t listener;
   uv_timer_t tick;
@@ -115,7 +103,7 @@ struct Rig final : TunnelOwner {
 
   Rig(const sockaddr_in* to, std::uint32_t idle_ms) : target(to) {
     env = TunnelEnv{&streams, &pool, &wheel, idle_ms};
-    tunnel.init(env, this);
+    tunnel.init(env, this, sides[0], sides[1]);
     uv_tcp_init(&loop, &listener);
     listener.data = this;
     uv_ip4_addr("127.0.0.1", 0, &listen_addr);
@@ -165,7 +153,7 @@ struct Rig final : TunnelOwner {
 // it to the end and only then sends its 1 MB and ends: the direction still
 // open after the first FIN has to keep flowing.
 void half_close_round_trip(int first) {
-  Peer server(true);
+  PeerSocket server(true);
   Rig rig(&server.addr, 60000);
   std::string at_server, at_client;
   bool server_ok = false, client_ok = false;
@@ -179,9 +167,7 @@ void half_close_round_trip(int first) {
     }
   };
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const int c = server.accept_one();
     talk(c, 1, &at_server, &server_ok);
     ::close(c);
   });
@@ -213,7 +199,7 @@ TEST_CASE("tunnel: 1 MB each way, the server ends first, the client answers afte
 }
 
 TEST_CASE("tunnel: a server that does not read stops the reading of the client", "[tunnel]") {
-  Peer server(true);
+  PeerSocket server(true);
   Rig rig(&server.addr, 60000);
   std::atomic<bool> stalled{false}, checked{false};
   std::atomic<std::size_t> sent{0};
@@ -235,10 +221,8 @@ TEST_CASE("tunnel: a server that does not read stops the reading of the client",
   std::string at_server;
   bool server_ok = false;
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
+    const int c = server.accept_one();
     while (!checked.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));  // not reading
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     at_server = read_to_end(c, &server_ok);
     ::close(c);
   });
@@ -284,15 +268,13 @@ TEST_CASE("tunnel: a server that does not read stops the reading of the client",
 }
 
 TEST_CASE("tunnel: no byte either way for the idle timeout closes both sides", "[tunnel]") {
-  Peer server(true);
+  PeerSocket server(true);
   Rig rig(&server.addr, 300);
   bool server_ok = false, client_ok = false;
   std::string at_server, at_client;
   std::chrono::steady_clock::duration quiet{};
   std::thread server_thread([&] {
-    const int c = ::accept(server.fd, nullptr, nullptr);
-    timeval tv{20, 0};
-    ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const int c = server.accept_one();
     at_server = read_to_end(c, &server_ok);
     ::close(c);
   });
@@ -317,7 +299,7 @@ TEST_CASE("tunnel: no byte either way for the idle timeout closes both sides", "
 }
 
 TEST_CASE("tunnel: a refused connect is reported; a second connect on the same tunnel works", "[tunnel]") {
-  Peer refusing(false), server(true);
+  PeerSocket refusing(false), server(true);
   Rig rig(&refusing.addr, 60000);
   rig.retry_target = &server.addr;
   std::string at_client;
@@ -345,7 +327,7 @@ TEST_CASE("tunnel: a refused connect is reported; a second connect on the same t
 
 TEST_CASE("tunnel: a connect that does not complete in time is reported as UV_ETIMEDOUT", "[tunnel]") {
   // A listener whose accept queue is full drops further SYNs: connects hang.
-  Peer full(false);
+  PeerSocket full(false);
   REQUIRE(::listen(full.fd, 0) == 0);
   std::vector<int> fillers;
   for (int i = 0; i < 8; ++i) {
