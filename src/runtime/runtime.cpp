@@ -357,8 +357,8 @@ int run(const Config& config) {
       threads[i].fd_def.push_back(&l);
     }
     if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
-    const std::string shown = host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
-    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") + shown + ":" + std::to_string(port));
+    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") +
+                       join_host_port(host, port));
   }
 
   // The admin listener: a thread and loop of its own running the same HTTP/1
@@ -375,9 +375,8 @@ int run(const Config& config) {
     a.fds.push_back(fd);
     a.fd_tls.push_back(nullptr);
     a.fd_def.push_back(&kAdminListenerDef);
-    const std::string& h = config.admin_host;
-    admin_announce = ("admin listening on http://" + (h.find(':') != std::string::npos ? "[" + h + "]" : h) + ":" +
-                      std::to_string(bound_port(fd)) + " (/metrics, /stats)");
+    admin_announce =
+        "admin listening on http://" + join_host_port(config.admin_host, bound_port(fd)) + " (/metrics, /stats)";
   }
 
   uv_loop_t main_loop;
