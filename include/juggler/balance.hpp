@@ -101,6 +101,13 @@ inline void passive_success(ServerHealth& h) noexcept {
   }
 }
 
+// A server's weight now: the admin's (ServerHealth::weight), else the
+// compiled one. The picks and the admin pages both read it.
+[[nodiscard]] inline std::uint16_t current_weight(const ServerHealth& h, const ServerDef& s) noexcept {
+  const std::uint16_t set = h.weight.load(std::memory_order_relaxed);
+  return set ? set : s.weight;
+}
+
 // Health transitions, called by whoever decides health (active checks, passive
 // ejection), from any thread. `now_ms` is a CLOCK_MONOTONIC millisecond clock,
 // the same the workers pass to pick() (uv_now() of any loop, or

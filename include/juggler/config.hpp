@@ -57,6 +57,9 @@ bool socket_address(std::string_view host, std::uint16_t port, sockaddr_storage&
 // Splits "127.0.0.1:9090" or "[::1]:9090" (port 0..65535) into host (without
 // brackets) and port; "9090" alone is 127.0.0.1:9090. False when it is none of these.
 bool split_host_port(std::string_view text, std::string& host, int& port);
+// The reverse, for messages: "127.0.0.1:9090", or "[::1]:9090" for an IPv6
+// host (one given in brackets already is kept as it is).
+std::string join_host_port(std::string_view host, int port);
 
 // Human-readable tables of listeners, pools, servers and routes, and the
 // effective settings after command-line overrides (--check).

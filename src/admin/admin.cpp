@@ -138,8 +138,7 @@ std::string_view server_state(const Shared& shared, std::size_t server) noexcept
 }
 
 std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
-  const std::uint16_t set = shared.health[server].weight.load(std::memory_order_relaxed);
-  return set ? set : shared.config.table->servers[server].weight;
+  return current_weight(shared.health[server], shared.config.table->servers[server]);
 }
 
 State admin_respond(Exchange* ex) {

@@ -88,11 +88,12 @@ State admin_control(Exchange* ex) {
     return admin_answer(ex, 401, kText, "unauthorized: send Authorization: Bearer <the token of admin_token_file>\n",
                  "WWW-Authenticate: Bearer realm=\"juggler\"\r\n");
   }
-  const int server = find_server(t, pool, authority);
-  if (server < 0) {
+  const int found = find_server(t, pool, authority);
+  if (found < 0) {
     return admin_answer(ex, 404, kText, "no such server in that pool\n");
   }
-  ServerHealth& h = shared.health[static_cast<std::size_t>(server)];
+  const auto server = static_cast<std::size_t>(found);
+  ServerHealth& h = shared.health[server];
   if (action == "weight") {
     const std::uint16_t w = parse_weight(query_value(ex->head.query, "w"));
     if (w == 0) {
@@ -102,13 +103,14 @@ State admin_control(Exchange* ex) {
   } else {
     h.drained.store(action == "drain", std::memory_order_relaxed);
   }
-  const ServerDef& d = t.servers[static_cast<std::size_t>(server)];
+  const ServerDef& d = t.servers[server];
+  const unsigned weight = server_weight(shared, server);
   log(LogLevel::Info, "admin: server %.*s in pool %.*s: %.*s (weight %u)", static_cast<int>(d.authority.size()),
       d.authority.data(), static_cast<int>(pool.size()), pool.data(), static_cast<int>(action.size()), action.data(),
-      static_cast<unsigned>(server_weight(shared, static_cast<std::size_t>(server))));
+      weight);
   std::string body = "{\"pool\":\"" + std::string(pool) + "\",\"server\":\"" + std::string(d.authority) +
-                     "\",\"state\":\"" + std::string(server_state(shared, static_cast<std::size_t>(server))) +
-                     "\",\"weight\":" + std::to_string(server_weight(shared, static_cast<std::size_t>(server))) + "}\n";
+                     "\",\"state\":\"" + std::string(server_state(shared, server)) +
+                     "\",\"weight\":" + std::to_string(weight) + "}\n";
   return admin_answer(ex, 200, "application/json", body);
 }
 

@@ -31,6 +31,11 @@ struct Writer {
     out.append("# HELP ").append(name).append(" ").append(help).append("\n# TYPE ");
     out.append(name).append(" ").append(type).append("\n");
   }
+  // A family of one sample without labels.
+  void single(const char* name, const char* type, const char* help, std::uint64_t v) {
+    family(name, type, help);
+    sample(name, "", v);
+  }
   // name{labels} value; `labels` already formatted (`a="x",b="y"`), may be empty.
   void sample(std::string_view name, std::string_view labels, std::uint64_t v) {
     head(name, labels);
@@ -155,29 +160,22 @@ void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
 }
 
 void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
-  w.family("juggler_client_bytes_received_total", "counter", "Bytes read from clients (TLS: decrypted).");
-  w.sample("juggler_client_bytes_received_total", "", s.bytes_in);
-  w.family("juggler_client_bytes_sent_total", "counter", "Bytes of answers to clients (heads and bodies).");
-  w.sample("juggler_client_bytes_sent_total", "", s.bytes_out);
+  w.single("juggler_client_bytes_received_total", "counter", "Bytes read from clients (TLS: decrypted).", s.bytes_in);
+  w.single("juggler_client_bytes_sent_total", "counter", "Bytes of answers to clients (heads and bodies).",
+           s.bytes_out);
   w.family("juggler_client_connections", "gauge", "Client connections: active (a request in flight) or idle.");
   w.sample("juggler_client_connections", "state=\"active\"", s.active);
   w.sample("juggler_client_connections", "state=\"idle\"", s.connections > s.active ? s.connections - s.active : 0);
-  w.family("juggler_retries_total", "counter", "Requests sent again to a server after a failed attempt.");
-  w.sample("juggler_retries_total", "", s.retries);
-  w.family("juggler_retries_denied_total", "counter", "Retries the retry budget refused.");
-  w.sample("juggler_retries_denied_total", "", s.retries_denied);
+  w.single("juggler_retries_total", "counter", "Requests sent again to a server after a failed attempt.", s.retries);
+  w.single("juggler_retries_denied_total", "counter", "Retries the retry budget refused.", s.retries_denied);
   w.family("juggler_tls_handshakes_total", "counter", "TLS handshakes completed with clients.");
   w.sample("juggler_tls_handshakes_total", "kind=\"full\"", s.tls_full);
   w.sample("juggler_tls_handshakes_total", "kind=\"resumed\"", s.tls_resumed);
-  w.family("juggler_tls_failures_total", "counter", "TLS handshakes and records that failed.");
-  w.sample("juggler_tls_failures_total", "", s.tls_failures);
-  w.family("juggler_accept_refused_total", "counter",
-           "Connections refused with 503 over limit.connections_per_worker.");
-  w.sample("juggler_accept_refused_total", "", s.refused);
-  w.family("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).");
-  w.sample("juggler_accept_errors_total", "", s.accept_errors);
-  w.family("juggler_workers", "gauge", "Worker threads serving traffic.");
-  w.sample("juggler_workers", "", std::uint64_t{shared.workers.size()});
+  w.single("juggler_tls_failures_total", "counter", "TLS handshakes and records that failed.", s.tls_failures);
+  w.single("juggler_accept_refused_total", "counter",
+           "Connections refused with 503 over limit.connections_per_worker.", s.refused);
+  w.single("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).", s.accept_errors);
+  w.single("juggler_workers", "gauge", "Worker threads serving traffic.", std::uint64_t{shared.workers.size()});
   w.family("juggler_build_info", "gauge", "The version, and the routes file compiled in.");
   std::string labels = "version=\"" JUGGLER_VERSION "\",routes=\"";
   append_escaped(labels, shared.config.table->source);

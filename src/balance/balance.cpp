@@ -215,8 +215,7 @@ std::uint32_t Balancer::ramp_permille(const PoolDef& p, std::uint32_t server, st
 // round_robin calls them for every server of every pick, and a call each cost
 // more than the rest of the admin's weight control.
 inline std::uint16_t Balancer::weight(std::uint32_t server) const noexcept {
-  const std::uint16_t set = health_[server].weight.load(std::memory_order_relaxed);
-  return std::max<std::uint16_t>(set ? set : table_.servers[server].weight, 1);
+  return std::max<std::uint16_t>(current_weight(health_[server], table_.servers[server]), 1);
 }
 
 // The weight in thousandths: weight × ramp. Never 0.

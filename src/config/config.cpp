@@ -103,6 +103,15 @@ bool split_host_port(std::string_view text, std::string& host, int& port) {
   return true;
 }
 
+std::string join_host_port(std::string_view host, int port) {
+  const bool v6 = host.find(':') != std::string_view::npos && host.front() != '[';
+  std::string out;
+  if (v6) out += '[';
+  out.append(host);
+  if (v6) out += ']';
+  return out + ":" + std::to_string(port);
+}
+
 std::int64_t parse_duration_ms(std::string_view t) noexcept {
   std::size_t i = 0;
   std::int64_t n = 0;
@@ -209,10 +218,7 @@ std::string describe_config(const Config& c) {
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";
   }
-  if (c.admin_port >= 0) {
-    const bool v6 = c.admin_host.find(':') != std::string::npos;
-    o << "  admin  " << (v6 ? "[" : "") << c.admin_host << (v6 ? "]:" : ":") << c.admin_port << "  (/metrics, /stats)\n";
-  }
+  if (c.admin_port >= 0) o << "  admin  " << join_host_port(c.admin_host, c.admin_port) << "  (/metrics, /stats)\n";
   o << "\npools\n";
   for (const PoolDef& p : t.pools) {
     o << "  " << p.name << "  " << strategy_name(p.strategy);

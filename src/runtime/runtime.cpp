@@ -216,11 +216,6 @@ void trim_pools(Worker& w) {
 #endif
 }
 
-// A listen address as a URL shows it: an IPv6 one in brackets.
-std::string url_host(const std::string& host) {
-  return host.find(':') != std::string::npos && host.front() != '[' ? "[" + host + "]" : host;
-}
-
 // Tunnels may go on for hours: a drain lets them run for timeout.drain, less
 // a margin, then closes them, so the process ends cleanly before the main
 // thread's drain timeout exits it.
@@ -362,8 +357,8 @@ int run(const Config& config) {
       threads[i].fd_def.push_back(&l);
     }
     if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
-    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") + url_host(host) +
-                       ":" + std::to_string(port));
+    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") +
+                       join_host_port(host, port));
   }
 
   // The admin listener: a thread and loop of its own running the same HTTP/1
@@ -380,8 +375,8 @@ int run(const Config& config) {
     a.fds.push_back(fd);
     a.fd_tls.push_back(nullptr);
     a.fd_def.push_back(&kAdminListenerDef);
-    admin_announce = "admin listening on http://" + url_host(config.admin_host) + ":" + std::to_string(bound_port(fd)) +
-                     " (/metrics, /stats)";
+    admin_announce =
+        "admin listening on http://" + join_host_port(config.admin_host, bound_port(fd)) + " (/metrics, /stats)";
   }
 
   uv_loop_t main_loop;

@@ -35,12 +35,7 @@ def exchange(port: int, request: bytes, host: str = HOST) -> bytes:
     """Sends `request` on a new connection and returns every byte until the balancer closes."""
     with jtest.raw_connection(port, host=host) as s:
         s.sendall(request)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                return b"".join(chunks)
-            chunks.append(data)
+        return jtest.recv_to_end(s)
 
 
 def status_and_server(response: bytes):

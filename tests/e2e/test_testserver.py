@@ -30,12 +30,7 @@ def send_raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     with jtest.raw_connection(port, timeout=timeout) as sock:
         sock.sendall(data)
         sock.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return jtest.recv_to_end(sock)
 
 
 def expect_eof(test: unittest.TestCase, sock: socket.socket, timeout: float = 5.0) -> None:

@@ -37,6 +37,14 @@ std::string sequence(Balancer& b, std::uint16_t pool, int n, const Tried& tried 
   return out;
 }
 
+// Pool 0 with passive health on: `max_fails` failures within 1 s eject.
+PoolDef passive_pool(std::uint16_t max_fails) {
+  PoolDef p = kPools[0];
+  p.max_fails = max_fails;
+  p.fail_window_ms = 1000;
+  return p;
+}
+
 }  // namespace
 
 TEST_CASE("smooth weighted round-robin interleaves by weight", "[balance]") {
@@ -92,9 +100,7 @@ TEST_CASE("down servers leave the weighted sequence fair among the rest", "[bala
 }
 
 TEST_CASE("passive health ejects after max_fails in the window, doubling on repeat", "[balance]") {
-  PoolDef p = kPools[0];
-  p.max_fails = 3;
-  p.fail_window_ms = 1000;
+  PoolDef p = passive_pool(3);
   ServerHealth h;
   CHECK_FALSE(passive_failure(h, p, 10000));
   CHECK_FALSE(passive_failure(h, p, 10100));
@@ -114,9 +120,7 @@ TEST_CASE("passive health ejects after max_fails in the window, doubling on repe
 }
 
 TEST_CASE("failures while ejected do not eject again", "[balance]") {
-  PoolDef p = kPools[0];
-  p.max_fails = 2;
-  p.fail_window_ms = 1000;
+  PoolDef p = passive_pool(2);
   ServerHealth h;
   CHECK_FALSE(passive_failure(h, p, 10000));
   CHECK(passive_failure(h, p, 10001));
@@ -127,9 +131,7 @@ TEST_CASE("failures while ejected do not eject again", "[balance]") {
 }
 
 TEST_CASE("workers failing at the same moment make one ejection", "[balance]") {
-  PoolDef p = kPools[0];
-  p.max_fails = 1;
-  p.fail_window_ms = 1000;
+  PoolDef p = passive_pool(1);
   // Two threads released together fail the same server once each, many times
   // over: the ejection is made once and is one fail_window long.
   int doubled = 0;
@@ -153,9 +155,7 @@ TEST_CASE("workers failing at the same moment make one ejection", "[balance]") {
 }
 
 TEST_CASE("failures spread over more than the window do not eject", "[balance]") {
-  PoolDef p = kPools[0];
-  p.max_fails = 2;
-  p.fail_window_ms = 1000;
+  PoolDef p = passive_pool(2);
   ServerHealth h;
   CHECK_FALSE(passive_failure(h, p, 5000));
   CHECK_FALSE(passive_failure(h, p, 6500));

@@ -28,6 +28,15 @@ std::string joined(const uv_buf_t* iov, unsigned n) {
   return s;
 }
 
+// The head edit_request_head makes of `r` for client 127.0.0.1 over http.
+std::string edited(const Parsed& r, std::string_view upgrade = {}) {
+  char scratch[512];
+  std::size_t len = 0;
+  uv_buf_t iov[8];
+  const unsigned n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov, upgrade);
+  return joined(iov, n);
+}
+
 }  // namespace
 
 TEST_CASE("a request head is described by views into the buffer", "[http]") {
@@ -178,16 +187,11 @@ TEST_CASE("a WebSocket switch keeps its Upgrade and says Connection: Upgrade", "
   parse(r, req);
   REQUIRE(r.event == ParseEvent::HeadComplete);
   CHECK(r.p.upgrade_request());
-  char scratch[512];
-  std::size_t len = 0;
-  uv_buf_t iov[8];
-  unsigned n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov, "websocket");
-  CHECK(joined(iov, n) ==
+  CHECK(edited(r, "websocket") ==
         "GET /ws HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\n"
         "X-Forwarded-Host: a\r\nVia: 1.1 juggler\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
   // Without the switch (another token, or no tunnel) both go as hop-by-hop headers.
-  n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov);
-  CHECK(joined(iov, n).find("pgrade") == std::string::npos);
+  CHECK(edited(r).find("pgrade") == std::string::npos);
 }
 
 TEST_CASE("HTTP/1.0 requests ask the server for keep-alive", "[http]") {
@@ -196,11 +200,7 @@ TEST_CASE("HTTP/1.0 requests ask the server for keep-alive", "[http]") {
   parse(r, req);
   REQUIRE(r.event == ParseEvent::HeadComplete);
   CHECK_FALSE(r.p.keep_alive());
-  char scratch[512];
-  std::size_t len = 0;
-  uv_buf_t iov[8];
-  unsigned n = edit_request_head(r.p, "127.0.0.1", "http", scratch, sizeof scratch, &len, iov);
-  CHECK(joined(iov, n) ==
+  CHECK(edited(r) ==
         "GET / HTTP/1.0\r\nX-Forwarded-For: 127.0.0.1\r\nX-Forwarded-Proto: http\r\nVia: 1.1 juggler\r\n"
         "Connection: keep-alive\r\n\r\n");
 }
