@@ -16,6 +16,7 @@ from balancer import BalancerTestCase
 
 HOST = "127.0.102.1"
 UPSTREAM_S = 2.0  # timeout.upstream in tests/routes/parties.def
+FAST_PHASE_S = 60  # test_slow_reader_gets_every_byte: 50 MB once the client reads at full speed
 
 
 class TimeoutPartiesTest(BalancerTestCase):
@@ -47,10 +48,16 @@ class TimeoutPartiesTest(BalancerTestCase):
     def test_slow_reader_gets_every_byte(self):
         lb = self.start_balancer("parties")
         n = 50_000_000
-        sock = socket.create_connection((jtest.LOOPBACK, lb.port), timeout=30)
+        sock = socket.socket()
         self.addCleanup(sock.close)
-        # A small receive window, so the balancer is held back at once.
+        # A small receive window, so the balancer is held back at once. Set before connect:
+        # shrunk after it, the buffer no longer holds the 64 KB window advertised at the
+        # handshake, the balancer's kernel keeps a 32 KB MSS (half the largest window it saw)
+        # that later windows do not fit, and sends only on zero-window probes whose interval
+        # doubles: the full-speed phase stalls for seconds at a time (and hung CI once).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.settimeout(30)
+        sock.connect((jtest.LOOPBACK, lb.port))
         sock.sendall(f"GET /bytes?n={n} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         digest = hashlib.sha256()
         got = 0
@@ -67,12 +74,17 @@ class TimeoutPartiesTest(BalancerTestCase):
         self.assertIn(f"Content-Length: {n}".encode(), data[:head_end])
         digest.update(data[head_end:])
         body_bytes = len(data) - head_end
+        # Full speed: about a second under ASan; the bound turns a stalled transfer into a
+        # failure that says so instead of the runner's timeout.
+        fast_started = time.monotonic()
         while True:
             chunk = sock.recv(1 << 20)
             if not chunk:
                 break
             digest.update(chunk)
             body_bytes += len(chunk)
+            self.assertLess(time.monotonic() - fast_started, FAST_PHASE_S,
+                            f"{body_bytes} of {n} bytes after {FAST_PHASE_S} s at full speed")
         self.assertEqual(body_bytes, n)
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
         self.assertNotIn("stalled", lb.output())
