@@ -218,6 +218,10 @@ class CompressTest(BalancerTestCase):
                 r = self.get("/one_k.txt", host=host, accept=accept)
                 self.assertEqual(r.header("Content-Encoding"), coding)
                 self.assertEqual(decode(coding, r.body), self.bodies["one_k.txt"])
+        # Two Accept-Encoding lines are one list (RFC 9110 5.3): the second names br.
+        r = self.get("/one_k.txt", accept="gzip;q=0.1", extra="Accept-Encoding: br\r\n")
+        self.assertEqual(r.header("Content-Encoding"), "br")
+        self.assertEqual(decode("br", r.body), self.bodies["one_k.txt"])
 
     def test_vary_merged_and_etag_weakened(self):
         base = "/bytes?n=5000&type=application/json&header="
