@@ -30,6 +30,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 9,
     .compress_level_br = 11,
     .compress_level_zstd = 19,
+    .drain_delay_ms = 5000,
+    .instance = "lb-1.eu_west",
 };
 
 constexpr ListenerDef kListeners[] = {
