@@ -119,6 +119,7 @@ Snapshot take_snapshot(const Shared& shared) {
     s.refused += w->refused_connections.get();
     s.retries += w->retries.get();
     s.retries_denied += w->retries_denied.get();
+    s.log_dropped += w->access_log.dropped().get();
     s.tls_full += w->streams.tls_full.get();
     s.tls_resumed += w->streams.tls_resumed.get();
     s.tls_failures += w->streams.tls_failures.get();

@@ -175,6 +175,8 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   w.single("juggler_accept_refused_total", "counter",
            "Connections refused with 503 over limit.connections_per_worker.", s.refused);
   w.single("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).", s.accept_errors);
+  w.single("juggler_access_log_dropped_lines_total", "counter",
+           "Access log lines dropped because their write failed (a full disk, a pipe nobody reads).", s.log_dropped);
   w.single("juggler_workers", "gauge", "Worker threads serving traffic.", std::uint64_t{shared.workers.size()});
   w.family("juggler_build_info", "gauge", "The version, and the routes file compiled in.");
   std::string labels = "version=\"" JUGGLER_VERSION "\",routes=\"";
