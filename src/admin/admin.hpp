@@ -79,6 +79,7 @@ struct Snapshot {
   };
   std::vector<std::uint64_t> routes;  // (routes + 1) * kStatusClasses (metrics.hpp)
   std::vector<Requests> pools;
+  std::vector<Requests> pool_ttfb;  // per pool: the time to first byte (buckets and sum only)
   std::vector<Server> servers;
   Requests all;  // every request of every pool
   std::uint64_t bytes_in = 0, bytes_out = 0, accept_errors = 0, refused = 0, retries = 0, retries_denied = 0;

@@ -110,6 +110,11 @@ void render_requests(Writer& w, const RouteTable& t, const Snapshot& s) {
            "Time from a request's first byte to the end of its answer, per pool.");
   for (std::size_t p = 0; p < t.pools.size(); ++p)
     w.histogram("juggler_pool_request_duration_seconds", pool_label(t.pools[p]), s.pools[p]);
+  w.family("juggler_pool_ttfb_seconds", "histogram",
+           "Time from a request's first byte to the first byte of the answering server's response, per pool "
+           "(proxied requests a server answered).");
+  for (std::size_t p = 0; p < t.pools.size(); ++p)
+    w.histogram("juggler_pool_ttfb_seconds", pool_label(t.pools[p]), s.pool_ttfb[p]);
   w.family("juggler_server_request_duration_seconds", "histogram",
            "Time from a request's first byte to the end of its answer, per server.");
   for (std::size_t i = 0; i < t.servers.size(); ++i)

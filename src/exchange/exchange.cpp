@@ -90,7 +90,10 @@ void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   const std::uint64_t duration_us = ex->start_us ? now_us() - ex->start_us : 0;
   const int pool = ex->route ? ex->route->pool : -1;
-  w.metrics.exchange_done(ex->route ? ex->route->index : -1, pool, ex->server, ex->status, ex->bytes_out, duration_us);
+  const std::int64_t ttfb_us =
+      ex->first_byte_us && ex->start_us ? static_cast<std::int64_t>(ex->first_byte_us - ex->start_us) : -1;
+  w.metrics.exchange_done(ex->route ? ex->route->index : -1, pool, ex->server, ex->status, ex->bytes_out, duration_us,
+                          ttfb_us);
   if (!w.access_log.enabled()) return;
   const RouteTable& t = *w.table;  // the one route, pool and server indexes are of
   AccessRecord r;
@@ -105,7 +108,7 @@ void log_exchange(Exchange* ex) {
   r.bytes_in = ex->bytes_in;
   r.bytes_out = ex->bytes_out;
   r.duration_us = duration_us;
-  if (ex->first_byte_us && ex->start_us) r.ttfb_us = static_cast<std::int64_t>(ex->first_byte_us - ex->start_us);
+  r.ttfb_us = ttfb_us;
   r.retries = ex->attempts > 1 ? ex->attempts - 1U : 0U;
   termination_letters(ex->term, r.term);
   if (ex->down->secure()) r.tls = ex->down->tls_version();

@@ -147,6 +147,30 @@ class JsonLines(LogTestCase):
         self.assertEqual(json.loads(raw)["user_agent"], '"q\\\t\xc3\xa9')
 
 
+class TtfbMetrics(LogTestCase):
+    def test_ttfb_histogram_next_to_the_duration(self):
+        """/delay?ms=300 answers its head after 300 ms: the pool's TTFB histogram has it
+        in (0.25 s, 0.5 s], like the total duration; the local answer and the 502 (no
+        server answered) are not in it."""
+        lb = self.start_logging(admin=True)
+        exchange(lb.port, request_bytes("/delay?ms=300"))
+        exchange(lb.port, request_bytes("/healthz"))
+        exchange(lb.port, request_bytes("/broken/x"))
+
+        def samples():
+            return promtext.parse(jtest.http_request(lb.admin_port, path="/metrics", host=HOST)[2].decode())
+        bucket = lambda family, pool, le: samples_now.get((f"{family}_bucket", (("le", le), ("pool", pool))))
+        jtest.wait_until(lambda: samples().get(("juggler_pool_requests_total", (("class", "5xx"), ("pool", "broken")))) == 1, 5)
+        samples_now = samples()
+        for family in ("juggler_pool_ttfb_seconds", "juggler_pool_request_duration_seconds"):
+            self.assertEqual((bucket(family, "web", "0.25"), bucket(family, "web", "0.5")), (0, 1), family)
+        ttfb_sum = samples_now[("juggler_pool_ttfb_seconds_sum", (("pool", "web"),))]
+        self.assertGreaterEqual(ttfb_sum, 0.3)
+        self.assertLessEqual(ttfb_sum, samples_now[("juggler_pool_request_duration_seconds_sum", (("pool", "web"),))])
+        self.assertEqual(samples_now[("juggler_pool_ttfb_seconds_count", (("pool", "broken"),))], 0)
+        self.assertEqual(samples_now[("juggler_pool_request_duration_seconds_count", (("pool", "broken"),))], 1)
+
+
 class CombinedLines(LogTestCase):
     def test_matches_apache_combined(self):
         lb = self.start_logging("combined")
