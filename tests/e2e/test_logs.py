@@ -86,7 +86,7 @@ class JsonLines(LogTestCase):
         self.assertEqual((line["kind"], line["client"], line["method"], line["path"]),
                          ("http", CLIENT, "GET", "/ping?x=1"))
         self.assertEqual((line["route"], line["pool"], line["server"], line["status"]),
-                         (4, "web", f"{HOST}:7151", 200))
+                         (5, "web", f"{HOST}:7151", 200))
         self.assertEqual((line["bytes_in"], line["bytes_out"]), (len(sent), len(answer)))
         self.assertEqual((line["retries"], line["term"], line["tls"]), (0, "--", None))
         self.assertEqual((line["referer"], line["user_agent"]), ("http://r/", "t"))
@@ -136,6 +136,43 @@ class JsonLines(LogTestCase):
         self.assertEqual((line["kind"], line["client"], line["pool"], line["server"], line["status"]),
                          ("tcp", CLIENT, "web", f"{HOST}:7151", None))
         self.assertEqual((line["bytes_in"], line["bytes_out"], line["term"]), (len(sent), len(answer), "--"))
+
+    def test_websocket_logs_the_101_and_the_tunnel_at_its_end(self):
+        switch = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        backend = socket.create_server((HOST, 7152))
+        self.addCleanup(backend.close)
+
+        def serve():
+            c, _ = backend.accept()
+            with c:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += c.recv(65536)
+                c.sendall(switch + b"hi")
+                while chunk := c.recv(65536):
+                    c.sendall(chunk)
+                c.shutdown(socket.SHUT_WR)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        lb = self.start_logging()
+        sent = request_bytes("/ws", "Upgrade: websocket\r\n").replace(b"Connection: close", b"Connection: Upgrade")
+        with socket.create_connection((HOST, lb.port), timeout=10, source_address=(CLIENT, 0)) as s:
+            s.sendall(sent)
+            got = jtest.recv_exact(s, len(switch) + 2)
+            s.sendall(b"ping")
+            got += jtest.recv_exact(s, 4)
+            s.shutdown(socket.SHUT_WR)
+            got += jtest.recv_to_end(s)
+        self.assertEqual(got, switch + b"hiping")
+        server.join(10)
+        http, tunnel = json_lines(lb.log, 2)
+        self.assertEqual((http["kind"], http["status"], http["path"], http["pool"]), ("http", 101, "/ws", "ws"))
+        self.assertEqual((tunnel["kind"], tunnel["client"], tunnel["method"], tunnel["path"], tunnel["route"],
+                          tunnel["pool"], tunnel["server"], tunnel["status"], tunnel["term"]),
+                         ("websocket", CLIENT, "GET", "/ws", 4, "ws", f"{HOST}:7152", 101, "--"))
+        # The tunnel's bytes: the client's "ping" one way; the 101 head, "hi" and the echo the other.
+        self.assertEqual((tunnel["bytes_in"], tunnel["bytes_out"]), (4, len(got)))
 
     def test_bytes_outside_ascii_stay_valid_json(self):
         lb = self.start_logging()
