@@ -130,9 +130,10 @@ constexpr ListenerDef kAdminListenerDef{ListenKind::Http, "", 0, -1, 0, 0, false
 
 // The access log's descriptor (-1: off, 1: stdout), shared by the workers.
 // A pipe or socket on stdout (a pager, the journal) is made non-blocking: a
-// reader that stops reading costs dropped lines, never a stalled worker. A
-// file is opened for appending, so the workers' whole-line writes and
-// logrotate's copies never interleave mid-line.
+// reader that stops reading costs dropped lines, never a stalled worker
+// (when stderr is the same pipe, a diagnostic line may be dropped as well).
+// A file is opened for appending: each worker's write of whole lines lands
+// at the end, never over another's.
 int open_access_log(const Config& config) {
   if (config.settings.access_log == LogTarget::Off) return -1;
   if (config.settings.access_log == LogTarget::Stdout) {
@@ -147,7 +148,7 @@ int open_access_log(const Config& config) {
 }
 
 // SIGUSR1 (logrotate's postrotate): the access log file is opened again by
-// its name and put in place of the old descriptor with dup2(), which is
+// its name and put in place of the old descriptor with dup3(), which is
 // atomic: a worker's write goes wholly to the old file or wholly to the new
 // one, and what the workers hold in their buffers goes to the new one, so no
 // line is lost or split. The workers take no part.

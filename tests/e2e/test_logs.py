@@ -208,6 +208,22 @@ class TtfbMetrics(LogTestCase):
         self.assertEqual(samples_now[("juggler_pool_request_duration_seconds_count", (("pool", "broken"),))], 1)
 
 
+class ErrorLog(LogTestCase):
+    def test_lines_carry_time_and_level(self):
+        lb = self.start_balancer("logs", log_level="info", cwd=self.dir)
+        line = lb.wait_for_line(r"listening on http://").string
+        self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z juggler info: listening on http://")
+        lb.send_signal(signal.SIGUSR1)  # no file to reopen: said, at info
+        self.assertRegex(lb.wait_for_line("SIGUSR1").string, r"Z juggler info: SIGUSR1: no access log file to reopen$")
+
+    def test_journal_gets_priority_prefixes(self):
+        """With stderr the journal's stream (JOURNAL_STREAM names its device and inode, as
+        systemd sets it) lines carry the sd-daemon priority instead of a time."""
+        wrapper = ["sh", "-c", 'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$@"', "sh"]
+        lb = self.start_balancer("logs", cwd=self.dir, wrapper=wrapper)
+        self.assertRegex(lb.wait_for_line(r"listening on http://").string, r"^<6>juggler: listening on http://")
+
+
 class CombinedLines(LogTestCase):
     def test_matches_apache_combined(self):
         lb = self.start_logging("combined")
