@@ -125,7 +125,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
             f".key = HashKey::{p.key}, .key_name = {sv(p.key_name)}, .first_server = {p.first_server}, "
             f".server_count = {len(p.servers)},\n     .health = {health},\n     "
             f".slow_start_ms = {p.slow_start_ms}, .max_fails = {p.max_fails}, "
-            f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}}}")
+            f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}, .send_proxy = SendProxy::{p.send_proxy}}}")
     servers = [
         f"{{.host = {cstr(s.endpoint.host)}, .port = {s.endpoint.port}, .authority = {cstr(s.endpoint.authority)}, "
         f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}}}"

@@ -137,6 +137,7 @@ class Pool:
     slow_start_ms: int = 0
     max_fails: int = 3
     fail_window_ms: int = 10_000
+    send_proxy: str = "Off"  # SendProxy enumerator: a PROXY header first on each server connection
     servers: list[Server] = field(default_factory=list)
     health: Health | None = None
     first_server: int = 0
@@ -540,7 +541,7 @@ class Parser:
         if strategy not in STRATEGIES:
             raise DefError(f"unknown strategy '{strategy}' (expected {', '.join(STRATEGIES)})")
         pool.strategy = strategy
-        opts = Options(f"pool {strategy}", toks[3:], ["key", "slow_start", "max_fails", "fail_window"])
+        opts = Options(f"pool {strategy}", toks[3:], ["key", "slow_start", "max_fails", "fail_window", "send_proxy"])
         if strategy == "consistent_hash":
             if "key" not in opts.values:
                 raise DefError("consistent_hash needs key=ip|path|header:NAME|cookie:NAME|query:NAME")
@@ -553,6 +554,11 @@ class Parser:
             pool.max_fails = parse_int("max_fails", opts.values["max_fails"], 0, 1000)
         if "fail_window" in opts.values:
             pool.fail_window_ms = parse_duration("fail_window", opts.values["fail_window"])
+        if "send_proxy" in opts.values:
+            version = opts.values["send_proxy"]
+            if version not in ("v1", "v2"):
+                raise DefError(f"bad send_proxy '{version}' (expected v1 or v2)")
+            pool.send_proxy = version.upper()
         if len(self.config.pools) >= MAX_POOLS:
             raise DefError(f"too many pools (at most {MAX_POOLS})")
         pool.index = len(self.config.pools)
@@ -612,6 +618,10 @@ class Parser:
             raise DefError(f"unknown method '{method}' (expected {', '.join(METHODS)})")
         if not path.startswith("/"):
             raise DefError(f"health check path '{path}' must start with '/'")
+        if pool.send_proxy != "Off":
+            # The servers expect a PROXY header first; the check does not send one.
+            raise DefError(f"an HTTP health check cannot check pool '{pool.name}' with "
+                           f"send_proxy={pool.send_proxy.lower()} (use health tcp)")
         h = Health(line=line, method=method, path=path)
         self.health_options(h, toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
         pool.health = h
@@ -798,6 +808,13 @@ class Parser:
         for r in c.routes:
             if r.pool_name is not None:
                 r.pool_index = self.resolve(r.line, r.pool_name, "route")
+            pool = c.pools[r.pool_index] if r.action == "Proxy" and r.pool_index >= 0 else None
+            if pool is not None and pool.send_proxy != "Off":
+                # Kept-alive server connections carry requests of many clients: one
+                # PROXY header at their start cannot name each (docs/routes-reference.md).
+                self.errors.append((r.line, DefError(
+                    f"route proxies to pool '{pool.name}', which has send_proxy={pool.send_proxy.lower()}: "
+                    "send_proxy is for the pools of tcp and tls listeners only").message))
         self.check_shadowed()
 
     def resolve(self, line: int, name: str, who: str) -> int:

@@ -82,6 +82,9 @@ struct ListenerDef {
 
 enum class Strategy : std::uint8_t { RoundRobin, LeastConn, Random, ConsistentHash, LeastTime };
 enum class HashKey : std::uint8_t { None, Ip, Header, Cookie, Path, Query };
+// `send_proxy=v1|v2`: the PROXY protocol header a pool's server connections
+// start with (tcp and tls listeners' pools only).
+enum class SendProxy : std::uint8_t { Off, V1, V2 };
 
 struct ServerDef {
   std::string_view host;       // numeric address: "127.0.0.1", "::1"
@@ -118,6 +121,7 @@ struct PoolDef {
   std::uint16_t max_fails;
   std::uint32_t fail_window_ms;
   std::uint32_t line;
+  SendProxy send_proxy = SendProxy::Off;
 };
 
 // ---------------------------------------------------------------- routes

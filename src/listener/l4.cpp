@@ -20,7 +20,9 @@ struct L4Conn final : TunnelOwner {
   std::uint16_t pool = 0;
   std::uint16_t attempts = 0;
   std::uint8_t ip_len = 0;
+  std::uint8_t preface_len = 0;  // send_proxy pools: the header in `preface`
   char ip[46];
+  char preface[kProxyHeaderOut];
   ProxyPrelude proxy;  // proxy_protocol listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
   L4Conn* next = nullptr;
@@ -55,9 +57,23 @@ void connect_next(L4Conn* c) {
                     settings(w).connect_timeout_ms);
 }
 
+// send_proxy pools: the PROXY header every server connection of the tunnel
+// starts with, naming the client and the address it connected to (those a
+// PROXY header in carried, else the connection's own).
+void set_preface(L4Conn* c, const ProxyHeader* in) {
+  const SendProxy v = pool_of(c).send_proxy;
+  if (v == SendProxy::Off) return;
+  ProxyAddrs a;
+  if (in && !in->local) a = in->addrs;
+  else if (!proxy_addrs_of(c->tunnel.client().tcp(), &a)) a = ProxyAddrs{};  // UNKNOWN / LOCAL
+  c->preface_len = static_cast<std::uint8_t>(format_proxy_header(v, a, c->preface));
+  c->tunnel.set_preface({c->preface, c->preface_len});
+}
+
 // The PROXY header named the client: now the pool's strategy can pick.
-void on_proxy_header(void* owner) {
+void on_proxy_header(void* owner, const ProxyHeader& h) {
   auto* c = static_cast<L4Conn*>(owner);
+  set_preface(c, &h);
   c->worker->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
@@ -104,6 +120,7 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
     c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
     return;
   }
+  set_preface(c, nullptr);
   w.balancer.begin(pool, kNoHead, c->ticket);
   connect_next(c);
 }

@@ -45,16 +45,16 @@ constexpr CertDef kCerts[] = {
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 3,
      .health = {.enabled = true, .method = Method::Get, .path = "/ping", .interval_ms = 10000, .timeout_ms = 2000, .rise = 2, .fall = 3, .expect_lo = 200, .expect_hi = 399, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 19},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 19, .send_proxy = SendProxy::Off},
     {.name = "api", .strategy = Strategy::ConsistentHash, .key = HashKey::Cookie, .key_name = "jsid", .first_server = 3, .server_count = 2,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 25},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 25, .send_proxy = SendProxy::Off},
     {.name = "fast", .strategy = Strategy::LeastTime, .key = HashKey::None, .key_name = {}, .first_server = 5, .server_count = 2,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 29},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 29, .send_proxy = SendProxy::Off},
     {.name = "db", .strategy = Strategy::LeastConn, .key = HashKey::None, .key_name = {}, .first_server = 7, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40, .send_proxy = SendProxy::Off},
 };
 
 constexpr ServerDef kServers[] = {

@@ -39,7 +39,7 @@ constexpr ListenerDef kListeners[] = {
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3, .send_proxy = SendProxy::Off},
 };
 
 constexpr ServerDef kServers[] = {
