@@ -131,13 +131,21 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
         f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}}}"
         for p in c.pools for s in p.servers
     ]
+    # The Upgrade token lists, one array per distinct list (most routes share the default).
+    upgrade_lists: dict[tuple[str, ...], str] = {}
+    for r in c.routes:
+        if r.action == "Proxy" and r.upgrades:
+            upgrade_lists.setdefault(tuple(r.upgrades), f"kUpgrades{len(upgrade_lists)}")
     routes = [
         f"{{.index = {r.index}, .line = {r.line}, .text = {cstr(r.text)},\n     "
         f".action = Action::{r.action}, .pool = {r.pool_index}, .status = {r.status}, .retries = {r.retries}, "
-        f".compress = {r.compress}, .cache_ttl_ms = {r.cache_ms}}}"
+        f".compress = {r.compress}, .cache_ttl_ms = {r.cache_ms}, "
+        f".upgrades = {upgrade_lists.get(tuple(r.upgrades), '{}') if r.action == 'Proxy' else '{}'}}}"
         for r in c.routes
     ]
     out: list[str] = []
+    for tokens, name in upgrade_lists.items():
+        out += emit_array("std::string_view", name, [cstr(t) for t in tokens])
     spans: dict[str, str] = {}
     for ctype, name, rows in (("ListenerDef", "kListeners", listeners), ("CertDef", "kCerts", certs),
                               ("PoolDef", "kPools", pools), ("ServerDef", "kServers", servers),

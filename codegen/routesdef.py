@@ -37,6 +37,8 @@ ENCODINGS = {"gzip": 1, "br": 2, "zstd": 4}
 # `set compress.level.NAME N`: the range each encoder takes, and its default.
 COMPRESS_LEVELS = {"gzip": (1, 9, 5), "br": (0, 11, 4), "zstd": (1, 19, 3)}
 RESERVED_POOL_NAMES = ("redirect", "respond", "https")
+# The Upgrade tokens a proxied route tunnels without `upgrade=`.
+DEFAULT_UPGRADES = ("websocket",)
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
@@ -165,6 +167,7 @@ class Route:
     retries: int = 2
     compress: int = 0  # ENCODINGS bits
     cache_ms: int = 0
+    upgrades: list[str] = field(default_factory=lambda: list(DEFAULT_UPGRADES))  # lower case; [] = none
 
     @property
     def conditional(self) -> bool:
@@ -739,17 +742,38 @@ class Parser:
         else:
             r.action, r.pool_name, rest = "Proxy", word, tail[1:]
         if r.action != "Proxy" and rest:
-            if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries"):
+            if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries", "upgrade"):
                 raise DefError(f"option '{rest[0]}' is only for routes that proxy to a pool (-> POOL {rest[0]})")
             raise DefError(f"unexpected '{rest[0]}' after the action")
-        opts = Options("a route", rest, ["cache", "retries", "compress"], ["gzip", "compress"])
+        opts = Options("a route", rest, ["cache", "retries", "compress", "upgrade"], ["gzip", "compress"])
         r.compress = Parser.route_compress(opts)
+        if "upgrade" in opts.values:
+            r.upgrades = Parser.route_upgrades(opts.values["upgrade"])
         if "cache" in opts.values:
             r.cache_ms = parse_duration("cache", opts.values["cache"])
         if "retries" in opts.values:
             r.retries = parse_int("retries", opts.values["retries"], 0, 10)
         if r.action != "Proxy":
             r.retries = 0
+
+    @staticmethod
+    def route_upgrades(value: str) -> list[str]:
+        """`upgrade=TOKEN,...`: the protocols a request may switch to (they replace the
+        default websocket), or `none`."""
+        if value == "none":
+            return []
+        tokens: list[str] = []
+        for tok in value.split(","):
+            if not TOKEN_RE.fullmatch(tok):
+                raise DefError(f"bad upgrade token '{tok}' in upgrade= (expected a comma list of protocol names "
+                               "like websocket, or none)")
+            low = ascii_lower(tok)
+            if low == "h2c" or low == "none":
+                raise DefError(f"'{tok}' cannot be listed in upgrade= (h2c is always refused; none stands alone)")
+            if low in tokens:
+                raise DefError(f"upgrade token '{tok}' is listed twice")
+            tokens.append(low)
+        return tokens
 
     @staticmethod
     def route_compress(opts: Options) -> int:

@@ -147,6 +147,9 @@ struct RouteDef {
   std::uint8_t retries;    // Proxy: extra attempts on another server
   std::uint8_t compress;   // kCompress* bits: `gzip`, `compress`, `compress=gzip,br,zstd`
   std::uint32_t cache_ttl_ms;  // 0 = not cached
+  // Proxy: the Upgrade tokens (lower case) a request may switch to, tunnelled
+  // after a 101; `websocket` unless `upgrade=` lists others; empty: none.
+  std::span<const std::string_view> upgrades = {};
 };
 
 // ---------------------------------------------------------------- settings

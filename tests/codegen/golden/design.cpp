@@ -32,6 +32,10 @@ constexpr Settings kSettings{
     .compress_level_zstd = 3,
 };
 
+constexpr std::string_view kUpgrades0[] = {
+    "websocket",
+};
+
 constexpr ListenerDef kListeners[] = {
     {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15},
     {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16},
@@ -70,15 +74,15 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 33, .text = "route GET,HEAD /static/* -> web gzip cache=60s",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 60000},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 60000, .upgrades = kUpgrades0},
     {.index = 1, .line = 34, .text = "route * /api/* host=api.example.com -> api retries=2",
-     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 2, .line = 35, .text = "route GET /files/* -> redirect web 302",
-     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 3, .line = 36, .text = "route GET /healthz -> respond 200",
-     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 4, .line = 37, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
 }  // namespace

@@ -32,6 +32,15 @@ constexpr Settings kSettings{
     .compress_level_zstd = 19,
 };
 
+constexpr std::string_view kUpgrades0[] = {
+    "websocket",
+};
+
+constexpr std::string_view kUpgrades1[] = {
+    "mqtt",
+    "websocket",
+};
+
 constexpr ListenerDef kListeners[] = {
     {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 20},
     {.kind = ListenKind::Http, .host = "::", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 21},
@@ -92,45 +101,45 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 54, .text = "route * /* host=a.example.com -> rnd",
-     .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 1, .line = 55, .text = "route * /* host=B.Example.com -> fast",
-     .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 2, .line = 56, .text = "route * /* host=a.example.org -> fast",
-     .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 3, .line = 57, .text = "route * /* host=www.a.example.com -> rnd",
-     .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 4, .line = 58, .text = "route * /* host=b.example.co -> path_hash",
-     .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 5, .line = 59, .text = "route * /* host=*.c.example.com header:X-Env=prod -> path_hash",
-     .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 6, .line = 60, .text = "route GET /caf\303\251/* -> web compress",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 7, .cache_ttl_ms = 0},
-    {.index = 7, .line = 61, .text = "route GET /quote\"/* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
-    {.index = 8, .line = 62, .text = "route GET /back\\slash -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 7, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
+    {.index = 7, .line = 61, .text = "route GET /quote\"/* -> web upgrade=none",
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
+    {.index = 8, .line = 62, .text = "route GET /back\\slash -> web upgrade=mqtt,WebSocket",
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades1},
     {.index = 9, .line = 63, .text = "route GET,HEAD,POST,PUT,DELETE,CONNECT,OPTIONS,TRACE,PATCH /all -> lc",
-     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 10, .line = 64, .text = "route PUT,PATCH /upload/* header:Content-Type=application/json -> hdr_hash gzip cache=1500ms retries=10",
-     .action = Action::Proxy, .pool = 6, .status = 0, .retries = 10, .compress = 1, .cache_ttl_ms = 1500},
+     .action = Action::Proxy, .pool = 6, .status = 0, .retries = 10, .compress = 1, .cache_ttl_ms = 1500, .upgrades = kUpgrades0},
     {.index = 11, .line = 65, .text = "route POST /login -> cookie_hash retries=0 compress=br,zstd",
-     .action = Action::Proxy, .pool = 7, .status = 0, .retries = 0, .compress = 6, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 7, .status = 0, .retries = 0, .compress = 6, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 12, .line = 66, .text = "route GET /search* -> query_hash cache=5m gzip",
-     .action = Action::Proxy, .pool = 8, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 300000},
+     .action = Action::Proxy, .pool = 8, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 300000, .upgrades = kUpgrades0},
     {.index = 13, .line = 67, .text = "route GET /go/* -> redirect web 307",
-     .action = Action::Redirect, .pool = 0, .status = 307, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 307, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 14, .line = 68, .text = "route GET /moved -> redirect web 308",
-     .action = Action::Redirect, .pool = 0, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 15, .line = 69, .text = "route * /see-other -> redirect web 303",
-     .action = Action::Redirect, .pool = 0, .status = 303, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 303, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 16, .line = 70, .text = "route * /secure/* -> redirect https 308",
-     .action = Action::RedirectHttps, .pool = -1, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::RedirectHttps, .pool = -1, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 17, .line = 71, .text = "route GET /teapot -> respond 418",
-     .action = Action::Respond, .pool = -1, .status = 418, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Respond, .pool = -1, .status = 418, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 18, .line = 72, .text = "route * /gone -> respond 410",
-     .action = Action::Respond, .pool = -1, .status = 410, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Respond, .pool = -1, .status = 410, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 19, .line = 73, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
 }  // namespace

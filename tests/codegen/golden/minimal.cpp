@@ -32,6 +32,10 @@ constexpr Settings kSettings{
     .compress_level_zstd = 3,
 };
 
+constexpr std::string_view kUpgrades0[] = {
+    "websocket",
+};
+
 constexpr ListenerDef kListeners[] = {
     {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
 };
@@ -48,7 +52,7 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 5, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
 }  // namespace
