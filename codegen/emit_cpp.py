@@ -101,7 +101,7 @@ def emit_array(ctype: str, name: str, rows: list[str]) -> list[str]:
 
 def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     """The constexpr arrays, and the span initializer of each (`{}` when empty)."""
-    kinds = {"http": "Http", "https": "Https", "tcp": "Tcp"}
+    kinds = {"http": "Http", "https": "Https", "tcp": "Tcp", "tls": "Tls"}
     listeners = [
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "

@@ -96,7 +96,7 @@ class Endpoint:
 @dataclass
 class Listener:
     line: int
-    kind: str  # http | https | tcp
+    kind: str  # http | https | tcp | tls
     endpoint: Endpoint
     certs: list[tuple[str, str]] = field(default_factory=list)
     pool_name: str | None = None
@@ -479,10 +479,10 @@ class Parser:
     def stmt_listen(self, line: int, toks: list[str]) -> None:
         self.saw_listen = True
         if len(toks) < 3:
-            raise DefError("'listen' needs a kind and an address (listen http|https|tcp ADDR:PORT)")
+            raise DefError("'listen' needs a kind and an address (listen http|https|tcp|tls ADDR:PORT)")
         kind = toks[1]
-        if kind not in ("http", "https", "tcp"):
-            raise DefError(f"unknown listener kind '{kind}' (expected http, https or tcp)")
+        if kind not in ("http", "https", "tcp", "tls"):
+            raise DefError(f"unknown listener kind '{kind}' (expected http, https, tcp or tls)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
         if "proxy_protocol" in rest:
@@ -499,16 +499,26 @@ class Parser:
                 raise DefError("'listen tcp' needs pool=NAME")
             lst.pool_name = opts.values["pool"]
         else:
+            if kind == "tls":
+                # TLS terminated, the plaintext relayed as L4: the certificates of https and a pool.
+                pools = [t for t in rest if t.startswith("pool=")]
+                rest = [t for t in rest if not t.startswith("pool=")]
+                if len(pools) > 1:
+                    raise DefError("option 'pool' given twice")
+                if not pools or not pools[0][len("pool="):]:
+                    raise DefError("'listen tls' needs pool=NAME")
+                lst.pool_name = pools[0][len("pool="):]
             for i, tok in enumerate(rest):
                 name, eq, value = tok.partition("=")
                 if name not in ("cert", "key") or not eq:
-                    raise DefError(f"unknown option '{tok}' for listen https (expected cert=FILE key=FILE pairs)")
+                    raise DefError(f"unknown option '{tok}' for listen {kind} (expected cert=FILE key=FILE pairs"
+                                   f"{' and pool=NAME' if kind == 'tls' else ''})")
                 if not value:
                     raise DefError(f"option '{name}' needs a value ({name}=FILE)")
                 if name != ("cert" if i % 2 == 0 else "key"):
                     raise DefError(f"'{tok}' is out of order: give cert=FILE key=FILE pairs, cert first")
             if not rest:
-                raise DefError("'listen https' needs at least one cert=FILE key=FILE pair")
+                raise DefError(f"'listen {kind}' needs at least one cert=FILE key=FILE pair")
             if len(rest) % 2:
                 raise DefError(f"'{rest[-1]}' has no key=FILE after it")
             lst.certs = [(rest[i].partition("=")[2], rest[i + 1].partition("=")[2]) for i in range(0, len(rest), 2)]
@@ -802,7 +812,7 @@ class Parser:
         c = self.config
         if not self.saw_listen:
             self.errors.append((1, DefError("no 'listen' statement: a routes file needs at least one "
-                                            "(listen http|https|tcp ADDR:PORT)").message))
+                                            "(listen http|https|tcp|tls ADDR:PORT)").message))
         for pool in c.pools:
             if pool.server_lines != len(pool.servers):
                 continue  # a server line had an error already

@@ -60,7 +60,8 @@ inline std::string_view RequestHead::header(std::string_view lower_name) const n
 
 // ---------------------------------------------------------------- listeners
 
-enum class ListenKind : std::uint8_t { Http, Https, Tcp };
+// Tcp and Tls relay bytes to a pool (L4); Tls terminates TLS first.
+enum class ListenKind : std::uint8_t { Http, Https, Tcp, Tls };
 
 struct CertDef {
   std::string_view cert_file;
@@ -71,8 +72,8 @@ struct ListenerDef {
   ListenKind kind;
   std::string_view host;     // numeric address as written: "0.0.0.0", "::", "127.0.0.1"
   std::uint16_t port;
-  std::int16_t pool;         // Tcp: index into pools(); -1 otherwise
-  std::uint16_t first_cert;  // Https: range in certs(); the first is the default
+  std::int16_t pool;         // Tcp, Tls: index into pools(); -1 otherwise
+  std::uint16_t first_cert;  // Https, Tls: range in certs(); the first is the default
   std::uint16_t cert_count;
   bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages

@@ -91,7 +91,7 @@ L4Worker::~L4Worker() {
   }
 }
 
-void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls) {
   const auto pool = static_cast<std::uint16_t>(def.pool);
   L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
@@ -110,7 +110,7 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   l4.live = c;
   ++l4.count;
   c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
-  if (c->tunnel.client().accept(server, nullptr) != 0) {
+  if (c->tunnel.client().accept(server, tls) != 0) {
     c->tunnel.close();
     return;
   }

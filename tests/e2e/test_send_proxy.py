@@ -46,15 +46,7 @@ class Recorder:
         self.headers: dict[bytes, bytes] = {}
         self.lock = threading.Lock()
         self.sock = socket.create_server((HOST, 7101), reuse_port=False, backlog=64)
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+        jtest.serve_connections(self.sock, self.handle)
 
     def handle(self, conn: socket.socket):
         with conn:
