@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import emit_sni
 from routesdef import ALL_METHOD_ENUMS, METHOD_ENUM, METHODS, Config, Route
 from routesdef import STRATEGIES as STRATEGY_ENUM  # name -> enumerator
 
@@ -105,7 +106,8 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     listeners = [
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
-        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}}}"
+        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}, "
+        f".sni = {cbool(lst.sni)}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]
@@ -271,7 +273,7 @@ class Runs:
 HOST_SWITCH_MIN = 4  # fewer exact hosts are compared one by one
 
 
-def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
+def emit_host_switch(name: str, routes: list, rtype: str = "const RouteDef*", none: str = "nullptr") -> list[str]:
     """A function from a host to the first of `routes` (all `host=NAME`, nothing
     else) naming it, or nullptr: a switch on the length, then a radix trie of the
     lower-case names walked with case-folded bytes. Cost: the length of the host,
@@ -282,7 +284,7 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
     by_length: dict[int, list[Route]] = {}
     for host, r in sorted(first.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())):
         by_length.setdefault(len(host.encode()), []).append(r)
-    lines = [f"const RouteDef* {name}(std::string_view h) noexcept {{", "  switch (h.size()) {"]
+    lines = [f"{rtype} {name}(std::string_view h) noexcept {{", "  switch (h.size()) {"]
     body: list[str] = []
     for length, group in by_length.items():
         root = Node(depth=0, text=b"")
@@ -304,7 +306,7 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
         def go(child: Node) -> str:
             r = leaf_route.get(id(child))
             if r is not None and not child.children:
-                return f"return &kRoutes[{r.index}];  // line {r.line}"
+                return getattr(r, "ret", None) or f"return &kRoutes[{r.index}];  // line {r.line}"
             return f"goto {labels[id(child)]};"
 
         for node in order:
@@ -326,8 +328,8 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
                         body.append(f"      if ({host_edge_test(d + 1, edge[1:])}) {go(child)}")
                         body.append("      break;")
                 body.append("  }")
-            body.append("  return nullptr;")
-    lines += ["    default: return nullptr;", "  }"] + body + ["}", ""]
+            body.append(f"  return {none};")
+    lines += [f"    default: return {none};", "  }"] + body + ["}", ""]
     return lines
 
 
@@ -622,6 +624,7 @@ def emit(c: Config, source: str, entry: str = "route_table") -> str:
         "",
         *emit_distribute(c),
         "",
+        *emit_sni.emit_sni(c),
         f"const RouteTable& {entry}() noexcept {{",
         "  static constexpr RouteTable table{",
         f"      .source = {cstr(source)},",
@@ -631,7 +634,8 @@ def emit(c: Config, source: str, entry: str = "route_table") -> str:
         f"      .pools = {spans['kPools']},",
         f"      .servers = {spans['kServers']},",
         f"      .routes = {spans['kRoutes']},",
-        "      .distribute = distribute,",
+        "      .distribute = distribute,"
+        "      .sni = sni_names::sni_route,",
         "  };",
         "  return table;",
         "}",

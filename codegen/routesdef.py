@@ -103,6 +103,7 @@ class Listener:
     pool_index: int = -1
     first_cert: int = 0
     proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
+    sni: bool = False  # tcp: the pool comes from the ClientHello's server_name (route sni)
 
 
 @dataclass
@@ -203,6 +204,16 @@ class Route:
 
 
 @dataclass
+class SniRoute:
+    """`route sni NAME|*.DOMAIN|* -> POOL`."""
+    line: int
+    name: str  # lower case; for a wildcard the suffix ".example.com"; "*" the default
+    suffix: bool
+    pool_name: str
+    pool_index: int = -1
+
+
+@dataclass
 class Settings:
     workers: int = 0
     access_log: str = "Stdout"  # LogTarget enumerator
@@ -235,6 +246,7 @@ class Config:
     listeners: list[Listener] = field(default_factory=list)
     pools: list[Pool] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    sni_routes: list[SniRoute] = field(default_factory=list)
 
     @property
     def servers(self) -> list[Server]:
@@ -485,6 +497,11 @@ class Parser:
             raise DefError(f"unknown listener kind '{kind}' (expected http, https, tcp or tls)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
+        if kind == "tcp" and "sni" in rest:
+            rest.remove("sni")
+            lst.sni = True
+            if "sni" in rest:
+                raise DefError("option 'sni' given twice")
         if "proxy_protocol" in rest:
             rest.remove("proxy_protocol")
             lst.proxy_protocol = True
@@ -495,9 +512,13 @@ class Parser:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
-            if "pool" not in opts.values:
-                raise DefError("'listen tcp' needs pool=NAME")
-            lst.pool_name = opts.values["pool"]
+            if lst.sni and ("pool" in opts.values or lst.proxy_protocol):
+                # One prelude per connection for now: a PROXY header and then a peek are not chained.
+                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines "
+                               "(no pool=, no proxy_protocol)")
+            if "pool" not in opts.values and not lst.sni:
+                raise DefError("'listen tcp' needs pool=NAME (or sni, with 'route sni' lines)")
+            lst.pool_name = opts.values.get("pool")
         else:
             if kind == "tls":
                 # TLS terminated, the plaintext relayed as L4: the certificates of https and a pool.
@@ -661,6 +682,9 @@ class Parser:
     # ------------------------------------------------------------ route
 
     def stmt_route(self, line: int, toks: list[str]) -> None:
+        if len(toks) > 1 and toks[1] == "sni":
+            self.stmt_route_sni(line, toks)
+            return
         if "->" not in toks:
             raise DefError("route needs '-> ACTION' (route METHODS PATTERN [CONDITIONS] -> ACTION [OPTIONS])")
         arrow = toks.index("->")
@@ -684,6 +708,23 @@ class Parser:
         if len(self.config.routes) >= MAX_ROUTES:
             raise DefError(f"too many routes (at most {MAX_ROUTES})")
         self.config.routes.append(r)
+
+    def stmt_route_sni(self, line: int, toks: list[str]) -> None:
+        """`route sni NAME|*.DOMAIN|* -> POOL`: the pool of a `listen tcp ... sni` connection
+        whose ClientHello names NAME (compared without case)."""
+        if len(toks) != 5 or toks[3] != "->":
+            raise DefError("route sni needs a name and a pool (route sni NAME|*.DOMAIN|* -> POOL)")
+        name, pool = toks[2], toks[4]
+        if name != "*":
+            bare = name[2:] if name.startswith("*.") else name
+            if not HOSTNAME_RE.fullmatch(bare) or ".." in bare:
+                raise DefError(f"bad server name '{name}' (expected a name like db.example.com, *.example.com or *)")
+        suffix = name.startswith("*.")
+        key = ascii_lower(name[1:] if suffix else name)
+        for other in self.config.sni_routes:
+            if other.name == key and other.suffix == suffix:
+                raise DefError(f"route sni {name} is already given at line {other.line}")
+        self.config.sni_routes.append(SniRoute(line=line, name=key, suffix=suffix, pool_name=pool))
 
     @staticmethod
     def route_methods(tok: str) -> list[str] | None:
@@ -839,6 +880,15 @@ class Parser:
                     self.errors.append((self.set_lines["admin"], DefError(
                         f"admin address {admin.written} overlaps the listener at line {lst.line}").message))
                     break
+        for sr in c.sni_routes:
+            sr.pool_index = self.resolve(sr.line, sr.pool_name, "route sni")
+        sni_listeners = [lst for lst in c.listeners if lst.sni]
+        if c.sni_routes and not sni_listeners:
+            self.errors.append((c.sni_routes[0].line, DefError(
+                "route sni needs a 'listen tcp ADDR:PORT sni' listener").message))
+        if sni_listeners and not c.sni_routes:
+            self.errors.append((sni_listeners[0].line, DefError(
+                "'listen tcp ... sni' needs 'route sni NAME -> POOL' lines").message))
         for r in c.routes:
             if r.pool_name is not None:
                 r.pool_index = self.resolve(r.line, r.pool_name, "route")

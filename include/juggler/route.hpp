@@ -77,6 +77,7 @@ struct ListenerDef {
   std::uint16_t cert_count;
   bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
+  bool sni = false;          // Tcp: the pool is chosen by the ClientHello's server_name (RouteTable::sni)
 };
 
 // ---------------------------------------------------------------- pools
@@ -199,6 +200,11 @@ struct RouteTable {
   // match `head`; nullptr when none does (the caller answers 404). Pure,
   // thread-safe and allocation-free; a pointer into `routes`.
   const RouteDef* (*distribute)(const RequestHead& head) noexcept;
+  // `route sni` (listen tcp ... sni): the pool for a ClientHello's server_name
+  // (as received, compared without case; empty: none or malformed): an exact
+  // name, else the longest matching *.DOMAIN, else `route sni *`; -1 when
+  // none matches (the connection is closed). Compiled like distribute().
+  int (*sni)(std::string_view server_name) noexcept = nullptr;
 };
 
 // Defined by the generated file that a balancer binary links in (the code

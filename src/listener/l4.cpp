@@ -4,6 +4,7 @@
 
 #include "http1/upgrade.hpp"
 #include "juggler/upstream.hpp"
+#include "stream/client_hello.hpp"
 #include "stream/proxy_protocol.hpp"
 
 namespace juggler {
@@ -24,6 +25,7 @@ struct L4Conn final : TunnelOwner {
   char ip[46];
   char preface[kProxyHeaderOut];
   ProxyPrelude proxy;  // proxy_protocol listeners
+  SniPrelude sni;      // sni listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
   L4Conn* next = nullptr;
 
@@ -68,6 +70,24 @@ void set_preface(L4Conn* c, const ProxyHeader* in) {
   else if (!proxy_addrs_of(c->tunnel.client().tcp(), &a)) a = ProxyAddrs{};  // UNKNOWN / LOCAL
   c->preface_len = static_cast<std::uint8_t>(format_proxy_header(v, a, c->preface));
   c->tunnel.set_preface({c->preface, c->preface_len});
+}
+
+// The ClientHello was peeked (`name` empty: none, or not TLS): the compiled
+// `route sni` lines choose the pool; none matches: the connection closes.
+void on_server_name(void* owner, std::string_view name) {
+  auto* c = static_cast<L4Conn*>(owner);
+  Worker& w = *c->worker;
+  const int pool = w.shared.config.table->sni(name);
+  if (pool < 0) {
+    log(LogLevel::Info, "L4: no route sni for '%.*s' from %.*s", static_cast<int>(name.size()), name.data(),
+        c->ip_len, c->ip);
+    c->tunnel.close();
+    return;
+  }
+  c->pool = static_cast<std::uint16_t>(pool);
+  set_preface(c, nullptr);
+  w.balancer.begin(c->pool, kNoHead, c->ticket);
+  connect_next(c);
 }
 
 // The PROXY header named the client: now the pool's strategy can pick.
@@ -115,6 +135,11 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
     return;
   }
   c->ip_len = c->tunnel.client().peer_ip(c->ip);
+  if (def.sni) {
+    c->sni.start(c->tunnel.client(), w.buffers, on_server_name, c);
+    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the ClientHello comes first, and soon
+    return;
+  }
   if (def.proxy_protocol) {
     c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
     c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
@@ -146,6 +171,7 @@ void L4Conn::on_tunnel_closed(Tunnel&) noexcept {
   L4Worker& l4 = *w.l4;
   w.balancer.finish(ticket);
   proxy.release();  // closed before the header was complete
+  sni.release();    // ...or the ClientHello
   if (prev) prev->next = next;
   else l4.live = next;
   if (next) next->prev = prev;

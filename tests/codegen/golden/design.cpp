@@ -37,9 +37,9 @@ constexpr std::string_view kUpgrades0[] = {
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15},
-    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15, .sni = false},
+    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16, .sni = false},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17, .sni = false},
 };
 
 constexpr CertDef kCerts[] = {
@@ -205,6 +205,16 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/design.def",
@@ -214,7 +224,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = kRoutes,
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }

@@ -37,7 +37,7 @@ constexpr std::string_view kUpgrades0[] = {
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2, .sni = false},
 };
 
 constexpr PoolDef kPools[] = {
@@ -87,6 +87,16 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/minimal.def",
@@ -96,7 +106,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = kRoutes,
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }

@@ -33,7 +33,7 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
+    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2, .sni = false},
 };
 
 constexpr PoolDef kPools[] = {
@@ -55,6 +55,16 @@ const RouteDef* distribute(const RequestHead& /*head*/) noexcept { return nullpt
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/tcp_only.def",
@@ -64,7 +74,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = {},
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }
