@@ -63,6 +63,9 @@ struct Shared {
   };
   std::unique_ptr<LastCheck[]> last_check;  // per compiled server
   std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
+  // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
+  // front stops sending), the traffic listeners close drain.delay later.
+  std::atomic<bool> stopping{false};
 };
 
 struct IdleList {

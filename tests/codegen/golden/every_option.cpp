@@ -9,6 +9,7 @@ constexpr Settings kSettings{
     .workers = 8,
     .access_log = LogTarget::File,
     .access_log_path = "logs/\"quoted\"\\back.log",
+    .access_log_format = AccessLogFormat::Json,
     .error_pages = "errors/",
     .connect_timeout_ms = 250,
     .client_header_timeout_ms = 5000,
@@ -30,6 +31,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 9,
     .compress_level_br = 11,
     .compress_level_zstd = 19,
+    .drain_delay_ms = 5000,
+    .instance = "lb-1.eu_west",
 };
 
 constexpr std::string_view kUpgrades0[] = {
@@ -625,7 +628,7 @@ int sni_exact(std::string_view h) noexcept {
     default: return -1;
   }
 l14:
-  if (iequals(std::string_view(h.data() + 0, 14), "db.example.com")) return 1;  // line 82
+  if (iequals(std::string_view(h.data() + 0, 14), "db.example.com")) return 1;  // line 85
   return -1;
 l15:
   if (iequals(std::string_view(h.data() + 0, 2), "db")) goto l15_1;
@@ -633,10 +636,10 @@ l15:
 l15_1:
   switch (fold(h[2])) {
     case '2':
-      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 83
+      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 86
       break;
     case '3':
-      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 84
+      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 87
       break;
   }
   return -1;
@@ -644,9 +647,9 @@ l15_1:
 
 int sni_route(std::string_view h) noexcept {
   if (const int p = sni_exact(h); p >= 0) return p;
-  if (h.size() > 15 && iequals(h.substr(h.size() - 15), ".eu.example.com")) return 1;  // line 86
-  if (h.size() > 12 && iequals(h.substr(h.size() - 12), ".example.com")) return 3;  // line 85
-  return 0;  // line 87
+  if (h.size() > 15 && iequals(h.substr(h.size() - 15), ".eu.example.com")) return 1;  // line 89
+  if (h.size() > 12 && iequals(h.substr(h.size() - 12), ".example.com")) return 3;  // line 88
+  return 0;  // line 90
 }
 
 }  // namespace sni_names
