@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import emit_sni
 from routesdef import ALL_METHOD_ENUMS, METHOD_ENUM, METHODS, Config, Route
 from routesdef import STRATEGIES as STRATEGY_ENUM  # name -> enumerator
 
@@ -104,11 +105,12 @@ def emit_array(ctype: str, name: str, rows: list[str]) -> list[str]:
 
 def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     """The constexpr arrays, and the span initializer of each (`{}` when empty)."""
-    kinds = {"http": "Http", "https": "Https", "tcp": "Tcp"}
+    kinds = {"http": "Http", "https": "Https", "tcp": "Tcp", "tls": "Tls"}
     listeners = [
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
-        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}}}"
+        f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}, "
+        f".sni = {cbool(lst.sni)}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]
@@ -128,19 +130,27 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
             f".key = HashKey::{p.key}, .key_name = {sv(p.key_name)}, .first_server = {p.first_server}, "
             f".server_count = {len(p.servers)},\n     .health = {health},\n     "
             f".slow_start_ms = {p.slow_start_ms}, .max_fails = {p.max_fails}, "
-            f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}}}")
+            f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}, .send_proxy = SendProxy::{p.send_proxy}}}")
     servers = [
         f"{{.host = {cstr(s.endpoint.host)}, .port = {s.endpoint.port}, .authority = {cstr(s.endpoint.authority)}, "
         f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}}}"
         for p in c.pools for s in p.servers
     ]
+    # The Upgrade token lists, one array per distinct list (most routes share the default).
+    upgrade_lists: dict[tuple[str, ...], str] = {}
+    for r in c.routes:
+        if r.action == "Proxy" and r.upgrades:
+            upgrade_lists.setdefault(tuple(r.upgrades), f"kUpgrades{len(upgrade_lists)}")
     routes = [
         f"{{.index = {r.index}, .line = {r.line}, .text = {cstr(r.text)},\n     "
         f".action = Action::{r.action}, .pool = {r.pool_index}, .status = {r.status}, .retries = {r.retries}, "
-        f".compress = {r.compress}, .cache_ttl_ms = {r.cache_ms}}}"
+        f".compress = {r.compress}, .cache_ttl_ms = {r.cache_ms}, "
+        f".upgrades = {upgrade_lists.get(tuple(r.upgrades), '{}') if r.action == 'Proxy' else '{}'}}}"
         for r in c.routes
     ]
     out: list[str] = []
+    for tokens, name in upgrade_lists.items():
+        out += emit_array("std::string_view", name, [cstr(t) for t in tokens])
     spans: dict[str, str] = {}
     for ctype, name, rows in (("ListenerDef", "kListeners", listeners), ("CertDef", "kCerts", certs),
                               ("PoolDef", "kPools", pools), ("ServerDef", "kServers", servers),
@@ -266,7 +276,7 @@ class Runs:
 HOST_SWITCH_MIN = 4  # fewer exact hosts are compared one by one
 
 
-def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
+def emit_host_switch(name: str, routes: list, rtype: str = "const RouteDef*", none: str = "nullptr") -> list[str]:
     """A function from a host to the first of `routes` (all `host=NAME`, nothing
     else) naming it, or nullptr: a switch on the length, then a radix trie of the
     lower-case names walked with case-folded bytes. Cost: the length of the host,
@@ -277,7 +287,7 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
     by_length: dict[int, list[Route]] = {}
     for host, r in sorted(first.items(), key=lambda kv: (len(kv[0].encode()), kv[0].encode())):
         by_length.setdefault(len(host.encode()), []).append(r)
-    lines = [f"const RouteDef* {name}(std::string_view h) noexcept {{", "  switch (h.size()) {"]
+    lines = [f"{rtype} {name}(std::string_view h) noexcept {{", "  switch (h.size()) {"]
     body: list[str] = []
     for length, group in by_length.items():
         root = Node(depth=0, text=b"")
@@ -299,7 +309,7 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
         def go(child: Node) -> str:
             r = leaf_route.get(id(child))
             if r is not None and not child.children:
-                return f"return &kRoutes[{r.index}];  // line {r.line}"
+                return getattr(r, "ret", None) or f"return &kRoutes[{r.index}];  // line {r.line}"
             return f"goto {labels[id(child)]};"
 
         for node in order:
@@ -321,8 +331,8 @@ def emit_host_switch(name: str, routes: list[Route]) -> list[str]:
                         body.append(f"      if ({host_edge_test(d + 1, edge[1:])}) {go(child)}")
                         body.append("      break;")
                 body.append("  }")
-            body.append("  return nullptr;")
-    lines += ["    default: return nullptr;", "  }"] + body + ["}", ""]
+            body.append(f"  return {none};")
+    lines += [f"    default: return {none};", "  }"] + body + ["}", ""]
     return lines
 
 
@@ -617,6 +627,7 @@ def emit(c: Config, source: str, entry: str = "route_table") -> str:
         "",
         *emit_distribute(c),
         "",
+        *emit_sni.emit_sni(c),
         f"const RouteTable& {entry}() noexcept {{",
         "  static constexpr RouteTable table{",
         f"      .source = {cstr(source)},",
@@ -626,7 +637,8 @@ def emit(c: Config, source: str, entry: str = "route_table") -> str:
         f"      .pools = {spans['kPools']},",
         f"      .servers = {spans['kServers']},",
         f"      .routes = {spans['kRoutes']},",
-        "      .distribute = distribute,",
+        "      .distribute = distribute,"
+        "      .sni = sni_names::sni_route,",
         "  };",
         "  return table;",
         "}",

@@ -37,6 +37,8 @@ ENCODINGS = {"gzip": 1, "br": 2, "zstd": 4}
 # `set compress.level.NAME N`: the range each encoder takes, and its default.
 COMPRESS_LEVELS = {"gzip": (1, 9, 5), "br": (0, 11, 4), "zstd": (1, 19, 3)}
 RESERVED_POOL_NAMES = ("redirect", "respond", "https")
+# The Upgrade tokens a proxied route tunnels without `upgrade=`.
+DEFAULT_UPGRADES = ("websocket",)
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
@@ -94,13 +96,14 @@ class Endpoint:
 @dataclass
 class Listener:
     line: int
-    kind: str  # http | https | tcp
+    kind: str  # http | https | tcp | tls
     endpoint: Endpoint
     certs: list[tuple[str, str]] = field(default_factory=list)
     pool_name: str | None = None
     pool_index: int = -1
     first_cert: int = 0
     proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
+    sni: bool = False  # tcp: the pool comes from the ClientHello's server_name (route sni)
 
 
 @dataclass
@@ -137,6 +140,7 @@ class Pool:
     slow_start_ms: int = 0
     max_fails: int = 3
     fail_window_ms: int = 10_000
+    send_proxy: str = "Off"  # SendProxy enumerator: a PROXY header first on each server connection
     servers: list[Server] = field(default_factory=list)
     health: Health | None = None
     first_server: int = 0
@@ -164,6 +168,7 @@ class Route:
     retries: int = 2
     compress: int = 0  # ENCODINGS bits
     cache_ms: int = 0
+    upgrades: list[str] = field(default_factory=lambda: list(DEFAULT_UPGRADES))  # lower case; [] = none
 
     @property
     def conditional(self) -> bool:
@@ -196,6 +201,16 @@ class Route:
             if got != value:
                 return False
         return True
+
+
+@dataclass
+class SniRoute:
+    """`route sni NAME|*.DOMAIN|* -> POOL`."""
+    line: int
+    name: str  # lower case; for a wildcard the suffix ".example.com"; "*" the default
+    suffix: bool
+    pool_name: str
+    pool_index: int = -1
 
 
 @dataclass
@@ -234,6 +249,7 @@ class Config:
     listeners: list[Listener] = field(default_factory=list)
     pools: list[Pool] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
+    sni_routes: list[SniRoute] = field(default_factory=list)
 
     @property
     def servers(self) -> list[Server]:
@@ -489,12 +505,17 @@ class Parser:
     def stmt_listen(self, line: int, toks: list[str]) -> None:
         self.saw_listen = True
         if len(toks) < 3:
-            raise DefError("'listen' needs a kind and an address (listen http|https|tcp ADDR:PORT)")
+            raise DefError("'listen' needs a kind and an address (listen http|https|tcp|tls ADDR:PORT)")
         kind = toks[1]
-        if kind not in ("http", "https", "tcp"):
-            raise DefError(f"unknown listener kind '{kind}' (expected http, https or tcp)")
+        if kind not in ("http", "https", "tcp", "tls"):
+            raise DefError(f"unknown listener kind '{kind}' (expected http, https, tcp or tls)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
+        if kind == "tcp" and "sni" in rest:
+            rest.remove("sni")
+            lst.sni = True
+            if "sni" in rest:
+                raise DefError("option 'sni' given twice")
         if "proxy_protocol" in rest:
             rest.remove("proxy_protocol")
             lst.proxy_protocol = True
@@ -505,20 +526,34 @@ class Parser:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
-            if "pool" not in opts.values:
-                raise DefError("'listen tcp' needs pool=NAME")
-            lst.pool_name = opts.values["pool"]
+            if lst.sni and ("pool" in opts.values or lst.proxy_protocol):
+                # One prelude per connection for now: a PROXY header and then a peek are not chained.
+                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines "
+                               "(no pool=, no proxy_protocol)")
+            if "pool" not in opts.values and not lst.sni:
+                raise DefError("'listen tcp' needs pool=NAME (or sni, with 'route sni' lines)")
+            lst.pool_name = opts.values.get("pool")
         else:
+            if kind == "tls":
+                # TLS terminated, the plaintext relayed as L4: the certificates of https and a pool.
+                pools = [t for t in rest if t.startswith("pool=")]
+                rest = [t for t in rest if not t.startswith("pool=")]
+                if len(pools) > 1:
+                    raise DefError("option 'pool' given twice")
+                if not pools or not pools[0][len("pool="):]:
+                    raise DefError("'listen tls' needs pool=NAME")
+                lst.pool_name = pools[0][len("pool="):]
             for i, tok in enumerate(rest):
                 name, eq, value = tok.partition("=")
                 if name not in ("cert", "key") or not eq:
-                    raise DefError(f"unknown option '{tok}' for listen https (expected cert=FILE key=FILE pairs)")
+                    raise DefError(f"unknown option '{tok}' for listen {kind} (expected cert=FILE key=FILE pairs"
+                                   f"{' and pool=NAME' if kind == 'tls' else ''})")
                 if not value:
                     raise DefError(f"option '{name}' needs a value ({name}=FILE)")
                 if name != ("cert" if i % 2 == 0 else "key"):
                     raise DefError(f"'{tok}' is out of order: give cert=FILE key=FILE pairs, cert first")
             if not rest:
-                raise DefError("'listen https' needs at least one cert=FILE key=FILE pair")
+                raise DefError(f"'listen {kind}' needs at least one cert=FILE key=FILE pair")
             if len(rest) % 2:
                 raise DefError(f"'{rest[-1]}' has no key=FILE after it")
             lst.certs = [(rest[i].partition("=")[2], rest[i + 1].partition("=")[2]) for i in range(0, len(rest), 2)]
@@ -554,7 +589,7 @@ class Parser:
         if strategy not in STRATEGIES:
             raise DefError(f"unknown strategy '{strategy}' (expected {', '.join(STRATEGIES)})")
         pool.strategy = strategy
-        opts = Options(f"pool {strategy}", toks[3:], ["key", "slow_start", "max_fails", "fail_window"])
+        opts = Options(f"pool {strategy}", toks[3:], ["key", "slow_start", "max_fails", "fail_window", "send_proxy"])
         if strategy == "consistent_hash":
             if "key" not in opts.values:
                 raise DefError("consistent_hash needs key=ip|path|header:NAME|cookie:NAME|query:NAME")
@@ -567,6 +602,11 @@ class Parser:
             pool.max_fails = parse_int("max_fails", opts.values["max_fails"], 0, 1000)
         if "fail_window" in opts.values:
             pool.fail_window_ms = parse_duration("fail_window", opts.values["fail_window"])
+        if "send_proxy" in opts.values:
+            version = opts.values["send_proxy"]
+            if version not in ("v1", "v2"):
+                raise DefError(f"bad send_proxy '{version}' (expected v1 or v2)")
+            pool.send_proxy = version.upper()
         if len(self.config.pools) >= MAX_POOLS:
             raise DefError(f"too many pools (at most {MAX_POOLS})")
         pool.index = len(self.config.pools)
@@ -626,6 +666,10 @@ class Parser:
             raise DefError(f"unknown method '{method}' (expected {', '.join(METHODS)})")
         if not path.startswith("/"):
             raise DefError(f"health check path '{path}' must start with '/'")
+        if pool.send_proxy != "Off":
+            # The servers expect a PROXY header first; the check does not send one.
+            raise DefError(f"an HTTP health check cannot check pool '{pool.name}' with "
+                           f"send_proxy={pool.send_proxy.lower()} (use health tcp)")
         h = Health(line=line, method=method, path=path)
         self.health_options(h, toks[3:], ["interval", "timeout", "rise", "fall", "expect"])
         pool.health = h
@@ -652,6 +696,9 @@ class Parser:
     # ------------------------------------------------------------ route
 
     def stmt_route(self, line: int, toks: list[str]) -> None:
+        if len(toks) > 1 and toks[1] == "sni":
+            self.stmt_route_sni(line, toks)
+            return
         if "->" not in toks:
             raise DefError("route needs '-> ACTION' (route METHODS PATTERN [CONDITIONS] -> ACTION [OPTIONS])")
         arrow = toks.index("->")
@@ -675,6 +722,23 @@ class Parser:
         if len(self.config.routes) >= MAX_ROUTES:
             raise DefError(f"too many routes (at most {MAX_ROUTES})")
         self.config.routes.append(r)
+
+    def stmt_route_sni(self, line: int, toks: list[str]) -> None:
+        """`route sni NAME|*.DOMAIN|* -> POOL`: the pool of a `listen tcp ... sni` connection
+        whose ClientHello names NAME (compared without case)."""
+        if len(toks) != 5 or toks[3] != "->":
+            raise DefError("route sni needs a name and a pool (route sni NAME|*.DOMAIN|* -> POOL)")
+        name, pool = toks[2], toks[4]
+        if name != "*":
+            bare = name[2:] if name.startswith("*.") else name
+            if not HOSTNAME_RE.fullmatch(bare) or ".." in bare:
+                raise DefError(f"bad server name '{name}' (expected a name like db.example.com, *.example.com or *)")
+        suffix = name.startswith("*.")
+        key = ascii_lower(name[1:] if suffix else name)
+        for other in self.config.sni_routes:
+            if other.name == key and other.suffix == suffix:
+                raise DefError(f"route sni {name} is already given at line {other.line}")
+        self.config.sni_routes.append(SniRoute(line=line, name=key, suffix=suffix, pool_name=pool))
 
     @staticmethod
     def route_methods(tok: str) -> list[str] | None:
@@ -743,17 +807,38 @@ class Parser:
         else:
             r.action, r.pool_name, rest = "Proxy", word, tail[1:]
         if r.action != "Proxy" and rest:
-            if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries"):
+            if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries", "upgrade"):
                 raise DefError(f"option '{rest[0]}' is only for routes that proxy to a pool (-> POOL {rest[0]})")
             raise DefError(f"unexpected '{rest[0]}' after the action")
-        opts = Options("a route", rest, ["cache", "retries", "compress"], ["gzip", "compress"])
+        opts = Options("a route", rest, ["cache", "retries", "compress", "upgrade"], ["gzip", "compress"])
         r.compress = Parser.route_compress(opts)
+        if "upgrade" in opts.values:
+            r.upgrades = Parser.route_upgrades(opts.values["upgrade"])
         if "cache" in opts.values:
             r.cache_ms = parse_duration("cache", opts.values["cache"])
         if "retries" in opts.values:
             r.retries = parse_int("retries", opts.values["retries"], 0, 10)
         if r.action != "Proxy":
             r.retries = 0
+
+    @staticmethod
+    def route_upgrades(value: str) -> list[str]:
+        """`upgrade=TOKEN,...`: the protocols a request may switch to (they replace the
+        default websocket), or `none`."""
+        if value == "none":
+            return []
+        tokens: list[str] = []
+        for tok in value.split(","):
+            if not TOKEN_RE.fullmatch(tok):
+                raise DefError(f"bad upgrade token '{tok}' in upgrade= (expected a comma list of protocol names "
+                               "like websocket, or none)")
+            low = ascii_lower(tok)
+            if low == "h2c" or low == "none":
+                raise DefError(f"'{tok}' cannot be listed in upgrade= (h2c is always refused; none stands alone)")
+            if low in tokens:
+                raise DefError(f"upgrade token '{tok}' is listed twice")
+            tokens.append(low)
+        return tokens
 
     @staticmethod
     def route_compress(opts: Options) -> int:
@@ -782,7 +867,7 @@ class Parser:
         c = self.config
         if not self.saw_listen:
             self.errors.append((1, DefError("no 'listen' statement: a routes file needs at least one "
-                                            "(listen http|https|tcp ADDR:PORT)").message))
+                                            "(listen http|https|tcp|tls ADDR:PORT)").message))
         for pool in c.pools:
             if pool.server_lines != len(pool.servers):
                 continue  # a server line had an error already
@@ -809,9 +894,25 @@ class Parser:
                     self.errors.append((self.set_lines["admin"], DefError(
                         f"admin address {admin.written} overlaps the listener at line {lst.line}").message))
                     break
+        for sr in c.sni_routes:
+            sr.pool_index = self.resolve(sr.line, sr.pool_name, "route sni")
+        sni_listeners = [lst for lst in c.listeners if lst.sni]
+        if c.sni_routes and not sni_listeners:
+            self.errors.append((c.sni_routes[0].line, DefError(
+                "route sni needs a 'listen tcp ADDR:PORT sni' listener").message))
+        if sni_listeners and not c.sni_routes:
+            self.errors.append((sni_listeners[0].line, DefError(
+                "'listen tcp ... sni' needs 'route sni NAME -> POOL' lines").message))
         for r in c.routes:
             if r.pool_name is not None:
                 r.pool_index = self.resolve(r.line, r.pool_name, "route")
+            pool = c.pools[r.pool_index] if r.action == "Proxy" and r.pool_index >= 0 else None
+            if pool is not None and pool.send_proxy != "Off":
+                # Kept-alive server connections carry requests of many clients: one
+                # PROXY header at their start cannot name each (docs/routes-reference.md).
+                self.errors.append((r.line, DefError(
+                    f"route proxies to pool '{pool.name}', which has send_proxy={pool.send_proxy.lower()}: "
+                    "send_proxy is for the pools of tcp and tls listeners only").message))
         self.check_shadowed()
 
     def resolve(self, line: int, name: str, who: str) -> int:

@@ -60,7 +60,8 @@ inline std::string_view RequestHead::header(std::string_view lower_name) const n
 
 // ---------------------------------------------------------------- listeners
 
-enum class ListenKind : std::uint8_t { Http, Https, Tcp };
+// Tcp and Tls relay bytes to a pool (L4); Tls terminates TLS first.
+enum class ListenKind : std::uint8_t { Http, Https, Tcp, Tls };
 
 struct CertDef {
   std::string_view cert_file;
@@ -71,17 +72,21 @@ struct ListenerDef {
   ListenKind kind;
   std::string_view host;     // numeric address as written: "0.0.0.0", "::", "127.0.0.1"
   std::uint16_t port;
-  std::int16_t pool;         // Tcp: index into pools(); -1 otherwise
-  std::uint16_t first_cert;  // Https: range in certs(); the first is the default
+  std::int16_t pool;         // Tcp, Tls: index into pools(); -1 otherwise
+  std::uint16_t first_cert;  // Https, Tls: range in certs(); the first is the default
   std::uint16_t cert_count;
   bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
+  bool sni = false;          // Tcp: the pool is chosen by the ClientHello's server_name (RouteTable::sni)
 };
 
 // ---------------------------------------------------------------- pools
 
 enum class Strategy : std::uint8_t { RoundRobin, LeastConn, Random, ConsistentHash, LeastTime };
 enum class HashKey : std::uint8_t { None, Ip, Header, Cookie, Path, Query };
+// `send_proxy=v1|v2`: the PROXY protocol header a pool's server connections
+// start with (tcp and tls listeners' pools only).
+enum class SendProxy : std::uint8_t { Off, V1, V2 };
 
 struct ServerDef {
   std::string_view host;       // numeric address: "127.0.0.1", "::1"
@@ -118,6 +123,7 @@ struct PoolDef {
   std::uint16_t max_fails;
   std::uint32_t fail_window_ms;
   std::uint32_t line;
+  SendProxy send_proxy = SendProxy::Off;
 };
 
 // ---------------------------------------------------------------- routes
@@ -143,6 +149,9 @@ struct RouteDef {
   std::uint8_t retries;    // Proxy: extra attempts on another server
   std::uint8_t compress;   // kCompress* bits: `gzip`, `compress`, `compress=gzip,br,zstd`
   std::uint32_t cache_ttl_ms;  // 0 = not cached
+  // Proxy: the Upgrade tokens (lower case) a request may switch to, tunnelled
+  // after a 101; `websocket` unless `upgrade=` lists others; empty: none.
+  std::span<const std::string_view> upgrades = {};
 };
 
 // ---------------------------------------------------------------- settings
@@ -195,6 +204,11 @@ struct RouteTable {
   // match `head`; nullptr when none does (the caller answers 404). Pure,
   // thread-safe and allocation-free; a pointer into `routes`.
   const RouteDef* (*distribute)(const RequestHead& head) noexcept;
+  // `route sni` (listen tcp ... sni): the pool for a ClientHello's server_name
+  // (as received, compared without case; empty: none or malformed): an exact
+  // name, else the longest matching *.DOMAIN, else `route sni *`; -1 when
+  // none matches (the connection is closed). Compiled like distribute().
+  int (*sni)(std::string_view server_name) noexcept = nullptr;
 };
 
 // Defined by the generated file that a balancer binary links in (the code

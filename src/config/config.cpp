@@ -197,6 +197,7 @@ const char* kind_name(ListenKind k) {
     case ListenKind::Http: return "http";
     case ListenKind::Https: return "https";
     case ListenKind::Tcp: return "tcp";
+    case ListenKind::Tls: return "tls";
   }
   return "?";
 }
@@ -219,7 +220,7 @@ std::string describe_config(const Config& c) {
       if (c.https_port_override >= 0) port = c.https_port_override, note = "  (--https-port)";
     }
     o << "  " << kind_name(l.kind) << "  " << l.host << ":" << port << note;
-    if (l.kind == ListenKind::Tcp && l.pool >= 0) o << "  pool=" << t.pools[static_cast<std::size_t>(l.pool)].name;
+    if (l.pool >= 0) o << "  pool=" << t.pools[static_cast<std::size_t>(l.pool)].name;
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";
   }

@@ -239,27 +239,47 @@ State state_head(Exchange* ex, Event ev, int arg) {
 
 namespace {
 
-// A request to switch protocols. WebSocket goes with its Upgrade (when a
-// tunnel can take the 101); h2c (HTTP/2 is not spoken to servers) and a
-// switch with a body (the bytes after the head would be neither body nor
-// tunnel for sure) are refused; any other protocol goes without its Upgrade,
-// as plain HTTP. False: 400.
-bool upgrade_allowed(Exchange* ex) {
-  std::string_view v = ex->head.header("upgrade");
-  bool websocket = false;
-  while (!v.empty()) {
-    const std::size_t comma = v.find(',');
-    std::string_view t = v.substr(0, comma);
-    v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-    t = t.substr(0, t.find('/'));  // protocol-version
-    if (iequals(t, "h2c")) return false;
-    if (iequals(t, "websocket")) websocket = true;
+// The protocols a request asks to switch to (Upgrade: a, b/2, ...), one
+// token at a time, trimmed, with any protocol-version.
+struct UpgradeTokens {
+  std::string_view rest;
+  bool next(std::string_view* token) {
+    while (!rest.empty()) {
+      const std::size_t comma = rest.find(',');
+      std::string_view t = rest.substr(0, comma);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+      while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+      while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+      if (t.empty()) continue;
+      *token = t;
+      return true;
+    }
+    return false;
   }
-  if (ex->req.has_body()) return false;
-  ex->upgrade = websocket && tunnel_hook() != nullptr;
-  return true;
+};
+
+// A request to switch protocols that is refused whatever the route (400):
+// h2c (HTTP/2 is not spoken to servers) and a switch with a body (the bytes
+// after the head would be neither body nor tunnel for sure).
+bool upgrade_refused(Exchange* ex) {
+  UpgradeTokens tokens{ex->head.header("upgrade")};
+  for (std::string_view t; tokens.next(&t);)
+    if (iequals(t.substr(0, t.find('/')), "h2c")) return true;
+  return ex->req.has_body();
+}
+
+// The first protocol the client asks for that the route allows
+// (`upgrade=`, websocket by default): it goes to the server with its Upgrade
+// line, so a 101 becomes a tunnel. None allowed (or no tunnel hook): the
+// request goes on as plain HTTP without its Upgrade (a server may ignore
+// Upgrade, RFC 9110 7.8), and the client gets the server's ordinary answer.
+std::string_view upgrade_token(Exchange* ex) {
+  if (tunnel_hook() == nullptr) return {};
+  UpgradeTokens tokens{ex->head.header("upgrade")};
+  for (std::string_view t; tokens.next(&t);)
+    for (std::string_view allowed : ex->route->upgrades)
+      if (iequals(t.substr(0, t.find('/')), allowed)) return t;
+  return {};
 }
 
 }  // namespace
@@ -273,7 +293,7 @@ State state_route(Exchange* ex, Event, int) {
   ex->is_head = ex->head.method == Method::Head;
   const Settings& st = settings(w);
   if (w.access_log.enabled()) copy_log_fields(ex);
-  if (ex->req.upgrade_request() && !upgrade_allowed(ex)) return reply_and_close(ex, 400);
+  if (ex->req.upgrade_request() && upgrade_refused(ex)) return reply_and_close(ex, 400);
   if (ex->req.has_content_length() && ex->req.content_length() > st.body_bytes) return reply_and_close(ex, 413);
   if (!path_is_normal(ex->head.path)) {
     log(LogLevel::Debug, "refused a path with dot-segments from %.*s", static_cast<int>(ex->down->peer().size()),
@@ -286,6 +306,7 @@ State state_route(Exchange* ex, Event, int) {
   switch (ex->route->action) {
     case Action::Proxy: {
       ex->retries_left = ex->route->retries;
+      if (ex->req.upgrade_request()) ex->upgrade = upgrade_token(ex);
       std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
       tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
       w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);

@@ -91,7 +91,7 @@ struct ExchangeState {
   std::uint8_t retries_left = 0;
   bool client_close = false;     // close the client connection after this exchange
   bool is_head = false;
-  bool upgrade = false;          // forwarded with its Upgrade (WebSocket): a 101 becomes a tunnel
+  std::string_view upgrade;      // the Upgrade token forwarded (the route allows it): a 101 becomes a tunnel
   // response side
   std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
   bool upstream_reusable = false;  // the response ended cleanly and the server keeps the connection

@@ -29,7 +29,7 @@ unsigned build_request_head(Exchange* ex) {
   std::size_t len = 0;
   return edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
                            ex->scratch_cap, &len, ex->iov.get(),
-                           ex->upgrade ? ex->head.header("upgrade") : std::string_view());
+                           ex->upgrade);
 }
 
 void restart_response_parser(Exchange* ex) {
@@ -116,8 +116,8 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
 
 // A 101 answer whose Upgrade the client asked for, with a tunnel to take it.
 bool upgrade_asked(const Exchange* ex) {
-  if (!ex->upgrade) return false;  // set only while a tunnel hook is there
-  const std::string_view asked = ex->head.header("upgrade");
+  const std::string_view asked = ex->upgrade;  // set only while a tunnel hook is there
+  if (asked.empty()) return false;
   for (std::uint32_t i = 0; i < ex->resp.header_count(); ++i) {
     const HeaderSpan& h = ex->resp.headers()[i];
     std::string_view name = ex->resp.header_name(h);

@@ -4,6 +4,7 @@
 
 #include "http1/upgrade.hpp"
 #include "juggler/upstream.hpp"
+#include "stream/client_hello.hpp"
 #include "stream/proxy_protocol.hpp"
 
 namespace juggler {
@@ -21,8 +22,11 @@ struct L4Conn final : TunnelOwner {
   std::uint16_t attempts = 0;
   std::uint64_t start_us = 0;  // accepted (the access log's duration)
   std::uint8_t ip_len = 0;
+  std::uint8_t preface_len = 0;  // send_proxy pools: the header in `preface`
   char ip[46];
+  char preface[kProxyHeaderOut];
   ProxyPrelude proxy;  // proxy_protocol listeners
+  SniPrelude sni;      // sni listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
   L4Conn* next = nullptr;
 
@@ -56,9 +60,41 @@ void connect_next(L4Conn* c) {
                     settings(w).connect_timeout_ms);
 }
 
-// The PROXY header named the client: now the pool's strategy can pick.
-void on_proxy_header(void* owner) {
+// send_proxy pools: the PROXY header every server connection of the tunnel
+// starts with, naming the client and the address it connected to (those a
+// PROXY header in carried, else the connection's own).
+void set_preface(L4Conn* c, const ProxyHeader* in) {
+  const SendProxy v = pool_of(c).send_proxy;
+  if (v == SendProxy::Off) return;
+  ProxyAddrs a;
+  if (in && !in->local) a = in->addrs;
+  else if (!proxy_addrs_of(c->tunnel.client().tcp(), &a)) a = ProxyAddrs{};  // UNKNOWN / LOCAL
+  c->preface_len = static_cast<std::uint8_t>(format_proxy_header(v, a, c->preface));
+  c->tunnel.set_preface({c->preface, c->preface_len});
+}
+
+// The ClientHello was peeked (`name` empty: none, or not TLS): the compiled
+// `route sni` lines choose the pool; none matches: the connection closes.
+void on_server_name(void* owner, std::string_view name) {
   auto* c = static_cast<L4Conn*>(owner);
+  Worker& w = *c->worker;
+  const int pool = w.shared.config.table->sni(name);
+  if (pool < 0) {
+    log(LogLevel::Info, "L4: no route sni for '%.*s' from %.*s", static_cast<int>(name.size()), name.data(),
+        c->ip_len, c->ip);
+    c->tunnel.close();
+    return;
+  }
+  c->pool = static_cast<std::uint16_t>(pool);
+  set_preface(c, nullptr);
+  w.balancer.begin(c->pool, kNoHead, c->ticket);
+  connect_next(c);
+}
+
+// The PROXY header named the client: now the pool's strategy can pick.
+void on_proxy_header(void* owner, const ProxyHeader& h) {
+  auto* c = static_cast<L4Conn*>(owner);
+  set_preface(c, &h);
   c->worker->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
@@ -76,7 +112,7 @@ L4Worker::~L4Worker() {
   }
 }
 
-void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls) {
   const auto pool = static_cast<std::uint16_t>(def.pool);
   L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
@@ -96,16 +132,22 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   l4.live = c;
   ++l4.count;
   c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
-  if (c->tunnel.client().accept(server, nullptr) != 0) {
+  if (c->tunnel.client().accept(server, tls) != 0) {
     c->tunnel.close();
     return;
   }
   c->ip_len = c->tunnel.client().peer_ip(c->ip);
+  if (def.sni) {
+    c->sni.start(c->tunnel.client(), w.buffers, on_server_name, c);
+    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the ClientHello comes first, and soon
+    return;
+  }
   if (def.proxy_protocol) {
     c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
     c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
     return;
   }
+  set_preface(c, nullptr);
   w.balancer.begin(pool, kNoHead, c->ticket);
   connect_next(c);
 }
@@ -134,7 +176,7 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
     AccessRecord r;
     r.kind = "tcp";
     r.client_ip = {ip, ip_len};
-    r.pool = table.pools[pool].name;
+    if (pool < table.pools.size()) r.pool = table.pools[pool].name;  // an sni connection may end before its route
     if (server >= 0 && t.end() != Tunnel::End::NoServer)
       r.upstream = table.servers[static_cast<std::size_t>(server)].authority;
     r.bytes_in = t.bytes_from(0);
@@ -146,6 +188,7 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
   }
   w.balancer.finish(ticket);
   proxy.release();  // closed before the header was complete
+  sni.release();    // ...or the ClientHello
   if (prev) prev->next = next;
   else l4.live = next;
   if (next) next->prev = prev;

@@ -1,4 +1,5 @@
-// L4 listeners (`listen tcp ADDR:PORT pool=NAME`): each accepted connection
+// L4 listeners (`listen tcp ADDR:PORT pool=NAME`, and `listen tls`, whose
+// client side is a TLS stream: the tunnel relays its plaintext): each accepted connection
 // becomes side 0 of a tunnel whose side 1 connects to a server the pool's
 // strategy picks, through the same balancer events as an HTTP request
 // (begin, pick, sent once connected, finish when the tunnel closes: so
@@ -40,10 +41,11 @@ inline L4Worker& l4_worker(Worker& w) {
   return *w.l4;
 }
 
-// Accepts a pending connection of the tcp listener `server` (compiled from
-// `def`) and starts connecting it to a server of def.pool (with
-// proxy_protocol: once the PROXY header named the client).
-void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def);
+// Accepts a pending connection of the tcp or tls listener `server` (compiled
+// from `def`; `tls`: its certificates, TLS terminated on the client side) and
+// starts connecting it to a server of def.pool (with proxy_protocol: once the
+// PROXY header named the client).
+void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls);
 
 // Tunnels open in `w`: L4 connections and upgraded HTTP/1 connections.
 inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count + w.l4->upgraded_count : 0; }

@@ -1,7 +1,7 @@
 // Listeners: accepting connections (one listening socket per worker and
 // listen statement, SO_REUSEPORT; TLS ones at most kAcceptsPerTurn per loop
 // iteration), refusing them over limit.connections_per_worker, and handing
-// them to an HTTP/1 connection (http, https) or a tunnel (tcp: l4.cpp).
+// them to an HTTP/1 connection (http, https) or a tunnel (tcp, tls: l4.cpp).
 #include "listener/listener.hpp"
 
 #include "http1/connection.hpp"
@@ -38,11 +38,11 @@ void accept_one(ListenerCtx* lc, uv_stream_t* server) {
   Worker* w = lc->worker;
   const std::uint32_t limit = settings(*w).connections_per_worker;
   if (limit && w->session_count + l4_count(*w) >= limit) {
-    refuse_connection(*w, server, lc->def->kind != ListenKind::Tcp);
+    refuse_connection(*w, server, lc->def->kind == ListenKind::Http || lc->def->kind == ListenKind::Https);
     return;
   }
-  if (lc->def->kind == ListenKind::Tcp) {
-    l4_accept(*w, server, *lc->def);
+  if (lc->def->kind == ListenKind::Tcp || lc->def->kind == ListenKind::Tls) {
+    l4_accept(*w, server, *lc->def, lc->tls ? lc->tls->default_ctx() : nullptr);
     return;
   }
   client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr, lc->def->proxy_protocol);

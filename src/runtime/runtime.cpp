@@ -421,19 +421,21 @@ int run(const Config& config) {
   bool first_http = true, first_https = true;
   for (const ListenerDef& l : table.listeners) {
     const bool https = l.kind == ListenKind::Https, tcp = l.kind == ListenKind::Tcp;
+    const bool tls_l4 = l.kind == ListenKind::Tls;
     TlsContext* tls = nullptr;
-    if (https) {
+    if (https || tls_l4) {
       tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
       tls = tls_contexts.back().get();
     }
     std::uint16_t port = l.port;
     // --port and --https-port move the first http and https listener (tcp
-    // listeners keep their compiled port).
-    if (!tcp && !https && first_http && config.port_override >= 0) port = static_cast<std::uint16_t>(config.port_override);
+    // and tls listeners keep their compiled port).
+    if (!tcp && !tls_l4 && !https && first_http && config.port_override >= 0)
+      port = static_cast<std::uint16_t>(config.port_override);
     if (https && first_https && config.https_port_override >= 0)
       port = static_cast<std::uint16_t>(config.https_port_override);
     const bool first_https_listener = https && first_https;
-    if (!tcp) (https ? first_https : first_http) = false;
+    if (!tcp && !tls_l4) (https ? first_https : first_http) = false;
     std::string host(l.host);
     for (std::uint32_t i = 0; i < n; ++i) {
       int fd = bind_one(host, port, table.source, l.line);
@@ -443,7 +445,7 @@ int run(const Config& config) {
       threads[i].fd_def.push_back(&l);
     }
     if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
-    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : https ? "https://" : "http://") +
+    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : tls_l4 ? "tls://" : https ? "https://" : "http://") +
                        join_host_port(host, port));
   }
 

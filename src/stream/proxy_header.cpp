@@ -36,13 +36,13 @@ bool parse_port(std::string_view f, std::uint16_t* out) {
   return true;
 }
 
-// A textual address of `family`, checked by inet_pton, copied into out->ip.
-bool parse_ip(std::string_view f, int family, ProxyHeader* out) {
+// A textual address of `family`, checked by inet_pton, into `bin` (16
+// bytes) and, normalised, into out->ip.
+bool parse_ip(std::string_view f, int family, std::uint8_t* bin, ProxyHeader* out) {
   char text[46];
   if (f.empty() || f.size() >= sizeof text) return false;
   f.copy(text, f.size());
   text[f.size()] = '\0';
-  unsigned char bin[16];
   if (inet_pton(family, text, bin) != 1) return false;
   return inet_ntop(family, bin, out->ip, sizeof out->ip) != nullptr;
 }
@@ -63,11 +63,13 @@ ProxyParse parse_v1(std::string_view data, ProxyHeader* out, std::size_t* used) 
   const int family = proto == "TCP4" ? AF_INET : proto == "TCP6" ? AF_INET6 : -1;
   if (family < 0) return ProxyParse::Invalid;
   const std::string_view src = field(line), dst = field(line), sport = field(line), dport = field(line);
-  std::uint16_t dp = 0;
   ProxyHeader dummy;
-  if (!line.empty() || !parse_ip(src, family, out) || !parse_ip(dst, family, &dummy) ||
-      !parse_port(sport, &out->port) || !parse_port(dport, &dp))
+  ProxyAddrs& a = out->addrs;
+  if (!line.empty() || !parse_ip(src, family, a.src, out) || !parse_ip(dst, family, a.dst, &dummy) ||
+      !parse_port(sport, &out->port) || !parse_port(dport, &a.dst_port))
     return ProxyParse::Invalid;
+  a.family = family == AF_INET ? 4 : 6;
+  a.src_port = out->port;
   out->local = false;
   out->ip_len = static_cast<std::uint8_t>(std::strlen(out->ip));
   return ProxyParse::Done;
@@ -91,12 +93,89 @@ ProxyParse parse_v2(std::string_view data, ProxyHeader* out, std::size_t* used) 
   const std::size_t ip_size = family == 1 ? 4 : 16;
   if (!inet_ntop(family == 1 ? AF_INET : AF_INET6, p + 16, out->ip, sizeof out->ip)) return ProxyParse::Invalid;
   out->port = static_cast<std::uint16_t>((p[16 + 2 * ip_size] << 8) | p[16 + 2 * ip_size + 1]);
+  ProxyAddrs& a = out->addrs;
+  a.family = family == 1 ? 4 : 6;
+  std::memcpy(a.src, p + 16, ip_size);
+  std::memcpy(a.dst, p + 16 + ip_size, ip_size);
+  a.src_port = out->port;
+  a.dst_port = static_cast<std::uint16_t>((p[16 + 2 * ip_size + 2] << 8) | p[16 + 2 * ip_size + 3]);
   out->local = false;
   out->ip_len = static_cast<std::uint8_t>(std::strlen(out->ip));
   return ProxyParse::Done;
 }
 
+// An IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+bool v4_mapped(const std::uint8_t* ip) {
+  static constexpr std::uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(ip, kPrefix, sizeof kPrefix) == 0;
+}
+
+char* put_port(char* p, std::uint16_t port) {
+  char digits[5];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + port % 10);
+    port = static_cast<std::uint16_t>(port / 10);
+  } while (port);
+  while (n) *p++ = digits[--n];
+  return p;
+}
+
 }  // namespace
+
+std::size_t format_proxy_header(SendProxy version, const ProxyAddrs& addrs, char (&out)[kProxyHeaderOut]) noexcept {
+  ProxyAddrs a = addrs;
+  if (a.family == 6 && v4_mapped(a.src) && v4_mapped(a.dst)) {
+    // A dual-stack listener's IPv4 client: said as IPv4, as the listener's peer_ip() says it.
+    std::memmove(a.src, a.src + 12, 4);
+    std::memmove(a.dst, a.dst + 12, 4);
+    a.family = 4;
+  }
+  if (version == SendProxy::V1) {
+    if (a.family != 4 && a.family != 6) {
+      constexpr std::string_view kUnknown = "PROXY UNKNOWN\r\n";
+      kUnknown.copy(out, kUnknown.size());
+      return kUnknown.size();
+    }
+    const int af = a.family == 4 ? AF_INET : AF_INET6;
+    char* p = out;
+    const std::string_view head = a.family == 4 ? "PROXY TCP4 " : "PROXY TCP6 ";
+    p += head.copy(p, head.size());
+    for (const std::uint8_t* ip : {a.src, a.dst}) {
+      // INET6_ADDRSTRLEN (46) each: 11 + 2 * 46 leaves room for the ports.
+      if (!inet_ntop(af, ip, p, static_cast<socklen_t>(out + kProxyHeaderOut - p))) return 0;
+      p += std::strlen(p);
+      *p++ = ' ';
+    }
+    p = put_port(p, a.src_port);
+    *p++ = ' ';
+    p = put_port(p, a.dst_port);
+    *p++ = '\r';
+    *p++ = '\n';
+    return static_cast<std::size_t>(p - out);
+  }
+  std::memcpy(out, kV2Sig, sizeof kV2Sig);
+  auto* p = reinterpret_cast<unsigned char*>(out);
+  if (a.family != 4 && a.family != 6) {
+    p[12] = 0x20;  // v2, LOCAL
+    p[13] = 0x00;  // UNSPEC
+    p[14] = p[15] = 0;
+    return 16;
+  }
+  const std::size_t ip_size = a.family == 4 ? 4 : 16;
+  p[12] = 0x21;                          // v2, PROXY
+  p[13] = a.family == 4 ? 0x11 : 0x21;  // TCP over IPv4 / IPv6
+  p[14] = 0;
+  p[15] = static_cast<unsigned char>(2 * ip_size + 4);
+  std::memcpy(p + 16, a.src, ip_size);
+  std::memcpy(p + 16 + ip_size, a.dst, ip_size);
+  unsigned char* ports = p + 16 + 2 * ip_size;
+  ports[0] = static_cast<unsigned char>(a.src_port >> 8);
+  ports[1] = static_cast<unsigned char>(a.src_port);
+  ports[2] = static_cast<unsigned char>(a.dst_port >> 8);
+  ports[3] = static_cast<unsigned char>(a.dst_port);
+  return 16 + 2 * ip_size + 4;
+}
 
 ProxyParse parse_proxy_header(std::string_view data, ProxyHeader* out, std::size_t* used) noexcept {
   const std::size_t n1 = std::min(data.size(), kV1.size());

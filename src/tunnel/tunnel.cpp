@@ -8,6 +8,7 @@ namespace juggler {
 void Tunnel::join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept {
   env_ = &env;
   owner_ = owner;
+  preface_ = {};
   state_ = State::Idle;
   end_ = End::None;
   connect_error_ = 0;
@@ -89,12 +90,13 @@ void Tunnel::open() noexcept {
   active_ms_ = uv_now(env_->streams->loop);
   env_->wheel->arm(&timer_, active_ms_ + env_->idle_ms);
   for (Side& s : side_) {
-    if (s.held) {
-      // Read before the tunnel opened (what followed a prelude): sent first.
+    if (s.held || (&s == &side_[0] && !preface_.empty())) {
+      // Read before the tunnel opened (what followed a prelude): sent first,
+      // behind the preface.
       const std::uint32_t n = s.held;
       s.held = 0;
       relay(s, n);
-      if (s.buf) continue;  // pending: on_stream_written resumes reading
+      if (peer(s).stream->write_pending()) continue;  // on_stream_written resumes reading
     }
     if (s.eof) pass_end(s);  // it ended before the tunnel opened
     else s.stream->set_reading(true);
@@ -136,13 +138,20 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
   t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
 }
 
-// Writes what `from` read to the other side: the buffer goes back at once
-// when the write completed, else `from` stops reading until it does.
+// Writes what `from` read to the other side (side 0's first write behind the
+// preface): the buffer goes back at once when the write completed, else
+// `from` stops reading until it does.
 void Tunnel::relay(Side& from, std::size_t n) noexcept {
   Side& to = peer(from);
-  from.relayed += n;
-  uv_buf_t b = uv_buf_init(from.buf->data, static_cast<unsigned>(n));
-  if (to.stream->write(&b, 1)) {
+  from.relayed += n;  // the preface is ours, not the client's
+  uv_buf_t b[2];
+  unsigned count = 0;
+  if (&from == &side_[0] && !preface_.empty()) {
+    b[count++] = uv_buf_init(const_cast<char*>(preface_.data()), static_cast<unsigned>(preface_.size()));
+    preface_ = {};
+  }
+  if (n) b[count++] = uv_buf_init(from.buf->data, static_cast<unsigned>(n));
+  if (to.stream->write(b, count)) {
     release(from);
     return;
   }

@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "juggler/buffer.hpp"
 #include "juggler/stream.hpp"
@@ -95,6 +96,10 @@ class Tunnel {
   // handler, and opens. The streams must live until on_tunnel_closed.
   void adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server, const Held& from_client,
              const Held& from_server) noexcept;
+  // Before connect() or open(): `bytes` go to side 1 first, ahead of anything
+  // side 0 sent (a PROXY protocol header, send_proxy=); they must stay valid
+  // until on_tunnel_closed.
+  void set_preface(std::string_view bytes) noexcept { preface_ = bytes; }
   // Before connect(): closes the tunnel unless connect() or open() comes
   // within `timeout_ms` (e.g. while a prelude waits for its header).
   void expire_in(std::uint32_t timeout_ms) noexcept;
@@ -142,6 +147,7 @@ class Tunnel {
   TunnelEnv* env_ = nullptr;
   TunnelOwner* owner_ = nullptr;
   const sockaddr* addr_ = nullptr;  // Connecting: where side 1 goes
+  std::string_view preface_;        // for side 1 before side 0's bytes (set_preface), until sent
   std::uint64_t active_ms_ = 0;     // the last read either way
   int connect_error_ = 0;           // Connecting: why side 1 is being closed
   State state_ = State::Idle;

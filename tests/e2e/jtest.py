@@ -367,6 +367,19 @@ def recv_to_end(s: socket.socket) -> bytes:
         out += chunk
 
 
+def serve_connections(sock: socket.socket, handle) -> None:
+    """Accepts on the listening `sock` in a daemon thread until it is closed; each connection
+    goes to `handle(conn)` in a daemon thread of its own (raw TCP backends of the tests)."""
+    def accept_loop():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept_loop, daemon=True).start()
+
+
 def wait_until(predicate, timeout: float) -> bool:
     """Polls `predicate` (every 20 ms) until it holds or `timeout` seconds passed; its last value."""
     deadline = time.monotonic() + timeout

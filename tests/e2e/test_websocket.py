@@ -49,10 +49,20 @@ def read_head(s: socket.socket) -> tuple[bytes, bytes]:
     return head, rest
 
 
+def upgrade_of(head: bytes) -> bytes:
+    """The value of the Upgrade line of a request head, b"" without one."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade":
+            return value.strip()
+    return b""
+
+
 class Backend:
-    """By path: /ws answers 101 with b"after-101" in the same write, then echoes until the
-    client's FIN, which it passes back; /bye answers 101 + b"bye" and closes; /plain answers
-    200 "no" (keep-alive, any number of requests). Records each request head and counts
+    """By path: /ws answers 101 (Upgrade: the token it was asked for) with b"after-101" in
+    the same write, then echoes until the client's FIN, which it passes back; /bye answers
+    101 + b"bye" and closes; /plain, and any request without an Upgrade line, answers 200
+    "no" (keep-alive, any number of requests). Records each request head and counts
     connections open."""
 
     def __init__(self):
@@ -90,13 +100,13 @@ class Backend:
                 with self.lock:
                     self.heads.append(head)
                 path = head.split(b" ")[1]
-                if path == b"/plain":
+                if path == b"/plain" or not upgrade_of(head):
                     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno")
                     continue
                 if path == b"/bye":
                     c.sendall(SWITCH + b"bye")
                     return
-                c.sendall(SWITCH + b"after-101")
+                c.sendall(SWITCH.replace(b"websocket", upgrade_of(head)) + b"after-101")
                 if rest:
                     c.sendall(rest)
                 while True:
@@ -236,6 +246,47 @@ class WebSocketTest(BalancerTestCase):
 
     def test_h2c_is_refused(self):
         self.refused(upgrade_request("/ws", "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n", upgrade="h2c"))
+
+    def test_upgrade_option_tunnels_the_tokens_it_lists(self):
+        lb = self.start()
+        with self.dial(lb) as s:
+            # Not allowed (foo) and allowed (mqtt): only the first allowed goes on.
+            head, rest = self.switch(s, upgrade_request("/mqtt/ws", upgrade="foo, mqtt") + b"early")
+            self.assertIn(b"\r\nUpgrade: mqtt", head)
+            self.assertEqual(jtest.recv_exact(s, len(b"after-101early"), rest), b"after-101early")
+            s.sendall(b"frame")
+            self.assertEqual(jtest.recv_exact(s, 5), b"frame")
+        self.assertEqual(upgrade_of(self.backend.heads[-1]), b"mqtt")
+        with self.dial(lb) as s:  # websocket stays allowed there because it is listed
+            self.switch(s, upgrade_request("/mqtt/ws"))
+        self.assertEqual(upgrade_of(self.backend.heads[-1]), b"websocket")
+
+    def plain_answers(self, lb, request: bytes):
+        """`request` reaches the server without Upgrade (nor Connection: Upgrade), its 200 comes
+        back, and the connection stays HTTP (a second request on it is answered too)."""
+        with self.dial(lb) as s:
+            for _ in range(2):
+                before = len(self.backend.heads)
+                s.sendall(request)
+                head, rest = read_head(s)
+                self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+                self.assertEqual(jtest.recv_exact(s, 2, rest), b"no")
+                self.assertEqual(len(self.backend.heads), before + 1)
+                sent = self.backend.heads[-1]
+                self.assertEqual(upgrade_of(sent), b"", sent)
+                connection = [line for line in sent.lower().split(b"\r\n") if line.startswith(b"connection:")]
+                self.assertFalse(any(b"upgrade" in line for line in connection), sent)
+
+    def test_a_token_the_route_does_not_allow_goes_as_plain_http(self):
+        lb = self.start()
+        self.plain_answers(lb, upgrade_request("/ws", upgrade="mqtt"))  # the default allows websocket only
+
+    def test_upgrade_none_refuses_even_websocket(self):
+        lb = self.start()
+        self.plain_answers(lb, upgrade_request("/none/ws"))
+
+    def test_h2c_is_refused_on_a_route_with_upgrade_option(self):
+        self.refused(upgrade_request("/mqtt/ws", upgrade="mqtt, h2c"))
 
     def test_server_close_closes_the_client(self):
         lb = self.start()

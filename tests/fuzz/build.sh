@@ -56,6 +56,11 @@ echo "built $OUT/strict_framing_test"
   "$ROOT/tests/fuzz/fuzz_proxy.cpp" "$ROOT/src/stream/proxy_header.cpp" -o "$OUT/fuzz_proxy"
 echo "built $OUT/fuzz_proxy"
 
+# The ClientHello parser (SNI routing): one source.
+"$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$ROOT/src" \
+  "$ROOT/tests/fuzz/fuzz_client_hello.cpp" "$ROOT/src/stream/client_hello.cpp" -o "$OUT/fuzz_client_hello"
+echo "built $OUT/fuzz_client_hello"
+
 for t in fuzz_request fuzz_response; do
   "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$LLHTTP_INC" \
     "$ROOT/tests/fuzz/$t.cpp" "${objs[@]}" -luv -o "$OUT/$t"

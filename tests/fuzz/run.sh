@@ -19,7 +19,7 @@ status=0
 [ -x "$OUT/strict_framing_test" ] || { echo "run.sh: $OUT/strict_framing_test missing: run tests/fuzz/build.sh first" >&2; exit 1; }
 "$OUT/strict_framing_test" || exit 1
 
-for t in request response proxy; do
+for t in request response proxy client_hello; do
   bin="$OUT/fuzz_$t"
   [ -x "$bin" ] || { echo "run.sh: $bin missing: run tests/fuzz/build.sh first" >&2; exit 1; }
   reg="$ROOT/tests/fuzz/regressions/$t"
@@ -35,7 +35,7 @@ for t in request response proxy; do
   mkdir -p "$OUT/corpus/$t"
   echo "== $t: fuzzing for ${SECONDS_PER_TARGET}s"
   args=(-max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -max_len=4096
-        -dict="$ROOT/tests/fuzz/$([ "$t" = proxy ] && echo proxy || echo http).dict" -artifact_prefix="$OUT/crash-$t-" -print_final_stats=1)
+        $(case "$t" in proxy) echo "-dict=$ROOT/tests/fuzz/proxy.dict" ;; request|response) echo "-dict=$ROOT/tests/fuzz/http.dict" ;; esac) -artifact_prefix="$OUT/crash-$t-" -print_final_stats=1)
   if [ "$JOBS" -gt 1 ]; then args+=(-fork="$JOBS"); fi
   if ! (cd "$OUT" && "$bin" "${args[@]}" "$OUT/corpus/$t" "$ROOT/tests/fuzz/corpus/$t" 2>"$OUT/fuzz-$t.log"); then
     echo "run.sh: fuzz_$t found a crash:" >&2

@@ -3,6 +3,7 @@
 // TLVs skipped, every prefix of a header says NeedMore, malformed is Invalid.
 #include <catch2/catch.hpp>
 
+#include <cstring>
 #include <string>
 
 #include "stream/proxy_protocol.hpp"
@@ -81,5 +82,67 @@ TEST_CASE("proxy: malformed headers are Invalid", "[proxy]") {
     std::size_t used = 0;
     CAPTURE(b);
     CHECK(parse_proxy_header(b, &h, &used) == ProxyParse::Invalid);
+  }
+}
+
+namespace {
+
+std::string formatted(SendProxy v, const ProxyAddrs& a) {
+  char out[kProxyHeaderOut];
+  return {out, format_proxy_header(v, a, out)};
+}
+
+ProxyAddrs addrs_of(std::string_view header) {
+  ProxyHeader h;
+  std::size_t used = 0;
+  REQUIRE(parse_proxy_header(header, &h, &used) == ProxyParse::Done);
+  CHECK(used == header.size());
+  return h.addrs;
+}
+
+}  // namespace
+
+TEST_CASE("proxy: the headers send_proxy writes, and read back", "[proxy]") {
+  SECTION("v1 and v2 of the addresses a header in carried") {
+    for (const std::string& in : {std::string("PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n"), v2(0x21, 0x11, kV4Body),
+                                  std::string("PROXY TCP6 2001:db8::1 ::1 65535 443\r\n")}) {
+      CAPTURE(in);
+      const ProxyAddrs a = addrs_of(in);
+      const bool six = a.family == 6;
+      CHECK(formatted(SendProxy::V1, a) ==
+            (six ? "PROXY TCP6 2001:db8::1 ::1 65535 443\r\n" : "PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n"));
+      const std::string two = formatted(SendProxy::V2, a);
+      CHECK(two.size() == (six ? 52u : 28u));
+      if (!six) CHECK(two == v2(0x21, 0x11, kV4Body));
+      const ProxyAddrs back = addrs_of(two);  // what we send, our own parser reads the same
+      CHECK(back.family == a.family);
+      CHECK(back.src_port == a.src_port);
+      CHECK(back.dst_port == a.dst_port);
+      CHECK(std::memcmp(back.src, a.src, 16) == 0);
+      CHECK(std::memcmp(back.dst, a.dst, 16) == 0);
+    }
+  }
+  SECTION("an IPv4-mapped pair goes as IPv4") {
+    ProxyAddrs a;
+    a.family = 6;
+    const std::uint8_t src[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7};
+    const std::uint8_t dst[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1};
+    std::memcpy(a.src, src, 16);
+    std::memcpy(a.dst, dst, 16);
+    a.src_port = 4242;
+    a.dst_port = 80;
+    CHECK(formatted(SendProxy::V1, a) == "PROXY TCP4 192.0.2.7 127.0.0.1 4242 80\r\n");
+    CHECK(formatted(SendProxy::V2, a) == v2(0x21, 0x11, kV4Body));
+  }
+  SECTION("unknown addresses: UNKNOWN and LOCAL") {
+    CHECK(formatted(SendProxy::V1, ProxyAddrs{}) == "PROXY UNKNOWN\r\n");
+    CHECK(formatted(SendProxy::V2, ProxyAddrs{}) == v2(0x20, 0x00, ""));
+  }
+  SECTION("the longest v1 header fits") {
+    const ProxyAddrs a = addrs_of("PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe "
+                                  "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffd 65535 65534\r\n");
+    const std::string one = formatted(SendProxy::V1, a);
+    CHECK(one.size() == 104);
+    CHECK(addrs_of(one).dst_port == 65534);
   }
 }

@@ -35,10 +35,14 @@ constexpr Settings kSettings{
     .instance = {},
 };
 
+constexpr std::string_view kUpgrades0[] = {
+    "websocket",
+};
+
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15},
-    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 15, .sni = false},
+    {.kind = ListenKind::Https, .host = "0.0.0.0", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 1, .proxy_protocol = false, .line = 16, .sni = false},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 3, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 17, .sni = false},
 };
 
 constexpr CertDef kCerts[] = {
@@ -48,16 +52,16 @@ constexpr CertDef kCerts[] = {
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 3,
      .health = {.enabled = true, .method = Method::Get, .path = "/ping", .interval_ms = 10000, .timeout_ms = 2000, .rise = 2, .fall = 3, .expect_lo = 200, .expect_hi = 399, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 19},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 19, .send_proxy = SendProxy::Off},
     {.name = "api", .strategy = Strategy::ConsistentHash, .key = HashKey::Cookie, .key_name = "jsid", .first_server = 3, .server_count = 2,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 25},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 25, .send_proxy = SendProxy::Off},
     {.name = "fast", .strategy = Strategy::LeastTime, .key = HashKey::None, .key_name = {}, .first_server = 5, .server_count = 2,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 29},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 29, .send_proxy = SendProxy::Off},
     {.name = "db", .strategy = Strategy::LeastConn, .key = HashKey::None, .key_name = {}, .first_server = 7, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40, .send_proxy = SendProxy::Off},
 };
 
 constexpr ServerDef kServers[] = {
@@ -73,15 +77,15 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 33, .text = "route GET,HEAD /static/* -> web gzip cache=60s",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 60000},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 60000, .upgrades = kUpgrades0},
     {.index = 1, .line = 34, .text = "route * /api/* host=api.example.com -> api retries=2",
-     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
     {.index = 2, .line = 35, .text = "route GET /files/* -> redirect web 302",
-     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Redirect, .pool = 0, .status = 302, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 3, .line = 36, .text = "route GET /healthz -> respond 200",
-     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Respond, .pool = -1, .status = 200, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
     {.index = 4, .line = 37, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
 }  // namespace
@@ -204,6 +208,16 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/design.def",
@@ -213,7 +227,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = kRoutes,
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }

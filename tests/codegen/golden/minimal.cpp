@@ -35,14 +35,18 @@ constexpr Settings kSettings{
     .instance = {},
 };
 
+constexpr std::string_view kUpgrades0[] = {
+    "websocket",
+};
+
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 8080, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2, .sni = false},
 };
 
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3, .send_proxy = SendProxy::Off},
 };
 
 constexpr ServerDef kServers[] = {
@@ -51,7 +55,7 @@ constexpr ServerDef kServers[] = {
 
 constexpr RouteDef kRoutes[] = {
     {.index = 0, .line = 5, .text = "route * /* -> web",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0},
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
 }  // namespace
@@ -86,6 +90,16 @@ const RouteDef* distribute(const RequestHead& r) noexcept {
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/minimal.def",
@@ -95,7 +109,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = kRoutes,
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }

@@ -36,13 +36,13 @@ constexpr Settings kSettings{
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2},
+    {.kind = ListenKind::Tcp, .host = "::", .port = 5432, .pool = 0, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 2, .sni = false},
 };
 
 constexpr PoolDef kPools[] = {
     {.name = "pg", .strategy = Strategy::LeastConn, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 2,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 3, .send_proxy = SendProxy::V1},
 };
 
 constexpr ServerDef kServers[] = {
@@ -58,6 +58,16 @@ const RouteDef* distribute(const RequestHead& /*head*/) noexcept { return nullpt
 
 }  // namespace
 
+namespace {
+namespace sni_names {
+
+int sni_route(std::string_view /*h*/) noexcept {
+  return -1;
+}
+
+}  // namespace sni_names
+}  // namespace
+
 const RouteTable& route_table() noexcept {
   static constexpr RouteTable table{
       .source = "tests/codegen/golden/tcp_only.def",
@@ -67,7 +77,7 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = {},
-      .distribute = distribute,
+      .distribute = distribute,      .sni = sni_names::sni_route,
   };
   return table;
 }
