@@ -209,8 +209,9 @@ class Stream {
 
   bool secure() const noexcept { return tls_ != nullptr; }
   const char* tls_error() const noexcept { return tls_ ? tls_->last_error() : ""; }
-  // "TLSv1.3" and the like; null over plain TCP.
-  const char* tls_version() const noexcept { return tls_ ? tls_->version() : nullptr; }
+  // "TLSv1.3" and the like once the handshake is done, until the stream is
+  // made again (a tunnel logs it after the close); null over plain TCP.
+  const char* tls_version() const noexcept { return tls_version_; }
   // Between requests: frees buffers grown by a large body.
   void trim() noexcept;
   uv_tcp_t* tcp() noexcept { return &tcp_; }
@@ -241,7 +242,7 @@ class Stream {
   bool closing_ = false;
   bool discard_ = false;
   bool pump_queued_ = false;
-  bool handshake_counted_ = false;
+  const char* tls_version_ = nullptr;  // OpenSSL's static name; set (and counted) when the handshake is done
 };
 
 }  // namespace juggler

@@ -175,6 +175,7 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
     const RouteTable& table = *w.table;
     AccessRecord r;
     r.kind = "tcp";
+    r.tls = t.client().tls_version();  // listen tls: the terminated side's version
     r.client_ip = {ip, ip_len};
     if (pool < table.pools.size()) r.pool = table.pools[pool].name;  // an sni connection may end before its route
     if (server >= 0 && t.end() != Tunnel::End::NoServer)

@@ -55,6 +55,7 @@ void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
   handler_ = handler;
   reading_ = write_pending_ = closing_ = discard_ = false;
   prelude_ = nullptr;
+  tls_version_ = nullptr;  // per connection: a pooled L4Conn reuses its Streams without remaking them
   uv_tcp_init(ctx.loop, &tcp_);
   tcp_.data = this;
 }
@@ -217,8 +218,8 @@ void Stream::pump() {
     }
     full = got == room.len;
   }
-  if (!handshake_counted_ && tls_->handshake_done()) {
-    handshake_counted_ = true;
+  if (!tls_version_ && tls_->handshake_done()) {
+    tls_version_ = tls_->version();
     ++(tls_->session_reused() ? ctx_->tls_resumed : ctx_->tls_full);
   }
   if (tls_->has_output()) {

@@ -10,6 +10,7 @@ header comes before the TLS handshake.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -85,6 +86,20 @@ class TlsL4Test(BalancerTestCase):
         # The server saw the plaintext megabyte, byte-exact, then the end.
         self.assertTrue(jtest.wait_until(lambda: any(r == data for r in self.echo.received), 15),
                         "the server did not get the megabyte, then the end")
+
+    def test_access_log_line_names_the_tls_version(self):
+        self.lb.stop()    # its listeners' ports: this one logs
+        log = self.access_log_path()
+        self.start_balancer("tls_l4", cwd=self.dir, access_log=log, extra=["--access-log-format", "json"])
+        with self.dial("localhost", "l4-a") as s:
+            s.sendall(b"ping")
+            self.assertEqual(jtest.recv_exact(s, 4), b"ping")
+
+        def logged():
+            with open(log) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        self.assertTrue(jtest.wait_until(lambda: logged(), 5), "no access log line")
+        self.assertEqual((logged()[0]["kind"], logged()[0]["tls"]), ("tcp", "TLSv1.3"))
 
     def test_sni_picks_the_certificate(self):
         for name, stem in (("localhost", "l4-a"), ("other.test", "l4-b")):
