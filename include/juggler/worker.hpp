@@ -33,6 +33,7 @@ struct ClientSession;
 struct UpstreamConn;
 struct L4Worker;
 class Upstream;
+class CacheStore;
 
 // How an exchange gets a server connection (juggler/upstream.hpp): a live
 // idle one to `server` (reused), or a new one connecting (Event::Connected
@@ -62,6 +63,7 @@ struct Shared {
     std::atomic<std::uint16_t> status{0};
   };
   std::unique_ptr<LastCheck[]> last_check;  // per compiled server
+  std::shared_ptr<CacheStore> cache;  // routes with `cache` (src/cache); null without one
   std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
 };
 

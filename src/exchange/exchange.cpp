@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "admin/admin.hpp"
+#include "cache/cache.hpp"
 #include "filter/filtered.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
@@ -54,6 +55,7 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
   if (ex->filters) filters_release(ex);
+  if (ex->cache_entry) cache_release(ex);
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
   --w.active_exchanges;
@@ -268,10 +270,13 @@ State state_route(Exchange* ex, Event, int) {
     return reply_and_close(ex, 400);
   }
   if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
+  // PURGE of a URL is the cache's, whichever route the URL has.
+  if (ex->head.method == Method::Other && ex->req.method() == HTTP_PURGE && w.shared.cache) return cache_purge(ex);
   ex->route = w.table->distribute(ex->head);
   if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
     case Action::Proxy: {
+      if (ex->route->cache_ttl_ms && cache_request(ex) == State::Respond) return State::Respond;  // a hit
       ex->retries_left = ex->route->retries;
       std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
       tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
@@ -295,6 +300,7 @@ State state_route(Exchange* ex, Event, int) {
 State state_respond(Exchange* ex, Event ev, int arg) {
   switch (ev) {
     case Event::Enter: {
+      if (ex->answer_slices) return ex->down->send(ex->iov.get(), ex->answer_slices) ? State::Done : State::Respond;
       uv_buf_t b = uv_buf_init(const_cast<char*>(ex->answer.data()), static_cast<unsigned>(ex->answer.size()));
       return ex->down->send(&b, 1) ? State::Done : State::Respond;
     }

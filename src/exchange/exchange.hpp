@@ -71,6 +71,7 @@ struct Termination {
 };
 
 struct FilteredResponse;  // src/filter/filtered.hpp
+struct CacheEntry;        // src/cache/store.hpp
 
 // Everything an exchange knows of the one request it carries: a value, reset
 // as a whole (`ex->state() = {}`) when the next request begins, so no field
@@ -96,6 +97,7 @@ struct ExchangeState {
   std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
   bool upstream_reusable = false;  // the response ended cleanly and the server keeps the connection
   std::string_view answer;       // Respond: the bytes of the local answer
+  std::uint8_t answer_slices = 0;  // Respond: the answer is ex->iov[0, n) instead (a cache hit)
   int status = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t start_us = 0;
@@ -109,6 +111,11 @@ struct ExchangeState {
   // (null: the zero-copy relay). Released by exchange_put.
   std::uint8_t filter_want = 0;
   FilteredResponse* filters = nullptr;
+  // The cache (routes with `cache`, src/cache): what it did (CacheStatus,
+  // 0 on other routes) and the stored entry a hit is written from (released
+  // by exchange_put).
+  std::uint8_t cache = 0;
+  CacheEntry* cache_entry = nullptr;
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
 };
 

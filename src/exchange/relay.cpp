@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "cache/cache.hpp"
 #include "exchange/exchange.hpp"
 #include "filter/filtered.hpp"
 #include "upstream/connector.hpp"
@@ -100,11 +101,14 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
-  if (ex->ticket.minted) {
-    std::size_t n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
-    const std::size_t k = std::min(conn.size(), sizeof ex->resp_extra - n);
-    if (k) std::memcpy(ex->resp_extra + n, conn.data(), k);
-    n += k;
+  if (ex->ticket.minted || ex->cache) {
+    std::size_t n = 0;
+    if (ex->ticket.minted) n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
+    for (std::string_view line : {ex->cache ? cache_status_line(ex) : std::string_view(), conn}) {
+      const std::size_t k = std::min(line.size(), sizeof ex->resp_extra - n);
+      if (k) std::memcpy(ex->resp_extra + n, line.data(), k);
+      n += k;
+    }
     extra = {ex->resp_extra, n};
   }
   if (ex->filters) extra = filters_head_lines(ex, extra);

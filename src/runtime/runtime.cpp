@@ -28,6 +28,7 @@
 
 #include "juggler/health.hpp"
 #include "admin/admin.hpp"
+#include "cache/cache.hpp"
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "http1/upgrade.hpp"
@@ -311,6 +312,7 @@ int run(const Config& config) {
   }
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);
+  shared.cache = make_cache_store(config.settings);
   if (shared.error_pages.custom_count())
     log(LogLevel::Info, "error pages: %zu from %s", shared.error_pages.custom_count(),
         std::string(config.settings.error_pages).c_str());

@@ -1,0 +1,56 @@
+// The response cache on the exchange's seams (route option `cache`): the
+// request side runs in state Route and answers a hit as a local responder
+// (state Respond, written from the stored entry without a copy); a miss
+// goes to the server, and the response filter made here stores what the
+// client is sent (after compression, so a hit needs no encoder). Storage is
+// a CacheStore (src/cache/store.hpp) in Shared. A route without `cache`
+// never reaches this file: state_route tests RouteDef::cache_ttl_ms.
+//
+// Key: the host (lower case), the path and the query; variants by the
+// request fields the response's Vary names. Accept-Encoding is normalised to
+// the set of codings the client accepts among gzip, br and zstd (q > 0), so
+// "gzip, br" and "br;q=1, gzip" share an entry and a compressed and an
+// identity copy are separate entries; a route that compresses varies on it
+// always (its identity answer to one client is not the gzip one of another).
+#pragma once
+
+#include <string_view>
+
+#include "exchange/exchange.hpp"
+#include "filter/filter.hpp"
+
+namespace juggler {
+
+// Exchange::cache: what the cache did with the request (the X-Cache line).
+enum class CacheStatus : std::uint8_t { None, Miss, Bypass, Hit, Stale };
+
+// Exchange::filter_want: the response may be stored (beside the encoding bits).
+inline constexpr std::uint8_t kWantCache = 0x80;
+
+// The store a route with `cache` uses (made at start-up from the settings).
+std::shared_ptr<CacheStore> make_cache_store(const Settings& s);
+
+// Route, for a proxy route with `cache`: a fresh stored answer is sent
+// (returns State::Respond); else the exchange goes to the server (returns
+// State::Connect) with Exchange::cache saying MISS or BYPASS and, when the
+// response may be stored, kWantCache in filter_want.
+State cache_request(Exchange* ex);
+
+// A PURGE request (before routing): 403 unless the client's address is in
+// cache.purge_from; else every variant of the URL is dropped (200, or 404
+// when none was stored).
+State cache_purge(Exchange* ex);
+
+// The X-Cache line (with its CRLF) of a relayed response on a cached route.
+std::string_view cache_status_line(const Exchange* ex) noexcept;
+
+// The store stage of a response chain (filters_begin), for an exchange with
+// kWantCache; release with cache_stage_put. Its head() steps aside when
+// the response may not be stored or is larger than the store's max_object.
+ResponseFilter* cache_stage_get(Exchange* ex);
+void cache_stage_put(ResponseFilter* f) noexcept;
+
+// Drops the entry a hit was written from (exchange_put).
+void cache_release(Exchange* ex) noexcept;
+
+}  // namespace juggler

@@ -1,0 +1,284 @@
+"""The response cache (issue #12): the balancer built from tests/routes/cache.def in front
+of testservers on 127.0.140.1 (6901 for most routes; 6902 and 6903 for pair.test). The
+Host picks the route: bounded.test (`cache=2s`), gz.test (`cache compress`), pair.test
+(`cache`, two servers), plain.test (no cache), anything else (`cache`).
+
+The testserver logs `METHOD TARGET STATUS` per request: that log is the upstream request
+counter. Every test uses its own targets (a `t=` parameter), and a test that asserts a
+request never reached the server first sends a marker request through the uncached route
+and waits for its line: the server logs in order, so everything before it was counted.
+Responses are read off raw sockets (no client retries or decodes on its own).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import socket
+import threading
+import time
+import unittest
+import urllib.parse
+
+import jtest
+from balancer import BalancerTestCase
+
+HOST = "127.0.140.1"
+PORT = 6901
+PAIR_PORTS = (6902, 6903)
+OTHER_CLIENT = "127.0.140.2"  # outside cache.purge_from (127.0.0.1)
+
+
+def cc(value: str) -> str:
+    """A header= parameter for the testserver: Cache-Control: value."""
+    return "header=" + urllib.parse.quote("Cache-Control:" + value, safe="")
+
+
+def hdr(name: str, value: str) -> str:
+    return "header=" + urllib.parse.quote(f"{name}:{value}", safe="")
+
+
+class CacheTest(BalancerTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = cls.start_class_testserver(port=PORT, host=HOST, quiet=False)
+
+    def setUp(self):
+        self.lb = self.start_balancer("cache", workers=2)
+        self.marks = 0
+
+    # ------------------------------------------------------------ helpers
+
+    def get(self, target, host="any.test", method="GET", headers=(), source=None):
+        """One request on a new raw socket; returns the RawResponse."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        try:
+            if source:
+                sock.bind((source, 0))
+            sock.connect(("127.0.0.1", self.lb.port))
+            lines = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+            sock.sendall((lines + "\r\n").encode())
+            return jtest.read_response(sock.makefile("rb"), head=method == "HEAD")
+        finally:
+            sock.close()
+
+    def upstream_count(self, target, server=None) -> int:
+        """Requests for exactly `target` the server logged, after a marker request went
+        through the uncached route (so every earlier request is in the log)."""
+        server = server or self.server
+        self.marks += 1
+        mark = f"/ping?mark={id(self)}-{self.marks}"
+        if server is self.server:
+            self.assertEqual(self.get(mark, host="plain.test").status, 200)
+        else:
+            with socket.create_connection((server.host, server.port), timeout=10) as s:
+                s.sendall(f"GET {mark} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                jtest.recv_to_end(s)
+        server.wait_for_line(re.escape(f"GET {mark} "), timeout=10)
+        return sum(1 for line in server.output().splitlines() if line.startswith(f"GET {target} "))
+
+    def assert_hit(self, r, body=None):
+        self.assertEqual(r.status, 200, r.headers)
+        self.assertEqual(r.header("X-Cache"), "HIT", r.headers)
+        self.assertIsNotNone(r.header("Age"))
+        if body is not None:
+            self.assertEqual(r.body, body)
+
+    # ------------------------------------------------------------ HIT / MISS
+
+    def test_second_get_is_a_hit_that_never_reaches_the_server(self):
+        t = f"/bytes?n=5000&t=hit&{cc('max-age=60')}"
+        first = self.get(t)
+        self.assertEqual(first.header("X-Cache"), "MISS")
+        self.assertEqual(first.body, jtest.pattern_bytes(5000))
+        for _ in range(3):
+            r = self.get(t)
+            self.assert_hit(r, jtest.pattern_bytes(5000))
+            self.assertEqual(r.header("Content-Length"), "5000")
+            self.assertEqual(r.header("Cache-Control"), "max-age=60")
+        head = self.get(t, method="HEAD")  # HEAD is answered from the GET entry
+        self.assert_hit(head, b"")
+        self.assertEqual(head.header("Content-Length"), "5000")
+        self.assertEqual(self.upstream_count(t), 1)
+
+    def test_uncached_route_has_no_x_cache_and_every_request_goes_up(self):
+        t = f"/bytes?n=10&t=plain&{cc('max-age=60')}"
+        for _ in range(2):
+            r = self.get(t, host="plain.test")
+            self.assertIsNone(r.header("X-Cache"))
+            self.assertIsNone(r.header("Age"))
+        self.assertEqual(self.upstream_count(t), 2)
+
+    def test_what_is_never_stored(self):
+        cases = {
+            "nostore": (f"/bytes?n=10&t=nostore&{cc('no-store, max-age=60')}", ()),
+            "private": (f"/bytes?n=10&t=private&{cc('private, max-age=60')}", ()),
+            "cookie": (f"/bytes?n=10&t=cookie&{cc('max-age=60')}&{hdr('Set-Cookie', 'sid=1')}", ()),
+            "auth": (f"/bytes?n=10&t=auth&{cc('max-age=60')}", (("Authorization", "Bearer x"),)),
+            "nofresh": ("/bytes?n=10&t=nofresh", ()),  # `cache` without a TTL: no heuristic freshness
+        }
+        for name, (t, headers) in cases.items():
+            with self.subTest(name):
+                self.assertEqual(self.get(t, headers=headers).header("X-Cache"), "MISS")
+                self.assertEqual(self.get(t, headers=headers).header("X-Cache"), "MISS")
+                # Not stored for a request without Authorization either.
+                self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+                self.assertEqual(self.upstream_count(t), 3)
+
+    def test_public_and_s_maxage_allow_set_cookie_and_authorization_but_the_cookie_is_not_replayed(self):
+        t = f"/bytes?n=10&t=pubcookie&{cc('public, max-age=60')}&{hdr('Set-Cookie', 'sid=1')}"
+        first = self.get(t)
+        self.assertEqual(first.header("Set-Cookie"), "sid=1")
+        hit = self.get(t)
+        self.assert_hit(hit)
+        self.assertIsNone(hit.header("Set-Cookie"))
+        a = f"/bytes?n=10&t=authshared&{cc('s-maxage=60')}"
+        self.assertEqual(self.get(a, headers=(("Authorization", "Bearer x"),)).header("X-Cache"), "MISS")
+        self.assert_hit(self.get(a, headers=(("Authorization", "Bearer y"),)))
+        self.assertEqual(self.upstream_count(t), 1)
+        self.assertEqual(self.upstream_count(a), 1)
+
+    def test_request_no_cache_goes_to_the_server_and_refreshes(self):
+        t = f"/bytes?n=10&t=reqnocache&{cc('max-age=60')}"
+        self.get(t)
+        self.assertEqual(self.get(t, headers=(("Cache-Control", "no-cache"),)).header("X-Cache"), "MISS")
+        self.assertEqual(self.get(t, headers=(("Pragma", "no-cache"),)).header("X-Cache"), "MISS")
+        self.assert_hit(self.get(t))
+        self.assertEqual(self.upstream_count(t), 3)
+
+    def test_non_get_bypasses(self):
+        r = self.get("/echo?t=post", method="POST", headers=(("Content-Length", "0"),))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.header("X-Cache"), "BYPASS")
+
+    # ------------------------------------------------------------ freshness
+
+    def poll_until_miss(self, t, host="any.test", timeout=15.0) -> float:
+        """Seconds from the store until a GET of `t` was no longer a HIT (polling)."""
+        stored = time.monotonic()
+        self.assertEqual(self.get(t, host=host).header("X-Cache"), "MISS")
+        self.assert_hit(self.get(t, host=host))
+        deadline = stored + timeout
+        while time.monotonic() < deadline:
+            r = self.get(t, host=host)
+            if r.header("X-Cache") != "HIT":
+                self.assertEqual(r.header("X-Cache"), "MISS")
+                return time.monotonic() - stored
+            self.assertLess(int(r.header("Age")), 60)
+            time.sleep(0.05)
+        self.fail(f"{t} still a HIT after {timeout}s")
+
+    def test_max_age_expiry(self):
+        elapsed = self.poll_until_miss(f"/bytes?n=10&t=maxage&{cc('max-age=1')}")
+        self.assertGreaterEqual(elapsed, 1.0)
+
+    def test_expires_and_age_count(self):
+        # Age 58 of max-age=60: fresh for two more seconds only.
+        elapsed = self.poll_until_miss(f"/bytes?n=10&t=age&{cc('max-age=60')}&{hdr('Age', '58')}")
+        self.assertGreaterEqual(elapsed, 2.0)
+        self.assertLess(elapsed, 10.0)
+
+    def test_route_ttl_bounds_the_servers_max_age(self):
+        elapsed = self.poll_until_miss(f"/bytes?n=10&t=bounded&{cc('max-age=600')}", host="bounded.test")
+        self.assertGreaterEqual(elapsed, 2.0)
+        self.assertLess(elapsed, 10.0)
+
+    def test_route_ttl_is_the_lifetime_of_a_response_that_names_none(self):
+        t = "/bytes?n=10&t=heuristic"
+        self.get(t, host="bounded.test")
+        self.assert_hit(self.get(t, host="bounded.test"))
+
+    # ------------------------------------------------------------ variants
+
+    def test_vary_keeps_a_copy_per_value(self):
+        t = f"/headers?t=vary&{cc('max-age=60')}&{hdr('Vary', 'X-Lang')}"
+        en = self.get(t, headers=(("X-Lang", "en"),))
+        fr = self.get(t, headers=(("X-Lang", "fr"),))
+        self.assertEqual((en.header("X-Cache"), fr.header("X-Cache")), ("MISS", "MISS"))
+        self.assertIn(b"X-Lang: en", en.body)
+        self.assertIn(b"X-Lang: fr", fr.body)
+        self.assert_hit(self.get(t, headers=(("X-Lang", "fr"),)), fr.body)
+        self.assert_hit(self.get(t, headers=(("X-Lang", "en"),)), en.body)
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")  # no X-Lang: a third variant
+        self.assertEqual(self.upstream_count(t), 3)
+
+    def test_vary_star_is_not_stored(self):
+        t = f"/bytes?n=10&t=varystar&{cc('max-age=60')}&{hdr('Vary', '*')}"
+        self.get(t)
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+
+    def test_compressed_and_identity_copies_are_separate_entries(self):
+        t = f"/bytes?n=4000&type=text/plain&t=gz&{cc('max-age=60')}"
+        body = jtest.pattern_bytes(4000)
+        z = self.get(t, host="gz.test", headers=(("Accept-Encoding", "gzip"),))
+        self.assertEqual((z.header("X-Cache"), z.header("Content-Encoding")), ("MISS", "gzip"))
+        # The same set of codings, spelled otherwise: the stored gzip copy, not compressed again.
+        hit = self.get(t, host="gz.test", headers=(("Accept-Encoding", "GZIP;q=0.8, identity"),))
+        self.assert_hit(hit)
+        self.assertEqual(hit.header("Content-Encoding"), "gzip")
+        self.assertEqual(gzip.decompress(hit.body), body)
+        plain = self.get(t, host="gz.test")
+        self.assertEqual(plain.header("X-Cache"), "MISS")
+        self.assertIsNone(plain.header("Content-Encoding"))
+        self.assertEqual(plain.body, body)
+        again = self.get(t, host="gz.test", headers=(("Accept-Encoding", "gzip;q=0"),))
+        self.assert_hit(again, body)
+        self.assertIsNone(again.header("Content-Encoding"))
+        self.assertEqual(self.upstream_count(t), 2)
+
+    # ------------------------------------------------------------ size limit
+
+    def test_over_the_limit_streams_through_uncached(self):
+        n = 3 * 1024 * 1024
+        for chunked in ("", "&chunked=1"):
+            t = f"/bytes?n={n}{chunked}&t=big&{cc('max-age=60')}"
+            with self.subTest(chunked=bool(chunked)):
+                for _ in range(2):
+                    r = self.get(t)
+                    self.assertEqual(r.header("X-Cache"), "MISS")
+                    self.assertEqual(len(r.body), n)
+                    self.assertEqual(r.body[:62], jtest.pattern_bytes(62))
+                self.assertEqual(self.upstream_count(t), 2)
+        # Just under it is stored.
+        small = f"/bytes?n={1024 * 1024 - 4096}&chunked=1&t=under&{cc('max-age=60')}"
+        self.get(small)
+        self.assert_hit(self.get(small), jtest.pattern_bytes(1024 * 1024 - 4096))
+
+    def test_a_large_uncacheable_body_is_never_buffered_whole(self):
+        n = 96 * 1024 * 1024
+        t = f"/bytes?n={n}&chunked=1&t=huge&{cc('max-age=60')}"
+        before = jtest.rss_kb(self.lb.pid)
+        sock = jtest.raw_connection(self.lb.port, timeout=60)
+        got, peak = 0, before
+        try:
+            sock.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\nConnection: close\r\n\r\n".encode())
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                got += len(data)
+                peak = max(peak, jtest.rss_kb(self.lb.pid))
+        finally:
+            sock.close()
+        self.assertGreater(got, n)
+        self.assertLess(peak - before, 40 * 1024, f"RSS grew from {before} kB to {peak} kB")
+
+    # ------------------------------------------------------------ PURGE
+
+    def test_purge_from_an_allowed_address_removes_every_variant(self):
+        t = f"/bytes?n=10&t=purge&{cc('max-age=60')}"
+        self.get(t)
+        self.assert_hit(self.get(t))
+        refused = self.get(t, method="PURGE", source=OTHER_CLIENT)
+        self.assertEqual(refused.status, 403)
+        self.assert_hit(self.get(t))
+        done = self.get(t, method="PURGE")
+        self.assertEqual((done.status, done.body), (200, b"purged\n"))
+        self.assertEqual(self.get(t, method="PURGE").status, 404)  # nothing left
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+        self.assertEqual(self.upstream_count(t), 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
