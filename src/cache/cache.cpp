@@ -14,6 +14,7 @@
 #include "cache/store.hpp"
 #include "filter/compress.hpp"
 #include "juggler/free_list.hpp"
+#include "exchange/relay.hpp"
 #include "respond/responder.hpp"
 
 namespace juggler {
@@ -77,6 +78,7 @@ struct RequestFacts {
   bool authorization = false;
   bool no_store = false;
   bool no_cache = false;  // no-cache, max-age=0 or Pragma: no-cache: go to the server (and store)
+  bool conditional = false;  // the client's own If-*: its answer (a 304) is its, not ours to refresh with
 };
 
 RequestFacts request_facts(const RequestHead& h) noexcept {
@@ -91,10 +93,14 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
       f.no_cache = f.no_cache || cc.no_cache || cc.max_age == 0;
     } else if (iequals(x.name, "pragma") && x.value.find("no-cache") != std::string_view::npos) {
       f.no_cache = true;
+    } else if (x.name.size() > 3 && iequals(x.name.substr(0, 3), "if-")) {
+      f.conditional = true;
     }
   }
   return f;
 }
+
+ResponseFacts response_facts(const MessageParser& r) noexcept;
 
 char* put(char* p, std::string_view s) noexcept {
   std::memcpy(p, s.data(), s.size());
@@ -160,9 +166,65 @@ State cache_request(Exchange* ex) {
   bool pending = false;
   CacheEntry* e = store->find(cache_key_hash(key), key, vary_matches, &h, &pending);
   if (!e) return State::Connect;
-  if (e->fresh(ex->worker->now_ms()) && (e->auth_ok || !rf.authorization)) return reply_stored(ex, e, CacheStatus::Hit);
-  cache_entry_release(e);
+  if (!e->auth_ok && rf.authorization) {
+    cache_entry_release(e);
+    return State::Connect;
+  }
+  if (e->fresh(ex->worker->now_ms())) return reply_stored(ex, e, CacheStatus::Hit);
+  // Stale (or no-cache): kept to revalidate with its validators, and to
+  // stand in for an error within its stale-if-error window.
+  ex->cache_entry = e;
+  ex->cache_reval = !rf.conditional && (!e->etag.empty() || !e->last_modified.empty());
   return State::Connect;
+}
+
+unsigned cache_conditionals(Exchange* ex, uv_buf_t* iov, unsigned n) {
+  const CacheEntry& e = *ex->cache_entry;
+  uv_buf_t& last = iov[n - 1];  // edit_request_head's lines in the scratch, ending with the empty line
+  const std::size_t need = e.etag.size() + e.last_modified.size() + 48;
+  if (last.base != ex->scratch.get() || last.len < 2 || last.len + need > ex->scratch_cap) {
+    ex->cache_reval = false;  // no room: an ordinary request, whose 200 replaces the entry
+    return n;
+  }
+  char* p = last.base + last.len - 2;
+  if (!e.etag.empty()) p = put(put(put(p, "If-None-Match: "), e.etag), "\r\n");
+  if (!e.last_modified.empty()) p = put(put(put(p, "If-Modified-Since: "), e.last_modified), "\r\n");
+  p = put(p, "\r\n");
+  last.len = static_cast<unsigned>(p - last.base);
+  return n;
+}
+
+bool cache_takes_over(const Exchange* ex, int status) noexcept {
+  if (status == 304) return ex->cache_reval;
+  return status >= 500 && cache_stands_in(ex);
+}
+
+bool cache_stands_in(const Exchange* ex) noexcept {
+  const CacheEntry* e = ex->cache_entry;
+  if (!e || e->stale_if_error_ms == 0) return false;
+  return ex->worker->now_ms() < e->fresh_until_ms.load(std::memory_order_relaxed) + e->stale_if_error_ms;
+}
+
+State cache_reply_stale(Exchange* ex) { return reply_stored(ex, ex->cache_entry, CacheStatus::Stale); }
+
+State cache_from_response(Exchange* ex) {
+  if (ex->resp.status() != 304) {
+    log(LogLevel::Info, "status %d from the server: a stale copy answers", ex->resp.status());
+    return cache_reply_stale(ex);
+  }
+  // 304: the stored copy is fresh again, for the lifetime the 304 gives (or
+  // its own), and answers; the server connection goes on when it can.
+  CacheEntry* e = ex->cache_entry;
+  ResponseFacts f = response_facts(ex->resp);
+  f.status = e->status;
+  f.validator = true;
+  const bool auth = !ex->head.header("authorization").empty();
+  const StoreDecision d = decide_store(f, auth, ex->route->cache_ttl_ms, static_cast<std::int64_t>(std::time(nullptr)));
+  const bool named = f.cc.max_age >= 0 || f.cc.s_maxage >= 0 || f.has_expires;
+  e->set_times(ex->worker->now_ms(), d.age_ms, named && d.store ? d.lifetime_ms : e->lifetime_ms);
+  const bool complete = feed_response_body(ex) == ParseEvent::MessageComplete;
+  detach_upstream(ex, complete && ex->upstream_reusable && ex->body->complete());
+  return reply_stored(ex, e, CacheStatus::Hit);
 }
 
 // ---------------------------------------------------------------- PURGE
@@ -224,7 +286,6 @@ class CacheStage final : public ResponseFilter {
  public:
   Exchange* ex = nullptr;
   CacheEntry* entry = nullptr;  // being filled; null: nothing to store
-  std::uint64_t fresh_for_ms = 0;
   CacheStage* next_free = nullptr;
 
   bool head(HeadEdit& edit) noexcept override;
@@ -310,11 +371,10 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   e->status = r.status();
   e->revalidate = d.revalidate;
   e->auth_ok = d.auth_ok;
-  e->age_ms = d.age_ms;
-  e->stored_ms = ex->worker->now_ms();
+  e->lifetime_ms = d.lifetime_ms;
+  e->set_times(ex->worker->now_ms(), d.age_ms, d.lifetime_ms);
   e->stale_if_error_ms = d.stale_if_error_ms;
   e->stale_while_revalidate_ms = d.stale_while_revalidate_ms;
-  fresh_for_ms = d.lifetime_ms > d.age_ms ? d.lifetime_ms - d.age_ms : 0;
   if (r.has_content_length()) e->body.reserve(r.content_length());
   return true;
 }
@@ -350,7 +410,6 @@ FilterStatus CacheStage::process(std::string_view in, bool last, FilterOut& out,
     return FilterStatus::Done;
   }
   if (last) {
-    entry->fresh_until_ms.store(entry->stored_ms + fresh_for_ms, std::memory_order_relaxed);
     ex->worker->shared.cache->insert(entry);
     entry = nullptr;
   }

@@ -50,6 +50,22 @@ std::string_view cache_status_line(const Exchange* ex) noexcept;
 ResponseFilter* cache_stage_get(Exchange* ex);
 void cache_stage_put(ResponseFilter* f) noexcept;
 
+// Revalidation and stale answers, for an exchange that went to the server
+// with a stale entry (Exchange::cache_entry):
+// The request head's iov (n slices, from edit_request_head) with
+// If-None-Match / If-Modified-Since of the entry (Exchange::cache_reval);
+// returns the new count.
+unsigned cache_conditionals(Exchange* ex, uv_buf_t* iov, unsigned n);
+// The final response head `status` is the cache's to answer: the 304 to its
+// revalidation, or a 5xx while the entry may stand in for an error.
+bool cache_takes_over(const Exchange* ex, int status) noexcept;
+// ... then answers: the refreshed entry (HIT) or the stale one (STALE), with
+// the server connection let go (kept after a complete 304). Returns Respond.
+State cache_from_response(Exchange* ex);
+// The entry may answer instead of a 502/503/504 (its stale-if-error window).
+bool cache_stands_in(const Exchange* ex) noexcept;
+State cache_reply_stale(Exchange* ex);
+
 // Drops the entry a hit was written from (exchange_put).
 void cache_release(Exchange* ex) noexcept;
 

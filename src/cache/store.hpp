@@ -15,8 +15,9 @@
 
 namespace juggler {
 
-// A stored response. Immutable once inserted (but its freshness, which a 304
-// refreshes): every worker may read it without a lock. Shared by reference
+// A stored response. Immutable once inserted but for its times, which a 304
+// refreshes (relaxed atomics: a reader that sees a mix of old and new ones
+// is off by the time since the refresh): every worker reads it without a lock. Shared by reference
 // count: the store holds one, each hit being written holds one, and the last
 // release frees it, on whichever thread.
 struct CacheEntry {
@@ -30,10 +31,10 @@ struct CacheEntry {
   int status = 0;
   bool revalidate = false;  // no-cache: every use asks the server first
   bool auth_ok = false;     // may answer a request with Authorization
-  std::uint64_t stored_ms = 0;  // loop clock (uv_now, the same on every worker) when it arrived
-  std::uint64_t age_ms = 0;     // its age then
-  // Fresh until (loop clock); a 304 moves it (the one mutable field).
-  std::atomic<std::uint64_t> fresh_until_ms{0};
+  std::uint64_t lifetime_ms = 0;  // its freshness lifetime (a 304 without one keeps it)
+  std::atomic<std::uint64_t> stored_ms{0};  // loop clock (uv_now, the same on every worker) when it arrived
+  std::atomic<std::uint64_t> age_ms{0};     // its age then
+  std::atomic<std::uint64_t> fresh_until_ms{0};  // loop clock
   std::uint64_t stale_if_error_ms = 0;
   std::uint64_t stale_while_revalidate_ms = 0;
   // The store's: its LRU links and the bytes it counts.
@@ -42,7 +43,14 @@ struct CacheEntry {
   std::size_t charge = 0;
 
   std::uint64_t age_now_ms(std::uint64_t now_ms) const noexcept {
-    return age_ms + (now_ms > stored_ms ? now_ms - stored_ms : 0);
+    const std::uint64_t at = stored_ms.load(std::memory_order_relaxed);
+    return age_ms.load(std::memory_order_relaxed) + (now_ms > at ? now_ms - at : 0);
+  }
+  // Arrived (or was revalidated) at `now_ms` with age `age`, fresh for `lifetime`.
+  void set_times(std::uint64_t now_ms, std::uint64_t age, std::uint64_t lifetime) noexcept {
+    stored_ms.store(now_ms, std::memory_order_relaxed);
+    age_ms.store(age, std::memory_order_relaxed);
+    fresh_until_ms.store(now_ms + (lifetime > age ? lifetime - age : 0), std::memory_order_relaxed);
   }
   bool fresh(std::uint64_t now_ms) const noexcept {
     return !revalidate && now_ms < fresh_until_ms.load(std::memory_order_relaxed);

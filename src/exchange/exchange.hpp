@@ -115,6 +115,7 @@ struct ExchangeState {
   // 0 on other routes) and the stored entry a hit is written from (released
   // by exchange_put).
   std::uint8_t cache = 0;
+  bool cache_reval = false;  // the request asks the server to revalidate cache_entry (If-None-Match...)
   CacheEntry* cache_entry = nullptr;
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
 };

@@ -264,6 +264,73 @@ class CacheTest(BalancerTestCase):
         self.assertGreater(got, n)
         self.assertLess(peak - before, 40 * 1024, f"RSS grew from {before} kB to {peak} kB")
 
+    # ------------------------------------------------------------ revalidation, stale answers
+
+    def statuses(self, target, server=None) -> list:
+        """The statuses the server logged for `target`, in order (after a marker)."""
+        server = server or self.server
+        self.upstream_count(target, server)
+        return [line.rsplit(" ", 1)[1] for line in server.output().splitlines() if line.startswith(f"GET {target} ")]
+
+    def test_expired_entry_is_revalidated_and_a_304_refreshes_it(self):
+        t = f"/bytes?n=3000&etag=v1&t=reval&{cc('max-age=1')}"
+        body = jtest.pattern_bytes(3000)
+        self.poll_until_hit_ends_then_expect(t, "HIT", body)
+        self.assertEqual(self.statuses(t), ["200", "304"])
+        fresh = self.get(t)  # fresh again for max-age: no request
+        self.assert_hit(fresh, body)
+        self.assertLess(int(fresh.header("Age")), 2)
+        self.assertEqual(self.statuses(t), ["200", "304"])
+
+    def poll_until_hit_ends_then_expect(self, t, want, body):
+        """Stores `t`, then polls until the answer is no longer a plain HIT of the
+        first copy (Age grew then fell back, or X-Cache changed): that answer must
+        be `want` with `body`."""
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = self.get(t)
+            if self.server.output().count(f"GET {t} 304") or r.header("X-Cache") != "HIT":
+                self.assertEqual(r.header("X-Cache"), want, r.headers)
+                self.assertEqual((r.status, r.body), (200, body))
+                return r
+            time.sleep(0.05)
+        self.fail(f"{t} never left its first copy")
+
+    def test_no_cache_revalidates_every_time(self):
+        t = f"/bytes?n=100&etag=v2&t=nocache&{cc('no-cache')}"
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+        for _ in range(2):
+            self.assert_hit(self.get(t), jtest.pattern_bytes(100))
+        self.assertEqual(self.statuses(t), ["200", "304", "304"])
+
+    def test_a_clients_own_conditional_request_gets_the_servers_304(self):
+        t = f"/bytes?n=100&etag=v3&t=own304&{cc('no-cache')}"
+        self.get(t)
+        r = self.get(t, headers=(("If-None-Match", '"v3"'),))
+        self.assertEqual((r.status, r.header("X-Cache")), (304, "MISS"))
+
+    def start_pair(self):
+        return [self.start_testserver(port=p, host=HOST, quiet=False) for p in PAIR_PORTS]
+
+    def test_stale_if_error_answers_while_every_server_is_down(self):
+        servers = self.start_pair()
+        ok = f"/bytes?n=2000&t=sie&{cc('max-age=1, stale-if-error=60')}"
+        strict = f"/bytes?n=2000&t=nosie&{cc('max-age=1')}"
+        for t in (ok, strict):
+            self.assertEqual(self.get(t, host="pair.test").header("X-Cache"), "MISS")
+        stored = time.monotonic()
+        for s in servers:
+            s.stop()  # SIGTERM: the testserver exits at once, connections dropped
+        time.sleep(max(0.0, stored + 1.2 - time.monotonic()))  # both copies expired (max-age=1)
+        for _ in range(3):
+            r = self.get(ok, host="pair.test")
+            self.assertEqual((r.status, r.header("X-Cache")), (200, "STALE"), r.headers)
+            self.assertEqual(r.body, jtest.pattern_bytes(2000))
+            self.assertGreaterEqual(int(r.header("Age")), 1)
+            self.assertIsNone(r.header("Warning"))
+        self.assertIn(self.get(strict, host="pair.test").status, (502, 503))
+
     # ------------------------------------------------------------ PURGE
 
     def test_purge_from_an_allowed_address_removes_every_variant(self):
