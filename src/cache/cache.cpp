@@ -10,6 +10,7 @@
 #include <ctime>
 #include <new>
 
+#include "cache/collapse.hpp"
 #include "cache/rules.hpp"
 #include "cache/store.hpp"
 #include "filter/compress.hpp"
@@ -119,6 +120,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
   ex->status = e->status;
   ex->cache_entry = e;
   ex->cache = static_cast<std::uint8_t>(how);
+  cache_flight_end(ex);  // a leader answered from the cache (a 304, a stale copy): its waiters look again
   if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
   char* const lines = ex->scratch.get();
   char* p = put(lines, "Age: ");
@@ -150,6 +152,30 @@ std::shared_ptr<CacheStore> make_cache_store(const Settings& s) {
   return std::make_shared<MemoryStore>(s.cache_bytes, s.cache_max_object);
 }
 
+namespace {
+
+// The stored entry for the request (a reference for the caller), or null;
+// one that may not answer a request with Authorization is none.
+CacheEntry* lookup(Exchange* ex, std::string_view key, std::uint64_t hash, bool authorization) {
+  bool pending = false;
+  CacheEntry* e = ex->worker->shared.cache->find(hash, key, vary_matches, &ex->head, &pending);
+  if (e && !e->auth_ok && authorization) {
+    cache_entry_release(e);
+    return nullptr;
+  }
+  return e;
+}
+
+// A stale entry (or no-cache) is kept to revalidate with its validators,
+// and to stand in for an error within its stale-if-error window.
+void keep_stale(Exchange* ex, CacheEntry* e, bool client_conditional) {
+  if (ex->cache_entry) cache_entry_release(ex->cache_entry);
+  ex->cache_entry = e;
+  ex->cache_reval = !client_conditional && (!e->etag.empty() || !e->last_modified.empty());
+}
+
+}  // namespace
+
 State cache_request(Exchange* ex) {
   CacheStore* store = ex->worker->shared.cache.get();
   const RequestHead& h = ex->head;
@@ -163,19 +189,30 @@ State cache_request(Exchange* ex) {
   if (h.method == Method::Get) ex->filter_want |= kWantCache;
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
-  bool pending = false;
-  CacheEntry* e = store->find(cache_key_hash(key), key, vary_matches, &h, &pending);
-  if (!e) return State::Connect;
-  if (!e->auth_ok && rf.authorization) {
-    cache_entry_release(e);
-    return State::Connect;
+  const std::uint64_t hash = cache_key_hash(key);
+  CacheEntry* e = lookup(ex, key, hash, rf.authorization);
+  const std::uint64_t now = ex->worker->now_ms();
+  if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit);
+  if (e) keep_stale(ex, e, rf.conditional);
+  if (h.method != Method::Get) return State::Connect;
+  // stale-while-revalidate: another request is refreshing it; this one need not wait.
+  if (e && !e->revalidate && now < e->fresh_until_ms.load(std::memory_order_relaxed) + e->stale_while_revalidate_ms &&
+      ex->worker->shared.cache_flights->active(hash))
+    return reply_stored(ex, e, CacheStatus::Stale);
+  return cache_lead_or_wait(ex, hash) ? State::Connect : State::CacheWait;
+}
+
+State cache_resume(Exchange* ex) {
+  const std::string_view key = build_key(ex->head, t_key);
+  const RequestFacts rf = request_facts(ex->head);
+  CacheEntry* e = lookup(ex, key, cache_key_hash(key), rf.authorization);
+  if (e && e->fresh(ex->worker->now_ms())) {
+    if (ex->cache_entry) cache_entry_release(ex->cache_entry);
+    ex->cache_entry = nullptr;
+    return reply_stored(ex, e, CacheStatus::Hit);
   }
-  if (e->fresh(ex->worker->now_ms())) return reply_stored(ex, e, CacheStatus::Hit);
-  // Stale (or no-cache): kept to revalidate with its validators, and to
-  // stand in for an error within its stale-if-error window.
-  ex->cache_entry = e;
-  ex->cache_reval = !rf.conditional && (!e->etag.empty() || !e->last_modified.empty());
-  return State::Connect;
+  if (e) keep_stale(ex, e, rf.conditional);
+  return proxy_begin(ex);  // what the leader got was not stored: to the server, each
 }
 
 unsigned cache_conditionals(Exchange* ex, uv_buf_t* iov, unsigned n) {
@@ -271,7 +308,8 @@ State cache_purge(Exchange* ex) {
 std::string_view cache_status_line(const Exchange* ex) noexcept { return kXCache[ex->cache]; }
 
 void cache_release(Exchange* ex) noexcept {
-  cache_entry_release(ex->cache_entry);
+  cache_collapse_release(ex);
+  if (ex->cache_entry) cache_entry_release(ex->cache_entry);
   ex->cache_entry = nullptr;
 }
 
@@ -386,7 +424,10 @@ bool CacheStage::head(HeadEdit& edit) noexcept {
   const ResponseFacts f = response_facts(r);
   const bool auth = !ex->head.header("authorization").empty();
   const StoreDecision d = decide_store(f, auth, ex->route->cache_ttl_ms, static_cast<std::int64_t>(std::time(nullptr)));
-  if (!d.store) return false;
+  if (!d.store) {
+    cache_flight_end(ex);  // nothing to share: the waiters go to the server
+    return false;
+  }
   try {
     return fill(edit, d);
   } catch (const std::bad_alloc&) {
@@ -412,6 +453,7 @@ FilterStatus CacheStage::process(std::string_view in, bool last, FilterOut& out,
   if (last) {
     ex->worker->shared.cache->insert(entry);
     entry = nullptr;
+    cache_flight_end(ex);  // the waiters find it now
   }
   return FilterStatus::Done;
 }

@@ -35,6 +35,9 @@ std::shared_ptr<CacheStore> make_cache_store(const Settings& s);
 // State::Connect) with Exchange::cache saying MISS or BYPASS and, when the
 // response may be stored, kWantCache in filter_want.
 State cache_request(Exchange* ex);
+// CacheWait is over (the leader ended, or the wait's bound): a hit now, else
+// the request goes to the server (State::Connect, through proxy_begin).
+State cache_resume(Exchange* ex);
 
 // A PURGE request (before routing): 403 unless the client's address is in
 // cache.purge_from; else every variant of the URL is dropped (200, or 404
@@ -66,7 +69,8 @@ State cache_from_response(Exchange* ex);
 bool cache_stands_in(const Exchange* ex) noexcept;
 State cache_reply_stale(Exchange* ex);
 
-// Drops the entry a hit was written from (exchange_put).
+// Drops the entry a hit was written from, the exchange's place among the
+// waiters and the flight it led (exchange_put, for an exchange with `cache` set).
 void cache_release(Exchange* ex) noexcept;
 
 }  // namespace juggler

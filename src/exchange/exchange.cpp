@@ -55,7 +55,7 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
   if (ex->filters) filters_release(ex);
-  if (ex->cache_entry) cache_release(ex);
+  if (ex->cache) cache_release(ex);
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
   --w.active_exchanges;
@@ -163,8 +163,8 @@ void tunnel_exchange(Exchange* ex) {
 }
 
 using Handler = State (*)(Exchange*, Event, int);
-constexpr Handler kHandlers[] = {state_head,  state_route, state_respond, state_connect, state_send,
-                                 state_await_head, state_relay, state_finish, state_failed};
+constexpr Handler kHandlers[] = {state_head,       state_route, state_respond, state_cache_wait, state_connect,
+                                 state_send,       state_await_head, state_relay, state_finish, state_failed};
 static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
 
 // The states that act when entered; the others (and the ends) wait for
@@ -275,14 +275,12 @@ State state_route(Exchange* ex, Event, int) {
   ex->route = w.table->distribute(ex->head);
   if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
-    case Action::Proxy: {
-      if (ex->route->cache_ttl_ms && cache_request(ex) == State::Respond) return State::Respond;  // a hit
-      ex->retries_left = ex->route->retries;
-      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
-      return State::Connect;
-    }
+    case Action::Proxy:
+      if (ex->route->cache_ttl_ms) {
+        const State s = cache_request(ex);  // a hit (Respond), a wait for another miss, or Connect
+        if (s != State::Connect) return s;
+      }
+      return proxy_begin(ex);
     case Action::Respond: {
       const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
       return reply_local(ex, ex->route->status, reply.keep, reply.close);
@@ -309,6 +307,15 @@ State state_respond(Exchange* ex, Event ev, int arg) {
     default:
       return on_other_event(ex, ev, arg, State::Respond);
   }
+}
+
+State proxy_begin(Exchange* ex) {
+  Worker& w = *ex->worker;
+  ex->retries_left = ex->route->retries;
+  std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+  tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
+  w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
+  return State::Connect;
 }
 
 bool exchange_wants_body(const Exchange* ex) {

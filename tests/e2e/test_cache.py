@@ -331,6 +331,80 @@ class CacheTest(BalancerTestCase):
             self.assertIsNone(r.header("Warning"))
         self.assertIn(self.get(strict, host="pair.test").status, (502, 503))
 
+    # ------------------------------------------------------------ collapsed misses
+
+    def test_concurrent_misses_for_one_key_make_one_upstream_request(self):
+        n = 100
+        t = f"/bytes?n=20000&pause=0&pause_ms=1500&t=collapse&{cc('max-age=60')}"
+        socks, answers = [], [None] * n
+        try:
+            for _ in range(n):
+                s = jtest.raw_connection(self.lb.port, timeout=60)
+                socks.append(s)
+            began = time.monotonic()
+            for s in socks:
+                s.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
+            sent = time.monotonic() - began
+
+            def read(i):
+                answers[i] = jtest.read_response(socks[i].makefile("rb"))
+
+            readers = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+            for r in readers:
+                r.start()
+            for r in readers:
+                r.join(timeout=60)
+        finally:
+            for s in socks:
+                s.close()
+        # All were sent while the first was still waiting for its (1.5 s) body.
+        self.assertLess(sent, 1.5)
+        body = jtest.pattern_bytes(20000)
+        for a in answers:
+            self.assertIsNotNone(a)
+            self.assertEqual((a.status, a.body), (200, body))
+        tags = sorted(a.header("X-Cache") for a in answers)
+        self.assertEqual(tags, ["HIT"] * (n - 1) + ["MISS"])
+        self.assertEqual(self.upstream_count(t), 1)
+
+    def test_waiters_go_to_the_server_when_the_answer_is_not_storable(self):
+        n = 5
+        t = f"/bytes?n=100&pause=0&pause_ms=500&t=collapse_nostore&{cc('no-store')}"
+        socks = [jtest.raw_connection(self.lb.port, timeout=30) for _ in range(n)]
+        try:
+            for s in socks:
+                s.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
+            answers = [jtest.read_response(s.makefile("rb")) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual([a.header("X-Cache") for a in answers], ["MISS"] * n)
+        self.assertEqual(self.upstream_count(t), n)
+
+    def test_stale_while_revalidate_answers_stale_while_another_request_refreshes(self):
+        # Freshness counts from the response head; the body takes 1 s more.
+        t = f"/bytes?n=100&pause=0&pause_ms=1000&t=swr&{cc('max-age=2, stale-while-revalidate=30')}"
+        strict = f"/bytes?n=100&pause=0&pause_ms=1000&t=noswr&{cc('max-age=2')}"
+        self.get(strict)
+        self.get(t)
+        stored = time.monotonic()
+        time.sleep(max(0.0, stored + 1.2 - time.monotonic()))  # both expired
+        for target, want in ((t, "STALE"), (strict, "HIT")):
+            leader = {}
+            thread = threading.Thread(target=lambda: leader.update(r=self.get(target)))
+            thread.start()
+            # The leader's refresh is at the server (it logs on arrival; the body waits 1 s).
+            self.assertTrue(jtest.wait_until(lambda: self.server.output().count(f"GET {target} ") >= 2, 10))
+            began = time.monotonic()
+            r = self.get(target)
+            waited = time.monotonic() - began
+            thread.join(30)
+            self.assertEqual(leader["r"].header("X-Cache"), "MISS")
+            self.assertEqual((r.status, r.body, r.header("X-Cache")), (200, jtest.pattern_bytes(100), want))
+            if want == "STALE":
+                self.assertLess(waited, 1.0)  # did not wait for the refresh
+            self.assertEqual(self.upstream_count(target), 2)
+
     # ------------------------------------------------------------ PURGE
 
     def test_purge_from_an_allowed_address_removes_every_variant(self):
