@@ -97,9 +97,17 @@ class CacheTest(BalancerTestCase):
             self.assert_hit(r, jtest.pattern_bytes(5000))
             self.assertEqual(r.header("Content-Length"), "5000")
             self.assertEqual(r.header("Cache-Control"), "max-age=60")
-        head = self.get(t, method="HEAD")  # HEAD is answered from the GET entry
-        self.assert_hit(head, b"")
-        self.assertEqual(head.header("Content-Length"), "5000")
+        # HEAD is answered from the GET entry, without the body: the next answer on the
+        # same connection starts right after its head.
+        with jtest.raw_connection(self.lb.port, timeout=30) as s:
+            reader = s.makefile("rb")
+            s.sendall(f"HEAD {t} HTTP/1.1\r\nHost: any.test\r\n\r\nGET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
+            head = jtest.read_response(reader, head=True)
+            self.assert_hit(head, b"")
+            self.assertEqual(head.header("Content-Length"), "5000")
+            after = jtest.read_response(reader)
+            self.assertEqual(after.version, "HTTP/1.1")  # not body bytes before it
+            self.assert_hit(after, jtest.pattern_bytes(5000))
         self.assertEqual(self.upstream_count(t), 1)
 
     def test_uncached_route_has_no_x_cache_and_every_request_goes_up(self):
@@ -354,11 +362,14 @@ class CacheTest(BalancerTestCase):
                 r.start()
             for r in readers:
                 r.join(timeout=60)
+            took = time.monotonic() - began
         finally:
             for s in socks:
                 s.close()
-        # All were sent while the first was still waiting for its (1.5 s) body.
+        # All were sent while the first was still waiting for its (1.5 s) body, and the
+        # waiters were woken when it was stored, not at the end of their bound (10 s).
         self.assertLess(sent, 1.5)
+        self.assertLess(took, 8.0)
         body = jtest.pattern_bytes(20000)
         for a in answers:
             self.assertIsNotNone(a)
@@ -372,13 +383,18 @@ class CacheTest(BalancerTestCase):
         t = f"/bytes?n=100&pause=0&pause_ms=500&t=collapse_nostore&{cc('no-store')}"
         socks = [jtest.raw_connection(self.lb.port, timeout=30) for _ in range(n)]
         try:
+            began = time.monotonic()
             for s in socks:
                 s.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
             answers = [jtest.read_response(s.makefile("rb")) for s in socks]
+            took = time.monotonic() - began
         finally:
             for s in socks:
                 s.close()
         self.assertEqual([a.header("X-Cache") for a in answers], ["MISS"] * n)
+        # Woken when the leader's answer proved unstorable, not at the end of their bound
+        # (timeout.upstream, 10 s).
+        self.assertLess(took, 8.0)
         self.assertEqual(self.upstream_count(t), n)
 
     def test_stale_while_revalidate_answers_stale_while_another_request_refreshes(self):
