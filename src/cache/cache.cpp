@@ -53,10 +53,9 @@ thread_local std::string t_key;
 // The request's value of a Vary'd field, normalised: Accept-Encoding as the
 // set of codings accepted (one digit of kCompress* bits), others trimmed.
 std::string_view vary_value(const RequestHead& h, std::string_view lower_name, char* digit) noexcept {
-  const std::string_view v = trim_ows(h.header(lower_name));
-  if (lower_name != "accept-encoding") return v;
-  std::uint8_t bits = 0;
-  for (std::uint8_t b : {kCompressGzip, kCompressBr, kCompressZstd}) bits |= negotiate_encoding(v, b);
+  if (lower_name != "accept-encoding") return trim_ows(h.header(lower_name));
+  std::uint8_t bits = 0;  // every Accept-Encoding line counts, as for compression
+  for (std::uint8_t b : {kCompressGzip, kCompressBr, kCompressZstd}) bits |= negotiate_encoding(h.headers, b);
   *digit = static_cast<char>('0' + bits);
   return {digit, 1};
 }
