@@ -165,6 +165,10 @@ CacheEntry* lookup(Exchange* ex, std::string_view key, std::uint64_t hash, bool 
   return e;
 }
 
+bool unsafe(Method m) noexcept {
+  return m != Method::Get && m != Method::Head && m != Method::Options && m != Method::Trace;
+}
+
 // A stale entry (or no-cache) is kept to revalidate with its validators,
 // and to stand in for an error within its stale-if-error window.
 void keep_stale(Exchange* ex, CacheEntry* e, bool client_conditional) {
@@ -179,9 +183,18 @@ State cache_request(Exchange* ex) {
   CacheStore* store = ex->worker->shared.cache.get();
   const RequestHead& h = ex->head;
   ex->cache = static_cast<std::uint8_t>(CacheStatus::Bypass);
+  if (!store) return State::Connect;
+  if (unsafe(h.method)) {
+    // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
+    // from the cache afterwards (dropped as the request arrives, before its
+    // body may reuse the buffer the key is read from).
+    const std::string_view key = build_key(h, t_key);
+    store->purge(cache_key_hash(key), key);
+    return State::Connect;
+  }
   // Only GET is stored (HEAD is answered from it); a GET with a body is
   // nothing a cache can key.
-  if (!store || (h.method != Method::Get && h.method != Method::Head) || ex->req.has_body()) return State::Connect;
+  if ((h.method != Method::Get && h.method != Method::Head) || ex->req.has_body()) return State::Connect;
   const RequestFacts rf = request_facts(h);
   if (rf.no_store) return State::Connect;
   ex->cache = static_cast<std::uint8_t>(CacheStatus::Miss);

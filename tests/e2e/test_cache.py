@@ -160,6 +160,16 @@ class CacheTest(BalancerTestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(r.header("X-Cache"), "BYPASS")
 
+    def test_an_unsafe_method_invalidates_the_url(self):
+        t = f"/bytes?n=10&t=unsafe&{cc('max-age=60')}"
+        self.get(t)
+        self.assert_hit(self.get(t))
+        self.assertEqual(self.get(t, method="OPTIONS").header("X-Cache"), "BYPASS")  # safe: kept
+        self.assert_hit(self.get(t))
+        r = self.get(t, method="DELETE", headers=(("Content-Length", "0"),))
+        self.assertEqual(r.header("X-Cache"), "BYPASS")
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+
     # ------------------------------------------------------------ freshness
 
     def poll_until_miss(self, t, host="any.test", timeout=15.0) -> float:
