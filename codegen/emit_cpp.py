@@ -65,6 +65,7 @@ def emit_settings(c: Config) -> list[str]:
         ("workers", str(s.workers)),
         ("access_log", f"LogTarget::{s.access_log}"),
         ("access_log_path", sv(s.access_log_path)),
+        ("access_log_format", f"AccessLogFormat::{s.access_log_format}"),
         ("error_pages", sv(s.error_pages)),
         ("connect_timeout_ms", str(s.connect_timeout_ms)),
         ("client_header_timeout_ms", str(s.client_header_timeout_ms)),
@@ -88,6 +89,8 @@ def emit_settings(c: Config) -> list[str]:
         ("compress_level_gzip", str(s.compress_levels["gzip"])),
         ("compress_level_br", str(s.compress_levels["br"])),
         ("compress_level_zstd", str(s.compress_levels["zstd"])),
+        ("drain_delay_ms", str(s.drain_delay_ms)),
+        ("instance", sv(s.instance)),
     ]
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]

@@ -205,6 +205,7 @@ class Settings:
     workers: int = 0
     access_log: str = "Stdout"  # LogTarget enumerator
     access_log_path: str = ""
+    access_log_format: str = "Combined"  # AccessLogFormat enumerator
     error_pages: str = ""
     connect_timeout_ms: int = 2_000
     client_header_timeout_ms: int = 10_000
@@ -227,6 +228,8 @@ class Settings:
     admin_endpoint: Endpoint | None = None
     admin_token_file: str = ""
     compress_levels: dict = field(default_factory=lambda: {k: v[2] for k, v in COMPRESS_LEVELS.items()})
+    drain_delay_ms: int = 0
+    instance: str = ""
 
 
 @dataclass
@@ -405,13 +408,14 @@ class Parser:
     # ------------------------------------------------------------ set
 
     SET_KEYS = [
-        "workers", "access_log", "error_pages",
+        "workers", "access_log", "access_log_format", "error_pages",
         "timeout.connect", "timeout.client_header", "timeout.client_idle", "timeout.upstream", "timeout.drain",
         "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "cache.purge_from", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
+        "drain.delay", "instance",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -436,6 +440,10 @@ class Parser:
                 s.access_log = "Stdout" if v == "stdout" else "Off"
             else:
                 s.access_log, s.access_log_path = "File", v
+        elif key == "access_log_format":
+            if v not in ("combined", "json"):
+                raise DefError(f"bad access_log_format '{v}' (expected combined or json)")
+            s.access_log_format = v.capitalize()
         elif key == "error_pages":
             s.error_pages = v
         elif key.startswith("timeout."):
@@ -466,6 +474,12 @@ class Parser:
             s.admin_address = s.admin_endpoint.authority
         elif key == "admin_token_file":
             s.admin_token_file = v
+        elif key == "drain.delay":
+            s.drain_delay_ms = parse_duration(key, v, allow_zero=True)
+        elif key == "instance":
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
+                raise DefError(f"'set instance' takes a name of 1 to 64 letters, digits, '.', '_' or '-' (got '{v}')")
+            s.instance = v
 
     def set_cache(self, values: list[str]) -> None:
         s = self.config.settings

@@ -153,6 +153,7 @@ inline constexpr std::uint32_t kCacheNoBound = 0xFFFFFFFFu;
 
 enum class CacheKind : std::uint8_t { Off, Memory, Redis };
 enum class LogTarget : std::uint8_t { Off, Stdout, File };
+enum class AccessLogFormat : std::uint8_t { Combined, Json };
 
 // An address range (`set cache.purge_from 10.0.0.0/8`): family 0 = none.
 struct CidrDef {
@@ -165,6 +166,7 @@ struct Settings {
   std::uint16_t workers;  // 0 = auto (one per core)
   LogTarget access_log;
   std::string_view access_log_path;  // File only
+  AccessLogFormat access_log_format;
   std::string_view error_pages;      // directory; empty = built-in pages
   std::uint32_t connect_timeout_ms;
   std::uint32_t client_header_timeout_ms;
@@ -188,6 +190,8 @@ struct Settings {
   std::uint8_t compress_level_gzip;  // 1..9
   std::uint8_t compress_level_br;    // 0..11
   std::uint8_t compress_level_zstd;  // 1..19
+  std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
+  std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

@@ -68,6 +68,9 @@ struct Shared {
   std::shared_ptr<CacheStore> cache;  // routes with `cache` (src/cache); null without one
   std::shared_ptr<CacheFlights> cache_flights;  // concurrent misses collapsed (src/cache/collapse)
   std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
+  // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
+  // front stops sending), the traffic listeners close drain.delay later.
+  std::atomic<bool> stopping{false};
 };
 
 struct IdleList {

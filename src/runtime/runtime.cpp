@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__GLIBC__)
@@ -48,7 +49,7 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
       loop(),
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096, 64),
       balancer(*s.config.table, s.health.get(), i),
-      access_log(access_log_fd),
+      access_log(access_log_fd, s.config.settings.access_log_format),
       wheel(uv_hrtime() / 1000000),
       idle(s.config.table->servers.size()),
       retry_tokens(s.config.table->pools.size(), kRetryCap / 2),
@@ -59,7 +60,7 @@ Worker::~Worker() = default;
 namespace {
 
 constexpr std::uint64_t kTickMs = TimerWheel::kTickMs;
-constexpr std::uint32_t kHousekeepingTicks = 5;  // log flush and idle sweep every 500 ms
+constexpr std::uint32_t kHousekeepingTicks = 5;  // idle sweep and pool trims every 500 ms
 
 struct ListenSpec {
   std::string host;
@@ -128,6 +129,46 @@ struct WorkerThread {
 // What the admin listener's connections are to the listener code: plain
 // HTTP, no PROXY header (it has no listen statement of its own).
 constexpr ListenerDef kAdminListenerDef{ListenKind::Http, "", 0, -1, 0, 0, false, 0};
+
+// The access log's descriptor (-1: off, 1: stdout), shared by the workers.
+// A pipe or socket on stdout (a pager, the journal) is made non-blocking: a
+// reader that stops reading costs dropped lines, never a stalled worker
+// (when stderr is the same pipe, a diagnostic line may be dropped as well).
+// A file is opened for appending: each worker's write of whole lines lands
+// at the end, never over another's.
+int open_access_log(const Config& config) {
+  if (config.settings.access_log == LogTarget::Off) return -1;
+  if (config.settings.access_log == LogTarget::Stdout) {
+    struct stat st {};
+    if (::fstat(1, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+      ::fcntl(1, F_SETFL, ::fcntl(1, F_GETFL) | O_NONBLOCK);
+    return 1;
+  }
+  const int fd = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("access log " + config.access_log_path + ": " + std::strerror(errno));
+  return fd;
+}
+
+// SIGUSR1 (logrotate's postrotate): the access log file is opened again by
+// its name and put in place of the old descriptor with dup3(), which is
+// atomic: a worker's write goes wholly to the old file or wholly to the new
+// one, and what the workers hold in their buffers goes to the new one, so no
+// line is lost or split. The workers take no part.
+void reopen_access_log(const Config& config, int fd) {
+  if (config.settings.access_log != LogTarget::File || fd < 0) {
+    log(LogLevel::Info, "SIGUSR1: no access log file to reopen");
+    return;
+  }
+  const int fresh = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fresh < 0) {
+    log(LogLevel::Error, "SIGUSR1: cannot reopen the access log %s (%s): writing on to the old file",
+        config.access_log_path.c_str(), std::strerror(errno));
+    return;
+  }
+  ::dup3(fresh, fd, O_CLOEXEC);
+  ::close(fresh);
+  log(LogLevel::Info, "SIGUSR1: access log %s reopened", config.access_log_path.c_str());
+}
 
 std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
@@ -231,8 +272,10 @@ void on_tick(uv_timer_t* h) {
   auto* t = static_cast<WorkerThread*>(h->data);
   Worker& w = *t->worker;
   w.wheel.advance(w.now_ms());
+  // Access log lines wait at most a tick (100 ms); the request path only
+  // formats them (or writes when 64 KB are waiting).
+  if (w.access_log.pending()) w.access_log.flush();
   if (++t->ticks % kHousekeepingTicks == 0) {
-    w.access_log.flush();
     upstream_sweep(w, false);
     trim_pools(w);
   }
@@ -281,13 +324,62 @@ void worker_main(WorkerThread* t) {
   session_worker_done(w);
   w.access_log.flush();
   uv_loop_close(&w.loop);
-  if (g_workers_left.fetch_sub(1) == 1 && g_main_wakeup) uv_async_send(g_main_wakeup);
+  g_workers_left.fetch_sub(1);
+  if (g_main_wakeup) uv_async_send(g_main_wakeup);  // the last one ends the process, the admin goes last
+}
+
+// SIGTERM/SIGINT: /ready turns 503 at once; drain.delay later the traffic
+// workers close their listeners and drain; once they are done the admin
+// worker (threads[traffic], when there is one) stops too, so /ready answers
+// to the end.
+struct SignalState {
+  std::vector<WorkerThread>* threads;
+  Shared* shared;
+  std::uint32_t traffic;  // threads[0, traffic) serve traffic
+  int count;
+  bool admin_stopped;
+  uv_timer_t delay_timer, drain_timer;
+  std::uint32_t delay_ms, drain_ms;
+};
+
+void start_drain(uv_timer_t* h) {
+  auto* st = static_cast<SignalState*>(h->data);
+  for (std::uint32_t i = 0; i < st->traffic; ++i) uv_async_send(&(*st->threads)[i].stop);
+  uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
+    log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
+    std::_Exit(1);
+  }, st->drain_ms, 0);
+}
+
+void on_stop_signal(uv_signal_t* h, int signum) {
+  auto* st = static_cast<SignalState*>(h->data);
+  if (++st->count > 1) {
+    log(LogLevel::Warn, "second signal: exiting now");
+    std::_Exit(1);
+  }
+  st->shared->stopping.store(true, std::memory_order_relaxed);
+  log(LogLevel::Info, "signal %d: not ready; draining in %u ms (up to %u ms; send it again to exit at once)", signum,
+      st->delay_ms, st->drain_ms);
+  uv_timer_start(&st->delay_timer, start_drain, st->delay_ms, 0);
+}
+
+// A worker ended: the last one ends the main loop; when only the admin
+// worker is left, it is told to stop.
+void on_worker_done(uv_async_t* a) {
+  auto* st = static_cast<SignalState*>(a->data);
+  const int left = g_workers_left.load();
+  if (left == 0) return uv_stop(a->loop);
+  if (st && !st->admin_stopped && st->threads->size() > st->traffic && left == 1) {
+    st->admin_stopped = true;
+    uv_async_send(&(*st->threads)[st->traffic].stop);
+  }
 }
 
 }  // namespace
 
 int run(const Config& config) {
   const RouteTable& table = *config.table;
+  set_log_instance(config.settings.instance);
   std::signal(SIGPIPE, SIG_IGN);
   // Every connection is a descriptor (two when proxied): take all the
   // operator allows (systemd's soft default of 1024 is far too low).
@@ -324,13 +416,7 @@ int run(const Config& config) {
   if (config.admin_port >= 0 && !config.settings.admin_token_file.empty())
     shared.admin_token = read_admin_token(std::string(config.settings.admin_token_file));
 
-  int log_fd = -1;
-  if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
-  if (config.settings.access_log == LogTarget::File) {
-    log_fd = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-      throw std::runtime_error("access log " + config.access_log_path + ": " + std::strerror(errno));
-  }
+  const int log_fd = open_access_log(config);
 
   // Bind everything before starting any thread.
   const std::uint32_t n = config.workers;
@@ -388,7 +474,8 @@ int run(const Config& config) {
   uv_loop_t main_loop;
   uv_loop_init(&main_loop);
   uv_async_t wakeup;
-  uv_async_init(&main_loop, &wakeup, [](uv_async_t* a) { uv_stop(a->loop); });
+  uv_async_init(&main_loop, &wakeup, on_worker_done);
+  wakeup.data = nullptr;  // the SignalState, once made
   g_main_wakeup = &wakeup;
   g_workers_left = static_cast<int>(threads.size());
   set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
@@ -414,33 +501,27 @@ int run(const Config& config) {
   HealthChecker checker(table, shared.health.get(), std::move(on_health));
   checker.start();
 
-  struct SignalState {
-    std::vector<WorkerThread>* threads;
-    int count = 0;
-    uv_timer_t drain_timer;
-    std::uint32_t drain_ms;
-  } sig{&threads, 0, {}, config.settings.drain_timeout_ms};
+  SignalState sig{&threads, &shared, n, 0, false, {}, {}, config.settings.drain_delay_ms,
+                  config.settings.drain_timeout_ms};
+  uv_timer_init(&main_loop, &sig.delay_timer);
   uv_timer_init(&main_loop, &sig.drain_timer);
-  sig.drain_timer.data = &sig;
-  uv_signal_t sigterm, sigint;
-  auto on_signal = [](uv_signal_t* h, int signum) {
-    auto* st = static_cast<SignalState*>(h->data);
-    if (++st->count > 1) {
-      log(LogLevel::Warn, "second signal: exiting now");
-      std::_Exit(1);
-    }
-    log(LogLevel::Info, "signal %d: draining (up to %u ms; send it again to exit at once)", signum, st->drain_ms);
-    for (auto& t : *st->threads) uv_async_send(&t.stop);
-    uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
-      log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
-      std::_Exit(1);
-    }, st->drain_ms, 0);
-  };
+  sig.delay_timer.data = sig.drain_timer.data = wakeup.data = &sig;
+  uv_signal_t sigterm, sigint, sigusr1;
   uv_signal_init(&main_loop, &sigterm);
   uv_signal_init(&main_loop, &sigint);
   sigterm.data = sigint.data = &sig;
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
-  uv_signal_start(&sigint, on_signal, SIGINT);
+  uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+  uv_signal_start(&sigint, on_stop_signal, SIGINT);
+  struct ReopenState {
+    const Config* config;
+    int fd;
+  } reopen{&config, log_fd};
+  uv_signal_init(&main_loop, &sigusr1);
+  sigusr1.data = &reopen;
+  uv_signal_start(&sigusr1, [](uv_signal_t* h, int) {
+    const auto* r = static_cast<const ReopenState*>(h->data);
+    reopen_access_log(*r->config, r->fd);
+  }, SIGUSR1);
   // Said only now: tests (and operators' scripts) may connect or signal at once.
   for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
   if (!admin_announce.empty()) log(LogLevel::Info, "%s", admin_announce.c_str());
@@ -453,7 +534,9 @@ int run(const Config& config) {
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigusr1), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sig.drain_timer), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sig.delay_timer), nullptr);
   uv_run(&main_loop, UV_RUN_DEFAULT);
   uv_loop_close(&main_loop);
   if (log_fd > 2) ::close(log_fd);

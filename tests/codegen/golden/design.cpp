@@ -9,6 +9,7 @@ constexpr Settings kSettings{
     .workers = 0,
     .access_log = LogTarget::Stdout,
     .access_log_path = {},
+    .access_log_format = AccessLogFormat::Combined,
     .error_pages = "errors/",
     .connect_timeout_ms = 2000,
     .client_header_timeout_ms = 10000,
@@ -32,6 +33,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 5,
     .compress_level_br = 4,
     .compress_level_zstd = 3,
+    .drain_delay_ms = 0,
+    .instance = {},
 };
 
 constexpr ListenerDef kListeners[] = {

@@ -9,6 +9,7 @@ constexpr Settings kSettings{
     .workers = 8,
     .access_log = LogTarget::File,
     .access_log_path = "logs/\"quoted\"\\back.log",
+    .access_log_format = AccessLogFormat::Json,
     .error_pages = "errors/",
     .connect_timeout_ms = 250,
     .client_header_timeout_ms = 5000,
@@ -32,6 +33,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 9,
     .compress_level_br = 11,
     .compress_level_zstd = 19,
+    .drain_delay_ms = 5000,
+    .instance = "lb-1.eu_west",
 };
 
 constexpr ListenerDef kListeners[] = {
