@@ -83,6 +83,8 @@ def emit_settings(c: Config) -> list[str]:
         ("cache", f"CacheKind::{s.cache}"),
         ("cache_bytes", f"{s.cache_bytes}u"),
         ("cache_address", sv(s.cache_address)),
+        ("cache_max_object", f"{s.cache_max_object}u"),
+        ("cache_purge_from", emit_cidr(s.cache_purge_from)),
         ("admin_address", sv(s.admin_address)),
         ("admin_token_file", sv(s.admin_token_file)),
         ("compress_level_gzip", str(s.compress_levels["gzip"])),
@@ -95,6 +97,14 @@ def emit_settings(c: Config) -> list[str]:
     lines += [f"    .{k} = {v}," for k, v in fields]
     lines.append("};")
     return lines
+
+
+def emit_cidr(net) -> str:
+    """A CidrDef initializer: family 0 (none), 4 or 6, the prefix length and the address bytes."""
+    if net is None:
+        return "{.family = 0, .bits = 0, .addr = {}}"
+    addr = ", ".join(str(b) for b in net.network_address.packed)
+    return f"{{.family = {net.version}, .bits = {net.prefixlen}, .addr = {{{addr}}}}}"
 
 
 def emit_array(ctype: str, name: str, rows: list[str]) -> list[str]:

@@ -53,6 +53,8 @@ SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 U16 = (1 << 16) - 1
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
+# RouteDef::cache_ttl_ms of a route with `cache` and no TTL: the server's freshness, unbounded.
+CACHE_NO_BOUND = U32
 MAX_ROUTES = U16
 MAX_POOLS = (1 << 15) - 1  # RouteDef::pool and ListenerDef::pool are int16
 MAX_SERVERS = U16
@@ -167,7 +169,7 @@ class Route:
     status: int = 0
     retries: int = 2
     compress: int = 0  # ENCODINGS bits
-    cache_ms: int = 0
+    cache_ms: int = 0  # 0 = not cached; CACHE_NO_BOUND: `cache` without a TTL
     upgrades: list[str] = field(default_factory=lambda: list(DEFAULT_UPGRADES))  # lower case; [] = none
 
     @property
@@ -235,6 +237,8 @@ class Settings:
     cache: str = "Off"  # CacheKind enumerator
     cache_bytes: int = 64 << 20
     cache_address: str = ""
+    cache_max_object: int = 1 << 20
+    cache_purge_from: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     admin_address: str = ""
     admin_endpoint: Endpoint | None = None
     admin_token_file: str = ""
@@ -291,6 +295,17 @@ def parse_size(what: str, tok: str, lo: int, hi: int) -> int:
     if not lo <= n <= hi:
         raise DefError(f"size '{tok}' for {what} is out of range (expected {lo}..{hi} bytes)")
     return n
+
+
+def parse_cidr(tok: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """ADDR/BITS or a single ADDR (a /32 or /128), host bits zero."""
+    try:
+        net = ipaddress.ip_network(tok, strict=True)
+    except ValueError as e:
+        hint = " (host bits set)" if "host bits" in str(e) else ""
+        raise DefError(f"bad network '{tok}' for cache.purge_from{hint} (expected e.g. 127.0.0.1, 10.0.0.0/8, "
+                       f"::1, fd00::/8)") from None
+    return net
 
 
 def parse_endpoint(tok: str, role: str) -> Endpoint:
@@ -414,7 +429,7 @@ class Parser:
         "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
         "limit.requests_per_connection", "limit.connections_per_worker",
-        "cache", "admin", "admin_token_file",
+        "cache", "cache.purge_from", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
         "drain.delay", "instance",
     ]
@@ -464,6 +479,8 @@ class Parser:
             s.body_bytes = parse_size(key, v, 0, U64)
         elif key == "cache":
             self.set_cache(values)
+        elif key == "cache.purge_from":
+            s.cache_purge_from = parse_cidr(v)
         elif key.startswith("compress.level."):
             name = key[len("compress.level."):]
             lo, hi, _ = COMPRESS_LEVELS[name]
@@ -488,10 +505,15 @@ class Parser:
                 raise DefError(f"'set cache off' takes nothing more (unexpected '{rest[0]}')")
             s.cache = "Off"
         elif kind == "memory":
-            opts = Options("set cache memory", rest, ["size"])
+            opts = Options("set cache memory", rest, ["size", "max_object"])
             s.cache = "Memory"
             if "size" in opts.values:
                 s.cache_bytes = parse_size("cache size", opts.values["size"], 1, U64)
+            if "max_object" in opts.values:
+                s.cache_max_object = parse_size("cache max_object", opts.values["max_object"], 1, U32)
+            if s.cache_max_object > s.cache_bytes:
+                raise DefError(f"cache max_object ({s.cache_max_object} bytes) is larger than the cache "
+                               f"({s.cache_bytes} bytes)")
         elif kind == "redis":
             if len(rest) != 1:
                 raise DefError("'set cache redis' needs one address (set cache redis HOST:PORT)")
@@ -810,12 +832,16 @@ class Parser:
             if rest[0].partition("=")[0] in ("gzip", "compress", "cache", "retries", "upgrade"):
                 raise DefError(f"option '{rest[0]}' is only for routes that proxy to a pool (-> POOL {rest[0]})")
             raise DefError(f"unexpected '{rest[0]}' after the action")
-        opts = Options("a route", rest, ["cache", "retries", "compress", "upgrade"], ["gzip", "compress"])
+        opts = Options("a route", rest, ["cache", "retries", "compress", "upgrade"], ["gzip", "compress", "cache"])
         r.compress = Parser.route_compress(opts)
         if "upgrade" in opts.values:
             r.upgrades = Parser.route_upgrades(opts.values["upgrade"])
         if "cache" in opts.values:
             r.cache_ms = parse_duration("cache", opts.values["cache"])
+            if r.cache_ms >= CACHE_NO_BOUND:
+                raise DefError(f"duration '{opts.values['cache']}' for cache is too long (at most 1193h)")
+        elif "cache" in opts.flags:
+            r.cache_ms = CACHE_NO_BOUND
         if "retries" in opts.values:
             r.retries = parse_int("retries", opts.values["retries"], 0, 10)
         if r.action != "Proxy":
@@ -913,7 +939,24 @@ class Parser:
                 self.errors.append((r.line, DefError(
                     f"route proxies to pool '{pool.name}', which has send_proxy={pool.send_proxy.lower()}: "
                     "send_proxy is for the pools of tcp and tls listeners only").message))
+        self.finish_cache()
         self.check_shadowed()
+
+    def finish_cache(self) -> None:
+        """A route with `cache` and no `set cache`: a memory cache of the default
+        size. `set cache off` turns every route's cache off (one line to
+        disable caching). cache.purge_from without a cache says nothing."""
+        c = self.config
+        s = c.settings
+        cached = [r for r in c.routes if r.cache_ms]
+        if "cache" not in self.set_lines and cached:
+            s.cache = "Memory"
+        if s.cache == "Off":
+            for r in cached:
+                r.cache_ms = 0
+        if "cache.purge_from" in self.set_lines and s.cache == "Off":
+            self.errors.append((self.set_lines["cache.purge_from"], DefError(
+                "cache.purge_from without a cache (add 'cache' to a route, or 'set cache memory')").message))
 
     def resolve(self, line: int, name: str, who: str) -> int:
         pool = self.pool_by_name.get(name)

@@ -148,17 +148,28 @@ struct RouteDef {
   std::uint16_t status;    // Redirect / RedirectHttps / Respond
   std::uint8_t retries;    // Proxy: extra attempts on another server
   std::uint8_t compress;   // kCompress* bits: `gzip`, `compress`, `compress=gzip,br,zstd`
-  std::uint32_t cache_ttl_ms;  // 0 = not cached
+  // 0 = not cached; kCacheNoBound = `cache` without a TTL (the server's
+  // freshness, unbounded); else `cache=TTL`: the upper bound of a stored
+  // response's freshness, and the freshness of one that names none.
+  std::uint32_t cache_ttl_ms;
   // Proxy: the Upgrade tokens (lower case) a request may switch to, tunnelled
   // after a 101; `websocket` unless `upgrade=` lists others; empty: none.
   std::span<const std::string_view> upgrades = {};
 };
+inline constexpr std::uint32_t kCacheNoBound = 0xFFFFFFFFu;
 
 // ---------------------------------------------------------------- settings
 
 enum class CacheKind : std::uint8_t { Off, Memory, Redis };
 enum class LogTarget : std::uint8_t { Off, Stdout, File };
 enum class AccessLogFormat : std::uint8_t { Combined, Json };
+
+// An address range (`set cache.purge_from 10.0.0.0/8`): family 0 = none.
+struct CidrDef {
+  std::uint8_t family;  // 0, 4 or 6
+  std::uint8_t bits;    // prefix length
+  std::uint8_t addr[16];  // network byte order; 4 bytes used for IPv4
+};
 
 struct Settings {
   std::uint16_t workers;  // 0 = auto (one per core)
@@ -181,6 +192,8 @@ struct Settings {
   CacheKind cache;
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
+  std::uint32_t cache_max_object;  // larger responses stream through uncached
+  CidrDef cache_purge_from;        // who may PURGE (family 0: nobody)
   std::string_view admin_address;  // empty = no admin listener
   std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
   std::uint8_t compress_level_gzip;  // 1..9

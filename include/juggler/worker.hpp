@@ -33,6 +33,9 @@ struct ClientSession;
 struct UpstreamConn;
 struct L4Worker;
 class Upstream;
+class CacheStore;
+class CacheFlights;
+struct CacheWaits;
 
 // How an exchange gets a server connection (juggler/upstream.hpp): a live
 // idle one to `server` (reused), or a new one connecting (Event::Connected
@@ -62,6 +65,8 @@ struct Shared {
     std::atomic<std::uint16_t> status{0};
   };
   std::unique_ptr<LastCheck[]> last_check;  // per compiled server
+  std::shared_ptr<CacheStore> cache;  // routes with `cache` (src/cache); null without one
+  std::shared_ptr<CacheFlights> cache_flights;  // concurrent misses collapsed (src/cache/collapse)
   std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
   // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
   // front stops sending), the traffic listeners close drain.delay later.
@@ -122,7 +127,8 @@ struct Worker {
   Counter refused_connections;  // over limit.connections_per_worker
   Metrics metrics;  // for /metrics: see metrics.hpp
   std::uint64_t last_accept_error_ms = 0;
-  std::unique_ptr<L4Worker> l4;  // L4 connections (src/listener/l4.hpp): made on the first one
+  std::unique_ptr<L4Worker> l4;
+  std::unique_ptr<CacheWaits> cache_waits;  // misses waiting for another (src/cache/collapse); null without a cache  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 
   // Returns a buffer of either size to its pool (null is fine).

@@ -261,11 +261,13 @@ std::string unsupported_features(const RouteTable& t) {
     o << t.source << ":" << line << ": ";
     return o;
   };
-  for (const RouteDef& r : t.routes) {
-    if (r.cache_ttl_ms) at(r.line) << "cache= is not implemented yet\n";
-  }
+  // The memory cache is built; Redis storage is not (the routes run uncached).
   const Settings& s = t.settings;
-  if (s.cache != CacheKind::Off) o << t.source << ": set cache: response caching is not implemented yet\n";
+  if (s.cache != CacheKind::Redis) return o.str();
+  for (const RouteDef& r : t.routes) {
+    if (r.cache_ttl_ms) at(r.line) << "cache with 'set cache redis': Redis storage is not implemented yet\n";
+  }
+  o << t.source << ": set cache redis: Redis storage is not implemented yet (use set cache memory)\n";
   return o.str();
 }
 

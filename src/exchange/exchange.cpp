@@ -8,6 +8,7 @@
 #include <iterator>
 
 #include "admin/admin.hpp"
+#include "cache/cache.hpp"
 #include "filter/filtered.hpp"
 #include "respond/responder.hpp"
 #include "upstream/connector.hpp"
@@ -54,6 +55,7 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
   if (ex->filters) filters_release(ex);
+  if (ex->cache) cache_release(ex);
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
   --w.active_exchanges;
@@ -174,8 +176,8 @@ void tunnel_exchange(Exchange* ex) {
 }
 
 using Handler = State (*)(Exchange*, Event, int);
-constexpr Handler kHandlers[] = {state_head,  state_route, state_respond, state_connect, state_send,
-                                 state_await_head, state_relay, state_finish, state_failed};
+constexpr Handler kHandlers[] = {state_head,       state_route, state_respond, state_cache_wait, state_connect,
+                                 state_send,       state_await_head, state_relay, state_finish, state_failed};
 static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
 
 // The states that act when entered; the others (and the ends) wait for
@@ -301,17 +303,17 @@ State state_route(Exchange* ex, Event, int) {
     return reply_and_close(ex, 400);
   }
   if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
+  // PURGE of a URL is the cache's, whichever route the URL has.
+  if (ex->head.method == Method::Other && ex->req.method() == HTTP_PURGE && w.shared.cache) return cache_purge(ex);
   ex->route = w.table->distribute(ex->head);
   if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
-    case Action::Proxy: {
-      ex->retries_left = ex->route->retries;
-      if (ex->req.upgrade_request()) ex->upgrade = upgrade_token(ex);
-      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
-      return State::Connect;
-    }
+    case Action::Proxy:
+      if (ex->route->cache_ttl_ms) {
+        const State s = cache_request(ex);  // a hit (Respond), a wait for another miss, or Connect
+        if (s != State::Connect) return s;
+      }
+      return proxy_begin(ex);
     case Action::Respond: {
       const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
       return reply_local(ex, ex->route->status, reply.keep, reply.close);
@@ -329,6 +331,7 @@ State state_route(Exchange* ex, Event, int) {
 State state_respond(Exchange* ex, Event ev, int arg) {
   switch (ev) {
     case Event::Enter: {
+      if (ex->answer_slices) return ex->down->send(ex->iov.get(), ex->answer_slices) ? State::Done : State::Respond;
       uv_buf_t b = uv_buf_init(const_cast<char*>(ex->answer.data()), static_cast<unsigned>(ex->answer.size()));
       return ex->down->send(&b, 1) ? State::Done : State::Respond;
     }
@@ -337,6 +340,16 @@ State state_respond(Exchange* ex, Event ev, int arg) {
     default:
       return on_other_event(ex, ev, arg, State::Respond);
   }
+}
+
+State proxy_begin(Exchange* ex) {
+  Worker& w = *ex->worker;
+  ex->retries_left = ex->route->retries;
+  if (ex->req.upgrade_request()) ex->upgrade = upgrade_token(ex);
+  std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+  tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
+  w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
+  return State::Connect;
 }
 
 bool exchange_wants_body(const Exchange* ex) {

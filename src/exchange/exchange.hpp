@@ -27,6 +27,7 @@ enum class State : std::uint8_t {
   Head,       // the connection reads the request head
   Route,      // the head is complete: routing picks the action (passed through)
   Respond,    // a local answer (respond, redirect, error page) is being written
+  CacheWait,  // a miss waits for another request of the same key to fill the cache
   Connect,    // picking a server and connecting (the connect timeout runs)
   Send,       // connected: the request head and body go out
   AwaitHead,  // the whole request went out: the response head is awaited
@@ -51,6 +52,7 @@ enum class Event : std::uint8_t {
   ServerEof,        // the server closed or broke the connection (arg: UV_EOF or the error)
   UpstreamWritten,  // a write to the server completed (arg: its status)
   Timer,            // the exchange's timer fired
+  CacheReady,       // the request this one waited for (CacheWait) ended
 };
 
 // How an exchange ended, as data (HAProxy's termination state): who ended it
@@ -71,6 +73,8 @@ struct Termination {
 };
 
 struct FilteredResponse;  // src/filter/filtered.hpp
+struct CacheEntry;        // src/cache/store.hpp
+struct Exchange;
 
 // Everything an exchange knows of the one request it carries: a value, reset
 // as a whole (`ex->state() = {}`) when the next request begins, so no field
@@ -96,6 +100,7 @@ struct ExchangeState {
   std::uint8_t interims = 0;     // 1xx responses relayed (bounded: a server may not send endless ones)
   bool upstream_reusable = false;  // the response ended cleanly and the server keeps the connection
   std::string_view answer;       // Respond: the bytes of the local answer
+  std::uint8_t answer_slices = 0;  // Respond: the answer is ex->iov[0, n) instead (a cache hit)
   int status = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t bytes_in = 0;      // the request's, head and body as framed (the access log)
@@ -111,6 +116,17 @@ struct ExchangeState {
   // (null: the zero-copy relay). Released by exchange_put.
   std::uint8_t filter_want = 0;
   FilteredResponse* filters = nullptr;
+  // The cache (routes with `cache`, src/cache): what it did (CacheStatus,
+  // 0 on other routes) and the stored entry a hit is written from (released
+  // by exchange_put).
+  std::uint8_t cache = 0;
+  bool cache_reval = false;  // the request asks the server to revalidate cache_entry (If-None-Match...)
+  bool cache_leader = false;   // its miss leads: others wait for it (src/cache/collapse)
+  bool cache_waiting = false;  // in its worker's waiting list (CacheWait)
+  std::uint64_t cache_hash = 0;  // the key's hash, while it leads or waits
+  Exchange* wait_next = nullptr;
+  Exchange* wait_prev = nullptr;
+  CacheEntry* cache_entry = nullptr;
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
 };
 
@@ -160,6 +176,10 @@ void exchange_put(Worker& w, Exchange* ex);
 // after it returns.
 void step(Exchange* ex, Event ev, int arg = 0);
 
+// A proxy route's request goes to the server: the retry budget and the
+// balancer's begin, then Connect (state Route, and a cache miss that waited).
+State proxy_begin(Exchange* ex);
+
 // Whether the exchange takes request body bytes now (it is proxying).
 bool exchange_wants_body(const Exchange* ex);
 
@@ -179,6 +199,7 @@ TunnelHook tunnel_hook() noexcept;
 State state_head(Exchange* ex, Event ev, int arg);     // exchange.cpp
 State state_route(Exchange* ex, Event ev, int arg);
 State state_respond(Exchange* ex, Event ev, int arg);
+State state_cache_wait(Exchange* ex, Event ev, int arg);  // cache/collapse.cpp
 State state_connect(Exchange* ex, Event ev, int arg);  // upstream/connector.cpp
 State state_failed(Exchange* ex, Event ev, int arg);
 State state_send(Exchange* ex, Event ev, int arg);     // exchange/relay.cpp

@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "cache/cache.hpp"
 #include "exchange/exchange.hpp"
 #include "filter/filtered.hpp"
 #include "upstream/connector.hpp"
@@ -27,9 +28,9 @@ constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size strea
 unsigned build_request_head(Exchange* ex) {
   if (ex->route->compress) filters_note_request(ex);
   std::size_t len = 0;
-  return edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http", ex->scratch.get(),
-                           ex->scratch_cap, &len, ex->iov.get(),
-                           ex->upgrade);
+  const unsigned n = edit_request_head(ex->req, ex->down->peer(), ex->down->secure() ? "https" : "http",
+                                       ex->scratch.get(), ex->scratch_cap, &len, ex->iov.get(), ex->upgrade);
+  return ex->cache_reval ? cache_conditionals(ex, ex->iov.get(), n) : n;
 }
 
 void restart_response_parser(Exchange* ex) {
@@ -101,11 +102,14 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   const bool http10_keep = !ex->client_close && ex->req.http_minor() == 0;
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
-  if (ex->ticket.minted) {
-    std::size_t n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
-    const std::size_t k = std::min(conn.size(), sizeof ex->resp_extra - n);
-    if (k) std::memcpy(ex->resp_extra + n, conn.data(), k);
-    n += k;
+  if (ex->ticket.minted || ex->cache) {
+    std::size_t n = 0;
+    if (ex->ticket.minted) n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
+    for (std::string_view line : {ex->cache ? cache_status_line(ex) : std::string_view(), conn}) {
+      const std::size_t k = std::min(line.size(), sizeof ex->resp_extra - n);
+      if (k) std::memcpy(ex->resp_extra + n, line.data(), k);
+      n += k;
+    }
     extra = {ex->resp_extra, n};
   }
   if (ex->filters) extra = filters_head_lines(ex, extra);
@@ -131,7 +135,7 @@ bool upgrade_asked(const Exchange* ex) {
   return false;
 }
 
-enum class HeadStep : std::uint8_t { NeedMore, Interim, Final, Failed, Tunnel };
+enum class HeadStep : std::uint8_t { NeedMore, Interim, Final, Failed, Tunnel, Cached };
 
 HeadStep broken_head(Exchange* ex) {
   ex->term = {Who::Server, When::Head, false, UV_EPROTO};
@@ -181,6 +185,7 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   ex->term = {};  // a response began: failed attempts before it are history
   passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
   w.balancer.response(ex->ticket, w.now_ms());
+  if (ex->cache_entry && cache_takes_over(ex, status)) return HeadStep::Cached;
   if (ex->resp.body_until_close()) ex->client_close = true;
   bool raw = false;
   *n += build_response_head(ex, iov + *n, &raw);
@@ -225,6 +230,7 @@ State process_upstream(Exchange* ex, State s) {
     }
     if (step == HeadStep::Failed) return State::Failed;
     if (step == HeadStep::Tunnel) return State::Tunnel;
+    if (step == HeadStep::Cached) return cache_from_response(ex);
     if (step == HeadStep::Final) s = State::Relay;
   }
   if (s == State::Relay && ex->filters) return filtered_relay(ex, n);

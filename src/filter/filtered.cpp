@@ -11,6 +11,7 @@
 
 #include <cstring>
 
+#include "cache/cache.hpp"
 #include "exchange/downstream.hpp"
 #include "exchange/relay.hpp"
 #include "filter/compress.hpp"
@@ -23,6 +24,7 @@ namespace juggler {
 struct FilteredResponse {
   FilterChain chain;
   ResponseFilter* compressor = nullptr;
+  ResponseFilter* store = nullptr;  // the cache's (src/cache), after the compressor: it keeps what the client gets
   BodySpan spans[MessageParser::kMaxBodySpans];  // decoded body not yet pushed
   std::uint32_t span_count = 0, span_at = 0, span_off = 0;
   bool body_done = false;  // the parser reached the end of the message
@@ -55,6 +57,7 @@ FilteredResponse* pool_get() {
   if (!f) return new FilteredResponse();
   f->chain.clear();
   f->compressor = nullptr;
+  f->store = nullptr;
   f->span_count = f->span_at = f->span_off = 0;
   f->body_done = f->chunked = false;
   f->head_len = 0;
@@ -63,6 +66,7 @@ FilteredResponse* pool_get() {
 
 void release(FilteredResponse* f) noexcept {
   if (f->compressor) compressor_put(f->compressor);
+  if (f->store) cache_stage_put(f->store);
   t_pool.push(f);
 }
 
@@ -194,11 +198,11 @@ State pump(Exchange* ex, unsigned n) {
 }  // namespace
 
 void filters_note_request(Exchange* ex) {
-  ex->filter_want = 0;
+  ex->filter_want &= kWantCache;  // the cache's, noted at the route (a retry notes again)
   // Ranges of a representation are left alone (RFC 9110 14: the parts of
   // an encoded body are not those of the identity one).
   if (ex->is_head || !ex->head.header("range").empty()) return;
-  ex->filter_want = negotiate_encoding(ex->head.headers, ex->route->compress);
+  ex->filter_want |= negotiate_encoding(ex->head.headers, ex->route->compress);
 }
 
 void filters_begin(Exchange* ex) {
@@ -207,14 +211,18 @@ void filters_begin(Exchange* ex) {
   // Nothing to filter in a bodiless answer (HEAD, 204, 304) or a part of
   // one (206). A body delimited by the server's close is relayed as it is:
   // its end comes as an EOF the zero-copy relay handles.
-  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r) || !compress_worth(r)) return;
+  if (!r.has_body() || r.status() == 206 || r.body_until_close() || !framable(r)) return;
   if (ex->iov_cap < st.header_count + kHeadSlices + kBodySlices) return;
+  const std::uint8_t encoding = ex->filter_want & static_cast<std::uint8_t>(~kWantCache);
+  const bool compress = encoding && compress_worth(r);
+  if (!compress && !(ex->filter_want & kWantCache)) return;
   FilteredResponse* f = pool_get();
-  f->compressor = compressor_get(ex->filter_want, st);
+  if (compress && (f->compressor = compressor_get(encoding, st))) f->chain.add(f->compressor);
+  if (ex->filter_want & kWantCache) f->chain.add(f->store = cache_stage_get(ex));
   HeadEdit edit(ex->resp, f->head, sizeof f->head - FilteredResponse::kRelayLines - kFramingLine.size());
   // A stage that steps aside has not edited the head, so the zero-copy
   // relay can send it as it would have.
-  if (!f->compressor || !f->chain.add(f->compressor) || !f->chain.head(edit)) {
+  if (f->chain.empty() || !f->chain.head(edit)) {
     release(f);
     return;
   }

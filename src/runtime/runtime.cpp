@@ -29,6 +29,8 @@
 
 #include "juggler/health.hpp"
 #include "admin/admin.hpp"
+#include "cache/cache.hpp"
+#include "cache/collapse.hpp"
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "http1/upgrade.hpp"
@@ -184,6 +186,7 @@ void finish_worker(WorkerThread* t) {
   w.access_log.flush();
   upstream_sweep(w, true);
   session_free_exchanges(w);
+  cache_worker_done(w);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
 }
@@ -299,6 +302,7 @@ void prepare_worker(WorkerThread* t) {
   t->stop.data = t;
   uv_timer_init(&w.loop, &t->tick);
   t->tick.data = t;
+  cache_worker_init(w);  // a no-op without a cache
   uv_timer_start(&t->tick, on_tick, kTickMs, kTickMs);
 }
 
@@ -403,6 +407,8 @@ int run(const Config& config) {
   }
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);
+  shared.cache = make_cache_store(config.settings);
+  if (shared.cache) shared.cache_flights = std::make_shared<CacheFlights>();
   if (shared.error_pages.custom_count())
     log(LogLevel::Info, "error pages: %zu from %s", shared.error_pages.custom_count(),
         std::string(config.settings.error_pages).c_str());

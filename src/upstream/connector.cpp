@@ -5,6 +5,7 @@
 // or a cut.
 #include "upstream/connector.hpp"
 
+#include "cache/cache.hpp"
 #include "exchange/exchange.hpp"
 #include "respond/responder.hpp"
 #include "juggler/upstream.hpp"
@@ -12,6 +13,13 @@
 namespace juggler {
 
 namespace {
+
+// The answer when no server answered: a stale cached copy within its
+// stale-if-error window (routes with `cache`), else the error page.
+State reply_failure(Exchange* ex, int status) {
+  if (ex->cache_entry && cache_stands_in(ex)) return cache_reply_stale(ex);
+  return reply_error(ex, status);
+}
 
 bool idempotent(Method m) {
   switch (m) {
@@ -100,7 +108,7 @@ State connect_upstream(Exchange* ex) {
     // Nobody left to try: 503 when nobody was usable at all, else the last
     // attempt's failure stands (502).
     if (ex->attempts == 0) ex->term = {Who::Proxy, When::Connect, false, 0};
-    return reply_error(ex, ex->attempts == 0 ? 503 : 502);
+    return reply_failure(ex, ex->attempts == 0 ? 503 : 502);
   }
   ex->server = s;
   ++ex->attempts;
@@ -156,7 +164,7 @@ State exchange_fail(Exchange* ex) {
     count_server_failure(ex, reused, t);
     if (retry(ex, reused)) return State::Connect;
   }
-  return reply_error(ex, t.timeout && t.when != When::Connect ? 504 : 502);
+  return reply_failure(ex, t.timeout && t.when != When::Connect ? 504 : 502);
 }
 
 State state_failed(Exchange* ex, Event, int) { return exchange_fail(ex); }

@@ -503,7 +503,7 @@ class LifecycleTest(BalancerTestCase):
     def test_unsupported_features_refuse_to_start_and_name_them(self):
         out = jtest.run_program([balancer_path("unsupported"), "--port", "0"], timeout=10)
         self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
-        self.assertRegex(out.stderr, r"unsupported\.def:\d+: cache= is not implemented")
+        self.assertRegex(out.stderr, r"unsupported\.def:\d+: cache with .set cache redis.: Redis storage is not implemented")
 
 
 if __name__ == "__main__":

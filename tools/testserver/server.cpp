@@ -564,7 +564,34 @@ void Conn::serve_echo() {
   finish_response();
 }
 
+namespace {
+
+// Every `header=NAME:VALUE` of the query (percent-decoded) as head lines
+// into `out`; false when one is malformed.
+bool header_params(std::string_view query, std::string& out) {
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const auto pair = query.substr(0, amp);
+    if (pair.starts_with("header=")) {
+      const auto decoded = percent_decode(pair.substr(7));
+      const std::size_t colon = decoded ? decoded->find(':') : std::string::npos;
+      if (colon == std::string::npos || colon == 0 || decoded->find_first_of("\r\n") != std::string::npos) return false;
+      out += decoded->substr(0, colon) + ": " + decoded->substr(colon + 1) + "\r\n";
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return true;
+}
+
+}  // namespace
+
 void Conn::serve_headers() {
+  std::string extra;
+  if (!header_params(req_.query, extra)) {
+    send_simple(400, "usage: /headers[?header=NAME:VALUE...]\n");
+    return;
+  }
   std::string body = req_.method + " " + req_.target + " HTTP/" + std::to_string(req_.http_major) + "." +
                      std::to_string(req_.http_minor) + "\n";
   for (const auto& [name, value] : req_.headers) {
@@ -573,7 +600,7 @@ void Conn::serve_headers() {
     body += value;
     body += '\n';
   }
-  send_simple(200, body);
+  send_simple(200, body, extra);
 }
 
 void Conn::serve_delay() {
@@ -668,15 +695,23 @@ void Conn::serve_bytes() {
     if (!decoded || decoded->find_first_of("\r\n") != std::string::npos) bad = true;
     else type = *decoded;
   }
-  if (const auto h = query_param(req_.query, "header")) {
-    const auto decoded = percent_decode(*h);
-    const std::size_t colon = decoded ? decoded->find(':') : std::string::npos;
-    if (colon == std::string::npos || colon == 0 || decoded->find_first_of("\r\n") != std::string::npos) bad = true;
-    else extra = decoded->substr(0, colon) + ": " + decoded->substr(colon + 1) + "\r\n";
-  }
+  if (!header_params(req_.query, extra)) bad = true;
+  // etag=V: `ETag: "V"`, and 304 to a request whose If-None-Match names it.
+  const auto etag = query_param(req_.query, "etag");
+  if (etag && (etag->empty() || etag->find_first_of("\"\r\n") != std::string_view::npos)) bad = true;
   if (bad) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P][&type=T][&header=NAME:VALUE]\n");
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P][&type=T][&header=NAME:VALUE...][&etag=V]\n");
     return;
+  }
+  if (etag) {
+    const std::string quoted = "\"" + std::string(*etag) + "\"";
+    extra += "ETag: " + quoted + "\r\n";
+    for (const auto& [name, value] : req_.headers) {
+      if (iequals(name, "if-none-match") && value.find(quoted) != std::string::npos) {
+        send_simple(304, {}, extra);
+        return;
+      }
+    }
   }
   std::string head = response_head(200, type, *n, extra, chunked);
   log("200");

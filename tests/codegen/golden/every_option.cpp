@@ -26,6 +26,8 @@ constexpr Settings kSettings{
     .cache = CacheKind::Redis,
     .cache_bytes = 67108864u,
     .cache_address = "cache.internal:6379",
+    .cache_max_object = 1048576u,
+    .cache_purge_from = {.family = 6, .bits = 8, .addr = {253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
     .admin_address = "0.0.0.0:9090",
     .admin_token_file = "secrets/admin.token",
     .compress_level_gzip = 9,
@@ -45,13 +47,13 @@ constexpr std::string_view kUpgrades1[] = {
 };
 
 constexpr ListenerDef kListeners[] = {
-    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 20, .sni = false},
-    {.kind = ListenKind::Http, .host = "::", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 21, .sni = false},
-    {.kind = ListenKind::Https, .host = "127.0.0.1", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 2, .proxy_protocol = false, .line = 22, .sni = false},
-    {.kind = ListenKind::Https, .host = "::1", .port = 8443, .pool = -1, .first_cert = 2, .cert_count = 1, .proxy_protocol = true, .line = 23, .sni = false},
-    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 4, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 24, .sni = false},
-    {.kind = ListenKind::Tcp, .host = "127.0.0.1", .port = 9443, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 25, .sni = true},
-    {.kind = ListenKind::Tls, .host = "127.0.0.1", .port = 7443, .pool = 4, .first_cert = 3, .cert_count = 2, .proxy_protocol = true, .line = 26, .sni = false},
+    {.kind = ListenKind::Http, .host = "0.0.0.0", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 21, .sni = false},
+    {.kind = ListenKind::Http, .host = "::", .port = 80, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 22, .sni = false},
+    {.kind = ListenKind::Https, .host = "127.0.0.1", .port = 443, .pool = -1, .first_cert = 0, .cert_count = 2, .proxy_protocol = false, .line = 23, .sni = false},
+    {.kind = ListenKind::Https, .host = "::1", .port = 8443, .pool = -1, .first_cert = 2, .cert_count = 1, .proxy_protocol = true, .line = 24, .sni = false},
+    {.kind = ListenKind::Tcp, .host = "0.0.0.0", .port = 7000, .pool = 4, .first_cert = 0, .cert_count = 0, .proxy_protocol = true, .line = 25, .sni = false},
+    {.kind = ListenKind::Tcp, .host = "127.0.0.1", .port = 9443, .pool = -1, .first_cert = 0, .cert_count = 0, .proxy_protocol = false, .line = 26, .sni = true},
+    {.kind = ListenKind::Tls, .host = "127.0.0.1", .port = 7443, .pool = 4, .first_cert = 3, .cert_count = 2, .proxy_protocol = true, .line = 27, .sni = false},
 };
 
 constexpr CertDef kCerts[] = {
@@ -65,87 +67,87 @@ constexpr CertDef kCerts[] = {
 constexpr PoolDef kPools[] = {
     {.name = "web", .strategy = Strategy::RoundRobin, .key = HashKey::None, .key_name = {}, .first_server = 0, .server_count = 3,
      .health = {.enabled = true, .method = Method::Head, .path = "/health/ping", .interval_ms = 2000, .timeout_ms = 500, .rise = 1, .fall = 255, .expect_lo = 100, .expect_hi = 599, .tcp = false},
-     .slow_start_ms = 30000, .max_fails = 0, .fail_window_ms = 60000, .line = 28, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 30000, .max_fails = 0, .fail_window_ms = 60000, .line = 29, .send_proxy = SendProxy::Off},
     {.name = "lc", .strategy = Strategy::LeastConn, .key = HashKey::None, .key_name = {}, .first_server = 3, .server_count = 1,
      .health = {.enabled = true, .method = Method::Options, .path = "/", .interval_ms = 3600000, .timeout_ms = 3540000, .rise = 2, .fall = 3, .expect_lo = 200, .expect_hi = 399, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 34, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 35, .send_proxy = SendProxy::Off},
     {.name = "rnd", .strategy = Strategy::Random, .key = HashKey::None, .key_name = {}, .first_server = 4, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 38, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 39, .send_proxy = SendProxy::Off},
     {.name = "fast", .strategy = Strategy::LeastTime, .key = HashKey::None, .key_name = {}, .first_server = 5, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 40, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 41, .send_proxy = SendProxy::Off},
     {.name = "ip_hash", .strategy = Strategy::ConsistentHash, .key = HashKey::Ip, .key_name = {}, .first_server = 6, .server_count = 1,
      .health = {.enabled = true, .method = Method::Get, .path = "", .interval_ms = 5000, .timeout_ms = 2000, .rise = 3, .fall = 3, .expect_lo = 200, .expect_hi = 399, .tcp = true},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 42, .send_proxy = SendProxy::V2},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 43, .send_proxy = SendProxy::V2},
     {.name = "path_hash", .strategy = Strategy::ConsistentHash, .key = HashKey::Path, .key_name = {}, .first_server = 7, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 45, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 46, .send_proxy = SendProxy::Off},
     {.name = "hdr_hash", .strategy = Strategy::ConsistentHash, .key = HashKey::Header, .key_name = "x-session-id", .first_server = 8, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 47, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 48, .send_proxy = SendProxy::Off},
     {.name = "cookie_hash", .strategy = Strategy::ConsistentHash, .key = HashKey::Cookie, .key_name = "JSESSIONID", .first_server = 9, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 49, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 50, .send_proxy = SendProxy::Off},
     {.name = "query_hash", .strategy = Strategy::ConsistentHash, .key = HashKey::Query, .key_name = "userId", .first_server = 10, .server_count = 1,
      .health = {.enabled = false, .method = Method::Get, .path = {}, .interval_ms = 0, .timeout_ms = 0, .rise = 0, .fall = 0, .expect_lo = 0, .expect_hi = 0, .tcp = false},
-     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 51, .send_proxy = SendProxy::Off},
+     .slow_start_ms = 0, .max_fails = 3, .fail_window_ms = 10000, .line = 52, .send_proxy = SendProxy::Off},
 };
 
 constexpr ServerDef kServers[] = {
-    {.host = "127.0.0.1", .port = 6901, .authority = "127.0.0.1:6901", .weight = 256, .backup = false, .pool = 0, .line = 29},
-    {.host = "::1", .port = 6902, .authority = "[::1]:6902", .weight = 2, .backup = false, .pool = 0, .line = 30},
-    {.host = "127.0.0.1", .port = 6903, .authority = "127.0.0.1:6903", .weight = 1, .backup = true, .pool = 0, .line = 31},
-    {.host = "10.0.0.1", .port = 80, .authority = "10.0.0.1:80", .weight = 1, .backup = false, .pool = 1, .line = 36},
-    {.host = "10.0.0.2", .port = 80, .authority = "10.0.0.2:80", .weight = 1, .backup = false, .pool = 2, .line = 39},
-    {.host = "10.0.0.3", .port = 80, .authority = "10.0.0.3:80", .weight = 1, .backup = false, .pool = 3, .line = 41},
-    {.host = "10.0.0.4", .port = 5432, .authority = "10.0.0.4:5432", .weight = 1, .backup = false, .pool = 4, .line = 44},
-    {.host = "10.0.0.5", .port = 80, .authority = "10.0.0.5:80", .weight = 1, .backup = false, .pool = 5, .line = 46},
-    {.host = "10.0.0.6", .port = 80, .authority = "10.0.0.6:80", .weight = 1, .backup = false, .pool = 6, .line = 48},
-    {.host = "10.0.0.7", .port = 80, .authority = "10.0.0.7:80", .weight = 1, .backup = false, .pool = 7, .line = 50},
-    {.host = "10.0.0.8", .port = 80, .authority = "10.0.0.8:80", .weight = 1, .backup = false, .pool = 8, .line = 52},
+    {.host = "127.0.0.1", .port = 6901, .authority = "127.0.0.1:6901", .weight = 256, .backup = false, .pool = 0, .line = 30},
+    {.host = "::1", .port = 6902, .authority = "[::1]:6902", .weight = 2, .backup = false, .pool = 0, .line = 31},
+    {.host = "127.0.0.1", .port = 6903, .authority = "127.0.0.1:6903", .weight = 1, .backup = true, .pool = 0, .line = 32},
+    {.host = "10.0.0.1", .port = 80, .authority = "10.0.0.1:80", .weight = 1, .backup = false, .pool = 1, .line = 37},
+    {.host = "10.0.0.2", .port = 80, .authority = "10.0.0.2:80", .weight = 1, .backup = false, .pool = 2, .line = 40},
+    {.host = "10.0.0.3", .port = 80, .authority = "10.0.0.3:80", .weight = 1, .backup = false, .pool = 3, .line = 42},
+    {.host = "10.0.0.4", .port = 5432, .authority = "10.0.0.4:5432", .weight = 1, .backup = false, .pool = 4, .line = 45},
+    {.host = "10.0.0.5", .port = 80, .authority = "10.0.0.5:80", .weight = 1, .backup = false, .pool = 5, .line = 47},
+    {.host = "10.0.0.6", .port = 80, .authority = "10.0.0.6:80", .weight = 1, .backup = false, .pool = 6, .line = 49},
+    {.host = "10.0.0.7", .port = 80, .authority = "10.0.0.7:80", .weight = 1, .backup = false, .pool = 7, .line = 51},
+    {.host = "10.0.0.8", .port = 80, .authority = "10.0.0.8:80", .weight = 1, .backup = false, .pool = 8, .line = 53},
 };
 
 constexpr RouteDef kRoutes[] = {
-    {.index = 0, .line = 56, .text = "route * /* host=a.example.com -> rnd",
+    {.index = 0, .line = 57, .text = "route * /* host=a.example.com -> rnd",
      .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 1, .line = 57, .text = "route * /* host=B.Example.com -> fast",
+    {.index = 1, .line = 58, .text = "route * /* host=B.Example.com -> fast",
      .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 2, .line = 58, .text = "route * /* host=a.example.org -> fast",
+    {.index = 2, .line = 59, .text = "route * /* host=a.example.org -> fast",
      .action = Action::Proxy, .pool = 3, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 3, .line = 59, .text = "route * /* host=www.a.example.com -> rnd",
+    {.index = 3, .line = 60, .text = "route * /* host=www.a.example.com -> rnd",
      .action = Action::Proxy, .pool = 2, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 4, .line = 60, .text = "route * /* host=b.example.co -> path_hash",
+    {.index = 4, .line = 61, .text = "route * /* host=b.example.co -> path_hash",
      .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 5, .line = 61, .text = "route * /* host=*.c.example.com header:X-Env=prod -> path_hash",
+    {.index = 5, .line = 62, .text = "route * /* host=*.c.example.com header:X-Env=prod -> path_hash",
      .action = Action::Proxy, .pool = 5, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 6, .line = 62, .text = "route GET /caf\303\251/* -> web compress",
+    {.index = 6, .line = 63, .text = "route GET /caf\303\251/* -> web compress",
      .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 7, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 7, .line = 63, .text = "route GET /quote\"/* -> web upgrade=none",
+    {.index = 7, .line = 64, .text = "route GET /quote\"/* -> web upgrade=none",
      .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 8, .line = 64, .text = "route GET /back\\slash -> web upgrade=mqtt,WebSocket",
-     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades1},
-    {.index = 9, .line = 65, .text = "route GET,HEAD,POST,PUT,DELETE,CONNECT,OPTIONS,TRACE,PATCH /all -> lc",
+    {.index = 8, .line = 65, .text = "route GET /back\\slash -> web upgrade=mqtt,WebSocket cache",
+     .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 4294967295, .upgrades = kUpgrades1},
+    {.index = 9, .line = 66, .text = "route GET,HEAD,POST,PUT,DELETE,CONNECT,OPTIONS,TRACE,PATCH /all -> lc",
      .action = Action::Proxy, .pool = 1, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 10, .line = 66, .text = "route PUT,PATCH /upload/* header:Content-Type=application/json -> hdr_hash gzip cache=1500ms retries=10",
+    {.index = 10, .line = 67, .text = "route PUT,PATCH /upload/* header:Content-Type=application/json -> hdr_hash gzip cache=1500ms retries=10",
      .action = Action::Proxy, .pool = 6, .status = 0, .retries = 10, .compress = 1, .cache_ttl_ms = 1500, .upgrades = kUpgrades0},
-    {.index = 11, .line = 67, .text = "route POST /login -> cookie_hash retries=0 compress=br,zstd",
+    {.index = 11, .line = 68, .text = "route POST /login -> cookie_hash retries=0 compress=br,zstd",
      .action = Action::Proxy, .pool = 7, .status = 0, .retries = 0, .compress = 6, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
-    {.index = 12, .line = 68, .text = "route GET /search* -> query_hash cache=5m gzip",
+    {.index = 12, .line = 69, .text = "route GET /search* -> query_hash cache=5m gzip",
      .action = Action::Proxy, .pool = 8, .status = 0, .retries = 2, .compress = 1, .cache_ttl_ms = 300000, .upgrades = kUpgrades0},
-    {.index = 13, .line = 69, .text = "route GET /go/* -> redirect web 307",
+    {.index = 13, .line = 70, .text = "route GET /go/* -> redirect web 307",
      .action = Action::Redirect, .pool = 0, .status = 307, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 14, .line = 70, .text = "route GET /moved -> redirect web 308",
+    {.index = 14, .line = 71, .text = "route GET /moved -> redirect web 308",
      .action = Action::Redirect, .pool = 0, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 15, .line = 71, .text = "route * /see-other -> redirect web 303",
+    {.index = 15, .line = 72, .text = "route * /see-other -> redirect web 303",
      .action = Action::Redirect, .pool = 0, .status = 303, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 16, .line = 72, .text = "route * /secure/* -> redirect https 308",
+    {.index = 16, .line = 73, .text = "route * /secure/* -> redirect https 308",
      .action = Action::RedirectHttps, .pool = -1, .status = 308, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 17, .line = 73, .text = "route GET /teapot -> respond 418",
+    {.index = 17, .line = 74, .text = "route GET /teapot -> respond 418",
      .action = Action::Respond, .pool = -1, .status = 418, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 18, .line = 74, .text = "route * /gone -> respond 410",
+    {.index = 18, .line = 75, .text = "route * /gone -> respond 410",
      .action = Action::Respond, .pool = -1, .status = 410, .retries = 0, .compress = 0, .cache_ttl_ms = 0, .upgrades = {}},
-    {.index = 19, .line = 75, .text = "route * /* -> web",
+    {.index = 19, .line = 76, .text = "route * /* -> web",
      .action = Action::Proxy, .pool = 0, .status = 0, .retries = 2, .compress = 0, .cache_ttl_ms = 0, .upgrades = kUpgrades0},
 };
 
@@ -163,7 +165,7 @@ const RouteDef* hosts_0(std::string_view h) noexcept {
     default: return nullptr;
   }
 l12:
-  if (iequals(std::string_view(h.data() + 0, 12), "b.example.co")) return &kRoutes[4];  // line 60
+  if (iequals(std::string_view(h.data() + 0, 12), "b.example.co")) return &kRoutes[4];  // line 61
   return nullptr;
 l13:
   switch (fold(h[0])) {
@@ -171,29 +173,29 @@ l13:
       if (iequals(std::string_view(h.data() + 1, 9), ".example.")) goto l13_1;
       break;
     case 'b':
-      if (iequals(std::string_view(h.data() + 1, 12), ".example.com")) return &kRoutes[1];  // line 57
+      if (iequals(std::string_view(h.data() + 1, 12), ".example.com")) return &kRoutes[1];  // line 58
       break;
   }
   return nullptr;
 l13_1:
   switch (fold(h[10])) {
     case 'c':
-      if (iequals(std::string_view(h.data() + 11, 2), "om")) return &kRoutes[0];  // line 56
+      if (iequals(std::string_view(h.data() + 11, 2), "om")) return &kRoutes[0];  // line 57
       break;
     case 'o':
-      if (iequals(std::string_view(h.data() + 11, 2), "rg")) return &kRoutes[2];  // line 58
+      if (iequals(std::string_view(h.data() + 11, 2), "rg")) return &kRoutes[2];  // line 59
       break;
   }
   return nullptr;
 l17:
-  if (iequals(std::string_view(h.data() + 0, 17), "www.a.example.com")) return &kRoutes[3];  // line 59
+  if (iequals(std::string_view(h.data() + 0, 17), "www.a.example.com")) return &kRoutes[3];  // line 60
   return nullptr;
 }
 
 // routes 0, 1, 2, 3, 4, 5
 const RouteDef* check_0(const RequestHead& r) noexcept {
-  if (const RouteDef* m = hosts_0(r.host)) return m;  // lines 56-60
-  if (r.host.size() > 14 && iequals(r.host.substr(r.host.size() - 14), ".c.example.com") && r.header("x-env") == std::string_view("prod", 4)) return &kRoutes[5];  // line 61
+  if (const RouteDef* m = hosts_0(r.host)) return m;  // lines 57-61
+  if (r.host.size() > 14 && iequals(r.host.substr(r.host.size() - 14), ".c.example.com") && r.header("x-env") == std::string_view("prod", 4)) return &kRoutes[5];  // line 62
   return nullptr;
 }
 
@@ -289,41 +291,41 @@ n17:  // "/teapot"
 t0:
   if (const RouteDef* m = check_0(r)) return m;
 t12:
-  return &kRoutes[19];  // line 75
+  return &kRoutes[19];  // line 76
 t1:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[9];  // line 65
+  return &kRoutes[9];  // line 66
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[8];  // line 64
+  return &kRoutes[8];  // line 65
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[6];  // line 62
+  return &kRoutes[6];  // line 63
 t4:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[13];  // line 69
+  return &kRoutes[13];  // line 70
 t5:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[18];  // line 74
+  return &kRoutes[18];  // line 75
 t6:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[14];  // line 70
+  return &kRoutes[14];  // line 71
 t7:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[7];  // line 63
+  return &kRoutes[7];  // line 64
 t8:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[12];  // line 68
+  return &kRoutes[12];  // line 69
 t9:
   if (const RouteDef* m = check_0(r)) return m;
-  if (!r.secure) return &kRoutes[16];  // line 72
+  if (!r.secure) return &kRoutes[16];  // line 73
   goto t12;
 t10:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[15];  // line 71
+  return &kRoutes[15];  // line 72
 t11:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[17];  // line 73
+  return &kRoutes[17];  // line 74
 }
 
 // Head, Delete, Connect, Options, Trace: routes 0, 1, 2, 3, 4, 5, 9, 15, 16, 18, 19
@@ -374,20 +376,20 @@ n7:  // "/see-other"
 t0:
   if (const RouteDef* m = check_0(r)) return m;
 t5:
-  return &kRoutes[19];  // line 75
+  return &kRoutes[19];  // line 76
 t1:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[9];  // line 65
+  return &kRoutes[9];  // line 66
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[18];  // line 74
+  return &kRoutes[18];  // line 75
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  if (!r.secure) return &kRoutes[16];  // line 72
+  if (!r.secure) return &kRoutes[16];  // line 73
   goto t5;
 t4:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[15];  // line 71
+  return &kRoutes[15];  // line 72
 }
 
 // Post: routes 0, 1, 2, 3, 4, 5, 9, 11, 15, 16, 18, 19
@@ -444,23 +446,23 @@ n8:  // "/see-other"
 t0:
   if (const RouteDef* m = check_0(r)) return m;
 t6:
-  return &kRoutes[19];  // line 75
+  return &kRoutes[19];  // line 76
 t1:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[9];  // line 65
+  return &kRoutes[9];  // line 66
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[18];  // line 74
+  return &kRoutes[18];  // line 75
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[11];  // line 67
+  return &kRoutes[11];  // line 68
 t4:
   if (const RouteDef* m = check_0(r)) return m;
-  if (!r.secure) return &kRoutes[16];  // line 72
+  if (!r.secure) return &kRoutes[16];  // line 73
   goto t6;
 t5:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[15];  // line 71
+  return &kRoutes[15];  // line 72
 }
 
 // Put, Patch: routes 0, 1, 2, 3, 4, 5, 9, 10, 15, 16, 18, 19
@@ -518,23 +520,23 @@ n8:  // "/upload"
 t0:
   if (const RouteDef* m = check_0(r)) return m;
 t6:
-  return &kRoutes[19];  // line 75
+  return &kRoutes[19];  // line 76
 t1:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[9];  // line 65
+  return &kRoutes[9];  // line 66
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[18];  // line 74
+  return &kRoutes[18];  // line 75
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  if (!r.secure) return &kRoutes[16];  // line 72
+  if (!r.secure) return &kRoutes[16];  // line 73
   goto t6;
 t4:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[15];  // line 71
+  return &kRoutes[15];  // line 72
 t5:
   if (const RouteDef* m = check_0(r)) return m;
-  if (r.header("content-type") == std::string_view("application/json", 16)) return &kRoutes[10];  // line 66
+  if (r.header("content-type") == std::string_view("application/json", 16)) return &kRoutes[10];  // line 67
   goto t6;
 }
 
@@ -580,17 +582,17 @@ n6:  // "/see-other"
 t0:
   if (const RouteDef* m = check_0(r)) return m;
 t4:
-  return &kRoutes[19];  // line 75
+  return &kRoutes[19];  // line 76
 t1:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[18];  // line 74
+  return &kRoutes[18];  // line 75
 t2:
   if (const RouteDef* m = check_0(r)) return m;
-  if (!r.secure) return &kRoutes[16];  // line 72
+  if (!r.secure) return &kRoutes[16];  // line 73
   goto t4;
 t3:
   if (const RouteDef* m = check_0(r)) return m;
-  return &kRoutes[15];  // line 71
+  return &kRoutes[15];  // line 72
 }
 
 const RouteDef* distribute(const RequestHead& r) noexcept {
@@ -628,7 +630,7 @@ int sni_exact(std::string_view h) noexcept {
     default: return -1;
   }
 l14:
-  if (iequals(std::string_view(h.data() + 0, 14), "db.example.com")) return 1;  // line 85
+  if (iequals(std::string_view(h.data() + 0, 14), "db.example.com")) return 1;  // line 86
   return -1;
 l15:
   if (iequals(std::string_view(h.data() + 0, 2), "db")) goto l15_1;
@@ -636,10 +638,10 @@ l15:
 l15_1:
   switch (fold(h[2])) {
     case '2':
-      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 86
+      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 87
       break;
     case '3':
-      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 87
+      if (iequals(std::string_view(h.data() + 3, 12), ".example.com")) return 2;  // line 88
       break;
   }
   return -1;
@@ -647,9 +649,9 @@ l15_1:
 
 int sni_route(std::string_view h) noexcept {
   if (const int p = sni_exact(h); p >= 0) return p;
-  if (h.size() > 15 && iequals(h.substr(h.size() - 15), ".eu.example.com")) return 1;  // line 89
-  if (h.size() > 12 && iequals(h.substr(h.size() - 12), ".example.com")) return 3;  // line 88
-  return 0;  // line 90
+  if (h.size() > 15 && iequals(h.substr(h.size() - 15), ".eu.example.com")) return 1;  // line 90
+  if (h.size() > 12 && iequals(h.substr(h.size() - 12), ".example.com")) return 3;  // line 89
+  return 0;  // line 91
 }
 
 }  // namespace sni_names

@@ -1,0 +1,130 @@
+#include "cache/collapse.hpp"
+
+#include <algorithm>
+
+#include "cache/cache.hpp"
+#include "cache/store.hpp"
+
+namespace juggler {
+
+bool CacheFlights::join(std::uint64_t hash, std::uint32_t worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, fresh] = flights_.try_emplace(hash);
+  if (fresh) return true;
+  std::vector<std::uint32_t>& waiting = it->second;
+  if (std::find(waiting.begin(), waiting.end(), worker) == waiting.end()) waiting.push_back(worker);
+  return false;
+}
+
+void CacheFlights::end(std::uint64_t hash) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = flights_.find(hash);
+  if (it == flights_.end()) return;
+  for (std::uint32_t w : it->second)
+    if (w < wake_.size() && wake_[w]) uv_async_send(wake_[w]);
+  flights_.erase(it);
+}
+
+bool CacheFlights::active(std::uint64_t hash) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return flights_.count(hash) != 0;
+}
+
+void CacheFlights::set_wake(std::uint32_t worker, uv_async_t* async) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (wake_.size() <= worker) wake_.resize(worker + 1, nullptr);
+  wake_[worker] = async;
+}
+
+namespace {
+
+void unlink(CacheWaits& q, Exchange* ex) noexcept {
+  (ex->wait_prev ? ex->wait_prev->wait_next : q.head) = ex->wait_next;
+  if (ex->wait_next) ex->wait_next->wait_prev = ex->wait_prev;
+  ex->wait_next = ex->wait_prev = nullptr;
+  ex->cache_waiting = false;
+}
+
+// A flight ended somewhere: the waiters whose key is no longer in flight
+// look again (taken off the list first: a step may end the exchange).
+void on_wake(uv_async_t* a) {
+  Worker& w = *static_cast<Worker*>(a->data);
+  CacheWaits& q = *w.cache_waits;
+  const CacheFlights& flights = *w.shared.cache_flights;
+  Exchange* ready = nullptr;
+  for (Exchange* ex = q.head; ex;) {
+    Exchange* next = ex->wait_next;
+    if (!flights.active(ex->cache_hash)) {
+      unlink(q, ex);
+      ex->wait_next = ready;
+      ready = ex;
+    }
+    ex = next;
+  }
+  while (ready) {
+    Exchange* ex = ready;
+    ready = ex->wait_next;
+    ex->wait_next = nullptr;
+    step(ex, Event::CacheReady);
+  }
+}
+
+}  // namespace
+
+void cache_worker_init(Worker& w) {
+  if (!w.shared.cache_flights) return;
+  w.cache_waits = std::make_unique<CacheWaits>();
+  uv_async_init(&w.loop, &w.cache_waits->async, on_wake);
+  w.cache_waits->async.data = &w;
+  w.shared.cache_flights->set_wake(w.id, &w.cache_waits->async);
+}
+
+void cache_worker_done(Worker& w) {
+  if (!w.cache_waits) return;
+  w.shared.cache_flights->set_wake(w.id, nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&w.cache_waits->async), nullptr);
+}
+
+bool cache_lead_or_wait(Exchange* ex, std::uint64_t hash) {
+  Worker& w = *ex->worker;
+  if (!w.cache_waits) return true;
+  ex->cache_hash = hash;
+  if (w.shared.cache_flights->join(hash, w.id)) {
+    ex->cache_leader = true;
+    return true;
+  }
+  CacheWaits& q = *w.cache_waits;
+  ex->wait_prev = nullptr;
+  ex->wait_next = q.head;
+  if (q.head) q.head->wait_prev = ex;
+  q.head = ex;
+  ex->cache_waiting = true;
+  // Bounded: as long as the leader may wait for its server's answer.
+  w.wheel.arm(&ex->timer, w.now_ms() + settings(w).upstream_timeout_ms);
+  return false;
+}
+
+void cache_flight_end(Exchange* ex) noexcept {
+  if (!ex->cache_leader) return;
+  ex->cache_leader = false;
+  ex->worker->shared.cache_flights->end(ex->cache_hash);
+}
+
+State state_cache_wait(Exchange* ex, Event ev, int arg) {
+  switch (ev) {
+    case Event::CacheReady:
+    case Event::Timer:
+      if (ex->cache_waiting) unlink(*ex->worker->cache_waits, ex);
+      TimerWheel::disarm(&ex->timer);
+      return cache_resume(ex);
+    default:
+      return on_other_event(ex, ev, arg, State::CacheWait);
+  }
+}
+
+void cache_collapse_release(Exchange* ex) noexcept {
+  if (ex->cache_waiting) unlink(*ex->worker->cache_waits, ex);
+  cache_flight_end(ex);
+}
+
+}  // namespace juggler

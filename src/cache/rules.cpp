@@ -1,0 +1,132 @@
+#include "cache/rules.hpp"
+
+#include <ctime>
+
+#include "juggler/http.hpp"
+#include "juggler/route.hpp"
+
+namespace juggler {
+
+namespace {
+
+// delta-seconds (RFC 9111 1.2.2): digits, capped at 2^31 (a larger value is
+// "as good as infinite"); malformed: 0.
+std::int64_t delta_seconds(std::string_view v) noexcept {
+  if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+  if (v.empty()) return 0;
+  std::int64_t n = 0;
+  for (char c : v) {
+    if (c < '0' || c > '9') return 0;
+    n = n * 10 + (c - '0');
+    if (n > 2147483648LL) n = 2147483648LL;
+  }
+  return n;
+}
+
+int two_digits(std::string_view v, std::size_t at) noexcept {
+  const char a = v[at], b = v[at + 1];
+  if (a < '0' || a > '9' || b < '0' || b > '9') return -1;
+  return (a - '0') * 10 + (b - '0');
+}
+
+constexpr std::string_view kMonths = "JanFebMarAprMayJunJulAugSepOctNovDec";
+constexpr std::string_view kDays = "SunMonTueWedThuFriSat";
+
+}  // namespace
+
+void CacheControl::parse(std::string_view value) noexcept {
+  for_each_token(value, [&](std::string_view d) {
+    const std::size_t eq = d.find('=');
+    const std::string_view name = trim_ows(d.substr(0, eq));
+    const std::string_view arg = eq == std::string_view::npos ? std::string_view() : trim_ows(d.substr(eq + 1));
+    if (iequals(name, "no-store")) no_store = true;
+    else if (iequals(name, "no-cache")) no_cache = true;
+    else if (iequals(name, "private")) is_private = true;
+    else if (iequals(name, "public")) is_public = true;
+    else if (iequals(name, "must-revalidate") || iequals(name, "proxy-revalidate")) must_revalidate = true;
+    else if (iequals(name, "max-age")) max_age = delta_seconds(arg);
+    else if (iequals(name, "s-maxage")) s_maxage = delta_seconds(arg);
+    else if (iequals(name, "stale-while-revalidate")) stale_while_revalidate = delta_seconds(arg);
+    else if (iequals(name, "stale-if-error")) stale_if_error = delta_seconds(arg);
+  });
+}
+
+std::int64_t parse_http_date(std::string_view v) noexcept {
+  v = trim_ows(v);
+  // "Sun, 06 Nov 1994 08:49:37 GMT"
+  if (v.size() != 29 || v.substr(3, 2) != ", " || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' || v[19] != ':' ||
+      v[22] != ':' || v.substr(25) != " GMT" || kDays.find(v.substr(0, 3)) % 3 != 0)
+    return -1;
+  const std::size_t mon = kMonths.find(v.substr(8, 3));
+  const int day = two_digits(v, 5), hi = two_digits(v, 12), lo = two_digits(v, 14);
+  const int hh = two_digits(v, 17), mm = two_digits(v, 20), ss = two_digits(v, 23);
+  if (mon == std::string_view::npos || mon % 3 || day < 1 || day > 31 || hi < 0 || lo < 0 || hh < 0 || hh > 23 ||
+      mm < 0 || mm > 59 || ss < 0 || ss > 60)
+    return -1;
+  std::tm tm{};
+  tm.tm_year = hi * 100 + lo - 1900;
+  tm.tm_mon = static_cast<int>(mon / 3);
+  tm.tm_mday = day;
+  tm.tm_hour = hh;
+  tm.tm_min = mm;
+  tm.tm_sec = ss;
+  return static_cast<std::int64_t>(timegm(&tm));
+}
+
+void format_http_date(std::int64_t t, char out[29]) noexcept {
+  const std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  std::strftime(out, 30, "%a, %d %b %Y %H:%M:%S GMT", &tm);  // C locale names
+}
+
+bool heuristically_cacheable(int status) noexcept {
+  switch (status) {
+    case 200: case 203: case 204: case 300: case 301: case 308:
+    case 404: case 405: case 410: case 414: case 501:
+      return true;
+    default:
+      return false;
+  }
+}
+
+StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, std::uint32_t route_ttl_ms,
+                           std::int64_t now) noexcept {
+  StoreDecision d;
+  const CacheControl& cc = r.cc;
+  if (cc.no_store || cc.is_private || r.vary_star) return d;
+  const bool shared_ok = cc.is_public || cc.s_maxage >= 0;
+  if (r.set_cookie && !shared_ok) return d;
+  d.auth_ok = shared_ok || cc.must_revalidate;
+  if (request_authorization && !d.auth_ok) return d;
+  std::int64_t lifetime_s = -1;
+  if (cc.s_maxage >= 0) lifetime_s = cc.s_maxage;
+  else if (cc.max_age >= 0) lifetime_s = cc.max_age;
+  else if (r.has_expires) lifetime_s = r.expires < 0 ? 0 : std::max<std::int64_t>(0, r.expires - (r.date >= 0 ? r.date : now));
+  const bool explicit_fresh = lifetime_s >= 0;
+  // Explicit freshness makes any final status storable but a partial one,
+  // 304 and the server errors (a stored 5xx would stand in for the good
+  // copy stale-if-error keeps); without it, the heuristic statuses only.
+  const bool status_ok = heuristically_cacheable(r.status) ||
+                         (explicit_fresh && r.status >= 200 && r.status < 500 && r.status != 206 && r.status != 304);
+  if (!status_ok) return d;
+  std::uint64_t lifetime_ms = 0;
+  if (explicit_fresh) lifetime_ms = static_cast<std::uint64_t>(lifetime_s) * 1000;
+  else if (route_ttl_ms != kCacheNoBound) lifetime_ms = route_ttl_ms;  // the operator's heuristic
+  if (route_ttl_ms != kCacheNoBound && lifetime_ms > route_ttl_ms) lifetime_ms = route_ttl_ms;
+  d.revalidate = cc.no_cache;
+  d.age_ms = static_cast<std::uint64_t>(r.age > 0 ? r.age : 0) * 1000;
+  const bool fresh_for_a_while = !d.revalidate && lifetime_ms > d.age_ms;
+  if (!fresh_for_a_while && !r.validator) return d;
+  d.store = true;
+  d.lifetime_ms = lifetime_ms;
+  // must-revalidate, s-maxage (RFC 9111 5.2.2.10) and no-cache forbid serving stale.
+  if (!cc.must_revalidate && cc.s_maxage < 0 && !cc.no_cache) {
+    if (cc.stale_if_error > 0) d.stale_if_error_ms = static_cast<std::uint64_t>(cc.stale_if_error) * 1000;
+    if (cc.stale_while_revalidate > 0)
+      d.stale_while_revalidate_ms = static_cast<std::uint64_t>(cc.stale_while_revalidate) * 1000;
+  }
+  return d;
+}
+
+}  // namespace juggler

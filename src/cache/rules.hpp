@@ -1,0 +1,75 @@
+// RFC 9111 as a shared cache, as pure functions of header values: what a
+// response's Cache-Control says, whether a response may be stored and for
+// how long it is fresh. No I/O, no clock of their own (the caller passes
+// the time), so the decisions are unit-tested (tests/unit/test_cache_rules.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace juggler {
+
+// The directives of one or more Cache-Control fields (parse() merges). A
+// delta-seconds of -1 is absent; a malformed one counts as 0 (RFC 9111 1.2.2:
+// a cache treats an invalid max-age as stale).
+struct CacheControl {
+  bool no_store = false;
+  bool no_cache = false;  // also no-cache="field": revalidated all the same
+  bool is_private = false;
+  bool is_public = false;
+  bool must_revalidate = false;  // also proxy-revalidate
+  std::int64_t max_age = -1;
+  std::int64_t s_maxage = -1;
+  std::int64_t stale_while_revalidate = -1;  // RFC 5861
+  std::int64_t stale_if_error = -1;          // RFC 5861
+  void parse(std::string_view value) noexcept;
+};
+
+// Seconds since the epoch of an HTTP-date in the preferred format
+// (IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"); -1 when it is not one (an
+// invalid Expires means "already expired", RFC 9111 5.3).
+std::int64_t parse_http_date(std::string_view v) noexcept;
+
+// Writes `t` (seconds since the epoch) as an IMF-fixdate into out[29].
+void format_http_date(std::int64_t t, char out[29]) noexcept;
+
+// What the response head says, gathered by the caller.
+struct ResponseFacts {
+  int status = 0;
+  CacheControl cc;
+  bool has_expires = false;
+  std::int64_t expires = -1;  // parse_http_date of Expires (-1: invalid)
+  std::int64_t date = -1;     // of Date (-1: absent or invalid)
+  std::int64_t age = 0;       // the Age field, seconds
+  bool set_cookie = false;
+  bool vary_star = false;     // Vary: * (never matches a later request)
+  bool validator = false;     // ETag or Last-Modified: a stale copy can be revalidated
+};
+
+// The statuses whose responses may be stored without explicit freshness
+// (RFC 9110 15.1 "heuristically cacheable"), as the issue lists them.
+bool heuristically_cacheable(int status) noexcept;
+
+struct StoreDecision {
+  bool store = false;
+  std::uint64_t lifetime_ms = 0;  // freshness lifetime (0: stale at once, revalidated on use)
+  std::uint64_t age_ms = 0;       // the response's age when it arrived
+  std::uint64_t stale_if_error_ms = 0;   // how long past expiry it may stand in for an error
+  std::uint64_t stale_while_revalidate_ms = 0;
+  bool revalidate = false;  // no-cache: every use asks the server first
+  bool auth_ok = false;     // may answer a request that carries Authorization
+};
+
+// Whether a shared cache may store the response to a GET, and its
+// freshness: not for no-store, private, Vary: *, a status neither
+// heuristically cacheable nor given explicit freshness, Set-Cookie (unless
+// public or s-maxage), a request with Authorization (unless public,
+// s-maxage or must-revalidate). Lifetime: s-maxage, else max-age, else
+// Expires - Date (`now` when there is no Date); else `route_ttl_ms` for a
+// heuristically cacheable status (kCacheNoBound: none, so not stored
+// unless it can be revalidated). The route's TTL bounds every lifetime. A
+// response fresh for 0 is stored only with a validator.
+StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, std::uint32_t route_ttl_ms,
+                           std::int64_t now) noexcept;
+
+}  // namespace juggler

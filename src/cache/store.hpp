@@ -1,0 +1,131 @@
+// Cache storage: stored responses (CacheEntry) and where they are kept
+// (CacheStore). The exchange side (src/cache/cache.cpp) decides what to
+// store and serves hits; a store only keeps entries, finds them by key and
+// evicts. MemoryStore is the in-process one; a Redis store would be a second
+// implementation of the same interface (see CacheStore).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace juggler {
+
+// A stored response. Immutable once inserted but for its times, which a 304
+// refreshes (relaxed atomics: a reader that sees a mix of old and new ones
+// is off by the time since the refresh): every worker reads it without a lock. Shared by reference
+// count: the store holds one, each hit being written holds one, and the last
+// release frees it, on whichever thread.
+struct CacheEntry {
+  std::atomic<std::uint32_t> refs{1};
+  std::uint64_t hash = 0;
+  std::string key;   // the primary key: host (lower case), '\0', the request-target
+  std::string vary;  // the request's values of the fields the response varies on: "name\0value\0"...
+  std::string head;  // status line and stored header lines (no framing, Age or Connection), no final CRLF
+  std::string body;
+  std::string_view etag, last_modified;  // views into `head` (empty: none)
+  int status = 0;
+  bool revalidate = false;  // no-cache: every use asks the server first
+  bool auth_ok = false;     // may answer a request with Authorization
+  std::uint64_t lifetime_ms = 0;  // its freshness lifetime (a 304 without one keeps it)
+  std::atomic<std::uint64_t> stored_ms{0};  // loop clock (uv_now, the same on every worker) when it arrived
+  std::atomic<std::uint64_t> age_ms{0};     // its age then
+  std::atomic<std::uint64_t> fresh_until_ms{0};  // loop clock
+  std::uint64_t stale_if_error_ms = 0;
+  std::uint64_t stale_while_revalidate_ms = 0;
+  // The store's: its LRU links and the bytes it counts.
+  CacheEntry* lru_prev = nullptr;
+  CacheEntry* lru_next = nullptr;
+  std::size_t charge = 0;
+
+  std::uint64_t age_now_ms(std::uint64_t now_ms) const noexcept {
+    const std::uint64_t at = stored_ms.load(std::memory_order_relaxed);
+    return age_ms.load(std::memory_order_relaxed) + (now_ms > at ? now_ms - at : 0);
+  }
+  // Arrived (or was revalidated) at `now_ms` with age `age`, fresh for `lifetime`.
+  void set_times(std::uint64_t now_ms, std::uint64_t age, std::uint64_t lifetime) noexcept {
+    stored_ms.store(now_ms, std::memory_order_relaxed);
+    age_ms.store(age, std::memory_order_relaxed);
+    fresh_until_ms.store(now_ms + (lifetime > age ? lifetime - age : 0), std::memory_order_relaxed);
+  }
+  bool fresh(std::uint64_t now_ms) const noexcept {
+    return !revalidate && now_ms < fresh_until_ms.load(std::memory_order_relaxed);
+  }
+};
+
+// Takes a reference (the caller has one already).
+inline void cache_entry_ref(CacheEntry* e) noexcept { e->refs.fetch_add(1, std::memory_order_relaxed); }
+// Drops a reference; the last one frees the entry.
+void cache_entry_release(CacheEntry* e) noexcept;
+
+// Whether a stored variant answers this request (its Vary'd fields match).
+using VaryMatch = bool (*)(const CacheEntry& e, const void* request);
+
+// Where entries are kept. Thread-safe: every worker calls it.
+//
+// Redis would implement the same three calls, but its find cannot answer at
+// once: it would return null with *pending set and complete later through
+// the exchange (a CacheFound event), and insert/purge would be pipelined
+// writes whose outcome nobody waits for. The memory store never sets *pending.
+class CacheStore {
+ public:
+  virtual ~CacheStore() = default;
+  // The entry stored under `key` (hash: cache_key_hash) that `match` takes,
+  // with a reference for the caller (cache_entry_release); null when none.
+  virtual CacheEntry* find(std::uint64_t hash, std::string_view key, VaryMatch match, const void* request,
+                           bool* pending) = 0;
+  // Stores `e` (the caller's reference passes to the store), replacing the
+  // entry with the same key and Vary'd values; evicts the least recently
+  // used beyond the size. False (and `e` released) when it cannot fit.
+  virtual bool insert(CacheEntry* e) = 0;
+  // Removes every variant stored under `key`; returns how many.
+  virtual std::size_t purge(std::uint64_t hash, std::string_view key) = 0;
+  // Bytes held (for tests and /metrics).
+  virtual std::size_t bytes() const = 0;
+};
+
+std::uint64_t cache_key_hash(std::string_view key) noexcept;
+
+// Entries in memory: an LRU bounded by bytes, in shards by key hash, each
+// with its own lock (held for a lookup and a list splice, never for I/O),
+// so workers never wait on one global lock. Each shard gets an equal part
+// of `capacity`; an entry larger than a shard's part is not stored.
+class MemoryStore final : public CacheStore {
+ public:
+  // `max_object` sizes the shards: as many as keep each at least 8 objects
+  // large (at most 16).
+  MemoryStore(std::size_t capacity, std::size_t max_object);
+  ~MemoryStore() override;
+  MemoryStore(const MemoryStore&) = delete;
+  MemoryStore& operator=(const MemoryStore&) = delete;
+
+  CacheEntry* find(std::uint64_t hash, std::string_view key, VaryMatch match, const void* request,
+                   bool* pending) override;
+  bool insert(CacheEntry* e) override;
+  std::size_t purge(std::uint64_t hash, std::string_view key) override;
+  std::size_t bytes() const override;
+  unsigned shards() const noexcept { return mask_ + 1; }
+
+ private:
+  struct alignas(64) Shard {
+    mutable std::mutex mu;
+    std::unordered_multimap<std::uint64_t, CacheEntry*> map;
+    CacheEntry* lru_head = nullptr;  // most recently used
+    CacheEntry* lru_tail = nullptr;
+    std::size_t bytes = 0;
+    std::size_t cap = 0;
+  };
+  Shard& shard(std::uint64_t hash) noexcept { return shards_[(hash >> 48) & mask_]; }
+  static void unlink(Shard& s, CacheEntry* e) noexcept;
+  static void push_front(Shard& s, CacheEntry* e) noexcept;
+  static void remove(Shard& s, std::unordered_multimap<std::uint64_t, CacheEntry*>::iterator it) noexcept;
+
+  std::unique_ptr<Shard[]> shards_;
+  unsigned mask_ = 0;
+};
+
+}  // namespace juggler

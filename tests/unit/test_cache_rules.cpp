@@ -1,0 +1,210 @@
+// The cache's RFC 9111 decisions (src/cache/rules) and its memory store
+// (src/cache/store): Cache-Control, HTTP dates, storability and freshness
+// lifetime; the LRU bounded by bytes, variants and purge.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "cache/rules.hpp"
+#include "cache/store.hpp"
+#include "juggler/route.hpp"
+
+using namespace juggler;
+
+namespace {
+
+constexpr std::int64_t kNow = 1'700'000'000;
+
+ResponseFacts ok(std::string_view cache_control = {}) {
+  ResponseFacts f;
+  f.status = 200;
+  f.cc.parse(cache_control);
+  return f;
+}
+
+CacheEntry* entry(std::string key, std::string vary, std::size_t body) {
+  auto* e = new CacheEntry();
+  e->key = std::move(key);
+  e->hash = cache_key_hash(e->key);
+  e->vary = std::move(vary);
+  e->body.assign(body, 'x');
+  return e;
+}
+
+bool any(const CacheEntry&, const void*) { return true; }
+bool vary_is(const CacheEntry& e, const void* want) { return e.vary == *static_cast<const std::string*>(want); }
+
+CacheEntry* find(MemoryStore& s, const std::string& key) {
+  bool pending = true;
+  CacheEntry* e = s.find(cache_key_hash(key), key, any, nullptr, &pending);
+  CHECK_FALSE(pending);
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("cache: Cache-Control directives, merged across fields", "[cache]") {
+  CacheControl cc;
+  cc.parse("public, max-age=60, s-maxage=\"30\"");
+  cc.parse("Stale-If-Error=10, stale-while-revalidate=5, proxy-revalidate");
+  CHECK(cc.is_public);
+  CHECK(cc.max_age == 60);
+  CHECK(cc.s_maxage == 30);
+  CHECK(cc.stale_if_error == 10);
+  CHECK(cc.stale_while_revalidate == 5);
+  CHECK(cc.must_revalidate);
+  CHECK_FALSE(cc.no_store);
+  CacheControl bad;
+  bad.parse("max-age=ten, no-cache=\"Set-Cookie\", private");
+  CHECK(bad.max_age == 0);  // invalid: stale at once
+  CHECK(bad.no_cache);
+  CHECK(bad.is_private);
+}
+
+TEST_CASE("cache: HTTP dates (IMF-fixdate) both ways", "[cache]") {
+  CHECK(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT") == 784111777);
+  CHECK(parse_http_date(" Sun, 06 Nov 1994 08:49:37 GMT ") == 784111777);
+  CHECK(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT") == -1);
+  CHECK(parse_http_date("Sun, 06 Foo 1994 08:49:37 GMT") == -1);
+  CHECK(parse_http_date("0") == -1);
+  char out[30] = {};
+  format_http_date(784111777, out);
+  CHECK(std::string(out) == "Sun, 06 Nov 1994 08:49:37 GMT");
+}
+
+TEST_CASE("cache: freshness lifetime: s-maxage, max-age, Expires - Date, the route's TTL", "[cache]") {
+  CHECK(decide_store(ok("max-age=60"), false, kCacheNoBound, kNow).lifetime_ms == 60'000);
+  CHECK(decide_store(ok("max-age=60, s-maxage=5"), false, kCacheNoBound, kNow).lifetime_ms == 5'000);
+  // The route's TTL is an upper bound ...
+  CHECK(decide_store(ok("max-age=600"), false, 30'000, kNow).lifetime_ms == 30'000);
+  CHECK(decide_store(ok("max-age=10"), false, 30'000, kNow).lifetime_ms == 10'000);
+  // ... and the lifetime of a response that names none (a heuristic status).
+  CHECK(decide_store(ok(), false, 30'000, kNow).lifetime_ms == 30'000);
+  CHECK_FALSE(decide_store(ok(), false, kCacheNoBound, kNow).store);
+  ResponseFacts e = ok();
+  e.has_expires = true;
+  e.date = kNow - 100;
+  e.expires = kNow + 20;  // 120 s after the server's Date
+  CHECK(decide_store(e, false, kCacheNoBound, kNow).lifetime_ms == 120'000);
+  e.date = -1;  // no Date: from now
+  CHECK(decide_store(e, false, kCacheNoBound, kNow).lifetime_ms == 20'000);
+  e.expires = -1;  // invalid Expires: already expired, so not worth storing without a validator
+  CHECK_FALSE(decide_store(e, false, kCacheNoBound, kNow).store);
+  ResponseFacts aged = ok("max-age=60");
+  aged.age = 15;
+  const StoreDecision d = decide_store(aged, false, kCacheNoBound, kNow);
+  CHECK(d.store);
+  CHECK(d.age_ms == 15'000);
+  aged.age = 60;  // arrived stale, nothing to revalidate with
+  CHECK_FALSE(decide_store(aged, false, kCacheNoBound, kNow).store);
+}
+
+TEST_CASE("cache: what a shared cache never stores", "[cache]") {
+  CHECK(decide_store(ok("max-age=60"), false, kCacheNoBound, kNow).store);
+  CHECK_FALSE(decide_store(ok("no-store, max-age=60"), false, kCacheNoBound, kNow).store);
+  CHECK_FALSE(decide_store(ok("private, max-age=60"), false, kCacheNoBound, kNow).store);
+  ResponseFacts cookie = ok("max-age=60");
+  cookie.set_cookie = true;
+  CHECK_FALSE(decide_store(cookie, false, kCacheNoBound, kNow).store);
+  cookie.cc.parse("public");
+  CHECK(decide_store(cookie, false, kCacheNoBound, kNow).store);
+  // Authorization: only what the server marks as shared.
+  CHECK_FALSE(decide_store(ok("max-age=60"), true, kCacheNoBound, kNow).store);
+  CHECK(decide_store(ok("s-maxage=60"), true, kCacheNoBound, kNow).store);
+  CHECK(decide_store(ok("max-age=60, public"), true, kCacheNoBound, kNow).auth_ok);
+  ResponseFacts star = ok("max-age=60");
+  star.vary_star = true;
+  CHECK_FALSE(decide_store(star, false, kCacheNoBound, kNow).store);
+}
+
+TEST_CASE("cache: statuses: heuristic ones, others only with explicit freshness", "[cache]") {
+  for (int s : {200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501}) {
+    ResponseFacts f = ok();
+    f.status = s;
+    CHECK(decide_store(f, false, 10'000, kNow).store);
+  }
+  for (int s : {302, 307, 403, 500, 502, 503, 206}) {
+    ResponseFacts f = ok();
+    f.status = s;
+    CHECK_FALSE(decide_store(f, false, 10'000, kNow).store);
+  }
+  ResponseFacts found = ok("max-age=60");
+  found.status = 302;
+  CHECK(decide_store(found, false, kCacheNoBound, kNow).store);
+  found.status = 503;  // never stands in for the good copy
+  CHECK_FALSE(decide_store(found, false, kCacheNoBound, kNow).store);
+}
+
+TEST_CASE("cache: no-cache and max-age=0 are stored only to be revalidated", "[cache]") {
+  ResponseFacts f = ok("no-cache, max-age=60");
+  CHECK_FALSE(decide_store(f, false, kCacheNoBound, kNow).store);  // no validator
+  f.validator = true;
+  const StoreDecision d = decide_store(f, false, kCacheNoBound, kNow);
+  CHECK(d.store);
+  CHECK(d.revalidate);
+  ResponseFacts zero = ok("max-age=0");
+  zero.validator = true;
+  CHECK(decide_store(zero, false, kCacheNoBound, kNow).store);
+}
+
+TEST_CASE("cache: stale-if-error and stale-while-revalidate windows, not with must-revalidate", "[cache]") {
+  const StoreDecision d = decide_store(ok("max-age=1, stale-if-error=30, stale-while-revalidate=5"), false,
+                                       kCacheNoBound, kNow);
+  CHECK(d.stale_if_error_ms == 30'000);
+  CHECK(d.stale_while_revalidate_ms == 5'000);
+  CHECK(decide_store(ok("max-age=1, stale-if-error=30, must-revalidate"), false, kCacheNoBound, kNow)
+            .stale_if_error_ms == 0);
+  CHECK(decide_store(ok("s-maxage=1, stale-if-error=30"), false, kCacheNoBound, kNow).stale_if_error_ms == 0);
+}
+
+TEST_CASE("cache: memory store: LRU bounded by bytes, hits refresh recency", "[cache]") {
+  MemoryStore s(4 * (sizeof(CacheEntry) + 1100), 1024);
+  REQUIRE(s.shards() == 1);
+  for (char c : std::string("abc")) REQUIRE(s.insert(entry(std::string(1, c), "", 1000)));
+  CacheEntry* a = find(s, "a");  // a is now the most recent; b the least
+  REQUIRE(a);
+  cache_entry_release(a);
+  REQUIRE(s.insert(entry("d", "", 1000)));
+  REQUIRE(s.insert(entry("e", "", 1000)));  // over 4: b goes
+  CHECK(find(s, "b") == nullptr);
+  for (const char* k : {"a", "d", "e"}) {
+    CacheEntry* e = find(s, k);
+    CHECK(e != nullptr);
+    if (e) cache_entry_release(e);
+  }
+  CHECK(s.bytes() <= 4 * (sizeof(CacheEntry) + 1100));
+  CHECK_FALSE(s.insert(entry("huge", "", 10'000)));  // larger than the store: not kept
+}
+
+TEST_CASE("cache: memory store: an entry outlives its eviction while a hit holds it", "[cache]") {
+  MemoryStore s(sizeof(CacheEntry) + 1100, 1024);
+  REQUIRE(s.insert(entry("a", "", 1000)));
+  CacheEntry* held = find(s, "a");
+  REQUIRE(held);
+  REQUIRE(s.insert(entry("b", "", 1000)));  // evicts a
+  CHECK(find(s, "a") == nullptr);
+  CHECK(held->body.size() == 1000);  // still readable (ASan would see a use after free)
+  cache_entry_release(held);
+}
+
+TEST_CASE("cache: memory store: variants by Vary'd values, replaced in place, purged together", "[cache]") {
+  MemoryStore s(1 << 20, 1024);
+  REQUIRE(s.insert(entry("k", std::string("accept-encoding\0") + "1" + '\0', 10)));
+  REQUIRE(s.insert(entry("k", std::string("accept-encoding\0") + "0" + '\0', 20)));
+  REQUIRE(s.insert(entry("k", std::string("accept-encoding\0") + "1" + '\0', 30)));  // replaces the first
+  const std::string gzip = std::string("accept-encoding\0") + "1" + '\0';
+  bool pending = false;
+  CacheEntry* e = s.find(cache_key_hash("k"), "k", vary_is, &gzip, &pending);
+  REQUIRE(e);
+  CHECK(e->body.size() == 30);
+  cache_entry_release(e);
+  CHECK(s.purge(cache_key_hash("k"), "k") == 2);
+  CHECK(s.purge(cache_key_hash("k"), "k") == 0);
+  CHECK(s.bytes() == 0);
+}
+
+TEST_CASE("cache: memory store: shards sized from the largest object", "[cache]") {
+  CHECK(MemoryStore(64u << 20, 1u << 20).shards() == 8);
+  CHECK(MemoryStore(256u << 20, 1u << 20).shards() == 16);
+  CHECK(MemoryStore(1u << 20, 1u << 20).shards() == 1);
+}
