@@ -10,7 +10,7 @@ CMAKE_FLAGS ?=
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check
+.PHONY: all routes reload run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -18,6 +18,7 @@ all: deps $(BUILD)/build.ninja
 help:
 	@echo "make routes [ROUTES=file]  compile a routes file into generated/distributer.cpp"
 	@echo "make all                   build bin/app.out and bin/testserver"
+	@echo "make reload [ROUTES=file]  compile a routes file and swap it into the balancer running from here"
 	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
@@ -38,6 +39,11 @@ routes: deps
 	@test -f $(ROUTES) || { echo "$(ROUTES): no such routes file"; exit 2; }
 	@cmake -S . -B $(BUILD) -G Ninja -DJUGGLER_ROUTES=$(ROUTES_ABS) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) --target routes
+
+# The balancer started from this folder (./bin/app.out, sudo or not) listens on
+# ./juggler.sock; the new table is a shared object under $(BUILD)/reload.
+reload: deps
+	@bash tools/reload.sh $(ROUTES) $(BUILD)
 
 check: all
 	./bin/app.out --check

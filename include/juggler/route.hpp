@@ -191,6 +191,9 @@ struct RouteTable {
   // match `head`; nullptr when none does (the caller answers 404). Pure,
   // thread-safe and allocation-free; a pointer into `routes`.
   const RouteDef* (*distribute)(const RequestHead& head) noexcept;
+  // The first 12 hex digits of the routes file's SHA-256: which table is live
+  // (--check, the reload's log line).
+  std::string_view source_hash = {};
 };
 
 // Defined by the generated file that a balancer binary links in (the code

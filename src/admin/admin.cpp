@@ -94,7 +94,7 @@ std::uint64_t Snapshot::Server::busy() const noexcept {
 }
 
 Snapshot take_snapshot(const Shared& shared) {
-  const RouteTable& t = *shared.config.table;
+  const RouteTable& t = *shared.first->table;
   Snapshot s;
   s.routes.assign((t.routes.size() + 1) * kStatusClasses, 0);
   s.pools.resize(t.pools.size());
@@ -111,7 +111,7 @@ Snapshot take_snapshot(const Shared& shared) {
       to.conn_reused += from.conn_reused.get();
       to.conn_closed += from.conn_closed.get();
       to.ejections += from.ejections.get();
-      to.idle += w->idle[i].count.get();
+      to.idle += from.idle.get();
     }
     s.bytes_in += m.bytes_in.get();
     s.bytes_out += m.bytes_out.get();
@@ -130,7 +130,7 @@ Snapshot take_snapshot(const Shared& shared) {
 }
 
 std::string_view server_state(const Shared& shared, std::size_t server) noexcept {
-  const ServerHealth& h = shared.health[server];
+  const ServerHealth& h = shared.first->health[server];
   if (h.down.load(std::memory_order_relaxed)) return "down";
   if (ejection_start(h, uv_hrtime() / 1000000) != 0) return "ejected";
   if (h.drained.load(std::memory_order_relaxed)) return "drain";
@@ -138,7 +138,7 @@ std::string_view server_state(const Shared& shared, std::size_t server) noexcept
 }
 
 std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
-  return current_weight(shared.health[server], shared.config.table->servers[server]);
+  return current_weight(shared.first->health[server], shared.first->table->servers[server]);
 }
 
 State admin_respond(Exchange* ex) {

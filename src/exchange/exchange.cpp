@@ -53,6 +53,10 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
+  if (ex->tab) {
+    --ex->tab->pins;
+    ex->tab = nullptr;
+  }
   if (ex->filters) filters_release(ex);
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
@@ -60,7 +64,7 @@ void exchange_put(Worker& w, Exchange* ex) {
 }
 
 void detach_upstream(Exchange* ex, bool reuse) {
-  ex->worker->balancer.finish(ex->ticket);
+  if (ex->tab) ex->tab->balancer.finish(ex->ticket);
   Upstream* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
@@ -89,8 +93,11 @@ void copy_log_fields(Exchange* ex) {
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   const std::uint64_t duration_us = ex->start_us ? now_us() - ex->start_us : 0;
-  w.metrics.exchange_done(ex->route ? ex->route->index : -1, ex->route ? ex->route->pool : -1, ex->server,
-                          ex->status, ex->bytes_out, duration_us);
+  const Routing* rt = ex->tab ? &ex->tab->routing : nullptr;
+  const auto row = [](const std::vector<std::int32_t>& rows, int i) { return i >= 0 ? rows[static_cast<std::size_t>(i)] : -1; };
+  w.metrics.exchange_done(ex->route && rt ? row(rt->metric_route, ex->route->index) : -1,
+                          ex->route && rt ? row(rt->metric_pool, ex->route->pool) : -1,
+                          rt ? row(rt->metric_server, ex->server) : -1, ex->status, ex->bytes_out, duration_us);
   if (!w.access_log.enabled()) return;
   AccessRecord r;
   r.client_ip = ex->down->peer();
@@ -99,7 +106,7 @@ void log_exchange(Exchange* ex) {
   r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
   r.status = ex->status;
   r.bytes = ex->bytes_out;
-  r.upstream = ex->server >= 0 ? w.shared.config.table->servers[static_cast<std::size_t>(ex->server)].authority
+  r.upstream = ex->server >= 0 ? ex->tab->routing.table->servers[static_cast<std::size_t>(ex->server)].authority
                                : std::string_view("-");
   r.duration_us = duration_us;
   static constexpr char kWho[] = {'-', 'C', 'S', 'P'};
@@ -268,18 +275,22 @@ State state_route(Exchange* ex, Event, int) {
     return reply_and_close(ex, 400);
   }
   if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
-  ex->route = w.table->distribute(ex->head);
+  // The exchange keeps the worker's table of this moment to its end (a
+  // reload swaps the worker's pointer, never this one).
+  WorkerTable& t = *(ex->tab = w.tab);
+  ++t.pins;
+  ex->route = t.table->distribute(ex->head);
   if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
     case Action::Proxy: {
       ex->retries_left = ex->route->retries;
-      std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-      tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-      w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
+      std::int32_t& tokens = t.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+      tokens = std::min(tokens + WorkerTable::kRetryEarn, WorkerTable::kRetryCap);
+      t.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
       return State::Connect;
     }
     case Action::Respond: {
-      const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
+      const Routing::RouteReply& reply = t.routing.route_replies[ex->route->index];
       return reply_local(ex, ex->route->status, reply.keep, reply.close);
     }
     case Action::Redirect:

@@ -63,7 +63,7 @@ bool flush_upstream(Exchange* ex, bool with_head) {
 bool send_request(Exchange* ex) {
   Upstream* c = ex->up;
   Worker& w = *ex->worker;
-  w.balancer.sent(ex->ticket, ex->server);
+  ex->tab->balancer.sent(ex->ticket, ex->server);
   restart_response_parser(ex);
   if (ex->attempts > 1) ex->body->rewind();  // a retry sends it all again
   if (!c->reading) c->set_reading(true);
@@ -85,7 +85,7 @@ bool upstream_written(Exchange* ex, int status) {
     // The server went away while taking the request; the read side will see
     // the reset or EOF and decide between retry and 502.
     log(LogLevel::Debug, "write to %.*s failed: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[ex->up->server]), uv_strerror(status));
+        JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[ex->up->server]), uv_strerror(status));
     return false;
   }
   ex->progress_ms = ex->worker->now_ms();
@@ -101,7 +101,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   std::string_view conn = ex->client_close ? kConnClose : http10_keep ? kConnKeep : std::string_view();
   std::string_view extra = conn;
   if (ex->ticket.minted) {
-    std::size_t n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
+    std::size_t n = ex->tab->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
     const std::size_t k = std::min(conn.size(), sizeof ex->resp_extra - n);
     if (k) std::memcpy(ex->resp_extra + n, conn.data(), k);
     n += k;
@@ -150,11 +150,11 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   if (ev == ParseEvent::NeedMore) {
     c->parse_pos = c->in_len;
     if (c->in_len < c->in->cap) return HeadStep::NeedMore;
-    log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
+    log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]));
     return broken_head(ex);
   }
   if (ev == ParseEvent::Error) {
-    log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
+    log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]),
         ex->resp.error_reason());
     return broken_head(ex);
   }
@@ -178,8 +178,8 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   }
   ex->status = status;
   ex->term = {};  // a response began: failed attempts before it are history
-  passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
-  w.balancer.response(ex->ticket, w.now_ms());
+  passive_success(ex->tab->routing.health[static_cast<std::size_t>(ex->server)]);
+  ex->tab->balancer.response(ex->ticket, w.now_ms());
   if (ex->resp.body_until_close()) ex->client_close = true;
   bool raw = false;
   *n += build_response_head(ex, iov + *n, &raw);
@@ -278,7 +278,7 @@ ParseEvent feed_response_body(Exchange* ex) {
   const ParseEvent ev = ex->resp.feed(c->in->data + c->parse_pos, c->in_len - c->parse_pos, &used);
   if (ev == ParseEvent::Error) {
     log(LogLevel::Warn, "bad response body from %.*s: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
+        JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]), ex->resp.error_reason());
     ex->term = {Who::Server, When::Body, false, UV_EPROTO};
     return ev;
   }

@@ -104,7 +104,7 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel&) noexcept {
   else l4.upgraded = next;
   if (next) next->prev = prev;
   --l4.upgraded_count;
-  ++w.metrics.server[server->server].conn_closed;
+  ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;
   session->on_stream_closed();  // back to the free list
   delete this;

@@ -33,24 +33,24 @@
 #include "http1/upgrade.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
+#include "runtime/reload.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
 #include "juggler/worker.hpp"
 
 namespace juggler {
 
-Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
+Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd, Routing& routing, const RouteTable& dispatch)
     : shared(s),
       id(i),
-      table(s.config.table),
       loop(),
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096, 64),
-      balancer(*s.config.table, s.health.get(), i),
       access_log(access_log_fd),
       wheel(uv_hrtime() / 1000000),
-      idle(s.config.table->servers.size()),
-      retry_tokens(s.config.table->pools.size(), kRetryCap / 2),
-      metrics(s.config.table->routes.size(), s.config.table->pools.size(), s.config.table->servers.size()) {}
+      metrics(s.first->table->routes.size(), s.first->table->pools.size(), s.first->table->servers.size()) {
+  tables.push_back(std::make_unique<WorkerTable>(routing, dispatch, i));
+  tab = tables.back().get();
+}
 
 Worker::~Worker() = default;
 
@@ -115,6 +115,8 @@ struct WorkerThread {
   std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
   uv_async_t stop;
+  uv_async_t reload;  // a new Routing is in Shared::live
+  Reloader* reloader = nullptr;
   uv_timer_t tick;
   std::thread thread;
   std::uint32_t ticks = 0;
@@ -145,6 +147,7 @@ void finish_worker(WorkerThread* t) {
   session_free_exchanges(w);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->reload), nullptr);
 }
 
 // ---------------------------------------------------------------- memory returns
@@ -232,6 +235,7 @@ void on_tick(uv_timer_t* h) {
     w.access_log.flush();
     upstream_sweep(w, false);
     trim_pools(w);
+    if (w.tables.size() > 1 && worker_release_tables(w) && t->reloader) t->reloader->released();
   }
   if (t->stopping && l4_count(w) && w.now_ms() - t->stop_ms >= l4_drain_ms(w)) l4_close_all(w);
   if (t->stopping && w.session_count == 0 && l4_count(w) == 0) finish_worker(t);
@@ -254,6 +258,13 @@ void prepare_worker(WorkerThread* t) {
     if (th->worker->session_count == 0 && l4_count(*th->worker) == 0) finish_worker(th);
   });
   t->stop.data = t;
+  uv_async_init(&w.loop, &t->reload, [](uv_async_t* a) {
+    auto* th = static_cast<WorkerThread*>(a->data);
+    Routing* r = th->worker->shared.live.load(std::memory_order_acquire);
+    if (!th->done && r && &th->worker->tab->routing != r) worker_swap(*th->worker, *r);
+    th->reloader->swapped();
+  });
+  t->reload.data = t;
   uv_timer_init(&w.loop, &t->tick);
   t->tick.data = t;
   uv_timer_start(&t->tick, on_tick, kTickMs, kTickMs);
@@ -294,21 +305,7 @@ int run(const Config& config) {
 
   Shared shared;
   shared.config = config;
-  shared.health = std::make_unique<ServerHealth[]>(table.servers.size());
-  shared.last_check = std::make_unique<Shared::LastCheck[]>(table.servers.size());
-  for (const ServerDef& s : table.servers) shared.server_addrs.push_back(make_addr(s.host, s.port));
-  for (const RouteDef& r : table.routes) {
-    if (r.action != Action::Respond) {
-      shared.route_replies.emplace_back();
-      continue;
-    }
-    std::string head = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(status_reason(r.status)) +
-                       "\r\nContent-Length: 0\r\n";
-    Shared::RouteReply reply{head, head};
-    reply.keep.append("\r\n");
-    reply.close.append("Connection: close\r\n\r\n");
-    shared.route_replies.push_back(std::move(reply));
-  }
+  shared.first = make_routing(table, nullptr);
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);
   if (shared.error_pages.custom_count())
@@ -387,33 +384,34 @@ int run(const Config& config) {
   g_workers_left = static_cast<int>(threads.size());
   set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
 
+  // Reloads (reload.hpp) reach the traffic workers through their `reload`
+  // handle; the admin worker keeps the first table (its pages are numbered by it).
+  Reloader reloader(&main_loop, shared, n, [&threads, &shared, n](Routing& r) {
+    shared.live.store(&r, std::memory_order_release);
+    for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
+  });
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
     const bool admin = i == n;
-    threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd);
-    if (admin) threads[i].worker->table = &admin_routes;
-    else shared.workers.push_back(threads[i].worker.get());
+    threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd, *shared.first,
+                                                 admin ? admin_routes : table);
+    threads[i].reloader = &reloader;
+    if (!admin) shared.workers.push_back(threads[i].worker.get());
     prepare_worker(&threads[i]);
   }
   for (auto& t : threads) t.thread = std::thread(worker_main, &t);
   // Active health checks: one thread for the whole process, publishing into
-  // shared.health (declared after it, so it stops first). It keeps running
-  // while the workers drain, so retries still avoid dead servers.
-  HealthCallbacks on_health;
-  on_health.on_check = [&shared](std::uint16_t server, CheckResult result, int status) {
-    Shared::LastCheck& c = shared.last_check[server];
-    c.result.store(static_cast<std::uint8_t>(result), std::memory_order_relaxed);
-    c.status.store(static_cast<std::uint16_t>(status), std::memory_order_relaxed);
-    c.at_ms.store(wall_clock_ms(), std::memory_order_relaxed);
-  };
-  HealthChecker checker(table, shared.health.get(), std::move(on_health));
-  checker.start();
+  // the live table's ServerHealth. They keep running while the workers
+  // drain, so retries still avoid dead servers.
+  reloader.start_checks();
+  reloader.listen(config.control_path);
 
   struct SignalState {
     std::vector<WorkerThread>* threads;
+    Reloader* reloader;
     int count = 0;
     uv_timer_t drain_timer;
     std::uint32_t drain_ms;
-  } sig{&threads, 0, {}, config.settings.drain_timeout_ms};
+  } sig{&threads, &reloader, 0, {}, config.settings.drain_timeout_ms};
   uv_timer_init(&main_loop, &sig.drain_timer);
   sig.drain_timer.data = &sig;
   uv_signal_t sigterm, sigint;
@@ -424,6 +422,7 @@ int run(const Config& config) {
       std::_Exit(1);
     }
     log(LogLevel::Info, "signal %d: draining (up to %u ms; send it again to exit at once)", signum, st->drain_ms);
+    st->reloader->close();  // no reload while the workers drain
     for (auto& t : *st->threads) uv_async_send(&t.stop);
     uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
       log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
@@ -442,8 +441,11 @@ int run(const Config& config) {
   // A worker could have finished before the wakeup handle was armed.
   if (g_workers_left.load() > 0) uv_run(&main_loop, UV_RUN_DEFAULT);
   for (auto& t : threads) t.thread.join();
-  checker.stop();
+  reloader.stop_checks();
+  // The workers' tables go before the Routings they point at.
+  for (auto& t : threads) t.worker.reset();
   g_main_wakeup = nullptr;
+  reloader.close();
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
