@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@
 namespace juggler {
 
 struct Worker;
+struct Shared;
 struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
@@ -80,6 +82,12 @@ struct Routing {
 // its metric rows. Throws std::runtime_error on an address that is none.
 std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable* first);
 
+// For the admin pages, numbered by the first table: the health and latest
+// check of its server `first_server` as the live table has them (the first
+// table's own when a reload removed it). Under shared.reload_lock.
+ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept;
+LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept;
+
 // The server of pool `pool` at `authority` in `t` (a server's identity across
 // reloads), or -1.
 int find_server(const RouteTable& t, std::string_view pool, std::string_view authority) noexcept;
@@ -111,6 +119,9 @@ struct Shared {
   // The admin pages, metric rows and listeners are numbered by it.
   std::unique_ptr<Routing> first;
   std::atomic<Routing*> live{nullptr};  // set by a reload: what the traffic workers swap to
+  // Held by the admin thread while it reads the live Routing (live_health),
+  // and by the main thread while it frees a replaced one: never on the request path.
+  mutable std::mutex reload_lock;
   std::uint16_t https_port = 443;                    // redirect https: the first https listener's port
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
   // For the admin listener (src/admin), which reads them from its own thread:

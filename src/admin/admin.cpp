@@ -130,7 +130,7 @@ Snapshot take_snapshot(const Shared& shared) {
 }
 
 std::string_view server_state(const Shared& shared, std::size_t server) noexcept {
-  const ServerHealth& h = shared.first->health[server];
+  const ServerHealth& h = live_health(shared, server);
   if (h.down.load(std::memory_order_relaxed)) return "down";
   if (ejection_start(h, uv_hrtime() / 1000000) != 0) return "ejected";
   if (h.drained.load(std::memory_order_relaxed)) return "drain";
@@ -138,11 +138,12 @@ std::string_view server_state(const Shared& shared, std::size_t server) noexcept
 }
 
 std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
-  return current_weight(shared.first->health[server], shared.first->table->servers[server]);
+  return current_weight(live_health(shared, server), shared.first->table->servers[server]);
 }
 
 State admin_respond(Exchange* ex) {
   const Shared& shared = ex->worker->shared;
+  const std::lock_guard<std::mutex> hold(shared.reload_lock);  // the live table stays while the page is made
   const std::string_view path = ex->head.path;
   const bool read_only = ex->head.method == Method::Get || ex->head.method == Method::Head;
   enum class Page : std::uint8_t { Metrics, Stats, StatsJson } page;

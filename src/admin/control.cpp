@@ -83,7 +83,7 @@ State admin_control(Exchange* ex) {
     return admin_answer(ex, 404, kText, "no such server in that pool\n");
   }
   const auto server = static_cast<std::size_t>(found);
-  ServerHealth& h = shared.first->health[server];
+  ServerHealth& h = live_health(shared, server);
   if (action == "weight") {
     const std::uint16_t w = parse_weight(query_value(ex->head.query, "w"));
     if (w == 0) {

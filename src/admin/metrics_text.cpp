@@ -142,18 +142,18 @@ void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
   per_server("juggler_server_ejections_total", "counter", "Passive ejections of a server (max_fails reached).",
              [&](std::size_t i) { return s.servers[i].ejections; });
   per_server("juggler_server_drained", "gauge", "1 while the admin keeps a server drained (no new requests).",
-             [&](std::size_t i) { return std::uint64_t{shared.first->health[i].drained.load(std::memory_order_relaxed)}; });
+             [&](std::size_t i) { return std::uint64_t{live_health(shared, i).drained.load(std::memory_order_relaxed)}; });
   per_server("juggler_server_weight", "gauge", "A server's weight (the admin's, else the compiled one).",
              [&](std::size_t i) { return std::uint64_t{server_weight(shared, i)}; });
   per_server(
       "juggler_server_last_check_timestamp_seconds", "gauge",
       "When a server's latest active check ended (Unix time; 0 before the first).",
-      [&](std::size_t i) { return static_cast<double>(shared.first->last_check[i].at_ms.load(std::memory_order_relaxed)) / 1000; },
+      [&](std::size_t i) { return static_cast<double>(live_check(shared, i).at_ms.load(std::memory_order_relaxed)) / 1000; },
       true);
   per_server(
       "juggler_server_last_check_success", "gauge", "1 when a server's latest active check passed.",
       [&](std::size_t i) {
-        const LastCheck& c = shared.first->last_check[i];
+        const LastCheck& c = live_check(shared, i);
         return std::uint64_t{c.at_ms.load(std::memory_order_relaxed) != 0 && c.result.load(std::memory_order_relaxed) == 0};
       },
       true);

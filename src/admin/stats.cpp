@@ -52,7 +52,7 @@ void json_server(std::string& out, const Shared& shared, const Snapshot& s, std:
   out += ",\"weight\":" + std::to_string(server_weight(shared, i)) + ",\"backup\":" + (d.backup ? "true" : "false");
   out += ",\"inflight\":" + std::to_string(s.servers[i].busy()) + ',';
   json_requests(out, s.servers[i].req);
-  const LastCheck& c = shared.first->last_check[i];
+  const LastCheck& c = live_check(shared, i);
   const std::uint64_t at = c.at_ms.load(std::memory_order_relaxed);
   out += "\"last_check\":";
   if (at == 0) {

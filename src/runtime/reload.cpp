@@ -279,6 +279,7 @@ void Reloader::on_event() {
 }
 
 void Reloader::collect() {
+  const std::lock_guard<std::mutex> hold(shared_.reload_lock);  // the admin may be reading one
   std::erase_if(loaded_, [&](std::unique_ptr<Routing>& r) {
     if (r.get() == live_ || r->users.load(std::memory_order_acquire) != 0) return false;
     void* object = r->object;

@@ -20,6 +20,32 @@ int find_server(const RouteTable& t, std::string_view pool, std::string_view aut
 
 namespace {
 
+// The live Routing and its number for the first table's `server`; the first
+// table and `server` itself when nothing was reloaded or the server is gone.
+std::pair<const Routing*, std::size_t> live_server(const Shared& shared, std::size_t server) noexcept {
+  const Routing* live = shared.live.load(std::memory_order_acquire);
+  const Routing& first = *shared.first;
+  if (!live || live == &first) return {&first, server};
+  const ServerDef& s = first.table->servers[server];
+  const int j = find_server(*live->table, first.table->pools[s.pool].name, s.authority);
+  if (j < 0) return {&first, server};
+  return {live, static_cast<std::size_t>(j)};
+}
+
+}  // namespace
+
+ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept {
+  const auto [r, i] = live_server(shared, first_server);
+  return r->health[i];
+}
+
+LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept {
+  const auto [r, i] = live_server(shared, first_server);
+  return r->last_check[i];
+}
+
+namespace {
+
 int find_pool(const RouteTable& t, std::string_view name) noexcept {
   for (std::size_t i = 0; i < t.pools.size(); ++i)
     if (t.pools[i].name == name) return static_cast<int>(i);
