@@ -9,6 +9,7 @@ pool b: 6903)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -56,10 +57,12 @@ class ReloadTest(BalancerTestCase):
                 with open(os.path.join(self.root, folder, name), "w") as f:
                     f.write("ok\n")
 
-    def backends(self, delayed: tuple = ()):
+    def backends(self, delayed: tuple = (), quiet: bool = True) -> dict:
+        procs = {}
         for port in (6901, 6902, 6903):
             extra = ["--delay-ms", "5000"] if port in delayed else []
-            self.start_testserver(port=port, host=HOST, root=self.root, extra_args=extra)
+            procs[port] = self.start_testserver(port=port, host=HOST, root=self.root, quiet=quiet, extra_args=extra)
+        return procs
 
     def start(self, workers: int = 2) -> jtest.ManagedProcess:
         return self.start_balancer("reload", workers=workers, cwd=self.dir)
@@ -174,6 +177,32 @@ class ReloadTest(BalancerTestCase):
             servers = [get(f, s, f"/a/{i}").header("X-Server") for i in range(10)]
         self.assertEqual(servers, ["6901"] * 10)  # round robin would alternate if 6902 were UP
 
+    def test_request_in_flight_finishes_on_its_table(self):
+        servers = self.backends(quiet=False)
+        lb = self.start()
+        table_b = self.reload(ROUTES_B).stdout.split()[-1]  # "reloaded A HASH -> B HASH"
+        unloaded_b = re.compile(rf"route table \S+ {table_b} unloaded")
+        result = {}
+
+        def slow():  # routed by table B (/delay -> pool b), answered 4 s later
+            result["response"] = one_get(lb.port, "/delay?ms=4000", timeout=30)
+            result["unloaded before"] = bool(unloaded_b.search(lb.output()))
+
+        t = threading.Thread(target=slow)
+        t.start()
+        try:
+            servers[6903].wait_for_line(r"wait", timeout=10)  # the server has it
+            self.assert_reloaded(ROUTES_A)  # /delay -> pool a from now on
+            self.assertTrue(t.is_alive())  # still in flight after the swap
+        finally:
+            t.join(timeout=60)
+        self.assertEqual(result["response"].status, 200)
+        self.assertEqual(result["response"].header("X-Server"), "6903")  # table B's pool
+        # Table B was pinned by the request: unloaded only after it ended, and then unloaded.
+        self.assertFalse(result["unloaded before"])
+        lb.wait_for_line(unloaded_b.pattern, timeout=10)
+        self.assertIn(one_get(lb.port, "/delay?ms=0").header("X-Server"), POOL_A)
+
     def test_broken_file_and_changed_workers_are_refused(self):
         self.backends()
         lb = self.start()
@@ -188,6 +217,20 @@ class ReloadTest(BalancerTestCase):
         self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_A for _ in range(4)))
         self.assertEqual(one_get(lb.port, "/healthz").status, 200)
         self.assertNotIn("reloaded", lb.output())
+
+    def test_table_built_against_other_types_is_refused(self):
+        self.backends()
+        lb = self.start()
+        cpp, so = os.path.join(self.dir, "t.cpp"), os.path.join(self.dir, "t.so")
+        subprocess.run([sys.executable, os.path.join(REPO, "codegen", "gen_distributer.py"), ROUTES_B, "-o", cpp],
+                       check=True, timeout=60)
+        subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-fPIC", "-shared", f"-I{REPO}/include",
+                        "-DJUGGLER_RELOADABLE", '-DJUGGLER_TABLE_ABI="0123456789abcdef"', "-o", so, cpp],
+                       check=True, timeout=120)
+        out = jtest.run_program([balancer_path("reload"), "--reload", so], cwd=self.dir, timeout=30)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("was built against table ABI 0123456789abcdef, this balancer has", out.stderr)
+        self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
 
     def test_hundred_reloads_keep_memory_and_mappings_flat(self):
         self.backends()
