@@ -108,7 +108,10 @@ struct Loaded {
 
 std::string load(const std::string& path, Loaded& out) {
   out.handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!out.handle) return std::string("cannot load: ") + ::dlerror();
+  if (!out.handle) {
+    const char* why = ::dlerror();
+    return std::string("cannot load: ") + (why ? why : path.c_str());
+  }
   const auto* abi = static_cast<const char*>(::dlsym(out.handle, "juggler_table_abi"));
   if (!abi) return path + " is not a route table built by make reload (no juggler_table_abi)";
   if (std::strcmp(abi, JUGGLER_TABLE_ABI) != 0)
@@ -118,6 +121,7 @@ std::string load(const std::string& path, Loaded& out) {
   auto entry = reinterpret_cast<Entry>(::dlsym(out.handle, "juggler_reload_table"));
   if (!entry) return path + ": no juggler_reload_table";
   out.table = entry();
+  if (!out.table) return path + ": juggler_reload_table gave no table";
   return {};
 }
 
@@ -221,7 +225,7 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   ok = false;
   if (waiting_) return "refused: a reload is in progress\n";
   Loaded obj;
-  if (std::string err = load(path, obj); !err.empty()) return "refused: " + err + "\n";
+  if (std::string err = load(path, obj); !err.empty() || !obj.table) return "refused: " + err + "\n";
   const RouteTable& old = *live_->table;
   const RouteTable& next = *obj.table;
   if (std::string s = settings_change(old.settings, next.settings); !s.empty())
