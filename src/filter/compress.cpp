@@ -56,11 +56,13 @@ bool has_token(std::string_view list, std::string_view lower) noexcept {
   return found;
 }
 
-}  // namespace
-
-std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept {
-  // q per coding in thousandths, -1 while not named; index 0 is `*`.
+// q per coding in thousandths, -1 while not named; index 0 is `*`.
+struct Weights {
   int q[4] = {-1, -1, -1, -1};
+};
+
+// Reads one Accept-Encoding field line into `w` (a later line adds to it).
+void weigh(std::string_view accept_encoding, Weights& w) noexcept {
   for_each_token(accept_encoding, [&](std::string_view e) {
     const std::size_t semi = e.find(';');
     const std::string_view name = trim_ows(e.substr(0, semi));
@@ -77,8 +79,11 @@ std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t a
     else if (iequals(name, "gzip") || iequals(name, "x-gzip")) slot = 1;
     else if (iequals(name, "br")) slot = 2;
     else if (iequals(name, "zstd")) slot = 3;
-    if (slot >= 0) q[slot] = std::max(q[slot], value);
+    if (slot >= 0) w.q[slot] = std::max(w.q[slot], value);
   });
+}
+
+std::uint8_t pick(const Weights& w, std::uint8_t allowed) noexcept {
   // The server's order breaks ties: zstd, then br, then gzip.
   static constexpr struct {
     int slot;
@@ -88,13 +93,29 @@ std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t a
   int best_q = 0;
   for (const auto& o : kOrder) {
     if (!(allowed & o.bit)) continue;
-    const int v = q[o.slot] >= 0 ? q[o.slot] : q[0];
+    const int v = w.q[o.slot] >= 0 ? w.q[o.slot] : w.q[0];
     if (v > best_q) {
       best_q = v;
       best = o.bit;
     }
   }
   return best;
+}
+
+}  // namespace
+
+std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept {
+  Weights w;
+  weigh(accept_encoding, w);
+  return pick(w, allowed);
+}
+
+std::uint8_t negotiate_encoding(std::span<const Header> headers, std::uint8_t allowed) noexcept {
+  // Several Accept-Encoding lines are one comma-separated list (RFC 9110 5.3).
+  Weights w;
+  for (const Header& h : headers)
+    if (iequals(h.name, "accept-encoding")) weigh(h.value, w);
+  return pick(w, allowed);
 }
 
 bool compressible_type(std::string_view content_type) noexcept {

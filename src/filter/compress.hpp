@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "filter/filter.hpp"
@@ -17,6 +18,8 @@ namespace juggler {
 // one with the highest q, ties by the server's order zstd > br > gzip; 0
 // when none (identity).
 std::uint8_t negotiate_encoding(std::string_view accept_encoding, std::uint8_t allowed) noexcept;
+// The same over every Accept-Encoding line of a request head.
+std::uint8_t negotiate_encoding(std::span<const Header> headers, std::uint8_t allowed) noexcept;
 
 // Worth compressing: text/* (but text/event-stream, which must not wait in
 // an encoder), JSON, JavaScript, XML, SVG, wasm.

@@ -198,7 +198,7 @@ void filters_note_request(Exchange* ex) {
   // Ranges of a representation are left alone (RFC 9110 14: the parts of
   // an encoded body are not those of the identity one).
   if (ex->is_head || !ex->head.header("range").empty()) return;
-  ex->filter_want = negotiate_encoding(ex->head.header("accept-encoding"), ex->route->compress);
+  ex->filter_want = negotiate_encoding(ex->head.headers, ex->route->compress);
 }
 
 void filters_begin(Exchange* ex) {

@@ -81,6 +81,16 @@ const Settings kLevels = [] {
 
 }  // namespace
 
+TEST_CASE("compress: several Accept-Encoding lines are one list", "[compress]") {
+  const std::uint8_t all = kCompressGzip | kCompressBr | kCompressZstd;
+  const Header two[] = {{"Accept-Encoding", "gzip;q=0.1"}, {"X-Other", "br"}, {"ACCEPT-ENCODING", "br"}};
+  CHECK(negotiate_encoding(two, all) == kCompressBr);
+  const Header refused[] = {{"accept-encoding", "zstd, *"}, {"Accept-Encoding", "zstd;q=0, br;q=0"}};
+  CHECK(negotiate_encoding(refused, all) == kCompressZstd);  // the larger q of a coding named twice
+  CHECK(negotiate_encoding(refused, kCompressBr | kCompressGzip) == kCompressGzip);  // br refused, gzip by `*`
+  CHECK(negotiate_encoding(std::span<const Header>{}, all) == 0);
+}
+
 TEST_CASE("compress: Accept-Encoding with q-values, ties by zstd > br > gzip", "[compress]") {
   const std::uint8_t all = kCompressGzip | kCompressBr | kCompressZstd;
   CHECK(negotiate_encoding("", all) == 0);

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -36,16 +37,19 @@ CONF = HERE / "conf"
 # check that each is free before starting anything.
 BACKENDS = (19101, 19102, 19103)      # fixed: compiled into tools/bench/bench.def
 BACKEND_TLS = 19104                   # the backend nginx over TLS: scenario 3's direct limit
+WS_BACKEND = 19105                    # scenario 11: wsbench's echo server (fixed: in bench.py gen-ext's pool)
 PORTS = {
     "juggler": 19111, "juggler-1k": 19112, "juggler-ch": 19113,
-    "nginx": 19121, "nginx-1k": 19122,
-    "haproxy": 19131, "haproxy-1k": 19132,
+    "nginx": 19121, "nginx-1k": 19122, "nginx-ws": 19123,
+    "haproxy": 19131, "haproxy-1k": 19132, "haproxy-gz": 19133, "haproxy-ws": 19134,
     "haproxy-tcp": 19141,
     # scenario 3: the https listeners of the same juggler, nginx and haproxy processes
     "juggler-tls": 19171, "nginx-tls": 19172, "haproxy-tls": 19173,
     # scenario 7 (under the malloc counter) and scenario 5 (fresh instances)
     "juggler-alloc": 19151, "nginx-alloc": 19152, "haproxy-alloc": 19153,
     "juggler-cg": 19181,
+    # scenarios 9 and 10: the extras build (gzip route, L4 listener; bench.py gen-ext)
+    "juggler-ext": 19114, "juggler-l4": 19116,
     "juggler-idle": 19161, "nginx-idle": 19162, "haproxy-idle": 19163, "haproxy-tcp-idle": 19164,
 }
 # BENCH_BASE=REV: the base commit's Juggler, juggler@SHORT, beside Juggler in
@@ -54,7 +58,7 @@ BASE_PORTS = {
     "juggler-base": 19191, "juggler-1k-base": 19192, "juggler-ch-base": 19193, "juggler-base-tls": 19194,
     "juggler-base-alloc": 19195, "juggler-base-idle": 19196, "juggler-base-cg": 19197,
 }
-ALL_PORTS = list(BACKENDS) + [BACKEND_TLS] + list(PORTS.values())
+ALL_PORTS = list(BACKENDS) + [BACKEND_TLS, WS_BACKEND] + list(PORTS.values())
 PORTS.update(BASE_PORTS)
 
 SMALL_PATH = "/api/v1/items/42"       # the small GET (matches the last route of the 1k file)
@@ -65,10 +69,16 @@ CG_REQUESTS = (1000, 3000)           # scenario 6's (and 8's) callgrind runs
 CH_POOL = "pool web consistent_hash key=header:X-User"   # scenario 8's variant of bench.def's pool line
 CH_USERS = 1000                      # scenario 8: X-User: user-1 .. user-1000, in turn (users.lua)
 USERS_SCRIPT = HERE / "users.lua"
+GZ_PATH = "/gz/data.json"            # scenario 9: a 100 KB JSON body, compressed by the proxy
+GZ_BYTES = 100 * 1024
+EXT_L4_LISTEN = f"listen tcp 127.0.0.1:{PORTS['juggler-l4']} pool=web"   # scenario 10 (gen-ext)
 
 # BENCH_BASE: the measures of a rate table compared Juggler / base (metric, label, value format)
 RATE_MEASURES = [("rps", "req/s", ",.0f"), ("p50", "p50 µs", ".0f"), ("p99", "p99 µs", ".0f"),
                  ("cpu_us_per_req", "CPU µs/req", ".2f")]
+
+N_SCENARIOS = 11
+WS_SIZE = 1024                       # scenario 11: bytes per WebSocket message
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -110,6 +120,8 @@ class Settings:
     juggler: Path
     juggler_1k: Path
     juggler_ch: Path | None     # scenario 8's consistent_hash build (run.sh builds it only for scenario 8)
+    juggler_ext: Path | None    # scenarios 9-11: bench.def + a gzip route, an L4 listener, a WebSocket pool
+    wsbench: Path | None        # scenario 11's echo server and client (tools/bench/wsbench.c)
     malloc_so: Path
     cert: Path
     key: Path
@@ -127,15 +139,15 @@ class Settings:
         duration = 3 if quick else env_seconds("DURATION", 10)
         sc = os.environ.get("SCENARIOS", "all").strip() or "all"
         if sc == "all":
-            scenarios = [1, 2, 3, 4, 5, 6, 7, 8]
+            scenarios = list(range(1, N_SCENARIOS + 1))
         else:
             try:
                 scenarios = sorted({int(x) for x in re.split(r"[ ,]+", sc) if x})
             except ValueError:
                 sys.exit(f"bench: SCENARIOS={sc!r}: expected 'all' or numbers like 1,2,6")
-            bad = [s for s in scenarios if not 1 <= s <= 8]
+            bad = [s for s in scenarios if not 1 <= s <= N_SCENARIOS]
             if bad:
-                sys.exit(f"bench: SCENARIOS: no scenario {bad[0]} (1..8)")
+                sys.exit(f"bench: SCENARIOS: no scenario {bad[0]} (1..{N_SCENARIOS})")
         if rounds < 1 or duration < 1:
             sys.exit("bench: ROUNDS and DURATION must be at least 1")
         work = Path(os.environ["BENCH_WORK"])
@@ -150,6 +162,7 @@ class Settings:
             work=work, results=Path(os.environ.get("BENCH_RESULTS", ROOT / "bench-results")),
             juggler=Path(os.environ["JUGGLER_BIN"]), juggler_1k=Path(os.environ["JUGGLER_1K_BIN"]),
             juggler_ch=Path(os.environ["JUGGLER_CH_BIN"]) if os.environ.get("JUGGLER_CH_BIN") else None,
+            juggler_ext=opt("JUGGLER_EXT_BIN"), wsbench=opt("WSBENCH_BIN"),
             malloc_so=Path(os.environ["MALLOC_COUNT_SO"]),
             cert=Path(os.environ["BENCH_CERT_DIR"]) / "server.crt", key=Path(os.environ["BENCH_CERT_DIR"]) / "server.key",
             base_short=(os.environ.get("BENCH_BASE_SHORT") or "base") if base else None,
@@ -217,6 +230,42 @@ def gen_routes_ch(out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
         out.write_text(text)
+
+
+def gen_routes_ext(out: Path) -> None:
+    """bench.def plus what scenarios 9 and 10 need and the other builds must not
+    carry (a base commit may not know them): a gzip route in front of the
+    catch-all and an L4 listener on the same pool."""
+    base = (HERE / "bench.def").read_text()
+    catch_all = "route * /* -> web"
+    listen = "listen http 127.0.0.1:19111\n"
+    assert base.count(catch_all) == 1 and base.count(listen) == 1, "tools/bench/bench.def changed shape"
+    text = ("# Generated by tools/bench/bench.py gen-ext from tools/bench/bench.def: the same file\n"
+            "# plus a gzip route (scenario 9), an L4 listener (scenario 10) and a WebSocket pool\n"
+            "# (scenario 11).\n"
+            + base.replace(listen, f"{listen}{EXT_L4_LISTEN}\nset compress.level.gzip 5\n")
+                  .replace(catch_all, f"route GET,HEAD {GZ_PATH.rsplit('/', 1)[0]}/* -> web gzip\n"
+                                      f"route GET /ws -> ws\n\npool ws round_robin\n  server 127.0.0.1:{WS_BACKEND}\n\n"
+                                      f"{catch_all}"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
+        out.write_text(text)
+
+
+def gen_json(out: Path, size: int) -> None:
+    """A JSON document of about `size` bytes shaped like an API listing (ids,
+    names, prices, tags, sentences): compresses about as well as real ones."""
+    rnd = random.Random(9)
+    words = ("alpha beta gamma delta load balancer request server pool route cache tunnel stream "
+             "header body status retry health check weight drain metric latency window").split()
+    items, n = [], 0
+    while n < size - 200:
+        item = {"id": len(items) + 1000, "name": f"item-{rnd.randrange(10**6)}",
+                "price": round(rnd.uniform(1, 500), 2), "in_stock": rnd.random() < 0.8,
+                "tags": rnd.sample(words, 3), "description": " ".join(rnd.choices(words, k=12))}
+        items.append(item)
+        n += len(json.dumps(item)) + 2
+    out.write_text(json.dumps({"items": items, "count": len(items)}))
 
 
 def sync_tree(new: Path, dst: Path) -> None:
@@ -368,7 +417,7 @@ class Proc:
     run.sh's EXIT trap."""
 
     def __init__(self, name: str, argv: list[str], port: int, work: Path, env: dict | None = None,
-                 ready_path: str = "/", cwd: Path | None = None):
+                 ready_path: str | None = "/", cwd: Path | None = None):
         self.name, self.argv, self.port, self.work = name, argv, port, work
         self.logfile = work / "logs" / f"{name}.log"
         full_env = dict(os.environ)
@@ -380,7 +429,8 @@ class Proc:
         self.wait_ready(ready_path)
         self.pids = proc_tree(self.popen.pid)
 
-    def wait_ready(self, path: str) -> None:
+    def wait_ready(self, path: str | None) -> None:
+        """Until GET path answers 200 (path None: until the port accepts)."""
         deadline = time.time() + 15
         last = ""
         while time.time() < deadline:
@@ -388,6 +438,9 @@ class Proc:
                 raise RuntimeError(f"{self.name} exited with {self.popen.returncode} at start-up; "
                                    f"its log ({self.logfile}):\n{self.tail()}")
             try:
+                if path is None:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return
                 code = http_get(self.port, path)
                 if code == 200:
                     return
@@ -484,6 +537,7 @@ class Bench:
                 block = os.urandom(1 << 20)
                 for _ in range(BIG_BYTES >> 20):
                     f.write(block)
+        gen_json(self.s.work / "data.json", GZ_BYTES)
         conf = self.render("backend-nginx.conf", "backend", BACKENDS[0])
         p = Proc("backend", ["nginx", "-p", str(self.s.work), "-e", str(self.s.work / "logs/backend-error.log"),
                              "-c", str(conf)], BACKENDS[0], self.s.work)
@@ -499,7 +553,7 @@ class Bench:
         port = port or PORTS[name]
         base = key.endswith("-base")          # BENCH_BASE: the base commit's build of the same routes file
         variant = key.removesuffix("-base")
-        kind = variant.removesuffix("-1k").removesuffix("-ch")
+        kind = variant.removesuffix("-1k").removesuffix("-ch").removesuffix("-ext").removesuffix("-gz").removesuffix("-ws")
         big = variant.endswith("-1k")
         w = self.s.work
         if kind == "juggler":
@@ -514,6 +568,10 @@ class Bench:
                 if self.s.juggler_ch is None:
                     raise RuntimeError("no consistent_hash build (JUGGLER_CH_BIN): run through tools/bench/run.sh")
                 binary = self.s.juggler_ch
+            if key == "juggler-ext":
+                if self.s.juggler_ext is None:
+                    raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
+                binary = self.s.juggler_ext
             # only the main instances get an https port of their own (scenario 3); the others any free one
             https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"]}.get(name, 0)
             argv = [str(binary), "--port", str(port), "--https-port", str(https), "--workers", str(self.s.workers),
@@ -525,7 +583,7 @@ class Bench:
                        f"        ssl_certificate {self.s.cert};\n        ssl_certificate_key {self.s.key};\n"
                        "        ssl_protocols TLSv1.2 TLSv1.3;\n")
             conf = self.render("proxy-nginx.conf", name, port, {"LOCATIONS": nginx_1k_locations() if big else "",
-                                                                 "TLS": tls})
+                                                                 "TLS": tls, **ws_backends(variant)})
             argv = ["nginx", "-p", str(w), "-e", str(w / f"logs/{name}-error.log"), "-c", str(conf)]
         elif kind == "haproxy":
             tls = ""
@@ -534,8 +592,10 @@ class Bench:
                 pem.write_text(self.s.cert.read_text() + self.s.key.read_text())
                 tls = (f"    bind 127.0.0.1:{PORTS['haproxy-tls']} ssl crt {pem} alpn http/1.1 "
                        "ssl-min-ver TLSv1.2\n")
+            # scenario 9's instance compresses (JSON only); the others carry no compression filter
+            gz = "    compression algo gzip\n    compression type application/json\n" if variant.endswith("-gz") else ""
             conf = self.render("haproxy-http.cfg", name, port, {"ACLS": haproxy_1k_acls() if big else "",
-                                                                "TLS": tls})
+                                                                "TLS": tls, "GZ": gz, **ws_backends(variant)})
             argv = ["haproxy", "-db", "-f", str(conf)]
         elif kind == "haproxy-tcp":
             conf = self.render("haproxy-tcp.cfg", name, port)
@@ -579,6 +639,12 @@ class Bench:
             return Target(key, label, BACKENDS[0], None)
         if key == "direct-tls":
             return Target(key, label, BACKEND_TLS, None, "https")
+        if key == "juggler-l4":             # the extras build's `listen tcp`
+            return Target(key, label, PORTS[key], self.ensure("juggler-ext"))
+        if key == "juggler-ws":             # the extras build's `route GET /ws -> ws`
+            return Target(key, label, PORTS["juggler-ext"], self.ensure("juggler-ext"))
+        if key == "direct-ws":
+            return Target(key, label, WS_BACKEND, None)
         if key.endswith("-tls"):
             return Target(key, label, PORTS[key], self.ensure(key.removesuffix("-tls")), "https")
         return Target(key, label, PORTS[key], self.ensure(key))
@@ -590,7 +656,10 @@ class Bench:
                   "juggler": "Juggler", "nginx": "nginx", "haproxy": "HAProxy", "haproxy-tcp": "HAProxy TCP (limit)",
                   "direct": "direct to backend (limit)", "juggler-1k": "Juggler, 1,000 routes",
                   "nginx-1k": "nginx, 1,000 locations", "haproxy-1k": "HAProxy, 1,000 ACLs",
-                  "juggler-ch": "Juggler, consistent_hash"}
+                  "juggler-ch": "Juggler, consistent_hash", "juggler-ext": "Juggler",
+                  "juggler-l4": "Juggler L4 (listen tcp)", "haproxy-gz": "HAProxy (libslz)",
+                  "juggler-ws": "Juggler", "nginx-ws": "nginx", "haproxy-ws": "HAProxy",
+                  "direct-ws": "direct to the echo server (limit)"}
         if self.s.base_short:
             bl = self.base_label()
             labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
@@ -1202,6 +1271,165 @@ class Scenarios:
 
 # ---------------------------------------------------------------- idle sockets (scenario 5)
 
+    # 9 ----------------------------------------------------------------------
+
+    def s9(self) -> None:
+        """gzip level 5 on a 100 KB JSON body (issue #12): Juggler's `gzip` route
+        against nginx `gzip on; gzip_comp_level 5` (and HAProxy's libslz, no
+        levels, for information). CPU per MB is per MB of the uncompressed body."""
+        b = self.b
+        keys = ["juggler-ext", "nginx", "haproxy-gz"]
+        headers = ["Accept-Encoding: gzip"]
+        b.note(f"\n## 9. gzip on a {GZ_BYTES // 1024} KB JSON body, keep-alive, {self.s.conns} connections")
+        for k in keys:                      # each must really compress, or the row means nothing
+            t = b.target(k)
+            enc = content_encoding(t.port, GZ_PATH)
+            if enc != "gzip":
+                raise RuntimeError(f"scenario 9: {b.label(k)} answered {GZ_PATH} with Content-Encoding {enc!r}")
+        runs = b.rounds("9", keys, GZ_PATH, self.s.conns, headers=headers)
+        mb = GZ_BYTES / 1e6
+        for rs in runs.values():
+            for r in rs:
+                r["cpu_ms_per_mb"] = r["cpu_us_per_req"] / 1000 / mb if r["cpu_us_per_req"] else None
+                r["bytes_per_resp"] = r["bytes"] / r["requests"] if r["requests"] else None
+        meds = {k: {m: med(runs[k], m) for m in ("rps", "p50", "p99", "cpu_us_per_req", "cpu_ms_per_mb",
+                                                 "bytes_per_resp")} for k in keys}
+        rows = [[b.label(k), fmt(meds[k]["rps"], ",.0f"),
+                 fmt(meds[k]["p50"], ".0f"), fmt(meds[k]["p99"], ".0f"), fmt(meds[k]["cpu_ms_per_mb"], ".2f"),
+                 fmt(meds[k]["bytes_per_resp"], ",.0f"), errors_cell(runs[k])] for k in keys]
+        b.note(f"\n### 9. gzip, {GZ_BYTES:,}-byte JSON (medians of {self.s.rounds})\n")
+        for l in table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU ms per MB in", "bytes per response", "errors"],
+                       rows):
+            b.note(l)
+        rr = [[f"Juggler / {b.label(o)}"] + [fmt(paired(runs, "juggler-ext", o, m), ".2f", "×")
+                                              for m in ("rps", "cpu_ms_per_mb", "bytes_per_resp")]
+              for o in ("nginx", "haproxy-gz")]
+        b.note("\nRatios: the median over rounds of the ratio within each round.\n")
+        for l in table(["ratio", "req/s", "CPU per MB", "bytes per response"], rr):
+            b.note(l)
+        b.results["scenarios"]["9"] = {"runs": runs, "medians": meds}
+        r = paired(runs, "juggler-ext", "nginx", "rps")
+        self.verdict("9 gzip 5, 100 KB JSON", "req/s ≥ nginx's", fmt(r, ".2f", "×"), r is not None and r >= 1.0)
+        r = paired(runs, "juggler-ext", "nginx", "cpu_ms_per_mb")
+        self.verdict("9 gzip 5, 100 KB JSON", "CPU per MB ≤ nginx's", fmt(r, ".2f", "×"), r is not None and r <= 1.0)
+
+    # 10 ---------------------------------------------------------------------
+
+    def s10(self) -> None:
+        """L4 (issue #13): Juggler's `listen tcp` against HAProxy `mode tcp` and
+        the backend itself; the HTTP inside is not parsed by either proxy."""
+        b = self.b
+        keys = ["juggler-l4", "haproxy-tcp", "direct"]
+        b.note(f"\n## 10a. L4, small GET inside kept-alive tunnels, {self.s.conns} connections")
+        runs = b.rounds("10a", keys, SMALL_PATH, self.s.conns)
+        meds = {k: {m: med(runs[k], m) for m in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
+        rows = [[b.label(k), fmt(meds[k]["rps"], ",.0f"), fmt(meds[k]["p50"], ".0f"), fmt(meds[k]["p99"], ".0f"),
+                 fmt(meds[k]["cpu_us_per_req"], ".2f"), errors_cell(runs[k])] for k in keys]
+        b.note(f"\n### 10a. L4, small GET, keep-alive (medians of {self.s.rounds})\n")
+        for l in table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/exchange", "errors"], rows):
+            b.note(l)
+        rr = [["Juggler L4 / HAProxy TCP"] + [fmt(paired(runs, "juggler-l4", "haproxy-tcp", m), ".2f", "×")
+                                             for m in ("rps", "p50", "p99", "cpu_us_per_req")]]
+        b.note("\nRatios: the median over rounds of the ratio within each round.\n")
+        for l in table(["ratio", "req/s", "p50", "p99", "CPU/exchange"], rr):
+            b.note(l)
+        b.results["scenarios"]["10a"] = {"runs": runs, "medians": meds}
+        r = paired(runs, "juggler-l4", "haproxy-tcp", "cpu_us_per_req")
+        self.verdict("10a L4 small exchanges", "CPU/exchange ≤ HAProxy mode tcp's", fmt(r, ".2f", "×"),
+                     r is not None and r <= 1.0)
+        r = paired(runs, "juggler-l4", "haproxy-tcp", "rps")
+        self.verdict("10a L4 small exchanges", "req/s ≥ HAProxy mode tcp's", fmt(r, ".2f", "×"),
+                     r is not None and r >= 1.0)
+        c = self.s.dl_conns
+        b.note(f"\n## 10b. L4, 200 MB download, {c} connection{'s' if c > 1 else ''}")
+        runs = b.rounds("10b", keys, BIG_PATH, c, timeout="60s")
+        meds = {k: {m: med(runs[k], m) for m in ("gbps", "cpu_s_per_gb")} for k in keys}
+        rows = [[b.label(k), fmt(meds[k]["gbps"], ".2f"), fmt(paired(runs, k, "direct", "gbps"), ".2f", "×"),
+                 fmt(meds[k]["cpu_s_per_gb"], ".3f"), errors_cell(runs[k])] for k in keys]
+        b.note(f"\n### 10b. L4, 200 MB download (medians of {self.s.rounds}; GB = 10^9 bytes)\n")
+        for l in table(["proxy", "GB/s", "vs direct", "proxy CPU s/GB", "errors"], rows):
+            b.note(l)
+        b.results["scenarios"]["10b"] = {"runs": runs, "medians": meds}
+        r = paired(runs, "juggler-l4", "direct", "gbps")
+        self.verdict("10b L4 200 MB", "≥ 0.9× direct GB/s", fmt(r, ".2f", "×"), r is not None and r >= 0.9)
+
+    # 11 ---------------------------------------------------------------------
+
+    def ws_measure(self, t: Target, conns: int) -> dict:
+        """One wsbench client run against a target, with the proxy's CPU over it."""
+        d = self.s.duration
+        pids = t.proc.refresh_pids() if t.proc else []
+        t0 = cpu_ticks(pids)
+        argv = [str(self.s.wsbench), "client", str(t.port), str(conns), str(d), str(WS_SIZE)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=d + 60)
+        t1 = cpu_ticks(pids)
+        m = re.search(r"^WSBENCH messages=(\d+) seconds=([\d.]+) errors=(\d+)", r.stdout, re.M)
+        if r.returncode != 0 or not m:
+            raise RuntimeError(f"wsbench failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}\n{r.stderr}")
+        msgs, secs, errors = int(m.group(1)), float(m.group(2)), int(m.group(3))
+        cpu = (t1 - t0) / CLK_TCK
+        return {"messages": msgs, "mps": msgs / secs, "errors": errors,
+                "cpu_us_per_msg": cpu * 1e6 / msgs if t.proc and msgs else None}
+
+    def s11(self) -> None:
+        """WebSocket (issue #13): WS_SIZE-byte messages echoed over CONNS upgraded
+        connections, one in flight per connection, through each proxy's tunnel."""
+        b = self.b
+        if self.s.wsbench is None:
+            raise RuntimeError("no wsbench (WSBENCH_BIN): run through tools/bench/run.sh")
+        if "wsbench" not in b.procs:
+            b.procs["wsbench"] = Proc("wsbench", [str(self.s.wsbench), "server", str(WS_BACKEND)], WS_BACKEND,
+                                      self.s.work, ready_path=None)
+        keys = ["juggler-ws", "nginx-ws", "haproxy-ws", "direct-ws"]
+        conns = self.s.conns
+        b.note(f"\n## 11. WebSocket, {WS_SIZE}-byte messages echoed over {conns} connections")
+        runs: dict[str, list[dict]] = {k: [] for k in keys}
+        targets = [b.target(k) for k in keys]
+        for rnd in range(self.s.rounds):
+            for t in targets[rnd % len(targets):] + targets[:rnd % len(targets)]:
+                time.sleep(self.s.settle)
+                t = b.target(t.key)
+                r = self.ws_measure(t, conns)
+                runs[t.key].append(r)
+                if t.key.startswith("juggler") and r["errors"]:
+                    b.juggler_problems.append(f"scenario 11 round {rnd + 1}: {r['errors']} connections lost")
+                cpu = f"{r['cpu_us_per_msg']:.2f} µs/msg" if r["cpu_us_per_msg"] is not None else "-"
+                log(f"  [11 round {rnd + 1}/{self.s.rounds}] {t.label:<34} {r['mps']:>10.0f} msg/s  cpu {cpu}  "
+                    f"errors {r['errors']}")
+        meds = {k: {m: med(runs[k], m) for m in ("mps", "cpu_us_per_msg")} for k in keys}
+        rows = [[b.label(k), fmt(meds[k]["mps"], ",.0f"), fmt(meds[k]["cpu_us_per_msg"], ".2f"),
+                 str(sum(r["errors"] for r in runs[k]))] for k in keys]
+        b.note(f"\n### 11. WebSocket echo, {WS_SIZE} B messages, {conns} connections (medians of {self.s.rounds})\n")
+        for l in table(["proxy", "messages/s", "CPU µs/message", "connections lost"], rows):
+            b.note(l)
+        rr = [[f"Juggler / {b.label(o)}"] + [fmt(paired(runs, "juggler-ws", o, m), ".2f", "×")
+                                              for m in ("mps", "cpu_us_per_msg")] for o in ("nginx-ws", "haproxy-ws")]
+        b.note("\nRatios: the median over rounds of the ratio within each round.\n")
+        for l in table(["ratio", "messages/s", "CPU/message"], rr):
+            b.note(l)
+        b.results["scenarios"]["11"] = {"runs": runs, "medians": meds}
+        for o in ("nginx-ws", "haproxy-ws"):
+            r = paired(runs, "juggler-ws", o, "cpu_us_per_msg")
+            self.verdict("11 WebSocket", f"(no target) CPU/message vs {b.label(o)}", fmt(r, ".2f", "×"), None)
+
+
+def ws_backends(variant: str) -> dict[str, str]:
+    """Scenario 11's nginx-ws and haproxy-ws: the same config with the three
+    servers being wsbench's echo server."""
+    return {f"BACKEND{i}": str(WS_BACKEND) for i in (1, 2, 3)} if variant.endswith("-ws") else {}
+
+
+def content_encoding(port: int, path: str) -> str | None:
+    """The Content-Encoding of one GET with Accept-Encoding: gzip (the body read whole)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: gzip\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    m = re.search(rb"\r\ncontent-encoding:[ \t]*([^\r]*)\r\n", data.split(b"\r\n\r\n", 1)[0] + b"\r\n", re.I)
+    return m.group(1).decode().strip() if m else None
+
 
 def read_counts(path: Path) -> tuple[int, int] | None:
     try:
@@ -1368,7 +1596,7 @@ def run() -> int:
     if b.targets_met:
         b.targets_met.append(("all", "Juggler: no socket error, non-2xx answer or crash",
                               "; ".join(b.juggler_problems) or "none", "NOT met" if b.juggler_problems else "met"))
-        b.note("\n## Targets (issue #6; scenario 8: issue #3)\n")
+        b.note("\n## Targets (issue #6; scenario 8: issue #3; 9: #12; 10, 11: #13)\n")
         for l in table(["scenario", "target", "measured", "verdict"], [list(t) for t in b.targets_met], left=4):
             b.note(l)
     b.note(f"\nbench took {elapsed / 60:.1f} min")
@@ -1393,6 +1621,9 @@ def main() -> int:
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "gen-ch":
         gen_routes_ch(Path(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "gen-ext":
+        gen_routes_ext(Path(sys.argv[2]))
         return 0
     if len(sys.argv) == 4 and sys.argv[1] == "sync-tree":
         sync_tree(Path(sys.argv[2]), Path(sys.argv[3]))

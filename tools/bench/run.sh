@@ -6,7 +6,7 @@
 # counter, then hands over to tools/bench/bench.py.
 #
 # Environment (see tools/bench/README.md):
-#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-8)  QUICK=1 (1 round, 3 s)
+#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-11)  QUICK=1 (1 round, 3 s)
 #   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
 #   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
 #   BENCH_BASE=REV (any git revision): also build REV and run it as one more proxy,
@@ -74,6 +74,7 @@ ulimit -n "$hard" 2>/dev/null || true
 mkdir -p "$BUILD/routes"
 python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
 python3 "$HERE/bench.py" gen-ch "$BUILD/routes/bench-ch.def"
+python3 "$HERE/bench.py" gen-ext "$BUILD/routes/bench-ext.def"
 # export_rev COMMIT DIR: DIR becomes COMMIT's tree (git archive). Only the files
 # that differ from what DIR held get a new modification time: git archive stamps
 # every file with the commit's time, older than an earlier build's objects, so
@@ -121,6 +122,14 @@ if selected 8; then
   echo "bench: building the consistent_hash variant (scenario 8) into $BUILD/ch$SFX"
   build "ch$SFX" "$BUILD/routes/bench-ch.def"
   export JUGGLER_CH_BIN="$BUILD/ch$SFX/bin/app.out"
+fi
+# Scenarios 9 (gzip), 10 (L4) and 11 (WebSocket): bench.def plus a gzip route, a
+# `listen tcp` and a WebSocket pool, kept out of the other builds so that a
+# BENCH_BASE older than them still builds.
+if selected 9 || selected 10 || selected 11; then
+  echo "bench: building the extras variant (scenarios 9-11) into $BUILD/ext$SFX"
+  build "ext$SFX" "$BUILD/routes/bench-ext.def"
+  export JUGGLER_EXT_BIN="$BUILD/ext$SFX/bin/app.out"
 fi
 
 # BENCH_BASE=REV: the commit to compare with ("each slice against the commit
@@ -172,6 +181,12 @@ fi
 export MALLOC_COUNT_SO="$BUILD/malloc_count.so"
 if [ ! -f "$MALLOC_COUNT_SO" ] || [ "$HERE/malloc_count.c" -nt "$MALLOC_COUNT_SO" ]; then
   cc -O2 -Wall -Wextra -shared -fPIC -o "$MALLOC_COUNT_SO" "$HERE/malloc_count.c"
+fi
+
+# The WebSocket echo backend and load of scenario 11.
+export WSBENCH_BIN="$BUILD/wsbench"
+if [ ! -f "$WSBENCH_BIN" ] || [ "$HERE/wsbench.c" -nt "$WSBENCH_BIN" ]; then
+  cc -O2 -Wall -Wextra -o "$WSBENCH_BIN" "$HERE/wsbench.c"
 fi
 
 # ---------------------------------------------------------------- run
