@@ -45,7 +45,7 @@ void accept_one(ListenerCtx* lc, uv_stream_t* server) {
     l4_accept(*w, server, *lc->def);
     return;
   }
-  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr, lc->def->proxy_protocol);
+  client_accept(*w, server, lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr, lc->def->proxy_protocol);
 }
 
 void on_prepare(uv_prepare_t* h) {

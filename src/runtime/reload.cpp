@@ -242,6 +242,8 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   } catch (const std::exception& e) {
     return std::string("refused: ") + e.what() + "\n";
   }
+  if (rotate_certs_)
+    if (std::string err = rotate_certs_(next); !err.empty()) return "refused: " + err + ". The old table keeps serving.\n";
   r->object = obj.handle;
   obj.handle = nullptr;
   started_ns_ = uv_hrtime();

@@ -51,6 +51,10 @@ class Reloader {
   void listen(const std::string& path);
   void close();  // before the loop ends: the socket goes (and its file)
 
+  // Called by a reload once the new table passed its checks: re-reads the
+  // certificates whose files changed; an error refuses the reload.
+  void set_cert_rotation(std::function<std::string(const RouteTable&)> rotate) { rotate_certs_ = std::move(rotate); }
+
   // Any thread.
   void swapped() noexcept;
   void released() noexcept;
@@ -67,6 +71,7 @@ class Reloader {
   Shared& shared_;
   std::uint32_t workers_;
   std::function<void(Routing&)> announce_;
+  std::function<std::string(const RouteTable&)> rotate_certs_;
   Routing* live_;
   std::vector<std::unique_ptr<Routing>> loaded_;  // every reloaded Routing still held (the live one too)
   std::unique_ptr<HealthChecker> checker_;

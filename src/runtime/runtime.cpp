@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__GLIBC__)
@@ -99,6 +100,24 @@ int bind_one(const std::string& host, std::uint16_t port, std::string_view sourc
   return fd;
 }
 
+// What a certificate reload compares: the files' identity, size and
+// modification time (a renewal writes a new file or rewrites one).
+std::string files_stamp(const RouteTable& t, const ListenerDef& l) {
+  std::string stamp;
+  for (std::uint16_t i = 0; i < l.cert_count; ++i) {
+    for (std::string_view f : {t.certs[l.first_cert + i].cert_file, t.certs[l.first_cert + i].key_file}) {
+      struct stat st {};
+      if (::stat(std::string(f).c_str(), &st) != 0) {
+        stamp += "missing;";
+        continue;
+      }
+      stamp += std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+               std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
+    }
+  }
+  return stamp;
+}
+
 std::uint16_t bound_port(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -110,7 +129,7 @@ std::uint16_t bound_port(int fd) {
 struct WorkerThread {
   std::unique_ptr<Worker> worker;
   std::vector<int> fds;
-  std::vector<TlsContext*> fd_tls;  // per fd: its https context, or null
+  std::vector<const std::atomic<TlsContext*>*> fd_tls;  // per fd: its https context, or null
   std::vector<const ListenerDef*> fd_def;  // per fd: its listen statement
   std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
@@ -328,14 +347,21 @@ int run(const Config& config) {
   std::vector<WorkerThread> threads(n);
   std::vector<std::string> announce;
   // TLS contexts first: a bad certificate stops start-up before any bind.
+  // A reload re-reads them when their files changed (rotate_certs below); the
+  // replaced ones are kept, as a handshake in flight may still call into one.
   std::vector<std::unique_ptr<TlsContext>> tls_contexts;
+  auto tls_live = std::make_unique<std::atomic<TlsContext*>[]>(table.listeners.size());
+  std::vector<std::string> tls_stamps(table.listeners.size());
   bool first_http = true, first_https = true;
   for (const ListenerDef& l : table.listeners) {
     const bool https = l.kind == ListenKind::Https, tcp = l.kind == ListenKind::Tcp;
-    TlsContext* tls = nullptr;
+    const std::atomic<TlsContext*>* tls = nullptr;
     if (https) {
+      const std::size_t k = static_cast<std::size_t>(&l - table.listeners.data());
+      tls_stamps[k] = files_stamp(table, l);
       tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
-      tls = tls_contexts.back().get();
+      tls_live[k].store(tls_contexts.back().get());
+      tls = &tls_live[k];
     }
     std::uint16_t port = l.port;
     // --port and --https-port move the first http and https listener (tcp
@@ -389,6 +415,28 @@ int run(const Config& config) {
   Reloader reloader(&main_loop, shared, n, [&threads, &shared, n](Routing& r) {
     shared.live.store(&r, std::memory_order_release);
     for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
+  });
+  // Certificate rotation: the https listeners whose files changed get new
+  // contexts (a bad file refuses the reload); listeners are the same lines.
+  reloader.set_cert_rotation([&](const RouteTable& next) -> std::string {
+    std::vector<std::pair<std::size_t, std::unique_ptr<TlsContext>>> fresh;
+    for (std::size_t k = 0; k < next.listeners.size(); ++k) {
+      const ListenerDef& l = next.listeners[k];
+      if (l.kind != ListenKind::Https || files_stamp(next, l) == tls_stamps[k]) continue;
+      try {
+        fresh.emplace_back(k, std::make_unique<TlsContext>(next, l));
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+    }
+    for (auto& [k, ctx] : fresh) {
+      tls_stamps[k] = files_stamp(next, next.listeners[k]);
+      tls_live[k].store(ctx.get(), std::memory_order_release);
+      log(LogLevel::Info, "%s:%u: listen https: certificates re-read", std::string(next.source).c_str(),
+          next.listeners[k].line);
+      tls_contexts.push_back(std::move(ctx));
+    }
+    return {};
   });
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
     const bool admin = i == n;

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,8 @@ class ReloadTest(BalancerTestCase):
 
     def reload(self, routes: str) -> subprocess.CompletedProcess:
         """make reload ROUTES=routes, run from the balancer's folder."""
-        env = {**os.environ, "JUGGLER_BIN": balancer_path("reload")}
+        name = "reload_tls" if routes.endswith("reload_tls.def") else "reload"
+        env = {**os.environ, "JUGGLER_BIN": balancer_path(name)}
         return subprocess.run(["bash", RELOAD_SH, routes, os.path.join(self.dir, "build")], cwd=self.dir, env=env,
                               capture_output=True, text=True, timeout=120)
 
@@ -231,6 +233,54 @@ class ReloadTest(BalancerTestCase):
         self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
         self.assertIn("was built against table ABI 0123456789abcdef, this balancer has", out.stderr)
         self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
+
+    def test_certificates_are_re_read(self):
+        self.backends()
+        certs = os.path.join(self.dir, "certs")
+        os.mkdir(certs)
+        jtest.make_cert(certs, "server", "one.test", "DNS:one.test")
+        lb = self.start_balancer("reload_tls", workers=2, cwd=self.dir, extra=["--https-port", "0"])
+        port = int(lb.wait_for_line(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+
+        def served_cert(s) -> bytes:
+            return s.getpeercert(binary_form=True)
+
+        def file_cert() -> bytes:
+            with open(os.path.join(certs, "server.crt")) as f:
+                return ssl.PEM_cert_to_DER_cert(f.read())
+
+        def tls_get(s, f, path: str) -> int:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            return jtest.read_response(f).status
+
+        first = file_cert()
+        kept = tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        kept_file = kept.makefile("rb")
+        self.addCleanup(kept.close)
+        self.addCleanup(kept_file.close)
+        self.assertEqual(served_cert(kept), first)
+        self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)
+
+        jtest.make_cert(certs, "server", "two.test", "DNS:two.test")  # the renewal
+        self.assertNotEqual(file_cert(), first)
+        out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        lb.wait_for_line(r"reload_tls\.def:8: listen https: certificates re-read")
+        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s, s.makefile("rb") as f:
+            self.assertEqual(served_cert(s), file_cert())  # new connections get the new one
+            self.assertEqual(tls_get(s, f, "/b/n"), 200)
+        self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)  # the open connection goes on
+
+        renewed = file_cert()
+        with open(os.path.join(certs, "server.key"), "w") as f:
+            f.write("not a key\n")
+        out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("server.key", out.stderr)
+        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
+            self.assertEqual(served_cert(s), renewed)  # refused: the last good certificate stays
 
     def test_hundred_reloads_keep_memory_and_mappings_flat(self):
         self.backends()
