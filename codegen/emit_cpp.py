@@ -86,6 +86,8 @@ def emit_settings(c: Config) -> list[str]:
         ("compress_level_gzip", str(s.compress_levels["gzip"])),
         ("compress_level_br", str(s.compress_levels["br"])),
         ("compress_level_zstd", str(s.compress_levels["zstd"])),
+        ("drain_delay_ms", str(s.drain_delay_ms)),
+        ("instance", sv(s.instance)),
     ]
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]

@@ -223,6 +223,8 @@ class Settings:
     admin_endpoint: Endpoint | None = None
     admin_token_file: str = ""
     compress_levels: dict = field(default_factory=lambda: {k: v[2] for k, v in COMPRESS_LEVELS.items()})
+    drain_delay_ms: int = 0
+    instance: str = ""
 
 
 @dataclass
@@ -397,6 +399,7 @@ class Parser:
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
+        "drain.delay", "instance",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -449,6 +452,12 @@ class Parser:
             s.admin_address = s.admin_endpoint.authority
         elif key == "admin_token_file":
             s.admin_token_file = v
+        elif key == "drain.delay":
+            s.drain_delay_ms = parse_duration(key, v, allow_zero=True)
+        elif key == "instance":
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
+                raise DefError(f"'set instance' takes a name of 1 to 64 letters, digits, '.', '_' or '-' (got '{v}')")
+            s.instance = v
 
     def set_cache(self, values: list[str]) -> None:
         s = self.config.settings

@@ -14,7 +14,11 @@ enum class LogLevel : std::uint8_t { Debug, Info, Warn, Error, Off };
 bool parse_log_level(std::string_view s, LogLevel& out) noexcept;
 void set_log_level(LogLevel level) noexcept;
 bool log_enabled(LogLevel level) noexcept;
-// printf-style; one line to stderr prefixed with "juggler: ". Thread-safe (one write).
+// `set instance NAME`: diagnostics say "juggler[NAME]: " from now on. Call
+// before the threads start.
+void set_log_instance(std::string_view name) noexcept;
+// printf-style; one line to stderr prefixed with "juggler: " (or
+// "juggler[NAME]: "). Thread-safe (one write).
 void log(LogLevel level, const char* fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
 struct AccessRecord {

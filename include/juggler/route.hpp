@@ -175,6 +175,8 @@ struct Settings {
   std::uint8_t compress_level_gzip;  // 1..9
   std::uint8_t compress_level_br;    // 0..11
   std::uint8_t compress_level_zstd;  // 1..19
+  std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
+  std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

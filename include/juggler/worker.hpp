@@ -128,6 +128,9 @@ struct Shared {
   // the traffic workers (their counters and gauges, never anything else).
   std::vector<const Worker*> workers;
   std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = none
+  // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
+  // front stops sending), the traffic listeners close drain.delay later.
+  std::atomic<bool> stopping{false};
 };
 
 struct Worker {

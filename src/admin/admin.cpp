@@ -147,13 +147,21 @@ State admin_respond(Exchange* ex) {
   const std::string_view path = ex->head.path;
   const bool read_only = ex->head.method == Method::Get || ex->head.method == Method::Head;
   enum class Page : std::uint8_t { Metrics, Stats, StatsJson } page;
+  if (path == "/ready") {
+    // For the health check of an L4 front: 503 from SIGTERM on, while the
+    // traffic listeners still accept for drain.delay.
+    if (!read_only) return admin_answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
+    return shared.stopping.load(std::memory_order_relaxed)
+               ? admin_answer(ex, 503, "text/plain; charset=utf-8", "draining\n")
+               : admin_answer(ex, 200, "text/plain; charset=utf-8", "ready\n");
+  }
   if (path == "/metrics") page = Page::Metrics;
   else if (path == "/stats" || path == "/") page = Page::Stats;
   else if (path == "/stats.json") page = Page::StatsJson;
   else if (path.starts_with("/servers/")) return admin_control(ex);
   else
     return admin_answer(ex, 404, "text/plain; charset=utf-8",
-                        "not found: the admin listener serves /metrics, /stats, /stats.json\n");
+                        "not found: the admin listener serves /metrics, /stats, /stats.json, /ready\n");
   if (!read_only) return admin_answer(ex, 405, "text/plain; charset=utf-8", "method not allowed\n", "Allow: GET, HEAD\r\n");
   if (page == Page::Stats) return admin_answer(ex, 200, "text/html; charset=utf-8", stats_page());
   // Built aside, then copied after the head that gives its length.

@@ -176,9 +176,13 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
            "Connections refused with 503 over limit.connections_per_worker.", s.refused);
   w.single("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).", s.accept_errors);
   w.single("juggler_workers", "gauge", "Worker threads serving traffic.", std::uint64_t{shared.workers.size()});
-  w.family("juggler_build_info", "gauge", "The version, and the routes file compiled in.");
+  w.single("juggler_ready", "gauge", "1 while serving, 0 from SIGTERM on (what /ready says).",
+           std::uint64_t{!shared.stopping.load(std::memory_order_relaxed)});
+  w.family("juggler_build_info", "gauge", "The version, the routes file compiled in and `set instance`.");
   std::string labels = "version=\"" JUGGLER_VERSION "\",routes=\"";
   append_escaped(labels, shared.first->table->source);
+  labels += "\",instance=\"";
+  append_escaped(labels, shared.config.settings.instance);
   w.sample("juggler_build_info", labels + "\"", std::uint64_t{1});
 }
 

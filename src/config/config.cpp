@@ -250,7 +250,9 @@ std::string describe_config(const Config& c) {
     << "ms, client_header " << s.client_header_timeout_ms << "ms, client_idle " << s.client_idle_timeout_ms
     << "ms, upstream " << s.upstream_timeout_ms << "ms, drain " << s.drain_timeout_ms
     << "ms, tunnel_idle " << s.tunnel_idle_timeout_ms << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
-    << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n";
+    << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n  drain.delay " << s.drain_delay_ms << "ms";
+  if (!s.instance.empty()) o << "\n  instance " << s.instance;
+  o << "\n";
   return o.str();
 }
 

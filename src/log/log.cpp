@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -14,6 +15,7 @@ namespace juggler {
 namespace {
 std::atomic<LogLevel> g_level{LogLevel::Info};
 constexpr const char* kNames[] = {"debug", "info", "warn", "error", "off"};
+char g_prefix[80] = "juggler: ";
 
 void write_all(int fd, const char* p, std::size_t n) noexcept {
   while (n > 0) {
@@ -56,12 +58,19 @@ bool parse_log_level(std::string_view s, LogLevel& out) noexcept {
 
 void set_log_level(LogLevel level) noexcept { g_level.store(level, std::memory_order_relaxed); }
 
+void set_log_instance(std::string_view name) noexcept {
+  if (name.empty()) return;
+  std::snprintf(g_prefix, sizeof g_prefix, "juggler[%.*s]: ", static_cast<int>(std::min<std::size_t>(name.size(), 64)),
+                name.data());
+}
+
 bool log_enabled(LogLevel level) noexcept { return level >= g_level.load(std::memory_order_relaxed) && level != LogLevel::Off; }
 
 void log(LogLevel level, const char* fmt, ...) noexcept {
   if (!log_enabled(level)) return;
   char line[1024];
-  int n = std::snprintf(line, sizeof line, "juggler: %s", level == LogLevel::Error ? "error: " : level == LogLevel::Warn ? "warning: " : "");
+  int n = std::snprintf(line, sizeof line, "%s%s", g_prefix,
+                        level == LogLevel::Error ? "error: " : level == LogLevel::Warn ? "warning: " : "");
   va_list ap;
   va_start(ap, fmt);
   // NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized): va_start is right above (analyzer false positive)

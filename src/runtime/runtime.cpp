@@ -307,13 +307,64 @@ void worker_main(WorkerThread* t) {
   session_worker_done(w);
   w.access_log.flush();
   uv_loop_close(&w.loop);
-  if (g_workers_left.fetch_sub(1) == 1 && g_main_wakeup) uv_async_send(g_main_wakeup);
+  g_workers_left.fetch_sub(1);
+  if (g_main_wakeup) uv_async_send(g_main_wakeup);  // the last one ends the process, the admin goes last
+}
+
+// SIGTERM/SIGINT: /ready turns 503 at once; drain.delay later the traffic
+// workers close their listeners and drain; once they are done the admin
+// worker (threads[traffic], when there is one) stops too, so /ready answers
+// to the end.
+struct SignalState {
+  std::vector<WorkerThread>* threads;
+  Shared* shared;
+  Reloader* reloader;
+  std::uint32_t traffic;  // threads[0, traffic) serve traffic
+  int count;
+  bool admin_stopped;
+  uv_timer_t delay_timer, drain_timer;
+  std::uint32_t delay_ms, drain_ms;
+};
+
+void start_drain(uv_timer_t* h) {
+  auto* st = static_cast<SignalState*>(h->data);
+  for (std::uint32_t i = 0; i < st->traffic; ++i) uv_async_send(&(*st->threads)[i].stop);
+  uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
+    log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
+    std::_Exit(1);
+  }, st->drain_ms, 0);
+}
+
+void on_stop_signal(uv_signal_t* h, int signum) {
+  auto* st = static_cast<SignalState*>(h->data);
+  if (++st->count > 1) {
+    log(LogLevel::Warn, "second signal: exiting now");
+    std::_Exit(1);
+  }
+  st->shared->stopping.store(true, std::memory_order_relaxed);
+  st->reloader->close();  // no reload while the workers drain
+  log(LogLevel::Info, "signal %d: not ready; draining in %u ms (up to %u ms; send it again to exit at once)", signum,
+      st->delay_ms, st->drain_ms);
+  uv_timer_start(&st->delay_timer, start_drain, st->delay_ms, 0);
+}
+
+// A worker ended: the last one ends the main loop; when only the admin
+// worker is left, it is told to stop.
+void on_worker_done(uv_async_t* a) {
+  auto* st = static_cast<SignalState*>(a->data);
+  const int left = g_workers_left.load();
+  if (left == 0) return uv_stop(a->loop);
+  if (st && !st->admin_stopped && st->threads->size() > st->traffic && left == 1) {
+    st->admin_stopped = true;
+    uv_async_send(&(*st->threads)[st->traffic].stop);
+  }
 }
 
 }  // namespace
 
 int run(const Config& config) {
   const RouteTable& table = *config.table;
+  set_log_instance(config.settings.instance);
   std::signal(SIGPIPE, SIG_IGN);
   // Every connection is a descriptor (two when proxied): take all the
   // operator allows (systemd's soft default of 1024 is far too low).
@@ -405,7 +456,8 @@ int run(const Config& config) {
   uv_loop_t main_loop;
   uv_loop_init(&main_loop);
   uv_async_t wakeup;
-  uv_async_init(&main_loop, &wakeup, [](uv_async_t* a) { uv_stop(a->loop); });
+  uv_async_init(&main_loop, &wakeup, on_worker_done);
+  wakeup.data = nullptr;  // the SignalState, once made
   g_main_wakeup = &wakeup;
   g_workers_left = static_cast<int>(threads.size());
   set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
@@ -453,35 +505,17 @@ int run(const Config& config) {
   reloader.start_checks();
   reloader.listen(config.control_path);
 
-  struct SignalState {
-    std::vector<WorkerThread>* threads;
-    Reloader* reloader;
-    int count = 0;
-    uv_timer_t drain_timer;
-    std::uint32_t drain_ms;
-  } sig{&threads, &reloader, 0, {}, config.settings.drain_timeout_ms};
+  SignalState sig{&threads, &shared, &reloader, n, 0, false, {}, {}, config.settings.drain_delay_ms,
+                  config.settings.drain_timeout_ms};
+  uv_timer_init(&main_loop, &sig.delay_timer);
   uv_timer_init(&main_loop, &sig.drain_timer);
-  sig.drain_timer.data = &sig;
+  sig.delay_timer.data = sig.drain_timer.data = wakeup.data = &sig;
   uv_signal_t sigterm, sigint;
-  auto on_signal = [](uv_signal_t* h, int signum) {
-    auto* st = static_cast<SignalState*>(h->data);
-    if (++st->count > 1) {
-      log(LogLevel::Warn, "second signal: exiting now");
-      std::_Exit(1);
-    }
-    log(LogLevel::Info, "signal %d: draining (up to %u ms; send it again to exit at once)", signum, st->drain_ms);
-    st->reloader->close();  // no reload while the workers drain
-    for (auto& t : *st->threads) uv_async_send(&t.stop);
-    uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
-      log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
-      std::_Exit(1);
-    }, st->drain_ms, 0);
-  };
   uv_signal_init(&main_loop, &sigterm);
   uv_signal_init(&main_loop, &sigint);
   sigterm.data = sigint.data = &sig;
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
-  uv_signal_start(&sigint, on_signal, SIGINT);
+  uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
+  uv_signal_start(&sigint, on_stop_signal, SIGINT);
   // Said only now: tests (and operators' scripts) may connect or signal at once.
   for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
   if (!admin_announce.empty()) log(LogLevel::Info, "%s", admin_announce.c_str());
@@ -498,6 +532,7 @@ int run(const Config& config) {
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sig.drain_timer), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sig.delay_timer), nullptr);
   uv_run(&main_loop, UV_RUN_DEFAULT);
   uv_loop_close(&main_loop);
   if (log_fd > 2) ::close(log_fd);

@@ -30,6 +30,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 5,
     .compress_level_br = 4,
     .compress_level_zstd = 3,
+    .drain_delay_ms = 0,
+    .instance = {},
 };
 
 constexpr ListenerDef kListeners[] = {

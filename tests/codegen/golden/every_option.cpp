@@ -30,6 +30,8 @@ constexpr Settings kSettings{
     .compress_level_gzip = 9,
     .compress_level_br = 11,
     .compress_level_zstd = 19,
+    .drain_delay_ms = 5000,
+    .instance = "lb-1.eu_west",
 };
 
 constexpr ListenerDef kListeners[] = {
@@ -610,7 +612,7 @@ const RouteTable& route_table() noexcept {
       .servers = kServers,
       .routes = kRoutes,
       .distribute = distribute,
-      .source_hash = "3c035816d5f5",
+      .source_hash = "3b881f1be1c1",
   };
   return table;
 }
