@@ -6,11 +6,13 @@ PORT    ?= 8080
 HTTPS_PORT ?= 8443
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
+PREFIX  ?= /usr/local
+DESTDIR ?=
 
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes reload run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check
+.PHONY: all routes reload run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check install deb
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -22,6 +24,8 @@ help:
 	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
+	@echo "make install [PREFIX=/usr/local] [DESTDIR=]  bin/juggler, etc/juggler (routes.def, certs/), systemd unit, logrotate"
+	@echo "make deb                   a Debian package (CPack) in $(BUILD)/package/"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
 	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request and response paths)"
 	@echo "make tidy                  clang-tidy on src/ (.clang-tidy; warnings are errors)"
@@ -44,6 +48,12 @@ routes: deps
 # ./juggler.sock; the new table is a shared object under $(BUILD)/reload.
 reload: deps
 	@bash tools/reload.sh $(ROUTES) $(BUILD)
+# The balancer as built (its routes compiled in) and what runs it: see README, Operations.
+install: all
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
+
+deb: all
+	cd $(BUILD) && cpack -G DEB
 
 check: all
 	./bin/app.out --check

@@ -65,6 +65,7 @@ def emit_settings(c: Config) -> list[str]:
         ("workers", str(s.workers)),
         ("access_log", f"LogTarget::{s.access_log}"),
         ("access_log_path", sv(s.access_log_path)),
+        ("access_log_format", f"AccessLogFormat::{s.access_log_format}"),
         ("error_pages", sv(s.error_pages)),
         ("connect_timeout_ms", str(s.connect_timeout_ms)),
         ("client_header_timeout_ms", str(s.client_header_timeout_ms)),

@@ -203,6 +203,7 @@ class Settings:
     workers: int = 0
     access_log: str = "Stdout"  # LogTarget enumerator
     access_log_path: str = ""
+    access_log_format: str = "Combined"  # AccessLogFormat enumerator
     error_pages: str = ""
     connect_timeout_ms: int = 2_000
     client_header_timeout_ms: int = 10_000
@@ -392,7 +393,7 @@ class Parser:
     # ------------------------------------------------------------ set
 
     SET_KEYS = [
-        "workers", "access_log", "error_pages",
+        "workers", "access_log", "access_log_format", "error_pages",
         "timeout.connect", "timeout.client_header", "timeout.client_idle", "timeout.upstream", "timeout.drain",
         "timeout.tunnel_idle",
         "limit.header_bytes", "limit.header_count", "limit.uri_bytes", "limit.body_bytes",
@@ -424,6 +425,10 @@ class Parser:
                 s.access_log = "Stdout" if v == "stdout" else "Off"
             else:
                 s.access_log, s.access_log_path = "File", v
+        elif key == "access_log_format":
+            if v not in ("combined", "json"):
+                raise DefError(f"bad access_log_format '{v}' (expected combined or json)")
+            s.access_log_format = v.capitalize()
         elif key == "error_pages":
             s.error_pages = v
         elif key.startswith("timeout."):

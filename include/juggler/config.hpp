@@ -17,6 +17,7 @@ struct Options {
   int port = -1;           // -1: as compiled; overrides the first http listener
   int https_port = -1;     // likewise for the first https listener
   std::string access_log;  // empty: routes.def's; else PATH | stdout | off
+  std::string access_log_format;  // empty: routes.def's; else combined | json
   std::string admin;       // empty: routes.def's `set admin`; else ADDR:PORT, or off
   LogLevel log_level = LogLevel::Info;
   bool check = false;

@@ -53,6 +53,13 @@ struct RequestCounters {
   Histogram duration;
 };
 
+// A pool's, with its time to first byte: from the request's first byte to
+// the first byte of the answering server's response (proxied requests that
+// got one; not local answers, not 502/503/504 the proxy wrote).
+struct PoolCounters : RequestCounters {
+  Histogram ttfb;
+};
+
 struct ServerCounters : RequestCounters {
   Counter conn_new;     // connections opened to it
   Counter conn_reused;  // requests sent on a kept-alive connection
@@ -68,7 +75,7 @@ struct Metrics {
   Metrics(std::size_t routes, std::size_t pools, std::size_t servers)
       : route_count(routes),
         by_route(std::make_unique<Counter[]>((routes + 2) * kStatusClasses)),
-        pool(std::make_unique<RequestCounters[]>(pools + 1)),
+        pool(std::make_unique<PoolCounters[]>(pools + 1)),
         server(std::make_unique<ServerCounters[]>(servers + 1)) {}
 
   // Per route, by status class ((routes + 2) rows: row `routes` is the
@@ -76,25 +83,30 @@ struct Metrics {
   // the last is the sink).
   std::size_t route_count;
   std::unique_ptr<Counter[]> by_route;
-  std::unique_ptr<RequestCounters[]> pool;
+  std::unique_ptr<PoolCounters[]> pool;
   std::unique_ptr<ServerCounters[]> server;
   Counter bytes_in;   // read from clients (TLS: plaintext)
   Counter bytes_out;  // answered to clients (heads and bodies)
   Counter accept_errors;
 
   // An exchange ended (once per request, whatever its outcome). `route`,
-  // `pool`, `server`: indexes in the route table, -1 when none.
+  // `pool`, `server`: indexes in the route table, -1 when none; `ttfb_us`:
+  // -1 when no server answered.
   void exchange_done(int route, int pool_index, int server_index, int status, std::uint64_t bytes,
-                     std::uint64_t duration_us) noexcept {
+                     std::uint64_t duration_us, std::int64_t ttfb_us) noexcept {
     const std::size_t cls = status_class(status);
     const std::size_t row = route >= 0 ? static_cast<std::size_t>(route) : route_count;
     ++by_route[row * kStatusClasses + cls];
     bytes_out.add(bytes);
     const std::size_t bucket = latency_bucket(duration_us);
     if (pool_index >= 0) {
-      RequestCounters& p = pool[static_cast<std::size_t>(pool_index)];
+      PoolCounters& p = pool[static_cast<std::size_t>(pool_index)];
       ++p.by_class[cls];
       p.duration.observe(bucket, duration_us);
+      if (ttfb_us >= 0) {
+        const auto t = static_cast<std::uint64_t>(ttfb_us);
+        p.ttfb.observe(latency_bucket(t), t);
+      }
     }
     if (server_index >= 0) {
       ServerCounters& s = server[static_cast<std::size_t>(server_index)];

@@ -149,11 +149,13 @@ struct RouteDef {
 
 enum class CacheKind : std::uint8_t { Off, Memory, Redis };
 enum class LogTarget : std::uint8_t { Off, Stdout, File };
+enum class AccessLogFormat : std::uint8_t { Combined, Json };
 
 struct Settings {
   std::uint16_t workers;  // 0 = auto (one per core)
   LogTarget access_log;
   std::string_view access_log_path;  // File only
+  AccessLogFormat access_log_format;
   std::string_view error_pages;      // directory; empty = built-in pages
   std::uint32_t connect_timeout_ms;
   std::uint32_t client_header_timeout_ms;

@@ -209,6 +209,8 @@ class Stream {
 
   bool secure() const noexcept { return tls_ != nullptr; }
   const char* tls_error() const noexcept { return tls_ ? tls_->last_error() : ""; }
+  // "TLSv1.3" and the like; null over plain TCP.
+  const char* tls_version() const noexcept { return tls_ ? tls_->version() : nullptr; }
   // Between requests: frees buffers grown by a large body.
   void trim() noexcept;
   uv_tcp_t* tcp() noexcept { return &tcp_; }

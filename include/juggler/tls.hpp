@@ -68,6 +68,7 @@ class TlsStream {
   bool handshake_done() const noexcept { return SSL_is_init_finished(ssl_) == 1; }
   bool session_reused() const noexcept { return SSL_session_reused(ssl_) == 1; }
   const char* last_error() const noexcept { return error_; }
+  const char* version() const noexcept { return SSL_get_version(ssl_); }
 
   // Ciphertext being written to the socket (kept alive until the write ends).
   std::string out;

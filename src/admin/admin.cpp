@@ -26,10 +26,14 @@ constexpr RouteDef kAdminRoute{.index = 0,
 
 const RouteDef* admin_distribute(const RequestHead&) noexcept { return &kAdminRoute; }
 
+void add_histogram(Snapshot::Requests& to, const Histogram& from) noexcept {
+  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.buckets[b].get();
+  to.sum_us += from.sum_us.get();
+}
+
 void add_requests(Snapshot::Requests& to, const RequestCounters& from) noexcept {
   for (std::size_t c = 0; c < kStatusClasses; ++c) to.by_class[c] += from.by_class[c].get();
-  for (std::size_t b = 0; b < kLatencyBuckets; ++b) to.buckets[b] += from.duration.buckets[b].get();
-  to.sum_us += from.duration.sum_us.get();
+  add_histogram(to, from.duration);
 }
 
 void add_requests(Snapshot::Requests& to, const Snapshot::Requests& from) noexcept {
@@ -98,11 +102,15 @@ Snapshot take_snapshot(const Shared& shared) {
   Snapshot s;
   s.routes.assign((t.routes.size() + 1) * kStatusClasses, 0);
   s.pools.resize(t.pools.size());
+  s.pool_ttfb.resize(t.pools.size());
   s.servers.resize(t.servers.size());
   for (const Worker* w : shared.workers) {
     const Metrics& m = w->metrics;
     for (std::size_t i = 0; i < s.routes.size(); ++i) s.routes[i] += m.by_route[i].get();
-    for (std::size_t p = 0; p < s.pools.size(); ++p) add_requests(s.pools[p], m.pool[p]);
+    for (std::size_t p = 0; p < s.pools.size(); ++p) {
+      add_requests(s.pools[p], m.pool[p]);
+      add_histogram(s.pool_ttfb[p], m.pool[p].ttfb);
+    }
     for (std::size_t i = 0; i < s.servers.size(); ++i) {
       Snapshot::Server& to = s.servers[i];
       const ServerCounters& from = m.server[i];
@@ -119,6 +127,7 @@ Snapshot take_snapshot(const Shared& shared) {
     s.refused += w->refused_connections.get();
     s.retries += w->retries.get();
     s.retries_denied += w->retries_denied.get();
+    s.log_dropped += w->access_log.dropped().get();
     s.tls_full += w->streams.tls_full.get();
     s.tls_resumed += w->streams.tls_resumed.get();
     s.tls_failures += w->streams.tls_failures.get();

@@ -79,9 +79,11 @@ struct Snapshot {
   };
   std::vector<std::uint64_t> routes;  // (routes + 1) * kStatusClasses (metrics.hpp)
   std::vector<Requests> pools;
+  std::vector<Requests> pool_ttfb;  // per pool: the time to first byte (buckets and sum only)
   std::vector<Server> servers;
   Requests all;  // every request of every pool
   std::uint64_t bytes_in = 0, bytes_out = 0, accept_errors = 0, refused = 0, retries = 0, retries_denied = 0;
+  std::uint64_t log_dropped = 0;  // access log lines lost to failed writes
   std::uint64_t tls_full = 0, tls_resumed = 0, tls_failures = 0, connections = 0, active = 0;
 };
 Snapshot take_snapshot(const Shared& shared);

@@ -110,6 +110,11 @@ void render_requests(Writer& w, const RouteTable& t, const Snapshot& s) {
            "Time from a request's first byte to the end of its answer, per pool.");
   for (std::size_t p = 0; p < t.pools.size(); ++p)
     w.histogram("juggler_pool_request_duration_seconds", pool_label(t.pools[p]), s.pools[p]);
+  w.family("juggler_pool_ttfb_seconds", "histogram",
+           "Time from a request's first byte to the first byte of the answering server's response, per pool "
+           "(proxied requests a server answered).");
+  for (std::size_t p = 0; p < t.pools.size(); ++p)
+    w.histogram("juggler_pool_ttfb_seconds", pool_label(t.pools[p]), s.pool_ttfb[p]);
   w.family("juggler_server_request_duration_seconds", "histogram",
            "Time from a request's first byte to the end of its answer, per server.");
   for (std::size_t i = 0; i < t.servers.size(); ++i)
@@ -175,6 +180,8 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   w.single("juggler_accept_refused_total", "counter",
            "Connections refused with 503 over limit.connections_per_worker.", s.refused);
   w.single("juggler_accept_errors_total", "counter", "accept() failures (EMFILE and the like).", s.accept_errors);
+  w.single("juggler_access_log_dropped_lines_total", "counter",
+           "Access log lines dropped because their write failed (a full disk, a pipe nobody reads).", s.log_dropped);
   w.single("juggler_workers", "gauge", "Worker threads serving traffic.", std::uint64_t{shared.workers.size()});
   w.single("juggler_ready", "gauge", "1 while serving, 0 from SIGTERM on (what /ready says).",
            std::uint64_t{!shared.stopping.load(std::memory_order_relaxed)});

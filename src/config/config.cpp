@@ -24,6 +24,9 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
   app.add_option("--https-port", out.https_port, "port of the first https listener (0 = any free port)")
       ->check(CLI::Range(0, 65535));
   app.add_option("--access-log", out.access_log, "PATH, stdout or off (default: routes.def's `set access_log`)");
+  app.add_option("--access-log-format", out.access_log_format,
+                 "combined or json (default: routes.def's `set access_log_format`, else combined)")
+      ->check(CLI::IsMember({"combined", "json"}));
   app.add_option("--admin", out.admin,
                  "ADDR:PORT (or PORT: 127.0.0.1) of the admin listener (/metrics, /stats), or off "
                  "(default: routes.def's `set admin`)");
@@ -164,6 +167,8 @@ Config make_config(const RouteTable& table, const Options& opts) {
   } else if (c.settings.access_log == LogTarget::File) {
     c.access_log_path = std::string(c.settings.access_log_path);
   }
+  if (!opts.access_log_format.empty())
+    c.settings.access_log_format = opts.access_log_format == "json" ? AccessLogFormat::Json : AccessLogFormat::Combined;
   const std::string admin = opts.admin.empty() ? std::string(table.settings.admin_address) : opts.admin;
   if (!admin.empty() && admin != "off") {
     if (!split_host_port(admin, c.admin_host, c.admin_port))
@@ -246,7 +251,8 @@ std::string describe_config(const Config& c) {
   const char* log = s.access_log == LogTarget::Off ? "off" : s.access_log == LogTarget::Stdout ? "stdout" : nullptr;
   o << "\nsettings (routes.def + command line)\n  workers " << c.workers
     << (t.settings.workers ? "" : " (auto: one per core)") << "\n  access_log "
-    << (log ? log : c.access_log_path.c_str()) << "\n  timeout.connect " << s.connect_timeout_ms
+    << (log ? log : c.access_log_path.c_str())
+    << (s.access_log_format == AccessLogFormat::Json ? " (json)" : " (combined)") << "\n  timeout.connect " << s.connect_timeout_ms
     << "ms, client_header " << s.client_header_timeout_ms << "ms, client_idle " << s.client_idle_timeout_ms
     << "ms, upstream " << s.upstream_timeout_ms << "ms, drain " << s.drain_timeout_ms
     << "ms, tunnel_idle " << s.tunnel_idle_timeout_ms << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "

@@ -67,6 +67,9 @@ class Downstream {
   // The request came over TLS (X-Forwarded-Proto, redirects).
   bool secure() const noexcept { return secure_; }
 
+  // The TLS version ("TLSv1.3"), null over plain TCP. For the access log.
+  virtual const char* tls_version() const noexcept { return nullptr; }
+
   // Writes response bytes (they stay valid until the write completes). True
   // when all went out now; else Event::ClientWritten follows once they did,
   // and no other send starts meanwhile.

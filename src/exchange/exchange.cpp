@@ -93,28 +93,41 @@ void copy_log_fields(Exchange* ex) {
 void log_exchange(Exchange* ex) {
   Worker& w = *ex->worker;
   const std::uint64_t duration_us = ex->start_us ? now_us() - ex->start_us : 0;
-  const Routing* rt = ex->tab ? &ex->tab->routing : nullptr;
+  const int pool = ex->route ? ex->route->pool : -1;
+  const std::int64_t ttfb_us =
+      ex->first_byte_us && ex->start_us ? static_cast<std::int64_t>(ex->first_byte_us - ex->start_us) : -1;
+  const Routing* rt = ex->tab ? &ex->tab->routing : nullptr;  // the table route, pool and server are numbers of
   const auto row = [](const std::vector<std::int32_t>& rows, int i) { return i >= 0 ? rows[static_cast<std::size_t>(i)] : -1; };
   w.metrics.exchange_done(ex->route && rt ? row(rt->metric_route, ex->route->index) : -1,
-                          ex->route && rt ? row(rt->metric_pool, ex->route->pool) : -1,
-                          rt ? row(rt->metric_server, ex->server) : -1, ex->status, ex->bytes_out, duration_us);
+                          rt ? row(rt->metric_pool, pool) : -1, rt ? row(rt->metric_server, ex->server) : -1,
+                          ex->status, ex->bytes_out, duration_us, ttfb_us);
   if (!w.access_log.enabled()) return;
+  const RouteTable* t = rt ? rt->table : nullptr;
   AccessRecord r;
   r.client_ip = ex->down->peer();
   r.request_line = {ex->log_text, ex->log_line_len};
   r.referer = {ex->log_text + ex->log_line_len, ex->log_referer_len};
   r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
+  r.route = ex->route ? static_cast<int>(ex->route->index) : -1;
+  if (pool >= 0 && t) r.pool = t->pools[static_cast<std::size_t>(pool)].name;
+  if (ex->server >= 0 && t) r.upstream = t->servers[static_cast<std::size_t>(ex->server)].authority;
   r.status = ex->status;
-  r.bytes = ex->bytes_out;
-  r.upstream = ex->server >= 0 ? ex->tab->routing.table->servers[static_cast<std::size_t>(ex->server)].authority
-                               : std::string_view("-");
+  r.bytes_in = ex->bytes_in;
+  r.bytes_out = ex->bytes_out;
   r.duration_us = duration_us;
+  r.ttfb_us = ttfb_us;
+  r.retries = ex->attempts > 1 ? ex->attempts - 1U : 0U;
+  termination_letters(ex->term, r.term);
+  if (ex->down->secure()) r.tls = ex->down->tls_version();
+  w.access_log.record(r);
+}
+
+void termination_letters(const Termination& term, char (&out)[2]) noexcept {
   static constexpr char kWho[] = {'-', 'C', 'S', 'P'};
   static constexpr char kWhen[] = {'-', 'R', 'C', 'H', 'D'};
-  const char who = kWho[static_cast<int>(ex->term.who)];
-  r.term[0] = ex->term.timeout && who != '-' ? static_cast<char>(who - 'A' + 'a') : who;
-  r.term[1] = kWhen[static_cast<int>(ex->term.when)];
-  w.access_log.record(r);
+  const char who = kWho[static_cast<int>(term.who)];
+  out[0] = term.timeout && who != '-' ? static_cast<char>(who - 'A' + 'a') : who;
+  out[1] = kWhen[static_cast<int>(term.when)];
 }
 
 namespace {

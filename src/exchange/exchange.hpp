@@ -98,7 +98,9 @@ struct ExchangeState {
   std::string_view answer;       // Respond: the bytes of the local answer
   int status = 0;
   std::uint64_t bytes_out = 0;
+  std::uint64_t bytes_in = 0;      // the request's, head and body as framed (the access log)
   std::uint64_t start_us = 0;
+  std::uint64_t first_byte_us = 0;  // the answering attempt's first response byte (TTFB); 0: none yet
   // The last time the exchange moved (a byte read from or written to either
   // side): its timer re-arms lazily from this, so a flowing exchange costs no
   // timer operation per read or write.
@@ -199,6 +201,9 @@ void detach_upstream(Exchange* ex, bool reuse);
 // Copies the request line, Referer and User-Agent for the access log, before
 // a streamed body may reuse the buffer the head was in.
 void copy_log_fields(Exchange* ex);
+
+// The two letters of the access log's term= for `term` (see Termination).
+void termination_letters(const Termination& term, char (&out)[2]) noexcept;
 
 // The exchange's record, once it ended: its counters (metrics.hpp) and its
 // access log line (when the log is on).

@@ -65,6 +65,7 @@ bool send_request(Exchange* ex) {
   Worker& w = *ex->worker;
   ex->tab->balancer.sent(ex->ticket, ex->server);
   restart_response_parser(ex);
+  ex->first_byte_us = 0;  // TTFB is the answering attempt's
   if (ex->attempts > 1) ex->body->rewind();  // a retry sends it all again
   if (!c->reading) c->set_reading(true);
   ex->progress_ms = w.now_ms();
@@ -257,6 +258,7 @@ State server_closed(Exchange* ex, int err) {
 State awaiting_head(Exchange* ex, Event ev, int arg, State self) {
   switch (ev) {
     case Event::ServerData:
+      if (!ex->first_byte_us) ex->first_byte_us = now_us();
       return process_upstream(ex, self);
     case Event::ServerEof:
       ex->term = {Who::Server, When::Head, false, arg};

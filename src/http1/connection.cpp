@@ -135,6 +135,7 @@ bool request_head(ClientSession* s, Exchange* ex) {
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
+  ex->bytes_in = ex->req.head_len();
   s->head_end = s->body_end = s->sent_to = s->parse_pos;
   s->reading_head = false;
   if (!ex->req.has_body()) {
@@ -162,6 +163,7 @@ bool request_body(ClientSession* s, Exchange* ex) {
     return false;
   }
   s->parse_pos += static_cast<std::uint32_t>(used);
+  ex->bytes_in += used;
   s->body_end = s->parse_pos;
   if (ev == ParseEvent::MessageComplete) s->complete_ = true;
   // Content-Length was checked at the head: what went upstream is cut off

@@ -45,6 +45,7 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
   bool sending() const noexcept override { return stream.write_pending(); }
   void done(bool close, bool linger) noexcept override;
   void abort() noexcept override;
+  const char* tls_version() const noexcept override { return stream.tls_version(); }
 
   std::string_view available() noexcept override {
     return {in ? in->data + sent_to : nullptr, body_end - sent_to};

@@ -30,10 +30,18 @@ namespace juggler {
 struct UpgradeTunnel final : TunnelOwner {
   Tunnel tunnel;
   Worker* worker = nullptr;
+  WorkerTable* tab = nullptr;  // pinned to the end: route, pool and server are numbers of its table
   ClientSession* session = nullptr;
   UpstreamConn* server = nullptr;
   UpgradeTunnel* prev = nullptr;  // the worker's upgraded connections (L4Worker::upgraded)
   UpgradeTunnel* next = nullptr;
+  // For the access log's line when the tunnel ends (the exchange, logged at
+  // the 101, is back in its pool by then): its request line, Referer and
+  // User-Agent (ExchangeState's log_* lengths), route and server.
+  std::uint64_t start_us = 0;
+  int route = -1, pool = -1;
+  std::uint16_t line_len = 0, referer_len = 0, agent_len = 0;
+  char log_text[sizeof Exchange::log_text];
 
   void on_tunnel_connected(Tunnel&, int) noexcept override {}
   void on_tunnel_closed(Tunnel& t) noexcept override;
@@ -69,8 +77,19 @@ void http1_upgrade(Exchange* ex) {
   L4Worker& l4 = l4_worker(w);
   auto* u = new UpgradeTunnel();
   u->worker = &w;
+  u->tab = ex->tab;
+  ++u->tab->pins;
   u->session = s;
   u->server = c;
+  if (w.access_log.enabled()) {
+    u->start_us = now_us();
+    u->route = ex->route ? static_cast<int>(ex->route->index) : -1;
+    u->pool = ex->route ? ex->route->pool : -1;
+    u->line_len = ex->log_line_len;
+    u->referer_len = ex->log_referer_len;
+    u->agent_len = ex->log_agent_len;
+    std::memcpy(u->log_text, ex->log_text, sizeof u->log_text);
+  }
 
   // The server connection: out of the exchange's hands (nobody reuses it).
   const char* head = ex->resp.head_begin();
@@ -97,9 +116,28 @@ void http1_upgrade(Exchange* ex) {
   u->tunnel.adopt(l4.env, u, s->stream, c->stream, from_client, from_server);
 }
 
-void UpgradeTunnel::on_tunnel_closed(Tunnel&) noexcept {
+void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   Worker& w = *worker;
   L4Worker& l4 = *w.l4;
+  if (w.access_log.enabled()) {
+    const RouteTable& table = *tab->routing.table;
+    AccessRecord r;
+    r.kind = "websocket";
+    r.client_ip = session->peer();
+    r.request_line = {log_text, line_len};
+    r.referer = {log_text + line_len, referer_len};
+    r.user_agent = {log_text + line_len + referer_len, agent_len};
+    r.route = route;
+    if (pool >= 0) r.pool = table.pools[static_cast<std::size_t>(pool)].name;
+    r.upstream = table.servers[server->server].authority;
+    r.status = 101;
+    r.bytes_in = t.bytes_from(0);
+    r.bytes_out = t.bytes_from(1);
+    r.duration_us = now_us() - start_us;
+    Tunnel::end_letters(t.end(), true, r.term);
+    if (session->secure()) r.tls = session->tls_version();
+    w.access_log.record(r);
+  }
   if (prev) prev->next = next;
   else l4.upgraded = next;
   if (next) next->prev = prev;
@@ -107,6 +145,7 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel&) noexcept {
   ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;
   session->on_stream_closed();  // back to the free list
+  --tab->pins;
   delete this;
 }
 

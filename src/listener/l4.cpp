@@ -20,6 +20,7 @@ struct L4Conn final : TunnelOwner {
   int server = -1;  // the server of the current attempt
   std::uint16_t pool = 0;
   std::uint16_t attempts = 0;
+  std::uint64_t start_us = 0;  // accepted (the access log's duration)
   std::uint8_t ip_len = 0;
   char ip[46];
   ProxyPrelude proxy;  // proxy_protocol listeners
@@ -47,7 +48,7 @@ void connect_next(L4Conn* c) {
   if (s < 0 || w.draining) {
     log(LogLevel::Info, "L4: no server of pool %.*s left for %.*s", static_cast<int>(pool.name.size()),
         pool.name.data(), c->ip_len, c->ip);
-    c->tunnel.close();
+    c->tunnel.close(Tunnel::End::NoServer);
     return;
   }
   c->server = s;
@@ -96,6 +97,7 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def) {
   c->tab = w.tab;
   ++c->tab->pins;
   c->pool = pool;
+  c->start_us = now_us();
   c->next = l4.live;
   if (l4.live) l4.live->prev = c;
   l4.live = c;
@@ -131,9 +133,24 @@ void L4Conn::on_tunnel_connected(Tunnel& t, int status) noexcept {
   if (t.state() == Tunnel::State::Connecting) connect_next(this);
 }
 
-void L4Conn::on_tunnel_closed(Tunnel&) noexcept {
+void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
   Worker& w = *worker;
   L4Worker& l4 = *w.l4;
+  if (w.access_log.enabled()) {
+    const RouteTable& table = *tab->routing.table;  // the table pool and server are numbers of
+    AccessRecord r;
+    r.kind = "tcp";
+    r.client_ip = {ip, ip_len};
+    r.pool = table.pools[pool].name;
+    if (server >= 0 && t.end() != Tunnel::End::NoServer)
+      r.upstream = table.servers[static_cast<std::size_t>(server)].authority;
+    r.bytes_in = t.bytes_from(0);
+    r.bytes_out = t.bytes_from(1);
+    r.duration_us = now_us() - start_us;
+    r.retries = attempts > 1 ? attempts - 1U : 0U;
+    Tunnel::end_letters(t.end(), attempts > 0, r.term);
+    w.access_log.record(r);
+  }
   tab->balancer.finish(ticket);
   --tab->pins;
   tab = nullptr;

@@ -46,7 +46,7 @@ Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd, Routing& routing, 
       id(i),
       loop(),
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096, 64),
-      access_log(access_log_fd),
+      access_log(access_log_fd, s.config.settings.access_log_format),
       wheel(uv_hrtime() / 1000000),
       metrics(s.first->table->routes.size(), s.first->table->pools.size(), s.first->table->servers.size()) {
   tables.push_back(std::make_unique<WorkerTable>(routing, dispatch, i));
@@ -58,7 +58,7 @@ Worker::~Worker() = default;
 namespace {
 
 constexpr std::uint64_t kTickMs = TimerWheel::kTickMs;
-constexpr std::uint32_t kHousekeepingTicks = 5;  // log flush and idle sweep every 500 ms
+constexpr std::uint32_t kHousekeepingTicks = 5;  // idle sweep and pool trims every 500 ms
 
 struct ListenSpec {
   std::string host;
@@ -147,6 +147,46 @@ struct WorkerThread {
 // What the admin listener's connections are to the listener code: plain
 // HTTP, no PROXY header (it has no listen statement of its own).
 constexpr ListenerDef kAdminListenerDef{ListenKind::Http, "", 0, -1, 0, 0, false, 0};
+
+// The access log's descriptor (-1: off, 1: stdout), shared by the workers.
+// A pipe or socket on stdout (a pager, the journal) is made non-blocking: a
+// reader that stops reading costs dropped lines, never a stalled worker
+// (when stderr is the same pipe, a diagnostic line may be dropped as well).
+// A file is opened for appending: each worker's write of whole lines lands
+// at the end, never over another's.
+int open_access_log(const Config& config) {
+  if (config.settings.access_log == LogTarget::Off) return -1;
+  if (config.settings.access_log == LogTarget::Stdout) {
+    struct stat st {};
+    if (::fstat(1, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+      ::fcntl(1, F_SETFL, ::fcntl(1, F_GETFL) | O_NONBLOCK);
+    return 1;
+  }
+  const int fd = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("access log " + config.access_log_path + ": " + std::strerror(errno));
+  return fd;
+}
+
+// SIGUSR1 (logrotate's postrotate): the access log file is opened again by
+// its name and put in place of the old descriptor with dup3(), which is
+// atomic: a worker's write goes wholly to the old file or wholly to the new
+// one, and what the workers hold in their buffers goes to the new one, so no
+// line is lost or split. The workers take no part.
+void reopen_access_log(const Config& config, int fd) {
+  if (config.settings.access_log != LogTarget::File || fd < 0) {
+    log(LogLevel::Info, "SIGUSR1: no access log file to reopen");
+    return;
+  }
+  const int fresh = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fresh < 0) {
+    log(LogLevel::Error, "SIGUSR1: cannot reopen the access log %s (%s): writing on to the old file",
+        config.access_log_path.c_str(), std::strerror(errno));
+    return;
+  }
+  ::dup3(fresh, fd, O_CLOEXEC);
+  ::close(fresh);
+  log(LogLevel::Info, "SIGUSR1: access log %s reopened", config.access_log_path.c_str());
+}
 
 std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
@@ -250,8 +290,10 @@ void on_tick(uv_timer_t* h) {
   auto* t = static_cast<WorkerThread*>(h->data);
   Worker& w = *t->worker;
   w.wheel.advance(w.now_ms());
+  // Access log lines wait at most a tick (100 ms); the request path only
+  // formats them (or writes when 64 KB are waiting).
+  if (w.access_log.pending()) w.access_log.flush();
   if (++t->ticks % kHousekeepingTicks == 0) {
-    w.access_log.flush();
     upstream_sweep(w, false);
     trim_pools(w);
     if (w.tables.size() > 1 && worker_release_tables(w) && t->reloader) t->reloader->released();
@@ -385,13 +427,7 @@ int run(const Config& config) {
   if (config.admin_port >= 0 && !config.settings.admin_token_file.empty())
     shared.admin_token = read_admin_token(std::string(config.settings.admin_token_file));
 
-  int log_fd = -1;
-  if (config.settings.access_log == LogTarget::Stdout) log_fd = 1;
-  if (config.settings.access_log == LogTarget::File) {
-    log_fd = ::open(config.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (log_fd < 0)
-      throw std::runtime_error("access log " + config.access_log_path + ": " + std::strerror(errno));
-  }
+  const int log_fd = open_access_log(config);
 
   // Bind everything before starting any thread.
   const std::uint32_t n = config.workers;
@@ -510,12 +546,22 @@ int run(const Config& config) {
   uv_timer_init(&main_loop, &sig.delay_timer);
   uv_timer_init(&main_loop, &sig.drain_timer);
   sig.delay_timer.data = sig.drain_timer.data = wakeup.data = &sig;
-  uv_signal_t sigterm, sigint;
+  uv_signal_t sigterm, sigint, sigusr1;
   uv_signal_init(&main_loop, &sigterm);
   uv_signal_init(&main_loop, &sigint);
   sigterm.data = sigint.data = &sig;
   uv_signal_start(&sigterm, on_stop_signal, SIGTERM);
   uv_signal_start(&sigint, on_stop_signal, SIGINT);
+  struct ReopenState {
+    const Config* config;
+    int fd;
+  } reopen{&config, log_fd};
+  uv_signal_init(&main_loop, &sigusr1);
+  sigusr1.data = &reopen;
+  uv_signal_start(&sigusr1, [](uv_signal_t* h, int) {
+    const auto* r = static_cast<const ReopenState*>(h->data);
+    reopen_access_log(*r->config, r->fd);
+  }, SIGUSR1);
   // Said only now: tests (and operators' scripts) may connect or signal at once.
   for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
   if (!admin_announce.empty()) log(LogLevel::Info, "%s", admin_announce.c_str());
@@ -531,6 +577,7 @@ int run(const Config& config) {
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&sigusr1), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sig.drain_timer), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sig.delay_timer), nullptr);
   uv_run(&main_loop, UV_RUN_DEFAULT);

@@ -9,6 +9,7 @@ void Tunnel::join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& se
   env_ = &env;
   owner_ = owner;
   state_ = State::Idle;
+  end_ = End::None;
   connect_error_ = 0;
   timer_.fire = on_timer;
   timer_.owner = this;
@@ -19,6 +20,7 @@ void Tunnel::join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& se
     s.stream = streams[i];
     s.buf = nullptr;
     s.held = 0;
+    s.relayed = 0;
     s.eof = s.passed = false;
     s.open = true;
   }
@@ -131,13 +133,14 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
     t.pass_end(*this);
     return;
   }
-  t.close();
+  t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
 }
 
 // Writes what `from` read to the other side: the buffer goes back at once
 // when the write completed, else `from` stops reading until it does.
 void Tunnel::relay(Side& from, std::size_t n) noexcept {
   Side& to = peer(from);
+  from.relayed += n;
   uv_buf_t b = uv_buf_init(from.buf->data, static_cast<unsigned>(n));
   if (to.stream->write(&b, 1)) {
     release(from);
@@ -149,7 +152,7 @@ void Tunnel::relay(Side& from, std::size_t n) noexcept {
 void Tunnel::Side::on_stream_written(int status) noexcept {
   Tunnel& t = *tunnel;
   if (status < 0) {
-    t.close();
+    t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
     return;
   }
   Side& from = t.peer(*this);
@@ -166,10 +169,10 @@ void Tunnel::pass_end(Side& from) noexcept {
   if (from.passed || to.stream->write_pending()) return;  // on_stream_written comes back here
   from.passed = true;
   if (!to.stream->close_notify() || to.stream->shutdown_write() != 0) {
-    close();
+    close(&to == &side_[0] ? End::ClientError : End::ServerError);
     return;
   }
-  if (to.passed) close();
+  if (to.passed) close(End::Done);
 }
 
 void Tunnel::release(Side& s) noexcept {
@@ -181,7 +184,8 @@ void Tunnel::release(Side& s) noexcept {
 
 // ---------------------------------------------------------------- ending
 
-void Tunnel::close() noexcept {
+void Tunnel::close(End why) noexcept {
+  if (end_ == End::None) end_ = why;
   state_ = State::Closing;
   TimerWheel::disarm(&timer_);
   for (Side& s : side_)
@@ -213,7 +217,7 @@ void Tunnel::on_timer(TimerNode* n) {
     return;
   }
   if (t->state_ == State::Idle) {
-    t->close();  // expire_in()
+    t->close(End::Idle);  // expire_in()
     return;
   }
   if (t->state_ != State::Open) return;
@@ -222,7 +226,14 @@ void Tunnel::on_timer(TimerNode* n) {
     t->env_->wheel->arm(&t->timer_, due);
     return;
   }
-  t->close();
+  t->close(End::Idle);
+}
+
+void Tunnel::end_letters(End end, bool tried_server, char (&out)[2]) noexcept {
+  static constexpr char kLetters[][2] = {{'-', '-'}, {'-', '-'}, {'C', 'D'}, {'S', 'D'}, {'c', 'D'}, {'P', 'D'}, {'P', 'C'}};
+  const auto i = static_cast<std::size_t>(end);
+  out[0] = end == End::NoServer && tried_server ? 'S' : kLetters[i][0];
+  out[1] = kLetters[i][1];
 }
 
 }  // namespace juggler

@@ -58,6 +58,14 @@ class TunnelOwner {
 class Tunnel {
  public:
   enum class State : std::uint8_t { Idle, Connecting, Open, Closing };
+  // Why it ended, for the access log (the first reason given wins):
+  // both ends passed on, an error on either side, no byte for idle_ms (or
+  // nothing before expire_in's time), closed by the owner (a drain), or no
+  // server could be connected.
+  enum class End : std::uint8_t { None, Done, ClientError, ServerError, Idle, Proxy, NoServer };
+  // Its two letters, as an exchange's term= (src/exchange/exchange.hpp):
+  // "--", "CD", "SD", "cD", "PD", "SC"/"PC" (no server: refused / none left).
+  static void end_letters(End end, bool tried_server, char (&out)[2]) noexcept;
 
   Tunnel() = default;
   Tunnel(const Tunnel&) = delete;
@@ -90,14 +98,18 @@ class Tunnel {
   // Before connect(): closes the tunnel unless connect() or open() comes
   // within `timeout_ms` (e.g. while a prelude waits for its header).
   void expire_in(std::uint32_t timeout_ms) noexcept;
-  // Closes both streams (idempotent); on_tunnel_closed follows.
-  void close() noexcept;
+  // Closes both streams (idempotent); on_tunnel_closed follows. `why`
+  // unless a reason was noted already.
+  void close(End why = End::Proxy) noexcept;
 
   State state() const noexcept { return state_; }
   // Buffers held now (at most one per direction), for tests and stats.
   unsigned buffers_held() const noexcept { return (side_[0].buf != nullptr) + (side_[1].buf != nullptr); }
   // Whether side `i` passed its end of input on to the other side.
   bool ended(unsigned i) const noexcept { return side_[i].passed; }
+  // Bytes read from side `i` and relayed to the other (held ones included).
+  std::uint64_t bytes_from(unsigned i) const noexcept { return side_[i].relayed; }
+  End end() const noexcept { return end_; }
 
  private:
   struct Side final : StreamHandler {
@@ -105,6 +117,7 @@ class Tunnel {
     Tunnel* tunnel = nullptr;
     Buffer* buf = nullptr;  // bytes read from this side, written to the other
     std::uint32_t held = 0; // bytes in buf read before the tunnel opened
+    std::uint64_t relayed = 0;  // bytes read from this side and written to the other
     bool eof = false;       // this side's input ended
     bool passed = false;    // ...and the other side's write was shut down
     bool open = false;      // the stream is initialised and not yet closed
@@ -132,6 +145,7 @@ class Tunnel {
   std::uint64_t active_ms_ = 0;     // the last read either way
   int connect_error_ = 0;           // Connecting: why side 1 is being closed
   State state_ = State::Idle;
+  End end_ = End::None;
 };
 
 }  // namespace juggler

@@ -380,7 +380,7 @@ def wait_until(predicate, timeout: float) -> bool:
 # ---------------------------------------------------------------- process facts and certificates
 
 def access_log_lines(path: str, count: int = 1, pattern: Optional[str] = None, timeout: float = 5.0) -> list:
-    """The balancer flushes its access log every 500 ms: polls `path` until it holds at least
+    """The balancer flushes its access log every 100 ms: polls `path` until it holds at least
     `count` lines (and, with `pattern`, one matching it) or `timeout` passed; returns the lines
     (the caller asserts on them)."""
     deadline = time.monotonic() + timeout

@@ -75,7 +75,7 @@ class ReadyTest(BalancerTestCase):
         self.start_backends(HOST, (6901,))
         lb = self.start_balancer("ready", extra=["--admin", f"{HOST}:0"])
         admin = int(lb.wait_for_line(ADMIN_READY).group(1))
-        self.assertRegex(lb.output(), r"(?m)^juggler\[lb-test\.1\]: listening on http://")
+        self.assertRegex(lb.output(), r"Z juggler\[lb-test\.1\] info: listening on http://")
         self.assertRegex(get(admin, "/metrics")[1].decode(), r'juggler_build_info\{[^}]*instance="lb-test\.1"\} 1')
         check = jtest.run_program([lb.argv[0], "--check"])
         self.assertIn("instance lb-test.1", check.stdout)

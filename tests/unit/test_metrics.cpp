@@ -25,9 +25,9 @@ TEST_CASE("status classes and duration buckets", "[metrics]") {
 
 TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") {
   Metrics m(2, 1, 3);
-  m.exchange_done(1, 0, 2, 200, 100, 300);
-  m.exchange_done(-1, -1, -1, 400, 50, 10);  // refused before routing
-  m.exchange_done(1, 0, -1, 503, 7, 20000);  // nobody to send it to
+  m.exchange_done(1, 0, 2, 200, 100, 300, 240);
+  m.exchange_done(-1, -1, -1, 400, 50, 10, -1);  // refused before routing
+  m.exchange_done(1, 0, -1, 503, 7, 20000, -1);  // nobody to send it to
   CHECK(m.by_route[1 * kStatusClasses + 1].get() == 1);
   CHECK(m.by_route[1 * kStatusClasses + 4].get() == 1);
   CHECK(m.by_route[2 * kStatusClasses + 3].get() == 1);  // the row after the routes
@@ -37,6 +37,12 @@ TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") 
   CHECK(m.server[0].by_class[4].get() == 0);
   CHECK(m.pool[0].duration.buckets[latency_bucket(300)].get() == 1);
   CHECK(m.pool[0].duration.sum_us.get() == 20300);
+  // Time to first byte: only the request a server answered.
+  CHECK(m.pool[0].ttfb.buckets[latency_bucket(240)].get() == 1);
+  CHECK(m.pool[0].ttfb.sum_us.get() == 240);
+  std::uint64_t answered = 0;
+  for (const Counter& b : m.pool[0].ttfb.buckets) answered += b.get();
+  CHECK(answered == 1);
   CHECK(m.bytes_out.get() == 157);
 }
 

@@ -9,6 +9,7 @@ constexpr Settings kSettings{
     .workers = 8,
     .access_log = LogTarget::File,
     .access_log_path = "logs/\"quoted\"\\back.log",
+    .access_log_format = AccessLogFormat::Json,
     .error_pages = "errors/",
     .connect_timeout_ms = 250,
     .client_header_timeout_ms = 5000,
@@ -612,7 +613,7 @@ const RouteTable& route_table() noexcept {
       .servers = kServers,
       .routes = kRoutes,
       .distribute = distribute,
-      .source_hash = "3b881f1be1c1",
+      .source_hash = "0d3e4bc651ef",
   };
   return table;
 }

@@ -9,6 +9,7 @@ constexpr Settings kSettings{
     .workers = 0,
     .access_log = LogTarget::Stdout,
     .access_log_path = {},
+    .access_log_format = AccessLogFormat::Combined,
     .error_pages = {},
     .connect_timeout_ms = 2000,
     .client_header_timeout_ms = 10000,
