@@ -12,7 +12,7 @@ DESTDIR ?=
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check install deb
+.PHONY: all routes reload run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check install deb
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -20,6 +20,7 @@ all: deps $(BUILD)/build.ninja
 help:
 	@echo "make routes [ROUTES=file]  compile a routes file into generated/distributer.cpp"
 	@echo "make all                   build bin/app.out and bin/testserver"
+	@echo "make reload [ROUTES=file]  compile a routes file and swap it into the balancer running from here"
 	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
@@ -43,6 +44,10 @@ routes: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DJUGGLER_ROUTES=$(ROUTES_ABS) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build $(BUILD) --target routes
 
+# The balancer started from this folder (./bin/app.out, sudo or not) listens on
+# ./juggler.sock; the new table is a shared object under $(BUILD)/reload.
+reload: deps
+	@bash tools/reload.sh $(ROUTES) $(BUILD)
 # The balancer as built (its routes compiled in) and what runs it: see README, Operations.
 install: all
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"

@@ -617,7 +617,7 @@ def emit_distribute(c: Config) -> list[str]:
 # ---------------------------------------------------------------- the file
 
 
-def emit(c: Config, source: str, entry: str = "route_table") -> str:
+def emit(c: Config, source: str, entry: str = "route_table", source_hash: str = "") -> str:
     """The generated file: the tables and distribute() with internal linkage, reached
     only through the RouteTable value that the one external function `entry` returns, so
     several tables can be linked into one program (tests) or loaded into one process."""
@@ -647,13 +647,24 @@ def emit(c: Config, source: str, entry: str = "route_table") -> str:
         f"      .pools = {spans['kPools']},",
         f"      .servers = {spans['kServers']},",
         f"      .routes = {spans['kRoutes']},",
-        "      .distribute = distribute,"
+        "      .distribute = distribute,",
         "      .sni = sni_names::sni_route,",
+        f"      .source_hash = {cstr(source_hash)},",
         "  };",
         "  return table;",
         "}",
         "",
         "}  // namespace juggler",
+        "",
+        "#ifdef JUGGLER_RELOADABLE",
+        "// Built as a shared object by `make reload` (tools/reload.sh): what the running",
+        "// balancer looks up. JUGGLER_TABLE_ABI is the hash of juggler/route.hpp; the",
+        "// balancer refuses an object built against another.",
+        'extern "C" __attribute__((visibility("default"))) const char juggler_table_abi[] = JUGGLER_TABLE_ABI;',
+        'extern "C" __attribute__((visibility("default"))) const juggler::RouteTable* juggler_reload_table() noexcept {',
+        f"  return &juggler::{entry}();",
+        "}",
+        "#endif",
         "",
     ]
     return "\n".join(lines)

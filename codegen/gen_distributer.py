@@ -19,6 +19,7 @@ The reference of the language is docs/routes-reference.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import sys
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return 0
 
-    cpp = emit_cpp.emit(config, shown, args.entry)
+    cpp = emit_cpp.emit(config, shown, args.entry, hashlib.sha256(data).hexdigest()[:12])
     try:
         write_atomically(args.output, cpp)
     except OSError as e:

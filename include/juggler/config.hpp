@@ -21,6 +21,10 @@ struct Options {
   std::string admin;       // empty: routes.def's `set admin`; else ADDR:PORT, or off
   LogLevel log_level = LogLevel::Info;
   bool check = false;
+  // The control socket `make reload` talks to (`off`: none), and the client
+  // mode: ask the balancer there to load this table object, then exit.
+  std::string control = "juggler.sock";
+  std::string reload;
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
   std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
                upstream_timeout_ms = -1, drain_timeout_ms = -1, tunnel_idle_timeout_ms = -1;
@@ -45,6 +49,7 @@ struct Config {
   std::string admin_host;
   int admin_port = -1;
   LogLevel log_level = LogLevel::Info;
+  std::string control_path;  // the control socket (runtime/reload.hpp); empty = none
 };
 
 // Builds the effective configuration. Throws std::runtime_error with a

@@ -186,7 +186,8 @@ struct HealthCallbacks {
 class HealthChecker {
  public:
   // `health` has one entry per compiled server (table.servers.size()) and must
-  // outlive the checker. Servers start UP; health is only written on a
+  // outlive the checker. Servers start as `health` says (UP, but after a
+  // reload that carried a DOWN over); health is only written on a
   // transition, through mark_down() / mark_up() of balance.hpp (so a server
   // never checked is never touched, and slow start begins on a down -> up
   // transition only). Allocates the per-server state but starts nothing.
@@ -195,6 +196,10 @@ class HealthChecker {
   ~HealthChecker();
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
+
+  // Probes `server` at once when started, not at its staggered time (a
+  // server a reload added). Before start().
+  void check_first(std::uint16_t server) noexcept;
 
   // Number of servers that will be checked (servers of pools with health.enabled).
   std::size_t checked_servers() const noexcept { return probes_.size(); }

@@ -65,17 +65,22 @@ struct ServerCounters : RequestCounters {
   Counter conn_reused;  // requests sent on a kept-alive connection
   Counter conn_closed;  // open = new - closed
   Counter ejections;    // passive ejections this worker made
+  Gauge<std::uint32_t> idle;  // on the worker's idle lists now (theirs change with a reload; this row does not)
 };
 
 struct Metrics {
+  // One row more of each than the table has: the sink where a reloaded
+  // table's routes, pools and servers the first table lacks are counted
+  // (never shown: the admin pages list the first table's).
   Metrics(std::size_t routes, std::size_t pools, std::size_t servers)
       : route_count(routes),
-        by_route(std::make_unique<Counter[]>((routes + 1) * kStatusClasses)),
-        pool(std::make_unique<PoolCounters[]>(pools)),
-        server(std::make_unique<ServerCounters[]>(servers)) {}
+        by_route(std::make_unique<Counter[]>((routes + 2) * kStatusClasses)),
+        pool(std::make_unique<PoolCounters[]>(pools + 1)),
+        server(std::make_unique<ServerCounters[]>(servers + 1)) {}
 
-  // Per route, by status class ((routes + 1) rows: the last is the requests
-  // no route took: 404 for no match, or refused before routing).
+  // Per route, by status class ((routes + 2) rows: row `routes` is the
+  // requests no route took: 404 for no match, or refused before routing;
+  // the last is the sink).
   std::size_t route_count;
   std::unique_ptr<Counter[]> by_route;
   std::unique_ptr<PoolCounters[]> pool;

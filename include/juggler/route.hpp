@@ -222,6 +222,9 @@ struct RouteTable {
   // name, else the longest matching *.DOMAIN, else `route sni *`; -1 when
   // none matches (the connection is closed). Compiled like distribute().
   int (*sni)(std::string_view server_name) noexcept = nullptr;
+  // The first 12 hex digits of the routes file's SHA-256: which table is live
+  // (--check, the reload's log line).
+  std::string_view source_hash = {};
 };
 
 // Defined by the generated file that a balancer binary links in (the code

@@ -10,4 +10,9 @@ namespace juggler {
 // std::runtime_error (with a message for the operator) when start-up fails.
 int run(const Config& config);
 
+// `bin/app.out --reload FILE.so [--control PATH]`: asks the balancer at
+// `control` to load FILE.so (built by make reload) and prints its answer.
+// The exit status: 0 reloaded, 1 refused, 2 no balancer answers there.
+int reload_client(const std::string& control, const std::string& object);
+
 }  // namespace juggler

@@ -32,7 +32,9 @@ class Upstream {
   Buffer* in = nullptr;
   std::uint32_t in_len = 0;
   std::uint32_t parse_pos = 0;
-  std::uint16_t server = 0;
+  std::uint16_t server = 0;  // numbered by `tab`'s table
+  std::int32_t metric = 0;   // its row in Worker::metrics (Routing::metric_server)
+  WorkerTable* tab = nullptr;  // the table it was opened under, or moved to by a reload while idle
   bool reused = false;  // taken from the idle list: connected already (a new one is not, until Event::Connected)
   // Mirrors of the stream's write_pending() and reading(), kept by the
   // implementation: the exchange reads them as fields, not virtual calls.
@@ -71,7 +73,7 @@ struct UpstreamConn final : Upstream, StreamHandler {
 // A failed attempt at `server` (of `pool`) counts against it (passive
 // health); when that ejects it, the ejection is counted and logged with `why`.
 // The exchange's connector and the L4 listeners both report through it.
-void server_failure(Worker& w, std::uint16_t server, const PoolDef& pool, const char* why) noexcept;
+void server_failure(Worker& w, WorkerTable& t, std::uint16_t server, const PoolDef& pool, const char* why) noexcept;
 
 // Upstream keep-alive limits (per worker, per server).
 inline constexpr std::uint32_t kMaxIdlePerServer = 512;
@@ -79,13 +81,14 @@ inline constexpr std::uint64_t kUpstreamIdleTimeoutMs = 30000;
 
 // Pops a live idle connection to `server`, or null. The connection goes on
 // reading; its read callback sees `ex` set once the caller attaches it.
-UpstreamConn* upstream_take_idle(Worker& w, std::uint16_t server) noexcept;
+UpstreamConn* upstream_take_idle(Worker& w, WorkerTable& t, std::uint16_t server) noexcept;
 
-// A new, unconnected connection to `server` (its stream initialised). Never null.
-UpstreamConn* upstream_new(Worker& w, std::uint16_t server);
+// A new, unconnected connection to `server` of `t` (its stream initialised). Never null.
+UpstreamConn* upstream_new(Worker& w, WorkerTable& t, std::uint16_t server);
 
 // Returns a connection whose last response ended cleanly to the idle list
-// (or closes it when the list is full or the worker drains).
+// (or closes it when the list is full, the worker drains, or a reload
+// replaced the table it was opened under while it was in use).
 void upstream_release(UpstreamConn* c) noexcept;
 
 // Closes (idempotent) and frees in the close callback; detaches any exchange.
@@ -93,5 +96,9 @@ void upstream_close(UpstreamConn* c) noexcept;
 
 // Closes idle connections older than the idle timeout (all, when `all`).
 void upstream_sweep(Worker& w, bool all) noexcept;
+
+// A reload: the idle connections of `from` move to the lists of `to` where
+// `to` has the same server (address and pool name), the others close.
+void upstream_move_idle(Worker& w, WorkerTable& from, WorkerTable& to) noexcept;
 
 }  // namespace juggler

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,7 @@
 namespace juggler {
 
 struct Worker;
+struct Shared;
 struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
@@ -44,51 +46,112 @@ struct CacheWaits;
 using UpstreamConnect = Upstream* (*)(Worker& w, std::uint16_t server, Exchange* ex, int* rc);
 Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, int* rc);
 
-// Process-wide, read-only after start-up (but for the atomics).
-struct Shared {
-  Config config;
-  std::vector<sockaddr_storage> server_addrs;        // per compiled server
-  std::unique_ptr<ServerHealth[]> health;            // per compiled server
+// Outcome of a server's latest active check, written by the checker.
+struct LastCheck {
+  std::atomic<std::uint64_t> at_ms{0};  // wall clock (ms since the epoch); 0 = never checked
+  std::atomic<std::uint8_t> result{0};  // CheckResult
+  std::atomic<std::uint16_t> status{0};
+};
+
+struct IdleList {
+  UpstreamConn* head = nullptr;
+  std::uint32_t count = 0;  // the admin reads ServerCounters::idle
+};
+
+// One loaded route table and everything numbered by its servers, pools and
+// routes, process-wide. A reload (src/runtime/reload.cpp) builds a second one
+// beside the first: requests in flight keep the one they were routed with
+// (through their WorkerTable), so an index never meets another table's arrays.
+struct Routing {
+  const RouteTable* table = nullptr;
+  void* object = nullptr;  // the dlopen handle of a reloaded table; null when linked in
+  std::vector<sockaddr_storage> server_addrs;        // per server
+  std::unique_ptr<ServerHealth[]> health;            // per server (carried over by identity on reload)
+  std::unique_ptr<LastCheck[]> last_check;           // per server
   struct RouteReply {
     std::string keep, close;  // `-> respond CODE`: keep-alive and Connection: close variants
   };
   std::vector<RouteReply> route_replies;             // per route (empty unless Respond)
+  // Rows of Worker::metrics, which is sized by the table the process started
+  // with (the admin pages name those): per route, pool and server of this
+  // table, its row there, or the sink row past the end when it has none.
+  std::vector<std::int32_t> metric_route, metric_pool, metric_server;
+  // WorkerTables built on it; the main thread unloads it when none is left.
+  std::atomic<std::uint32_t> users{0};
+};
+
+// Builds the Routing of `table` (addresses, fresh health, canned replies);
+// `first` (the table the process started with, or null for itself) numbers
+// its metric rows. Throws std::runtime_error on an address that is none.
+std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable* first);
+
+// For the admin pages, numbered by the first table: the health and latest
+// check of its server `first_server` as the live table has them (the first
+// table's own when a reload removed it). Under shared.reload_lock.
+ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept;
+LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept;
+
+// The server of pool `pool` at `authority` in `t` (a server's identity across
+// reloads), or -1.
+int find_server(const RouteTable& t, std::string_view pool, std::string_view authority) noexcept;
+
+// A worker's view of one Routing: the per-worker state numbered by its table.
+// An exchange (or tunnel) pins the worker's current one when it is routed and
+// uses only it until it ends; the worker frees a replaced one once no
+// exchange pins it (housekeeping), then the Routing may go.
+struct WorkerTable {
+  WorkerTable(Routing& r, const RouteTable& dispatch, std::uint32_t worker_id);
+  ~WorkerTable();
+  WorkerTable(const WorkerTable&) = delete;
+  WorkerTable& operator=(const WorkerTable&) = delete;
+  Routing& routing;
+  const RouteTable* table;  // what this worker dispatches with (the admin worker: its own table)
+  Balancer balancer;
+  std::vector<IdleList> idle;  // per server
+  // Retry budget, per pool: a request earns kRetryEarn tokens, a retry costs
+  // kRetryCost (so retries stay near 20% of requests), capped at kRetryCap.
+  static constexpr std::int32_t kRetryEarn = 1, kRetryCost = 5, kRetryCap = 100;
+  std::vector<std::int32_t> retry_tokens;  // per pool
+  std::uint32_t pins = 0;  // exchanges and tunnels in flight on it
+};
+
+// Process-wide, read-only after start-up (but for the atomics).
+struct Shared {
+  Config config;
+  // The table the process started with (never unloaded: it is linked in).
+  // The admin pages, metric rows and listeners are numbered by it.
+  std::unique_ptr<Routing> first;
+  std::atomic<Routing*> live{nullptr};  // set by a reload: what the traffic workers swap to
+  // Held by the admin thread while it reads the live Routing (live_health),
+  // and by the main thread while it frees a replaced one: never on the request path.
+  mutable std::mutex reload_lock;
   std::uint16_t https_port = 443;                    // redirect https: the first https listener's port
   ErrorPages error_pages;                            // set error_pages, or the built-in pages
   // For the admin listener (src/admin), which reads them from its own thread:
-  // the traffic workers (their counters and gauges, never anything else), and
-  // the outcome of each server's latest active check, written by the checker.
+  // the traffic workers (their counters and gauges, never anything else).
   std::vector<const Worker*> workers;
-  struct LastCheck {
-    std::atomic<std::uint64_t> at_ms{0};  // wall clock (ms since the epoch); 0 = never checked
-    std::atomic<std::uint8_t> result{0};  // CheckResult
-    std::atomic<std::uint16_t> status{0};
-  };
-  std::unique_ptr<LastCheck[]> last_check;  // per compiled server
   std::shared_ptr<CacheStore> cache;  // routes with `cache` (src/cache); null without one
   std::shared_ptr<CacheFlights> cache_flights;  // concurrent misses collapsed (src/cache/collapse)
-  std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = no control
+  std::string admin_token;  // set admin_token_file: the control endpoints' bearer token; empty = none
   // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
   // front stops sending), the traffic listeners close drain.delay later.
   std::atomic<bool> stopping{false};
 };
 
-struct IdleList {
-  UpstreamConn* head = nullptr;
-  Gauge<std::uint32_t> count;  // read by the admin listener
-};
-
 struct Worker {
-  Worker(Shared& shared, std::uint32_t id, int access_log_fd);
+  // Dispatches with `dispatch` (the routing's own table but on the admin worker).
+  Worker(Shared& shared, std::uint32_t id, int access_log_fd, Routing& routing, const RouteTable& dispatch);
   ~Worker();  // where Exchange is complete (runtime.cpp)
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
   Shared& shared;
   std::uint32_t id;
-  // The route table this worker dispatches with: reached through this pointer
-  // (not a link-time call), so a new table can be swapped in per worker.
-  const RouteTable* table;
+  // The route table this worker dispatches with and what is numbered by it:
+  // reached through this pointer (not a link-time call), so a reload swaps it
+  // per worker. `tables` owns it and the replaced ones still pinned.
+  WorkerTable* tab = nullptr;
+  std::vector<std::unique_ptr<WorkerTable>> tables;
   uv_loop_t loop;
   BufferPool buffers;  // heads and small bodies (16 KB, or limit.header_bytes + 1 KB)
   // Large bodies (downloads, uploads) move to bigger buffers once their head
@@ -99,15 +162,9 @@ struct Worker {
   static constexpr std::uint32_t kBulkSize = 256 * 1024, kMaxBulk = 64;
   BufferPool bulk{kBulkSize, kMaxBulk, 2};
   std::uint32_t bulk_in_use = 0;
-  Balancer balancer;
   AccessLog access_log;
   TimerWheel wheel;
-  std::vector<IdleList> idle;  // per compiled server
   UpstreamConnect upstream_connect = upstream_connect_tcp;
-  // Retry budget, per pool: a request earns kRetryEarn tokens, a retry costs
-  // kRetryCost (so retries stay near 20% of requests), capped at kRetryCap.
-  static constexpr std::int32_t kRetryEarn = 1, kRetryCost = 5, kRetryCap = 100;
-  std::vector<std::int32_t> retry_tokens;  // per pool
   Counter retries, retries_denied;
   Exchange* free_exchanges = nullptr;
   ClientSession* free_sessions = nullptr;  // closed sessions kept for reuse
@@ -125,7 +182,7 @@ struct Worker {
   bool draining = false;
   StreamContext streams{&loop};  // write requests, TLS scratch and pumping, shared by this worker's streams
   Counter refused_connections;  // over limit.connections_per_worker
-  Metrics metrics;  // for /metrics: see metrics.hpp
+  Metrics metrics;  // for /metrics: see metrics.hpp; rows of the first table (Routing::metric_*)
   std::uint64_t last_accept_error_ms = 0;
   std::unique_ptr<L4Worker> l4;
   std::unique_ptr<CacheWaits> cache_waits;  // misses waiting for another (src/cache/collapse); null without a cache  // L4 connections (src/listener/l4.hpp): made on the first one

@@ -98,7 +98,7 @@ std::uint64_t Snapshot::Server::busy() const noexcept {
 }
 
 Snapshot take_snapshot(const Shared& shared) {
-  const RouteTable& t = *shared.config.table;
+  const RouteTable& t = *shared.first->table;
   Snapshot s;
   s.routes.assign((t.routes.size() + 1) * kStatusClasses, 0);
   s.pools.resize(t.pools.size());
@@ -119,7 +119,7 @@ Snapshot take_snapshot(const Shared& shared) {
       to.conn_reused += from.conn_reused.get();
       to.conn_closed += from.conn_closed.get();
       to.ejections += from.ejections.get();
-      to.idle += w->idle[i].count.get();
+      to.idle += from.idle.get();
     }
     s.bytes_in += m.bytes_in.get();
     s.bytes_out += m.bytes_out.get();
@@ -139,7 +139,7 @@ Snapshot take_snapshot(const Shared& shared) {
 }
 
 std::string_view server_state(const Shared& shared, std::size_t server) noexcept {
-  const ServerHealth& h = shared.health[server];
+  const ServerHealth& h = live_health(shared, server);
   if (h.down.load(std::memory_order_relaxed)) return "down";
   if (ejection_start(h, uv_hrtime() / 1000000) != 0) return "ejected";
   if (h.drained.load(std::memory_order_relaxed)) return "drain";
@@ -147,11 +147,12 @@ std::string_view server_state(const Shared& shared, std::size_t server) noexcept
 }
 
 std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
-  return current_weight(shared.health[server], shared.config.table->servers[server]);
+  return current_weight(live_health(shared, server), shared.first->table->servers[server]);
 }
 
 State admin_respond(Exchange* ex) {
   const Shared& shared = ex->worker->shared;
+  const std::lock_guard<std::mutex> hold(shared.reload_lock);  // the live table stays while the page is made
   const std::string_view path = ex->head.path;
   const bool read_only = ex->head.method == Method::Get || ex->head.method == Method::Head;
   enum class Page : std::uint8_t { Metrics, Stats, StatsJson } page;

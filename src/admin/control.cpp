@@ -23,16 +23,6 @@ bool same_secret(std::string_view a, std::string_view b) noexcept {
   return diff == 0;
 }
 
-// The server `authority` of pool `pool`, or -1.
-int find_server(const RouteTable& t, std::string_view pool, std::string_view authority) noexcept {
-  for (const PoolDef& p : t.pools) {
-    if (p.name != pool) continue;
-    for (std::uint16_t k = 0; k < p.server_count; ++k)
-      if (t.servers[p.first_server + k].authority == authority) return p.first_server + k;
-  }
-  return -1;
-}
-
 // "N" in 1..256 (a compiled weight's range); 0 when it is not.
 std::uint16_t parse_weight(std::string_view v) noexcept {
   if (v.empty() || v.size() > 3) return 0;
@@ -62,7 +52,7 @@ std::string read_admin_token(const std::string& path) {
 
 State admin_control(Exchange* ex) {
   Shared& shared = ex->worker->shared;
-  const RouteTable& t = *shared.config.table;
+  const RouteTable& t = *shared.first->table;
   // /servers/POOL/AUTHORITY/ACTION
   std::string_view rest = ex->head.path.substr(std::string_view("/servers/").size());
   const std::size_t slash1 = rest.find('/');
@@ -93,7 +83,7 @@ State admin_control(Exchange* ex) {
     return admin_answer(ex, 404, kText, "no such server in that pool\n");
   }
   const auto server = static_cast<std::size_t>(found);
-  ServerHealth& h = shared.health[server];
+  ServerHealth& h = live_health(shared, server);
   if (action == "weight") {
     const std::uint16_t w = parse_weight(query_value(ex->head.query, "w"));
     if (w == 0) {

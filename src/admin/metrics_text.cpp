@@ -122,7 +122,7 @@ void render_requests(Writer& w, const RouteTable& t, const Snapshot& s) {
 }
 
 void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
-  const RouteTable& t = *shared.config.table;
+  const RouteTable& t = *shared.first->table;
   // One family with a sample per server (of the pools with active checks only, when `checked`).
   auto per_server = [&](const char* name, const char* type, const char* help, auto sample_value, bool checked = false) {
     w.family(name, type, help);
@@ -147,18 +147,18 @@ void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
   per_server("juggler_server_ejections_total", "counter", "Passive ejections of a server (max_fails reached).",
              [&](std::size_t i) { return s.servers[i].ejections; });
   per_server("juggler_server_drained", "gauge", "1 while the admin keeps a server drained (no new requests).",
-             [&](std::size_t i) { return std::uint64_t{shared.health[i].drained.load(std::memory_order_relaxed)}; });
+             [&](std::size_t i) { return std::uint64_t{live_health(shared, i).drained.load(std::memory_order_relaxed)}; });
   per_server("juggler_server_weight", "gauge", "A server's weight (the admin's, else the compiled one).",
              [&](std::size_t i) { return std::uint64_t{server_weight(shared, i)}; });
   per_server(
       "juggler_server_last_check_timestamp_seconds", "gauge",
       "When a server's latest active check ended (Unix time; 0 before the first).",
-      [&](std::size_t i) { return static_cast<double>(shared.last_check[i].at_ms.load(std::memory_order_relaxed)) / 1000; },
+      [&](std::size_t i) { return static_cast<double>(live_check(shared, i).at_ms.load(std::memory_order_relaxed)) / 1000; },
       true);
   per_server(
       "juggler_server_last_check_success", "gauge", "1 when a server's latest active check passed.",
       [&](std::size_t i) {
-        const Shared::LastCheck& c = shared.last_check[i];
+        const LastCheck& c = live_check(shared, i);
         return std::uint64_t{c.at_ms.load(std::memory_order_relaxed) != 0 && c.result.load(std::memory_order_relaxed) == 0};
       },
       true);
@@ -187,7 +187,7 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
            std::uint64_t{!shared.stopping.load(std::memory_order_relaxed)});
   w.family("juggler_build_info", "gauge", "The version, the routes file compiled in and `set instance`.");
   std::string labels = "version=\"" JUGGLER_VERSION "\",routes=\"";
-  append_escaped(labels, shared.config.table->source);
+  append_escaped(labels, shared.first->table->source);
   labels += "\",instance=\"";
   append_escaped(labels, shared.config.settings.instance);
   w.sample("juggler_build_info", labels + "\"", std::uint64_t{1});
@@ -197,7 +197,7 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
 
 void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out) {
   Writer w{out};
-  render_requests(w, *shared.config.table, snap);
+  render_requests(w, *shared.first->table, snap);
   render_servers(w, shared, snap);
   render_process(w, shared, snap);
 }

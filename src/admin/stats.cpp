@@ -44,7 +44,7 @@ void json_requests(std::string& out, const Snapshot::Requests& r) {
 }
 
 void json_server(std::string& out, const Shared& shared, const Snapshot& s, std::size_t i, std::uint64_t now) {
-  const ServerDef& d = shared.config.table->servers[i];
+  const ServerDef& d = shared.first->table->servers[i];
   out += "{\"address\":";
   json_string(out, d.authority);
   out += ",\"state\":";
@@ -52,7 +52,7 @@ void json_server(std::string& out, const Shared& shared, const Snapshot& s, std:
   out += ",\"weight\":" + std::to_string(server_weight(shared, i)) + ",\"backup\":" + (d.backup ? "true" : "false");
   out += ",\"inflight\":" + std::to_string(s.servers[i].busy()) + ',';
   json_requests(out, s.servers[i].req);
-  const Shared::LastCheck& c = shared.last_check[i];
+  const LastCheck& c = live_check(shared, i);
   const std::uint64_t at = c.at_ms.load(std::memory_order_relaxed);
   out += "\"last_check\":";
   if (at == 0) {
@@ -68,7 +68,7 @@ void json_server(std::string& out, const Shared& shared, const Snapshot& s, std:
 }  // namespace
 
 void render_stats_json(const Shared& shared, const Snapshot& s, std::string& out) {
-  const RouteTable& t = *shared.config.table;
+  const RouteTable& t = *shared.first->table;
   const std::uint64_t now = wall_clock_ms();
   std::uint64_t requests = 0, errors = 0;
   for (std::size_t i = 0; i < s.routes.size(); ++i) {

@@ -33,6 +33,11 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
+  app.add_option("--control", out.control,
+                 "the control socket make reload talks to (default juggler.sock in the folder the balancer "
+                 "starts in; off: none)");
+  app.add_option("--reload", out.reload,
+                 "FILE.so: ask the balancer on --control to swap in this table (built by make reload), then exit");
   // Durations as in routes.def (250ms 10s 2m); each overrides its `set timeout.*`.
   struct TimeoutFlag {
     const char* name;
@@ -141,6 +146,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
               : table.settings.workers ? table.settings.workers
                                        : (cores ? cores : 1);
   c.port_override = opts.port;
+  if (opts.control != "off") c.control_path = opts.control;
   c.https_port_override = opts.https_port;
   auto over = [](std::int64_t v, std::uint32_t& field) {
     if (v > 0) field = static_cast<std::uint32_t>(std::min<std::int64_t>(v, UINT32_MAX));
@@ -206,7 +212,9 @@ const char* kind_name(ListenKind k) {
 std::string describe_config(const Config& c) {
   const RouteTable& t = *c.table;
   std::ostringstream o;
-  o << "routes compiled from " << t.source << "\n\nlisteners\n";
+  o << "routes compiled from " << t.source;
+  if (!t.source_hash.empty()) o << " (sha256 " << t.source_hash << ")";
+  o << "\n\nlisteners\n";
   bool first_http = true, first_https = true;
   for (const ListenerDef& l : t.listeners) {
     // The first http / https listener's port is what --port / --https-port say.

@@ -54,6 +54,10 @@ void exchange_begin(Exchange* ex, Downstream* down, RequestBody* body) {
 
 void exchange_put(Worker& w, Exchange* ex) {
   TimerWheel::disarm(&ex->timer);
+  if (ex->tab) {
+    --ex->tab->pins;
+    ex->tab = nullptr;
+  }
   if (ex->filters) filters_release(ex);
   if (ex->cache) cache_release(ex);
   ex->next_free = w.free_exchanges;
@@ -62,7 +66,7 @@ void exchange_put(Worker& w, Exchange* ex) {
 }
 
 void detach_upstream(Exchange* ex, bool reuse) {
-  ex->worker->balancer.finish(ex->ticket);
+  if (ex->tab) ex->tab->balancer.finish(ex->ticket);
   Upstream* c = ex->up;
   if (!c) return;
   ex->up = nullptr;
@@ -94,18 +98,21 @@ void log_exchange(Exchange* ex) {
   const int pool = ex->route ? ex->route->pool : -1;
   const std::int64_t ttfb_us =
       ex->first_byte_us && ex->start_us ? static_cast<std::int64_t>(ex->first_byte_us - ex->start_us) : -1;
-  w.metrics.exchange_done(ex->route ? ex->route->index : -1, pool, ex->server, ex->status, ex->bytes_out, duration_us,
-                          ttfb_us);
+  const Routing* rt = ex->tab ? &ex->tab->routing : nullptr;  // the table route, pool and server are numbers of
+  const auto row = [](const std::vector<std::int32_t>& rows, int i) { return i >= 0 ? rows[static_cast<std::size_t>(i)] : -1; };
+  w.metrics.exchange_done(ex->route && rt ? row(rt->metric_route, ex->route->index) : -1,
+                          rt ? row(rt->metric_pool, pool) : -1, rt ? row(rt->metric_server, ex->server) : -1,
+                          ex->status, ex->bytes_out, duration_us, ttfb_us);
   if (!w.access_log.enabled()) return;
-  const RouteTable& t = *w.table;  // the one route, pool and server indexes are of
+  const RouteTable* t = rt ? rt->table : nullptr;
   AccessRecord r;
   r.client_ip = ex->down->peer();
   r.request_line = {ex->log_text, ex->log_line_len};
   r.referer = {ex->log_text + ex->log_line_len, ex->log_referer_len};
   r.user_agent = {ex->log_text + ex->log_line_len + ex->log_referer_len, ex->log_agent_len};
   r.route = ex->route ? static_cast<int>(ex->route->index) : -1;
-  if (pool >= 0) r.pool = t.pools[static_cast<std::size_t>(pool)].name;
-  if (ex->server >= 0) r.upstream = t.servers[static_cast<std::size_t>(ex->server)].authority;
+  if (pool >= 0 && t) r.pool = t->pools[static_cast<std::size_t>(pool)].name;
+  if (ex->server >= 0 && t) r.upstream = t->servers[static_cast<std::size_t>(ex->server)].authority;
   r.status = ex->status;
   r.bytes_in = ex->bytes_in;
   r.bytes_out = ex->bytes_out;
@@ -305,7 +312,11 @@ State state_route(Exchange* ex, Event, int) {
   if (ex->req.url().size() > st.uri_bytes) return reply_and_close(ex, 414);
   // PURGE of a URL is the cache's, whichever route the URL has.
   if (ex->head.method == Method::Other && ex->req.method() == HTTP_PURGE && w.shared.cache) return cache_purge(ex);
-  ex->route = w.table->distribute(ex->head);
+  // The exchange keeps the worker's table of this moment to its end (a
+  // reload swaps the worker's pointer, never this one).
+  WorkerTable& t = *(ex->tab = w.tab);
+  ++t.pins;
+  ex->route = t.table->distribute(ex->head);
   if (!ex->route) return reply_error(ex, 404);
   switch (ex->route->action) {
     case Action::Proxy:
@@ -315,7 +326,7 @@ State state_route(Exchange* ex, Event, int) {
       }
       return proxy_begin(ex);
     case Action::Respond: {
-      const Shared::RouteReply& reply = w.shared.route_replies[ex->route->index];
+      const Routing::RouteReply& reply = t.routing.route_replies[ex->route->index];
       return reply_local(ex, ex->route->status, reply.keep, reply.close);
     }
     case Action::Redirect:
@@ -343,12 +354,12 @@ State state_respond(Exchange* ex, Event ev, int arg) {
 }
 
 State proxy_begin(Exchange* ex) {
-  Worker& w = *ex->worker;
+  WorkerTable& t = *ex->tab;
   ex->retries_left = ex->route->retries;
   if (ex->req.upgrade_request()) ex->upgrade = upgrade_token(ex);
-  std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
-  tokens = std::min(tokens + Worker::kRetryEarn, Worker::kRetryCap);
-  w.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
+  std::int32_t& tokens = t.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+  tokens = std::min(tokens + WorkerTable::kRetryEarn, WorkerTable::kRetryCap);
+  t.balancer.begin(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->ticket);
   return State::Connect;
 }
 

@@ -137,6 +137,9 @@ struct Exchange : ExchangeState {
   ExchangeState& state() noexcept { return *this; }
 
   Worker* worker = nullptr;
+  // The worker's table when the request was routed (pinned until exchange_put):
+  // ex->route, ex->server and the balancer ticket are numbered by it.
+  WorkerTable* tab = nullptr;
   TimerNode timer;   // connect timeout, then whichever party the exchange waits for
   MessageParser req;
   MessageParser resp;

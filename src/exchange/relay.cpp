@@ -64,7 +64,7 @@ bool flush_upstream(Exchange* ex, bool with_head) {
 bool send_request(Exchange* ex) {
   Upstream* c = ex->up;
   Worker& w = *ex->worker;
-  w.balancer.sent(ex->ticket, ex->server);
+  ex->tab->balancer.sent(ex->ticket, ex->server);
   restart_response_parser(ex);
   ex->first_byte_us = 0;  // TTFB is the answering attempt's
   if (ex->attempts > 1) ex->body->rewind();  // a retry sends it all again
@@ -87,7 +87,7 @@ bool upstream_written(Exchange* ex, int status) {
     // The server went away while taking the request; the read side will see
     // the reset or EOF and decide between retry and 502.
     log(LogLevel::Debug, "write to %.*s failed: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[ex->up->server]), uv_strerror(status));
+        JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[ex->up->server]), uv_strerror(status));
     return false;
   }
   ex->progress_ms = ex->worker->now_ms();
@@ -104,7 +104,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
   std::string_view extra = conn;
   if (ex->ticket.minted || ex->cache) {
     std::size_t n = 0;
-    if (ex->ticket.minted) n = ex->worker->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
+    if (ex->ticket.minted) n = ex->tab->balancer.response_lines(ex->ticket, ex->resp_extra, sizeof ex->resp_extra);
     for (std::string_view line : {ex->cache ? cache_status_line(ex) : std::string_view(), conn}) {
       const std::size_t k = std::min(line.size(), sizeof ex->resp_extra - n);
       if (k) std::memcpy(ex->resp_extra + n, line.data(), k);
@@ -155,11 +155,11 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   if (ev == ParseEvent::NeedMore) {
     c->parse_pos = c->in_len;
     if (c->in_len < c->in->cap) return HeadStep::NeedMore;
-    log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]));
+    log(LogLevel::Warn, "response head from %.*s too large", JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]));
     return broken_head(ex);
   }
   if (ev == ParseEvent::Error) {
-    log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
+    log(LogLevel::Warn, "bad response from %.*s: %s", JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]),
         ex->resp.error_reason());
     return broken_head(ex);
   }
@@ -183,8 +183,8 @@ HeadStep response_head(Exchange* ex, unsigned* n, const char** fwd) {
   }
   ex->status = status;
   ex->term = {};  // a response began: failed attempts before it are history
-  passive_success(w.shared.health[static_cast<std::size_t>(ex->server)]);
-  w.balancer.response(ex->ticket, w.now_ms());
+  passive_success(ex->tab->routing.health[static_cast<std::size_t>(ex->server)]);
+  ex->tab->balancer.response(ex->ticket, w.now_ms());
   if (ex->cache_entry && cache_takes_over(ex, status)) return HeadStep::Cached;
   if (ex->resp.body_until_close()) ex->client_close = true;
   bool raw = false;
@@ -286,7 +286,7 @@ ParseEvent feed_response_body(Exchange* ex) {
   const ParseEvent ev = ex->resp.feed(c->in->data + c->parse_pos, c->in_len - c->parse_pos, &used);
   if (ev == ParseEvent::Error) {
     log(LogLevel::Warn, "bad response body from %.*s: %s",
-        JUGGLER_SERVER_ARGS(ex->worker->shared.config.table->servers[c->server]), ex->resp.error_reason());
+        JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]), ex->resp.error_reason());
     ex->term = {Who::Server, When::Body, false, UV_EPROTO};
     return ev;
   }

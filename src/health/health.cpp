@@ -135,7 +135,8 @@ HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, Heal
     if (!pool.health.enabled) continue;
     auto p = std::make_unique<Probe>(Probe{this, static_cast<std::uint16_t>(i), &s, &pool, {},
                                            health_request(pool.health, s.authority),
-                                           HealthState(pool.health.rise, pool.health.fall),
+                                           HealthState(pool.health.rise, pool.health.fall,
+                                                       !health_[i].down.load(std::memory_order_relaxed)),
                                            EjectionWatch(pool.health.rise), 0});
     if (!socket_address(s.host, s.port, p->addr))
       throw std::runtime_error("health check: bad server address '" + std::string(s.host) + "'");
@@ -151,6 +152,11 @@ HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, Heal
 }
 
 HealthChecker::~HealthChecker() { stop(); }
+
+void HealthChecker::check_first(std::uint16_t server) noexcept {
+  for (auto& p : probes_)
+    if (p->server == server) p->first_delay_ms = 0;
+}
 
 void HealthChecker::start() {
   if (started_ || probes_.empty()) return;

@@ -30,6 +30,7 @@ namespace juggler {
 struct UpgradeTunnel final : TunnelOwner {
   Tunnel tunnel;
   Worker* worker = nullptr;
+  WorkerTable* tab = nullptr;  // pinned to the end: route, pool and server are numbers of its table
   ClientSession* session = nullptr;
   UpstreamConn* server = nullptr;
   UpgradeTunnel* prev = nullptr;  // the worker's upgraded connections (L4Worker::upgraded)
@@ -76,6 +77,8 @@ void http1_upgrade(Exchange* ex) {
   L4Worker& l4 = l4_worker(w);
   auto* u = new UpgradeTunnel();
   u->worker = &w;
+  u->tab = ex->tab;
+  ++u->tab->pins;
   u->session = s;
   u->server = c;
   if (w.access_log.enabled()) {
@@ -117,7 +120,7 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   Worker& w = *worker;
   L4Worker& l4 = *w.l4;
   if (w.access_log.enabled()) {
-    const RouteTable& table = *w.table;
+    const RouteTable& table = *tab->routing.table;
     AccessRecord r;
     r.kind = "websocket";
     r.client_ip = session->peer();
@@ -139,9 +142,10 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   else l4.upgraded = next;
   if (next) next->prev = prev;
   --l4.upgraded_count;
-  ++w.metrics.server[server->server].conn_closed;
+  ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;
   session->on_stream_closed();  // back to the free list
+  --tab->pins;
   delete this;
 }
 

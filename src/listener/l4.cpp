@@ -15,6 +15,7 @@ struct L4Conn final : TunnelOwner {
   Stream streams[2];  // the tunnel's sides: the client's, the server's
   Tunnel tunnel;
   Worker* worker = nullptr;
+  WorkerTable* tab = nullptr;  // pinned from accept to close: pool, server and ticket are numbered by it
   BalanceTicket ticket;
   Tried tried;
   int server = -1;  // the server of the current attempt
@@ -39,7 +40,7 @@ namespace {
 constexpr std::uint32_t kKeepFree = 256;
 const RequestHead kNoHead{};  // what an L4 pick sees of "the request": nothing (key=ip uses the address)
 
-const PoolDef& pool_of(const L4Conn* c) { return c->worker->shared.config.table->pools[c->pool]; }
+const PoolDef& pool_of(const L4Conn* c) { return c->tab->routing.table->pools[c->pool]; }
 
 // Picks the next server not tried yet and connects to it; none left (or too
 // many attempts): the client connection is closed.
@@ -47,7 +48,7 @@ void connect_next(L4Conn* c) {
   Worker& w = *c->worker;
   const PoolDef& pool = pool_of(c);
   const PickContext ctx{{c->ip, c->ip_len}, {}, w.now_ms()};
-  const int s = c->attempts > pool.server_count ? -1 : w.balancer.pick(c->pool, kNoHead, c->tried, ctx);
+  const int s = c->attempts > pool.server_count ? -1 : c->tab->balancer.pick(c->pool, kNoHead, c->tried, ctx);
   if (s < 0 || w.draining) {
     log(LogLevel::Info, "L4: no server of pool %.*s left for %.*s", static_cast<int>(pool.name.size()),
         pool.name.data(), c->ip_len, c->ip);
@@ -56,7 +57,7 @@ void connect_next(L4Conn* c) {
   }
   c->server = s;
   ++c->attempts;
-  c->tunnel.connect(reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[static_cast<std::size_t>(s)]),
+  c->tunnel.connect(reinterpret_cast<const sockaddr*>(&c->tab->routing.server_addrs[static_cast<std::size_t>(s)]),
                     settings(w).connect_timeout_ms);
 }
 
@@ -77,8 +78,7 @@ void set_preface(L4Conn* c, const ProxyHeader* in) {
 // `route sni` lines choose the pool; none matches: the connection closes.
 void on_server_name(void* owner, std::string_view name) {
   auto* c = static_cast<L4Conn*>(owner);
-  Worker& w = *c->worker;
-  const int pool = w.shared.config.table->sni(name);
+  const int pool = c->tab->table->sni(name);
   if (pool < 0) {
     log(LogLevel::Info, "L4: no route sni for '%.*s' from %.*s", static_cast<int>(name.size()), name.data(),
         c->ip_len, c->ip);
@@ -87,7 +87,7 @@ void on_server_name(void* owner, std::string_view name) {
   }
   c->pool = static_cast<std::uint16_t>(pool);
   set_preface(c, nullptr);
-  w.balancer.begin(c->pool, kNoHead, c->ticket);
+  c->tab->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
 
@@ -95,7 +95,7 @@ void on_server_name(void* owner, std::string_view name) {
 void on_proxy_header(void* owner, const ProxyHeader& h) {
   auto* c = static_cast<L4Conn*>(owner);
   set_preface(c, &h);
-  c->worker->balancer.begin(c->pool, kNoHead, c->ticket);
+  c->tab->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
 
@@ -113,7 +113,11 @@ L4Worker::~L4Worker() {
 }
 
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls) {
-  const auto pool = static_cast<std::uint16_t>(def.pool);
+  // `def` is the first table's; a reload keeps the listeners as they are
+  // (src/runtime/reload.cpp), so the same line of the current table names
+  // the pool by this table's number.
+  const auto line = static_cast<std::size_t>(&def - w.shared.first->table->listeners.data());
+  const auto pool = static_cast<std::uint16_t>(w.tab->table->listeners[line].pool);
   L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
   if (c) {
@@ -125,6 +129,8 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
     c = new L4Conn();
   }
   c->worker = &w;
+  c->tab = w.tab;
+  ++c->tab->pins;
   c->pool = pool;
   c->start_us = now_us();
   c->next = l4.live;
@@ -148,22 +154,22 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
     return;
   }
   set_preface(c, nullptr);
-  w.balancer.begin(pool, kNoHead, c->ticket);
+  c->tab->balancer.begin(pool, kNoHead, c->ticket);
   connect_next(c);
 }
 
 void L4Conn::on_tunnel_connected(Tunnel& t, int status) noexcept {
   Worker& w = *worker;
-  ServerHealth& h = w.shared.health[static_cast<std::size_t>(server)];
-  const ServerDef& sd = w.shared.config.table->servers[static_cast<std::size_t>(server)];
+  ServerHealth& h = tab->routing.health[static_cast<std::size_t>(server)];
+  const ServerDef& sd = tab->routing.table->servers[static_cast<std::size_t>(server)];
   if (status == 0) {
     passive_success(h);
-    w.balancer.sent(ticket, server);  // in flight (least_conn) until the tunnel closes
+    tab->balancer.sent(ticket, server);  // in flight (least_conn) until the tunnel closes
     return;
   }
   const PoolDef& p = pool_of(this);
   log(LogLevel::Info, "L4 connect to %.*s failed: %s", JUGGLER_SERVER_ARGS(sd), uv_strerror(status));
-  server_failure(w, static_cast<std::uint16_t>(server), p, uv_strerror(status));
+  server_failure(w, *tab, static_cast<std::uint16_t>(server), p, uv_strerror(status));
   tried.add(static_cast<std::uint32_t>(server) - p.first_server);
   if (t.state() == Tunnel::State::Connecting) connect_next(this);
 }
@@ -172,7 +178,7 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
   Worker& w = *worker;
   L4Worker& l4 = *w.l4;
   if (w.access_log.enabled()) {
-    const RouteTable& table = *w.table;
+    const RouteTable& table = *tab->routing.table;  // the table pool and server are numbers of
     AccessRecord r;
     r.kind = "tcp";
     r.tls = t.client().tls_version();  // listen tls: the terminated side's version
@@ -187,7 +193,9 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
     Tunnel::end_letters(t.end(), attempts > 0, r.term);
     w.access_log.record(r);
   }
-  w.balancer.finish(ticket);
+  tab->balancer.finish(ticket);
+  --tab->pins;
+  tab = nullptr;
   proxy.release();  // closed before the header was complete
   sni.release();    // ...or the ClientHello
   if (prev) prev->next = next;

@@ -42,10 +42,10 @@ void accept_one(ListenerCtx* lc, uv_stream_t* server) {
     return;
   }
   if (lc->def->kind == ListenKind::Tcp || lc->def->kind == ListenKind::Tls) {
-    l4_accept(*w, server, *lc->def, lc->tls ? lc->tls->default_ctx() : nullptr);
+    l4_accept(*w, server, *lc->def, lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr);
     return;
   }
-  client_accept(*w, server, lc->tls ? lc->tls->default_ctx() : nullptr, lc->def->proxy_protocol);
+  client_accept(*w, server, lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr, lc->def->proxy_protocol);
 }
 
 void on_prepare(uv_prepare_t* h) {

@@ -9,7 +9,9 @@ namespace juggler {
 // when it is an https listener; and the state of its accept pacing.
 struct ListenerCtx {
   Worker* worker;
-  TlsContext* tls;  // null for plain http
+  // An https listener's certificates, which a reload may replace (the main
+  // thread stores, the next accept loads); null for plain http.
+  const std::atomic<TlsContext*>* tls;
   const ListenerDef* def;  // its listen statement (kind, pool, proxy_protocol)
   uv_stream_t* server = nullptr;
   // Accept pacing (listener.cpp, kAcceptsPerTurn): past the turn's quota, a

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   Options opts;
   if (int rc = parse_options(argc, argv, table, opts); rc >= 0) return rc;
   set_log_level(opts.log_level);
+  if (!opts.reload.empty()) return reload_client(opts.control, opts.reload);
   try {
     Config config = make_config(table, opts);
     std::string missing = unsupported_features(table);

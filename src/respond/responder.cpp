@@ -98,10 +98,10 @@ State reply_redirect(Exchange* ex) {
     return send_redirect(ex, {"https://", ex->head.host, port, target});
   }
   const PickContext ctx{ex->down->peer(), {}, w.now_ms()};
-  const int s = w.balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
+  const int s = ex->tab->balancer.pick(static_cast<std::uint16_t>(r.pool), ex->head, ex->tried, ctx);
   if (s < 0) return reply_error(ex, 503);
   ex->server = s;
-  return send_redirect(ex, {"http://", w.shared.config.table->servers[static_cast<std::size_t>(s)].authority, target});
+  return send_redirect(ex, {"http://", ex->tab->routing.table->servers[static_cast<std::size_t>(s)].authority, target});
 }
 
 }  // namespace juggler

@@ -36,24 +36,24 @@
 #include "http1/upgrade.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
+#include "runtime/reload.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
 #include "juggler/worker.hpp"
 
 namespace juggler {
 
-Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd)
+Worker::Worker(Shared& s, std::uint32_t i, int access_log_fd, Routing& routing, const RouteTable& dispatch)
     : shared(s),
       id(i),
-      table(s.config.table),
       loop(),
       buffers(static_cast<std::uint32_t>(std::max<std::uint64_t>(16384, s.config.settings.header_bytes + 1024)), 4096, 64),
-      balancer(*s.config.table, s.health.get(), i),
       access_log(access_log_fd, s.config.settings.access_log_format),
       wheel(uv_hrtime() / 1000000),
-      idle(s.config.table->servers.size()),
-      retry_tokens(s.config.table->pools.size(), kRetryCap / 2),
-      metrics(s.config.table->routes.size(), s.config.table->pools.size(), s.config.table->servers.size()) {}
+      metrics(s.first->table->routes.size(), s.first->table->pools.size(), s.first->table->servers.size()) {
+  tables.push_back(std::make_unique<WorkerTable>(routing, dispatch, i));
+  tab = tables.back().get();
+}
 
 Worker::~Worker() = default;
 
@@ -102,6 +102,24 @@ int bind_one(const std::string& host, std::uint16_t port, std::string_view sourc
   return fd;
 }
 
+// What a certificate reload compares: the files' identity, size and
+// modification time (a renewal writes a new file or rewrites one).
+std::string files_stamp(const RouteTable& t, const ListenerDef& l) {
+  std::string stamp;
+  for (std::uint16_t i = 0; i < l.cert_count; ++i) {
+    for (std::string_view f : {t.certs[l.first_cert + i].cert_file, t.certs[l.first_cert + i].key_file}) {
+      struct stat st {};
+      if (::stat(std::string(f).c_str(), &st) != 0) {
+        stamp += "missing;";
+        continue;
+      }
+      stamp += std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
+               std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
+    }
+  }
+  return stamp;
+}
+
 std::uint16_t bound_port(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -113,11 +131,13 @@ std::uint16_t bound_port(int fd) {
 struct WorkerThread {
   std::unique_ptr<Worker> worker;
   std::vector<int> fds;
-  std::vector<TlsContext*> fd_tls;  // per fd: its https context, or null
+  std::vector<const std::atomic<TlsContext*>*> fd_tls;  // per fd: its https context, or null
   std::vector<const ListenerDef*> fd_def;  // per fd: its listen statement
   std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
   std::vector<std::unique_ptr<uv_tcp_t>> listeners;
   uv_async_t stop;
+  uv_async_t reload;  // a new Routing is in Shared::live
+  Reloader* reloader = nullptr;
   uv_timer_t tick;
   std::thread thread;
   std::uint32_t ticks = 0;
@@ -189,6 +209,7 @@ void finish_worker(WorkerThread* t) {
   cache_worker_done(w);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
+  uv_close(reinterpret_cast<uv_handle_t*>(&t->reload), nullptr);
 }
 
 // ---------------------------------------------------------------- memory returns
@@ -278,6 +299,7 @@ void on_tick(uv_timer_t* h) {
   if (++t->ticks % kHousekeepingTicks == 0) {
     upstream_sweep(w, false);
     trim_pools(w);
+    if (w.tables.size() > 1 && worker_release_tables(w) && t->reloader) t->reloader->released();
   }
   if (t->stopping && l4_count(w) && w.now_ms() - t->stop_ms >= l4_drain_ms(w)) l4_close_all(w);
   if (t->stopping && w.session_count == 0 && l4_count(w) == 0) finish_worker(t);
@@ -300,6 +322,13 @@ void prepare_worker(WorkerThread* t) {
     if (th->worker->session_count == 0 && l4_count(*th->worker) == 0) finish_worker(th);
   });
   t->stop.data = t;
+  uv_async_init(&w.loop, &t->reload, [](uv_async_t* a) {
+    auto* th = static_cast<WorkerThread*>(a->data);
+    Routing* r = th->worker->shared.live.load(std::memory_order_acquire);
+    if (!th->done && r && &th->worker->tab->routing != r) worker_swap(*th->worker, *r);
+    th->reloader->swapped();
+  });
+  t->reload.data = t;
   uv_timer_init(&w.loop, &t->tick);
   t->tick.data = t;
   cache_worker_init(w);  // a no-op without a cache
@@ -335,6 +364,7 @@ void worker_main(WorkerThread* t) {
 struct SignalState {
   std::vector<WorkerThread>* threads;
   Shared* shared;
+  Reloader* reloader;
   std::uint32_t traffic;  // threads[0, traffic) serve traffic
   int count;
   bool admin_stopped;
@@ -358,6 +388,7 @@ void on_stop_signal(uv_signal_t* h, int signum) {
     std::_Exit(1);
   }
   st->shared->stopping.store(true, std::memory_order_relaxed);
+  st->reloader->close();  // no reload while the workers drain
   log(LogLevel::Info, "signal %d: not ready; draining in %u ms (up to %u ms; send it again to exit at once)", signum,
       st->delay_ms, st->drain_ms);
   uv_timer_start(&st->delay_timer, start_drain, st->delay_ms, 0);
@@ -390,21 +421,7 @@ int run(const Config& config) {
 
   Shared shared;
   shared.config = config;
-  shared.health = std::make_unique<ServerHealth[]>(table.servers.size());
-  shared.last_check = std::make_unique<Shared::LastCheck[]>(table.servers.size());
-  for (const ServerDef& s : table.servers) shared.server_addrs.push_back(make_addr(s.host, s.port));
-  for (const RouteDef& r : table.routes) {
-    if (r.action != Action::Respond) {
-      shared.route_replies.emplace_back();
-      continue;
-    }
-    std::string head = "HTTP/1.1 " + std::to_string(r.status) + " " + std::string(status_reason(r.status)) +
-                       "\r\nContent-Length: 0\r\n";
-    Shared::RouteReply reply{head, head};
-    reply.keep.append("\r\n");
-    reply.close.append("Connection: close\r\n\r\n");
-    shared.route_replies.push_back(std::move(reply));
-  }
+  shared.first = make_routing(table, nullptr);
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);
   shared.cache = make_cache_store(config.settings);
@@ -423,15 +440,22 @@ int run(const Config& config) {
   std::vector<WorkerThread> threads(n);
   std::vector<std::string> announce;
   // TLS contexts first: a bad certificate stops start-up before any bind.
+  // A reload re-reads them when their files changed (rotate_certs below); the
+  // replaced ones are kept, as a handshake in flight may still call into one.
   std::vector<std::unique_ptr<TlsContext>> tls_contexts;
+  auto tls_live = std::make_unique<std::atomic<TlsContext*>[]>(table.listeners.size());
+  std::vector<std::string> tls_stamps(table.listeners.size());
   bool first_http = true, first_https = true;
   for (const ListenerDef& l : table.listeners) {
     const bool https = l.kind == ListenKind::Https, tcp = l.kind == ListenKind::Tcp;
     const bool tls_l4 = l.kind == ListenKind::Tls;
-    TlsContext* tls = nullptr;
+    const std::atomic<TlsContext*>* tls = nullptr;
     if (https || tls_l4) {
+      const std::size_t k = static_cast<std::size_t>(&l - table.listeners.data());
+      tls_stamps[k] = files_stamp(table, l);
       tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
-      tls = tls_contexts.back().get();
+      tls_live[k].store(tls_contexts.back().get());
+      tls = &tls_live[k];
     }
     std::uint16_t port = l.port;
     // --port and --https-port move the first http and https listener (tcp
@@ -482,28 +506,50 @@ int run(const Config& config) {
   g_workers_left = static_cast<int>(threads.size());
   set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
 
+  // Reloads (reload.hpp) reach the traffic workers through their `reload`
+  // handle; the admin worker keeps the first table (its pages are numbered by it).
+  Reloader reloader(&main_loop, shared, n, [&threads, &shared, n](Routing& r) {
+    shared.live.store(&r, std::memory_order_release);
+    for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
+  });
+  // Certificate rotation: the https listeners whose files changed get new
+  // contexts (a bad file refuses the reload); listeners are the same lines.
+  reloader.set_cert_rotation([&](const RouteTable& next) -> std::string {
+    std::vector<std::pair<std::size_t, std::unique_ptr<TlsContext>>> fresh;
+    for (std::size_t k = 0; k < next.listeners.size(); ++k) {
+      const ListenerDef& l = next.listeners[k];
+      if (l.kind != ListenKind::Https || files_stamp(next, l) == tls_stamps[k]) continue;
+      try {
+        fresh.emplace_back(k, std::make_unique<TlsContext>(next, l));
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+    }
+    for (auto& [k, ctx] : fresh) {
+      tls_stamps[k] = files_stamp(next, next.listeners[k]);
+      tls_live[k].store(ctx.get(), std::memory_order_release);
+      log(LogLevel::Info, "%s:%u: listen https: certificates re-read", std::string(next.source).c_str(),
+          next.listeners[k].line);
+      tls_contexts.push_back(std::move(ctx));
+    }
+    return {};
+  });
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
     const bool admin = i == n;
-    threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd);
-    if (admin) threads[i].worker->table = &admin_routes;
-    else shared.workers.push_back(threads[i].worker.get());
+    threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd, *shared.first,
+                                                 admin ? admin_routes : table);
+    threads[i].reloader = &reloader;
+    if (!admin) shared.workers.push_back(threads[i].worker.get());
     prepare_worker(&threads[i]);
   }
   for (auto& t : threads) t.thread = std::thread(worker_main, &t);
   // Active health checks: one thread for the whole process, publishing into
-  // shared.health (declared after it, so it stops first). It keeps running
-  // while the workers drain, so retries still avoid dead servers.
-  HealthCallbacks on_health;
-  on_health.on_check = [&shared](std::uint16_t server, CheckResult result, int status) {
-    Shared::LastCheck& c = shared.last_check[server];
-    c.result.store(static_cast<std::uint8_t>(result), std::memory_order_relaxed);
-    c.status.store(static_cast<std::uint16_t>(status), std::memory_order_relaxed);
-    c.at_ms.store(wall_clock_ms(), std::memory_order_relaxed);
-  };
-  HealthChecker checker(table, shared.health.get(), std::move(on_health));
-  checker.start();
+  // the live table's ServerHealth. They keep running while the workers
+  // drain, so retries still avoid dead servers.
+  reloader.start_checks();
+  reloader.listen(config.control_path);
 
-  SignalState sig{&threads, &shared, n, 0, false, {}, {}, config.settings.drain_delay_ms,
+  SignalState sig{&threads, &shared, &reloader, n, 0, false, {}, {}, config.settings.drain_delay_ms,
                   config.settings.drain_timeout_ms};
   uv_timer_init(&main_loop, &sig.delay_timer);
   uv_timer_init(&main_loop, &sig.drain_timer);
@@ -531,8 +577,11 @@ int run(const Config& config) {
   // A worker could have finished before the wakeup handle was armed.
   if (g_workers_left.load() > 0) uv_run(&main_loop, UV_RUN_DEFAULT);
   for (auto& t : threads) t.thread.join();
-  checker.stop();
+  reloader.stop_checks();
+  // The workers' tables go before the Routings they point at.
+  for (auto& t : threads) t.worker.reset();
   g_main_wakeup = nullptr;
+  reloader.close();
   uv_close(reinterpret_cast<uv_handle_t*>(&wakeup), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigterm), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&sigint), nullptr);

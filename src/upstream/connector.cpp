@@ -39,15 +39,16 @@ bool idempotent(Method m) {
 // kept-alive connection it had closed under us: a race, not its fault.
 void count_server_failure(Exchange* ex, bool reused, const Termination& t) {
   if (reused) return;
-  const PoolDef& pool = ex->worker->shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
-  server_failure(*ex->worker, static_cast<std::uint16_t>(ex->server), pool, t.timeout ? "timed out" : uv_strerror(t.err));
+  const PoolDef& pool = ex->tab->routing.table->pools[static_cast<std::size_t>(ex->route->pool)];
+  server_failure(*ex->worker, *ex->tab, static_cast<std::uint16_t>(ex->server), pool, t.timeout ? "timed out" : uv_strerror(t.err));
 }
 
 // Whether the failed attempt goes to another server (or, for a kept-alive
 // connection the server had closed, to a fresh one): true when it will.
 bool retry(Exchange* ex, bool reused) {
   Worker& w = *ex->worker;
-  const PoolDef& pool = w.shared.config.table->pools[static_cast<std::size_t>(ex->route->pool)];
+  WorkerTable& tab = *ex->tab;
+  const PoolDef& pool = tab.routing.table->pools[static_cast<std::size_t>(ex->route->pool)];
   const std::uint32_t pos = static_cast<std::uint32_t>(ex->server) - pool.first_server;
   if (!ex->body->replayable() || ex->attempts >= pool.server_count + 3) return false;
   if (ex->term.when == When::Connect) {
@@ -62,13 +63,13 @@ bool retry(Exchange* ex, bool reused) {
   // idempotent request whose server closed or reset before answering (sent
   // to another server).
   const bool wanted = reused || (idempotent(ex->head.method) && ex->retries_left > 0);
-  std::int32_t& tokens = w.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
+  std::int32_t& tokens = tab.retry_tokens[static_cast<std::size_t>(ex->route->pool)];
   if (!wanted) return false;
-  if (tokens < Worker::kRetryCost) {
+  if (tokens < WorkerTable::kRetryCost) {
     ++w.retries_denied;
     return false;
   }
-  tokens -= Worker::kRetryCost;
+  tokens -= WorkerTable::kRetryCost;
   ++w.retries;
   if (!reused) {
     --ex->retries_left;
@@ -103,7 +104,7 @@ State fail(Exchange* ex, Termination t) {
 State connect_upstream(Exchange* ex) {
   Worker& w = *ex->worker;
   const PickContext ctx{ex->down->peer(), ex->ticket.minted_cookie(), w.now_ms()};
-  const int s = w.balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
+  const int s = ex->tab->balancer.pick(static_cast<std::uint16_t>(ex->route->pool), ex->head, ex->tried, ctx);
   if (s < 0) {
     // Nobody left to try: 503 when nobody was usable at all, else the last
     // attempt's failure stands (502).
@@ -129,7 +130,7 @@ State state_connect(Exchange* ex, Event ev, int arg) {
     case Event::Connected:
       return arg < 0 ? fail(ex, {Who::Server, When::Connect, false, arg}) : State::Send;
     case Event::Timer: {
-      const std::string_view server = ex->worker->shared.config.table->servers[ex->up->server].authority;
+      const std::string_view server = ex->tab->routing.table->servers[ex->up->server].authority;
       log(LogLevel::Info, "connect to %.*s timed out", static_cast<int>(server.size()), server.data());
       return fail(ex, {Who::Server, When::Connect, true, UV_ETIMEDOUT});
     }
@@ -148,9 +149,8 @@ State exchange_fail(Exchange* ex) {
   const Termination t = ex->term;
   const Upstream* c = ex->up;
   const bool reused = c && c->reused;
-  Worker& w = *ex->worker;
   if (c && t.who == Who::Server && !t.timeout)
-    log(LogLevel::Debug, "server %.*s failed: %s", JUGGLER_SERVER_ARGS(w.shared.config.table->servers[c->server]),
+    log(LogLevel::Debug, "server %.*s failed: %s", JUGGLER_SERVER_ARGS(ex->tab->routing.table->servers[c->server]),
         uv_strerror(t.err));
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
@@ -177,7 +177,7 @@ State exchange_timer(Exchange* ex, State self) {
   Worker& w = *ex->worker;
   const Upstream* c = ex->up;
   if (!c) return self;
-  const std::string_view server = w.shared.config.table->servers[c->server].authority;
+  const std::string_view server = ex->tab->routing.table->servers[c->server].authority;
   const bool began = self == State::Relay || self == State::Finish;
   const Party party = waiting_on(ex, began);
   const std::uint32_t limit =

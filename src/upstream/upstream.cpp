@@ -9,13 +9,23 @@ namespace juggler {
 namespace {
 
 void unlink_idle(UpstreamConn* c) noexcept {
-  IdleList& l = c->worker->idle[c->server];
+  IdleList& l = c->tab->idle[c->server];
   if (c->prev) c->prev->next = c->next;
   else if (l.head == c) l.head = c->next;
   else return;  // not on the list
   if (c->next) c->next->prev = c->prev;
   c->prev = c->next = nullptr;
   --l.count;
+  --c->worker->metrics.server[static_cast<std::size_t>(c->metric)].idle;
+}
+
+void link_idle(UpstreamConn* c, IdleList& l) noexcept {
+  c->prev = nullptr;
+  c->next = l.head;
+  if (l.head) l.head->prev = c;
+  l.head = c;
+  ++l.count;
+  ++c->worker->metrics.server[static_cast<std::size_t>(c->metric)].idle;
 }
 
 }  // namespace
@@ -84,43 +94,46 @@ void UpstreamConn::on_stream_connected(int status) noexcept {
 
 void UpstreamConn::on_stream_closed() noexcept { delete this; }
 
-void server_failure(Worker& w, std::uint16_t server, const PoolDef& pool, const char* why) noexcept {
-  ServerHealth& h = w.shared.health[server];
+void server_failure(Worker& w, WorkerTable& t, std::uint16_t server, const PoolDef& pool, const char* why) noexcept {
+  ServerHealth& h = t.routing.health[server];
   if (!passive_failure(h, pool, w.now_ms())) return;
-  ++w.metrics.server[server].ejections;
-  const ServerDef& sd = w.shared.config.table->servers[server];
+  ++w.metrics.server[static_cast<std::size_t>(t.routing.metric_server[server])].ejections;
+  const ServerDef& sd = t.routing.table->servers[server];
   log(LogLevel::Warn, "server %.*s in pool %.*s ejected for %llu ms: %s", JUGGLER_SERVER_ARGS(sd),
       static_cast<int>(pool.name.size()), pool.name.data(),
       static_cast<unsigned long long>(h.ejected_until_ms.load() - w.now_ms()), why);
 }
 
 Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, int* rc) {
-  UpstreamConn* c = upstream_take_idle(w, server);
+  WorkerTable& t = *ex->tab;
+  UpstreamConn* c = upstream_take_idle(w, t, server);
   if (!c) {
-    c = upstream_new(w, server);
-    const auto* addr = reinterpret_cast<const sockaddr*>(&w.shared.server_addrs[server]);
+    c = upstream_new(w, t, server);
+    const auto* addr = reinterpret_cast<const sockaddr*>(&t.routing.server_addrs[server]);
     *rc = c->stream.connect(addr);
   }
   c->ex = ex;
   return c;
 }
 
-UpstreamConn* upstream_take_idle(Worker& w, std::uint16_t server) noexcept {
-  IdleList& l = w.idle[server];
+UpstreamConn* upstream_take_idle(Worker& w, WorkerTable& t, std::uint16_t server) noexcept {
+  IdleList& l = t.idle[server];
   UpstreamConn* c = l.head;
   if (!c) return nullptr;
   unlink_idle(c);
   c->reused = true;
-  ++w.metrics.server[server].conn_reused;
+  ++w.metrics.server[static_cast<std::size_t>(c->metric)].conn_reused;
   return c;
 }
 
-UpstreamConn* upstream_new(Worker& w, std::uint16_t server) {
+UpstreamConn* upstream_new(Worker& w, WorkerTable& t, std::uint16_t server) {
   auto* c = new UpstreamConn();
   c->worker = &w;
   c->server = server;
+  c->tab = &t;
+  c->metric = t.routing.metric_server[server];
   c->stream.init(w.streams, c);
-  ++w.metrics.server[server].conn_new;
+  ++w.metrics.server[static_cast<std::size_t>(c->metric)].conn_new;
   return c;
 }
 
@@ -130,8 +143,8 @@ void upstream_release(UpstreamConn* c) noexcept {
   c->in_len = c->parse_pos = 0;
   w.put_buffer(c->in);
   c->in = nullptr;
-  IdleList& l = w.idle[c->server];
-  if (w.draining || l.count >= kMaxIdlePerServer || c->write_pending) {
+  IdleList& l = c->tab->idle[c->server];
+  if (w.draining || c->tab != w.tab || l.count >= kMaxIdlePerServer || c->write_pending) {
     upstream_close(c);
     return;
   }
@@ -143,16 +156,12 @@ void upstream_release(UpstreamConn* c) noexcept {
     }
   }
   c->idle_since_ms = w.now_ms();
-  c->prev = nullptr;
-  c->next = l.head;
-  if (l.head) l.head->prev = c;
-  l.head = c;
-  ++l.count;
+  link_idle(c, l);
 }
 
 void upstream_close(UpstreamConn* c) noexcept {
   if (c->stream.closing()) return;
-  ++c->worker->metrics.server[c->server].conn_closed;
+  ++c->worker->metrics.server[static_cast<std::size_t>(c->metric)].conn_closed;
   unlink_idle(c);
   c->ex = nullptr;
   c->worker->put_buffer(c->in);
@@ -162,13 +171,34 @@ void upstream_close(UpstreamConn* c) noexcept {
 
 void upstream_sweep(Worker& w, bool all) noexcept {
   const std::uint64_t now = w.now_ms();
-  for (IdleList& l : w.idle) {
+  for (IdleList& l : w.tab->idle) {
     // The list is LIFO: the oldest are at the tail, but lists are short; walk it.
     UpstreamConn* c = l.head;
     while (c) {
       UpstreamConn* next = c->next;
       if (all || now - c->idle_since_ms >= kUpstreamIdleTimeoutMs) upstream_close(c);
       c = next;
+    }
+  }
+}
+
+void upstream_move_idle(Worker& w, WorkerTable& from, WorkerTable& to) noexcept {
+  const RouteTable& a = *from.routing.table;
+  const RouteTable& b = *to.routing.table;
+  for (std::size_t i = 0; i < from.idle.size(); ++i) {
+    const ServerDef& s = a.servers[i];
+    const int j = find_server(b, a.pools[s.pool].name, s.authority);
+    while (UpstreamConn* c = from.idle[i].head) {
+      if (j < 0 || w.draining) {
+        upstream_close(c);
+        continue;
+      }
+      unlink_idle(c);
+      IdleList& l = to.idle[static_cast<std::size_t>(j)];
+      c->tab = &to;
+      c->server = static_cast<std::uint16_t>(j);
+      c->metric = to.routing.metric_server[static_cast<std::size_t>(j)];
+      link_idle(c, l);
     }
   }
 }

@@ -110,10 +110,8 @@ struct Fixture {
     const RouteTable& t = basic_table();
     shared.config.table = &t;
     shared.config.settings = t.settings;
-    shared.health = std::make_unique<ServerHealth[]>(t.servers.size());
-    shared.server_addrs.resize(t.servers.size());
-    shared.route_replies.resize(t.routes.size());
-    worker = std::make_unique<Worker>(shared, 0, -1);
+    shared.first = make_routing(t, nullptr);
+    worker = std::make_unique<Worker>(shared, 0, -1, *shared.first, t);
     worker->upstream_connect = fake_connect;
     worker->loop.time = 1000000;
     g_fixture = this;

@@ -79,9 +79,21 @@ const RouteTable& route_table() noexcept {
       .pools = kPools,
       .servers = kServers,
       .routes = {},
-      .distribute = distribute,      .sni = sni_names::sni_route,
+      .distribute = distribute,
+      .sni = sni_names::sni_route,
+      .source_hash = "b455b0467cf6",
   };
   return table;
 }
 
 }  // namespace juggler
+
+#ifdef JUGGLER_RELOADABLE
+// Built as a shared object by `make reload` (tools/reload.sh): what the running
+// balancer looks up. JUGGLER_TABLE_ABI is the hash of juggler/route.hpp; the
+// balancer refuses an object built against another.
+extern "C" __attribute__((visibility("default"))) const char juggler_table_abi[] = JUGGLER_TABLE_ABI;
+extern "C" __attribute__((visibility("default"))) const juggler::RouteTable* juggler_reload_table() noexcept {
+  return &juggler::route_table();
+}
+#endif

@@ -1,0 +1,325 @@
+"""Routes reload end to end (tests/routes/reload.def, tests/e2e/reload/*.def): `make reload`
+(tools/reload.sh) builds a table as a shared object and the running balancer swaps it in.
+
+The balancer runs in a folder of its own, started without --control: make reload reaches it
+through the default control socket juggler.sock in that folder, as for an operator who
+started ./bin/app.out by hand. Backends: testservers on 127.0.145.1 (pool a: 6901, 6902;
+pool b: 6903)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import jtest
+from balancer import BalancerTestCase, balancer_path
+
+HOST = "127.0.145.1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+RELOAD_SH = os.path.join(REPO, "tools", "reload.sh")
+ROUTES_A = os.path.join(REPO, "tests", "routes", "reload.def")      # /moved/* -> pool a
+ROUTES_B = os.path.join(HERE, "reload", "moved_to_b.def")           # /moved/* -> pool b
+POOL_A, POOL_B = {"6901", "6902"}, {"6903"}
+# reload.def: checks every 300 ms, timeout 250 ms, fall 1: a server is DOWN within one
+# interval and a timeout; 3 s of slack for a loaded machine and the ASan pass.
+DETECT_S = 0.3 + 0.25 + 3.0
+
+
+def get(sock_file, sock, path: str) -> jtest.RawResponse:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return jtest.read_response(sock_file)
+
+
+def one_get(port: int, path: str, timeout: float = 10.0) -> jtest.RawResponse:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s, s.makefile("rb") as f:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        return jtest.read_response(f)
+
+
+class ReloadTest(BalancerTestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.dir)
+        # The backends' files: /moved/NAME, /a/NAME, /b/NAME answer 200.
+        self.root = os.path.join(self.dir, "root")
+        for folder in ("moved", "a", "b"):
+            os.makedirs(os.path.join(self.root, folder))
+            for name in ["k", "n", "p", "x"] + [str(i) for i in range(10)]:
+                with open(os.path.join(self.root, folder, name), "w") as f:
+                    f.write("ok\n")
+
+    def backends(self, delayed: tuple = (), quiet: bool = True) -> dict:
+        procs = {}
+        for port in (6901, 6902, 6903):
+            extra = ["--delay-ms", "5000"] if port in delayed else []
+            procs[port] = self.start_testserver(port=port, host=HOST, root=self.root, quiet=quiet, extra_args=extra)
+        return procs
+
+    def start(self, workers: int = 2) -> jtest.ManagedProcess:
+        return self.start_balancer("reload", workers=workers, cwd=self.dir)
+
+    def reload(self, routes: str) -> subprocess.CompletedProcess:
+        """make reload ROUTES=routes, run from the balancer's folder."""
+        name = "reload_tls" if routes.endswith("reload_tls.def") else "reload"
+        env = {**os.environ, "JUGGLER_BIN": balancer_path(name)}
+        return subprocess.run(["bash", RELOAD_SH, routes, os.path.join(self.dir, "build")], cwd=self.dir, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    def assert_reloaded(self, routes: str) -> float:
+        t0 = time.monotonic()
+        out = self.reload(routes)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertRegex(out.stdout, r"^reloaded \S+ [0-9a-f]{12} -> \S+ [0-9a-f]{12}")
+        return time.monotonic() - t0
+
+    def test_a_path_moves_between_pools_under_load(self):
+        self.backends()
+        lb = self.start()
+        self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
+
+        # Each reload's window: from the moment the reload answered (every worker swapped)
+        # to the start of the next one, a request sent in it must follow that file.
+        windows = []  # (start, end, expected pool)
+        failures = []
+        records = []  # (sent_at, server) of every answered request
+        stop = threading.Event()
+        lock = threading.Lock()
+        max_requests, max_seconds = 2000, 180.0
+        deadline = time.monotonic() + max_seconds
+
+        def send_until_stopped(label: str, fetch) -> bool:
+            """GETs through `fetch` until told to stop; False after the first failure."""
+            for _ in range(max_requests):
+                if stop.is_set() or time.monotonic() > deadline:
+                    break
+                sent = time.monotonic()
+                try:
+                    r = fetch()
+                except Exception as e:  # noqa: BLE001 - any failure counts
+                    failures.append(f"{label}: {e!r}")
+                    return False
+                if r.status != 200:
+                    failures.append(f"{label}: {r.status}")
+                    return False
+                with lock:
+                    records.append((sent, r.header("X-Server")))
+                time.sleep(0.02)  # pacing: 40 clients on a 2-core machine
+            return True
+
+        def keep_alive_client(ports: list):
+            try:
+                s = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+            except OSError as e:
+                failures.append(f"connect: {e}")
+                return
+            ports.append(s.getsockname()[1])
+            with s, s.makefile("rb") as f:
+                if send_until_stopped("keep-alive", lambda: get(f, s, "/moved/k")):
+                    ports.append(s.getsockname()[1])
+
+        def new_connection_client():
+            send_until_stopped("new connection", lambda: one_get(lb.port, "/moved/n"))
+
+        ka_ports = [[] for _ in range(20)]
+        threads = [threading.Thread(target=keep_alive_client, args=(p,)) for p in ka_ports]
+        threads += [threading.Thread(target=new_connection_client) for _ in range(20)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(10):
+                routes, pool = (ROUTES_B, POOL_B) if i % 2 == 0 else (ROUTES_A, POOL_A)
+                started = time.monotonic()
+                if windows:
+                    windows[-1][1] = started
+                self.assert_reloaded(routes)
+                windows.append([time.monotonic(), None, pool])
+                # The new routing serves within 1 s: a fresh connection sees it.
+                self.assertTrue(jtest.wait_until(lambda: one_get(lb.port, "/moved/p").header("X-Server") in pool, 1.0))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        windows[-1][1] = time.monotonic()
+        self.assertEqual(failures, [])
+        for p in ka_ports:  # the same connection (local port) from the first request to the last
+            self.assertEqual(len(p), 2)
+            self.assertEqual(p[0], p[1])
+        wrong = [(sent, server, sorted(pool)) for sent, server in records
+                 for start, end, pool in windows if start <= sent < end and server not in pool]
+        self.assertEqual(wrong, [])
+        self.assertGreater(len(records), 400)  # the clients did run through the reloads
+
+    def test_down_server_stays_down_and_idle_connection_is_reused(self):
+        # 6902 answers after 5 s: its checks time out (250 ms), so it is DOWN; a request
+        # sent to it would come back after 5 s with X-Server 6902.
+        self.backends(delayed=(6902,))
+        lb = self.start(workers=1)  # one worker: one idle list, so the reuse is deterministic
+        lb.wait_for_line(r"server 127\.0\.145\.1:6902 in pool a is DOWN", timeout=DETECT_S)
+        s = socket.create_connection(("127.0.0.1", lb.port), timeout=10)
+        with s, s.makefile("rb") as f:
+            before = get(f, s, "/b/1")
+        self.assertEqual(before.header("X-Server"), "6903")
+
+        self.assert_reloaded(ROUTES_B)
+        with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s, s.makefile("rb") as f:
+            after = get(f, s, "/b/2")
+            self.assertEqual(after.header("X-Server"), "6903")
+            # The server connection the first request left idle served this one.
+            self.assertEqual(after.header("X-Conn"), before.header("X-Conn"))
+            servers = [get(f, s, f"/a/{i}").header("X-Server") for i in range(10)]
+        self.assertEqual(servers, ["6901"] * 10)  # round robin would alternate if 6902 were UP
+
+    def test_request_in_flight_finishes_on_its_table(self):
+        servers = self.backends(quiet=False)
+        lb = self.start()
+        table_b = self.reload(ROUTES_B).stdout.split()[-1]  # "reloaded A HASH -> B HASH"
+        unloaded_b = re.compile(rf"route table \S+ {table_b} unloaded")
+        result = {}
+
+        def slow():  # routed by table B (/delay -> pool b), answered 4 s later
+            result["response"] = one_get(lb.port, "/delay?ms=4000", timeout=30)
+            result["unloaded before"] = bool(unloaded_b.search(lb.output()))
+
+        t = threading.Thread(target=slow)
+        t.start()
+        try:
+            servers[6903].wait_for_line(r"wait", timeout=10)  # the server has it
+            self.assert_reloaded(ROUTES_A)  # /delay -> pool a from now on
+            self.assertTrue(t.is_alive())  # still in flight after the swap
+        finally:
+            t.join(timeout=60)
+        self.assertEqual(result["response"].status, 200)
+        self.assertEqual(result["response"].header("X-Server"), "6903")  # table B's pool
+        # Table B was pinned by the request: unloaded only after it ended, and then unloaded.
+        self.assertFalse(result["unloaded before"])
+        lb.wait_for_line(unloaded_b.pattern, timeout=10)
+        self.assertIn(one_get(lb.port, "/delay?ms=0").header("X-Server"), POOL_A)
+
+    def test_broken_file_and_changed_workers_are_refused(self):
+        self.backends()
+        lb = self.start()
+        broken = self.reload(os.path.join(HERE, "reload", "broken.def"))
+        self.assertNotEqual(broken.returncode, 0)
+        self.assertRegex(broken.stderr, r"broken\.def:5: ")
+        workers = self.reload(os.path.join(HERE, "reload", "workers.def"))
+        self.assertEqual(workers.returncode, 1, workers.stdout + workers.stderr)
+        self.assertIn("refused: `set workers` differs", workers.stderr)
+        lb.wait_for_line(r"reload .* refused: `set workers` differs")
+        # The old table serves: /moved/* still goes to pool a, /healthz is still answered.
+        self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_A for _ in range(4)))
+        self.assertEqual(one_get(lb.port, "/healthz").status, 200)
+        self.assertNotIn("reloaded", lb.output())
+
+    def test_table_built_against_other_types_is_refused(self):
+        self.backends()
+        lb = self.start()
+        cpp, so = os.path.join(self.dir, "t.cpp"), os.path.join(self.dir, "t.so")
+        subprocess.run([sys.executable, os.path.join(REPO, "codegen", "gen_distributer.py"), ROUTES_B, "-o", cpp],
+                       check=True, timeout=60)
+        subprocess.run([os.environ.get("CXX", "c++"), "-std=c++20", "-fPIC", "-shared", f"-I{REPO}/include",
+                        "-DJUGGLER_RELOADABLE", '-DJUGGLER_TABLE_ABI="0123456789abcdef"', "-o", so, cpp],
+                       check=True, timeout=120)
+        out = jtest.run_program([balancer_path("reload"), "--reload", so], cwd=self.dir, timeout=30)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("was built against table ABI 0123456789abcdef, this balancer has", out.stderr)
+        self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
+
+    def test_certificates_are_re_read(self):
+        self.backends()
+        certs = os.path.join(self.dir, "certs")
+        os.mkdir(certs)
+        jtest.make_cert(certs, "server", "one.test", "DNS:one.test")
+        lb = self.start_balancer("reload_tls", workers=2, cwd=self.dir, extra=["--https-port", "0"])
+        port = int(lb.wait_for_line(r"listening on https://127\.0\.0\.1:(\d+)").group(1))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+
+        def served_cert(s) -> bytes:
+            return s.getpeercert(binary_form=True)
+
+        def file_cert() -> bytes:
+            with open(os.path.join(certs, "server.crt")) as f:
+                return ssl.PEM_cert_to_DER_cert(f.read())
+
+        def tls_get(s, f, path: str) -> int:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            return jtest.read_response(f).status
+
+        first = file_cert()
+        kept = tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+        kept_file = kept.makefile("rb")
+        self.addCleanup(kept.close)
+        self.addCleanup(kept_file.close)
+        self.assertEqual(served_cert(kept), first)
+        self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)
+
+        jtest.make_cert(certs, "server", "two.test", "DNS:two.test")  # the renewal
+        self.assertNotEqual(file_cert(), first)
+        out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        lb.wait_for_line(r"reload_tls\.def:8: listen https: certificates re-read")
+        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s, s.makefile("rb") as f:
+            self.assertEqual(served_cert(s), file_cert())  # new connections get the new one
+            self.assertEqual(tls_get(s, f, "/b/n"), 200)
+        self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)  # the open connection goes on
+
+        renewed = file_cert()
+        with open(os.path.join(certs, "server.key"), "w") as f:
+            f.write("not a key\n")
+        out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("server.key", out.stderr)
+        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
+            self.assertEqual(served_cert(s), renewed)  # refused: the last good certificate stays
+
+    def test_hundred_reloads_keep_memory_and_mappings_flat(self):
+        self.backends()
+        lb = self.start()
+        # Two objects built by make reload, then copies under unique names (as make reload
+        # names each build): the same path would be the same mapping, leak or not.
+        self.assert_reloaded(ROUTES_B)
+        self.assert_reloaded(ROUTES_A)
+        built = sorted(os.listdir(os.path.join(self.dir, "build", "reload")))
+        self.assertEqual(len(built), 2, built)
+        sources = [os.path.join(self.dir, "build", "reload", name) for name in built]
+        copies = os.path.join(self.dir, "copies")
+        os.mkdir(copies)
+
+        def maps() -> int:
+            with open(f"/proc/{lb.pid}/maps") as f:
+                return sum(1 for _ in f)
+
+        def reload_copy(i: int):
+            path = os.path.join(copies, f"routes-{i}.so")
+            shutil.copy(sources[i % 2], path)
+            out = jtest.run_program([balancer_path("reload"), "--reload", path], cwd=self.dir, timeout=30)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            os.unlink(path)
+            self.assertEqual(one_get(lb.port, "/healthz").status, 200)
+
+        for i in range(10):  # warm up: pools, arenas, the first unloads
+            reload_copy(i)
+        # An old table is unloaded once its worker's housekeeping (every 500 ms) freed it.
+        jtest.wait_until(lambda: lb.output().count("unloaded") >= 11, 10)
+        base_maps, base_rss = maps(), jtest.rss_kb(lb.pid)
+        for i in range(10, 110):
+            reload_copy(i)
+        self.assertTrue(jtest.wait_until(lambda: lb.output().count("unloaded") >= 111, 10),
+                        f"{lb.output().count('unloaded')} tables unloaded of 111")
+        self.assertTrue(jtest.wait_until(lambda: maps() <= base_maps + 2, 5), f"maps: {base_maps} -> {maps()}")
+        rss = jtest.rss_kb(lb.pid)
+        self.assertLess(rss - base_rss, 4096, f"RSS grew from {base_rss} kB to {rss} kB over 100 reloads")
+
+
+if __name__ == "__main__":
+    sys.exit(unittest.main())
