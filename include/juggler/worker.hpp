@@ -136,6 +136,7 @@ struct Shared {
   // SIGTERM arrived: the admin's /ready answers 503 from that moment (an L4
   // front stops sending), the traffic listeners close drain.delay later.
   std::atomic<bool> stopping{false};
+  std::atomic<std::uint64_t> reloads{0};  // route tables swapped in (src/runtime/reload.cpp)
 };
 
 struct Worker {
@@ -166,6 +167,12 @@ struct Worker {
   TimerWheel wheel;
   UpstreamConnect upstream_connect = upstream_connect_tcp;
   Counter retries, retries_denied;
+  // For /metrics, beside `metrics`: answers of cached routes by X-Cache
+  // (indexed by CacheStatus; 0 unused), body bytes into and out of the
+  // compressors, and the tunnels open (L4 connections and WebSockets).
+  Counter cache_results[5];
+  Counter compress_in, compress_out;
+  Gauge<std::uint32_t> tunnels_open;
   Exchange* free_exchanges = nullptr;
   ClientSession* free_sessions = nullptr;  // closed sessions kept for reuse
   std::size_t free_session_count = 0;

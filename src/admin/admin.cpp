@@ -126,6 +126,10 @@ Snapshot take_snapshot(const Shared& shared) {
     s.accept_errors += m.accept_errors.get();
     s.refused += w->refused_connections.get();
     s.retries += w->retries.get();
+    for (std::size_t i = 0; i < 5; ++i) s.cache[i] += w->cache_results[i].get();
+    s.compress_in += w->compress_in.get();
+    s.compress_out += w->compress_out.get();
+    s.tunnels += w->tunnels_open.get();
     s.retries_denied += w->retries_denied.get();
     s.log_dropped += w->access_log.dropped().get();
     s.tls_full += w->streams.tls_full.get();

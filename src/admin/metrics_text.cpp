@@ -183,6 +183,16 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   w.single("juggler_access_log_dropped_lines_total", "counter",
            "Access log lines dropped because their write failed (a full disk, a pipe nobody reads).", s.log_dropped);
   w.single("juggler_workers", "gauge", "Worker threads serving traffic.", std::uint64_t{shared.workers.size()});
+  w.family("juggler_cache_requests_total", "counter", "Answers of routes with `cache`, by their X-Cache.");
+  static constexpr const char* kCacheLabels[] = {"", "result=\"miss\"", "result=\"bypass\"", "result=\"hit\"",
+                                                 "result=\"stale\""};
+  for (std::size_t i = 1; i < 5; ++i) w.sample("juggler_cache_requests_total", kCacheLabels[i], s.cache[i]);
+  w.family("juggler_compress_bytes_total", "counter", "Body bytes into the compressors and out of them.");
+  w.sample("juggler_compress_bytes_total", "direction=\"in\"", s.compress_in);
+  w.sample("juggler_compress_bytes_total", "direction=\"out\"", s.compress_out);
+  w.single("juggler_tunnels_open", "gauge", "L4 connections and WebSocket tunnels open.", s.tunnels);
+  w.single("juggler_reloads_total", "counter", "Route tables swapped in by make reload.",
+           shared.reloads.load(std::memory_order_relaxed));
   w.single("juggler_ready", "gauge", "1 while serving, 0 from SIGTERM on (what /ready says).",
            std::uint64_t{!shared.stopping.load(std::memory_order_relaxed)});
   w.family("juggler_build_info", "gauge", "The version, the routes file compiled in and `set instance`.");
@@ -191,6 +201,15 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   labels += "\",instance=\"";
   append_escaped(labels, shared.config.settings.instance);
   w.sample("juggler_build_info", labels + "\"", std::uint64_t{1});
+  // The table serving now (the admin page holds reload_lock: it stays loaded).
+  const Routing* live = shared.live.load(std::memory_order_acquire);
+  const RouteTable& t = *(live ? live : shared.first.get())->table;
+  w.family("juggler_table_info", "gauge", "The route table serving: its routes file and the hash of that file.");
+  labels = "routes=\"";
+  append_escaped(labels, t.source);
+  labels += "\",hash=\"";
+  append_escaped(labels, t.source_hash);
+  w.sample("juggler_table_info", labels + "\"", std::uint64_t{1});
 }
 
 }  // namespace

@@ -103,6 +103,7 @@ void log_exchange(Exchange* ex) {
   w.metrics.exchange_done(ex->route && rt ? row(rt->metric_route, ex->route->index) : -1,
                           rt ? row(rt->metric_pool, pool) : -1, rt ? row(rt->metric_server, ex->server) : -1,
                           ex->status, ex->bytes_out, duration_us, ttfb_us);
+  if (ex->cache) ++w.cache_results[ex->cache];
   if (!w.access_log.enabled()) return;
   const RouteTable* t = rt ? rt->table : nullptr;
   AccessRecord r;

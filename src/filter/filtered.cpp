@@ -172,6 +172,10 @@ State pump(Exchange* ex, unsigned n) {
       ex->term = {Who::Proxy, When::Body, false, UV_EPROTO};
       return State::Failed;
     }
+    if (f.compressor) {
+      ex->worker->compress_in.add(used);
+      ex->worker->compress_out.add(out.bytes());
+    }
     if (f.span_at < f.span_count && (f.span_off += static_cast<std::uint32_t>(used)) == f.spans[f.span_at].len) {
       ++f.span_at;
       f.span_off = 0;

@@ -113,6 +113,7 @@ void http1_upgrade(Exchange* ex) {
   if (l4.upgraded) l4.upgraded->prev = u;
   l4.upgraded = u;
   ++l4.upgraded_count;
+  ++w.tunnels_open;
   u->tunnel.adopt(l4.env, u, s->stream, c->stream, from_client, from_server);
 }
 
@@ -142,6 +143,7 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   else l4.upgraded = next;
   if (next) next->prev = prev;
   --l4.upgraded_count;
+  --w.tunnels_open;
   ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;
   session->on_stream_closed();  // back to the free list

@@ -259,6 +259,7 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   pending_reply_ = "reloaded " + std::string(old.source) + " " + std::string(old.source_hash) + " -> " +
                    std::string(next.source) + " " + std::string(next.source_hash);
   swaps_.store(0);
+  shared_.reloads.fetch_add(1, std::memory_order_relaxed);
   ok = true;
   announce_(*live_);
   return {};

@@ -179,6 +179,24 @@ class ReloadTest(BalancerTestCase):
             servers = [get(f, s, f"/a/{i}").header("X-Server") for i in range(10)]
         self.assertEqual(servers, ["6901"] * 10)  # round robin would alternate if 6902 were UP
 
+    def test_metrics_count_reloads_and_name_the_live_table(self):
+        self.backends()
+        lb = self.start_balancer("reload", workers=1, cwd=self.dir, extra=["--admin", f"{HOST}:0"])
+        admin = int(lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
+
+        def scrape() -> tuple:
+            body = jtest.http_request(admin, path="/metrics", host=HOST)[2].decode()
+            reloads = re.search(r"(?m)^juggler_reloads_total (\d+)$", body).group(1)
+            table = re.search(r'(?m)^juggler_table_info\{routes="([^"]*)",hash="([0-9a-f]{12})"\} 1$', body)
+            return int(reloads), os.path.basename(table.group(1)), table.group(2)
+
+        reloads, routes, first_hash = scrape()
+        self.assertEqual((reloads, routes), (0, "reload.def"))
+        self.assert_reloaded(ROUTES_B)
+        reloads, routes, hash_b = scrape()
+        self.assertEqual((reloads, routes), (1, "moved_to_b.def"))
+        self.assertNotEqual(hash_b, first_hash)
+
     def test_request_in_flight_finishes_on_its_table(self):
         servers = self.backends(quiet=False)
         lb = self.start()
