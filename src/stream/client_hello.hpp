@@ -9,8 +9,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "juggler/buffer.hpp"
-#include "juggler/stream.hpp"
+#include "stream/buffered_prelude.hpp"
 
 namespace juggler {
 
@@ -34,20 +33,16 @@ HelloParse parse_client_hello(std::string_view data, std::string_view* name) noe
 // `on_done(owner, name)` (empty for none, for a malformed hello, or for bytes
 // that are not TLS) and hands every byte read back as not consumed: the
 // protocol relays them as they came.
-struct SniPrelude final : Prelude {
-  BufferPool* pool = nullptr;
+struct SniPrelude final : BufferedPrelude {
   void (*on_done)(void* owner, std::string_view name) = nullptr;
   void* owner = nullptr;
-  Buffer* buf = nullptr;
-  std::uint32_t len = 0;
 
   // Runs on `s` (accepted, not reading yet), then starts it reading.
   void start(Stream& s, BufferPool& buffers, void (*done)(void*, std::string_view), void* done_owner) noexcept;
-  // Gives the buffer back (the owner's close, if the prelude did not finish).
-  void release() noexcept;
-  uv_buf_t prelude_room() noexcept override;
+  // No more than one record: the rest waits in the kernel (what is handed on
+  // must fit the tunnel's room, a buffer of the same pool).
+  uv_buf_t prelude_room() noexcept override { return room(kMaxClientHello); }
   Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept override;
-  void prelude_over() noexcept override { release(); }
 };
 
 }  // namespace juggler

@@ -4,7 +4,6 @@
 
 #include <arpa/inet.h>
 
-#include <algorithm>
 #include <cstring>
 
 namespace juggler {
@@ -13,29 +12,11 @@ namespace juggler {
 
 void ProxyPrelude::start(Stream& s, BufferPool& buffers, char* ip_out, std::uint8_t* ip_len_out,
                          void (*done)(void*, const ProxyHeader&), void* done_owner) noexcept {
-  pool = &buffers;
   ip = ip_out;
   ip_len = ip_len_out;
   on_done = done;
   owner = done_owner;
-  buf = nullptr;
-  len = 0;
-  s.set_prelude(this);
-  s.set_reading(true);
-}
-
-void ProxyPrelude::release() noexcept {
-  if (buf) pool->put(buf);
-  buf = nullptr;
-  len = 0;
-}
-
-uv_buf_t ProxyPrelude::prelude_room() noexcept {
-  if (!buf) buf = pool->get();
-  // No more than a header can need: what follows it waits in the kernel
-  // (its delivery to the protocol must fit the protocol's room).
-  const std::uint32_t cap = static_cast<std::uint32_t>(std::min<std::size_t>(buf->cap, kMaxProxyHeader));
-  return uv_buf_init(buf->data + len, cap - len);
+  begin(s, buffers);
 }
 
 Prelude::Verdict ProxyPrelude::prelude_read(std::size_t n, std::string_view* rest) noexcept {

@@ -10,9 +10,8 @@
 #include <cstdint>
 #include <string_view>
 
-#include "juggler/buffer.hpp"
 #include "juggler/route.hpp"
-#include "juggler/stream.hpp"
+#include "stream/buffered_prelude.hpp"
 
 namespace juggler {
 
@@ -62,23 +61,19 @@ bool proxy_addrs_of(uv_tcp_t* tcp, ProxyAddrs* out) noexcept;
 // client's address into the owner's `ip`/`ip_len` (left as they are for a
 // LOCAL header), and calls `on_done` (may be null) with the header before
 // the protocol sees the bytes that followed it.
-struct ProxyPrelude final : Prelude {
-  BufferPool* pool = nullptr;
+struct ProxyPrelude final : BufferedPrelude {
   char* ip = nullptr;               // the owner's, 46 bytes
   std::uint8_t* ip_len = nullptr;
   void (*on_done)(void* owner, const ProxyHeader& h) = nullptr;
   void* owner = nullptr;
-  Buffer* buf = nullptr;
-  std::uint32_t len = 0;
 
   // Runs on `s` (accepted, not reading yet), then starts it reading.
   void start(Stream& s, BufferPool& buffers, char* ip_out, std::uint8_t* ip_len_out,
              void (*done)(void*, const ProxyHeader&), void* done_owner) noexcept;
-  // Gives the buffer back (the owner's close, if the prelude did not finish).
-  void release() noexcept;
-  uv_buf_t prelude_room() noexcept override;
+  // No more than a header can need: what follows it waits in the kernel
+  // (its delivery to the protocol must fit the protocol's room).
+  uv_buf_t prelude_room() noexcept override { return room(kMaxProxyHeader); }
   Verdict prelude_read(std::size_t n, std::string_view* rest) noexcept override;
-  void prelude_over() noexcept override { release(); }
 };
 
 }  // namespace juggler
