@@ -101,6 +101,11 @@ struct Out {
     });
     put('"');
   }
+  // `v` when there is one, else the format's word for none ("-", "null").
+  void num_or(bool present, std::uint64_t v, std::string_view none) noexcept {
+    if (present) num(v);
+    else put(none);
+  }
   void json_or_null(std::string_view v) noexcept {
     if (v.empty()) put("null");
     else json(v);
@@ -127,8 +132,7 @@ char* combined(Out<Checked> o, const AccessRecord& r, std::string_view date) noe
   o.put("] ");
   o.quoted(r.request_line.empty() ? r.kind : r.request_line);
   o.put(' ');
-  if (r.status) o.num(static_cast<std::uint64_t>(r.status));
-  else o.put('-');
+  o.num_or(r.status != 0, static_cast<std::uint64_t>(r.status), "-");
   o.put(' ');
   o.num(r.bytes_out);
   o.put(' ');
@@ -165,15 +169,13 @@ char* json(Out<Checked> o, const AccessRecord& r, std::string_view date, std::ui
   o.put(",\"path\":");
   o.json_or_null(path);
   o.put(",\"route\":");
-  if (r.route >= 0) o.num(static_cast<std::uint64_t>(r.route) + 1);
-  else o.put("null");
+  o.num_or(r.route >= 0, static_cast<std::uint64_t>(r.route) + 1, "null");
   o.put(",\"pool\":");
   o.json_or_null(r.pool);
   o.put(",\"server\":");
   o.json_or_null(r.upstream);
   o.put(",\"status\":");
-  if (r.status) o.num(static_cast<std::uint64_t>(r.status));
-  else o.put("null");
+  o.num_or(r.status != 0, static_cast<std::uint64_t>(r.status), "null");
   o.put(",\"bytes_in\":");
   o.num(r.bytes_in);
   o.put(",\"bytes_out\":");
