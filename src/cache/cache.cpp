@@ -11,6 +11,7 @@
 #include <new>
 
 #include "cache/collapse.hpp"
+#include "cache/redis_store.hpp"
 #include "cache/rules.hpp"
 #include "cache/store.hpp"
 #include "filter/compress.hpp"
@@ -60,9 +61,30 @@ std::string_view vary_value(const RequestHead& h, std::string_view lower_name, c
   return {digit, 1};
 }
 
+// The key in an asynchronous store (Redis), readable in redis-cli: the
+// host, the request-target (it starts with '/', so the two cannot run into
+// each other) and a space; with `ae_class`, then the class of the request's
+// Accept-Encoding (one digit), so the store need not hold the variants of
+// one URL under one key (redis_store.hpp). A PURGE names every class.
+std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class) {
+  build_key(h, out);
+  out.erase(out.find('\0'), 1);
+  out.push_back(' ');
+  if (ae_class) {
+    char digit = 0;
+    out.append(vary_value(h, "accept-encoding", &digit));
+  }
+  return out;
+}
+
+// The key `e` is stored under: the memory key, or the asynchronous store's.
+std::string_view store_key(const RequestHead& h, std::string& out, bool async) {
+  return async ? async_key(h, out, true) : build_key(h, out);
+}
+
 bool vary_matches(const CacheEntry& e, const void* request) {
   const RequestHead& h = *static_cast<const RequestHead*>(request);
-  std::string_view rest = e.vary;
+  std::string_view rest = e.stored_vary();
   while (!rest.empty()) {
     const std::size_t a = rest.find('\0');
     const std::size_t b = rest.find('\0', a + 1);
@@ -109,6 +131,8 @@ char* put(char* p, std::string_view s) noexcept {
 
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
 
+std::size_t body_size(const CacheEntry* e) noexcept { return e->stored_body().size(); }
+
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
 // scratch, and the stored body, as three slices of one write; the entry
@@ -128,17 +152,18 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
   p = put(p, kXCache[static_cast<unsigned>(how)]);
   if (e->status != 204 && e->status != 304) {
     p = put(p, "Content-Length: ");
-    p = put_number(p, e->body.size());
+    p = put_number(p, body_size(e));
     p = put(p, "\r\n");
   }
   if (ex->client_close) p = put(p, "Connection: close\r\n");
   else if (ex->req.http_minor() == 0) p = put(p, "Connection: keep-alive\r\n");
   p = put(p, "\r\n");
   uv_buf_t* iov = ex->iov.get();
-  iov[0] = uv_buf_init(e->head.data(), static_cast<unsigned>(e->head.size()));
+  const std::string_view head = e->stored_head(), body = e->stored_body();
+  iov[0] = uv_buf_init(const_cast<char*>(head.data()), static_cast<unsigned>(head.size()));
   iov[1] = uv_buf_init(lines, static_cast<unsigned>(p - lines));
   unsigned n = 2;
-  if (!ex->is_head && !e->body.empty()) iov[n++] = uv_buf_init(e->body.data(), static_cast<unsigned>(e->body.size()));
+  if (!ex->is_head && !body.empty()) iov[n++] = uv_buf_init(const_cast<char*>(body.data()), static_cast<unsigned>(body.size()));
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
   ex->answer_slices = static_cast<std::uint8_t>(n);
   return State::Respond;
@@ -147,6 +172,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
 }  // namespace
 
 std::shared_ptr<CacheStore> make_cache_store(const Settings& s) {
+  if (s.cache == CacheKind::Redis) return std::make_shared<RedisStore>(s);
   if (s.cache != CacheKind::Memory) return nullptr;
   return std::make_shared<MemoryStore>(s.cache_bytes, s.cache_max_object);
 }
@@ -169,6 +195,10 @@ bool unsafe(Method m) noexcept {
   return m != Method::Get && m != Method::Head && m != Method::Options && m != Method::Trace;
 }
 
+State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional);
+State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional);
+void on_fetched(void* owner, CacheEntry* e, int n);
+
 // A stale entry (or no-cache) is kept to revalidate with its validators,
 // and to stand in for an error within its stale-if-error window.
 void keep_stale(Exchange* ex, CacheEntry* e, bool client_conditional) {
@@ -188,7 +218,7 @@ State cache_request(Exchange* ex) {
     // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
     // from the cache afterwards (dropped as the request arrives, before its
     // body may reuse the buffer the key is read from).
-    const std::string_view key = build_key(h, t_key);
+    const std::string_view key = store->asynchronous() ? async_key(h, t_key, false) : build_key(h, t_key);
     store->purge(cache_key_hash(key), key);
     return State::Connect;
   }
@@ -202,11 +232,20 @@ State cache_request(Exchange* ex) {
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
   const std::uint64_t hash = cache_key_hash(key);
-  CacheEntry* e = lookup(ex, key, hash, rf.authorization);
+  if (store->asynchronous()) return cache_fetch(ex, hash, CacheOp::Lookup);
+  return cache_found(ex, lookup(ex, key, hash, rf.authorization), hash, rf.conditional);
+}
+
+namespace {
+
+// A lookup's entry (or none) is known: a fresh one answers; else the request
+// goes to the server (Connect) with the stale one kept, leading or waiting
+// for the misses of its key.
+State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional) {
   const std::uint64_t now = ex->worker->now_ms();
   if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit);
-  if (e) keep_stale(ex, e, rf.conditional);
-  if (h.method != Method::Get) return State::Connect;
+  if (e) keep_stale(ex, e, conditional);
+  if (ex->head.method != Method::Get) return State::Connect;
   // stale-while-revalidate: another request is refreshing it; this one need not wait.
   if (e && !e->revalidate && now < e->fresh_until_ms.load(std::memory_order_relaxed) + e->stale_while_revalidate_ms &&
       ex->worker->shared.cache_flights->active(hash))
@@ -214,17 +253,98 @@ State cache_request(Exchange* ex) {
   return cache_lead_or_wait(ex, hash) ? State::Connect : State::CacheWait;
 }
 
-State cache_resume(Exchange* ex) {
-  const std::string_view key = build_key(ex->head, t_key);
-  const RequestFacts rf = request_facts(ex->head);
-  CacheEntry* e = lookup(ex, key, cache_key_hash(key), rf.authorization);
+// After CacheWait: a fresh entry now answers; else to the server, each.
+State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional) {
   if (e && e->fresh(ex->worker->now_ms())) {
     if (ex->cache_entry) cache_entry_release(ex->cache_entry);
     ex->cache_entry = nullptr;
     return reply_stored(ex, e, CacheStatus::Hit);
   }
-  if (e) keep_stale(ex, e, rf.conditional);
+  if (e) keep_stale(ex, e, conditional);
   return proxy_begin(ex);  // what the leader got was not stored: to the server, each
+}
+
+}  // namespace
+
+State cache_resume(Exchange* ex) {
+  const std::string_view key = build_key(ex->head, t_key);
+  const RequestFacts rf = request_facts(ex->head);
+  if (ex->worker->shared.cache->asynchronous()) {
+    const State s = cache_fetch(ex, cache_key_hash(key), CacheOp::Resume);
+    return s == State::Connect ? proxy_begin(ex) : s;
+  }
+  return cache_found_again(ex, lookup(ex, key, cache_key_hash(key), rf.authorization), rf.conditional);
+}
+
+// ---------------------------------------------------------------- asynchronous stores (Redis)
+
+namespace {
+
+// The store is down or behind its deadline: the request goes on uncached.
+void bypass(Exchange* ex) noexcept {
+  ex->cache = static_cast<std::uint8_t>(CacheStatus::Bypass);
+  ex->filter_want &= static_cast<std::uint8_t>(~kWantCache);
+}
+
+// The store's report (CacheDone), on this worker's loop: the exchange is
+// told unless it stopped waiting (it was cut or refused meanwhile).
+void on_fetched(void* owner, CacheEntry* e, int n) {
+  auto* ex = static_cast<Exchange*>(owner);
+  ex->cache_ticket = 0;
+  if (ex->st != State::CacheFetch) {
+    if (e) cache_entry_release(e);
+    return;
+  }
+  ex->cache_found = e;
+  step(ex, Event::CacheFound, n);
+}
+
+void cancel_fetch(Exchange* ex) noexcept {
+  if (!ex->cache_ticket) return;
+  ex->worker->shared.cache->cancel(ex->cache_ticket);
+  ex->cache_ticket = 0;
+}
+
+}  // namespace
+
+State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op) {
+  CacheStore* store = ex->worker->shared.cache.get();
+  const std::string_view key = store_key(ex->head, t_key, true);
+  const std::uint64_t ticket = store->find_async(key, on_fetched, ex);
+  if (!ticket) {
+    bypass(ex);
+    return State::Connect;
+  }
+  ex->cache_ticket = ticket;
+  ex->cache_hash = hash;
+  ex->cache_op = static_cast<std::uint8_t>(op);
+  TimerWheel::disarm(&ex->timer);  // the store's deadline bounds the wait
+  return State::CacheFetch;
+}
+
+State state_cache_fetch(Exchange* ex, Event ev, int arg) {
+  if (ev != Event::CacheFound) {
+    const State next = on_other_event(ex, ev, arg, State::CacheFetch);
+    if (next != State::CacheFetch) cancel_fetch(ex);
+    return next;
+  }
+  CacheEntry* e = ex->cache_found;
+  ex->cache_found = nullptr;
+  const auto op = static_cast<CacheOp>(ex->cache_op);
+  ex->cache_op = 0;
+  if (op == CacheOp::Purge) return arg > 0 ? reply_local(ex, 200, kPurgedKeep, kPurgedClose) : reply_error(ex, arg == 0 ? 404 : 503);
+  if (arg < 0) {
+    bypass(ex);
+    return proxy_begin(ex);
+  }
+  const RequestFacts rf = request_facts(ex->head);
+  if (e && ((!e->auth_ok && rf.authorization) || !vary_matches(*e, &ex->head))) {
+    cache_entry_release(e);  // another variant (the store keeps one per key): a miss
+    e = nullptr;
+  }
+  if (op == CacheOp::Resume) return cache_found_again(ex, e, rf.conditional);
+  const State s = cache_found(ex, e, ex->cache_hash, rf.conditional);
+  return s == State::Connect ? proxy_begin(ex) : s;
 }
 
 unsigned cache_conditionals(Exchange* ex, uv_buf_t* iov, unsigned n) {
@@ -273,6 +393,8 @@ State cache_from_response(Exchange* ex) {
   e->set_times(ex->worker->now_ms(), d.age_ms, named && d.store ? d.lifetime_ms : e->lifetime_ms);
   const bool complete = feed_response_body(ex) == ParseEvent::MessageComplete;
   detach_upstream(ex, complete && ex->upstream_reusable && ex->body->complete());
+  CacheStore* store = ex->worker->shared.cache.get();
+  if (store->asynchronous()) store->update(store_key(ex->head, t_key, true), e);  // its new times, for every process
   return reply_stored(ex, e, CacheStatus::Hit);
 }
 
@@ -312,14 +434,25 @@ State cache_purge(Exchange* ex) {
     log(LogLevel::Debug, "PURGE refused for %.*s", static_cast<int>(ex->down->peer().size()), ex->down->peer().data());
     return reply_error(ex, 403);
   }
+  CacheStore* store = ex->worker->shared.cache.get();
+  if (store->asynchronous()) {
+    const std::uint64_t ticket = store->purge_async(async_key(ex->head, t_key, false), on_fetched, ex);
+    if (!ticket) return reply_error(ex, 503);  // the store is down: nothing was purged
+    ex->cache_ticket = ticket;
+    ex->cache_op = static_cast<std::uint8_t>(CacheOp::Purge);
+    return State::CacheFetch;
+  }
   const std::string_view key = build_key(ex->head, t_key);
-  const std::size_t n = ex->worker->shared.cache->purge(cache_key_hash(key), key);
+  const std::size_t n = store->purge(cache_key_hash(key), key);
   return n ? reply_local(ex, 200, kPurgedKeep, kPurgedClose) : reply_error(ex, 404);
 }
 
 std::string_view cache_status_line(const Exchange* ex) noexcept { return kXCache[ex->cache]; }
 
 void cache_release(Exchange* ex) noexcept {
+  cancel_fetch(ex);
+  if (ex->cache_found) cache_entry_release(ex->cache_found);
+  ex->cache_found = nullptr;
   cache_collapse_release(ex);
   if (ex->cache_entry) cache_entry_release(ex->cache_entry);
   ex->cache_entry = nullptr;
@@ -386,7 +519,7 @@ void for_each_line(std::string_view lines, F&& f) {
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
   CacheEntry* e = entry = new CacheEntry();
-  e->key = build_key(ex->head, t_key);
+  e->key = store_key(ex->head, t_key, ex->worker->shared.cache->asynchronous());
   e->hash = cache_key_hash(e->key);
   std::string_view status_line = r.first_line();
   while (!status_line.empty() && (status_line.back() == '\n' || status_line.back() == '\r')) status_line.remove_suffix(1);
