@@ -63,7 +63,7 @@ class RedisStore final : public CacheStore {
   void worker_stop(uv_loop_t* loop) noexcept override;
 
   // Workers whose connection is up, of those started (/metrics).
-  int connections_up() const noexcept { return up_.load(std::memory_order_relaxed); }
+  int connections_up() const noexcept override { return up_.load(std::memory_order_relaxed); }
   int connections() const noexcept { return started_.load(std::memory_order_relaxed); }
 
   // The process-wide view of the connections, for the log (RedisConn): a

@@ -131,6 +131,8 @@ class CacheStore {
   // connects on that loop, and disconnects.
   virtual void worker_start(uv_loop_t* /*loop*/) {}
   virtual void worker_stop(uv_loop_t* /*loop*/) noexcept {}
+  // A networked store's workers whose connection is up (/metrics); -1: none.
+  virtual int connections_up() const noexcept { return -1; }
 };
 
 std::uint64_t cache_key_hash(std::string_view key) noexcept;

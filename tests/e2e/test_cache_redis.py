@@ -24,6 +24,7 @@ import unittest
 import urllib.parse
 
 import jtest
+import promtext
 from balancer import BalancerTestCase
 
 HOST = "127.0.160.1"
@@ -225,8 +226,15 @@ class RedisCacheTest(BalancerTestCase):
 
     # ------------------------------------------------------------ Redis trouble
 
+    def redis_up_gauge(self, admin) -> float:
+        text = jtest.http_request(admin, path="/metrics", host=HOST)[2].decode()
+        return promtext.value(promtext.parse(text), "juggler_cache_redis_connections_up")
+
     def test_redis_hanging_then_killed_never_fails_or_delays_a_request_and_hits_come_back(self):
-        lb = self.start_lb()
+        lb = self.start_balancer("cache_redis", workers=2, extra=["--admin", f"{HOST}:0"])
+        admin = int(lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
+        self.wait_for_redis(lb)
+        self.assertTrue(jtest.wait_until(lambda: self.redis_up_gauge(admin) == 2, 10))
         t = f"/bytes?n=3000&t=outage&{cc('max-age=600')}"
         self.get(lb, t)
         self.wait_stored(self.key(t))
@@ -252,6 +260,7 @@ class RedisCacheTest(BalancerTestCase):
             self.assertLess(r.took, DEADLINE + 0.75)
         self.assertEqual(self.count(lb, DOWN), 1, "the outage is logged once:\n" + lb.output())
         self.assertEqual(self.count(lb, BACK), 0)
+        self.assertEqual(self.redis_up_gauge(admin), 0)
 
         # Back on the same port (empty: no persistence): lookups resume, the next answer is
         # stored again, and hits follow.
@@ -263,6 +272,7 @@ class RedisCacheTest(BalancerTestCase):
         self.assertEqual(self.get(lb, t).header("X-Cache"), "HIT")
         self.assertEqual(self.count(lb, DOWN), 1)
         self.assertEqual(self.count(lb, BACK), 1, lb.output())
+        self.assertEqual(self.redis_up_gauge(admin), 2)
 
     def test_a_balancer_started_while_redis_is_down_serves_and_uses_redis_once_it_is_up(self):
         self.redis.stop(signal.SIGKILL)
