@@ -101,24 +101,6 @@ char* put(char* p, std::string_view s) noexcept {
 
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
 
-// The client's own If-None-Match (or, without one, If-Modified-Since) says
-// it holds this stored 2xx already (RFC 9110 13.2.2): the answer is a 304.
-bool client_has_it(const RequestHead& h, const CacheEntry& e) noexcept {
-  if (e.status < 200 || e.status > 299) return false;
-  bool inm = false, match = false;
-  std::string_view ims;
-  for (const Header& x : h.headers) {
-    if (iequals(x.name, "if-none-match")) {
-      inm = true;
-      match = match || etag_list_matches(x.value, e.etag);
-    } else if (ims.empty() && iequals(x.name, "if-modified-since")) {
-      ims = x.value;
-    }
-  }
-  if (inm) return match;
-  return !ims.empty() && not_modified_since(ims, e.last_modified);
-}
-
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
 // scratch, and the stored body, as three slices of one write; the entry
@@ -128,7 +110,7 @@ bool client_has_it(const RequestHead& h, const CacheEntry& e) noexcept {
 State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditional) {
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
-  const bool not_modified = conditional && client_has_it(ex->head, *e);
+  const bool not_modified = conditional && client_has_copy(ex->head, e->status, e->etag, e->last_modified);
   ex->status = not_modified ? 304 : e->status;
   ex->cache_entry = e;
   ex->cache = static_cast<std::uint8_t>(how);
@@ -308,7 +290,7 @@ State cache_from_response(Exchange* ex) {
     ex->worker->shared.cache->insert(e);
     cache_entry_release(old);
     ex->cache_entry = nullptr;
-  } else {  // out of memory: the stored copy's times only
+  } else {  // nothing new, or out of memory: the stored copy's times only
     e = old;
     e->set_times(ex->worker->now_ms(), d.age_ms, lifetime);
   }
@@ -426,8 +408,21 @@ void for_each_line(std::string_view lines, F&& f) {
 
 // The entry a 304 makes of `old`: its body, its key and variant, its head
 // with the fields the 304 sends replaced (*cache_control: the 304 has a
-// Cache-Control). Null when out of memory.
+// Cache-Control). Null when the 304 says nothing new but its Date (the body
+// is not copied for that: a no-cache entry is revalidated on every use) or
+// when out of memory.
 CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control) {
+  bool news = false;
+  for (std::uint32_t i = 0; i < r.header_count() && !news; ++i) {
+    const HeaderSpan& hs = r.headers()[i];
+    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
+    if (hs.drop || iequals(n, "date") || !updates_stored_field(n, v, old.etag)) continue;
+    news = true;  // unless the stored head has the same line
+    for_each_line(old.head, [&](std::string_view sn, std::string_view sv) {
+      news = news && !(same_field_name(sn, n) && sv == v);
+    });
+  }
+  if (!news) return nullptr;
   CacheEntry* e = nullptr;
   try {
     e = new CacheEntry();

@@ -116,6 +116,22 @@ bool not_modified_since(std::string_view if_modified_since, std::string_view las
   return since >= 0 && modified >= 0 && modified <= since;
 }
 
+bool client_has_copy(const RequestHead& h, int status, std::string_view etag, std::string_view last_modified) noexcept {
+  if (status < 200 || status > 299) return false;
+  bool inm = false, match = false;
+  std::string_view ims;
+  for (const Header& x : h.headers) {
+    if (iequals(x.name, "if-none-match")) {
+      inm = true;
+      match = match || etag_list_matches(x.value, etag);
+    } else if (ims.empty() && iequals(x.name, "if-modified-since")) {
+      ims = x.value;
+    }
+  }
+  if (inm) return match;
+  return !ims.empty() && not_modified_since(ims, last_modified);
+}
+
 bool unstored_field(std::string_view name) noexcept {
   return iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "transfer-encoding") ||
          iequals(name, "content-length") || iequals(name, "set-cookie") || iequals(name, "age") ||

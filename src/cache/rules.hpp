@@ -9,6 +9,8 @@
 
 namespace juggler {
 
+struct RequestHead;  // juggler/route.hpp
+
 // The directives of one or more Cache-Control fields (parse() merges). A
 // delta-seconds of -1 is absent; a malformed one counts as 0 (RFC 9111 1.2.2:
 // a cache treats an invalid max-age as stale).
@@ -69,6 +71,11 @@ bool same_field_name(std::string_view a, std::string_view b) noexcept;
 // ETag naming the stored tag `stored_etag` (a compressed copy's is the weak
 // form of the server's: it stays weak).
 bool updates_stored_field(std::string_view name, std::string_view value, std::string_view stored_etag) noexcept;
+
+// The client's own If-None-Match (or, without one, If-Modified-Since) says it
+// holds a stored 2xx response with these validators already (RFC 9110
+// 13.2.2): the answer to it is a 304.
+bool client_has_copy(const RequestHead& h, int status, std::string_view etag, std::string_view last_modified) noexcept;
 
 // The statuses whose responses may be stored without explicit freshness
 // (RFC 9110 15.1 "heuristically cacheable"), as the issue lists them.

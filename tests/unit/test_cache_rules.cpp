@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <string>
+#include <vector>
 
 #include "cache/rules.hpp"
 #include "cache/store.hpp"
@@ -265,4 +266,22 @@ TEST_CASE("cache: the fields of a 304 that replace the stored ones", "[cache]") 
   for (std::string_view f : {"Content-Length", "Transfer-Encoding", "Connection", "Set-Cookie", "Age",
                              "Content-Encoding", "Content-Range"})
     CHECK_FALSE(updates_stored_field(f, "x", "\"v1\""));
+}
+
+TEST_CASE("cache: the client holds the stored copy: If-None-Match, else If-Modified-Since", "[cache]") {
+  constexpr std::string_view etag = "\"v4\"", lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+  const auto has = [&](std::initializer_list<Header> fields, int status = 200) {
+    const std::vector<Header> v(fields);
+    RequestHead h;
+    h.headers = v;
+    return client_has_copy(h, status, etag, lm);
+  };
+  CHECK(has({{"If-None-Match", "\"v4\""}}));
+  CHECK(has({{"if-none-match", "\"x\""}, {"If-None-Match", "W/\"v4\""}}));  // any of the lines
+  CHECK(has({{"If-Modified-Since", lm}}));
+  CHECK_FALSE(has({}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v5\""}}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v5\""}, {"If-Modified-Since", lm}}));  // If-None-Match decides alone
+  CHECK_FALSE(has({{"If-Modified-Since", "Tue, 01 Dec 2026 09:59:59 GMT"}}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v4\""}}, 404));  // preconditions hold for a 2xx only
 }
