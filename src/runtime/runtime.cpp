@@ -36,6 +36,7 @@
 #include "http1/upgrade.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
+#include "resolve/resolver.hpp"
 #include "runtime/reload.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
@@ -512,6 +513,7 @@ int run(const Config& config) {
     shared.live.store(&r, std::memory_order_release);
     for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
   });
+  Resolver resolver(shared);  // `resolve` servers looked up now (or no start), then on a thread; dies before `reloader`
   // Certificate rotation: the https listeners whose files changed get new
   // contexts (a bad file refuses the reload); listeners are the same lines.
   reloader.set_cert_rotation([&](const RouteTable& next) -> std::string {
