@@ -15,7 +15,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstring>
 
 namespace juggler {
 
@@ -28,40 +27,16 @@ class SlotAddress {
   static constexpr std::size_t kWords = 4;
 
   // Publishes `addr` (IPv4 or IPv6 with its port). Resolver thread only.
-  void store(const sockaddr_storage& addr) noexcept {
-    std::uint64_t w[kWords] = {};
-    std::memcpy(w, &addr, sizeof w);
-    const std::uint32_t s = seq_.load(std::memory_order_relaxed);
-    seq_.store(s + 1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    for (std::size_t i = 0; i < kWords; ++i) words_[i].store(w[i], std::memory_order_relaxed);
-    seq_.store(s + 2, std::memory_order_release);
-  }
+  void store(const sockaddr_storage& addr) noexcept;
 
   // Copies the address into `out` and returns its version (even, never 0
   // once stored; 0: never stored). Any thread, lock-free; retries only while
-  // a store runs at that moment.
-  std::uint32_t load(sockaddr_storage& out) const noexcept {
-    std::uint64_t w[kWords];
-    for (;;) {
-      const std::uint32_t s = seq_.load(std::memory_order_acquire);
-      if (s & 1) continue;
-      for (std::size_t i = 0; i < kWords; ++i) w[i] = words_[i].load(std::memory_order_relaxed);
-      std::atomic_thread_fence(std::memory_order_acquire);
-      if (seq_.load(std::memory_order_relaxed) != s) continue;
-      std::memset(&out, 0, sizeof out);
-      std::memcpy(&out, w, sizeof w);
-      return s;
-    }
-  }
+  // a store runs at that moment. Out of line: called once per new connection.
+  std::uint32_t load(sockaddr_storage& out) const noexcept;
 
   // Takes `o`'s address and version (a reload's carry-over), before any
   // reader sees this one.
-  void copy_from(const SlotAddress& o) noexcept {
-    seq_.store(o.seq_.load(std::memory_order_acquire) & ~1u, std::memory_order_relaxed);
-    for (std::size_t i = 0; i < kWords; ++i)
-      words_[i].store(o.words_[i].load(std::memory_order_relaxed), std::memory_order_relaxed);
-  }
+  void copy_from(const SlotAddress& o) noexcept;
 
   // The version of the address now (odd while a store runs): a connection
   // made at another version is to an address the slot no longer has.

@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -104,7 +105,6 @@ void apply_answer(Routing& r, std::size_t line, const std::vector<SlotAddr>& rec
       continue;
     }
     // A new address is a new server: nothing of the old one's record counts.
-    if (!cur[k]) h.unresolved.store(true, std::memory_order_relaxed);
     constexpr auto rx = std::memory_order_relaxed;
     h.latency.store(0, rx);
     h.fails.store(0, rx);
@@ -170,7 +170,7 @@ void resolve_carry_over(const Routing& from, Routing& to) {
 
 Resolver::Resolver(Shared& shared) : shared_(shared) {
   resolve_at_start(*shared_.first);
-  if (!shared_.first->table->resolves.empty()) thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] { run(); });
 }
 
 void Resolver::stop() {
@@ -186,15 +186,24 @@ void Resolver::stop() {
 void Resolver::run() {
   // `set resolve.interval` cannot change by a reload (a setting): the first table's.
   const auto interval = std::chrono::milliseconds(shared_.first->table->settings.resolve_interval_ms);
+  // A reloaded table is looked up within a tick of its swap (its new lines'
+  // slots are empty until then), not an interval later.
+  const auto tick = std::min(interval, std::chrono::milliseconds(1000));
+  auto next = std::chrono::steady_clock::now() + interval;
+  const Routing* seen = shared_.first.get();
   std::unique_lock<std::mutex> g(mu_);
-  while (!cv_.wait_for(g, interval, [this] { return stop_; })) {
+  while (!cv_.wait_for(g, tick, [this] { return stop_; })) {
+    const Routing* live = shared_.live.load(std::memory_order_acquire);
+    if (!live) live = shared_.first.get();
+    if (live == seen && std::chrono::steady_clock::now() < next) continue;
     g.unlock();
-    round();
+    seen = round();
     g.lock();
+    next = std::chrono::steady_clock::now() + interval;
   }
 }
 
-void Resolver::round() {
+const Routing* Resolver::round() {
   struct Line {
     std::string name;
     bool ok = false;
@@ -214,12 +223,13 @@ void Resolver::round() {
   for (Line& l : lines) l.ok = system_lookup(l.name, l.found, l.error);
   std::lock_guard<std::mutex> g(shared_.reload_lock);
   Routing* live = shared_.live.load(std::memory_order_acquire);
-  if ((live ? live : shared_.first.get()) != r) return;  // reloaded meanwhile: the next round looks up its names
+  if ((live ? live : shared_.first.get()) != r) return nullptr;  // reloaded meanwhile: looked up at the next tick
   const std::uint64_t now = mono_ms();
   for (std::size_t i = 0; i < lines.size(); ++i) {
     record(*r, i, lines[i].ok, lines[i].found.size(), lines[i].error);
     if (lines[i].ok) apply_answer(*r, i, lines[i].found, now, true);
   }
+  return r;
 }
 
 }  // namespace juggler

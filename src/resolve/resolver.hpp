@@ -50,8 +50,8 @@ void resolve_carry_over(const Routing& from, Routing& to);
 // Looks every name of the live table up again every `set resolve.interval`.
 class Resolver {
  public:
-  // resolve_at_start on the first table (throws as it does), then a thread
-  // when the table has resolve lines.
+  // resolve_at_start on the first table (throws as it does), then the thread
+  // (it sleeps while no table has resolve lines: a reload may bring some).
   explicit Resolver(Shared& shared);
   ~Resolver() { stop(); }
   Resolver(const Resolver&) = delete;
@@ -63,7 +63,7 @@ class Resolver {
 
  private:
   void run();
-  void round();
+  const Routing* round();  // the Routing it looked up for (null: replaced meanwhile)
   Shared& shared_;
   std::thread thread_;
   std::mutex mu_;
