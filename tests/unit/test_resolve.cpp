@@ -54,14 +54,18 @@ constexpr ServerDef kServers[] = {
     {"hash.test", 80, "hash.test:80", 1, false, 1, 4, 2},
     {"hash.test", 80, "hash.test:80", 1, false, 1, 4, 3},
     {"hash.test", 80, "hash.test:80", 1, false, 1, 4, 4},
+    {"ramp.test", 80, "ramp.test:80", 1, false, 2, 5, 1},
+    {"ramp.test", 80, "ramp.test:80", 1, false, 2, 5, 2},
 };
 constexpr PoolDef kPools[] = {
     {"web", Strategy::RoundRobin, HashKey::None, "", 0, 4, kNoHealth, 0, 3, 10000, 1},
     {"hashed", Strategy::ConsistentHash, HashKey::Header, "x-user", 4, 4, kNoHealth, 0, 3, 10000, 3},
+    {"ramped", Strategy::RoundRobin, HashKey::None, "", 8, 2, kNoHealth, 5000, 3, 10000, 5},
 };
 constexpr ResolveDef kResolves[] = {
     {"api.test", 80, 0, 1, 3, false, 2},
     {"hash.test", 80, 1, 4, 4, false, 4},
+    {"ramp.test", 80, 2, 8, 2, false, 6},
 };
 const RouteTable kTable{"resolve-unit.def", kSettings, {}, {}, kPools, kServers, {}, nullptr, nullptr, "",
                         kResolves};
@@ -244,4 +248,23 @@ TEST_CASE("resolve: consistent hashing keeps keys on their addresses through reo
     }
   CHECK(moved > 0);
   CHECK(moved < 150);
+}
+
+TEST_CASE("resolve: a record that appears later ramps up over the pool's slow start", "[resolve]") {
+  auto r = make_routing(kTable, nullptr);
+  apply_answer(*r, 2, {v4(1)}, 1000, false);  // start-up: full weight at once
+  CHECK(r->health[8].up_since_ms.load() == 0);
+  r->health[8].fails.store(3);
+  apply_answer(*r, 2, {v4(1), v4(2)}, 7000, true);  // a lookup later: the new one ramps
+  CHECK(r->health[8].up_since_ms.load() == 0);
+  CHECK(r->health[8].fails.load() == 3);  // the kept address keeps its record
+  CHECK(r->health[9].up_since_ms.load() == 7000);
+  Balancer b(kTable, r->health.get());
+  RequestHead head;
+  std::map<int, int> picks;
+  for (int i = 0; i < 110; ++i) ++picks[b.pick(2, head, Tried{}, {{}, {}, 7000})];
+  CHECK(picks[9] == 10);  // 10% of its weight at the start of the ramp
+  picks.clear();
+  for (int i = 0; i < 100; ++i) ++picks[b.pick(2, head, Tried{}, {{}, {}, 12000})];
+  CHECK(picks[9] == 50);  // ramp over: an equal share
 }
