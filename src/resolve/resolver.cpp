@@ -168,10 +168,7 @@ void resolve_carry_over(const Routing& from, Routing& to) {
 
 // ---------------------------------------------------------------- the thread
 
-Resolver::Resolver(Shared& shared) : shared_(shared) {
-  resolve_at_start(*shared_.first);
-  thread_ = std::thread([this] { run(); });
-}
+Resolver::Resolver(Shared& shared) : shared_(shared) { thread_ = std::thread([this] { run(); }); }
 
 void Resolver::stop() {
   if (!thread_.joinable()) return;

@@ -50,8 +50,8 @@ void resolve_carry_over(const Routing& from, Routing& to);
 // Looks every name of the live table up again every `set resolve.interval`.
 class Resolver {
  public:
-  // resolve_at_start on the first table (throws as it does), then the thread
-  // (it sleeps while no table has resolve lines: a reload may bring some).
+  // Starts the thread (after resolve_at_start; it sleeps while no table has
+  // resolve lines: a reload may bring some).
   explicit Resolver(Shared& shared);
   ~Resolver() { stop(); }
   Resolver(const Resolver&) = delete;
