@@ -255,7 +255,14 @@ struct RequestTarget {
 // absolute-form with a scheme other than http or https, userinfo, or an
 // authority that is not host[:port] (at most kMaxAuthority bytes).
 constexpr std::size_t kMaxAuthority = 255;
-const char* map_target(std::string_view target, std::string_view host, RequestTarget& out) noexcept;
+// The rest of map_target: neither origin-form nor "*".
+const char* map_absolute_target(std::string_view target, RequestTarget& out) noexcept;
+inline const char* map_target(std::string_view target, std::string_view host, RequestTarget& out) noexcept {
+  out = RequestTarget{host, target, false};
+  // Origin-form and "*", nearly every request: inline, a test or two.
+  if (target.empty() || target[0] == '/' || target == "*") return nullptr;
+  return map_absolute_target(target, out);
+}
 
 // Fill `head` (method, target, path, query, host) from a parsed request head.
 // `headers` is storage for the Header views routes may inspect.

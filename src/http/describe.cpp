@@ -103,10 +103,8 @@ bool authority_is_valid(std::string_view a) noexcept {
 
 }  // namespace
 
-const char* map_target(std::string_view target, std::string_view host, RequestTarget& out) noexcept {
-  out = RequestTarget{host, target, false};
-  if (target.empty() || target[0] == '/' || target == "*") return nullptr;
-  // absolute-form: scheme "://" authority [path] ["?" query]
+// map_target's other forms: absolute-form is scheme "://" authority [path] ["?" query].
+const char* map_absolute_target(std::string_view target, RequestTarget& out) noexcept {
   const std::size_t colon = target.find("://");
   if (colon == std::string_view::npos) return "a request target in no form served here";
   const std::string_view scheme = target.substr(0, colon);
