@@ -76,9 +76,7 @@ int on_frame_recv(nghttp2_session* ng, const nghttp2_frame* f, void* user) {
       return 0;
     }
     case NGHTTP2_SETTINGS:
-      if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) h2_glitch(c);
-      return 0;
-    case NGHTTP2_PING:
+    case NGHTTP2_PING:  // the client's own, not the ACKs of ours
       if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) h2_glitch(c);
       return 0;
     default:

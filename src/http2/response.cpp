@@ -219,7 +219,8 @@ std::string_view H2Stream::available() noexcept {
   if (body_ended) {
     static constexpr std::string_view kLast = "0\r\n\r\n";
     if (len) {
-      std::memcpy(data + len, "\r\n", 2);
+      data[len] = '\r';  // the data chunk's end
+      data[len + 1] = '\n';
       tail = 2;
     }
     std::memcpy(data + len + tail, kLast.data(), kLast.size());

@@ -79,7 +79,8 @@ bool join_cookie(H2Stream* s, std::string_view value) {
   if (s->head_len + add + kChunked.size() + 2 > s->head->cap) return false;
   char* at = s->head->data + s->cookie_end;
   std::memmove(at + add, at, s->head_len - s->cookie_end);
-  std::memcpy(at, "; ", 2);
+  at[0] = ';';
+  at[1] = ' ';
   std::memcpy(at + 2, value.data(), value.size());
   s->head_len += static_cast<std::uint32_t>(add);
   s->cookie_end += static_cast<std::uint32_t>(add);
