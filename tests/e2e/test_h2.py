@@ -301,6 +301,24 @@ class H2Test(BalancerTestCase):
         time.sleep(0.3)  # requests that reached a server arrive there within this margin
         self.assertLessEqual(self.served("/ping?rr") - before, GLITCH_BUDGET + 2)
 
+    def test_ping_and_settings_floods_goaway(self):
+        for flood in ("ping", "settings"):
+            c = RawH2(self.port, self.ca)
+            self.addCleanup(c.close)
+            for i in range(GLITCH_BUDGET * 4):
+                if flood == "ping":
+                    c.conn.ping(i.to_bytes(8, "big"))
+                else:
+                    c.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100 + i})
+                c.flush()
+                if c.broken:
+                    break
+            c.read_until(lambda evs: c.goaway() is not None, timeout=30)
+            self.assertIsNotNone(c.goaway(), flood)
+            self.assertEqual(c.goaway().error_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, flood)
+            acks = sum(isinstance(e, (h2.events.PingAckReceived, h2.events.SettingsAcknowledged)) for e in c.events)
+            self.assertLessEqual(acks, GLITCH_BUDGET + 2, flood)
+
     def test_header_list_limit_431_and_hpack_bomb(self):
         c = RawH2(self.port, self.ca)
         self.addCleanup(c.close)
