@@ -28,7 +28,10 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
 // copy); with a data source unless the response has no body.
 bool submit_head(H2Stream* s, bool bodyless) {
   const MessageParser& r = s->resp;
-  std::snprintf(s->status_text, sizeof s->status_text, "%03d", r.status() % 1000);
+  const auto status = static_cast<unsigned>(r.status()) % 1000;  // llhttp: three digits
+  s->status_text[0] = static_cast<char>('0' + status / 100);
+  s->status_text[1] = static_cast<char>('0' + status / 10 % 10);
+  s->status_text[2] = static_cast<char>('0' + status % 10);
   nghttp2_nv* nv = s->nva.get();
   std::size_t n = 0;
   nv[n++] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
