@@ -97,6 +97,9 @@ def emit_settings(c: Config) -> list[str]:
     ]
     if c.resolves or s.resolve_interval_ms != 10_000:  # the other tables keep their bytes
         fields.append(("resolve_interval_ms", f"{s.resolve_interval_ms}u"))
+    for name in ("h2_max_streams", "h2_glitches", "h2_hpack_table", "h2_max_frame"):
+        if getattr(s, name) is not None:  # else the default of juggler/route.hpp
+            fields.append((name, f"{getattr(s, name)}u"))
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]
     lines.append("};")
@@ -124,7 +127,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
         f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}, "
-        f".sni = {cbool(lst.sni)}}}"
+        f".sni = {cbool(lst.sni)}{'' if lst.h2 else ', .h2 = false'}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]

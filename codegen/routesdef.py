@@ -116,6 +116,7 @@ class Listener:
     first_cert: int = 0
     proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
     sni: bool = False  # tcp: the pool comes from the ClientHello's server_name (route sni)
+    h2: bool = True  # https: ALPN offers h2 (then http/1.1); h2=off offers http/1.1 alone
 
 
 @dataclass
@@ -271,6 +272,11 @@ class Settings:
     drain_delay_ms: int = 0
     instance: str = ""
     resolve_interval_ms: int = 10_000
+    # HTTP/2: None = the default of juggler/route.hpp (written only when set)
+    h2_max_streams: int | None = None
+    h2_glitches: int | None = None
+    h2_hpack_table: int | None = None
+    h2_max_frame: int | None = None
 
 
 @dataclass
@@ -459,6 +465,7 @@ class Parser:
         "cache", "cache.purge_from", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
         "drain.delay", "instance", "resolve.interval",
+        "h2.max_streams", "h2.glitches", "h2.hpack_table", "h2.max_frame",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -517,6 +524,14 @@ class Parser:
             s.admin_address = s.admin_endpoint.authority
         elif key == "admin_token_file":
             s.admin_token_file = v
+        elif key == "h2.max_streams":
+            s.h2_max_streams = parse_int(key, v, 1, 10000)
+        elif key == "h2.glitches":
+            s.h2_glitches = parse_int(key, v, 1, U32)
+        elif key == "h2.hpack_table":
+            s.h2_hpack_table = parse_size(key, v, 0, 1 << 20)
+        elif key == "h2.max_frame":
+            s.h2_max_frame = parse_size(key, v, 16384, (1 << 24) - 1)
         elif key == "drain.delay":
             s.drain_delay_ms = parse_duration(key, v, allow_zero=True)
         elif key == "resolve.interval":
@@ -586,6 +601,16 @@ class Parser:
             lst.proxy_protocol = True
             if "proxy_protocol" in rest:
                 raise DefError("option 'proxy_protocol' given twice")
+        h2 = [t for t in rest if t.startswith("h2=")]
+        if h2:
+            if kind != "https":
+                raise DefError("option 'h2' is for 'listen https' (HTTP/2 is offered through TLS ALPN)")
+            if len(h2) > 1:
+                raise DefError("option 'h2' given twice")
+            if h2[0] not in ("h2=on", "h2=off"):
+                raise DefError(f"bad '{h2[0]}' (expected h2=on or h2=off)")
+            lst.h2 = h2[0] == "h2=on"
+            rest = [t for t in rest if not t.startswith("h2=")]
         if kind == "http":
             if rest:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")

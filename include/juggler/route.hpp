@@ -78,6 +78,7 @@ struct ListenerDef {
   bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
   bool sni = false;          // Tcp: the pool is chosen by the ClientHello's server_name (RouteTable::sni)
+  bool h2 = true;            // Https: ALPN offers h2 then http/1.1 (h2=off: http/1.1 alone)
 };
 
 // ---------------------------------------------------------------- pools
@@ -221,6 +222,12 @@ struct Settings {
   std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
   std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
   std::uint32_t resolve_interval_ms = 10000;  // `server ... resolve`: how often the names are looked up again
+  // HTTP/2 to clients (src/http2). The defaults live here: the generator
+  // writes a field only when routes.def sets it.
+  std::uint32_t h2_max_streams = 100;   // SETTINGS_MAX_CONCURRENT_STREAMS
+  std::uint32_t h2_glitches = 100;      // resets, empty frames, SETTINGS, PINGs per connection before GOAWAY
+  std::uint32_t h2_hpack_table = 4096;  // SETTINGS_HEADER_TABLE_SIZE: the HPACK table we decode with
+  std::uint32_t h2_max_frame = 16384;   // SETTINGS_MAX_FRAME_SIZE
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

@@ -35,6 +35,7 @@ struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
 struct L4Worker;
+struct H2Worker;
 class Upstream;
 class CacheStore;
 class CacheFlights;
@@ -217,6 +218,7 @@ struct Worker {
   Metrics metrics;  // for /metrics: see metrics.hpp; rows of the first table (Routing::metric_*)
   std::uint64_t last_accept_error_ms = 0;
   std::unique_ptr<L4Worker> l4;
+  H2Worker* h2 = nullptr;  // HTTP/2 connections' idle flush and free lists (src/http2): made on the first one
   std::unique_ptr<CacheWaits> cache_waits;  // misses waiting for another (src/cache/collapse); null without a cache  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 

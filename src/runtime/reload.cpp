@@ -79,6 +79,10 @@ std::string settings_change(const Settings& a, const Settings& b) {
       {"compress.level.gzip", a.compress_level_gzip == b.compress_level_gzip},
       {"compress.level.br", a.compress_level_br == b.compress_level_br},
       {"compress.level.zstd", a.compress_level_zstd == b.compress_level_zstd},
+      {"h2.max_streams", a.h2_max_streams == b.h2_max_streams},
+      {"h2.glitches", a.h2_glitches == b.h2_glitches},
+      {"h2.hpack_table", a.h2_hpack_table == b.h2_hpack_table},
+      {"h2.max_frame", a.h2_max_frame == b.h2_max_frame},
   };
   for (const Field& f : fields)
     if (!f.same) return f.name;
@@ -92,7 +96,7 @@ std::string listeners_change(const RouteTable& a, const RouteTable& b) {
   for (std::size_t i = 0; i < a.listeners.size(); ++i) {
     const ListenerDef& x = a.listeners[i];
     const ListenerDef& y = b.listeners[i];
-    bool same = x.kind == y.kind && x.host == y.host && x.port == y.port && x.proxy_protocol == y.proxy_protocol &&
+    bool same = x.kind == y.kind && x.host == y.host && x.port == y.port && x.proxy_protocol == y.proxy_protocol && x.h2 == y.h2 &&
                 x.cert_count == y.cert_count && (x.pool < 0) == (y.pool < 0);
     if (same && x.pool >= 0) same = a.pools[static_cast<std::size_t>(x.pool)].name == b.pools[static_cast<std::size_t>(y.pool)].name;
     for (std::uint16_t c = 0; same && c < x.cert_count; ++c)

@@ -34,6 +34,7 @@
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "http1/upgrade.hpp"
+#include "http2/h2.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "resolve/resolver.hpp"
@@ -208,6 +209,7 @@ void finish_worker(WorkerThread* t) {
   upstream_sweep(w, true);
   session_free_exchanges(w);
   cache_worker_done(w);
+  h2_worker_close(w);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->reload), nullptr);
