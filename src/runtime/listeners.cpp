@@ -260,12 +260,20 @@ std::string Listeners::reload(const RouteTable& next, Routing& r) {
     log(LogLevel::Info, "%s: no longer listening on %s (its open connections finish)", std::string(next.source).c_str(),
         s->url().c_str());
     // The copies kept for an upgrade; the workers close theirs when they swap.
-    for (int& fd : s->held) ::close(std::exchange(fd, -1));
+    for (int fd : s->held) ::close(fd);
     s->held.clear();
   }
   open_ = slots;
   r.listeners = std::move(slots);
   return {};
+}
+
+void Listeners::release() noexcept {
+  for (auto& s : slots_) {
+    for (int fd : s->held)
+      if (fd >= 0) ::close(fd);
+    s->held.clear();
+  }
 }
 
 std::string Listeners::hand_over(int fd) const {

@@ -67,6 +67,10 @@ class Listeners {
   // control client `fd` (runtime/upgrade.hpp). An error message, or empty.
   std::string hand_over(int fd) const;
 
+  // The drain began: the copies kept for an upgrade close (the sockets then
+  // close with the workers' own, and new connections are refused).
+  void release() noexcept;
+
   // The first https listener's port (`-> redirect https`), 443 without one.
   std::uint16_t https_port() const noexcept { return https_port_; }
 

@@ -354,6 +354,7 @@ struct SignalState {
   std::vector<WorkerThread>* threads;
   Shared* shared;
   Reloader* reloader;
+  Listeners* listeners;
   std::uint32_t traffic;  // threads[0, traffic) serve traffic
   int count;
   bool admin_stopped;
@@ -363,6 +364,8 @@ struct SignalState {
 
 void start_drain(uv_timer_t* h) {
   auto* st = static_cast<SignalState*>(h->data);
+  // The sockets close once the workers close theirs: new connections are refused.
+  st->listeners->release();
   for (std::uint32_t i = 0; i < st->traffic; ++i) uv_async_send(&(*st->threads)[i].stop);
   uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
     log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
@@ -478,7 +481,7 @@ int run(const Config& config) {
   });
   // A reload binds the listeners it adds and re-reads the certificates that changed.
   reloader.set_listeners([&listeners](const RouteTable& next, Routing& r) { return listeners.reload(next, r); });
-  SignalState sig{&threads, &shared, &reloader, n, 0, false, {}, {}, config.settings.drain_delay_ms,
+  SignalState sig{&threads, &shared, &reloader, &listeners, n, 0, false, {}, {}, config.settings.drain_delay_ms,
                   config.settings.drain_timeout_ms};
   reloader.set_upgrade([&listeners](int fd) { return listeners.hand_over(fd); }, [&sig] { on_upgraded(&sig); });
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
