@@ -349,8 +349,15 @@ class ReloadTest(BalancerTestCase):
         self.addCleanup(s.close)
         self.addCleanup(f.close)
         self.assertEqual(get(f, s, "/b/k").status, 200)
-        s.sendall(b"GET /delay?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        s.sendall(b"GET /delay?ms=10000 HTTP/1.1\r\nHost: t\r\n\r\n")  # past the reload (it compiles)
         b.wait_for_line(r"wait", timeout=10)  # the server has it
+        # And a tunnel of the tcp listener, open across the reload that removes it.
+        t = socket.create_connection((NEW_LISTEN, 18191), timeout=30)
+        tf = t.makefile("rb")
+        self.addCleanup(t.close)
+        self.addCleanup(tf.close)
+        before = get(tf, t, "/c/k")
+        self.assertEqual(before.status, 200)
         self.assert_reloaded(ROUTES_LISTEN)  # both listeners removed
         self.assert_refused(18190)
         self.assert_refused(18191)
@@ -360,6 +367,9 @@ class ReloadTest(BalancerTestCase):
         self.assertEqual((in_flight.header("Connection") or "").lower(), "close")  # drained: its last answer
         self.assertEqual(s.recv(1), b"")
         self.assertEqual(one_get(lb.port, "/b/x").status, 200)  # the listener both tables have goes on
+        after = get(tf, t, "/c/k")  # the tunnel relays on, to the same server connection
+        self.assertEqual((after.status, after.header("X-Server"), after.header("X-Conn")),
+                         (200, before.header("X-Server"), before.header("X-Conn")))
         lb.wait_for_line(r"no longer listening on http://127\.0\.190\.1:18190")
 
     def test_listener_that_cannot_bind_refuses_the_whole_reload(self):
