@@ -153,6 +153,23 @@ class UpgradeTest(BalancerTestCase):
         print(f"\nupgrade: {len(served)} requests, {len(idle_closes)} kept-alive connections closed idle "
               f"by the draining process and retried", file=sys.stderr)
 
+    def test_a_new_process_that_cannot_start_leaves_the_old_one_serving(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        self.start_testserver(port=6901, host=BACKENDS)
+        self.start_testserver(port=6902, host=BACKENDS)
+        old = self.start_balancer("upgrade", workers=2, cwd=folder)
+        # One socket per worker: three workers cannot take two sockets over.
+        out = jtest.run_program([balancer_path("upgrade"), "--port", "0", "--workers", "3", "--upgrade"], cwd=folder,
+                                timeout=60)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertIn("the running balancer has 2 workers, this one 3: start it with --workers 2", out.stdout + out.stderr)
+        old.wait_for_line(r"upgrade: the new process went away before it served; this one goes on")
+        self.assertIsNone(old.poll())
+        with socket.create_connection((LB_HOST, old.port), timeout=10) as s, s.makefile("rb") as f:
+            self.assertEqual(get(s, f, "/ping").status, 200)
+        self.assertNotIn("drains", old.output())
+
 
 if __name__ == "__main__":
     sys.exit(unittest.main())
