@@ -67,7 +67,7 @@ constexpr std::uint32_t kHousekeepingTicks = 5;  // idle sweep and pool trims ev
 
 // A worker's listening socket: its handle and what the accept callback reads.
 struct OpenListener {
-  const ListenerSlot* slot;  // null: the admin listener
+  const ListenerSlot* slot = nullptr;  // null: the admin listener
   std::unique_ptr<ListenerCtx> ctx;
   std::unique_ptr<uv_tcp_t> handle;
 };
@@ -150,8 +150,10 @@ void close_listeners(WorkerThread* t) {
 // t's loop, which owns it from here.
 void open_listener(WorkerThread* t, int fd, const ListenerSlot* slot, const ListenerDef* def) {
   Worker& w = *t->worker;
-  OpenListener l{slot, std::make_unique<ListenerCtx>(ListenerCtx{&w, slot && slot->tls.load() ? &slot->tls : nullptr, def}),
-                 std::make_unique<uv_tcp_t>()};
+  OpenListener& l = t->listeners.emplace_back();
+  l.slot = slot;
+  l.ctx = std::make_unique<ListenerCtx>(ListenerCtx{&w, slot && slot->tls.load() ? &slot->tls : nullptr, def});
+  l.handle = std::make_unique<uv_tcp_t>();
   l.ctx->slot = slot;
   uv_tcp_init(&w.loop, l.handle.get());
   l.handle->data = l.ctx.get();
@@ -159,7 +161,6 @@ void open_listener(WorkerThread* t, int fd, const ListenerSlot* slot, const List
   int rc = uv_tcp_open(l.handle.get(), fd);
   if (rc == 0) rc = uv_listen(as_stream(l.handle.get()), 1024, listener_on_connection);
   if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
-  t->listeners.push_back(std::move(l));
 }
 
 // A session that came in through the listener `slot` (its local address).
