@@ -84,6 +84,8 @@ def emit_settings(c: Config) -> list[str]:
         ("cache_bytes", f"{s.cache_bytes}u"),
         ("cache_address", sv(s.cache_address)),
         ("cache_max_object", f"{s.cache_max_object}u"),
+        ("cache_redis_prefix", sv(s.cache_redis_prefix)),
+        ("cache_redis_deadline_ms", f"{s.cache_redis_deadline_ms}u"),
         ("cache_purge_from", emit_cidr(s.cache_purge_from)),
         ("admin_address", sv(s.admin_address)),
         ("admin_token_file", sv(s.admin_token_file)),

@@ -53,6 +53,14 @@ SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 U16 = (1 << 16) - 1
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
+# `set cache redis`: the default max_object (larger responses stream through
+# uncached), the largest a Redis value may be (its proto-max-bulk-len less our
+# record's header), the longest deadline, and what a key prefix may hold.
+REDIS_MAX_OBJECT = 512 << 10
+REDIS_MAX_VALUE = 256 << 20
+REDIS_MAX_DEADLINE_MS = 10_000
+REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
+
 # RouteDef::cache_ttl_ms of a route with `cache` and no TTL: the server's freshness, unbounded.
 CACHE_NO_BOUND = U32
 MAX_ROUTES = U16
@@ -237,7 +245,9 @@ class Settings:
     cache: str = "Off"  # CacheKind enumerator
     cache_bytes: int = 64 << 20
     cache_address: str = ""
-    cache_max_object: int = 1 << 20
+    cache_max_object: int = 1 << 20  # memory; Redis: REDIS_MAX_OBJECT unless given
+    cache_redis_prefix: str = ""
+    cache_redis_deadline_ms: int = 50
     cache_purge_from: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     admin_address: str = ""
     admin_endpoint: Endpoint | None = None
@@ -515,10 +525,24 @@ class Parser:
                 raise DefError(f"cache max_object ({s.cache_max_object} bytes) is larger than the cache "
                                f"({s.cache_bytes} bytes)")
         elif kind == "redis":
-            if len(rest) != 1:
+            if not rest or "=" in rest[0]:
                 raise DefError("'set cache redis' needs one address (set cache redis HOST:PORT)")
             s.cache = "Redis"
             s.cache_address = parse_endpoint(rest[0], "redis").written
+            opts = Options("set cache redis", rest[1:], ["prefix", "max_object", "deadline"])
+            s.cache_max_object = REDIS_MAX_OBJECT
+            if "max_object" in opts.values:
+                s.cache_max_object = parse_size("cache max_object", opts.values["max_object"], 1, REDIS_MAX_VALUE)
+            if "prefix" in opts.values:
+                if not REDIS_PREFIX_RE.fullmatch(opts.values["prefix"]):
+                    raise DefError(f"bad redis prefix '{opts.values['prefix']}' (1 to 64 letters, digits or "
+                                   f"':._-', e.g. prefix=juggler:)")
+                s.cache_redis_prefix = opts.values["prefix"]
+            if "deadline" in opts.values:
+                s.cache_redis_deadline_ms = parse_duration("cache deadline", opts.values["deadline"])
+                if s.cache_redis_deadline_ms > REDIS_MAX_DEADLINE_MS:
+                    raise DefError(f"cache deadline '{opts.values['deadline']}' is too long (at most 10s: "
+                                   f"every request on a cached route may wait that long for Redis)")
         else:
             raise DefError(f"bad cache '{kind}' (expected memory [size=SIZE], redis HOST:PORT or off)")
 

@@ -193,6 +193,8 @@ struct Settings {
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::uint32_t cache_max_object;  // larger responses stream through uncached
+  std::string_view cache_redis_prefix;    // Redis: put before every key
+  std::uint32_t cache_redis_deadline_ms;  // Redis: a lookup not answered by then bypasses the cache
   CidrDef cache_purge_from;        // who may PURGE (family 0: nobody)
   std::string_view admin_address;  // empty = no admin listener
   std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none

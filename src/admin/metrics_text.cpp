@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "admin/admin.hpp"
+#include "cache/store.hpp"
 #include "juggler/worker.hpp"
 
 namespace juggler {
@@ -200,6 +201,10 @@ void render_process(Writer& w, const Shared& shared, const Routing& live, const 
   static constexpr const char* kCacheLabels[] = {"", "result=\"miss\"", "result=\"bypass\"", "result=\"hit\"",
                                                  "result=\"stale\""};
   for (std::size_t i = 1; i < 5; ++i) w.sample("juggler_cache_requests_total", kCacheLabels[i], s.cache[i]);
+  if (const int up = shared.cache ? shared.cache->connections_up() : -1; up >= 0)
+    w.single("juggler_cache_redis_connections_up", "gauge",
+             "Workers whose Redis connection answers (set cache redis); fewer than juggler_workers: an outage.",
+             static_cast<std::uint64_t>(up));
   w.family("juggler_compress_bytes_total", "counter", "Body bytes into the compressors and out of them.");
   w.sample("juggler_compress_bytes_total", "direction=\"in\"", s.compress_in);
   w.sample("juggler_compress_bytes_total", "direction=\"out\"", s.compress_out);

@@ -70,7 +70,9 @@ std::string settings_change(const Settings& a, const Settings& b) {
       {"limit.body_bytes", a.body_bytes == b.body_bytes},
       {"limit.requests_per_connection", a.requests_per_connection == b.requests_per_connection},
       {"limit.connections_per_worker", a.connections_per_worker == b.connections_per_worker},
-      {"cache", a.cache == b.cache && a.cache_bytes == b.cache_bytes && a.cache_address == b.cache_address},
+      {"cache", a.cache == b.cache && a.cache_bytes == b.cache_bytes && a.cache_address == b.cache_address &&
+                    a.cache_redis_prefix == b.cache_redis_prefix &&
+                    a.cache_redis_deadline_ms == b.cache_redis_deadline_ms},
       {"admin", a.admin_address == b.admin_address},
       {"admin_token_file", a.admin_token_file == b.admin_token_file},
       {"compress.level.gzip", a.compress_level_gzip == b.compress_level_gzip},
