@@ -25,6 +25,7 @@ struct Options {
   // mode: ask the balancer there to load this table object, then exit.
   std::string control = "juggler.sock";
   std::string reload;
+  bool upgrade = false;  // take the listening sockets over from the balancer on `control` (make upgrade)
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
   std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
                upstream_timeout_ms = -1, drain_timeout_ms = -1, tunnel_idle_timeout_ms = -1;
@@ -50,6 +51,7 @@ struct Config {
   int admin_port = -1;
   LogLevel log_level = LogLevel::Info;
   std::string control_path;  // the control socket (runtime/reload.hpp); empty = none
+  bool upgrade = false;      // --upgrade (runtime/upgrade.hpp)
 };
 
 // Builds the effective configuration. Throws std::runtime_error with a

@@ -38,6 +38,9 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
                  "starts in; off: none)");
   app.add_option("--reload", out.reload,
                  "FILE.so: ask the balancer on --control to swap in this table (built by make reload), then exit");
+  app.add_flag("--upgrade", out.upgrade,
+               "take the listening sockets over from the balancer on --control, which then drains and exits "
+               "(make upgrade)");
   // Durations as in routes.def (250ms 10s 2m); each overrides its `set timeout.*`.
   struct TimeoutFlag {
     const char* name;
@@ -147,6 +150,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
                                        : (cores ? cores : 1);
   c.port_override = opts.port;
   if (opts.control != "off") c.control_path = opts.control;
+  c.upgrade = opts.upgrade;
   c.https_port_override = opts.https_port;
   auto over = [](std::int64_t v, std::uint32_t& field) {
     if (v > 0) field = static_cast<std::uint32_t>(std::min<std::int64_t>(v, UINT32_MAX));

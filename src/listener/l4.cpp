@@ -115,11 +115,7 @@ L4Worker::~L4Worker() {
 }
 
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls) {
-  // `def` is the first table's; a reload keeps the listeners as they are
-  // (src/runtime/reload.cpp), so the same line of the current table names
-  // the pool by this table's number.
-  const auto line = static_cast<std::size_t>(&def - w.shared.first->table->listeners.data());
-  const auto pool = static_cast<std::uint16_t>(w.tab->table->listeners[line].pool);
+  const auto pool = static_cast<std::uint16_t>(def.pool);  // `def` is of w.tab's table
   L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
   if (c) {
