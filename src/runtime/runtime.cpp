@@ -414,9 +414,16 @@ int run(const Config& config) {
   std::signal(SIGPIPE, SIG_IGN);
   // Every connection is a descriptor (two when proxied): take all the
   // operator allows (systemd's soft default of 1024 is far too low).
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
+  // The log says what it got: the first thing to check when accept fails.
+  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    const rlim_t was = nofile.rlim_cur;
+    if (was < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0) nofile.rlim_cur = was;  // e.g. over fs.nr_open
+    }
+    log(LogLevel::Info, "open files: limit %llu (soft limit was %llu, hard %llu)",
+        static_cast<unsigned long long>(nofile.rlim_cur), static_cast<unsigned long long>(was),
+        static_cast<unsigned long long>(nofile.rlim_max));
   }
 
   Shared shared;
