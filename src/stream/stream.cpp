@@ -145,7 +145,7 @@ void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
     s->pump();
     return;
   }
-  if (n < 0 && s->reading_) {
+  if (n < 0 && s->reading_ && n != UV_ENOBUFS) {
     // Nothing more will come: reading is over either way.
     uv_read_stop(st);
     s->reading_ = false;
