@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 
 #include "tunnel/tunnel.hpp"
 
@@ -39,8 +40,12 @@ int fd_of(Stream& s) {
 
 void Tunnel::maybe_splice(Side& from) noexcept {
 #ifdef __linux__
+  // JUGGLER_NO_SPLICE in the environment keeps the copying path (HAProxy's
+  // `nosplice`): for comparing the two, and a way out should a kernel misbehave.
+  static const bool off = std::getenv("JUGGLER_NO_SPLICE") != nullptr;
   Side& to = peer(from);
-  if (from.splicing || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() || to.stream->secure())
+  if (off || from.splicing || from.eof || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() ||
+      to.stream->secure())
     return;
   if (::pipe2(from.pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
     from.full_reads = 0;  // out of descriptors: copying works as well, try again later

@@ -2,7 +2,8 @@
 built from tests/routes/l4.def in front of raw TCP backends run by this test (asyncio in a
 thread, on 127.0.115.1), real client sockets.
 
-Bytes pass untouched both ways (1 MB each way), a FIN is passed on while the other direction
+Bytes pass untouched both ways (1 MB each way; a bulk transfer through splice(2), with
+backpressure and half-close), a FIN is passed on while the other direction
 keeps flowing (both ways), a refused server is skipped, an idle tunnel is closed after
 timeout.tunnel_idle, 1,000 tunnels open at once carry data and cost little memory (the
 balancer raising its own descriptor limit to hold them), consistent_hash key=ip keeps a
@@ -18,6 +19,7 @@ import resource
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import unittest
@@ -107,6 +109,17 @@ def dial(port: int, source: str = "", timeout: float = 10.0) -> socket.socket:
     return s
 
 
+def pipes_of(pid: int) -> int:
+    """How many pipe ends process `pid` holds."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
 def recv_line(s: socket.socket) -> bytes:
     out = bytearray()
     while not out.endswith(b"\n"):
@@ -140,6 +153,32 @@ class L4Test(BalancerTestCase):
             self.assertTrue(got == data, "the echoed megabyte differs")
             s.shutdown(socket.SHUT_WR)
             self.assertEqual(jtest.recv_to_end(s), b"")  # the server's FIN, passed back
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "splice(2) is Linux's")
+    def test_a_bulk_transfer_is_spliced_with_backpressure_and_half_close(self):
+        """Past a few full reads a direction moves socket -> pipe -> socket (splice): both
+        directions of a 24 MB echo show a pipe in the balancer; a client that does not read
+        (a small receive buffer) holds the whole chain back without loss; each FIN is passed
+        on through the spliced direction; the pipes close with the tunnel."""
+        lb = self.start()
+        before = pipes_of(lb.pid)
+        data = jtest.pattern_bytes(24 << 20)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        s.settimeout(60)
+        with s:
+            s.connect((HOST, ECHO))
+            sender = threading.Thread(target=s.sendall, args=(data,))
+            sender.start()
+            # Nothing read yet: the echo backs up into the balancer, which splices both ways.
+            self.assertTrue(jtest.wait_until(lambda: pipes_of(lb.pid) >= before + 4, 20),
+                            f"{pipes_of(lb.pid) - before} pipe ends: not spliced both ways")
+            got = jtest.recv_exact(s, len(data))
+            sender.join()
+            self.assertTrue(got == data, "the echo differs")
+            s.shutdown(socket.SHUT_WR)
+            self.assertEqual(jtest.recv_to_end(s), b"")  # our FIN to the server, its FIN back
+        self.assertTrue(jtest.wait_until(lambda: pipes_of(lb.pid) == before, 15), "a pipe outlived its tunnel")
 
     def test_client_fin_passed_on_and_the_answer_still_flows(self):
         self.start()
