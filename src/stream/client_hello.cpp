@@ -165,7 +165,9 @@ HelloParse parse_client_hello(std::string_view data, ClientHello* out) noexcept 
   if (hello.left == 0) return HelloParse::Done;  // no extensions (SSL 3.0 style): no name
   Reader ext = hello.sub(hello.u16());
   if (!hello.ok || hello.left != 0) return HelloParse::Invalid;
-  return find_server_name(ext, out) ? HelloParse::Done : HelloParse::Invalid;
+  if (find_server_name(ext, out)) return HelloParse::Done;
+  out->name = {};  // no name but a Done's
+  return HelloParse::Invalid;
 }
 
 }  // namespace juggler
