@@ -180,7 +180,9 @@ class Stream {
 
   // Runs `p` on the first bytes read, before the handler sees any (call
   // after accept(), before reading starts; `p` must live until the handler's
-  // first on_stream_read). The rest it hands back is delivered at once
+  // first on_stream_read). Or from the Done of the prelude running (a PROXY
+  // header, then a ClientHello peeked): `p` then gets that one's rest as its
+  // first read (its room must take it) and the rest goes on from `p`'s Done. The rest it hands back is delivered at once
   // through on_stream_alloc/on_stream_read (over TLS: decrypted first), so
   // the handler's room must take up to the prelude's room in those calls.
   void set_prelude(Prelude* p) noexcept { prelude_ = p; }
