@@ -10,7 +10,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,6 +36,7 @@
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "resolve/resolver.hpp"
+#include "runtime/descriptors.hpp"
 #include "runtime/reload.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
@@ -413,19 +413,7 @@ int run(const Config& config) {
   const RouteTable& table = *config.table;
   set_log_instance(config.settings.instance);
   std::signal(SIGPIPE, SIG_IGN);
-  // Every connection is a descriptor (two when proxied): take all the
-  // operator allows (systemd's soft default of 1024 is far too low).
-  // The log says what it got: the first thing to check when accept fails.
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
-    const rlim_t was = nofile.rlim_cur;
-    if (was < nofile.rlim_max) {
-      nofile.rlim_cur = nofile.rlim_max;
-      if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0) nofile.rlim_cur = was;  // e.g. over fs.nr_open
-    }
-    log(LogLevel::Info, "open files: limit %llu (soft limit was %llu, hard %llu)",
-        static_cast<unsigned long long>(nofile.rlim_cur), static_cast<unsigned long long>(was),
-        static_cast<unsigned long long>(nofile.rlim_max));
-  }
+  raise_descriptor_limit();
 
   Shared shared;
   shared.config = config;
