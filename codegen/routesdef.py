@@ -616,10 +616,9 @@ class Parser:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
-            if lst.sni and ("pool" in opts.values or lst.proxy_protocol):
-                # One prelude per connection for now: a PROXY header and then a peek are not chained.
-                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines "
-                               "(no pool=, no proxy_protocol)")
+            if lst.sni and "pool" in opts.values:
+                # (with proxy_protocol: the PROXY header first, then the ClientHello is peeked)
+                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines (no pool=)")
             if "pool" not in opts.values and not lst.sni:
                 raise DefError("'listen tcp' needs pool=NAME (or sni, with 'route sni' lines)")
             lst.pool_name = opts.values.get("pool")

@@ -10,7 +10,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,6 +38,7 @@
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "resolve/resolver.hpp"
+#include "runtime/descriptors.hpp"
 #include "runtime/listeners.hpp"
 #include "runtime/reload.hpp"
 #include "runtime/upgrade.hpp"
@@ -417,12 +417,7 @@ int run(const Config& config) {
   const RouteTable& table = *config.table;
   set_log_instance(config.settings.instance);
   std::signal(SIGPIPE, SIG_IGN);
-  // Every connection is a descriptor (two when proxied): take all the
-  // operator allows (systemd's soft default of 1024 is far too low).
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  raise_descriptor_limit();
 
   Shared shared;
   shared.config = config;
