@@ -92,6 +92,8 @@ def emit_settings(c: Config) -> list[str]:
         ("compress_level_zstd", str(s.compress_levels["zstd"])),
         ("drain_delay_ms", str(s.drain_delay_ms)),
         ("instance", sv(s.instance)),
+        # The whole line, made here once: a response carries it without formatting.
+        ("instance_header", sv(f"{s.instance_header}: {s.instance}\r\n" if s.instance_header else "")),
     ]
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]

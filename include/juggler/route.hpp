@@ -201,6 +201,9 @@ struct Settings {
   std::uint8_t compress_level_zstd;  // 1..19
   std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
   std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
+  // `set instance.header NAME`: the whole line "NAME: INSTANCE\r\n", made by the
+  // generator, that relayed and cached responses carry; empty = none.
+  std::string_view instance_header;
 };
 
 // A compiled route table: a value, reached through a pointer, so one process

@@ -35,6 +35,7 @@ constexpr Settings kSettings{
     .compress_level_zstd = 19,
     .drain_delay_ms = 5000,
     .instance = "lb-1.eu_west",
+    .instance_header = "X-Served-By: lb-1.eu_west\015\012",
 };
 
 constexpr std::string_view kUpgrades0[] = {
@@ -668,7 +669,7 @@ const RouteTable& route_table() noexcept {
       .routes = kRoutes,
       .distribute = distribute,
       .sni = sni_names::sni_route,
-      .source_hash = "1a98f396932c",
+      .source_hash = "2edc5bb6e01e",
   };
   return table;
 }
