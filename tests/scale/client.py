@@ -6,16 +6,22 @@ timeouts; responses are read off raw sockets (no retry, no fallback).
   keys FRONT N         two kept-alive connections through the front, one answered by each
                        instance (X-Served-By), and the N keys X-User: user-0... sent on both:
                        {"by": {INSTANCE: {KEY: X-Server}}, "xff": {INSTANCE: [values]}}
-  loop FRONT SECS MAX  one request per new connection (Connection: close) until SECS pass
+  loop FRONT SECS MAX [HOST PATH]
+                       one request per new connection (Connection: close) until SECS pass
                        or MAX were sent, paced: {"results": [[t, ok, instance, detail]...]}
                        with t the CLOCK_MONOTONIC of the request's start (the same clock
-                       across namespaces, so the driver can place its signals among them)
+                       across namespaces, so the driver can place its signals among them);
+                       detail: the status, or "backend N" for a demo root's page
+  cache FRONT TARGET   TARGET with Host: cache.test once through the connection answered by
+                       lb1, then through lb2's until X-Cache: HIT (bounded):
+                       {"lb1": X-Cache, "lb2": [X-Cache...], "served_by": the HIT's X-Served-By}
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -41,7 +47,9 @@ def headers_seen(body: bytes) -> dict:
     return seen
 
 
-def keys(front: str, n: int) -> dict:
+def pair(front: str) -> dict:
+    """{instance: (socket, reader)}: kept-alive connections through the front, one answered
+    by each instance."""
     conns = {}
     for _ in range(20):  # the front alternates between the instances: a few tries find both
         s = socket.create_connection(split(front), timeout=TIMEOUT)
@@ -54,6 +62,11 @@ def keys(front: str, n: int) -> dict:
             conns[who] = (s, reader)
         if len(conns) == 2:
             break
+    return conns
+
+
+def keys(front: str, n: int) -> dict:
+    conns = pair(front)
     by = {who: {} for who in conns}
     xff = {who: set() for who in conns}
     for i in range(n):
@@ -70,22 +83,45 @@ def keys(front: str, n: int) -> dict:
     return {"by": by, "xff": {who: sorted(v) for who, v in xff.items()}}
 
 
-def one(front: str) -> tuple[bool, str, str]:
+def cache(front: str, target: str) -> dict:
+    conns = pair(front)
+    get = f"GET {target} HTTP/1.1\r\nHost: cache.test\r\n\r\n".encode()
+
+    def through(who):
+        s, reader = conns[who]
+        s.sendall(get)
+        return jtest.read_response(reader)
+    out = {"lb1": through("lb1").header("X-Cache"), "lb2": [], "served_by": None}
+    end = time.monotonic() + 10  # the store goes to Redis after the answer: poll, bounded
+    while time.monotonic() < end:
+        r = through("lb2")
+        out["lb2"].append(r.header("X-Cache"))
+        if r.header("X-Cache") == "HIT":
+            out["served_by"] = r.header("X-Served-By")
+            break
+        time.sleep(0.05)
+    return out
+
+
+def one(front: str, host: str, path: str) -> tuple[bool, str, str]:
     try:
         with socket.create_connection(split(front), timeout=TIMEOUT) as s:
-            s.sendall(b"GET /ping HTTP/1.1\r\nHost: scale.test\r\nConnection: close\r\n\r\n")
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             r = jtest.read_response(s.makefile("rb"))
-            return r.status == 200 and r.body == b"pong\n", r.header("X-Served-By") or "", str(r.status)
+            backend = re.search(rb"Juggler demo backend (\d+)", r.body)
+            detail = f"backend {backend.group(1).decode()}" if backend else str(r.status)
+            ok = r.status == 200 and (path != "/ping" or r.body == b"pong\n")
+            return ok, r.header("X-Served-By") or "", detail
     except (OSError, ConnectionError, ValueError) as e:
         return False, "", f"{type(e).__name__}: {e}"
 
 
-def loop(front: str, seconds: float, most: int) -> dict:
+def loop(front: str, seconds: float, most: int, host: str = "scale.test", path: str = "/ping") -> dict:
     results = []
     end = time.monotonic() + seconds
     while time.monotonic() < end and len(results) < most:
         t = time.monotonic()
-        ok, who, detail = one(front)
+        ok, who, detail = one(front, host, path)
         results.append([t, ok, who, detail])
         if len(results) == 1:
             print("loop: first answer", file=sys.stderr, flush=True)
@@ -98,7 +134,9 @@ def main(argv: list[str]) -> int:
     if mode == "keys":
         out = keys(argv[2], int(argv[3]))
     elif mode == "loop":
-        out = loop(argv[2], float(argv[3]), int(argv[4]))
+        out = loop(argv[2], float(argv[3]), int(argv[4]), *argv[5:7])
+    elif mode == "cache":
+        out = cache(argv[2], argv[3])
     else:
         print(f"client.py: unknown mode {mode}", file=sys.stderr)
         return 2
