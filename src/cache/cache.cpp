@@ -24,18 +24,9 @@ namespace {
 
 constexpr std::string_view kXCache[] = {"", "X-Cache: MISS\r\n", "X-Cache: BYPASS\r\n", "X-Cache: HIT\r\n",
                                         "X-Cache: STALE\r\n"};
+constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
 constexpr std::string_view kPurgedKeep = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npurged\n";
 constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npurged\n";
-
-// The response fields a stored copy does not keep: the framing (a hit sends
-// its own Content-Length), the connection's, Age (computed per hit) and
-// Set-Cookie (one client's cookie is never handed to another).
-bool hop_field(std::string_view name) noexcept {
-  return iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "transfer-encoding") ||
-         iequals(name, "content-length") || iequals(name, "set-cookie") || iequals(name, "age") ||
-         iequals(name, "proxy-connection") || iequals(name, "te") || iequals(name, "trailer") ||
-         iequals(name, "upgrade");
-}
 
 // The primary key into `out` (reused: no allocation once it grew): the host
 // in lower case, '\0', the path and the query.
@@ -101,6 +92,7 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
 }
 
 ResponseFacts response_facts(const MessageParser& r) noexcept;
+CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control);
 
 char* put(char* p, std::string_view s) noexcept {
   std::memcpy(p, s.data(), s.size());
@@ -112,11 +104,14 @@ char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p 
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
 // scratch, and the stored body, as three slices of one write; the entry
-// stays referenced until the exchange is put back.
-State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
+// stays referenced until the exchange is put back. `conditional`: the
+// request has If-* fields, so the client may hold the copy already (a 304:
+// the stored head under a 304 status line, no body).
+State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditional) {
   detach_upstream(ex, false);
   TimerWheel::disarm(&ex->timer);
-  ex->status = e->status;
+  const bool not_modified = conditional && client_has_copy(ex->head, e->status, e->etag, e->last_modified);
+  ex->status = not_modified ? 304 : e->status;
   ex->cache_entry = e;
   ex->cache = static_cast<std::uint8_t>(how);
   cache_flight_end(ex);  // a leader answered from the cache (a 304, a stale copy): its waiters look again
@@ -127,7 +122,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
   p = put(p, "\r\n");
   p = put(p, kXCache[static_cast<unsigned>(how)]);
   p = put(p, settings(*ex->worker).instance_header);  // the instance that answered, not the one that stored
-  if (e->status != 204 && e->status != 304) {
+  if (!not_modified && e->status != 204 && e->status != 304) {
     p = put(p, "Content-Length: ");
     p = put_number(p, e->body.size());
     p = put(p, "\r\n");
@@ -136,10 +131,16 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how) {
   else if (ex->req.http_minor() == 0) p = put(p, "Connection: keep-alive\r\n");
   p = put(p, "\r\n");
   uv_buf_t* iov = ex->iov.get();
-  iov[0] = uv_buf_init(e->head.data(), static_cast<unsigned>(e->head.size()));
-  iov[1] = uv_buf_init(lines, static_cast<unsigned>(p - lines));
-  unsigned n = 2;
-  if (!ex->is_head && !e->body.empty()) iov[n++] = uv_buf_init(e->body.data(), static_cast<unsigned>(e->body.size()));
+  unsigned n = 0;
+  std::string_view head = e->head;
+  if (not_modified) {
+    iov[n++] = uv_buf_init(const_cast<char*>(kNotModified.data()), static_cast<unsigned>(kNotModified.size()));
+    head.remove_prefix(head.find("\r\n") + 2);  // the stored status line
+  }
+  iov[n++] = uv_buf_init(const_cast<char*>(head.data()), static_cast<unsigned>(head.size()));
+  iov[n++] = uv_buf_init(lines, static_cast<unsigned>(p - lines));
+  if (!ex->is_head && !not_modified && !e->body.empty())
+    iov[n++] = uv_buf_init(e->body.data(), static_cast<unsigned>(e->body.size()));
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
   ex->answer_slices = static_cast<std::uint8_t>(n);
   return State::Respond;
@@ -205,13 +206,13 @@ State cache_request(Exchange* ex) {
   const std::uint64_t hash = cache_key_hash(key);
   CacheEntry* e = lookup(ex, key, hash, rf.authorization);
   const std::uint64_t now = ex->worker->now_ms();
-  if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit);
+  if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit, rf.conditional);
   if (e) keep_stale(ex, e, rf.conditional);
   if (h.method != Method::Get) return State::Connect;
   // stale-while-revalidate: another request is refreshing it; this one need not wait.
   if (e && !e->revalidate && now < e->fresh_until_ms.load(std::memory_order_relaxed) + e->stale_while_revalidate_ms &&
       ex->worker->shared.cache_flights->active(hash))
-    return reply_stored(ex, e, CacheStatus::Stale);
+    return reply_stored(ex, e, CacheStatus::Stale, rf.conditional);
   return cache_lead_or_wait(ex, hash) ? State::Connect : State::CacheWait;
 }
 
@@ -222,7 +223,7 @@ State cache_resume(Exchange* ex) {
   if (e && e->fresh(ex->worker->now_ms())) {
     if (ex->cache_entry) cache_entry_release(ex->cache_entry);
     ex->cache_entry = nullptr;
-    return reply_stored(ex, e, CacheStatus::Hit);
+    return reply_stored(ex, e, CacheStatus::Hit, rf.conditional);
   }
   if (e) keep_stale(ex, e, rf.conditional);
   return proxy_begin(ex);  // what the leader got was not stored: to the server, each
@@ -255,7 +256,9 @@ bool cache_stands_in(const Exchange* ex) noexcept {
   return ex->worker->now_ms() < e->fresh_until_ms.load(std::memory_order_relaxed) + e->stale_if_error_ms;
 }
 
-State cache_reply_stale(Exchange* ex) { return reply_stored(ex, ex->cache_entry, CacheStatus::Stale); }
+State cache_reply_stale(Exchange* ex) {
+  return reply_stored(ex, ex->cache_entry, CacheStatus::Stale, request_facts(ex->head).conditional);
+}
 
 State cache_from_response(Exchange* ex) {
   if (ex->resp.status() != 304) {
@@ -263,18 +266,38 @@ State cache_from_response(Exchange* ex) {
     return cache_reply_stale(ex);
   }
   // 304: the stored copy is fresh again, for the lifetime the 304 gives (or
-  // its own), and answers; the server connection goes on when it can.
-  CacheEntry* e = ex->cache_entry;
+  // its own), with the 304's fields (a new entry: a stored one is immutable,
+  // other workers may be writing it), and answers; the server connection
+  // goes on when it can.
+  CacheEntry* old = ex->cache_entry;
   ResponseFacts f = response_facts(ex->resp);
-  f.status = e->status;
+  f.status = old->status;
   f.validator = true;
   const bool auth = !ex->head.header("authorization").empty();
   const StoreDecision d = decide_store(f, auth, ex->route->cache_ttl_ms, static_cast<std::int64_t>(std::time(nullptr)));
   const bool named = f.cc.max_age >= 0 || f.cc.s_maxage >= 0 || f.has_expires;
-  e->set_times(ex->worker->now_ms(), d.age_ms, named && d.store ? d.lifetime_ms : e->lifetime_ms);
+  const std::uint64_t lifetime = named && d.store ? d.lifetime_ms : old->lifetime_ms;
+  bool cache_control = false;
+  CacheEntry* e = refreshed_entry(*old, ex->resp, &cache_control);
+  if (e) {
+    if (cache_control) {  // its directives replace the stored ones
+      e->revalidate = d.revalidate;
+      e->stale_if_error_ms = d.stale_if_error_ms;
+      e->stale_while_revalidate_ms = d.stale_while_revalidate_ms;
+    }
+    e->lifetime_ms = lifetime;
+    e->set_times(ex->worker->now_ms(), d.age_ms, lifetime);
+    cache_entry_ref(e);  // the store's, and this answer's
+    ex->worker->shared.cache->insert(e);
+    cache_entry_release(old);
+    ex->cache_entry = nullptr;
+  } else {  // nothing new, or out of memory: the stored copy's times only
+    e = old;
+    e->set_times(ex->worker->now_ms(), d.age_ms, lifetime);
+  }
   const bool complete = feed_response_body(ex) == ParseEvent::MessageComplete;
   detach_upstream(ex, complete && ex->upstream_reusable && ex->body->complete());
-  return reply_stored(ex, e, CacheStatus::Hit);
+  return reply_stored(ex, e, CacheStatus::Hit, false);
 }
 
 // ---------------------------------------------------------------- PURGE
@@ -384,6 +407,67 @@ void for_each_line(std::string_view lines, F&& f) {
   }
 }
 
+// The entry a 304 makes of `old`: its body, its key and variant, its head
+// with the fields the 304 sends replaced (*cache_control: the 304 has a
+// Cache-Control). Null when the 304 says nothing new but its Date (the body
+// is not copied for that: a no-cache entry is revalidated on every use) or
+// when out of memory.
+CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control) {
+  bool news = false;
+  for (std::uint32_t i = 0; i < r.header_count() && !news; ++i) {
+    const HeaderSpan& hs = r.headers()[i];
+    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
+    if (hs.drop || iequals(n, "date") || !updates_stored_field(n, v, old.etag)) continue;
+    news = true;  // unless the stored head has the same line
+    for_each_line(old.head, [&](std::string_view sn, std::string_view sv) {
+      news = news && !(same_field_name(sn, n) && sv == v);
+    });
+  }
+  if (!news) return nullptr;
+  CacheEntry* e = nullptr;
+  try {
+    e = new CacheEntry();
+    e->hash = old.hash;
+    e->key = old.key;
+    e->vary = old.vary;
+    e->body = old.body;
+    const auto new_value = [&](std::string_view name) {
+      for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+        const HeaderSpan& hs = r.headers()[i];
+        if (!hs.drop && same_field_name(r.header_name(hs), name) &&
+            updates_stored_field(name, r.header_value(hs), old.etag))
+          return true;
+      }
+      return false;
+    };
+    const std::size_t first = old.head.find("\r\n") + 2;
+    e->head.append(old.head, 0, first);
+    for_each_line(std::string_view(old.head).substr(first), [&](std::string_view n, std::string_view v) {
+      if (!new_value(n)) e->head.append(n).append(": ").append(v).append("\r\n");
+    });
+    for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+      const HeaderSpan& hs = r.headers()[i];
+      const std::string_view n = r.header_name(hs), v = r.header_value(hs);
+      if (hs.drop || !updates_stored_field(n, v, old.etag)) continue;
+      e->head.append(n).append(": ").append(v).append("\r\n");
+      *cache_control = *cache_control || iequals(n, "cache-control");
+    }
+  } catch (const std::bad_alloc&) {
+    delete e;
+    return nullptr;
+  }
+  for_each_line(e->head, [&](std::string_view n, std::string_view v) {
+    if (iequals(n, "etag")) e->etag = v;
+    else if (iequals(n, "last-modified")) e->last_modified = v;
+  });
+  e->status = old.status;
+  e->revalidate = old.revalidate;
+  e->auth_ok = old.auth_ok;
+  e->stale_if_error_ms = old.stale_if_error_ms;
+  e->stale_while_revalidate_ms = old.stale_while_revalidate_ms;
+  return e;
+}
+
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
   CacheEntry* e = entry = new CacheEntry();
@@ -392,13 +476,12 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   std::string_view status_line = r.first_line();
   while (!status_line.empty() && (status_line.back() == '\n' || status_line.back() == '\r')) status_line.remove_suffix(1);
   status_line = trim_ows(status_line.substr(status_line.find(' ') + 1));
+  const std::string_view lines = edit.lines();  // what the stages before this one added (Content-Encoding, Vary)
+  std::size_t size = 11 + status_line.size() + lines.size();
+  for (std::uint32_t i = 0; i < r.header_count(); ++i)
+    size += r.header_name(r.headers()[i]).size() + r.header_value(r.headers()[i]).size() + 4;
+  e->head.reserve(size);  // one allocation, and the views below stay valid
   e->head.append("HTTP/1.1 ").append(status_line).append("\r\n");
-  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
-    const HeaderSpan& hs = r.headers()[i];
-    if (hs.drop || hop_field(r.header_name(hs))) continue;
-    e->head.append(r.header_name(hs)).append(": ").append(r.header_value(hs)).append("\r\n");
-  }
-  e->head.append(edit.lines());  // what the stages before this one added (Content-Encoding, Vary)
   // The variants: the fields Vary names (lower case), and Accept-Encoding
   // on a route that compresses.
   std::string names;  // "name," of each Vary'd field so far
@@ -408,15 +491,28 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
     char digit = 0;
     e->vary.append(lower).append(1, '\0').append(vary_value(ex->head, lower, &digit)).append(1, '\0');
   };
-  for_each_line(e->head, [&](std::string_view n, std::string_view v) {
-    if (iequals(n, "etag")) e->etag = v;
-    else if (iequals(n, "last-modified")) e->last_modified = v;
-    if (!iequals(n, "vary")) return;
-    for_each_token(v, [&](std::string_view t) {
-      std::string lower(trim_ows(t));
-      for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
-      vary_on(lower);
-    });
+  // One pass: the validators as views into the stored head, the Vary'd names.
+  auto field = [&](std::string_view n, std::string_view stored_value) {
+    if (iequals(n, "etag")) e->etag = stored_value;
+    else if (iequals(n, "last-modified")) e->last_modified = stored_value;
+    else if (iequals(n, "vary"))
+      for_each_token(stored_value, [&](std::string_view t) {
+        std::string lower(trim_ows(t));
+        for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        vary_on(lower);
+      });
+  };
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+    const HeaderSpan& hs = r.headers()[i];
+    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
+    if (hs.drop || unstored_field(n)) continue;
+    e->head.append(n).append(": ").append(v).append("\r\n");
+    field(n, std::string_view(e->head).substr(e->head.size() - 2 - v.size(), v.size()));
+  }
+  const std::size_t at = e->head.size();
+  e->head.append(lines);
+  for_each_line(lines, [&](std::string_view n, std::string_view v) {
+    field(n, std::string_view(e->head).substr(at + static_cast<std::size_t>(v.data() - lines.data()), v.size()));
   });
   if (ex->route->compress) vary_on("accept-encoding");
   e->status = r.status();

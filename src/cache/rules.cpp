@@ -1,5 +1,6 @@
 #include "cache/rules.hpp"
 
+#include <algorithm>
 #include <ctime>
 
 #include "juggler/http.hpp"
@@ -28,6 +29,19 @@ int two_digits(std::string_view v, std::size_t at) noexcept {
   if (a < '0' || a > '9' || b < '0' || b > '9') return -1;
   return (a - '0') * 10 + (b - '0');
 }
+
+// Days from 1970-01-01 to a date of the proleptic Gregorian calendar (H.
+// Hinnant's days_from_civil): arithmetic only, where timegm() looks up the
+// time zone on every call (a stored response's Date is parsed per miss).
+constexpr std::int64_t days_from_civil(std::int64_t y, unsigned m, unsigned d) noexcept {
+  y -= m <= 2 ? 1 : 0;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const auto yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<std::int64_t>(doe) - 719468;
+}
+static_assert(days_from_civil(1970, 1, 1) == 0 && days_from_civil(2000, 3, 1) == 11017);
 
 constexpr std::string_view kMonths = "JanFebMarAprMayJunJulAugSepOctNovDec";
 constexpr std::string_view kDays = "SunMonTueWedThuFriSat";
@@ -63,14 +77,8 @@ std::int64_t parse_http_date(std::string_view v) noexcept {
   if (mon == std::string_view::npos || mon % 3 || day < 1 || day > 31 || hi < 0 || lo < 0 || hh < 0 || hh > 23 ||
       mm < 0 || mm > 59 || ss < 0 || ss > 60)
     return -1;
-  std::tm tm{};
-  tm.tm_year = hi * 100 + lo - 1900;
-  tm.tm_mon = static_cast<int>(mon / 3);
-  tm.tm_mday = day;
-  tm.tm_hour = hh;
-  tm.tm_min = mm;
-  tm.tm_sec = ss;
-  return static_cast<std::int64_t>(timegm(&tm));
+  return days_from_civil(hi * 100 + lo, static_cast<unsigned>(mon / 3 + 1), static_cast<unsigned>(day)) * 86400 +
+         hh * 3600 + mm * 60 + ss;
 }
 
 void format_http_date(std::int64_t t, char out[29]) noexcept {
@@ -78,6 +86,70 @@ void format_http_date(std::int64_t t, char out[29]) noexcept {
   std::tm tm{};
   gmtime_r(&tt, &tm);
   std::strftime(out, 30, "%a, %d %b %Y %H:%M:%S GMT", &tm);  // C locale names
+}
+
+bool etag_list_matches(std::string_view list, std::string_view etag) noexcept {
+  if (trim_ows(list) == "*") return true;
+  const auto opaque = [](std::string_view t) { return t.substr(0, 2) == "W/" ? t.substr(2) : t; };
+  etag = opaque(etag);
+  // #entity-tag: [W/]"etagc*", etagc being any visible character but DQUOTE (a comma too)
+  std::size_t i = 0;
+  while (i < list.size()) {
+    const char c = list[i];
+    if (c == ',' || c == ' ' || c == '\t') {
+      ++i;
+      continue;
+    }
+    const std::size_t start = i;
+    if (list.substr(i, 2) == "W/") i += 2;
+    if (i >= list.size() || list[i] != '"') return false;
+    const std::size_t close = list.find('"', i + 1);
+    if (close == std::string_view::npos) return false;
+    if (!etag.empty() && opaque(list.substr(start, close + 1 - start)) == etag) return true;
+    i = close + 1;
+  }
+  return false;
+}
+
+bool not_modified_since(std::string_view if_modified_since, std::string_view last_modified) noexcept {
+  const std::int64_t since = parse_http_date(if_modified_since), modified = parse_http_date(last_modified);
+  return since >= 0 && modified >= 0 && modified <= since;
+}
+
+bool client_has_copy(const RequestHead& h, int status, std::string_view etag, std::string_view last_modified) noexcept {
+  if (status < 200 || status > 299) return false;
+  bool inm = false, match = false;
+  std::string_view ims;
+  for (const Header& x : h.headers) {
+    if (iequals(x.name, "if-none-match")) {
+      inm = true;
+      match = match || etag_list_matches(x.value, etag);
+    } else if (ims.empty() && iequals(x.name, "if-modified-since")) {
+      ims = x.value;
+    }
+  }
+  if (inm) return match;
+  return !ims.empty() && not_modified_since(ims, last_modified);
+}
+
+bool unstored_field(std::string_view name) noexcept {
+  return iequals(name, "connection") || iequals(name, "keep-alive") || iequals(name, "transfer-encoding") ||
+         iequals(name, "content-length") || iequals(name, "set-cookie") || iequals(name, "age") ||
+         iequals(name, "proxy-connection") || iequals(name, "te") || iequals(name, "trailer") ||
+         iequals(name, "upgrade");
+}
+
+bool same_field_name(std::string_view a, std::string_view b) noexcept {
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (lower(a[i]) != lower(b[i])) return false;
+  return true;
+}
+
+bool updates_stored_field(std::string_view name, std::string_view value, std::string_view stored_etag) noexcept {
+  if (unstored_field(name) || iequals(name, "content-encoding") || iequals(name, "content-range")) return false;
+  return !iequals(name, "etag") || !etag_list_matches(value, stored_etag);
 }
 
 bool heuristically_cacheable(int status) noexcept {
@@ -115,7 +187,11 @@ StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, s
   else if (route_ttl_ms != kCacheNoBound) lifetime_ms = route_ttl_ms;  // the operator's heuristic
   if (route_ttl_ms != kCacheNoBound && lifetime_ms > route_ttl_ms) lifetime_ms = route_ttl_ms;
   d.revalidate = cc.no_cache;
-  d.age_ms = static_cast<std::uint64_t>(r.age > 0 ? r.age : 0) * 1000;
+  // RFC 9111 4.2.3: the apparent age counts from the end of the Date's second
+  // (both clocks tick in whole seconds: a response 0.2 s old may carry the
+  // second before `now`), so a fresh response is never aged by the rounding.
+  const std::int64_t apparent = r.date >= 0 ? now - r.date - 1 : 0;
+  d.age_ms = static_cast<std::uint64_t>(std::max<std::int64_t>({r.age, apparent, 0})) * 1000;
   const bool fresh_for_a_while = !d.revalidate && lifetime_ms > d.age_ms;
   if (!fresh_for_a_while && !r.validator) return d;
   d.store = true;

@@ -9,6 +9,8 @@
 
 namespace juggler {
 
+struct RequestHead;  // juggler/route.hpp
+
 // The directives of one or more Cache-Control fields (parse() merges). A
 // delta-seconds of -1 is absent; a malformed one counts as 0 (RFC 9111 1.2.2:
 // a cache treats an invalid max-age as stale).
@@ -46,6 +48,35 @@ struct ResponseFacts {
   bool validator = false;     // ETag or Last-Modified: a stale copy can be revalidated
 };
 
+// RFC 9110 13.1.2: whether an If-None-Match field value names the entity tag
+// `etag` by the weak comparison (W/ ignored on either side); "*" names any
+// stored response. A malformed list counts up to its fault.
+bool etag_list_matches(std::string_view if_none_match, std::string_view etag) noexcept;
+
+// RFC 9110 13.1.3: a response last modified at `last_modified` has not been
+// modified since `if_modified_since` (false unless both are HTTP-dates).
+bool not_modified_since(std::string_view if_modified_since, std::string_view last_modified) noexcept;
+
+// The response fields a stored copy does not keep: the framing (a hit sends
+// its own Content-Length), the connection's, Age (computed per hit) and
+// Set-Cookie (one client's cookie is never handed to another).
+bool unstored_field(std::string_view name) noexcept;
+
+// Two field names are the same (ASCII case-insensitive, both sides as sent).
+bool same_field_name(std::string_view a, std::string_view b) noexcept;
+
+// Whether a field of a 304 replaces the stored ones of its name when the
+// 304 refreshes a stored response (RFC 9111 3.2): not the unstored ones,
+// nor Content-Encoding or Content-Range (the stored body's stay), nor an
+// ETag naming the stored tag `stored_etag` (a compressed copy's is the weak
+// form of the server's: it stays weak).
+bool updates_stored_field(std::string_view name, std::string_view value, std::string_view stored_etag) noexcept;
+
+// The client's own If-None-Match (or, without one, If-Modified-Since) says it
+// holds a stored 2xx response with these validators already (RFC 9110
+// 13.2.2): the answer to it is a 304.
+bool client_has_copy(const RequestHead& h, int status, std::string_view etag, std::string_view last_modified) noexcept;
+
 // The statuses whose responses may be stored without explicit freshness
 // (RFC 9110 15.1 "heuristically cacheable"), as the issue lists them.
 bool heuristically_cacheable(int status) noexcept;
@@ -53,7 +84,7 @@ bool heuristically_cacheable(int status) noexcept;
 struct StoreDecision {
   bool store = false;
   std::uint64_t lifetime_ms = 0;  // freshness lifetime (0: stale at once, revalidated on use)
-  std::uint64_t age_ms = 0;       // the response's age when it arrived
+  std::uint64_t age_ms = 0;       // the response's age when it arrived (RFC 9111 4.2.3)
   std::uint64_t stale_if_error_ms = 0;   // how long past expiry it may stand in for an error
   std::uint64_t stale_while_revalidate_ms = 0;
   bool revalidate = false;  // no-cache: every use asks the server first
@@ -67,8 +98,9 @@ struct StoreDecision {
 // s-maxage or must-revalidate). Lifetime: s-maxage, else max-age, else
 // Expires - Date (`now` when there is no Date); else `route_ttl_ms` for a
 // heuristically cacheable status (kCacheNoBound: none, so not stored
-// unless it can be revalidated). The route's TTL bounds every lifetime. A
-// response fresh for 0 is stored only with a validator.
+// unless it can be revalidated). The route's TTL bounds every lifetime. Its
+// age: the larger of the Age field and the apparent age, `now` - Date. A
+// response not fresh on arrival is stored only with a validator.
 StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, std::uint32_t route_ttl_ms,
                            std::int64_t now) noexcept;
 

@@ -1,7 +1,8 @@
 """The response cache (issue #12): the balancer built from tests/routes/cache.def in front
-of testservers on 127.0.140.1 (6901 for most routes; 6902 and 6903 for pair.test). The
-Host picks the route: bounded.test (`cache=2s`), gz.test (`cache compress`), pair.test
-(`cache`, two servers), plain.test (no cache), anything else (`cache`).
+of testservers on 127.0.140.1 (6901 for most routes; 6902 and 6903 for pair.test) and a
+scripted raw backend of the test's own on 6904 (scripted.test). The Host picks the route:
+bounded.test (`cache=2s`), gz.test (`cache compress`), pair.test (`cache`, two servers),
+scripted.test (`cache`), plain.test (no cache), anything else (`cache`).
 
 The testserver logs `METHOD TARGET STATUS` per request: that log is the upstream request
 counter. Every test uses its own targets (a `t=` parameter), and a test that asserts a
@@ -12,6 +13,7 @@ Responses are read off raw sockets (no client retries or decodes on its own).
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import re
 import socket
@@ -27,6 +29,62 @@ HOST = "127.0.140.1"
 PORT = 6901
 PAIR_PORTS = (6902, 6903)
 OTHER_CLIENT = "127.0.140.2"  # outside cache.purge_from (127.0.0.1)
+SCRIPTED_PORT = 6904
+
+
+class ScriptedServer:
+    """A raw HTTP/1.1 backend whose answers the test writes: script[t] is a function of
+    (the n-th request for t= starting at 1, the request's header dict in lower case)
+    returning (status line, [header lines], body). One request per connection
+    (Connection: close); `seen` lists (t, headers) in order."""
+
+    def __init__(self):
+        self.script, self.seen, self.lock = {}, [], threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((HOST, SCRIPTED_PORT))
+        self.sock.listen(64)
+        jtest.serve_connections(self.sock, self.handle)
+
+    def count(self, t):
+        with self.lock:
+            return sum(1 for x, _ in self.seen if x == t)
+
+    def handle(self, conn):
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+                target = lines[0].split(" ")[1]
+                headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+                t = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("t", [""])[0]
+                with self.lock:
+                    self.seen.append((t, headers))
+                    n = sum(1 for x, _ in self.seen if x == t)
+                status, fields, body = self.script[t](n, headers)
+                if not status.startswith("304"):
+                    fields = fields + [f"Content-Length: {len(body)}"]
+                head = f"HTTP/1.1 {status}\r\n" + "".join(f + "\r\n" for f in fields) + "Connection: close\r\n\r\n"
+                conn.sendall(head.encode() + body)
+            except OSError:
+                pass
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress, which holds the port
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def http_date(offset: float = 0.0) -> str:
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
 
 
 def cc(value: str) -> str:
@@ -322,11 +380,99 @@ class CacheTest(BalancerTestCase):
             self.assert_hit(self.get(t), jtest.pattern_bytes(100))
         self.assertEqual(self.statuses(t), ["200", "304", "304"])
 
+    # ------------------------------------------------------------ conditional requests of clients
+
+    def test_a_hit_answers_the_clients_own_conditional_with_a_304(self):
+        lm = "Tue, 01 Dec 2026 10:00:00 GMT"
+        t = f"/bytes?n=3000&etag=v4&t=cond304&{cc('max-age=60')}&{hdr('Last-Modified', lm)}"
+        body = jtest.pattern_bytes(3000)
+        self.assertEqual(self.get(t).header("X-Cache"), "MISS")
+        later, earlier = "Tue, 01 Dec 2026 10:00:01 GMT", "Tue, 01 Dec 2026 09:59:59 GMT"
+        for headers, status in (((("If-None-Match", '"v4"'),), 304),
+                                ((("If-None-Match", 'W/"v4"'),), 304),   # weak comparison
+                                ((("If-None-Match", '"x", "v4"'),), 304),
+                                ((("If-None-Match", "*"),), 304),
+                                ((("If-None-Match", '"v5"'),), 200),
+                                ((("If-Modified-Since", lm),), 304),
+                                ((("If-Modified-Since", later),), 304),
+                                ((("If-Modified-Since", earlier),), 200),
+                                # If-None-Match decides alone when present (RFC 9110 13.2.2)
+                                ((("If-None-Match", '"v5"'), ("If-Modified-Since", later)), 200)):
+            with self.subTest(headers=headers):
+                r = self.get(t, headers=headers)
+                self.assertEqual((r.status, r.header("X-Cache")), (status, "HIT"), r.headers)
+                self.assertEqual(r.header("ETag"), '"v4"')
+                self.assertEqual(r.header("Cache-Control"), "max-age=60")
+                self.assertIsNotNone(r.header("Age"))
+                if status == 304:
+                    self.assertIsNone(r.header("Content-Length"))
+                else:
+                    self.assertEqual(r.body, body)
+        # Bodiless on the wire: the next answer on the connection starts right after it.
+        with jtest.raw_connection(self.lb.port, timeout=30) as s:
+            reader = s.makefile("rb")
+            s.sendall((f'GET {t} HTTP/1.1\r\nHost: any.test\r\nIf-None-Match: "v4"\r\n\r\n'
+                       f'HEAD {t} HTTP/1.1\r\nHost: any.test\r\nIf-None-Match: "v4"\r\n\r\n'
+                       f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n").encode())
+            for head in (False, True):
+                r = jtest.read_response(reader, head=head)
+                self.assertEqual((r.version, r.status), ("HTTP/1.1", 304))  # not body bytes before it
+            after = jtest.read_response(reader)
+            self.assertEqual((after.version, after.status), ("HTTP/1.1", 200))
+            self.assertEqual(after.body, body)
+        self.assertEqual(self.upstream_count(t), 1)
+
     def test_a_clients_own_conditional_request_gets_the_servers_304(self):
         t = f"/bytes?n=100&etag=v3&t=own304&{cc('no-cache')}"
         self.get(t)
         r = self.get(t, headers=(("If-None-Match", '"v3"'),))
         self.assertEqual((r.status, r.header("X-Cache")), (304, "MISS"))
+
+    # ------------------------------------------------------------ the scripted backend
+
+    def scripted(self):
+        server = ScriptedServer()
+        self.addCleanup(server.close)
+        return server
+
+    def test_a_304_on_revalidation_updates_the_stored_headers(self):
+        server = self.scripted()
+
+        def answer(n, headers):
+            if n > 1 and headers.get("if-none-match") == '"m1"':
+                return "304 Not Modified", ['ETag: "m1"', "Cache-Control: max-age=60", "X-Version: 2",
+                                            f"Date: {http_date()}"], b""
+            return "200 OK", ['ETag: "m1"', "Cache-Control: max-age=1", f"X-Version: 1 (request {n})",
+                              "Expires: Thu, 01 Jan 2037 00:00:00 GMT", f"Date: {http_date()}"], b"stored body"
+        server.script["merge"] = answer
+        t = "/merge?t=merge"
+        self.assertEqual(self.get(t, host="scripted.test").header("X-Version"), "1 (request 1)")
+        self.assertTrue(jtest.wait_until(lambda: self.get(t, host="scripted.test") and server.count("merge") >= 2, 15))
+        for _ in range(2):  # the refreshed entry, fresh for the 304's max-age: no third request
+            r = self.get(t, host="scripted.test")
+            self.assert_hit(r, b"stored body")
+            self.assertEqual([v for k, v in r.headers if k.lower() == "x-version"], ["2"], r.headers)
+            self.assertEqual([v for k, v in r.headers if k.lower() == "cache-control"], ["max-age=60"])
+            self.assertEqual(r.header("Expires"), "Thu, 01 Jan 2037 00:00:00 GMT")  # not in the 304: kept
+            self.assertEqual(r.header("ETag"), '"m1"')
+            self.assertLess(int(r.header("Age")), 10)
+        self.assertEqual(server.count("merge"), 2)
+
+    def test_age_counts_the_apparent_age_from_the_servers_date(self):
+        server = self.scripted()
+        server.script["old"] = lambda n, h: ("200 OK", ["Cache-Control: max-age=600", f"Date: {http_date(-300)}"],
+                                             b"old")
+        server.script["stale"] = lambda n, h: ("200 OK", ["Cache-Control: max-age=60", f"Date: {http_date(-120)}"],
+                                               b"stale")
+        self.get("/a?t=old", host="scripted.test")
+        r = self.get("/a?t=old", host="scripted.test")
+        self.assert_hit(r, b"old")
+        self.assertGreaterEqual(int(r.header("Age")), 298)  # 300 s old by its Date, the second's rounding aside
+        self.assertLess(int(r.header("Age")), 400)
+        # Older than its max-age on arrival, with nothing to revalidate with: not stored.
+        for _ in range(2):
+            self.assertEqual(self.get("/a?t=stale", host="scripted.test").header("X-Cache"), "MISS")
+        self.assertEqual(server.count("stale"), 2)
 
     def start_pair(self):
         return [self.start_testserver(port=p, host=HOST, quiet=False) for p in PAIR_PORTS]

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <string>
+#include <vector>
 
 #include "cache/rules.hpp"
 #include "cache/store.hpp"
@@ -207,4 +208,80 @@ TEST_CASE("cache: memory store: shards sized from the largest object", "[cache]"
   CHECK(MemoryStore(64u << 20, 1u << 20).shards() == 8);
   CHECK(MemoryStore(256u << 20, 1u << 20).shards() == 16);
   CHECK(MemoryStore(1u << 20, 1u << 20).shards() == 1);
+}
+
+TEST_CASE("cache: the age on arrival: the Age field or the apparent age from Date, the larger", "[cache]") {
+  ResponseFacts r = ok("max-age=60");
+  r.date = kNow - 30;  // sent 30 s ago by the server's clock
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).age_ms == 29'000);  // counted from the end of its second
+  r.age = 40;
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).age_ms == 40'000);
+  r.age = 0;
+  r.date = kNow;  // this second, or the one before (clock ticks): not aged
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).age_ms == 0);
+  r.date = kNow - 1;
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).age_ms == 0);
+  r.date = kNow + 300;  // a server clock ahead of ours: no negative age
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).age_ms == 0);
+  r.date = kNow - 100;  // older than its max-age: stale on arrival, nothing to revalidate with
+  CHECK_FALSE(decide_store(r, false, kCacheNoBound, kNow).store);
+  r.validator = true;
+  CHECK(decide_store(r, false, kCacheNoBound, kNow).store);
+}
+
+TEST_CASE("cache: If-None-Match lists against a stored ETag, weak comparison", "[cache]") {
+  CHECK(etag_list_matches("\"v1\"", "\"v1\""));
+  CHECK(etag_list_matches("W/\"v1\"", "\"v1\""));
+  CHECK(etag_list_matches("\"v1\"", "W/\"v1\""));
+  CHECK(etag_list_matches("\"a\", \"b,c\" ,W/\"v1\"", "\"v1\""));
+  CHECK(etag_list_matches("\"b,c\"", "\"b,c\""));  // a comma inside a tag is part of it
+  CHECK(etag_list_matches(" * ", ""));            // any stored response
+  CHECK_FALSE(etag_list_matches("\"v2\"", "\"v1\""));
+  CHECK_FALSE(etag_list_matches("\"v1\"", ""));  // nothing stored to compare with
+  CHECK_FALSE(etag_list_matches("v1", "v1"));    // not an entity-tag
+  CHECK_FALSE(etag_list_matches("\"v1", "\"v1\""));
+  CHECK_FALSE(etag_list_matches("\"x\", junk, \"v1\"", "\"v1\""));  // counted up to the fault
+}
+
+TEST_CASE("cache: If-Modified-Since against a stored Last-Modified", "[cache]") {
+  constexpr std::string_view lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+  CHECK(not_modified_since(lm, lm));
+  CHECK(not_modified_since("Tue, 01 Dec 2026 10:00:01 GMT", lm));
+  CHECK_FALSE(not_modified_since("Tue, 01 Dec 2026 09:59:59 GMT", lm));
+  CHECK_FALSE(not_modified_since("yesterday", lm));
+  CHECK_FALSE(not_modified_since(lm, ""));
+}
+
+TEST_CASE("cache: the fields of a 304 that replace the stored ones", "[cache]") {
+  CHECK(same_field_name("X-Version", "x-VERSION"));
+  CHECK_FALSE(same_field_name("X-Version", "X-Versions"));
+  CHECK_FALSE(same_field_name("a^b", "a~b"));
+  CHECK(updates_stored_field("Cache-Control", "max-age=60", "\"v1\""));
+  CHECK(updates_stored_field("Expires", "Tue, 01 Dec 2026 10:00:00 GMT", "\"v1\""));
+  CHECK(updates_stored_field("Date", "Tue, 01 Dec 2026 10:00:00 GMT", "\"v1\""));
+  CHECK(updates_stored_field("X-Anything", "2", "\"v1\""));
+  CHECK(updates_stored_field("ETag", "\"v2\"", "\"v1\""));
+  CHECK(updates_stored_field("ETag", "\"v1\"", ""));
+  CHECK_FALSE(updates_stored_field("ETag", "\"v1\"", "W/\"v1\""));  // a compressed copy's stays weak
+  for (std::string_view f : {"Content-Length", "Transfer-Encoding", "Connection", "Set-Cookie", "Age",
+                             "Content-Encoding", "Content-Range"})
+    CHECK_FALSE(updates_stored_field(f, "x", "\"v1\""));
+}
+
+TEST_CASE("cache: the client holds the stored copy: If-None-Match, else If-Modified-Since", "[cache]") {
+  constexpr std::string_view etag = "\"v4\"", lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+  const auto has = [&](std::initializer_list<Header> fields, int status = 200) {
+    const std::vector<Header> v(fields);
+    RequestHead h;
+    h.headers = v;
+    return client_has_copy(h, status, etag, lm);
+  };
+  CHECK(has({{"If-None-Match", "\"v4\""}}));
+  CHECK(has({{"if-none-match", "\"x\""}, {"If-None-Match", "W/\"v4\""}}));  // any of the lines
+  CHECK(has({{"If-Modified-Since", lm}}));
+  CHECK_FALSE(has({}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v5\""}}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v5\""}, {"If-Modified-Since", lm}}));  // If-None-Match decides alone
+  CHECK_FALSE(has({{"If-Modified-Since", "Tue, 01 Dec 2026 09:59:59 GMT"}}));
+  CHECK_FALSE(has({{"If-None-Match", "\"v4\""}}, 404));  // preconditions hold for a 2xx only
 }

@@ -5,8 +5,10 @@ Juggler against nginx and HAProxy over the same three nginx backends, on
 loopback, every load bounded in time. See tools/bench/README.md for what each
 number means. Python 3 stdlib only.
 
+    bench.py gen-one OUT.def            write bench.def for BENCH_HOST (its address replaced)
     bench.py gen-routes OUT.def         write the 1,000-route routes file
     bench.py gen-ch OUT.def             write bench.def with pool web consistent_hash (scenario 8)
+    bench.py gen-ext OUT.def            write bench.def + the extras of scenarios 9-12
     bench.py sync-tree NEW DST          make DST a copy of NEW, touching only the files that differ
     bench.py run                        run the scenarios (run.sh sets the env)
 """
@@ -33,8 +35,11 @@ ROOT = HERE.parent.parent
 CONF = HERE / "conf"
 
 # ---------------------------------------------------------------- ports
-# All on 127.0.0.1, in a band nothing else here uses. run.sh and this script
+# All on 127.0.0.1 (or BENCH_HOST, another loopback address: every server of the
+# bench listens there, the routes files are generated for it), in a band nothing
+# else here uses. run.sh and this script
 # check that each is free before starting anything.
+HOST = os.environ.get("BENCH_HOST", "").strip() or "127.0.0.1"
 BACKENDS = (19101, 19102, 19103)      # fixed: compiled into tools/bench/bench.def
 BACKEND_TLS = 19104                   # the backend nginx over TLS: scenario 3's direct limit
 WS_BACKEND = 19105                    # scenario 11: wsbench's echo server (fixed: in bench.py gen-ext's pool)
@@ -51,6 +56,8 @@ PORTS = {
     # scenarios 9 and 10: the extras build (gzip route, L4 listener; bench.py gen-ext)
     "juggler-ext": 19114, "juggler-l4": 19116,
     "juggler-idle": 19161, "nginx-idle": 19162, "haproxy-idle": 19163, "haproxy-tcp-idle": 19164,
+    # scenario 12: the caches (Juggler's is the extras build's /c/ route)
+    "nginx-cache": 19124, "varnish": 19125, "juggler-ext-alloc": 19154,
 }
 # BENCH_BASE=REV: the base commit's Juggler, juggler@SHORT, beside Juggler in
 # every scenario it runs in (checked free only when BENCH_BASE is set).
@@ -71,13 +78,20 @@ CH_USERS = 1000                      # scenario 8: X-User: user-1 .. user-1000, 
 USERS_SCRIPT = HERE / "users.lua"
 GZ_PATH = "/gz/data.json"            # scenario 9: a 100 KB JSON body, compressed by the proxy
 GZ_BYTES = 100 * 1024
-EXT_L4_LISTEN = f"listen tcp 127.0.0.1:{PORTS['juggler-l4']} pool=web"   # scenario 10 (gen-ext)
+EXT_L4_LISTEN = f"listen tcp {HOST}:{PORTS['juggler-l4']} pool=web"   # scenario 10 (gen-ext)
+# Scenario 12 (gen-ext): the cache. The same TTL and memory for Juggler, Varnish and nginx
+# proxy_cache; the backend serves each object under /c/ (cached route) and /u/ (not cached).
+CACHE_TTL_S = 600
+CACHE_MB = 256
+CACHE_OBJECTS = {"1k": 1024, "100k": 100 * 1024}
+EXT_CACHE_SET = f"set cache memory size={CACHE_MB}m max_object=1m"
+EXT_CACHE_ROUTE = f"route GET,HEAD /c/* -> web cache={CACHE_TTL_S // 60}m"
 
 # BENCH_BASE: the measures of a rate table compared Juggler / base (metric, label, value format)
 RATE_MEASURES = [("rps", "req/s", ",.0f"), ("p50", "p50 µs", ".0f"), ("p99", "p99 µs", ".0f"),
                  ("cpu_us_per_req", "CPU µs/req", ".2f")]
 
-N_SCENARIOS = 11
+N_SCENARIOS = 12
 WS_SIZE = 1024                       # scenario 11: bytes per WebSocket message
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -117,8 +131,8 @@ class Settings:
     settle: float
     work: Path
     results: Path
-    juggler: Path
-    juggler_1k: Path
+    juggler: Path | None        # bench.def's build (run.sh builds it for scenarios 1-8)
+    juggler_1k: Path | None     # scenario 6's 1,000-route build (run.sh builds it only for scenario 6)
     juggler_ch: Path | None     # scenario 8's consistent_hash build (run.sh builds it only for scenario 8)
     juggler_ext: Path | None    # scenarios 9-11: bench.def + a gzip route, an L4 listener, a WebSocket pool
     wsbench: Path | None        # scenario 11's echo server and client (tools/bench/wsbench.c)
@@ -160,7 +174,7 @@ class Settings:
             alloc_duration=3 if quick else env_seconds("ALLOC_DURATION", 5),
             settle=float(os.environ.get("SETTLE", "1")),
             work=work, results=Path(os.environ.get("BENCH_RESULTS", ROOT / "bench-results")),
-            juggler=Path(os.environ["JUGGLER_BIN"]), juggler_1k=Path(os.environ["JUGGLER_1K_BIN"]),
+            juggler=opt("JUGGLER_BIN"), juggler_1k=opt("JUGGLER_1K_BIN"),
             juggler_ch=Path(os.environ["JUGGLER_CH_BIN"]) if os.environ.get("JUGGLER_CH_BIN") else None,
             juggler_ext=opt("JUGGLER_EXT_BIN"), wsbench=opt("WSBENCH_BIN"),
             malloc_so=Path(os.environ["MALLOC_COUNT_SO"]),
@@ -200,11 +214,27 @@ N_PREFIX = 500      # route * /api/v1/sN/*              (nginx: prefix locations
 N_HOST = 499        # route * /api/* host=hN.example.com (nginx: regex locations; HAProxy: hdr(host) ACLs)
 
 
+def bench_def() -> str:
+    """tools/bench/bench.def for BENCH_HOST: its addresses are 127.0.0.1."""
+    return (HERE / "bench.def").read_text().replace("127.0.0.1", HOST)
+
+
+def write_if_changed(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
+        out.write_text(text)
+
+
+def gen_routes_one(out: Path) -> None:
+    """bench.def itself, on BENCH_HOST (scenarios 1-7: the build-bench/one build)."""
+    write_if_changed(out, bench_def())
+
+
 def gen_routes_1k(out: Path) -> None:
     """bench.def with 999 routes in front of its only route, none of which
     matches the benchmark request: it shares their /api/ and /api/v1/ prefixes
     and only the host or the last segment tells them apart."""
-    base = (HERE / "bench.def").read_text()
+    base = bench_def()
     head, sep, tail = base.rpartition("route * /* -> web")
     assert sep, "tools/bench/bench.def must end with 'route * /* -> web'"
     lines = [f"# Generated by tools/bench/bench.py gen-routes: 999 routes that do not match",
@@ -222,7 +252,7 @@ def gen_routes_1k(out: Path) -> None:
 def gen_routes_ch(out: Path) -> None:
     """bench.def with its pool line changed to consistent_hash on X-User, and
     nothing else (scenario 8: the cost of the strategy alone)."""
-    base = (HERE / "bench.def").read_text()
+    base = bench_def()
     old = "pool web round_robin\n"
     assert base.count(old) == 1, "tools/bench/bench.def must have one 'pool web round_robin' line"
     text = ("# Generated by tools/bench/bench.py gen-ch from tools/bench/bench.def: the same file,\n"
@@ -236,16 +266,18 @@ def gen_routes_ext(out: Path) -> None:
     """bench.def plus what scenarios 9 and 10 need and the other builds must not
     carry (a base commit may not know them): a gzip route in front of the
     catch-all and an L4 listener on the same pool."""
-    base = (HERE / "bench.def").read_text()
+    base = bench_def()
     catch_all = "route * /* -> web"
-    listen = "listen http 127.0.0.1:19111\n"
+    listen = f"listen http {HOST}:19111\n"
     assert base.count(catch_all) == 1 and base.count(listen) == 1, "tools/bench/bench.def changed shape"
     text = ("# Generated by tools/bench/bench.py gen-ext from tools/bench/bench.def: the same file\n"
-            "# plus a gzip route (scenario 9), an L4 listener (scenario 10) and a WebSocket pool\n"
-            "# (scenario 11).\n"
-            + base.replace(listen, f"{listen}{EXT_L4_LISTEN}\nset compress.level.gzip 5\n")
+            "# plus a gzip route (scenario 9), an L4 listener (scenario 10), a WebSocket pool\n"
+            "# (scenario 11) and a cached route (scenario 12; /u/ is the same objects uncached,\n"
+            "# through the catch-all).\n"
+            + base.replace(listen, f"{listen}{EXT_L4_LISTEN}\nset compress.level.gzip 5\n{EXT_CACHE_SET}\n")
                   .replace(catch_all, f"route GET,HEAD {GZ_PATH.rsplit('/', 1)[0]}/* -> web gzip\n"
-                                      f"route GET /ws -> ws\n\npool ws round_robin\n  server 127.0.0.1:{WS_BACKEND}\n\n"
+                                      f"route GET /ws -> ws\n{EXT_CACHE_ROUTE}\n\n"
+                                      f"pool ws round_robin\n  server {HOST}:{WS_BACKEND}\n\n"
                                       f"{catch_all}"))
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists() or out.read_text() != text:   # keep the mtime: no rebuild when unchanged
@@ -344,7 +376,7 @@ def port_free(port: int) -> bool:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        s.bind(("127.0.0.1", port))
+        s.bind((HOST, port))
         return True
     except OSError:
         return False
@@ -399,8 +431,8 @@ def rss_bytes(pids: list[int]) -> int:
 
 def http_get(port: int, path: str = "/", host: str | None = None, timeout: float = 2.0) -> int:
     """One GET on a new connection; returns the status code (0 if none)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host or f'127.0.0.1:{port}'}\r\nConnection: close\r\n\r\n".encode())
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host or f'{HOST}:{port}'}\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while b"\r\n" not in data:
             chunk = s.recv(4096)
@@ -439,7 +471,7 @@ class Proc:
                                    f"its log ({self.logfile}):\n{self.tail()}")
             try:
                 if path is None:
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    socket.create_connection((HOST, self.port), timeout=1).close()
                     return
                 code = http_get(self.port, path)
                 if code == 200:
@@ -448,7 +480,7 @@ class Proc:
             except OSError as e:
                 last = str(e)
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready on 127.0.0.1:{self.port} after 15 s ({last}); "
+        raise RuntimeError(f"{self.name} not ready on {HOST}:{self.port} after 15 s ({last}); "
                            f"its log:\n{self.tail()}")
 
     def tail(self) -> str:
@@ -518,10 +550,12 @@ class Bench:
         subs = {"WORK": str(self.s.work), "NAME": name, "PORT": str(port), "WORKERS": str(self.s.workers),
                 "BACKEND1": str(BACKENDS[0]), "BACKEND2": str(BACKENDS[1]), "BACKEND3": str(BACKENDS[2]),
                 "USER": "user root;" if os.geteuid() == 0 else "", "LOCATIONS": "", "ACLS": "", "TLS": "",
-                "BACKEND_TLS": str(BACKEND_TLS), "CERT": str(self.s.cert), "KEY": str(self.s.key)}
+                "BACKEND_TLS": str(BACKEND_TLS), "CERT": str(self.s.cert), "KEY": str(self.s.key),
+                "CACHE": "", "CACHE_LOCATION": "", "TTL": str(CACHE_TTL_S)}
         subs.update(extra or {})
         for k, v in subs.items():
             text = text.replace(f"@{k}@", v)
+        text = text.replace("127.0.0.1", HOST)     # the templates' address, BENCH_HOST's
         left = re.findall(r"@[A-Z0-9_]+@", text)
         assert not left, f"{template}: unreplaced {left}"
         out = self.s.work / "conf" / (name + Path(template).suffix)
@@ -538,13 +572,17 @@ class Bench:
                 for _ in range(BIG_BYTES >> 20):
                     f.write(block)
         gen_json(self.s.work / "data.json", GZ_BYTES)
+        for d in ("c", "u"):                 # scenario 12: the same objects cached (/c/) and not (/u/)
+            (self.s.work / "www" / d).mkdir(parents=True, exist_ok=True)
+            for name, size in CACHE_OBJECTS.items():
+                (self.s.work / "www" / d / name).write_bytes(random.Random(size).randbytes(size))
         conf = self.render("backend-nginx.conf", "backend", BACKENDS[0])
         p = Proc("backend", ["nginx", "-p", str(self.s.work), "-e", str(self.s.work / "logs/backend-error.log"),
                              "-c", str(conf)], BACKENDS[0], self.s.work)
         self.procs["backend"] = p
         for port in BACKENDS[1:]:
             if http_get(port) != 200:
-                raise RuntimeError(f"backend 127.0.0.1:{port} does not answer 200")
+                raise RuntimeError(f"backend {HOST}:{port} does not answer 200")
 
     def start(self, key: str, env: dict | None = None, port: int | None = None, name: str | None = None,
               wrapper: list[str] | None = None) -> Proc:
@@ -553,7 +591,8 @@ class Bench:
         port = port or PORTS[name]
         base = key.endswith("-base")          # BENCH_BASE: the base commit's build of the same routes file
         variant = key.removesuffix("-base")
-        kind = variant.removesuffix("-1k").removesuffix("-ch").removesuffix("-ext").removesuffix("-gz").removesuffix("-ws")
+        kind = (variant.removesuffix("-1k").removesuffix("-ch").removesuffix("-ext").removesuffix("-gz")
+                .removesuffix("-ws").removesuffix("-cache"))
         big = variant.endswith("-1k")
         w = self.s.work
         if kind == "juggler":
@@ -572,6 +611,8 @@ class Bench:
                 if self.s.juggler_ext is None:
                     raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
                 binary = self.s.juggler_ext
+            if binary is None:
+                raise RuntimeError(f"no build for {key} (JUGGLER_BIN, JUGGLER_1K_BIN): run through tools/bench/run.sh")
             # only the main instances get an https port of their own (scenario 3); the others any free one
             https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"]}.get(name, 0)
             argv = [str(binary), "--port", str(port), "--https-port", str(https), "--workers", str(self.s.workers),
@@ -579,24 +620,32 @@ class Bench:
         elif kind == "nginx":
             tls = ""
             if name == "nginx":
-                tls = (f"        listen 127.0.0.1:{PORTS['nginx-tls']} ssl backlog=4096;\n"
+                tls = (f"        listen {HOST}:{PORTS['nginx-tls']} ssl backlog=4096;\n"
                        f"        ssl_certificate {self.s.cert};\n        ssl_certificate_key {self.s.key};\n"
                        "        ssl_protocols TLSv1.2 TLSv1.3;\n")
             conf = self.render("proxy-nginx.conf", name, port, {"LOCATIONS": nginx_1k_locations() if big else "",
-                                                                 "TLS": tls, **ws_backends(variant)})
+                                                                 "TLS": tls, **ws_backends(variant),
+                                                                 **nginx_cache(variant, name, w)})
             argv = ["nginx", "-p", str(w), "-e", str(w / f"logs/{name}-error.log"), "-c", str(conf)]
         elif kind == "haproxy":
             tls = ""
             if name == "haproxy":
                 pem = w / "bench.pem"        # HAProxy wants the certificate and its key in one file
                 pem.write_text(self.s.cert.read_text() + self.s.key.read_text())
-                tls = (f"    bind 127.0.0.1:{PORTS['haproxy-tls']} ssl crt {pem} alpn http/1.1 "
+                tls = (f"    bind {HOST}:{PORTS['haproxy-tls']} ssl crt {pem} alpn http/1.1 "
                        "ssl-min-ver TLSv1.2\n")
             # scenario 9's instance compresses (JSON only); the others carry no compression filter
             gz = "    compression algo gzip\n    compression type application/json\n" if variant.endswith("-gz") else ""
             conf = self.render("haproxy-http.cfg", name, port, {"ACLS": haproxy_1k_acls() if big else "",
                                                                 "TLS": tls, "GZ": gz, **ws_backends(variant)})
             argv = ["haproxy", "-db", "-f", str(conf)]
+        elif kind == "varnish":
+            vcl = self.render("varnish.vcl", name, port)
+            # its own working directory (-n), no jail (-j none: no user switch), no
+            # management port (-T none), in the foreground (-F) in its process group
+            argv = ["varnishd", "-F", "-j", "none", "-n", str(w / f"{name}-workdir"), "-T", "none",
+                    "-a", f"{HOST}:{port}", "-f", str(vcl), "-s", f"malloc,{CACHE_MB}m",
+                    "-p", "thread_pools=1"]
         elif kind == "haproxy-tcp":
             conf = self.render("haproxy-tcp.cfg", name, port)
             argv = ["haproxy", "-db", "-f", str(conf)]
@@ -645,6 +694,8 @@ class Bench:
             return Target(key, label, PORTS["juggler-ext"], self.ensure("juggler-ext"))
         if key == "direct-ws":
             return Target(key, label, WS_BACKEND, None)
+        if key in ("juggler-miss", "juggler-nocache"):   # scenario 12c: two routes of the extras build
+            return Target(key, label, PORTS["juggler-ext"], self.ensure("juggler-ext"))
         if key.endswith("-tls"):
             return Target(key, label, PORTS[key], self.ensure(key.removesuffix("-tls")), "https")
         return Target(key, label, PORTS[key], self.ensure(key))
@@ -659,7 +710,10 @@ class Bench:
                   "juggler-ch": "Juggler, consistent_hash", "juggler-ext": "Juggler",
                   "juggler-l4": "Juggler L4 (listen tcp)", "haproxy-gz": "HAProxy (libslz)",
                   "juggler-ws": "Juggler", "nginx-ws": "nginx", "haproxy-ws": "HAProxy",
-                  "direct-ws": "direct to the echo server (limit)"}
+                  "direct-ws": "direct to the echo server (limit)",
+                  "varnish": "Varnish (-s malloc)", "nginx-cache": "nginx proxy_cache",
+                  "juggler-miss": "Juggler, cached route, every request a miss",
+                  "juggler-nocache": "Juggler, uncached route"}
         if self.s.base_short:
             bl = self.base_label()
             labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
@@ -683,7 +737,7 @@ class Bench:
                 "-s", str(script or HERE / "report.lua")]
         for h in headers or []:
             argv += ["-H", h]
-        argv.append(f"{scheme}://127.0.0.1:{port}{path}")
+        argv.append(f"{scheme}://{HOST}:{port}{path}")
         r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
         m = re.search(r"^BENCH (.*)$", r.stdout, re.M)
         if r.returncode != 0 or not m:
@@ -710,16 +764,19 @@ class Bench:
             r["crashed"] = True
         return r
 
-    def rounds(self, sid: str, keys: list[str], path: str, conns: int, headers: list[str] | None = None,
-               timeout: str = "10s", order_of=None, script: Path | None = None) -> dict[str, list[dict]]:
+    def rounds(self, sid: str, keys: list[str], path: str | dict[str, str], conns: int,
+               headers: list[str] | None = None, timeout: str = "10s", order_of=None,
+               script: Path | None = None) -> dict[str, list[dict]]:
         """ROUNDS rounds; in each, every target once, the order rotated every
-        round so that no target always runs first (or right after another)."""
+        round so that no target always runs first (or right after another).
+        path: one for all, or one per key."""
+        path_of = (lambda k: path[k]) if isinstance(path, dict) else (lambda k: path)
         runs: dict[str, list[dict]] = {k: [] for k in keys}
         targets = [self.target(k) for k in keys]
         width = max(28, *(len(t.label) for t in targets))
         # a short warm-up of each (pools, caches, upstream connections), not measured
         for t in targets:
-            self.wrk(t.port, path, conns, 1, headers, timeout, scheme=t.scheme, script=script)
+            self.wrk(t.port, path_of(t.key), conns, 1, headers, timeout, scheme=t.scheme, script=script)
         for rnd in range(self.s.rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
             if order_of:
@@ -727,7 +784,7 @@ class Bench:
             for t in order:
                 time.sleep(self.s.settle)
                 t = self.target(t.key)          # restarted if it had died
-                r = self.measure(t, path, conns, headers, timeout, script=script)
+                r = self.measure(t, path_of(t.key), conns, headers, timeout, script=script)
                 runs[t.key].append(r)
                 if t.key.startswith("juggler") and (r["errors"] or r["status"] or r.get("crashed")):
                     b_problem = (f"scenario {sid} round {rnd + 1}: {r['errors']:.0f} socket errors, "
@@ -1123,7 +1180,7 @@ class Scenarios:
                 p = self.b.start(key, port=PORTS[cg], name=cg,
                                  wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={f}"])
                 try:
-                    c = socket.create_connection(("127.0.0.1", PORTS[cg]), timeout=10)
+                    c = socket.create_connection((HOST, PORTS[cg]), timeout=10)
                     for i in range(n):
                         c.sendall(request(i))
                         if read_response(c) != 200:
@@ -1224,7 +1281,7 @@ class Scenarios:
         meds = {k: {m: med(runs[k], m) for m in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
 
         def request(i: int, port: int = PORTS["juggler-cg"]) -> bytes:
-            return (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            return (f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
                     f"X-User: user-{i % CH_USERS + 1}\r\n\r\n").encode()
         ins = self.instructions(tuple(keys), request)
         labels = {"juggler": "Juggler, round_robin", "juggler-ch": "Juggler, consistent_hash key=header:X-User"}
@@ -1375,6 +1432,8 @@ class Scenarios:
         """WebSocket (issue #13): WS_SIZE-byte messages echoed over CONNS upgraded
         connections, one in flight per connection, through each proxy's tunnel."""
         b = self.b
+        if HOST != "127.0.0.1":
+            raise RuntimeError(f"scenario 11 runs on 127.0.0.1 only (wsbench's address), not BENCH_HOST={HOST}")
         if self.s.wsbench is None:
             raise RuntimeError("no wsbench (WSBENCH_BIN): run through tools/bench/run.sh")
         if "wsbench" not in b.procs:
@@ -1412,6 +1471,34 @@ class Scenarios:
             r = paired(runs, "juggler-ws", o, "cpu_us_per_msg")
             self.verdict("11 WebSocket", f"(no target) CPU/message vs {b.label(o)}", fmt(r, ".2f", "×"), None)
 
+    # 12 ---------------------------------------------------------------------
+
+    def s12(self) -> None:
+        """The cache (issue #12): hits against Varnish and nginx proxy_cache,
+        allocations per hit, the miss path against an uncached route
+        (tools/bench/scenario_cache.py)."""
+        import scenario_cache     # beside this file (sys.path[0])
+        scenario_cache.run(self, sys.modules[__name__])
+
+
+def nginx_cache(variant: str, name: str, work: Path) -> dict[str, str]:
+    """Scenario 12's nginx-cache: proxy_cache on /c/ with the TTL and size of
+    Juggler's and Varnish's, buffered (proxy_cache stores what it buffers),
+    misses for one key collapsed (proxy_cache_lock) as Juggler's are."""
+    if not variant.endswith("-cache"):
+        return {}
+    return {"CACHE": f"    proxy_cache_path {work}/tmp/{name}-cache levels=1:2 keys_zone=bench:16m "
+                     f"max_size={CACHE_MB}m inactive={CACHE_TTL_S}s use_temp_path=off;\n",
+            "CACHE_LOCATION": ("        location /c/ {               # scenario 12\n"
+                               "            proxy_pass http://web;\n"
+                               "            proxy_buffering on;\n"
+                               "            proxy_cache bench;\n"
+                               f"            proxy_cache_valid 200 {CACHE_TTL_S}s;\n"
+                               "            proxy_cache_lock on;\n"
+                               "            sendfile on;\n"
+                               "            add_header X-Cache-Status $upstream_cache_status;\n"
+                               "        }\n")}
+
 
 def ws_backends(variant: str) -> dict[str, str]:
     """Scenario 11's nginx-ws and haproxy-ws: the same config with the three
@@ -1421,7 +1508,7 @@ def ws_backends(variant: str) -> dict[str, str]:
 
 def content_encoding(port: int, path: str) -> str | None:
     """The Content-Encoding of one GET with Accept-Encoding: gzip (the body read whole)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+    with socket.create_connection((HOST, port), timeout=5) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAccept-Encoding: gzip\r\n"
                   "Connection: close\r\n\r\n".encode())
         data = b""
@@ -1470,10 +1557,10 @@ def open_idle(port: int, n: int, requests_each: int = 1) -> list[socket.socket]:
 
 def open_idle_checked(port: int, n: int, requests_each: int = 1) -> tuple[list[socket.socket], int]:
     socks, bad = [], 0
-    req = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    req = f"GET {SMALL_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
     for _ in range(n):
         try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s = socket.create_connection((HOST, port), timeout=5)
             for _ in range(requests_each):
                 s.sendall(req)
                 if read_response(s) != 200:
@@ -1527,7 +1614,8 @@ def machine() -> list[str]:
     nginx = ver(["nginx", "-v"], r"nginx/(\S+)")
     haproxy = ver(["haproxy", "-v"], r"version (\S+)")
     wrk = ver(["wrk", "-v"], r"wrk (\S+)")
-    juggler = ver([os.environ["JUGGLER_BIN"], "--version"], r"(\d+\.\d+\.\d+)")
+    juggler = ver([os.environ.get("JUGGLER_BIN") or os.environ.get("JUGGLER_EXT_BIN") or "juggler", "--version"],
+                  r"(\d+\.\d+\.\d+)")
     return [f"- machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, "
             f"{int(mem) // 1024} MB RAM, Linux {platform.release()}",
             f"- nginx {nginx}, HAProxy {haproxy}, wrk {wrk}, Juggler {juggler}",
@@ -1540,7 +1628,7 @@ def run() -> int:
     sc = Scenarios(b)
     busy = [p for p in ALL_PORTS + (list(BASE_PORTS.values()) if s.base_short else []) if not port_free(p)]
     if busy:
-        print(f"bench: port(s) {', '.join(map(str, busy))} on 127.0.0.1 are in use; stop what uses them "
+        print(f"bench: port(s) {', '.join(map(str, busy))} on {HOST} are in use; stop what uses them "
               f"(ss -ltnp) and run again", file=sys.stderr)
         return 2
     started = time.time()
@@ -1562,7 +1650,7 @@ def run() -> int:
         b.note(f"- base (BENCH_BASE={os.environ.get('BENCH_BASE', '?')}): {b.base_label()}, commit {s.base_commit} "
                f"\"{subject}\", built from the same routes files, run with the same flags beside Juggler in "
                "every scenario; Juggler / base ratios are the median of the per-round ratios")
-    b.note(f"- backends: one nginx, 1 worker, 127.0.0.1:{BACKENDS[0]}-{BACKENDS[-1]}; request GET {SMALL_PATH} "
+    b.note(f"- backends: one nginx, 1 worker, {HOST}:{BACKENDS[0]}-{BACKENDS[-1]}; request GET {SMALL_PATH} "
            "→ `return 200` (29-byte body)")
     b.note("- latencies as wrk measures them (µs); CPU = utime+stime of the proxy's processes over the run "
            "/ requests completed")
@@ -1596,7 +1684,7 @@ def run() -> int:
     if b.targets_met:
         b.targets_met.append(("all", "Juggler: no socket error, non-2xx answer or crash",
                               "; ".join(b.juggler_problems) or "none", "NOT met" if b.juggler_problems else "met"))
-        b.note("\n## Targets (issue #6; scenario 8: issue #3; 9: #12; 10, 11: #13)\n")
+        b.note("\n## Targets (issue #6; scenario 8: issue #3; 9, 12: #12; 10, 11: #13)\n")
         for l in table(["scenario", "target", "measured", "verdict"], [list(t) for t in b.targets_met], left=4):
             b.note(l)
     b.note(f"\nbench took {elapsed / 60:.1f} min")
@@ -1618,6 +1706,9 @@ def run() -> int:
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "gen-routes":
         gen_routes_1k(Path(sys.argv[2]))
+        return 0
+    if len(sys.argv) == 3 and sys.argv[1] == "gen-one":
+        gen_routes_one(Path(sys.argv[2]))
         return 0
     if len(sys.argv) == 3 and sys.argv[1] == "gen-ch":
         gen_routes_ch(Path(sys.argv[2]))

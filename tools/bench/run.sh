@@ -6,7 +6,8 @@
 # counter, then hands over to tools/bench/bench.py.
 #
 # Environment (see tools/bench/README.md):
-#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-11)  QUICK=1 (1 round, 3 s)
+#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-12)  QUICK=1 (1 round, 3 s)
+#   BENCH_HOST=127.0.0.1 (another loopback address for every server of the bench)
 #   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
 #   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
 #   BENCH_BASE=REV (any git revision): also build REV and run it as one more proxy,
@@ -19,7 +20,14 @@ HERE="$ROOT/tools/bench"
 BUILD="${BENCH_BUILD:-$ROOT/build-bench}"
 export BENCH_RESULTS="${BENCH_RESULTS:-$ROOT/bench-results}"
 
-for tool in wrk nginx haproxy cmake ninja python3 cc; do
+sc=$(printf '%s' "${SCENARIOS:-}" | tr -s ' ,' ',')   # as bench.py reads it: blank = all
+sc=${sc#,} sc=${sc%,}
+selected() {  # selected N: is scenario N among SCENARIOS?
+  case ",${sc:-all}," in *,all,*|*,"$1",*) return 0 ;; *) return 1 ;; esac
+}
+tools="wrk nginx haproxy cmake ninja python3 cc"
+selected 12 && tools="$tools varnishd"
+for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "bench: '$tool' not found (make bench installs it: tools/install-deps.sh bench)" >&2; exit 2; }
 done
 
@@ -66,12 +74,14 @@ ulimit -n "$hard" 2>/dev/null || true
 
 # ---------------------------------------------------------------- build
 # Two balancers, as a routes file is compiled into the binary: build-bench/one
-# (tools/bench/bench.def, 1 route) and build-bench/1k (999 more, generated).
+# (tools/bench/bench.def, 1 route; scenarios 1-8) and build-bench/1k (999 more,
+# generated; scenario 6), each built only when a selected scenario runs it.
 # Scenario 8 adds a third, build-bench/ch: bench.def with its pool switched to
 # consistent_hash key=header:X-User (generated), built only when 8 is selected.
 # BENCH_SOURCE=HEAD builds the last commit (exported with `git archive` into
 # build-bench/src) instead of the working tree, e.g. while the tree is mid-edit.
 mkdir -p "$BUILD/routes"
+python3 "$HERE/bench.py" gen-one "$BUILD/routes/bench-one.def"
 python3 "$HERE/bench.py" gen-routes "$BUILD/routes/bench-1k.def"
 python3 "$HERE/bench.py" gen-ch "$BUILD/routes/bench-ch.def"
 python3 "$HERE/bench.py" gen-ext "$BUILD/routes/bench-ext.def"
@@ -109,25 +119,26 @@ build() {  # build DIR ROUTES [SOURCE [WHAT]]: WHAT names the source in the erro
   [ -x "$BUILD/$1/bin/app.out" ] \
     || { echo "bench: no $BUILD/$1/bin/app.out after the build${what:+ $what}" >&2; exit 1; }
 }
-echo "bench: building Juggler (Release) into $BUILD/one$SFX and $BUILD/1k$SFX"
-build "one$SFX" "$HERE/bench.def"
-build "1k$SFX" "$BUILD/routes/bench-1k.def"
-export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out" JUGGLER_1K_BIN="$BUILD/1k$SFX/bin/app.out"
-sc=$(printf '%s' "${SCENARIOS:-}" | tr -s ' ,' ',')   # as bench.py reads it: blank = all
-sc=${sc#,} sc=${sc%,}
-selected() {  # selected N: is scenario N among SCENARIOS?
-  case ",${sc:-all}," in *,all,*|*,"$1",*) return 0 ;; *) return 1 ;; esac
-}
+if selected 1 || selected 2 || selected 3 || selected 4 || selected 5 || selected 6 || selected 7 || selected 8; then
+  echo "bench: building Juggler (Release) into $BUILD/one$SFX"
+  build "one$SFX" "$BUILD/routes/bench-one.def"
+  export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out"
+fi
+if selected 6; then
+  echo "bench: building the 1,000-route variant (scenario 6) into $BUILD/1k$SFX"
+  build "1k$SFX" "$BUILD/routes/bench-1k.def"
+  export JUGGLER_1K_BIN="$BUILD/1k$SFX/bin/app.out"
+fi
 if selected 8; then
   echo "bench: building the consistent_hash variant (scenario 8) into $BUILD/ch$SFX"
   build "ch$SFX" "$BUILD/routes/bench-ch.def"
   export JUGGLER_CH_BIN="$BUILD/ch$SFX/bin/app.out"
 fi
-# Scenarios 9 (gzip), 10 (L4) and 11 (WebSocket): bench.def plus a gzip route, a
-# `listen tcp` and a WebSocket pool, kept out of the other builds so that a
-# BENCH_BASE older than them still builds.
-if selected 9 || selected 10 || selected 11; then
-  echo "bench: building the extras variant (scenarios 9-11) into $BUILD/ext$SFX"
+# Scenarios 9 (gzip), 10 (L4), 11 (WebSocket) and 12 (cache): bench.def plus a gzip
+# route, a `listen tcp`, a WebSocket pool and a cached route, kept out of the other
+# builds so that a BENCH_BASE older than them still builds.
+if selected 9 || selected 10 || selected 11 || selected 12; then
+  echo "bench: building the extras variant (scenarios 9-12) into $BUILD/ext$SFX"
   build "ext$SFX" "$BUILD/routes/bench-ext.def"
   export JUGGLER_EXT_BIN="$BUILD/ext$SFX/bin/app.out"
 fi
@@ -155,7 +166,7 @@ if [ -n "${BENCH_BASE:-}" ]; then
               "the bench cannot compile bench.def into it" >&2; exit 2; }
   what="(BENCH_BASE=$BENCH_BASE, commit $short: it may not accept tools/bench/bench.def or the generated routes files of this tree)"
   echo "bench: building the base, $short ($(git -C "$ROOT" log -1 --format=%s "$base" | cut -c1-70)), into $BUILD/one-base"
-  build one-base "$HERE/bench.def" "$BASE_SRC" "$what"
+  build one-base "$BUILD/routes/bench-one.def" "$BASE_SRC" "$what"
   export JUGGLER_BASE_BIN="$BUILD/one-base/bin/app.out"
   if selected 6; then
     echo "bench: building the base's 1,000-route variant (scenario 6) into $BUILD/1k-base"

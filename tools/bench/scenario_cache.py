@@ -1,0 +1,198 @@
+"""Scenario 12 of `make bench` (issue #12): the response cache.
+
+12a/12b: a cache HIT of a 1 KB and of a 100 KB object (GET /c/1k, /c/100k),
+keep-alive, against Varnish (`varnishd -s malloc`, tools/bench/conf/varnish.vcl)
+and nginx `proxy_cache` (bench.py nginx_cache()), all with the same TTL and
+size (bench.py CACHE_TTL_S, CACHE_MB). Each proxy is primed and checked to
+answer from its cache (Juggler X-Cache: HIT, nginx X-Cache-Status: HIT,
+Varnish an X-Varnish with two transaction ids) before it is measured.
+Then Juggler's heap allocations per hit under the malloc counter (as
+scenario 7) and its user-space instructions per hit under callgrind.
+
+12c: the miss path: every request a different query string, on the cached
+route (/c/1k?n=N: a lookup, a miss, the response stored) and on an uncached
+route of the same build (/u/1k?n=N, the same object through the catch-all):
+Juggler's CPU per request, miss / uncached.
+
+Called from bench.py's Scenarios.s12 with the bench module (m) for its
+helpers: this file keeps bench.py from growing further.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MISSES_SCRIPT = HERE / "misses.lua"
+HIT_KEYS = ["juggler-ext", "varnish", "nginx-cache"]
+
+
+def head_of(host: str, port: int, path: str) -> tuple[int, str]:
+    """One GET on a new connection: the status and the head (the body read whole)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    m = re.match(r"HTTP/1\.[01] (\d{3})", head)
+    return (int(m.group(1)) if m else 0), head
+
+
+def answered_from_cache(key: str, head: str) -> bool:
+    if key == "juggler-ext":
+        return re.search(r"\r\nX-Cache: HIT\r?$", head, re.I | re.M) is not None
+    if key == "nginx-cache":
+        return re.search(r"\r\nX-Cache-Status: HIT\r?$", head, re.I | re.M) is not None
+    return re.search(r"\r\nX-Varnish: \d+ \d+\r?$", head, re.I | re.M) is not None   # varnish: hit = two ids
+
+
+def prime(b, m, key: str, path: str) -> None:
+    """Stores the object and checks the next GET is answered from the cache."""
+    t = b.target(key)
+    for _ in range(20):
+        status, head = head_of(m.HOST, t.port, path)
+        if status != 200:
+            raise RuntimeError(f"scenario 12: {b.label(key)} answered {path} with {status}")
+        if answered_from_cache(key, head):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"scenario 12: {b.label(key)} does not answer {path} from its cache:\n{head}")
+
+
+def hits(sc, m, sid: str, name: str) -> None:
+    b, s = sc.b, sc.s
+    path = f"/c/{name}"
+    size = m.CACHE_OBJECTS[name]
+    b.note(f"\n## {sid}. Cache HIT, {size:,}-byte object (GET {path}), keep-alive, {s.conns} connections, "
+           f"TTL {m.CACHE_TTL_S} s, {m.CACHE_MB} MB")
+    for k in HIT_KEYS:
+        prime(b, m, k, path)
+    runs = b.rounds(sid, HIT_KEYS, path, s.conns)
+    for k in HIT_KEYS:       # still hits at the end (no expiry, no eviction in between)
+        t = b.target(k)
+        if not answered_from_cache(k, head_of(m.HOST, t.port, path)[1]):
+            raise RuntimeError(f"scenario {sid}: {b.label(k)} no longer answers {path} from its cache")
+    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req", "gbps")} for k in HIT_KEYS}
+    rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
+             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(meds[k]["gbps"], ".3f"), m.errors_cell(runs[k])]
+            for k in HIT_KEYS]
+    b.note(f"\n### {sid}. cache HIT, {size:,} B (medians of {s.rounds})\n")
+    for line in m.table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "GB/s", "errors"], rows):
+        b.note(line)
+    rr = [[f"Juggler / {b.label(o)}"] + [m.fmt(m.paired(runs, "juggler-ext", o, x), ".2f", "×")
+                                         for x in ("rps", "p50", "p99", "cpu_us_per_req")] for o in HIT_KEYS[1:]]
+    b.note("\nRatios: the median over rounds of the ratio within each round.\n")
+    for line in m.table(["ratio", "req/s", "p50", "p99", "CPU/req"], rr):
+        b.note(line)
+    b.results["scenarios"][sid] = {"runs": runs, "medians": meds}
+    for o in HIT_KEYS[1:]:
+        r = m.paired(runs, "juggler-ext", o, "rps")
+        c = m.paired(runs, "juggler-ext", o, "cpu_us_per_req")
+        sc.verdict(f"{sid} cache HIT {name}", f"req/s ≥ 1.2× {b.label(o)}",
+                   f"{m.fmt(r, '.2f', '×')} (CPU/req {m.fmt(c, '.2f', '×')})", r is not None and r >= 1.2)
+
+
+def allocations(sc, m) -> None:
+    """Juggler's heap allocations per hit (and per miss, information), as scenario 7."""
+    b, s = sc.b, sc.s
+    name = "juggler-ext-alloc"
+    port = m.PORTS[name]
+    cnt = s.work / f"{name}.count"
+    cnt.unlink(missing_ok=True)
+    b.stop(name)
+    p = b.start("juggler-ext", env={"LD_PRELOAD": str(s.malloc_so), "MALLOC_COUNT_FILE": str(cnt)},
+                port=port, name=name)
+    t = m.Target(name, "juggler-ext", port, p)
+    rows, per_hit = [], {}
+    try:
+        if m.read_counts(cnt) is None:
+            raise RuntimeError(f"malloc counter not active ({cnt} missing)")
+        cases = [(f"HIT {n}", f"/c/{n}", None) for n in m.CACHE_OBJECTS] + [("MISS 1k (stored)", "/c/1k", MISSES_SCRIPT)]
+        for what, path, script in cases:
+            if script is None:
+                status, head = head_of(m.HOST, port, path)
+                status, head = head_of(m.HOST, port, path)
+                if not answered_from_cache("juggler-ext", head):
+                    raise RuntimeError(f"scenario 12: {path} not a hit under the malloc counter:\n{head}")
+            b.wrk(port, path, s.conns, 2, script=script)      # warm-up
+            time.sleep(0.3)
+            c0 = m.read_counts(cnt)
+            r = b.measure(t, path, s.conns, duration=s.alloc_duration, script=script)
+            time.sleep(0.3)
+            c1 = m.read_counts(cnt)
+            allocs, frees = c1[0] - c0[0], c1[1] - c0[1]
+            per = allocs / r["requests"] if r["requests"] else None
+            per_hit[what] = per
+            if r["errors"] or r["status"] or not p.alive():
+                b.juggler_problems.append(f"scenario 12 allocations {what}: {r['errors']:.0f} socket errors, "
+                                          f"{r['status']:.0f} non-2xx{'' if p.alive() else ', crashed'}")
+            m.log(f"  [12] {what:<17} {r['requests']:.0f} requests, {allocs} allocations, {frees} frees = "
+                  f"{m.fmt(per, '.3f')} per request")
+            rows.append([what, f"{r['requests']:,.0f}", f"{allocs:,}", f"{frees:,}", m.fmt(per, ".3f"),
+                         m.errors_cell([r])])
+    finally:
+        b.stop(name)
+    b.note("\n### 12. Juggler's heap allocations per request (LD_PRELOAD malloc counter, "
+           f"{s.alloc_duration} s of keep-alive load after a 2 s warm-up)\n")
+    for line in m.table(["requests", "count", "allocations", "frees", "allocs/request", "errors"], rows):
+        b.note(line)
+    b.results["scenarios"]["12-allocations"] = per_hit
+    for n in m.CACHE_OBJECTS:
+        v = per_hit.get(f"HIT {n}")
+        sc.verdict(f"12 cache HIT {n}", "zero heap allocations per hit (< 0.001)", m.fmt(v, ".3f"),
+                   v is not None and v < 0.001)
+    sc.verdict("12 cache MISS", "(info) allocations per miss, response stored", m.fmt(per_hit.get("MISS 1k (stored)"),
+                                                                                    ".3f"), None)
+
+
+def instructions(sc, m) -> None:
+    """User-space instructions per 1 KB hit under callgrind (the first request
+    of each run is the miss that stores it; the difference of two runs is hits only)."""
+    b = sc.b
+    req = f"GET /c/1k HTTP/1.1\r\nHost: {m.HOST}:{m.PORTS['juggler-cg']}\r\n\r\n".encode()
+    ins = sc.instructions(("juggler-ext",), lambda i: req)
+    if ins:
+        b.note(f"\nJuggler's user-space instructions per 1 KB HIT (callgrind, ({m.CG_REQUESTS[1]:,} − "
+               f"{m.CG_REQUESTS[0]:,} keep-alive requests) / {m.CG_REQUESTS[1] - m.CG_REQUESTS[0]:,}): "
+               f"{ins['juggler-ext']:,.0f}.")
+        b.results["scenarios"]["12-instructions"] = ins
+
+
+def misses(sc, m) -> None:
+    b, s = sc.b, sc.s
+    keys = ["juggler-miss", "juggler-nocache"]
+    paths = {"juggler-miss": "/c/1k", "juggler-nocache": "/u/1k"}
+    b.note(f"\n## 12c. Cache miss path: every request a different query string, 1 KB object, keep-alive, "
+           f"{s.conns} connections: the cached route (a miss, the response stored) vs an uncached route")
+    runs = b.rounds("12c", keys, paths, s.conns, script=MISSES_SCRIPT)
+    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
+    rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
+             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.errors_cell(runs[k])] for k in keys]
+    r = {x: m.paired(runs, "juggler-miss", "juggler-nocache", x) for x in ("rps", "p50", "p99", "cpu_us_per_req")}
+    rows.append(["miss / uncached"] + [m.fmt(r[x], ".3f", "×") for x in ("rps", "p50", "p99", "cpu_us_per_req")]
+                + [""])
+    b.note(f"\n### 12c. cache miss vs uncached route, 1 KB (medians of {s.rounds}; ratios: the median of the "
+           "per-round ratios)\n")
+    for line in m.table(["route", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"], rows):
+        b.note(line)
+    b.results["scenarios"]["12c"] = {"runs": runs, "medians": meds, "ratios": r}
+    c = r["cpu_us_per_req"]
+    sc.verdict("12c cache MISS", "CPU/request ≤ 1.05× the uncached route's",
+               f"{m.fmt(c, '.3f', '×')} ({m.fmt(meds['juggler-nocache']['cpu_us_per_req'], '.2f')} → "
+               f"{m.fmt(meds['juggler-miss']['cpu_us_per_req'], '.2f')} µs)", c is not None and c <= 1.05)
+
+
+def run(sc, m) -> None:
+    if sc.s.juggler_ext is None:
+        raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
+    hits(sc, m, "12a", "1k")
+    hits(sc, m, "12b", "100k")
+    for k in HIT_KEYS[1:]:
+        sc.b.stop(k)          # the competitors are done: not beside the next runs
+    misses(sc, m)
+    allocations(sc, m)
+    instructions(sc, m)
