@@ -26,7 +26,9 @@ constexpr Settings kSettings{
     .cache = CacheKind::Redis,
     .cache_bytes = 67108864u,
     .cache_address = "cache.internal:6379",
-    .cache_max_object = 1048576u,
+    .cache_max_object = 262144u,
+    .cache_redis_prefix = "jg:",
+    .cache_redis_deadline_ms = 20u,
     .cache_purge_from = {.family = 6, .bits = 8, .addr = {253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
     .admin_address = "0.0.0.0:9090",
     .admin_token_file = "secrets/admin.token",
@@ -669,7 +671,7 @@ const RouteTable& route_table() noexcept {
       .routes = kRoutes,
       .distribute = distribute,
       .sni = sni_names::sni_route,
-      .source_hash = "2edc5bb6e01e",
+      .source_hash = "6048fa19b00e",
   };
   return table;
 }
