@@ -65,6 +65,7 @@ std::string settings_change(const Settings& a, const Settings& b) {
       {"timeout.tunnel_idle", a.tunnel_idle_timeout_ms == b.tunnel_idle_timeout_ms},
       {"drain.delay", a.drain_delay_ms == b.drain_delay_ms},
       {"instance", a.instance == b.instance},
+      {"instance.header", a.instance_header == b.instance_header},
       {"resolve.interval", a.resolve_interval_ms == b.resolve_interval_ms},
       {"limit.header_bytes", a.header_bytes == b.header_bytes},
       {"limit.header_count", a.header_count == b.header_count},
