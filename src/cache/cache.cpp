@@ -28,14 +28,23 @@ constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
 constexpr std::string_view kPurgedKeep = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npurged\n";
 constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npurged\n";
 
+char* put(char* p, std::string_view s) noexcept {
+  std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+char lower(char c) noexcept { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
+
 // The primary key into `out` (reused: no allocation once it grew): the host
-// in lower case, '\0', the path and the query.
+// in lower case, '\0', the path and the query, written in place (a miss and
+// a hit build it on every request).
 std::string_view build_key(const RequestHead& h, std::string& out) {
-  out.clear();
-  for (char c : h.host) out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
-  out.push_back('\0');
-  out.append(h.path);
-  if (!h.query.empty()) out.append("?").append(h.query);
+  out.resize(h.host.size() + 1 + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
+  char* p = out.data();
+  for (char c : h.host) *p++ = lower(c);
+  *p++ = '\0';
+  p = put(p, h.path);
+  if (!h.query.empty()) put(put(p, "?"), h.query);
   return out;
 }
 
@@ -91,13 +100,7 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
   return f;
 }
 
-ResponseFacts response_facts(const MessageParser& r) noexcept;
 CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control);
-
-char* put(char* p, std::string_view s) noexcept {
-  std::memcpy(p, s.data(), s.size());
-  return p + s.size();
-}
 
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
 
@@ -184,6 +187,7 @@ State cache_request(Exchange* ex) {
   CacheStore* store = ex->worker->shared.cache.get();
   const RequestHead& h = ex->head;
   ex->cache = static_cast<std::uint8_t>(CacheStatus::Bypass);
+  ex->cache_hash = 0;
   if (!store) return State::Connect;
   if (unsafe(h.method)) {
     // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
@@ -202,7 +206,7 @@ State cache_request(Exchange* ex) {
   if (h.method == Method::Get) ex->filter_want |= kWantCache;
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
-  const std::uint64_t hash = cache_key_hash(key);
+  const std::uint64_t hash = ex->cache_hash = cache_key_hash(key);  // the store stage's too
   CacheEntry* e = lookup(ex, key, hash, rf.authorization);
   const std::uint64_t now = ex->worker->now_ms();
   if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit, rf.conditional);
@@ -343,6 +347,8 @@ State cache_purge(Exchange* ex) {
 std::string_view cache_status_line(const Exchange* ex) noexcept { return kXCache[ex->cache]; }
 
 void cache_release(Exchange* ex) noexcept {
+  if (ex->cache_tap) cache_stage_put(ex->cache_tap);  // a body that did not end: nothing stored
+  ex->cache_tap = nullptr;
   cache_collapse_release(ex);
   if (ex->cache_entry) cache_entry_release(ex->cache_entry);
   ex->cache_entry = nullptr;
@@ -364,6 +370,8 @@ class CacheStage final : public ResponseFilter {
   bool head(HeadEdit& edit) noexcept override;
   FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override;
   void written() noexcept override {}
+  // Copies body bytes into the entry; stores it after the last ones.
+  void take(std::string_view in, bool last) noexcept;
   void drop() noexcept {
     if (entry) cache_entry_release(entry);
     entry = nullptr;
@@ -374,24 +382,6 @@ class CacheStage final : public ResponseFilter {
 };
 
 thread_local FreeList<CacheStage, 64> t_stages;
-
-ResponseFacts response_facts(const MessageParser& r) noexcept {
-  ResponseFacts f;
-  f.status = r.status();
-  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
-    const HeaderSpan& hs = r.headers()[i];
-    if (hs.drop) continue;
-    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
-    if (iequals(n, "cache-control")) f.cc.parse(v);
-    else if (iequals(n, "expires")) f.has_expires = true, f.expires = parse_http_date(v);
-    else if (iequals(n, "date")) f.date = parse_http_date(v);
-    else if (iequals(n, "age")) std::from_chars(trim_ows(v).data(), trim_ows(v).data() + trim_ows(v).size(), f.age);
-    else if (iequals(n, "set-cookie")) f.set_cookie = true;
-    else if (iequals(n, "etag") || iequals(n, "last-modified")) f.validator = true;
-    else if (iequals(n, "vary")) for_each_token(v, [&](std::string_view t) { f.vary_star |= trim_ows(t) == "*"; });
-  }
-  return f;
-}
 
 // Calls f(name, value) for each "Name: value\r\n" line of `lines`.
 template <class F>
@@ -470,49 +460,51 @@ CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool*
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
   CacheEntry* e = entry = new CacheEntry();
-  e->key = build_key(ex->head, t_key);
-  e->hash = cache_key_hash(e->key);
+  build_key(ex->head, e->key);
+  // The route's hash when it looked the key up (0: it did not, or it is 0).
+  e->hash = ex->cache_hash ? ex->cache_hash : cache_key_hash(e->key);
   std::string_view status_line = r.first_line();
   while (!status_line.empty() && (status_line.back() == '\n' || status_line.back() == '\r')) status_line.remove_suffix(1);
   status_line = trim_ows(status_line.substr(status_line.find(' ') + 1));
   const std::string_view lines = edit.lines();  // what the stages before this one added (Content-Encoding, Vary)
   std::size_t size = 11 + status_line.size() + lines.size();
-  for (std::uint32_t i = 0; i < r.header_count(); ++i)
-    size += r.header_name(r.headers()[i]).size() + r.header_value(r.headers()[i]).size() + 4;
-  e->head.reserve(size);  // one allocation, and the views below stay valid
-  e->head.append("HTTP/1.1 ").append(status_line).append("\r\n");
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) size += r.headers()[i].value_off + r.headers()[i].value_len + 2;
+  e->head.resize(size);  // one allocation, written in place; the views below stay valid
+  char* const base = e->head.data();
+  char* p = put(put(put(base, "HTTP/1.1 "), status_line), "\r\n");
   // The variants: the fields Vary names (lower case), and Accept-Encoding
   // on a route that compresses.
   std::string names;  // "name," of each Vary'd field so far
-  auto vary_on = [&](const std::string& lower) {
-    if (lower.empty() || names.find(lower + ",") != std::string::npos) return;
-    names.append(lower).append(",");
+  auto vary_on = [&](const std::string& name) {
+    if (name.empty() || names.find(name + ",") != std::string::npos) return;
+    names.append(name).append(",");
     char digit = 0;
-    e->vary.append(lower).append(1, '\0').append(vary_value(ex->head, lower, &digit)).append(1, '\0');
+    e->vary.append(name).append(1, '\0').append(vary_value(ex->head, name, &digit)).append(1, '\0');
   };
   // One pass: the validators as views into the stored head, the Vary'd names.
   auto field = [&](std::string_view n, std::string_view stored_value) {
+    if (n.size() == 13 && iequals(n, "last-modified")) e->last_modified = stored_value;
+    if (n.size() != 4) return;
     if (iequals(n, "etag")) e->etag = stored_value;
-    else if (iequals(n, "last-modified")) e->last_modified = stored_value;
     else if (iequals(n, "vary"))
       for_each_token(stored_value, [&](std::string_view t) {
-        std::string lower(trim_ows(t));
-        for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        vary_on(lower);
+        std::string name(trim_ows(t));
+        for (char& c : name) c = lower(c);
+        vary_on(name);
       });
   };
+  // Each stored line as the server sent it up to the end of its value.
   for (std::uint32_t i = 0; i < r.header_count(); ++i) {
     const HeaderSpan& hs = r.headers()[i];
-    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
-    if (hs.drop || unstored_field(n)) continue;
-    e->head.append(n).append(": ").append(v).append("\r\n");
-    field(n, std::string_view(e->head).substr(e->head.size() - 2 - v.size(), v.size()));
+    if (hs.drop || unstored_line(r, hs)) continue;
+    std::memcpy(p, hs.line, hs.value_off + hs.value_len);
+    field(r.header_name(hs), {p + hs.value_off, hs.value_len});
+    p = put(p + hs.value_off + hs.value_len, "\r\n");
   }
-  const std::size_t at = e->head.size();
-  e->head.append(lines);
-  for_each_line(lines, [&](std::string_view n, std::string_view v) {
-    field(n, std::string_view(e->head).substr(at + static_cast<std::size_t>(v.data() - lines.data()), v.size()));
-  });
+  const char* const at = p;
+  p = put(p, lines);
+  for_each_line(lines, [&](std::string_view n, std::string_view v) { field(n, {at + (v.data() - lines.data()), v.size()}); });
+  e->head.resize(static_cast<std::size_t>(p - base));
   if (ex->route->compress) vary_on("accept-encoding");
   e->status = r.status();
   e->revalidate = d.revalidate;
@@ -547,23 +539,27 @@ bool CacheStage::head(HeadEdit& edit) noexcept {
 FilterStatus CacheStage::process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept {
   *used = in.size();
   if (!out.add(in.data(), in.size())) return FilterStatus::Failed;
-  if (!entry) return FilterStatus::Done;
+  take(in, last);
+  return FilterStatus::Done;
+}
+
+void CacheStage::take(std::string_view in, bool last) noexcept {
+  if (!entry) return;
   if (entry->body.size() + in.size() > settings(*ex->worker).cache_max_object) {
     drop();  // over the limit: streams on, uncached
-    return FilterStatus::Done;
+    return;
   }
   try {
     entry->body.append(in);
   } catch (const std::bad_alloc&) {
     drop();
-    return FilterStatus::Done;
+    return;
   }
   if (last) {
     ex->worker->shared.cache->insert(entry);
     entry = nullptr;
     cache_flight_end(ex);  // the waiters find it now
   }
-  return FilterStatus::Done;
 }
 
 }  // namespace
@@ -580,6 +576,17 @@ void cache_stage_put(ResponseFilter* f) noexcept {
   auto* s = static_cast<CacheStage*>(f);
   s->drop();
   t_stages.push(s);
+}
+
+void cache_tap_begin(Exchange* ex) {
+  ResponseFilter* s = cache_stage_get(ex);
+  HeadEdit edit(ex->resp, nullptr, 0);  // it adds no line: the relay's head is the server's
+  if (s->head(edit)) ex->cache_tap = s;
+  else cache_stage_put(s);
+}
+
+void cache_tap(Exchange* ex, std::string_view body, bool last) noexcept {
+  static_cast<CacheStage*>(ex->cache_tap)->take(body, last);
 }
 
 }  // namespace juggler
