@@ -24,7 +24,7 @@ help:
 	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
-	@echo "make install [PREFIX=/usr/local] [DESTDIR=]  bin/juggler, etc/juggler (routes.def, certs/), systemd unit, logrotate"
+	@echo "make install [PREFIX=/usr/local] [DESTDIR=]  bin/juggler, bin/juggler-reload, etc/juggler (routes.def, certs/), systemd unit, logrotate"
 	@echo "make deb                   a Debian package (CPack) in $(BUILD)/package/"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
 	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request and response paths)"

@@ -9,10 +9,12 @@ endif()
 set(JUGGLER_BIN "${CMAKE_INSTALL_PREFIX}/bin/juggler")
 set(JUGGLER_ETC_DIR "${JUGGLER_ETC}/juggler")
 set(JUGGLER_DOC_DIR "${CMAKE_INSTALL_PREFIX}/share/doc/juggler")
+set(JUGGLER_RELOAD "${CMAKE_INSTALL_PREFIX}/bin/juggler-reload")
 
 file(MAKE_DIRECTORY "${JUGGLER_WORK}/certs")
 configure_file("${JUGGLER_SOURCE}/deploy/juggler.service.in" "${JUGGLER_WORK}/juggler.service" @ONLY)
 configure_file("${JUGGLER_SOURCE}/deploy/logrotate.in" "${JUGGLER_WORK}/juggler" @ONLY)
+configure_file("${JUGGLER_SOURCE}/deploy/juggler-reload.in" "${JUGGLER_WORK}/juggler-reload" @ONLY)
 configure_file("${JUGGLER_ROUTES}" "${JUGGLER_WORK}/routes.def" COPYONLY)
 execute_process(COMMAND "${JUGGLER_APP}" --help OUTPUT_FILE "${JUGGLER_WORK}/juggler.help" RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
@@ -25,3 +27,5 @@ file(INSTALL "${JUGGLER_WORK}/certs" DESTINATION "${JUGGLER_ETC_DIR}" DIR_PERMIS
 file(INSTALL "${JUGGLER_WORK}/juggler" DESTINATION "${JUGGLER_ETC}/logrotate.d")
 file(INSTALL "${JUGGLER_WORK}/juggler.service" DESTINATION "${CMAKE_INSTALL_PREFIX}/lib/systemd/system")
 file(INSTALL "${JUGGLER_WORK}/juggler.help" DESTINATION "${JUGGLER_DOC_DIR}")
+file(INSTALL "${JUGGLER_WORK}/juggler-reload" DESTINATION "${CMAKE_INSTALL_PREFIX}/bin" FILE_PERMISSIONS
+     OWNER_READ OWNER_WRITE OWNER_EXECUTE GROUP_READ GROUP_EXECUTE WORLD_READ WORLD_EXECUTE)

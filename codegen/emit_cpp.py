@@ -84,6 +84,8 @@ def emit_settings(c: Config) -> list[str]:
         ("cache_bytes", f"{s.cache_bytes}u"),
         ("cache_address", sv(s.cache_address)),
         ("cache_max_object", f"{s.cache_max_object}u"),
+        ("cache_redis_prefix", sv(s.cache_redis_prefix)),
+        ("cache_redis_deadline_ms", f"{s.cache_redis_deadline_ms}u"),
         ("cache_purge_from", emit_cidr(s.cache_purge_from)),
         ("admin_address", sv(s.admin_address)),
         ("admin_token_file", sv(s.admin_token_file)),
@@ -93,6 +95,11 @@ def emit_settings(c: Config) -> list[str]:
         ("drain_delay_ms", str(s.drain_delay_ms)),
         ("instance", sv(s.instance)),
     ]
+    if c.resolves or s.resolve_interval_ms != 10_000:  # the other tables keep their bytes
+        fields.append(("resolve_interval_ms", f"{s.resolve_interval_ms}u"))
+    for name in ("h2_max_streams", "h2_glitches", "h2_hpack_table", "h2_max_frame"):
+        if getattr(s, name) is not None:  # else the default of juggler/route.hpp
+            fields.append((name, f"{getattr(s, name)}u"))
     lines = ["constexpr Settings kSettings{"]
     lines += [f"    .{k} = {v}," for k, v in fields]
     lines.append("};")
@@ -120,7 +127,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
         f"{{.kind = ListenKind::{kinds[lst.kind]}, .host = {cstr(lst.endpoint.host)}, "
         f".port = {lst.endpoint.port}, .pool = {lst.pool_index}, .first_cert = {lst.first_cert}, "
         f".cert_count = {len(lst.certs)}, .proxy_protocol = {cbool(lst.proxy_protocol)}, .line = {lst.line}, "
-        f".sni = {cbool(lst.sni)}}}"
+        f".sni = {cbool(lst.sni)}{'' if lst.h2 else ', .h2 = false'}}}"
         for lst in c.listeners
     ]
     certs = [f"{{.cert_file = {cstr(cert)}, .key_file = {cstr(key)}}}" for cert, key in c.certs]
@@ -143,8 +150,15 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
             f".fail_window_ms = {p.fail_window_ms}, .line = {p.line}, .send_proxy = SendProxy::{p.send_proxy}}}")
     servers = [
         f"{{.host = {cstr(s.endpoint.host)}, .port = {s.endpoint.port}, .authority = {cstr(s.endpoint.authority)}, "
-        f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}}}"
+        f".weight = {s.weight}, .backup = {cbool(s.backup)}, .pool = {s.pool_index}, .line = {s.line}"
+        f"{f', .slot = {s.slot}' if s.slot else ''}}}"
         for p in c.pools for s in p.servers
+    ]
+    numbers = {id(s): i for i, s in enumerate(c.servers)}
+    resolves = [
+        f"{{.name = {cstr(r.name)}, .port = {r.port}, .pool = {r.pool_index}, .first_server = {numbers[id(r.first)]}, "
+        f".slots = {r.slots}, .init_none = {cbool(r.init_none)}, .line = {r.line}}}"
+        for r in c.resolves
     ]
     # The Upgrade token lists, one array per distinct list (most routes share the default).
     upgrade_lists: dict[tuple[str, ...], str] = {}
@@ -164,7 +178,7 @@ def emit_tables(c: Config) -> tuple[list[str], dict[str, str]]:
     spans: dict[str, str] = {}
     for ctype, name, rows in (("ListenerDef", "kListeners", listeners), ("CertDef", "kCerts", certs),
                               ("PoolDef", "kPools", pools), ("ServerDef", "kServers", servers),
-                              ("RouteDef", "kRoutes", routes)):
+                              ("RouteDef", "kRoutes", routes), ("ResolveDef", "kResolves", resolves)):
         out += emit_array(ctype, name, rows)
         spans[name] = name if rows else "{}"
     return out, spans
@@ -650,6 +664,7 @@ def emit(c: Config, source: str, entry: str = "route_table", source_hash: str = 
         "      .distribute = distribute,",
         "      .sni = sni_names::sni_route,",
         f"      .source_hash = {cstr(source_hash)},",
+        *([f"      .resolves = {spans['kResolves']},"] if c.resolves else []),
         "  };",
         "  return table;",
         "}",

@@ -53,11 +53,21 @@ SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 U16 = (1 << 16) - 1
 U32 = (1 << 32) - 1
 U64 = (1 << 64) - 1
+# `set cache redis`: the default max_object (larger responses stream through
+# uncached), the largest a Redis value may be (its proto-max-bulk-len less our
+# record's header), the longest deadline, and what a key prefix may hold.
+REDIS_MAX_OBJECT = 512 << 10
+REDIS_MAX_VALUE = 256 << 20
+REDIS_MAX_DEADLINE_MS = 10_000
+REDIS_PREFIX_RE = re.compile(r"[A-Za-z0-9:._-]{1,64}")
+
 # RouteDef::cache_ttl_ms of a route with `cache` and no TTL: the server's freshness, unbounded.
 CACHE_NO_BOUND = U32
 MAX_ROUTES = U16
 MAX_POOLS = (1 << 15) - 1  # RouteDef::pool and ListenerDef::pool are int16
 MAX_SERVERS = U16
+DEFAULT_SLOTS = 4  # `server NAME:PORT resolve` without slots=
+MAX_SLOTS = 255  # ServerDef::slot is a uint8
 MAX_CERTS = U16
 
 
@@ -106,6 +116,7 @@ class Listener:
     first_cert: int = 0
     proxy_protocol: bool = False  # a PROXY v1/v2 header comes first on each connection
     sni: bool = False  # tcp: the pool comes from the ClientHello's server_name (route sni)
+    h2: bool = True  # https: ALPN offers h2 (then http/1.1); h2=off offers http/1.1 alone
 
 
 @dataclass
@@ -115,6 +126,19 @@ class Server:
     weight: int
     backup: bool
     pool_index: int
+    slot: int = 0  # a slot of a `resolve` line (1..slots); 0: a numeric server
+
+
+@dataclass
+class Resolve:
+    """`server NAME:PORT resolve [slots=N] [init=none]`: its slots are Servers."""
+    line: int
+    name: str
+    port: int
+    pool_index: int
+    slots: int
+    init_none: bool
+    first: Server  # its first slot (first_server is that Server's number once numbered)
 
 
 @dataclass
@@ -237,7 +261,9 @@ class Settings:
     cache: str = "Off"  # CacheKind enumerator
     cache_bytes: int = 64 << 20
     cache_address: str = ""
-    cache_max_object: int = 1 << 20
+    cache_max_object: int = 1 << 20  # memory; Redis: REDIS_MAX_OBJECT unless given
+    cache_redis_prefix: str = ""
+    cache_redis_deadline_ms: int = 50
     cache_purge_from: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     admin_address: str = ""
     admin_endpoint: Endpoint | None = None
@@ -245,6 +271,12 @@ class Settings:
     compress_levels: dict = field(default_factory=lambda: {k: v[2] for k, v in COMPRESS_LEVELS.items()})
     drain_delay_ms: int = 0
     instance: str = ""
+    resolve_interval_ms: int = 10_000
+    # HTTP/2: None = the default of juggler/route.hpp (written only when set)
+    h2_max_streams: int | None = None
+    h2_glitches: int | None = None
+    h2_hpack_table: int | None = None
+    h2_max_frame: int | None = None
 
 
 @dataclass
@@ -254,6 +286,7 @@ class Config:
     pools: list[Pool] = field(default_factory=list)
     routes: list[Route] = field(default_factory=list)
     sni_routes: list[SniRoute] = field(default_factory=list)
+    resolves: list[Resolve] = field(default_factory=list)  # `server NAME:PORT resolve` lines, in file order
 
     @property
     def servers(self) -> list[Server]:
@@ -313,7 +346,7 @@ def parse_endpoint(tok: str, role: str) -> Endpoint:
     "redis" (a DNS name allowed as well)."""
     expected = {
         "listen": "IPv4:PORT, [IPv6]:PORT or *:PORT, e.g. 0.0.0.0:80, [::]:443",
-        "server": "IPv4:PORT or [IPv6]:PORT, e.g. 127.0.0.1:6901",
+        "server": "IPv4:PORT or [IPv6]:PORT, e.g. 127.0.0.1:6901; a DNS name needs `server NAME:PORT resolve`",
         "redis": "HOST:PORT, e.g. 127.0.0.1:6379",
     }[role]
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
@@ -431,7 +464,8 @@ class Parser:
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "cache.purge_from", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
-        "drain.delay", "instance",
+        "drain.delay", "instance", "resolve.interval",
+        "h2.max_streams", "h2.glitches", "h2.hpack_table", "h2.max_frame",
     ]
 
     def stmt_set(self, line: int, toks: list[str]) -> None:
@@ -490,8 +524,18 @@ class Parser:
             s.admin_address = s.admin_endpoint.authority
         elif key == "admin_token_file":
             s.admin_token_file = v
+        elif key == "h2.max_streams":
+            s.h2_max_streams = parse_int(key, v, 1, 10000)
+        elif key == "h2.glitches":
+            s.h2_glitches = parse_int(key, v, 1, U32)
+        elif key == "h2.hpack_table":
+            s.h2_hpack_table = parse_size(key, v, 0, 1 << 20)
+        elif key == "h2.max_frame":
+            s.h2_max_frame = parse_size(key, v, 16384, (1 << 24) - 1)
         elif key == "drain.delay":
             s.drain_delay_ms = parse_duration(key, v, allow_zero=True)
+        elif key == "resolve.interval":
+            s.resolve_interval_ms = parse_duration(key, v)
         elif key == "instance":
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
                 raise DefError(f"'set instance' takes a name of 1 to 64 letters, digits, '.', '_' or '-' (got '{v}')")
@@ -515,10 +559,24 @@ class Parser:
                 raise DefError(f"cache max_object ({s.cache_max_object} bytes) is larger than the cache "
                                f"({s.cache_bytes} bytes)")
         elif kind == "redis":
-            if len(rest) != 1:
+            if not rest or "=" in rest[0]:
                 raise DefError("'set cache redis' needs one address (set cache redis HOST:PORT)")
             s.cache = "Redis"
             s.cache_address = parse_endpoint(rest[0], "redis").written
+            opts = Options("set cache redis", rest[1:], ["prefix", "max_object", "deadline"])
+            s.cache_max_object = REDIS_MAX_OBJECT
+            if "max_object" in opts.values:
+                s.cache_max_object = parse_size("cache max_object", opts.values["max_object"], 1, REDIS_MAX_VALUE)
+            if "prefix" in opts.values:
+                if not REDIS_PREFIX_RE.fullmatch(opts.values["prefix"]):
+                    raise DefError(f"bad redis prefix '{opts.values['prefix']}' (1 to 64 letters, digits or "
+                                   f"':._-', e.g. prefix=juggler:)")
+                s.cache_redis_prefix = opts.values["prefix"]
+            if "deadline" in opts.values:
+                s.cache_redis_deadline_ms = parse_duration("cache deadline", opts.values["deadline"])
+                if s.cache_redis_deadline_ms > REDIS_MAX_DEADLINE_MS:
+                    raise DefError(f"cache deadline '{opts.values['deadline']}' is too long (at most 10s: "
+                                   f"every request on a cached route may wait that long for Redis)")
         else:
             raise DefError(f"bad cache '{kind}' (expected memory [size=SIZE], redis HOST:PORT or off)")
 
@@ -543,6 +601,16 @@ class Parser:
             lst.proxy_protocol = True
             if "proxy_protocol" in rest:
                 raise DefError("option 'proxy_protocol' given twice")
+        h2 = [t for t in rest if t.startswith("h2=")]
+        if h2:
+            if kind != "https":
+                raise DefError("option 'h2' is for 'listen https' (HTTP/2 is offered through TLS ALPN)")
+            if len(h2) > 1:
+                raise DefError("option 'h2' given twice")
+            if h2[0] not in ("h2=on", "h2=off"):
+                raise DefError(f"bad '{h2[0]}' (expected h2=on or h2=off)")
+            lst.h2 = h2[0] == "h2=on"
+            rest = [t for t in rest if not t.startswith("h2=")]
         if kind == "http":
             if rest:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
@@ -657,19 +725,54 @@ class Parser:
         pool = self.pool_for("server")
         pool.server_lines += 1
         if len(toks) < 2:
-            raise DefError("'server' needs an address (server ADDR:PORT [weight=N] [backup])")
+            raise DefError("'server' needs an address (server ADDR:PORT [weight=N] [backup], "
+                           "or server NAME:PORT resolve [slots=N] [init=none])")
+        if "resolve" in toks[2:]:
+            self.server_resolve(line, pool, toks)
+            return
         ep = parse_endpoint(toks[1], "server")
         opts = Options("server", toks[2:], ["weight"], ["backup"])
         weight = parse_int("weight", opts.values["weight"], 1, 256) if "weight" in opts.values else 1
         other = pool.server_at.get((ep.ip, ep.port))
         if other is not None:
             raise DefError(f"server {ep.written} is already in pool '{pool.name}' at line {other.line}")
-        if self.server_count >= MAX_SERVERS:
-            raise DefError(f"too many servers (at most {MAX_SERVERS})")
-        self.server_count += 1
+        self.take_servers(1)
         server = Server(line=line, endpoint=ep, weight=weight, backup="backup" in opts.flags, pool_index=pool.index)
         pool.servers.append(server)
         pool.server_at[(ep.ip, ep.port)] = server
+
+    def take_servers(self, n: int) -> None:
+        if self.server_count + n > MAX_SERVERS:
+            raise DefError(f"too many servers (at most {MAX_SERVERS}, counting each slot of a resolve line)")
+        self.server_count += n
+
+    def server_resolve(self, line: int, pool: Pool, toks: list[str]) -> None:
+        """`server NAME:PORT resolve [slots=N] [init=none] [weight=N] [backup]`: N
+        servers (slots) sharing the name, filled at run time from its A/AAAA records."""
+        ep = parse_endpoint(toks[1], "redis")
+        if ep.ip is not None:
+            raise DefError(f"server {ep.written} resolve: '{ep.host}' is an address already "
+                           "(resolve is for a DNS name; drop it)")
+        opts = Options("server resolve", toks[2:], ["weight", "slots", "init"], ["backup", "resolve"])
+        weight = parse_int("weight", opts.values["weight"], 1, 256) if "weight" in opts.values else 1
+        slots = parse_int("slots", opts.values["slots"], 1, MAX_SLOTS) if "slots" in opts.values else DEFAULT_SLOTS
+        init = opts.values.get("init", "")
+        if init not in ("", "none"):
+            raise DefError(f"bad init '{init}' (expected init=none: start even when the name does not resolve)")
+        key = (ascii_lower(ep.host), ep.port)
+        other = pool.server_at.get(key)
+        if other is not None:
+            raise DefError(f"server {ep.written} is already in pool '{pool.name}' at line {other.line}")
+        self.take_servers(slots)
+        first = None
+        for k in range(1, slots + 1):
+            server = Server(line=line, endpoint=ep, weight=weight, backup="backup" in opts.flags,
+                            pool_index=pool.index, slot=k)
+            pool.servers.append(server)
+            first = first or server
+        pool.server_at[key] = first
+        self.config.resolves.append(Resolve(line=line, name=ep.host, port=ep.port, pool_index=pool.index,
+                                            slots=slots, init_none=init == "none", first=first))
 
     def stmt_health(self, line: int, toks: list[str]) -> None:
         pool = self.pool_for("health")

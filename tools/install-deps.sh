@@ -7,6 +7,8 @@ packages=(
   build-essential cmake ninja-build pkg-config python3 curl openssl ca-certificates
   libuv1-dev node-llhttp libssl-dev libcli11-dev catch2 zlib1g-dev libhiredis-dev
   redis-server clang-tidy libbrotli-dev libzstd-dev python3-brotli zstd
+  libnghttp2-dev  # the HTTP/2 downstream (src/http2)
+  python3-h2 nghttp2-client  # tests/e2e/test_h2*.py: hostile clients, and h2load
   chromium  # tests/e2e/test_admin.py drives the /stats page in headless Chromium
 )
 # Extra sets: `install-deps.sh asan` adds nothing today (gcc's sanitizers ship

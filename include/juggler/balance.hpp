@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -45,6 +46,9 @@ struct Tried {
 // the reads of its neighbours.
 struct alignas(64) ServerHealth {
   std::atomic<bool> down{false};
+  // A resolve slot (juggler/resolve.hpp) with no address now: out of every
+  // pick, like `down`, until the resolver fills it. Written by the resolver.
+  std::atomic<bool> unresolved{false};
   std::atomic<std::uint32_t> inflight{0};      // requests between on_start and on_finish, all workers
   std::atomic<std::uint64_t> up_since_ms{0};   // slow start: when it last came up; 0 = not ramping
   std::atomic<std::uint64_t> latency{0};       // least_time: packed peak-EWMA of TTFB; 0 = no sample yet
@@ -129,6 +133,12 @@ void mark_up(ServerHealth& h, std::uint64_t now_ms) noexcept;
 // request keys are hashed with it, so two processes (an old and a new binary
 // during a reload) send the same key to the same server.
 [[nodiscard]] std::uint64_t hash64(std::string_view s, std::uint64_t seed = 0) noexcept;
+
+// What consistent hashing knows a server by: its authority, and for a
+// resolve slot its authority and slot ("api.internal:8080#2"), so the slots of
+// one name own different keys (a slot keeps its address while the address
+// stays in the answer: its keys stay with it).
+[[nodiscard]] std::string server_key(const ServerDef& s);
 
 // The value of cookie `name` (case-sensitive, as RFC 6265 says) in the
 // request's Cookie header(s): every Cookie header is scanned, pairs are split

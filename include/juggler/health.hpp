@@ -9,6 +9,7 @@
 #pragma once
 
 #include <llhttp.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <atomic>
@@ -179,6 +180,11 @@ struct HealthCallbacks {
   std::function<void(const HealthEvent&)> on_change;
   // Optional. Every check's outcome, on the checker thread (for counters, tests).
   std::function<void(std::uint16_t server, CheckResult result, int status)> on_check;
+  // Resolve slots (ServerDef::slot): the address to probe now, written into
+  // `addr`, and its version (0: the slot is empty, no check this interval).
+  // A new version starts the slot's rise/fall count over (a new server). Needed
+  // when the table has resolve slots in checked pools; on the checker thread.
+  std::function<std::uint32_t(std::uint16_t server, sockaddr_storage& addr)> slot_address;
 };
 
 // Runs the checks of every pool with health.enabled on a thread and loop of

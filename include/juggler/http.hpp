@@ -235,6 +235,35 @@ Method route_method(std::uint8_t llhttp_method) noexcept;
 // clients normalise before sending, so none of theirs is lost.
 bool path_is_normal(std::string_view path) noexcept;
 
+// What a request is for, from its target and Host (RFC 9112 3.2): the one
+// mapping of routing, of the head sent to the server, and of HTTP/2's :path
+// and :authority. Views into `target` and `host`.
+struct RequestTarget {
+  std::string_view authority;  // host[:port]: the absolute-form's, else `host`
+  // The target in origin form, as the server gets it: the path and query
+  // ("/x?q"), or "*". Only an absolute-form without a path leaves it empty or
+  // starting with '?': the server is then sent "/" before it.
+  std::string_view origin;
+  // Absolute-form (`GET http://a.example/x`): its authority replaces the
+  // client's Host, which a server MUST ignore then (RFC 9112 3.2.2).
+  bool absolute = false;
+};
+
+// Maps `target` (a request-target as received; llhttp checked its bytes and
+// that it is origin-form, "*" or scheme://...) and the Host value `host`.
+// Returns nullptr, or why the target is refused (the answer is 400): an
+// absolute-form with a scheme other than http or https, userinfo, or an
+// authority that is not host[:port] (at most kMaxAuthority bytes).
+constexpr std::size_t kMaxAuthority = 255;
+// The rest of map_target: neither origin-form nor "*".
+const char* map_absolute_target(std::string_view target, RequestTarget& out) noexcept;
+inline const char* map_target(std::string_view target, std::string_view host, RequestTarget& out) noexcept {
+  out = RequestTarget{host, target, false};
+  // Origin-form and "*", nearly every request: inline, a test or two.
+  if (target.empty() || target[0] == '/' || target == "*") return nullptr;
+  return map_absolute_target(target, out);
+}
+
 // Fill `head` (method, target, path, query, host) from a parsed request head.
 // `headers` is storage for the Header views routes may inspect.
 void describe_request(const MessageParser& p, Header* headers, RequestHead& head) noexcept;
@@ -243,7 +272,9 @@ void describe_request(const MessageParser& p, Header* headers, RequestHead& head
 // headers (hop-by-hop, client-sent X-Forwarded-*) cut out, then the lines we
 // add, written into `scratch`: X-Forwarded-For (the client's list with
 // `client_ip` appended), X-Forwarded-Proto: `proto`, X-Forwarded-Host, Via and
-// the final CRLF. `iov` needs room for header_count() + 2 entries. Returns the
+// the final CRLF. An absolute-form target goes in origin form, its authority
+// as Host (the client's Host lines cut; map_target). `iov` needs room for
+// header_count() + 4 entries. Returns the
 // iov count; *scratch_len is what was written to scratch. With `upgrade` (the
 // Upgrade value of a switch the proxy will tunnel), `Connection: Upgrade` and
 // `Upgrade: <upgrade>` are added.

@@ -78,6 +78,7 @@ struct ListenerDef {
   bool proxy_protocol;       // a PROXY v1/v2 header comes first on each connection
   std::uint32_t line;        // routes.def line, for messages
   bool sni = false;          // Tcp: the pool is chosen by the ClientHello's server_name (RouteTable::sni)
+  bool h2 = true;            // Https: ALPN offers h2 then http/1.1 (h2=off: http/1.1 alone)
 };
 
 // ---------------------------------------------------------------- pools
@@ -95,6 +96,23 @@ struct ServerDef {
   std::uint16_t weight;        // 1..256
   bool backup;
   std::uint16_t pool;          // owning pool
+  std::uint32_t line;
+  // A slot of a `server NAME:PORT resolve` line (1..slots; 0: a numeric
+  // server): `host` is then the DNS name, and the address to connect to is
+  // the slot's current one (src/resolve), published at run time.
+  std::uint8_t slot = 0;
+};
+
+// `server NAME:PORT resolve [slots=N] [init=none]`: a name looked up at
+// start-up and every `set resolve.interval` off the request path, each
+// address filling one of its fixed slots (servers[first_server, +slots)).
+struct ResolveDef {
+  std::string_view name;  // the DNS name as written
+  std::uint16_t port;
+  std::uint16_t pool;
+  std::uint16_t first_server;
+  std::uint8_t slots;
+  bool init_none;         // start even when the name does not resolve (the slots empty: 503)
   std::uint32_t line;
 };
 
@@ -193,6 +211,8 @@ struct Settings {
   std::uint64_t cache_bytes;       // Memory
   std::string_view cache_address;  // Redis: "127.0.0.1:6379"
   std::uint32_t cache_max_object;  // larger responses stream through uncached
+  std::string_view cache_redis_prefix;    // Redis: put before every key
+  std::uint32_t cache_redis_deadline_ms;  // Redis: a lookup not answered by then bypasses the cache
   CidrDef cache_purge_from;        // who may PURGE (family 0: nobody)
   std::string_view admin_address;  // empty = no admin listener
   std::string_view admin_token_file;  // the bearer token of the admin's control endpoints; empty = none
@@ -201,6 +221,13 @@ struct Settings {
   std::uint8_t compress_level_zstd;  // 1..19
   std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
   std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
+  std::uint32_t resolve_interval_ms = 10000;  // `server ... resolve`: how often the names are looked up again
+  // HTTP/2 to clients (src/http2). The defaults live here: the generator
+  // writes a field only when routes.def sets it.
+  std::uint32_t h2_max_streams = 100;   // SETTINGS_MAX_CONCURRENT_STREAMS
+  std::uint32_t h2_glitches = 100;      // resets, empty frames, SETTINGS, PINGs per connection before GOAWAY
+  std::uint32_t h2_hpack_table = 4096;  // SETTINGS_HEADER_TABLE_SIZE: the HPACK table we decode with
+  std::uint32_t h2_max_frame = 16384;   // SETTINGS_MAX_FRAME_SIZE
 };
 
 // A compiled route table: a value, reached through a pointer, so one process
@@ -225,6 +252,8 @@ struct RouteTable {
   // The first 12 hex digits of the routes file's SHA-256: which table is live
   // (--check, the reload's log line).
   std::string_view source_hash = {};
+  // The `server NAME:PORT resolve` lines (their slots are in `servers`).
+  std::span<const ResolveDef> resolves = {};
 };
 
 // Defined by the generated file that a balancer binary links in (the code

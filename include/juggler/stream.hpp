@@ -208,6 +208,8 @@ class Stream {
   bool closing() const noexcept { return closing_; }
 
   bool secure() const noexcept { return tls_ != nullptr; }
+  // TLS whose handshake chose h2 through ALPN (the listener offered it).
+  bool alpn_h2() const noexcept { return tls_ && tls_->alpn_h2(); }
   const char* tls_error() const noexcept { return tls_ ? tls_->last_error() : ""; }
   // "TLSv1.3" and the like once the handshake is done, until the stream is
   // made again (a tunnel logs it after the close); null over plain TCP.

@@ -69,6 +69,13 @@ class TlsStream {
   bool session_reused() const noexcept { return SSL_session_reused(ssl_) == 1; }
   const char* last_error() const noexcept { return error_; }
   const char* version() const noexcept { return SSL_get_version(ssl_); }
+  // The handshake chose HTTP/2 through ALPN.
+  bool alpn_h2() const noexcept {
+    const unsigned char* p = nullptr;
+    unsigned len = 0;
+    SSL_get0_alpn_selected(ssl_, &p, &len);
+    return len == 2 && p[0] == 'h' && p[1] == '2';
+  }
 
   // Ciphertext being written to the socket (kept alive until the write ends).
   std::string out;

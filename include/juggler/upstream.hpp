@@ -55,6 +55,7 @@ class Upstream {
 struct UpstreamConn final : Upstream, StreamHandler {
   Stream stream;
   std::uint64_t idle_since_ms = 0;
+  std::uint32_t addr_version = 0;  // a resolve slot's address version it connected to (server_sockaddr)
   UpstreamConn* prev = nullptr;  // idle list of its server
   UpstreamConn* next = nullptr;
 
@@ -79,8 +80,9 @@ void server_failure(Worker& w, WorkerTable& t, std::uint16_t server, const PoolD
 inline constexpr std::uint32_t kMaxIdlePerServer = 512;
 inline constexpr std::uint64_t kUpstreamIdleTimeoutMs = 30000;
 
-// Pops a live idle connection to `server`, or null. The connection goes on
-// reading; its read callback sees `ex` set once the caller attaches it.
+// Pops a live idle connection to `server`, or null; connections to an
+// address a resolve slot no longer has are closed on the way. The connection
+// goes on reading; its read callback sees `ex` set once the caller attaches it.
 UpstreamConn* upstream_take_idle(Worker& w, WorkerTable& t, std::uint16_t server) noexcept;
 
 // A new, unconnected connection to `server` of `t` (its stream initialised). Never null.
@@ -94,7 +96,8 @@ void upstream_release(UpstreamConn* c) noexcept;
 // Closes (idempotent) and frees in the close callback; detaches any exchange.
 void upstream_close(UpstreamConn* c) noexcept;
 
-// Closes idle connections older than the idle timeout (all, when `all`).
+// Closes idle connections older than the idle timeout (all, when `all`), and
+// those to an address a resolve slot no longer has.
 void upstream_sweep(Worker& w, bool all) noexcept;
 
 // A reload: the idle connections of `from` move to the lists of `to` where

@@ -21,6 +21,7 @@
 #include "juggler/http.hpp"
 #include "juggler/log.hpp"
 #include "juggler/metrics.hpp"
+#include "juggler/resolve.hpp"
 #include "juggler/route.hpp"
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -34,6 +35,7 @@ struct Exchange;
 struct ClientSession;
 struct UpstreamConn;
 struct L4Worker;
+struct H2Worker;
 class Upstream;
 class CacheStore;
 class CacheFlights;
@@ -65,7 +67,9 @@ struct IdleList {
 struct Routing {
   const RouteTable* table = nullptr;
   void* object = nullptr;  // the dlopen handle of a reloaded table; null when linked in
-  std::vector<sockaddr_storage> server_addrs;        // per server
+  std::vector<sockaddr_storage> server_addrs;        // per server (a resolve slot's is in `slot_addr`)
+  std::unique_ptr<SlotAddress[]> slot_addr;          // per server: a resolve slot's current address (src/resolve)
+  std::unique_ptr<ResolveStatus[]> resolve_status;   // per table->resolves
   std::unique_ptr<ServerHealth[]> health;            // per server (carried over by identity on reload)
   std::unique_ptr<LastCheck[]> last_check;           // per server
   struct RouteReply {
@@ -91,9 +95,31 @@ std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable*
 ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept;
 LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept;
 
-// The server of pool `pool` at `authority` in `t` (a server's identity across
-// reloads), or -1.
-int find_server(const RouteTable& t, std::string_view pool, std::string_view authority) noexcept;
+// The server of pool `pool` at `authority` (and resolve slot `slot`, 0 for a
+// numeric server) in `t` (a server's identity across reloads), or -1.
+int find_server(const RouteTable& t, std::string_view pool, std::string_view authority,
+                std::uint8_t slot = 0) noexcept;
+
+// Where to connect to `server` of `r` now: its compiled address, or a resolve
+// slot's current one copied into `copy` (the resolver may change it the next
+// moment; the connection keeps this one). `version` is the slot's address
+// version (0 for a numeric server), kept by the connection.
+inline const sockaddr* server_sockaddr(const Routing& r, std::size_t server, sockaddr_storage& copy,
+                                       std::uint32_t& version) noexcept {
+  if (r.table->servers[server].slot == 0) {
+    version = 0;
+    return reinterpret_cast<const sockaddr*>(&r.server_addrs[server]);
+  }
+  version = r.slot_addr[server].load(copy);
+  return reinterpret_cast<const sockaddr*>(&copy);
+}
+
+// A connection to `server` made at address `version` may no longer be used:
+// the slot's address changed or went away.
+inline bool server_moved(const Routing& r, std::size_t server, std::uint32_t version) noexcept {
+  return r.table->servers[server].slot != 0 &&
+         (r.slot_addr[server].version() != version || r.health[server].unresolved.load(std::memory_order_relaxed));
+}
 
 // A worker's view of one Routing: the per-worker state numbered by its table.
 // An exchange (or tunnel) pins the worker's current one when it is routed and
@@ -192,6 +218,7 @@ struct Worker {
   Metrics metrics;  // for /metrics: see metrics.hpp; rows of the first table (Routing::metric_*)
   std::uint64_t last_accept_error_ms = 0;
   std::unique_ptr<L4Worker> l4;
+  H2Worker* h2 = nullptr;  // HTTP/2 connections' idle flush and free lists (src/http2): made on the first one
   std::unique_ptr<CacheWaits> cache_waits;  // misses waiting for another (src/cache/collapse); null without a cache  // L4 connections (src/listener/l4.hpp): made on the first one
   std::uint64_t now_ms() const noexcept { return uv_now(const_cast<uv_loop_t*>(&loop)); }
 

@@ -6,7 +6,9 @@
 #include <cstdio>
 
 #include "admin/admin.hpp"
+#include "cache/store.hpp"
 #include "juggler/worker.hpp"
+#include "resolve/slots.hpp"
 
 namespace juggler {
 
@@ -79,7 +81,55 @@ std::string server_label(const RouteTable& t, std::size_t i) {
   const ServerDef& s = t.servers[i];
   std::string l = pool_label(t.pools[s.pool]) + ",server=\"";
   append_escaped(l, s.authority);
-  return l + "\"";
+  // The slots of a resolve line share its name: the slot tells them apart.
+  return l + (s.slot ? "\",slot=\"" + std::to_string(s.slot) + "\"" : "\"");
+}
+
+// `server NAME:PORT resolve` lines of the table serving now: each slot with
+// its address, the lookups' times and outcome.
+void render_resolve(Writer& w, const Shared& shared) {
+  const Routing* live = shared.live.load(std::memory_order_acquire);
+  const Routing& r = live ? *live : *shared.first;
+  const RouteTable& t = *r.table;
+  if (t.resolves.empty()) return;
+  w.family("juggler_server_slot_enabled", "gauge",
+           "1 while a slot of a `server NAME:PORT resolve` line holds an address (label address) and takes "
+           "traffic; 0 while it is empty.");
+  for (const ResolveDef& rd : t.resolves)
+    for (std::size_t k = 0; k < rd.slots; ++k) {
+      const std::size_t i = rd.first_server + k;
+      const bool on = !r.health[i].unresolved.load(std::memory_order_acquire);
+      std::string addr;
+      if (on) {
+        sockaddr_storage ss;
+        r.slot_addr[i].load(ss);
+        SlotAddr a;
+        if (slot_addr_from(reinterpret_cast<const sockaddr*>(&ss), a)) addr = slot_addr_text(a);
+      }
+      w.sample("juggler_server_slot_enabled", server_label(t, i) + ",address=\"" + addr + "\"", std::uint64_t{on});
+    }
+  auto per_line = [&](const char* name, const char* type, const char* help, auto value) {
+    w.family(name, type, help);
+    for (std::size_t k = 0; k < t.resolves.size(); ++k) {
+      const ResolveDef& rd = t.resolves[k];
+      std::string l = pool_label(t.pools[rd.pool]) + ",server=\"";
+      append_escaped(l, t.servers[rd.first_server].authority);
+      w.sample(name, l + "\"", value(r.resolve_status[k]));
+    }
+  };
+  constexpr auto rx = std::memory_order_relaxed;
+  per_line("juggler_resolve_last_success_timestamp_seconds", "gauge",
+           "When a resolve line's name last resolved (Unix time; 0: never).",
+           [&](const ResolveStatus& st) { return static_cast<double>(st.last_ok_ms.load(rx)) / 1000; });
+  per_line("juggler_resolve_last_lookup_timestamp_seconds", "gauge",
+           "When a resolve line's name was last looked up (Unix time).",
+           [&](const ResolveStatus& st) { return static_cast<double>(st.last_try_ms.load(rx)) / 1000; });
+  per_line("juggler_resolve_failing_lookups", "gauge",
+           "Lookups of a resolve line's name failed in a row (its slots keep the last answer meanwhile).",
+           [&](const ResolveStatus& st) { return std::uint64_t{st.failing.load(rx)}; });
+  per_line("juggler_resolve_records", "gauge",
+           "Addresses in a resolve line's last answer (more than its slots: the rest are left out).",
+           [&](const ResolveStatus& st) { return std::uint64_t{st.records.load(rx)}; });
 }
 
 std::string with_class(const std::string& labels, std::size_t c) {
@@ -187,6 +237,10 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   static constexpr const char* kCacheLabels[] = {"", "result=\"miss\"", "result=\"bypass\"", "result=\"hit\"",
                                                  "result=\"stale\""};
   for (std::size_t i = 1; i < 5; ++i) w.sample("juggler_cache_requests_total", kCacheLabels[i], s.cache[i]);
+  if (const int up = shared.cache ? shared.cache->connections_up() : -1; up >= 0)
+    w.single("juggler_cache_redis_connections_up", "gauge",
+             "Workers whose Redis connection answers (set cache redis); fewer than juggler_workers: an outage.",
+             static_cast<std::uint64_t>(up));
   w.family("juggler_compress_bytes_total", "counter", "Body bytes into the compressors and out of them.");
   w.sample("juggler_compress_bytes_total", "direction=\"in\"", s.compress_in);
   w.sample("juggler_compress_bytes_total", "direction=\"out\"", s.compress_out);
@@ -218,6 +272,7 @@ void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out
   Writer w{out};
   render_requests(w, *shared.first->table, snap);
   render_servers(w, shared, snap);
+  render_resolve(w, shared);
   render_process(w, shared, snap);
 }
 

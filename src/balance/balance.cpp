@@ -109,7 +109,7 @@ void Balancer::on_response(int server, std::uint64_t ttfb_us, std::uint64_t now_
 Balancer::Balancer(const RouteTable& table, ServerHealth* health, std::uint32_t offset)
     : table_(table), health_(health), current_(table.servers.size(), 0) {
   server_hash_.reserve(table.servers.size());
-  for (const ServerDef& s : table.servers) server_hash_.push_back(hash64(s.authority));
+  for (const ServerDef& s : table.servers) server_hash_.push_back(hash64(server_key(s)));
   pools_.resize(table.pools.size());
   events_.resize(table.pools.size());
   for (std::size_t i = 0; i < table.pools.size(); ++i) {
@@ -147,8 +147,8 @@ std::uint64_t Balancer::next_random() noexcept {
 
 bool Balancer::usable(const PoolDef& p, std::uint32_t pos, const Tried& tried) const noexcept {
   const ServerHealth& h = health_[p.first_server + pos];
-  return !tried.has(pos) && !h.down.load(std::memory_order_relaxed) && !h.drained.load(std::memory_order_relaxed) &&
-         h.ejected_until_ms.load(std::memory_order_relaxed) <= pick_now_ms_;
+  return !tried.has(pos) && !h.down.load(std::memory_order_relaxed) && !h.unresolved.load(std::memory_order_relaxed) &&
+         !h.drained.load(std::memory_order_relaxed) && h.ejected_until_ms.load(std::memory_order_relaxed) <= pick_now_ms_;
 }
 
 bool passive_failure(ServerHealth& h, const PoolDef& pool, std::uint64_t now_ms) noexcept {

@@ -81,14 +81,22 @@ std::uint32_t MaglevTable::size_for(std::size_t servers) noexcept {
 // weight` of credit, so slots end up in proportion to weight. Servers take
 // their turns in the order of their authority's hash (ties: the authority), so
 // the table depends on the set of servers, not the order of their lines.
+std::string server_key(const ServerDef& s) {
+  std::string k(s.authority);
+  if (s.slot) k += "#" + std::to_string(s.slot);
+  return k;
+}
+
 MaglevTable::MaglevTable(std::span<const ServerDef> pool_servers, bool backup) {
   std::vector<std::uint16_t> members;
   for (std::size_t i = 0; i < pool_servers.size(); ++i)
     if (pool_servers[i].backup == backup) members.push_back(static_cast<std::uint16_t>(i));
   if (members.empty()) return;
   if (pool_servers.size() > 65535) throw std::length_error("consistent_hash: more than 65535 servers in a pool");
+  std::vector<std::string> keys(pool_servers.size());
+  for (std::uint16_t i : members) keys[i] = server_key(pool_servers[i]);
   std::sort(members.begin(), members.end(), [&](std::uint16_t a, std::uint16_t b) {
-    const std::string_view x = pool_servers[a].authority, y = pool_servers[b].authority;
+    const std::string_view x = keys[a], y = keys[b];
     const std::uint64_t hx = hash64(x), hy = hash64(y);
     if (hx != hy) return hx < hy;
     if (x != y) return x < y;
@@ -101,8 +109,9 @@ MaglevTable::MaglevTable(std::span<const ServerDef> pool_servers, bool backup) {
   std::uint32_t max_weight = 1;
   for (std::size_t k = 0; k < n; ++k) {
     const ServerDef& s = pool_servers[members[k]];
-    next[k] = static_cast<std::uint32_t>(hash64(s.authority, kOffsetSeed) % m);
-    skip[k] = static_cast<std::uint32_t>(hash64(s.authority, kSkipSeed) % (m - 1)) + 1;
+    const std::string& key = keys[members[k]];
+    next[k] = static_cast<std::uint32_t>(hash64(key, kOffsetSeed) % m);
+    skip[k] = static_cast<std::uint32_t>(hash64(key, kSkipSeed) % (m - 1)) + 1;
     max_weight = std::max<std::uint32_t>(max_weight, s.weight);
   }
 

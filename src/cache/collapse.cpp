@@ -104,10 +104,14 @@ void cache_worker_init(Worker& w) {
   uv_async_init(&w.loop, &w.cache_waits->async, on_wake);
   w.cache_waits->async.data = &w;
   w.shared.cache_flights->set_wake(w.id, &w.cache_waits->async);
+  // The admin listener's worker serves no cached route: no Redis connection.
+  const auto& traffic = w.shared.workers;
+  if (std::find(traffic.begin(), traffic.end(), &w) != traffic.end()) w.shared.cache->worker_start(&w.loop);
 }
 
 void cache_worker_done(Worker& w) {
   if (!w.cache_waits) return;
+  w.shared.cache->worker_stop(&w.loop);
   w.shared.cache_flights->set_wake(w.id, nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&w.cache_waits->async), nullptr);
 }

@@ -1,7 +1,10 @@
 #include "cache/rules.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <ctime>
 
 #include "juggler/http.hpp"
@@ -249,6 +252,30 @@ bool unstored_line(const MessageParser& r, const HeaderSpan& hs) noexcept {
   }
   const std::string_view n = r.header_name(hs);
   return (n.size() == 3 && iequals(n, "age")) || (n.size() == 10 && iequals(n, "set-cookie"));
+}
+
+bool purge_allowed(std::string_view peer, const CidrDef& net) noexcept {
+  if (net.family == 0 || peer.size() >= INET6_ADDRSTRLEN) return false;
+  char text[INET6_ADDRSTRLEN];
+  std::memcpy(text, peer.data(), peer.size());
+  text[peer.size()] = '\0';
+  unsigned char addr[16];
+  const unsigned char* a = addr;
+  if (inet_pton(AF_INET, text, addr) == 1) {
+    if (net.family != 4) return false;
+  } else if (inet_pton(AF_INET6, text, addr) == 1) {
+    static constexpr unsigned char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    const bool mapped = std::memcmp(addr, kMapped, 12) == 0;
+    if (mapped) a = addr + 12;  // ::ffff:a.b.c.d is an IPv4 client
+    if ((net.family == 4) != mapped) return false;
+  } else {
+    return false;
+  }
+  const unsigned full = net.bits / 8, rest = net.bits % 8;
+  if (std::memcmp(a, net.addr, full) != 0) return false;
+  if (rest == 0) return true;
+  const unsigned mask = (0xFFu << (8 - rest)) & 0xFFu;
+  return (a[full] & mask) == (net.addr[full] & mask);
 }
 
 }  // namespace juggler

@@ -12,6 +12,7 @@ namespace juggler {
 class MessageParser;
 struct HeaderSpan;
 
+struct CidrDef;      // juggler/route.hpp
 struct RequestHead;  // juggler/route.hpp
 
 // The directives of one or more Cache-Control fields (parse() merges). A
@@ -112,5 +113,10 @@ struct StoreDecision {
 // response not fresh on arrival is stored only with a validator.
 StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, std::uint32_t route_ttl_ms,
                            std::int64_t now) noexcept;
+
+// PURGE: whether the client address `peer` (text, as the connection has
+// it; an IPv4-mapped IPv6 address counts as IPv4) is in `net`
+// (cache.purge_from; family 0: nobody).
+bool purge_allowed(std::string_view peer, const CidrDef& net) noexcept;
 
 }  // namespace juggler

@@ -1,11 +1,36 @@
 #include "cache/store.hpp"
 
 #include <algorithm>
+#include <cstdlib>
+
+#include "juggler/free_list.hpp"
 
 namespace juggler {
 
+namespace {
+
+// Entries of Redis hits, per thread (they never leave their worker).
+thread_local FreeList<CacheEntry, 256> t_blob_entries;
+
+}  // namespace
+
+CacheEntry* cache_entry_for_blob() {
+  CacheEntry* e = t_blob_entries.pop();
+  if (!e) e = new CacheEntry();
+  e->refs.store(1, std::memory_order_relaxed);
+  return e;
+}
+
 void cache_entry_release(CacheEntry* e) noexcept {
-  if (e->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete e;
+  if (e->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  if (!e->blob) {
+    delete e;
+    return;
+  }
+  std::free(e->blob);  // the reply's buffer, malloc'd by hiredis
+  e->blob = nullptr;
+  e->blob_vary = e->blob_head = e->blob_body = e->etag = e->last_modified = {};
+  t_blob_entries.push(e);
 }
 
 std::uint64_t cache_key_hash(std::string_view key) noexcept {

@@ -1,8 +1,8 @@
 // Cache storage: stored responses (CacheEntry) and where they are kept
 // (CacheStore). The exchange side (src/cache/cache.cpp) decides what to
 // store and serves hits; a store only keeps entries, finds them by key and
-// evicts. MemoryStore is the in-process one; a Redis store would be a second
-// implementation of the same interface (see CacheStore).
+// evicts. MemoryStore is the in-process one; RedisStore (redis_store.hpp)
+// the second, asynchronous one (see CacheStore).
 #pragma once
 
 #include <atomic>
@@ -12,6 +12,8 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+
+#include <uv.h>
 
 namespace juggler {
 
@@ -41,6 +43,19 @@ struct CacheEntry {
   CacheEntry* lru_prev = nullptr;
   CacheEntry* lru_next = nullptr;
   std::size_t charge = 0;
+  // An entry read from Redis keeps its bytes where hiredis put them: `blob`
+  // is the reply's buffer (malloc'd by hiredis, taken from the reply, freed
+  // with the entry), and the views below point into it; `key`, `vary`, `head`
+  // and `body` stay empty. Null for a memory entry, whose views are its
+  // strings. Such an entry is one worker's (never shared between threads)
+  // and goes back to that thread's pool when released.
+  char* blob = nullptr;
+  std::string_view blob_vary, blob_head, blob_body;
+  CacheEntry* next_free = nullptr;  // the pool of Redis entries
+
+  std::string_view stored_vary() const noexcept { return blob ? blob_vary : std::string_view(vary); }
+  std::string_view stored_head() const noexcept { return blob ? blob_head : std::string_view(head); }
+  std::string_view stored_body() const noexcept { return blob ? blob_body : std::string_view(body); }
 
   std::uint64_t age_now_ms(std::uint64_t now_ms) const noexcept {
     const std::uint64_t at = stored_ms.load(std::memory_order_relaxed);
@@ -57,6 +72,10 @@ struct CacheEntry {
   }
 };
 
+// An entry for bytes read from Redis (blob set by the caller), from this
+// thread's pool: no allocation per hit once the pool holds some.
+CacheEntry* cache_entry_for_blob();
+
 // Takes a reference (the caller has one already).
 inline void cache_entry_ref(CacheEntry* e) noexcept { e->refs.fetch_add(1, std::memory_order_relaxed); }
 // Drops a reference; the last one frees the entry.
@@ -65,12 +84,19 @@ void cache_entry_release(CacheEntry* e) noexcept;
 // Whether a stored variant answers this request (its Vary'd fields match).
 using VaryMatch = bool (*)(const CacheEntry& e, const void* request);
 
+// What an asynchronous store reports: `owner`'s lookup (or purge) ended
+// with `e` (a lookup's entry, a reference for the owner; else null) and `n`:
+// 1 found, 0 not (a purge: how many it removed), -1 the store failed or did
+// not answer within its deadline (the request bypasses the cache).
+using CacheDone = void (*)(void* owner, CacheEntry* e, int n);
+
 // Where entries are kept. Thread-safe: every worker calls it.
 //
-// Redis would implement the same three calls, but its find cannot answer at
-// once: it would return null with *pending set and complete later through
-// the exchange (a CacheFound event), and insert/purge would be pipelined
-// writes whose outcome nobody waits for. The memory store never sets *pending.
+// An asynchronous store (Redis) cannot answer find at once: the exchange
+// calls find_async, waits (state CacheFetch) and is told through CacheDone,
+// on its own thread, within the store's deadline. insert, update and purge
+// are then pipelined writes whose outcome nobody waits for (purge_async
+// waits for the count, for a PURGE request). The memory store answers find.
 class CacheStore {
  public:
   virtual ~CacheStore() = default;
@@ -86,6 +112,27 @@ class CacheStore {
   virtual std::size_t purge(std::uint64_t hash, std::string_view key) = 0;
   // Bytes held (for tests and /metrics).
   virtual std::size_t bytes() const = 0;
+
+  // Asynchronous stores only (the defaults are the memory store's).
+  virtual bool asynchronous() const noexcept { return false; }
+  // Sends the lookup of `key` (the whole key: cache.cpp adds what the store
+  // keys on beyond the memory key); `done(owner, ...)` is called once, later,
+  // on this thread, unless cancel(ticket) came first. Returns the ticket; 0
+  // when the store cannot ask now (down, overloaded): bypass, done never comes.
+  virtual std::uint64_t find_async(std::string_view /*key*/, CacheDone /*done*/, void* /*owner*/) { return 0; }
+  // Removes every variant of `key` (the memory key) and reports how many.
+  virtual std::uint64_t purge_async(std::string_view /*key*/, CacheDone /*done*/, void* /*owner*/) { return 0; }
+  virtual void cancel(std::uint64_t /*ticket*/) noexcept {}
+  // `e`, read from this store under `key`, has new times (a 304 refreshed
+  // it): store it again. The memory store's entries are updated in place.
+  virtual void update(std::string_view /*key*/, CacheEntry* /*e*/) {}
+  // A worker is prepared (before its loop runs, on the thread that starts
+  // it) and ends (on its own thread, before its loop closes): a Redis store
+  // connects on that loop, and disconnects.
+  virtual void worker_start(uv_loop_t* /*loop*/) {}
+  virtual void worker_stop(uv_loop_t* /*loop*/) noexcept {}
+  // A networked store's workers whose connection is up (/metrics); -1: none.
+  virtual int connections_up() const noexcept { return -1; }
 };
 
 std::uint64_t cache_key_hash(std::string_view key) noexcept;

@@ -59,7 +59,7 @@ void exchange_put(Worker& w, Exchange* ex) {
     ex->tab = nullptr;
   }
   if (ex->filters) filters_release(ex);
-  if (ex->cache) cache_release(ex);
+  if (ex->cache || ex->cache_ticket) cache_release(ex);  // a PURGE may wait for the store
   ex->next_free = w.free_exchanges;
   w.free_exchanges = ex;
   --w.active_exchanges;
@@ -184,8 +184,9 @@ void tunnel_exchange(Exchange* ex) {
 }
 
 using Handler = State (*)(Exchange*, Event, int);
-constexpr Handler kHandlers[] = {state_head,       state_route, state_respond, state_cache_wait, state_connect,
-                                 state_send,       state_await_head, state_relay, state_finish, state_failed};
+constexpr Handler kHandlers[] = {state_head,       state_route, state_respond, state_cache_wait, state_cache_fetch,
+                                 state_connect,    state_send,  state_await_head, state_relay, state_finish,
+                                 state_failed};
 static_assert(std::size(kHandlers) == static_cast<std::size_t>(State::Done));
 
 // The states that act when entered; the others (and the ends) wait for

@@ -28,6 +28,7 @@ enum class State : std::uint8_t {
   Route,      // the head is complete: routing picks the action (passed through)
   Respond,    // a local answer (respond, redirect, error page) is being written
   CacheWait,  // a miss waits for another request of the same key to fill the cache
+  CacheFetch, // an asynchronous store (Redis) is asked (within its deadline)
   Connect,    // picking a server and connecting (the connect timeout runs)
   Send,       // connected: the request head and body go out
   AwaitHead,  // the whole request went out: the response head is awaited
@@ -53,6 +54,7 @@ enum class Event : std::uint8_t {
   UpstreamWritten,  // a write to the server completed (arg: its status)
   Timer,            // the exchange's timer fired
   CacheReady,       // the request this one waited for (CacheWait) ended
+  CacheFound,       // the store answered (CacheFetch; arg: 1 found, 0 not, -1 failed or late)
 };
 
 // How an exchange ended, as data (HAProxy's termination state): who ended it
@@ -132,6 +134,9 @@ struct ExchangeState {
   Exchange* wait_next = nullptr;
   Exchange* wait_prev = nullptr;
   CacheEntry* cache_entry = nullptr;
+  std::uint64_t cache_ticket = 0;     // CacheFetch: the store's operation (cancelled if the exchange ends first)
+  CacheEntry* cache_found = nullptr;  // CacheFetch: what the store found, handed to state_cache_fetch
+  std::uint8_t cache_op = 0;          // CacheFetch: CacheOp (src/cache/cache.hpp)
   std::uint16_t log_line_len = 0, log_referer_len = 0, log_agent_len = 0;  // parts of `log_text`
 };
 
@@ -208,6 +213,7 @@ State state_head(Exchange* ex, Event ev, int arg);     // exchange.cpp
 State state_route(Exchange* ex, Event ev, int arg);
 State state_respond(Exchange* ex, Event ev, int arg);
 State state_cache_wait(Exchange* ex, Event ev, int arg);  // cache/collapse.cpp
+State state_cache_fetch(Exchange* ex, Event ev, int arg);  // cache/cache.cpp
 State state_connect(Exchange* ex, Event ev, int arg);  // upstream/connector.cpp
 State state_failed(Exchange* ex, Event ev, int arg);
 State state_send(Exchange* ex, Event ev, int arg);     // exchange/relay.cpp

@@ -114,6 +114,7 @@ struct HealthChecker::Probe {
   std::uint64_t first_delay_ms;
   std::uint64_t started_ms = 0;     // of the running (or last) check, on the loop's clock
   std::uint64_t started_mono = 0;   // the same on the workers' clock (uv_hrtime() ms), for `ejection`
+  std::uint32_t addr_version = 0;  // a resolve slot: the version of `addr`
   uv_timer_t timer{};            // the next check, or the running check's timeout
   Check* check = nullptr;        // the running check, if any
 };
@@ -138,7 +139,7 @@ HealthChecker::HealthChecker(const RouteTable& table, ServerHealth* health, Heal
                                            HealthState(pool.health.rise, pool.health.fall,
                                                        !health_[i].down.load(std::memory_order_relaxed)),
                                            EjectionWatch(pool.health.rise), 0});
-    if (!socket_address(s.host, s.port, p->addr))
+    if (!s.slot && !socket_address(s.host, s.port, p->addr))
       throw std::runtime_error("health check: bad server address '" + std::string(s.host) + "'");
     probes_.push_back(std::move(p));
   }
@@ -212,6 +213,16 @@ void HealthChecker::on_timer(uv_timer_t* t) {
 
 void HealthChecker::begin_check(Probe& p) noexcept {
   if (stopping_) return;
+  if (p.def->slot) {
+    // A resolve slot: probe its address now; an empty one waits.
+    const std::uint32_t v = callbacks_.slot_address ? callbacks_.slot_address(p.server, p.addr) : 0;
+    if (v == 0) {
+      uv_timer_start(&p.timer, &HealthChecker::on_timer, p.pool->health.interval_ms, 0);
+      return;
+    }
+    if (v != p.addr_version) p.state = HealthState(p.pool->health.rise, p.pool->health.fall, true);
+    p.addr_version = v;
+  }
   auto* c = new (std::nothrow) Check;
   if (!c) {  // counts as neither success nor failure: try again next interval
     uv_timer_start(&p.timer, &HealthChecker::on_timer, p.pool->health.interval_ms, 0);

@@ -27,6 +27,39 @@ struct Writer {
   }
 };
 
+// Our lines after the kept ones: the end of X-Forwarded-For (the client's
+// list, folded into scratch by the caller, and this client), the Host of an
+// absolute-form target, X-Forwarded-Proto/-Host, Via, the Connection of an
+// upgrade or of HTTP/1.0, and the empty line.
+void put_added_lines(Writer& w, const MessageParser& p, bool had_xff, std::string_view client_ip,
+                     std::string_view proto, const RequestTarget& t, std::string_view upgrade) {
+  w.put(had_xff ? std::string_view(", ") : std::string_view("X-Forwarded-For: "));
+  w.put(client_ip);
+  w.put("\r\n");
+  if (t.absolute) {
+    w.put("Host: ");
+    w.put(t.authority);
+    w.put("\r\n");
+  }
+  w.put("X-Forwarded-Proto: ");
+  w.put(proto);
+  w.put("\r\n");
+  if (!t.authority.empty()) {
+    w.put("X-Forwarded-Host: ");
+    w.put(t.authority);
+    w.put("\r\n");
+  }
+  w.put("Via: 1.1 juggler\r\n");
+  // HTTP/1.0 requests ask the server to keep the connection for the next one.
+  if (!upgrade.empty()) {
+    // The switch we tunnel: its Upgrade line (cut with the hop-by-hop ones) comes back.
+    w.put("Connection: Upgrade\r\nUpgrade: ");
+    w.put(upgrade);
+    w.put("\r\n");
+  } else if (p.http_major() == 1 && p.http_minor() == 0) w.put("Connection: keep-alive\r\n");
+  w.put("\r\n");
+}
+
 }  // namespace
 
 unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, std::string_view proto,
@@ -37,9 +70,19 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
   auto cut = [&](const char* at) {
     if (at > run) iov[n++] = uv_buf_init(const_cast<char*>(run), static_cast<unsigned>(at - run));
   };
+  RequestTarget t;
+  map_target(p.url(), {}, t);  // the parser refused what it refuses
+  if (t.absolute) {
+    // Origin form: "scheme://authority" cut from the request line; an empty
+    // path is sent as "/", the first one of "://" (every slice stays a view
+    // of the head or of the scratch).
+    const std::string_view url = p.url();
+    cut(url.data());
+    run = t.origin.data();
+    if (!t.origin.starts_with('/')) iov[n++] = uv_buf_init(const_cast<char*>(url.data() + url.find('/')), 1);
+  }
   Writer w{scratch, scratch + scratch_cap};
   bool had_xff = false;
-  std::string_view host;
   for (std::uint32_t i = 0; i < p.header_count(); ++i) {
     const HeaderSpan& h = p.headers()[i];
     bool skip = h.drop;
@@ -56,7 +99,8 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
         skip = true;  // a client does not get to say these
         break;
       case HeaderKind::Host:
-        host = p.header_value(h);
+        if (t.absolute) skip = true;  // the target's authority replaces it
+        else t.authority = p.header_value(h);
         break;
       default:
         break;
@@ -68,25 +112,7 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
     }
   }
   cut(last_line_end(p, run));
-  w.put(had_xff ? std::string_view(", ") : std::string_view("X-Forwarded-For: "));
-  w.put(client_ip);
-  w.put("\r\nX-Forwarded-Proto: ");
-  w.put(proto);
-  w.put("\r\n");
-  if (!host.empty()) {
-    w.put("X-Forwarded-Host: ");
-    w.put(host);
-    w.put("\r\n");
-  }
-  w.put("Via: 1.1 juggler\r\n");
-  // HTTP/1.0 requests ask the server to keep the connection for the next one.
-  if (!upgrade.empty()) {
-    // The switch we tunnel: its Upgrade line (cut with the hop-by-hop ones) comes back.
-    w.put("Connection: Upgrade\r\nUpgrade: ");
-    w.put(upgrade);
-    w.put("\r\n");
-  } else if (p.http_major() == 1 && p.http_minor() == 0) w.put("Connection: keep-alive\r\n");
-  w.put("\r\n");
+  put_added_lines(w, p, had_xff, client_ip, proto, t, upgrade);
   *scratch_len = static_cast<std::size_t>(w.out - scratch);
   iov[n++] = uv_buf_init(scratch, static_cast<unsigned>(*scratch_len));
   return n;

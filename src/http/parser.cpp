@@ -282,6 +282,12 @@ int MessageParser::check_head() noexcept {
       const auto c = static_cast<unsigned char>(url_[i]);
       if (c <= ' ' || c == 0x7f) return fail(400, "invalid character in the request target");
     }
+    // Absolute-form: only http(s), no userinfo, a host[:port] (RFC 9112 3.2.2);
+    // origin-form ('/') costs this one test.
+    if (url_len_ && url_[0] != '/') {
+      RequestTarget t;
+      if (const char* why = map_target({url_, url_len_}, {}, t)) return fail(400, why);
+    }
     // llhttp checks this only after the head (where we pause): refuse it here,
     // before the request is routed. RFC 9112 6.3: chunked must be the final
     // coding of a request, else 400; a coding we do not know at all is 501.

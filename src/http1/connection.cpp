@@ -13,6 +13,7 @@
 #include <new>
 
 #include "exchange/exchange.hpp"
+#include "http2/h2.hpp"
 
 namespace juggler {
 
@@ -246,6 +247,13 @@ void ClientSession::on_stream_read(ssize_t n) noexcept {
   if (n > 0) {
     in_len += static_cast<std::uint32_t>(n);
     worker->metrics.bytes_in.add(static_cast<std::uint64_t>(n));
+    if (alpn_check) [[unlikely]] {
+      alpn_check = false;
+      if (stream.alpn_h2()) {
+        h2_adopt(this);  // the stream is HTTP/2's from here on
+        return;
+      }
+    }
     process_client(this);
     return;
   }
@@ -357,6 +365,7 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_prot
   }
   s->ip_len = s->stream.peer_ip(s->ip);
   s->secure_ = s->stream.secure();
+  s->alpn_check = s->secure_;
   if (proxy_protocol) s->proxy.start(s->stream, w.buffers, s->ip, &s->ip_len, nullptr, nullptr);
   w.wheel.arm(&s->timer, w.now_ms() + settings(w).client_header_timeout_ms);
   update_client_reading(s);
@@ -366,7 +375,8 @@ void session_drain(Worker& w) noexcept {
   ClientSession* s = w.sessions;
   while (s) {
     ClientSession* next = s->next;
-    if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
+    if (s->h2) h2_drain(s->h2);
+    else if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
     else if (s->ex) s->ex->client_close = true;
     s = next;
   }
@@ -379,6 +389,7 @@ void session_worker_done(Worker& w) noexcept {
     delete s;
   }
   w.free_session_count = 0;
+  h2_worker_done(w);
   // The pooled write requests go with the worker's StreamContext, later
   // still: a write still queued when its handle was closed returns its
   // request from the cancel callback, which can run after

@@ -8,7 +8,10 @@
 #include "juggler/worker.hpp"
 #include "stream/proxy_protocol.hpp"
 
+
 namespace juggler {
+
+struct H2Conn;  // src/http2
 
 // A client connection speaking HTTP/1: its byte stream (TCP or TLS) below,
 // the exchanges above. It is the Downstream of its exchanges and the source
@@ -32,6 +35,8 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
   bool close_after_write = false;
   bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
+  bool alpn_check = false;      // TLS: the first read tells whether ALPN chose h2 (then HTTP/2 takes the stream)
+  H2Conn* h2 = nullptr;         // the HTTP/2 connection holding this session's stream (src/http2)
   ProxyPrelude proxy;  // proxy_protocol listeners: fills `ip` before the first request
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
   ClientSession* next = nullptr;

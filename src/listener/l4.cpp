@@ -26,6 +26,7 @@ struct L4Conn final : TunnelOwner {
   std::uint8_t preface_len = 0;  // send_proxy pools: the header in `preface`
   char ip[46];
   char preface[kProxyHeaderOut];
+  sockaddr_storage slot_addr;  // a resolve slot's address, copied at the pick (the tunnel connects to it)
   ProxyPrelude proxy;  // proxy_protocol listeners
   SniPrelude sni;      // sni listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
@@ -57,7 +58,8 @@ void connect_next(L4Conn* c) {
   }
   c->server = s;
   ++c->attempts;
-  c->tunnel.connect(reinterpret_cast<const sockaddr*>(&c->tab->routing.server_addrs[static_cast<std::size_t>(s)]),
+  std::uint32_t version;
+  c->tunnel.connect(server_sockaddr(c->tab->routing, static_cast<std::size_t>(s), c->slot_addr, version),
                     settings(w).connect_timeout_ms);
 }
 

@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "juggler/config.hpp"
+#include "resolve/resolver.hpp"
 #include "admin/admin.hpp"
 #include "juggler/upstream.hpp"
 
@@ -63,18 +64,25 @@ std::string settings_change(const Settings& a, const Settings& b) {
       {"timeout.tunnel_idle", a.tunnel_idle_timeout_ms == b.tunnel_idle_timeout_ms},
       {"drain.delay", a.drain_delay_ms == b.drain_delay_ms},
       {"instance", a.instance == b.instance},
+      {"resolve.interval", a.resolve_interval_ms == b.resolve_interval_ms},
       {"limit.header_bytes", a.header_bytes == b.header_bytes},
       {"limit.header_count", a.header_count == b.header_count},
       {"limit.uri_bytes", a.uri_bytes == b.uri_bytes},
       {"limit.body_bytes", a.body_bytes == b.body_bytes},
       {"limit.requests_per_connection", a.requests_per_connection == b.requests_per_connection},
       {"limit.connections_per_worker", a.connections_per_worker == b.connections_per_worker},
-      {"cache", a.cache == b.cache && a.cache_bytes == b.cache_bytes && a.cache_address == b.cache_address},
+      {"cache", a.cache == b.cache && a.cache_bytes == b.cache_bytes && a.cache_address == b.cache_address &&
+                    a.cache_redis_prefix == b.cache_redis_prefix &&
+                    a.cache_redis_deadline_ms == b.cache_redis_deadline_ms},
       {"admin", a.admin_address == b.admin_address},
       {"admin_token_file", a.admin_token_file == b.admin_token_file},
       {"compress.level.gzip", a.compress_level_gzip == b.compress_level_gzip},
       {"compress.level.br", a.compress_level_br == b.compress_level_br},
       {"compress.level.zstd", a.compress_level_zstd == b.compress_level_zstd},
+      {"h2.max_streams", a.h2_max_streams == b.h2_max_streams},
+      {"h2.glitches", a.h2_glitches == b.h2_glitches},
+      {"h2.hpack_table", a.h2_hpack_table == b.h2_hpack_table},
+      {"h2.max_frame", a.h2_max_frame == b.h2_max_frame},
   };
   for (const Field& f : fields)
     if (!f.same) return f.name;
@@ -88,7 +96,7 @@ std::string listeners_change(const RouteTable& a, const RouteTable& b) {
   for (std::size_t i = 0; i < a.listeners.size(); ++i) {
     const ListenerDef& x = a.listeners[i];
     const ListenerDef& y = b.listeners[i];
-    bool same = x.kind == y.kind && x.host == y.host && x.port == y.port && x.proxy_protocol == y.proxy_protocol &&
+    bool same = x.kind == y.kind && x.host == y.host && x.port == y.port && x.proxy_protocol == y.proxy_protocol && x.h2 == y.h2 &&
                 x.cert_count == y.cert_count && (x.pool < 0) == (y.pool < 0);
     if (same && x.pool >= 0) same = a.pools[static_cast<std::size_t>(x.pool)].name == b.pools[static_cast<std::size_t>(y.pool)].name;
     for (std::uint16_t c = 0; same && c < x.cert_count; ++c)
@@ -141,7 +149,7 @@ std::vector<std::uint16_t> carry_over(const Routing& from, Routing& to) {
   const std::uint64_t now = mono_ms();
   for (std::size_t j = 0; j < b.servers.size(); ++j) {
     const ServerDef& s = b.servers[j];
-    const int i = find_server(a, b.pools[s.pool].name, s.authority);
+    const int i = find_server(a, b.pools[s.pool].name, s.authority, s.slot);
     ServerHealth& h = to.health[j];
     if (i < 0) {
       if (b.pools[s.pool].slow_start_ms) mark_up(h, now);
@@ -165,6 +173,7 @@ std::vector<std::uint16_t> carry_over(const Routing& from, Routing& to) {
     to.last_check[j].result.store(lo.result.load(r), r);
     to.last_check[j].status.store(lo.status.load(r), r);
   }
+  resolve_carry_over(from, to);  // kept resolve slots: their addresses (src/resolve)
   return fresh;
 }
 
@@ -213,6 +222,9 @@ void Reloader::start_checks(const std::vector<std::uint16_t>& fresh) {
     c.result.store(static_cast<std::uint8_t>(result), std::memory_order_relaxed);
     c.status.store(static_cast<std::uint16_t>(status), std::memory_order_relaxed);
     c.at_ms.store(wall_clock_ms(), std::memory_order_relaxed);
+  };
+  cb.slot_address = [r](std::uint16_t server, sockaddr_storage& addr) -> std::uint32_t {
+    return r->health[server].unresolved.load(std::memory_order_acquire) ? 0 : r->slot_addr[server].load(addr);
   };
   checker_ = std::make_unique<HealthChecker>(*r->table, r->health.get(), std::move(cb));
   for (std::uint16_t s : fresh) checker_->check_first(s);

@@ -9,11 +9,13 @@
 
 namespace juggler {
 
-int find_server(const RouteTable& t, std::string_view pool, std::string_view authority) noexcept {
+int find_server(const RouteTable& t, std::string_view pool, std::string_view authority, std::uint8_t slot) noexcept {
   for (const PoolDef& p : t.pools) {
     if (p.name != pool) continue;
-    for (std::uint16_t k = 0; k < p.server_count; ++k)
-      if (t.servers[p.first_server + k].authority == authority) return p.first_server + k;
+    for (std::uint16_t k = 0; k < p.server_count; ++k) {
+      const ServerDef& s = t.servers[p.first_server + k];
+      if (s.authority == authority && s.slot == slot) return p.first_server + k;
+    }
   }
   return -1;
 }
@@ -27,7 +29,7 @@ std::pair<const Routing*, std::size_t> live_server(const Shared& shared, std::si
   const Routing& first = *shared.first;
   if (!live || live == &first) return {&first, server};
   const ServerDef& s = first.table->servers[server];
-  const int j = find_server(*live->table, first.table->pools[s.pool].name, s.authority);
+  const int j = find_server(*live->table, first.table->pools[s.pool].name, s.authority, s.slot);
   if (j < 0) return {&first, server};
   return {live, static_cast<std::size_t>(j)};
 }
@@ -69,11 +71,16 @@ std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable*
   const RouteTable& f = first ? *first : table;
   r->health = std::make_unique<ServerHealth[]>(table.servers.size());
   r->last_check = std::make_unique<LastCheck[]>(table.servers.size());
-  for (const ServerDef& s : table.servers) {
+  r->slot_addr = std::make_unique<SlotAddress[]>(table.servers.size());
+  r->resolve_status = std::make_unique<ResolveStatus[]>(table.resolves.size());
+  for (std::size_t i = 0; i < table.servers.size(); ++i) {
+    const ServerDef& s = table.servers[i];
     sockaddr_storage ss{};
-    if (!socket_address(s.host, s.port, ss)) throw std::runtime_error("bad address '" + std::string(s.host) + "'");
+    // A resolve slot has no address until the resolver gives it one (src/resolve).
+    if (s.slot) r->health[i].unresolved.store(true, std::memory_order_relaxed);
+    else if (!socket_address(s.host, s.port, ss)) throw std::runtime_error("bad address '" + std::string(s.host) + "'");
     r->server_addrs.push_back(ss);
-    r->metric_server.push_back(row(find_server(f, table.pools[s.pool].name, s.authority), f.servers.size()));
+    r->metric_server.push_back(row(find_server(f, table.pools[s.pool].name, s.authority, s.slot), f.servers.size()));
   }
   for (const PoolDef& p : table.pools) r->metric_pool.push_back(row(find_pool(f, p.name), f.pools.size()));
   for (const RouteDef& rd : table.routes) {

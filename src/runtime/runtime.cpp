@@ -34,8 +34,10 @@
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "http1/upgrade.hpp"
+#include "http2/h2.hpp"
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
+#include "resolve/resolver.hpp"
 #include "runtime/reload.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
@@ -207,6 +209,7 @@ void finish_worker(WorkerThread* t) {
   upstream_sweep(w, true);
   session_free_exchanges(w);
   cache_worker_done(w);
+  h2_worker_close(w);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->tick), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->stop), nullptr);
   uv_close(reinterpret_cast<uv_handle_t*>(&t->reload), nullptr);
@@ -422,6 +425,7 @@ int run(const Config& config) {
   Shared shared;
   shared.config = config;
   shared.first = make_routing(table, nullptr);
+  resolve_at_start(*shared.first);  // no start (naming the line) when a `resolve` name does not resolve
 
   shared.error_pages = ErrorPages::load(config.settings.error_pages);
   shared.cache = make_cache_store(config.settings);
@@ -505,13 +509,13 @@ int run(const Config& config) {
   g_main_wakeup = &wakeup;
   g_workers_left = static_cast<int>(threads.size());
   set_tunnel_hook(http1_upgrade);  // a WebSocket 101 joins the two connections
-
   // Reloads (reload.hpp) reach the traffic workers through their `reload`
   // handle; the admin worker keeps the first table (its pages are numbered by it).
   Reloader reloader(&main_loop, shared, n, [&threads, &shared, n](Routing& r) {
     shared.live.store(&r, std::memory_order_release);
     for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
   });
+  Resolver resolver(shared);  // `resolve` servers looked up again every resolve.interval; stops before `reloader` dies
   // Certificate rotation: the https listeners whose files changed get new
   // contexts (a bad file refuses the reload); listeners are the same lines.
   reloader.set_cert_rotation([&](const RouteTable& next) -> std::string {

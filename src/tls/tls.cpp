@@ -68,10 +68,16 @@ std::vector<std::string> cert_names(SSL_CTX* ctx) {
   return names;
 }
 
-int on_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen, void*) {
+// ALPN: the server's order decides (h2 first where the listener offers it).
+// `arg` is non-null on listeners with h2 on. A client that offers neither
+// goes on without ALPN, as HTTP/1.
+int on_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in, unsigned inlen, void* arg) {
   static const unsigned char kHttp11[] = "\x08http/1.1";
+  static const unsigned char kH2Http11[] = "\x02h2\x08http/1.1";
+  const unsigned char* ours = arg ? kH2Http11 : kHttp11;
+  const unsigned ours_len = arg ? sizeof kH2Http11 - 1 : sizeof kHttp11 - 1;
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, outlen, kHttp11, sizeof kHttp11 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+  if (SSL_select_next_proto(&selected, outlen, ours, ours_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
     return SSL_TLSEXT_ERR_NOACK;  // no common protocol: go on without ALPN
   *out = selected;
   return SSL_TLSEXT_ERR_OK;
@@ -156,7 +162,7 @@ int on_ticket_key(SSL* ssl, unsigned char name[16], unsigned char iv[EVP_MAX_IV_
   return 0;  // unknown or expired key: full handshake
 }
 
-SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view where) {
+SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view where, bool h2) {
   require_readable("certificate", cert, where);
   require_readable("key", key, where);
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
@@ -176,7 +182,8 @@ SSL_CTX* make_ctx(std::string_view cert, std::string_view key, std::string_view 
   static const unsigned char kSidCtx[] = "juggler";
   SSL_CTX_set_session_id_context(ctx, kSidCtx, sizeof kSidCtx - 1);
   SSL_CTX_sess_set_cache_size(ctx, 20480);
-  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, nullptr);
+  static int h2_on = 1;  // any non-null argument: offer h2
+  SSL_CTX_set_alpn_select_cb(ctx, on_alpn, h2 ? &h2_on : nullptr);
   SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, on_ticket_key);
   // One ticket per full handshake (OpenSSL sends two by default): half the
   // work on both sides, and a client resumes one connection at a time anyway.
@@ -202,7 +209,7 @@ TlsContext::TlsContext(const RouteTable& table, const ListenerDef& l) {
   try {
     for (std::uint16_t i = 0; i < l.cert_count; ++i) {
       const CertDef& c = table.certs[l.first_cert + i];
-      SSL_CTX* ctx = make_ctx(c.cert_file, c.key_file, where);
+      SSL_CTX* ctx = make_ctx(c.cert_file, c.key_file, where, l.kind == ListenKind::Https && l.h2);
       certs_.push_back({ctx, cert_names(ctx)});
     }
   } catch (...) {

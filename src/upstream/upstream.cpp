@@ -109,8 +109,8 @@ Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, in
   UpstreamConn* c = upstream_take_idle(w, t, server);
   if (!c) {
     c = upstream_new(w, t, server);
-    const auto* addr = reinterpret_cast<const sockaddr*>(&t.routing.server_addrs[server]);
-    *rc = c->stream.connect(addr);
+    sockaddr_storage copy;
+    *rc = c->stream.connect(server_sockaddr(t.routing, server, copy, c->addr_version));
   }
   c->ex = ex;
   return c;
@@ -119,6 +119,11 @@ Upstream* upstream_connect_tcp(Worker& w, std::uint16_t server, Exchange* ex, in
 UpstreamConn* upstream_take_idle(Worker& w, WorkerTable& t, std::uint16_t server) noexcept {
   IdleList& l = t.idle[server];
   UpstreamConn* c = l.head;
+  // A resolve slot whose address changed: what is idle goes to the old one.
+  while (c && server_moved(t.routing, server, c->addr_version)) {
+    upstream_close(c);
+    c = l.head;
+  }
   if (!c) return nullptr;
   unlink_idle(c);
   c->reused = true;
@@ -144,7 +149,8 @@ void upstream_release(UpstreamConn* c) noexcept {
   w.put_buffer(c->in);
   c->in = nullptr;
   IdleList& l = c->tab->idle[c->server];
-  if (w.draining || c->tab != w.tab || l.count >= kMaxIdlePerServer || c->write_pending) {
+  if (w.draining || c->tab != w.tab || l.count >= kMaxIdlePerServer || c->write_pending ||
+      server_moved(c->tab->routing, c->server, c->addr_version)) {
     upstream_close(c);
     return;
   }
@@ -171,12 +177,14 @@ void upstream_close(UpstreamConn* c) noexcept {
 
 void upstream_sweep(Worker& w, bool all) noexcept {
   const std::uint64_t now = w.now_ms();
-  for (IdleList& l : w.tab->idle) {
+  const Routing& r = w.tab->routing;
+  for (std::size_t i = 0; i < w.tab->idle.size(); ++i) {
     // The list is LIFO: the oldest are at the tail, but lists are short; walk it.
-    UpstreamConn* c = l.head;
+    UpstreamConn* c = w.tab->idle[i].head;
     while (c) {
       UpstreamConn* next = c->next;
-      if (all || now - c->idle_since_ms >= kUpstreamIdleTimeoutMs) upstream_close(c);
+      if (all || now - c->idle_since_ms >= kUpstreamIdleTimeoutMs || server_moved(r, i, c->addr_version))
+        upstream_close(c);
       c = next;
     }
   }
@@ -187,7 +195,7 @@ void upstream_move_idle(Worker& w, WorkerTable& from, WorkerTable& to) noexcept 
   const RouteTable& b = *to.routing.table;
   for (std::size_t i = 0; i < from.idle.size(); ++i) {
     const ServerDef& s = a.servers[i];
-    const int j = find_server(b, a.pools[s.pool].name, s.authority);
+    const int j = find_server(b, a.pools[s.pool].name, s.authority, s.slot);
     while (UpstreamConn* c = from.idle[i].head) {
       if (j < 0 || w.draining) {
         upstream_close(c);

@@ -2,22 +2,36 @@
 configuration, the systemd unit, the logrotate snippet and the --help text where the prefix
 says; `make deb` builds a Debian package (CPack) whose files, unpacked with dpkg -x, are the
 same under /usr and /etc, and whose unit `systemd-analyze verify` accepts (skipped where
-systemd-analyze is missing)."""
+systemd-analyze is missing).
+
+Reload on an installed system (no source tree): the installed balancer is started as the
+unit's ExecStart says, its /run/juggler and /var/lib/juggler moved into a temporary folder,
+and the unit's ExecReload (the installed juggler-reload) is run with RUNTIME_DIRECTORY and
+STATE_DIRECTORY as systemd sets them. The balancer listens where the installed routes.def
+says (0.0.0.0, on ports the kernel picks); the route a reload adds goes to a testserver on
+127.0.175.1."""
 
 from __future__ import annotations
 
 import glob
 import os
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import unittest
 
 import jtest
-from balancer import ROUTES_BIN
+from balancer import READY, ROUTES_BIN
 
 BUILD = os.path.dirname(os.path.abspath(ROUTES_BIN))  # the build folder the tests run from
+HOST = "127.0.175.1"   # the testserver of the route a reload adds
+FRESH_PORT = 6911
+# What a reload needs beside the balancer, under PREFIX/share/juggler.
+SHARE_FILES = ["reload.sh", "include/juggler/route.hpp",
+               *(f"codegen/{name}" for name in ("gen_distributer.py", "routesdef.py", "emit_cpp.py", "emit_sni.py"))]
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -28,7 +42,19 @@ def make(*args: str) -> subprocess.CompletedProcess:
     return out
 
 
-class Packaging(unittest.TestCase):
+def unit_value(unit: str, key: str) -> str:
+    match = re.search(rf"^{key}=(.*)$", unit, re.M)
+    assert match, f"no {key}= in the unit"
+    return match.group(1)
+
+
+def get(port: int, path: str) -> jtest.RawResponse:
+    with socket.create_connection((HOST, port), timeout=10) as s, s.makefile("rb") as f:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        return jtest.read_response(f)
+
+
+class Packaging(jtest.JugglerTestCase):
     def setUp(self):
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp)
@@ -49,20 +75,26 @@ class Packaging(unittest.TestCase):
         self.assertIn("--signal=USR1 juggler.service", rotate)
         with open(os.path.join(root, prefix.lstrip("/"), "share", "doc", "juggler", "juggler.help")) as f:
             self.assertIn("--access-log-format", f.read())
+        self.assertTrue(os.access(os.path.join(root, prefix.lstrip("/"), "bin", "juggler-reload"), os.X_OK))
+        for name in SHARE_FILES:
+            self.assertTrue(os.path.isfile(os.path.join(root, prefix.lstrip("/"), "share", "juggler", name)), name)
         with open(os.path.join(root, prefix.lstrip("/"), "lib", "systemd", "system", "juggler.service")) as f:
             unit = f.read()
-        for line in (f"ExecStart={prefix}/bin/juggler --access-log /var/log/juggler/access.log",
+        for line in (f"ExecStart={prefix}/bin/juggler --access-log /var/log/juggler/access.log"
+                     " --control /run/juggler/juggler.sock",
+                     f"ExecReload={prefix}/bin/juggler-reload", "RuntimeDirectory=juggler", "StateDirectory=juggler",
                      f"WorkingDirectory={etc}/juggler", "Type=simple", "Restart=on-failure",
-                     "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
+                     "DynamicUser=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
             self.assertIn(f"\n{line}\n", unit)
         self.assertNotRegex(unit, r"@\w+@")
         return unit
 
     def test_make_install_with_prefix_and_destdir(self):
         make("install", "PREFIX=/opt/juggler", f"DESTDIR={self.tmp}")
-        self.check_tree(self.tmp, "/opt/juggler", "/opt/juggler/etc")
+        unit = self.check_tree(self.tmp, "/opt/juggler", "/opt/juggler/etc")
         # Nothing outside DESTDIR/PREFIX.
         self.assertEqual(os.listdir(self.tmp), ["opt"])
+        self.check_reload(self.tmp, unit)
 
     def test_deb_unpacks_to_usr_and_etc(self):
         make("deb")
@@ -70,6 +102,7 @@ class Packaging(unittest.TestCase):
         info = subprocess.run(["dpkg-deb", "-I", deb], capture_output=True, text=True, check=True).stdout
         self.assertRegex(info, r"Package: juggler\n")
         self.assertRegex(info, r"Depends: .*libuv1")
+        self.assertRegex(info, r"\n Recommends: python3, g\+\+\n")
         conffiles = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True, check=True)
         self.assertEqual(conffiles.stdout.split(), ["/etc/juggler/routes.def", "/etc/logrotate.d/juggler"])
         root = os.path.join(self.tmp, "root")
@@ -85,6 +118,7 @@ class Packaging(unittest.TestCase):
         # verify checks that ExecStart exists: point it (and the working directory) into the
         # unpacked tree.
         unit = unit.replace("ExecStart=/usr/bin/", f"ExecStart={root}/usr/bin/")
+        unit = unit.replace("ExecReload=/usr/bin/", f"ExecReload={root}/usr/bin/")
         unit = unit.replace("WorkingDirectory=/etc/", f"WorkingDirectory={root}/etc/")
         path = os.path.join(self.tmp, "juggler.service")
         with open(path, "w") as f:
@@ -93,6 +127,64 @@ class Packaging(unittest.TestCase):
         # Any line about the unit is a mistake in it (unknown keys and bad values only warn).
         complaints = [line for line in (out.stdout + out.stderr).splitlines() if "juggler.service" in line]
         self.assertEqual((out.returncode, complaints), (0, []), out.stdout + out.stderr)
+
+    def check_reload(self, root: str, unit: str) -> None:
+        """Starts the installed balancer as the unit does, then runs the unit's ExecReload
+        with a routes file that adds a route (reloaded, the route answers) and with one that
+        has an error (FILE:LINE, exit 1, the balancer untouched and still serving)."""
+        run = os.path.join(self.tmp, "run")        # /run/juggler (RuntimeDirectory=)
+        state = os.path.join(self.tmp, "state")    # /var/lib/juggler (StateDirectory=)
+        logs = os.path.join(self.tmp, "log")       # /var/log/juggler (LogsDirectory=)
+        for d in (run, state, logs):
+            os.mkdir(d)
+        workdir = root + unit_value(unit, "WorkingDirectory")
+        start = shlex.split(unit_value(unit, "ExecStart").replace("/run/juggler/", run + "/")
+                            .replace("/var/log/juggler/", logs + "/"))
+        # The installed routes.def listens on 0.0.0.0:80 and :443 (certs/ in the working
+        # directory): ports the kernel picks instead, one cert made for the test.
+        jtest.make_cert(os.path.join(workdir, "certs"), "server", "localhost", "DNS:localhost")
+        argv = [root + start[0], *start[1:], "--port", "0", "--https-port", "0", "--workers", "2"]
+        lb = jtest.start_process(argv, READY, cwd=workdir, name="installed juggler")
+        self.addCleanup(jtest.check_stopped_cleanly, lb)
+        port = int(re.search(READY, lb.output()).group(1))
+        self.start_testserver(host=HOST, port=FRESH_PORT)
+
+        reload_argv = [root + unit_value(unit, "ExecReload")]
+        env = {**os.environ, "RUNTIME_DIRECTORY": run, "STATE_DIRECTORY": state}
+
+        def reload(text: str) -> subprocess.CompletedProcess:
+            routes = os.path.join(self.tmp, "routes.def")
+            with open(routes, "w") as f:
+                f.write(text)
+            return jtest.run_program([*reload_argv, routes], timeout=180, cwd=workdir, env=env)
+
+        with open(os.path.join(workdir, "routes.def")) as f:
+            installed = f.read()
+        # The same settings and listeners (a reload may not change them), one route more,
+        # before the catch-all.
+        fresh = (f"pool fresh round_robin\n  server {HOST}:{FRESH_PORT}\n"
+                 "route GET /headers -> fresh\n")
+        catch_all = re.search(r"^route\s+\*\s+/\*", installed, re.M)
+        self.assertIsNotNone(catch_all, "the installed routes.def has no catch-all route")
+        changed = installed[:catch_all.start()] + fresh + installed[catch_all.start():]
+        out = reload(changed)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertRegex(out.stdout, r"^reloaded \S+ [0-9a-f]{12} -> \S*routes\.def [0-9a-f]{12}\n")
+        self.assertTrue(glob.glob(os.path.join(state, "reload", "routes-*.so")), "no table in STATE_DIRECTORY")
+        r = get(port, "/headers")
+        self.assertEqual((r.status, r.header("X-Server")), (200, str(FRESH_PORT)), r.body)
+        self.assertTrue(r.body.startswith(b"GET /headers HTTP/1.1"), r.body)
+
+        # A mistake on line 3 of the file: named, nothing reaches the balancer.
+        broken = "\n".join(changed.splitlines()[:2] + ["route GET /x -> nowhere"] + changed.splitlines()[2:])
+        out = reload(broken)
+        self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+        self.assertRegex(out.stderr, r"(^|/)routes\.def:3: .*nowhere")
+        self.assertNotIn("reloaded", out.stdout)
+        self.assertEqual(lb.output().count("reloaded "), 1, lb.output())
+        r = get(port, "/headers")
+        self.assertEqual((r.status, r.header("X-Server")), (200, str(FRESH_PORT)), r.body)
+        self.assertEqual(get(port, "/healthz").status, 200)
 
 
 if __name__ == "__main__":

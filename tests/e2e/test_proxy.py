@@ -1,5 +1,5 @@
 """End-to-end tests of the HTTP/1.1 proxy core: the balancer built from
-tests/routes/basic.def (and weights.def, unsupported.def) in front of real testservers,
+tests/routes/basic.def (and weights.def) in front of real testservers,
 driven by real clients (http.client, raw sockets, curl)."""
 
 from __future__ import annotations
@@ -499,11 +499,6 @@ class LifecycleTest(BalancerTestCase):
         self.assertIn("cannot listen on 127.0.0.1:80", out.stderr)
         self.assertIn("sudo", out.stderr)
         self.assertIn("--port", out.stderr)
-
-    def test_unsupported_features_refuse_to_start_and_name_them(self):
-        out = jtest.run_program([balancer_path("unsupported"), "--port", "0"], timeout=10)
-        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
-        self.assertRegex(out.stderr, r"unsupported\.def:\d+: cache with .set cache redis.: Redis storage is not implemented")
 
 
 if __name__ == "__main__":

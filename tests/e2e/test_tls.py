@@ -63,12 +63,13 @@ class TlsTest(BalancerTestCase):
                     tls.sendall(f"GET /ping HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
                     self.assertEqual(jtest.read_response(tls.makefile("rb")).body, b"pong\n")
 
-    def test_alpn_offers_http_1_1(self):
-        ctx = self.client_context(self.ca_a)
-        ctx.set_alpn_protocols(["h2", "http/1.1"])
-        with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                self.assertEqual(tls.selected_alpn_protocol(), "http/1.1")
+    def test_alpn_offers_h2_then_http_1_1(self):
+        for offer, chosen in ((["h2", "http/1.1"], "h2"), (["http/1.1"], "http/1.1")):
+            ctx = self.client_context(self.ca_a)
+            ctx.set_alpn_protocols(offer)
+            with socket.create_connection(("127.0.0.1", self.https_port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    self.assertEqual(tls.selected_alpn_protocol(), chosen)
 
     def test_sessions_are_resumed(self):
         out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{self.https_port}", "-tls1_2",

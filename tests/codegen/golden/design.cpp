@@ -27,6 +27,8 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = {},
     .cache_max_object = 1048576u,
+    .cache_redis_prefix = {},
+    .cache_redis_deadline_ms = 50u,
     .cache_purge_from = {.family = 0, .bits = 0, .addr = {}},
     .admin_address = "127.0.0.1:9090",
     .admin_token_file = {},

@@ -26,7 +26,9 @@ constexpr Settings kSettings{
     .cache = CacheKind::Redis,
     .cache_bytes = 67108864u,
     .cache_address = "cache.internal:6379",
-    .cache_max_object = 1048576u,
+    .cache_max_object = 262144u,
+    .cache_redis_prefix = "jg:",
+    .cache_redis_deadline_ms = 20u,
     .cache_purge_from = {.family = 6, .bits = 8, .addr = {253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}},
     .admin_address = "0.0.0.0:9090",
     .admin_token_file = "secrets/admin.token",
@@ -668,7 +670,7 @@ const RouteTable& route_table() noexcept {
       .routes = kRoutes,
       .distribute = distribute,
       .sni = sni_names::sni_route,
-      .source_hash = "1a98f396932c",
+      .source_hash = "e5b89f3c96f0",
   };
   return table;
 }

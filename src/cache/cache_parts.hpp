@@ -1,0 +1,30 @@
+// What the cache's two halves share (internal to src/cache): the request
+// side (cache.cpp) and the store stage (cache_stage.cpp).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "cache/rules.hpp"
+#include "cache/store.hpp"
+#include "juggler/http.hpp"
+
+namespace juggler {
+
+// The primary key into `out` (reused): the host in lower case, '\0', the
+// path and the query.
+std::string_view build_key(const RequestHead& h, std::string& out);
+// An asynchronous store's key (Redis): host, target, ' ', and with
+// `ae_class` the Accept-Encoding class digit (a PURGE's key has none).
+std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class);
+// The key an entry is stored under: the memory key, or the asynchronous
+// store's (Redis: readable, with the Accept-Encoding class).
+std::string_view store_key(const RequestHead& h, std::string& out, bool async);
+// The request's value of a Vary'd field (`lower_name`), normalised:
+// Accept-Encoding as one digit (written to *digit) of the codings accepted.
+std::string_view vary_value(const RequestHead& h, std::string_view lower_name, char* digit) noexcept;
+
+// The entry a 304 makes of `old` (see cache_stage.cpp); null: nothing new.
+CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control);
+
+}  // namespace juggler

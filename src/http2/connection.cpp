@@ -1,0 +1,454 @@
+// HTTP/2 connections: an nghttp2 server session over the client's byte stream
+// (TLS, h2 chosen by ALPN). Input goes to nghttp2_session_mem_recv as it is
+// read; output is pulled with nghttp2_session_mem_send into one buffer and
+// written once per loop turn (the worker's idle phase), one write at a time.
+// nghttp2 does the framing, HPACK, flow control and the protocol's own
+// checks (connection-specific headers, TE, pseudo-headers, content-length
+// against DATA); this file adds the limits and the flood budget, and
+// stream.cpp turns each stream into an exchange.
+//
+// The budget: every client RST_STREAM, stream closed in error (a reset the
+// client provoked: "MadeYouReset"), empty DATA, SETTINGS, PING and invalid
+// frame counts one "glitch"; past `set h2.glitches` the connection gets GOAWAY
+// ENHANCE_YOUR_CALM and closes (Rapid Reset, CVE-2023-44487, and the floods
+// after it). CONTINUATION floods end at nghttp2's limit of CONTINUATION
+// frames per header block and at the header list limit (stream.cpp).
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <new>
+
+#include "exchange/exchange.hpp"
+#include "http1/connection.hpp"
+#include "http2/internal.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr std::uint64_t kCloseMs = 2000;  // a graceful close (GOAWAY, close_notify) that stalls is cut
+
+void on_idle(uv_idle_t* h);
+
+H2Conn* conn_get(H2Worker& hw) {
+  H2Conn* c = hw.free_conns;
+  if (!c) return new H2Conn();
+  hw.free_conns = c->next_free;
+  c->~H2Conn();
+  return new (c) H2Conn();
+}
+
+H2Stream* stream_of(nghttp2_session* ng, std::int32_t id) {
+  return static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(ng, id));
+}
+
+int on_begin_headers(nghttp2_session* ng, const nghttp2_frame* f, void* user) {
+  auto* c = static_cast<H2Conn*>(user);
+  if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  H2Stream* s = h2_stream_begin(c, f->hd.stream_id);
+  nghttp2_session_set_stream_user_data(ng, f->hd.stream_id, s);
+  return 0;
+}
+
+int on_header(nghttp2_session* ng, const nghttp2_frame* f, nghttp2_rcbuf* name, nghttp2_rcbuf* value, std::uint8_t,
+              void*) {
+  if (f->hd.type != NGHTTP2_HEADERS || f->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;  // trailers: dropped
+  H2Stream* s = stream_of(ng, f->hd.stream_id);
+  if (!s || s->bad) return 0;
+  return h2_stream_header(s, name, value);
+}
+
+int on_frame_recv(nghttp2_session* ng, const nghttp2_frame* f, void* user) {
+  auto* c = static_cast<H2Conn*>(user);
+  const bool end = (f->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  switch (f->hd.type) {
+    case NGHTTP2_HEADERS: {
+      H2Stream* s = stream_of(ng, f->hd.stream_id);
+      if (!s) return 0;
+      if (f->headers.cat == NGHTTP2_HCAT_REQUEST) h2_stream_headers_done(s, end);
+      else if (end) h2_stream_end(s);  // trailers end the body
+      return 0;
+    }
+    case NGHTTP2_DATA: {
+      if (f->hd.length == 0 && !end) h2_glitch(c);
+      H2Stream* s = stream_of(ng, f->hd.stream_id);
+      if (s && end) h2_stream_end(s);
+      return 0;
+    }
+    case NGHTTP2_SETTINGS:
+    case NGHTTP2_PING:  // the client's own, not the ACKs of ours
+      if (!(f->hd.flags & NGHTTP2_FLAG_ACK)) h2_glitch(c);
+      return 0;
+    default:
+      return 0;
+  }
+}
+
+int on_data_chunk(nghttp2_session* ng, std::uint8_t, std::int32_t id, const std::uint8_t* data, std::size_t len,
+                  void*) {
+  H2Stream* s = stream_of(ng, id);
+  if (!s || s->bad) {
+    nghttp2_session_consume(ng, id, len);  // the connection's window stays open
+    return 0;
+  }
+  return h2_stream_data(s, data, len);
+}
+
+int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t error, void* user) {
+  auto* c = static_cast<H2Conn*>(user);
+  // A stream that ended in error: the client's reset, or ours that its
+  // frames provoked. Our own INTERNAL_ERROR (a server that failed) is not
+  // the client's doing.
+  if (error != NGHTTP2_NO_ERROR && error != NGHTTP2_INTERNAL_ERROR) h2_glitch(c);
+  H2Stream* s = stream_of(ng, id);
+  if (s) h2_stream_closed(s, error);
+  return 0;
+}
+
+int on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, void* user) {
+  h2_glitch(static_cast<H2Conn*>(user));
+  return 0;
+}
+
+nghttp2_session_callbacks* callbacks() {
+  static nghttp2_session_callbacks* cbs = [] {
+    nghttp2_session_callbacks* c = nullptr;
+    nghttp2_session_callbacks_new(&c);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(c, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback2(c, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(c, on_invalid_frame);
+    return c;
+  }();
+  return cbs;
+}
+
+nghttp2_option* options() {
+  static nghttp2_option* opt = [] {
+    nghttp2_option* o = nullptr;
+    nghttp2_option_new(&o);
+    // Request bodies are flow-controlled by what went upstream (stream.cpp).
+    nghttp2_option_set_no_auto_window_update(o, 1);
+    return o;
+  }();
+  return opt;
+}
+
+// Our SETTINGS: the stream window is the room a request body has (stream.cpp
+// holds a stream's unsent body in one buffer); the connection's window lets
+// every stream use its own, so one that is not read cannot starve the rest.
+bool start_session(H2Conn* c) {
+  Worker& w = *c->worker;
+  if (nghttp2_session_server_new2(&c->ng, callbacks(), c, options()) != 0) return false;
+  const Settings& st = settings(w);
+  const std::uint32_t window = w.buffers.size() - 64;
+  const nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, st.h2_max_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<std::uint32_t>(st.header_bytes)},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, st.h2_hpack_table},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, st.h2_max_frame},
+  };
+  if (nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0) return false;
+  return nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
+                                               static_cast<std::int32_t>(std::min<std::uint64_t>(st.h2_max_streams * std::uint64_t{window}, INT32_MAX))) == 0;
+}
+
+// Idle (no stream open for timeout.client_idle): GOAWAY, and closed once it
+// went out. A graceful close (GOAWAY sent) that did not finish in time: cut.
+void on_conn_timer(TimerNode* t) {
+  auto* c = static_cast<H2Conn*>(t->owner);
+  if (c->closing) return;
+  if (c->goaway || c->lingering) {
+    h2_close(c);
+    return;
+  }
+  if (c->stream_count > 0) return;  // the exchanges' own timers watch them
+  nghttp2_session_terminate_session(c->ng, NGHTTP2_NO_ERROR);
+  c->goaway = true;
+  c->worker->wheel.arm(&c->timer, c->worker->now_ms() + kCloseMs);
+  h2_dirty(c);
+}
+
+// Delivers ClientWritten to the streams whose sent bytes nghttp2 took.
+// True when one was delivered (the exchange may have sent more).
+bool deliver_written(H2Conn* c) {
+  H2Stream* s = c->notify_head;
+  if (!s) return false;
+  c->notify_head = nullptr;
+  while (s) {
+    H2Stream* next = s->notify_next;
+    s->notify = false;
+    s->notify_next = nullptr;
+    if (s->ex) step(s->ex, Event::ClientWritten);
+    else if (s->closed) h2_stream_free(s);
+    s = next;
+  }
+  return true;
+}
+
+// Pulls frames from nghttp2 into `out` (a frame that does not fit waits in
+// nghttp2's memory as `spill`) and writes them in one write. Also closes the
+// connection once nghttp2 wants nothing more (GOAWAY sent, no stream left).
+// The graceful end, once the GOAWAY went: close_notify, then the write side
+// shut and what the client still sends read and dropped for a moment, so a
+// client still writing (a flood cut short) is not answered with a reset that
+// would destroy the GOAWAY before it reads it.
+void finish(H2Conn* c) {
+  if (!c->lingering) {
+    c->lingering = true;
+    c->worker->wheel.arm(&c->timer, c->worker->now_ms() + kCloseMs);
+    if (!c->stream->close_notify()) return;  // the write failed: closed
+  }
+  if (c->stream->write_pending()) return;  // on_stream_written comes back here
+  c->stream->discard_input();
+  if (c->stream->shutdown_write() != 0) {
+    h2_close(c);
+    return;
+  }
+  c->stream->set_reading(true);
+}
+
+bool gather(H2Conn* c) {
+  Worker& w = *c->worker;
+  do {
+    while (!c->spill) {
+      const std::uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+      if (n < 0) {
+        h2_close(c);
+        return false;
+      }
+      if (n == 0) break;
+      if (!c->out) c->out = w.buffers.get();
+      const auto k = static_cast<std::size_t>(n);
+      if (k <= c->out->cap - c->out_len) {
+        std::memcpy(c->out->data + c->out_len, data, k);
+        c->out_len += static_cast<std::uint32_t>(k);
+      } else {
+        c->spill = data;  // valid until the next mem_send, after the write
+        c->spill_len = k;
+      }
+    }
+  } while (deliver_written(c) && !c->closing);
+  return !c->closing;
+}
+
+void flush(H2Conn* c) {
+  if (c->closing || c->lingering || c->stream->write_pending()) return;  // on_stream_written flushes again
+  // Each round fills `out` (and a frame beyond it); the loop ends when
+  // nghttp2 has nothing more (windows closed, sources waiting) or a write
+  // is pending.
+  for (;;) {
+    if (!gather(c)) return;
+    if (!c->out_len && !c->spill_len) break;
+    uv_buf_t iov[2];
+    unsigned n = 0;
+    if (c->out_len) iov[n++] = uv_buf_init(c->out->data, c->out_len);
+    if (c->spill_len)
+      iov[n++] = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(c->spill)),
+                             static_cast<unsigned>(c->spill_len));
+    if (!c->stream->write(iov, n)) return;  // on_stream_written
+    c->out_len = 0;
+    c->spill = nullptr;
+    c->spill_len = 0;
+  }
+  c->worker->put_buffer(c->out);
+  c->out = nullptr;
+  if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
+    finish(c);  // GOAWAY went and no stream is left
+    return;
+  }
+  c->stream->set_reading(!c->eof);
+}
+
+void on_idle(uv_idle_t* h) {
+  auto* hw = static_cast<H2Worker*>(h->data);
+  while (H2Conn* c = hw->dirty) {
+    hw->dirty = c->dirty_next;
+    c->dirty_next = nullptr;
+    c->dirty = false;
+    flush(c);
+  }
+  uv_idle_stop(h);
+}
+
+}  // namespace
+
+H2Worker& h2_worker(Worker& w) {
+  if (!w.h2) w.h2 = new H2Worker();
+  H2Worker& hw = *w.h2;
+  if (!hw.idle_ready) {
+    uv_idle_init(&w.loop, &hw.idle);
+    hw.idle.data = &hw;
+    hw.idle_ready = true;
+  }
+  return hw;
+}
+
+void h2_dirty(H2Conn* c) noexcept {
+  if (c->dirty || c->closing) return;
+  H2Worker& hw = *c->worker->h2;
+  c->dirty = true;
+  c->dirty_next = hw.dirty;
+  hw.dirty = c;
+  uv_idle_start(&hw.idle, on_idle);
+}
+
+void h2_glitch(H2Conn* c, std::uint32_t weight) noexcept {
+  c->glitches += weight;
+  if (c->glitches <= settings(*c->worker).h2_glitches || c->goaway) return;
+  log(LogLevel::Info, "h2 client %.*s: over its budget of resets and control frames, GOAWAY",
+      static_cast<int>(c->session->peer().size()), c->session->peer().data());
+  nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+  c->goaway = true;
+  c->worker->wheel.arm(&c->timer, c->worker->now_ms() + kCloseMs);
+  h2_dirty(c);
+}
+
+void h2_adopt(ClientSession* s) {
+  Worker& w = *s->worker;
+  H2Worker& hw = h2_worker(w);
+  H2Conn* c = conn_get(hw);
+  c->worker = &w;
+  c->session = s;
+  c->stream = &s->stream;
+  c->timer.fire = on_conn_timer;
+  c->timer.owner = c;
+  s->h2 = c;
+  TimerWheel::disarm(&s->timer);
+  s->stream.set_handler(c);
+  if (!start_session(c)) {
+    h2_close(c);
+    return;
+  }
+  // The client preface (and maybe more) already read into the session's buffer.
+  Buffer* first = s->in;
+  const std::uint32_t len = s->in_len;
+  s->in = nullptr;
+  s->in_len = s->parse_pos = 0;
+  const ssize_t rc = nghttp2_session_mem_recv(c->ng, reinterpret_cast<const std::uint8_t*>(first->data), len);
+  w.put_buffer(first);
+  if (rc < 0) {
+    h2_close(c);
+    return;
+  }
+  w.wheel.arm(&c->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
+  h2_dirty(c);
+}
+
+uv_buf_t H2Conn::on_stream_alloc() noexcept {
+  if (!in) in = worker->buffers.get();
+  return uv_buf_init(in->data, in->cap);
+}
+
+void H2Conn::on_stream_read(ssize_t n) noexcept {
+  if (lingering && n >= 0) return;  // discarded below us
+  if (n > 0) {
+    worker->metrics.bytes_in.add(static_cast<std::uint64_t>(n));
+    const ssize_t rc = nghttp2_session_mem_recv(ng, reinterpret_cast<const std::uint8_t*>(in->data),
+                                                static_cast<std::size_t>(n));
+    worker->put_buffer(in);  // nghttp2 copied what it keeps: an idle connection holds no buffer
+    in = nullptr;
+    if (rc < 0) {
+      log(LogLevel::Debug, "h2 client %.*s: %s", static_cast<int>(session->peer().size()), session->peer().data(),
+          nghttp2_strerror(static_cast<int>(rc)));
+      h2_close(this);
+      return;
+    }
+    h2_dirty(this);
+    return;
+  }
+  if (n == 0) {
+    worker->put_buffer(in);
+    in = nullptr;
+    return;
+  }
+  eof = true;
+  h2_close(this);  // EOF or an error: the streams go with the connection
+}
+
+void H2Conn::on_stream_written(int status) noexcept {
+  if (status < 0) {
+    h2_close(this);
+    return;
+  }
+  if (closing) return;
+  out_len = 0;
+  spill = nullptr;
+  spill_len = 0;
+  if (lingering) {
+    finish(this);
+    return;
+  }
+  flush(this);
+}
+
+void H2Conn::on_stream_closed() noexcept {
+  Worker& w = *worker;
+  w.put_buffer(in);
+  w.put_buffer(out);
+  in = out = nullptr;
+  ClientSession* s = session;
+  s->h2 = nullptr;
+  H2Worker& hw = *w.h2;
+  next_free = hw.free_conns;
+  hw.free_conns = this;
+  s->on_stream_closed();  // the session back to its free list
+}
+
+// Closes at once: every stream's exchange is cut (it calls abort() back),
+// the session goes, then the stream.
+void h2_close(H2Conn* c) noexcept {
+  if (c->closing) return;
+  c->closing = true;
+  while (H2Stream* s = c->streams) {
+    s->closed = true;
+    if (s->ex) step(s->ex, Event::ClientGone);
+    if (s->ex) {  // cannot happen: a cut exchange lets go at once
+      s->ex->down = nullptr;
+      s->ex = nullptr;
+    }
+    h2_stream_free(s);
+  }
+  c->notify_head = nullptr;
+  nghttp2_session_del(c->ng);
+  c->ng = nullptr;
+  TimerWheel::disarm(&c->timer);
+  session_unlink(c->session);
+  c->stream->close();
+}
+
+void h2_drain(H2Conn* c) noexcept {
+  if (c->goaway || c->closing) return;
+  nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng), NGHTTP2_NO_ERROR,
+                        nullptr, 0);
+  c->goaway = true;
+  h2_dirty(c);
+}
+
+void h2_worker_close(Worker& w) noexcept {
+  if (w.h2 && w.h2->idle_ready) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&w.h2->idle), nullptr);
+    w.h2->idle_ready = false;
+  }
+}
+
+void h2_worker_done(Worker& w) noexcept {
+  H2Worker* hw = w.h2;
+  if (!hw) return;
+  while (H2Conn* c = hw->free_conns) {
+    hw->free_conns = c->next_free;
+    delete c;
+  }
+  while (H2Stream* s = hw->free_streams) {
+    hw->free_streams = s->next;
+    delete s;
+  }
+  delete hw;
+  w.h2 = nullptr;
+}
+
+}  // namespace juggler

@@ -1,0 +1,279 @@
+// The response side of an HTTP/2 stream (see stream.cpp for the whole
+// picture): the exchange's HTTP/1.1 bytes back into HEADERS and DATA, and the
+// request body handed to the exchange (RequestBody).
+#include <strings.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "exchange/exchange.hpp"
+#include "http2/internal.hpp"
+
+namespace juggler {
+
+namespace {
+
+constexpr std::uint32_t kBodyReserve = 16;  // as stream.cpp: a chunk's size line fits before the bytes
+
+// Fields of HTTP/1 that HTTP/2 forbids (RFC 9113 8.2.2); `name` in lower case.
+bool hop_by_hop(std::string_view name) {
+  return name == "connection" || name == "keep-alive" || name == "proxy-connection" || name == "transfer-encoding" ||
+         name == "upgrade" || name == "te";
+}
+
+ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
+                  nghttp2_data_source* src, void*);
+
+// HEADERS from the parsed head (names lowered in place: the head is our
+// copy); with a data source unless the response has no body.
+bool submit_head(H2Stream* s, bool bodyless) {
+  const MessageParser& r = s->resp;
+  const auto status = static_cast<unsigned>(r.status()) % 1000;  // llhttp: three digits
+  s->status_text[0] = static_cast<char>('0' + status / 100);
+  s->status_text[1] = static_cast<char>('0' + status / 10 % 10);
+  s->status_text[2] = static_cast<char>('0' + status % 10);
+  nghttp2_nv* nv = s->nva.get();
+  std::size_t n = 0;
+  nv[n++] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
+             reinterpret_cast<std::uint8_t*>(s->status_text), 7, 3, NGHTTP2_NV_FLAG_NONE};
+  for (std::uint32_t i = 0; i < r.header_count() && n < s->header_cap + 1; ++i) {
+    const HeaderSpan& h = r.headers()[i];
+    const std::string_view name = r.header_name(h), value = r.header_value(h);
+    char* lower = const_cast<char*>(name.data());
+    for (std::size_t k = 0; k < name.size(); ++k)
+      if (lower[k] >= 'A' && lower[k] <= 'Z') lower[k] = static_cast<char>(lower[k] + 32);
+    if (hop_by_hop(name)) continue;
+    nv[n++] = {reinterpret_cast<std::uint8_t*>(lower), reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())),
+               name.size(), value.size(), NGHTTP2_NV_FLAG_NONE};
+  }
+  nghttp2_data_provider prd;
+  prd.source.ptr = s;
+  prd.read_callback = read_body;
+  return nghttp2_submit_response(s->conn->ng, s->id, nv, n, bodyless ? nullptr : &prd) == 0;
+}
+
+// Parses the response head from the slices send() left, copied into `rhead`
+// (a head may come in pieces and must be contiguous for the parser):
+// interim answers (1xx) are skipped; the final one's HEADERS submitted. The
+// slices' cursor ends after the head. False: broken (the stream is reset).
+bool parse_head(H2Stream* s) {
+  Worker& w = *s->conn->worker;
+  while (s->iov_i < s->iov_n && !s->head_sent) {
+    const uv_buf_t& b = s->iov[s->iov_i];
+    if (s->iov_off == b.len) {
+      ++s->iov_i;
+      s->iov_off = 0;
+      continue;
+    }
+    if (!s->rhead) {
+      s->rhead = w.buffers.get();
+      s->rhead_len = 0;
+    }
+    const std::size_t k = std::min<std::size_t>(b.len - s->iov_off, s->rhead->cap - s->rhead_len);
+    if (k == 0) return false;  // a head larger than a buffer
+    char* at = s->rhead->data + s->rhead_len;
+    std::memcpy(at, b.base + s->iov_off, k);
+    std::size_t used = 0;
+    const ParseEvent ev = s->resp.feed(at, k, &used);
+    if (ev == ParseEvent::Error) return false;
+    if (ev == ParseEvent::NeedMore) {
+      s->rhead_len += static_cast<std::uint32_t>(k);
+      s->iov_off += k;
+      continue;
+    }
+    s->iov_off += used;  // the rest of the slice is body
+    if (s->resp.status() / 100 == 1) {
+      // Interim: HTTP/2 could carry it, but nothing of ours needs it.
+      s->resp.init(HTTP_RESPONSE, s->resp_headers.get(), s->header_cap);
+      s->resp.collect_body(true);
+      s->rhead_len = 0;
+      continue;
+    }
+    std::size_t none = 0;
+    const bool bodyless = s->resp.feed(at + used, 0, &none) == ParseEvent::MessageComplete;
+    if (!submit_head(s, bodyless)) return false;
+    s->head_sent = true;
+    s->resp_done = bodyless;
+  }
+  if (s->head_sent) {
+    w.put_buffer(s->rhead);  // nghttp2 copied the fields
+    s->rhead = nullptr;
+  }
+  return true;
+}
+
+bool slices_left(const H2Stream* s) {
+  for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i)
+    if (s->iov[i].len > (i == s->iov_i ? s->iov_off : 0)) return true;
+  return false;
+}
+
+// The stream's bytes were all taken: ClientWritten from the next flush.
+void taken(H2Stream* s) {
+  s->held = false;
+  h2_stream_release(s);  // with an exchange: its ClientWritten (see deliver_written)
+}
+
+ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
+                  nghttp2_data_source* src, void*) {
+  auto* s = static_cast<H2Stream*>(src->ptr);
+  std::size_t copied = 0;
+  while (copied < len) {
+    if (s->span_i < s->span_n) {
+      const BodySpan& sp = s->spans[s->span_i];
+      const std::size_t k = std::min<std::size_t>(sp.len - s->span_off, len - copied);
+      std::memcpy(buf + copied, sp.data + s->span_off, k);
+      copied += k;
+      s->span_off += static_cast<std::uint32_t>(k);
+      if (s->span_off == sp.len) {
+        ++s->span_i;
+        s->span_off = 0;
+      }
+      continue;
+    }
+    if (s->resp_done || s->iov_i >= s->iov_n) break;
+    const uv_buf_t& b = s->iov[s->iov_i];
+    if (s->iov_off == b.len) {
+      ++s->iov_i;
+      s->iov_off = 0;
+      continue;
+    }
+    std::size_t used = 0;
+    const ParseEvent ev = s->resp.feed(b.base + s->iov_off, b.len - s->iov_off, &used);
+    if (ev == ParseEvent::Error) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
+    s->span_n = s->resp.body_span_count();
+    std::memcpy(s->spans, s->resp.body_spans(), s->span_n * sizeof(BodySpan));
+    s->span_i = s->span_off = 0;
+    s->iov_off += used;
+    if (ev == ParseEvent::MessageComplete) s->resp_done = true;
+  }
+  const bool drained = s->span_i == s->span_n && (s->resp_done || !slices_left(s));
+  if (drained && s->held) taken(s);
+  if (drained && s->resp_done) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return static_cast<ssize_t>(copied);
+  }
+  if (copied == 0) {
+    s->deferred = true;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  return static_cast<ssize_t>(copied);
+}
+
+}  // namespace
+
+// The exchange's answer bytes (HTTP/1.1): the slices are kept (the bytes stay
+// valid until ClientWritten), the head goes to HEADERS now, the body as
+// nghttp2 asks for it (the stream's window open).
+bool H2Stream::send(uv_buf_t* v, unsigned n) noexcept {
+  if (closed || conn->closing) return true;  // the client is gone; ClientGone comes or came
+  if (n > iov_cap) {
+    h2_stream_reset(this, NGHTTP2_INTERNAL_ERROR);
+    return true;
+  }
+  std::memcpy(iov.get(), v, n * sizeof(uv_buf_t));
+  iov_n = n;
+  iov_i = 0;
+  iov_off = 0;
+  if (!parsing) {
+    parsing = true;
+    resp.init(HTTP_RESPONSE, resp_headers.get(), header_cap);
+    resp.max_head_bytes = conn->worker->buffers.size();
+    resp.collect_body(true);
+    if (ex && ex->is_head) resp.expect_no_body();
+  }
+  if (!head_sent && !parse_head(this)) {
+    h2_stream_reset(this, NGHTTP2_INTERNAL_ERROR);
+    return true;
+  }
+  h2_dirty(conn);
+  if (!head_sent || resp_done || !slices_left(this)) return true;  // all taken now (a head, or its pieces)
+  held = true;
+  if (deferred) {
+    deferred = false;
+    nghttp2_session_resume_data(conn->ng, id);
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- request body
+
+// The held body bytes, framed: as they are with content-length, else one
+// chunk (the CRLF ending the previous one first) and, once END_STREAM came,
+// the last chunk. The framing goes in the room kept around the bytes.
+std::string_view H2Stream::available() noexcept {
+  if (in_flight || final_sent) return {};
+  const std::uint32_t len = body_len;
+  if (len == 0 && !body_ended) return {};
+  if (!body) body = conn->worker->buffers.get();
+  char* data = body->data + kBodyReserve;
+  framed_raw = len;
+  final_framed = body_ended;
+  if (has_length) return {data, len};
+  char pre[kBodyReserve];
+  std::size_t p = 0;
+  if (body_started) {
+    pre[p++] = '\r';
+    pre[p++] = '\n';
+  }
+  if (len) p += static_cast<std::size_t>(std::snprintf(pre + p, sizeof pre - p, "%x\r\n", len));
+  std::memcpy(data - p, pre, p);
+  std::size_t tail = 0;
+  if (body_ended) {
+    static constexpr std::string_view kLast = "0\r\n\r\n";
+    if (len) {
+      data[len] = '\r';  // the data chunk's end
+      data[len + 1] = '\n';
+      tail = 2;
+    }
+    std::memcpy(data + len + tail, kLast.data(), kLast.size());
+    tail += kLast.size();
+  }
+  return {data - p, p + len + tail};
+}
+
+void H2Stream::consume(std::size_t) noexcept {
+  body_flight = framed_raw;
+  in_flight = true;
+  if (framed_raw) body_started = true;
+  if (final_framed) final_sent = true;
+}
+
+// The write upstream carried the bytes: they go, the client may send as many
+// again (WINDOW_UPDATE), and the request can no longer be replayed.
+void H2Stream::written() noexcept {
+  in_flight = false;
+  const std::uint32_t raw = body_flight;
+  body_flight = 0;
+  if (raw == 0) return;
+  char* data = body->data + kBodyReserve;
+  std::memmove(data, data + raw, body_len - raw);
+  body_len -= raw;
+  replayable_ = false;
+  if (!closed && !conn->closing) {
+    nghttp2_session_consume(conn->ng, id, raw);
+    h2_dirty(conn);
+  }
+}
+
+void H2Stream::rewind() noexcept {
+  in_flight = false;
+  body_flight = 0;
+  body_started = false;
+  final_sent = false;
+}
+
+// A local answer: what is held and what still comes is dropped (its window
+// given back, so the client can finish sending).
+bool H2Stream::skip() noexcept {
+  discard = true;
+  const std::uint32_t held = body_len - body_flight;
+  if (held && !closed && !conn->closing) {
+    nghttp2_session_consume(conn->ng, id, held);
+    h2_dirty(conn);
+  }
+  body_len = body_flight;
+  return complete_;
+}
+
+}  // namespace juggler

@@ -1,0 +1,395 @@
+"""HTTP/2 to clients over TLS (ALPN h2), end to end: curl --http2 and h2load as real clients,
+python3-h2 (Debian) for the requests a polite client never sends: the balancer built from
+tests/routes/h2.def, plain-HTTP testservers behind it on 127.0.180.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+try:
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+except ImportError:  # the Debian module lives with the system interpreter
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import h2.config
+    import h2.connection
+    import h2.errors
+    import h2.events
+    import h2.exceptions
+    import h2.settings
+
+import jtest
+from balancer import BalancerTestCase, start_balancer
+
+HOST = "127.0.180.1"
+OFF_HOST, OFF_PORT = "127.0.180.2", 18481  # the listener with h2=off
+ALPHABET = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+GLITCH_BUDGET = 50  # set h2.glitches in tests/routes/h2.def
+
+
+def testserver_bytes(n: int) -> bytes:
+    """The body of the testserver's /bytes?n=N: byte i is ALPHABET[i % 62]."""
+    return (ALPHABET * (n // len(ALPHABET) + 1))[:n]
+
+
+class RawH2:
+    """A client connection driven by hand with python3-h2: outbound validation off, so it
+    can send what the RFC forbids; events read with a deadline."""
+
+    def __init__(self, port: int, cafile: str, host: str = HOST):
+        ctx = ssl.create_default_context(cafile=cafile)
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection((host, port), timeout=20)
+        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
+        assert self.sock.selected_alpn_protocol() == "h2"
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False, validate_inbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=config)
+        self.conn.initiate_connection()
+        self.closed = False  # EOF (or reset) read
+        self.broken = False  # a send failed
+        self.stalled: set = set()  # streams whose data is never acknowledged (their window stays shut)
+        self.events: list = []
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data and not self.closed and not self.broken:
+            try:
+                self.sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                self.broken = True  # what the server sent may still be read
+
+    def request(self, path: str, extra=(), end: bool = True, authority: str = "localhost") -> int:
+        sid = self.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "https"), (":authority", authority), (":path", path), *extra]
+        self.conn.send_headers(sid, headers, end_stream=end)
+        self.flush()
+        return sid
+
+    def read_until(self, done, timeout: float = 20.0) -> list:
+        """Reads events until done(events) is true or the connection ends; returns them all."""
+        deadline = time.monotonic() + timeout
+        while not done(self.events) and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out; events so far: {self.events[-10:]}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, ssl.SSLError):
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            for ev in self.conn.receive_data(data):
+                self.events.append(ev)
+                if isinstance(ev, h2.events.DataReceived) and ev.stream_id not in self.stalled:
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            self.flush()
+        return self.events
+
+    def response(self, sid: int, timeout: float = 20.0):
+        """(headers dict, body) of stream `sid`, or ("reset", error code)."""
+        def ended(evs):
+            return any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == sid
+                       for e in evs)
+        evs = self.read_until(ended, timeout)
+        headers, body = {}, b""
+        for e in evs:
+            if getattr(e, "stream_id", None) != sid:
+                continue
+            if isinstance(e, h2.events.StreamReset):
+                return "reset", e.error_code
+            if isinstance(e, h2.events.ResponseReceived):
+                headers = {k.decode(): v.decode() for k, v in e.headers}
+            if isinstance(e, h2.events.DataReceived):
+                body += e.data
+        return headers, body
+
+    def goaway(self):
+        for e in self.events:
+            if isinstance(e, h2.events.ConnectionTerminated):
+                return e
+        return None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class H2Test(BalancerTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        jtest.make_cert(cls.dir, "h2", "localhost", "DNS:localhost,IP:127.0.180.1,IP:127.0.180.2,IP:127.0.180.3")
+        cls.ca = os.path.join(cls.dir, "h2.crt")
+        # Not quiet: each request the servers get is a line (the Rapid Reset test counts them).
+        cls.backends = [cls.start_class_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
+        cls.lb = start_balancer("h2", extra=["--https-port", "0"], cwd=cls.dir)
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.1:(\d+)").group(1))
+
+    def curl(self, *args: str, host: str = HOST, port: int = 0) -> subprocess.CompletedProcess:
+        port = port or self.port
+        return subprocess.run(["curl", "-s", "--cacert", self.ca, "--resolve", f"localhost:{port}:{host}",
+                               "--max-time", "60", *args], capture_output=True, timeout=90)
+
+    def url(self, path: str, port: int = 0) -> str:
+        return f"https://localhost:{port or self.port}{path}"
+
+    def served(self, target: str) -> int:
+        """Requests for `target` the testservers logged so far (a line each: METHOD TARGET STATUS)."""
+        return sum(len([ln for ln in b.lines if ln.split(" ")[1:2] == [target]]) for b in self.backends)
+
+    # ------------------------------------------------------------ ALPN and plain requests
+
+    def test_alpn_offers_h2_then_http11_and_h2_off_offers_http11(self):
+        def alpn(host, port, offer):
+            ctx = ssl.create_default_context(cafile=self.ca)
+            ctx.set_alpn_protocols(offer)
+            with socket.create_connection((host, port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    return tls.selected_alpn_protocol()
+        self.assertEqual(alpn(HOST, self.port, ["http/1.1", "h2"]), "h2")  # the server's order
+        self.assertEqual(alpn(HOST, self.port, ["http/1.1"]), "http/1.1")
+        self.assertEqual(alpn(OFF_HOST, OFF_PORT, ["h2", "http/1.1"]), "http/1.1")
+        # HTTP/1.1 over TLS on the h2 listener is unchanged.
+        out = self.curl("--http1.1", "-w", "\n%{http_version}", self.url("/ping"))
+        self.assertEqual(out.stdout, b"pong\n\n1.1")
+        out = self.curl("--http2", "-w", "\n%{http_version}", self.url("/ping", OFF_PORT), host=OFF_HOST, port=OFF_PORT)
+        self.assertEqual(out.stdout, b"pong\n\n1.1")
+
+    def test_curl_http2_get_local_answer_and_404(self):
+        out = self.curl("--http2", "-w", "\n%{http_version} %{response_code}", self.url("/ping"))
+        self.assertEqual(out.stdout, b"pong\n\n2 200", out.stderr)
+        out = self.curl("--http2", "-w", "%{http_version} %{response_code}", self.url("/local"))
+        self.assertEqual(out.stdout, b"2 204")
+        out = self.curl("--http2", "-i", self.url("/status/404"))
+        self.assertTrue(out.stdout.startswith(b"HTTP/2 404"), out.stdout)
+        self.assertIn(b"\r\nx-server: ", out.stdout)  # names in lower case
+
+    def test_large_body_byte_exact(self):
+        n = 30_000_000
+        expect = hashlib.sha256(testserver_bytes(n)).hexdigest()
+        for path in (f"/bytes?n={n}", f"/bytes?n={n}&chunked=1"):
+            out = self.curl("--http2", self.url(path))
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(len(out.stdout), n, path)
+            self.assertEqual(hashlib.sha256(out.stdout).hexdigest(), expect, path)
+
+    def test_uploads_with_length_and_chunked(self):
+        body = os.urandom(3_000_000)
+        path = os.path.join(self.dir, "upload.bin")
+        with open(path, "wb") as f:
+            f.write(body)
+        out = self.curl("--http2", "--data-binary", f"@{path}", "-H", "Content-Type: application/octet-stream",
+                        self.url("/echo"))
+        self.assertEqual(out.stdout, body, out.stderr)
+        # -T - : no content-length, so the balancer frames it chunked upstream.
+        with open(path, "rb") as f:
+            res = subprocess.run(["curl", "-s", "--http2", "--cacert", self.ca, "--resolve",
+                                  f"localhost:{self.port}:{HOST}", "--max-time", "60", "-T", "-",
+                                  "-D", "-", self.url("/echo")],
+                                 stdin=f, capture_output=True, timeout=90)
+        head, _, echoed = res.stdout.partition(b"\r\n\r\n")
+        self.assertIn(b"x-echo-method: PUT", head)
+        self.assertEqual(echoed, body)
+
+    def test_h2load_one_connection_100_streams(self):
+        def refused():  # requests the servers could not parse (a stray byte after a head: "- - 400")
+            return sum(len([ln for ln in b.lines if ln.startswith("- - ")]) for b in self.backends)
+        before = refused()
+        out = subprocess.run(["h2load", "-c1", "-m100", "-n2000", f"https://{HOST}:{self.port}/ping"],
+                             capture_output=True, text=True, timeout=120)
+        self.assertIn("2000 done, 2000 succeeded", out.stdout, out.stdout + out.stderr)
+        self.assertIn("status codes: 2000 2xx", out.stdout)
+        self.assertEqual(refused(), before)  # every request reached its server intact
+
+    def test_stream_with_closed_window_does_not_hold_up_another(self):
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        c.conn.increment_flow_control_window(1 << 30)  # the connection's window is not the limit
+        c.flush()
+        slow = c.request("/bytes?n=20000000")
+        c.stalled.add(slow)
+        fast = c.request("/bytes?n=3000000")
+        headers, body = c.response(fast, timeout=60)
+        self.assertEqual((headers[":status"], len(body)), ("200", 3_000_000))
+        self.assertEqual(body, testserver_bytes(3_000_000))
+        got = sum(len(e.data) for e in c.events if isinstance(e, h2.events.DataReceived) and e.stream_id == slow)
+        self.assertLessEqual(got, 65535)  # the slow stream's default window, no more
+        # Opening its window lets it go on to its end.
+        c.stalled.discard(slow)
+        c.conn.acknowledge_received_data(got, slow)
+        c.flush()
+        headers, body = c.response(slow, timeout=120)
+        self.assertEqual(len(body), 20_000_000)
+        # Byte-exact: the server's bytes waited in its buffer while the window was shut.
+        self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(testserver_bytes(20_000_000)).digest())
+
+    # ------------------------------------------------------------ mapping to HTTP/1.1
+
+    def test_request_mapped_to_http11_head(self):
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        sid = c.request("/headers?x=1", [("cookie", "a=1"), ("x-test", "yes"), ("cookie", "b=2")],
+                        authority="example.test")
+        headers, body = c.response(sid)
+        self.assertEqual(headers[":status"], "200", body)
+        lines = body.decode().split("\n")
+        self.assertEqual(lines[0], "GET /headers?x=1 HTTP/1.1")
+        self.assertIn("Host: example.test", lines)
+        self.assertIn("Cookie: a=1; b=2", lines)  # one line, RFC 9113 8.2.3
+        self.assertIn("x-test: yes", lines)
+        self.assertNotIn("connection", headers)
+        self.assertNotIn("keep-alive", headers)
+
+    def test_forbidden_fields_are_reset(self):
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        for bad in ([("connection", "keep-alive")], [("te", "gzip")], [("host", "other.test")],
+                    [("transfer-encoding", "chunked")], [("upgrade", "websocket")]):
+            sid = c.request("/ping", bad)
+            self.assertEqual(c.response(sid), ("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR), bad)
+        sid = c.request("/ping", [("te", "trailers"), ("host", "localhost")])
+        headers, body = c.response(sid)
+        self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
+
+    # ------------------------------------------------------------ attacks
+
+    def test_rapid_reset_goaway_enhance_your_calm(self):
+        before = self.served("/ping?rr")
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        sent = 0
+        try:
+            for _ in range(2000):
+                sid = c.request("/ping?rr")
+                c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+                c.flush()
+                if c.broken or c.closed:
+                    break
+                sent += 1
+        except h2.exceptions.ProtocolError:
+            pass  # python3-h2 saw the GOAWAY
+        c.read_until(lambda evs: c.goaway() is not None, timeout=30)
+        goaway = c.goaway()
+        self.assertIsNotNone(goaway, f"no GOAWAY after {sent} resets")
+        self.assertEqual(goaway.error_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        # Another client is served at once.
+        out = self.curl("--http2", self.url("/ping"))
+        self.assertEqual(out.stdout, b"pong\n")
+        time.sleep(0.3)  # requests that reached a server arrive there within this margin
+        self.assertLessEqual(self.served("/ping?rr") - before, GLITCH_BUDGET + 2)
+
+    def test_ping_and_settings_floods_goaway(self):
+        for flood in ("ping", "settings"):
+            c = RawH2(self.port, self.ca)
+            self.addCleanup(c.close)
+            for i in range(GLITCH_BUDGET * 4):
+                if flood == "ping":
+                    c.conn.ping(i.to_bytes(8, "big"))
+                else:
+                    c.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100 + i})
+                c.flush()
+                if c.broken:
+                    break
+            c.read_until(lambda evs: c.goaway() is not None, timeout=30)
+            self.assertIsNotNone(c.goaway(), flood)
+            self.assertEqual(c.goaway().error_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, flood)
+            acks = sum(isinstance(e, (h2.events.PingAckReceived, h2.events.SettingsAcknowledged)) for e in c.events)
+            self.assertLessEqual(acks, GLITCH_BUDGET + 2, flood)
+
+    def test_header_list_limit_431_and_hpack_bomb(self):
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        # One 4 KB field, then referenced from the HPACK table again and again: 100 of them
+        # decode to 400 KB, past limit.header_bytes (16k) whatever the frame's size.
+        big = ("x-big", "v" * 4000)
+        sid = c.request("/ping", [big] * 100)
+        headers, _ = c.response(sid)
+        self.assertEqual(headers.get(":status"), "431")
+        sid = c.request("/ping")
+        headers, body = c.response(sid)
+        self.assertEqual((headers[":status"], body), ("200", b"pong\n"))  # the connection goes on
+
+    def test_continuation_flood_closes_the_connection(self):
+        ctx = ssl.create_default_context(cafile=self.ca)
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection((HOST, self.port), timeout=20)
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        self.addCleanup(tls.close)
+
+        def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
+            return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+        # HEADERS without END_HEADERS (:method GET as an indexed field), then CONTINUATION
+        # frames of literal fields that never end.
+        tls.sendall(frame(1, 0, 1, b"\x82"))
+        field = b"\x00\x05x-pad\x7f\x49" + b"a" * 200  # a literal without indexing, 200-byte value
+        sent, closed = 0, False
+        try:
+            for _ in range(5000):
+                tls.sendall(frame(9, 0, 1, field * 8))
+                sent += 1
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout):
+            closed = True
+        if not closed:
+            tls.settimeout(10)
+            try:
+                while tls.recv(65536):
+                    pass
+            except (ConnectionResetError, ssl.SSLError, socket.timeout):
+                pass
+        self.assertLess(sent, 5000, "the balancer took 5000 CONTINUATION frames without closing")
+        out = self.curl("--http2", self.url("/ping"))
+        self.assertEqual(out.stdout, b"pong\n")
+
+
+class H2DrainTest(BalancerTestCase):
+    def test_sigterm_sends_goaway_and_streams_in_flight_finish(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        jtest.make_cert(folder, "h2", "localhost", "DNS:localhost,IP:127.0.180.1,IP:127.0.180.2,IP:127.0.180.3")
+        server = self.start_testserver(port=6903, host=HOST, quiet=False)
+        lb = start_balancer("h2drain", extra=["--https-port", "0"], cwd=folder)
+        self.addCleanup(lb.stop)
+        port = int(lb.wait_for_line(r"listening on https://127\.0\.180\.3:(\d+)").group(1))
+        # nghttp (nghttp2-client) shows the frames; python3-h2 stops at a GOAWAY.
+        client = subprocess.Popen(["nghttp", "-v", f"https://127.0.180.3:{port}/delay?ms=1500"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(client.kill)
+        server.wait_for_line(r"^GET /delay\?ms=1500 wait$")
+        lb.send_signal(15)
+        out, _ = client.communicate(timeout=60)
+        # nghttp's request is stream 13 (it opens priority streams first): the GOAWAY names it.
+        self.assertRegex(out, r"recv GOAWAY frame[^\n]*\n\s*\(last_stream_id=13, error_code=NO_ERROR")
+        self.assertIn("recv (stream_id=13) :status: 200", out)
+        self.assertIn("delayed 1500", out)
+        self.assertLess(out.index("recv GOAWAY"), out.index(":status: 200"))  # the GOAWAY came first
+        self.assertEqual(lb.wait(timeout=20), 0)
+        lb.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
