@@ -255,7 +255,8 @@ void cache_stage_put(ResponseFilter* f) noexcept {
 
 void cache_tap_begin(Exchange* ex) {
   ResponseFilter* s = cache_stage_get(ex);
-  HeadEdit edit(ex->resp, nullptr, 0);  // it adds no line: the relay's head is the server's
+  char none = 0;  // it adds no line (the relay's head is the server's); not null: its lines() are copied
+  HeadEdit edit(ex->resp, &none, 0);
   if (s->head(edit)) ex->cache_tap = s;
   else cache_stage_put(s);
 }
