@@ -12,6 +12,9 @@
 
 namespace juggler {
 
+// 1xx responses relayed before the final one; more is a broken server.
+constexpr std::uint8_t kMaxInterim = 8;
+
 // The states of an exchange. Each has one handler, which step() calls with
 // the event and which returns the next state; a state just entered is called
 // with Event::Enter first. Done, Cut and Tunnel end the exchange: step()

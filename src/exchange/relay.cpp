@@ -22,7 +22,6 @@ namespace {
 constexpr std::string_view kConnClose = "Connection: close\r\n";
 constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 
-constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final one
 constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
 unsigned build_request_head(Exchange* ex) {
