@@ -276,8 +276,8 @@ class ReloadTest(BalancerTestCase):
         self.assertRegex(os.readlink(current), r"^routes-[0-9a-f]{12}-\d+\.so$")
         jtest.check_stopped_cleanly(lb)
         lb = self.start_balancer("reload", workers=2, cwd=self.dir, extra=["--table", current])
-        self.assertRegex(lb.output(), rf"table from {re.escape(current)} \(routes from \S*moved_to_b\.def\)")
         self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_B for _ in range(4)))
+        self.assertRegex(lb.output(), rf"table from {re.escape(current)} \(routes from \S*moved_to_b\.def\)")
         # A reload from there is checked against, and replaces, the started table.
         self.assert_reloaded(ROUTES_A)
         self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_A for _ in range(4)))
