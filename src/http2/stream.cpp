@@ -59,13 +59,20 @@ bool put(H2Stream* s, std::initializer_list<std::string_view> parts) {
 }
 
 // The request line and Host, once the pseudo-headers are all there (they
-// come first). False when :method or :path is missing (CONNECT has no path:
-// it is not relayed) or the line does not fit.
+// come first): :path and :authority go through map_target, the mapping of
+// HTTP/1's targets. False when :method or :path is missing (CONNECT has no
+// path: it is not relayed) or :path is not origin-form or "*" (RFC 9113
+// 8.3.1; nghttp2 lets any :path by with a :scheme other than http(s)), else
+// true (too_large set when the line does not fit).
 bool write_line(H2Stream* s) {
   s->line_written = true;
   if (!s->method || !s->path) return false;
-  const bool ok = put(s, {view(s->method), " ", view(s->path), " HTTP/1.1\r\n"}) &&
-                  (!s->authority || put(s, {"Host: ", view(s->authority), "\r\n"}));
+  RequestTarget t;
+  if (map_target(view(s->path), s->authority ? view(s->authority) : std::string_view{}, t) || t.absolute ||
+      t.origin.empty())
+    return false;
+  const bool ok = put(s, {view(s->method), " ", t.origin, " HTTP/1.1\r\n"}) &&
+                  (t.authority.empty() || put(s, {"Host: ", t.authority, "\r\n"}));
   drop(s->method);
   drop(s->path);
   if (!ok) s->too_large = true;

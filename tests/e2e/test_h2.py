@@ -263,6 +263,22 @@ class H2Test(BalancerTestCase):
         self.assertNotIn("connection", headers)
         self.assertNotIn("keep-alive", headers)
 
+    def test_path_goes_through_the_http11_target_mapping(self):
+        # :path and :authority are mapped as an HTTP/1.1 target and Host are (map_target):
+        # a :path that is not origin-form is malformed (RFC 9113 8.3.1), not an absolute-form
+        # target routed by its own authority. nghttp2 checks :path only for http(s) schemes.
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        for scheme, path in (("foo", "http://evil.example/headers"), ("foo", "headers")):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "GET"), (":scheme", scheme), (":authority", "localhost"),
+                                      (":path", path)], end_stream=True)
+            c.flush()
+            self.assertEqual(c.response(sid), ("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR), path)
+        sid = c.request("/headers", authority="example.test:8443")
+        headers, body = c.response(sid)
+        self.assertIn("Host: example.test:8443", body.decode().split("\n"))
+
     def test_forbidden_fields_are_reset(self):
         c = RawH2(self.port, self.ca)
         self.addCleanup(c.close)
