@@ -106,6 +106,7 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   using Downstream::ip;
   using Downstream::ip_len;
   using Downstream::secure_;
+  using Downstream::h2_;
   using RequestBody::complete_;
   using RequestBody::replayable_;
 };

@@ -5,6 +5,7 @@ tests/routes/h2.def, plain-HTTP testservers behind it on 127.0.180.1."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ except ImportError:  # the Debian module lives with the system interpreter
     import h2.settings
 
 import jtest
+import promtext
 from balancer import BalancerTestCase, start_balancer
 
 HOST = "127.0.180.1"
@@ -144,9 +146,13 @@ class H2Test(BalancerTestCase):
         cls.ca = os.path.join(cls.dir, "h2.crt")
         # Not quiet: each request the servers get is a line (the Rapid Reset test counts them).
         cls.backends = [cls.start_class_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
-        cls.lb = start_balancer("h2", extra=["--https-port", "0"], cwd=cls.dir)
+        cls.access_log = os.path.join(cls.dir, "access.log")
+        cls.lb = start_balancer("h2", access_log=cls.access_log,
+                                extra=["--https-port", "0", "--access-log-format", "json", "--admin", f"{HOST}:0"],
+                                cwd=cls.dir)
         cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
         cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.1:(\d+)").group(1))
+        cls.admin_port = int(cls.lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
 
     def curl(self, *args: str, host: str = HOST, port: int = 0) -> subprocess.CompletedProcess:
         port = port or self.port
@@ -279,6 +285,33 @@ class H2Test(BalancerTestCase):
         headers, body = c.response(sid)
         self.assertIn("Host: example.test:8443", body.decode().split("\n"))
 
+    # ------------------------------------------------------------ the protocol in the log and /metrics
+
+    def by_protocol(self) -> dict:
+        body = jtest.http_request(self.admin_port, path="/metrics", host=HOST)[2].decode()
+        samples = promtext.parse(body)
+        return {p: promtext.value(samples, "juggler_requests_total", protocol=p) for p in ("HTTP/1", "HTTP/2")}
+
+    def test_access_log_and_metrics_say_the_protocol(self):
+        before = self.by_protocol()
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        sid = c.request("/ping?proto-h2")
+        self.assertEqual(c.response(sid)[0][":status"], "200")
+        status, _, _ = jtest.http_request(self.lb.port, path="/ping?proto-h1", host=HOST)
+        self.assertEqual(status, 200)
+        lines = jtest.access_log_lines(self.access_log, pattern=r"proto-h1", timeout=10)
+        lines = jtest.access_log_lines(self.access_log, pattern=r"proto-h2", timeout=10)
+        logged = {json.loads(ln)["path"]: json.loads(ln) for ln in lines if "proto-h" in ln}
+        self.assertEqual(logged["/ping?proto-h2"]["protocol"], "HTTP/2.0")
+        self.assertEqual(logged["/ping?proto-h2"]["tls"], "TLSv1.3")
+        self.assertEqual(logged["/ping?proto-h1"]["protocol"], "HTTP/1.1")
+        # Counted when the exchange ends, which is when the answer went out: polled.
+        deadline = time.monotonic() + 10
+        while (after := self.by_protocol()) != {k: v + 1 for k, v in before.items()} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(after, {k: v + 1 for k, v in before.items()})
+
     def test_forbidden_fields_are_reset(self):
         c = RawH2(self.port, self.ca)
         self.addCleanup(c.close)
@@ -388,7 +421,9 @@ class H2DrainTest(BalancerTestCase):
         self.addCleanup(shutil.rmtree, folder)
         jtest.make_cert(folder, "h2", "localhost", "DNS:localhost,IP:127.0.180.1,IP:127.0.180.2,IP:127.0.180.3")
         server = self.start_testserver(port=6903, host=HOST, quiet=False)
-        lb = start_balancer("h2drain", extra=["--https-port", "0"], cwd=folder)
+        access_log = os.path.join(folder, "access.log")
+        lb = start_balancer("h2drain", access_log=access_log, extra=["--https-port", "0", "--access-log-format",
+                                                                     "combined"], cwd=folder)
         self.addCleanup(lb.stop)
         port = int(lb.wait_for_line(r"listening on https://127\.0\.180\.3:(\d+)").group(1))
         # nghttp (nghttp2-client) shows the frames; python3-h2 stops at a GOAWAY.
@@ -405,6 +440,9 @@ class H2DrainTest(BalancerTestCase):
         self.assertLess(out.index("recv GOAWAY"), out.index(":status: 200"))  # the GOAWAY came first
         self.assertEqual(lb.wait(timeout=20), 0)
         lb.stop()
+        # Combined: the request line's protocol field is the client's, not the HTTP/1.1 head's.
+        line = jtest.access_log_lines(access_log, pattern="delay")[0]
+        self.assertRegex(line, r'^\S+ - - \[[^]]+\] "GET /delay\?ms=1500 HTTP/2\.0" 200 ')
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ TEST_CASE("status classes and duration buckets", "[metrics]") {
 
 TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") {
   Metrics m(2, 1, 3);
-  m.exchange_done(1, 0, 2, 200, 100, 300, 240);
-  m.exchange_done(-1, -1, -1, 400, 50, 10, -1);  // refused before routing
-  m.exchange_done(1, 0, -1, 503, 7, 20000, -1);  // nobody to send it to
+  m.exchange_done(1, 0, 2, 200, 100, 300, 240, false);
+  m.exchange_done(-1, -1, -1, 400, 50, 10, -1, true);  // refused before routing
+  m.exchange_done(1, 0, -1, 503, 7, 20000, -1, false);  // nobody to send it to
   CHECK(m.by_route[1 * kStatusClasses + 1].get() == 1);
   CHECK(m.by_route[1 * kStatusClasses + 4].get() == 1);
   CHECK(m.by_route[2 * kStatusClasses + 3].get() == 1);  // the row after the routes
