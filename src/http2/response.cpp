@@ -209,7 +209,7 @@ std::string_view H2Stream::available() noexcept {
   char* data = body->data + kBodyReserve;
   framed_raw = len;
   final_framed = body_ended;
-  if (has_length) return {data, len};
+  if (req.has_length) return {data, len};
   char pre[kBodyReserve];
   std::size_t p = 0;
   if (body_started) {
