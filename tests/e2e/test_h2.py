@@ -4,6 +4,7 @@ tests/routes/h2.def, plain-HTTP testservers behind it on 127.0.180.1."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -413,6 +414,76 @@ class H2Test(BalancerTestCase):
         self.assertLess(sent, 5000, "the balancer took 5000 CONTINUATION frames without closing")
         out = self.curl("--http2", self.url("/ping"))
         self.assertEqual(out.stdout, b"pong\n")
+
+
+class H2FiltersTest(BalancerTestCase):
+    """tests/routes/h2misc.def: response filters on h2 streams, and timeout.client_idle 2s."""
+    MISC_HOST = "127.0.180.4"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        jtest.make_cert(cls.dir, "h2", "localhost", f"DNS:localhost,IP:{cls.MISC_HOST}")
+        cls.ca = os.path.join(cls.dir, "h2.crt")
+        cls.backend = cls.start_class_testserver(port=6905, host=cls.MISC_HOST, quiet=False)
+        cls.lb = start_balancer("h2misc", extra=["--https-port", "0", "--admin", f"{cls.MISC_HOST}:0"], cwd=cls.dir)
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.4:(\d+)").group(1))
+        cls.admin_port = int(cls.lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
+
+    def connect(self) -> RawH2:
+        c = RawH2(self.port, self.ca, host=self.MISC_HOST)
+        self.addCleanup(c.close)
+        return c
+
+    def test_gzip_on_a_stream_decodes_byte_exact(self):
+        c = self.connect()
+        sid = c.request("/bytes?n=200000&type=text/plain", [("accept-encoding", "gzip")], authority="gzip.test")
+        headers, body = c.response(sid)
+        self.assertEqual(headers[":status"], "200", headers)
+        self.assertEqual(headers.get("content-encoding"), "gzip", headers)
+        self.assertNotIn("content-length", headers)  # the length changed: DATA frames end it
+        self.assertLess(len(body), 200000 // 10)
+        self.assertEqual(gzip.decompress(body), testserver_bytes(200000))
+
+    def test_cache_hit_on_a_stream(self):
+        c = self.connect()
+        results = []
+        for _ in range(2):
+            sid = c.request("/bytes?n=3000&type=text/plain", authority="cache.test")
+            headers, body = c.response(sid)
+            self.assertEqual((headers[":status"], body), ("200", testserver_bytes(3000)))
+            results.append(headers.get("x-cache"))
+        self.assertEqual(results, ["MISS", "HIT"])
+        self.assertEqual(sum(1 for ln in self.backend.lines if "/bytes?n=3000" in ln), 1)
+
+    def busy(self) -> float:
+        body = jtest.http_request(self.admin_port, path="/metrics", host=self.MISC_HOST)[2].decode()
+        return promtext.total(promtext.parse(body), "juggler_upstream_connections", state="busy")
+
+    def test_window_never_opened_times_out_and_releases_the_server(self):
+        c = self.connect()
+        c.conn.increment_flow_control_window(1 << 30)  # the stream's window is the one shut, not the connection's
+        c.flush()
+        sid = c.request("/bytes?n=5000000")
+        c.stalled.add(sid)  # never acknowledged: its window (65535) closes for good
+        c.read_until(lambda evs: sum(e.flow_controlled_length for e in evs if isinstance(e, h2.events.DataReceived)
+                                     and e.stream_id == sid) >= 65535)
+        self.assertEqual(self.busy(), 1)  # the server's connection is held by the stalled stream
+        start = time.monotonic()
+        self.assertEqual(c.response(sid, timeout=30)[0], "reset")
+        waited = time.monotonic() - start
+        self.assertGreater(waited, 1.0)  # timeout.client_idle 2s, counted from the last byte taken
+        deadline = time.monotonic() + 10
+        while self.busy() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.busy(), 0)  # released: the server's connection closed
+        # The client connection goes on: another stream is answered.
+        sid = c.request("/ping")
+        headers, body = c.response(sid)
+        self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
 
 
 class H2DrainTest(BalancerTestCase):
