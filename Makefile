@@ -12,7 +12,7 @@ DESTDIR ?=
 ROUTES_ABS := $(abspath $(ROUTES))
 DEPS_STAMP := .deps-ok
 
-.PHONY: all routes reload run test test-fast test-asan clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check install deb
+.PHONY: all routes reload upgrade run test test-fast test-asan test-scale clean ssl_cert ssl_cert_if_needed bench fuzz tidy deps help check install deb
 
 all: deps $(BUILD)/build.ninja
 	@cmake --build $(BUILD) -j $(JOBS) --target app testserver
@@ -21,9 +21,12 @@ help:
 	@echo "make routes [ROUTES=file]  compile a routes file into generated/distributer.cpp"
 	@echo "make all                   build bin/app.out and bin/testserver"
 	@echo "make reload [ROUTES=file]  compile a routes file and swap it into the balancer running from here"
+	@echo "make upgrade [ARGS=...]    build, then run the new bin/app.out ARGS here: it takes the listening sockets over"
+	@echo "                           from the balancer running from here, which drains and exits"
 	@echo "make run [PORT=8080]       start 3 demo backends (6901-6903) and the balancer (https on 8443)"
 	@echo "make test                  build and run every test, then again under ASan+UBSan"
 	@echo "make test-fast             every test, without the sanitizer pass"
+	@echo "make test-scale            two instances behind HAProxy in network namespaces (root; docs/SCALING.md)"
 	@echo "make install [PREFIX=/usr/local] [DESTDIR=]  bin/juggler, bin/juggler-reload, etc/juggler (routes.def, certs/), systemd unit, logrotate"
 	@echo "make deb                   a Debian package (CPack) in $(BUILD)/package/"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
@@ -48,6 +51,12 @@ routes: deps
 # ./juggler.sock; the new table is a shared object under $(BUILD)/reload.
 reload: deps
 	@bash tools/reload.sh $(ROUTES) $(BUILD)
+# A new binary takes over from the balancer started from this folder: it asks
+# ./juggler.sock for the listening sockets (SCM_RIGHTS), serves on them, and the
+# old process drains and exits. It runs in the foreground like ./bin/app.out;
+# ARGS are its flags (give the ones the running balancer was started with).
+upgrade: all
+	@exec ./bin/app.out --upgrade $(ARGS)
 # The balancer as built (its routes compiled in) and what runs it: see README, Operations.
 install: all
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD) --prefix "$(PREFIX)"
@@ -73,6 +82,17 @@ test-asan: deps
 	cmake --build $(ASAN) -j $(JOBS) --target app testserver juggler_tests
 	cd $(ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	      ctest --output-on-failure -j 2
+
+# Two instances behind an L4 front in network namespaces (tests/scale/, docs/SCALING.md):
+# root is needed to make namespaces; skipped with the reason where they cannot be made.
+# Then the deployment examples of deploy/ against their validators and a live /metrics.
+test-scale: deps $(BUILD)/build.ninja
+	@bash tools/install-deps.sh scale
+	cmake --build $(BUILD) -j $(JOBS) --target testserver balancer_scale
+	JUGGLER_ROUTES_BIN=$(abspath $(BUILD))/routes-bin JUGGLER_BIN=$(abspath bin) \
+	      timeout 170 python3 tests/scale/test_scale.py
+	JUGGLER_ROUTES_BIN=$(abspath $(BUILD))/routes-bin JUGGLER_BIN=$(abspath bin) \
+	      timeout 120 python3 tests/scale/test_deploy.py
 
 ssl_cert:
 	@bash tools/make-cert.sh certs

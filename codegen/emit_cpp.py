@@ -94,6 +94,8 @@ def emit_settings(c: Config) -> list[str]:
         ("compress_level_zstd", str(s.compress_levels["zstd"])),
         ("drain_delay_ms", str(s.drain_delay_ms)),
         ("instance", sv(s.instance)),
+        # The whole line, made here once: a response carries it without formatting.
+        ("instance_header", sv(f"{s.instance_header}: {s.instance}\r\n" if s.instance_header else "")),
     ]
     if c.resolves or s.resolve_interval_ms != 10_000:  # the other tables keep their bytes
         fields.append(("resolve_interval_ms", f"{s.resolve_interval_ms}u"))

@@ -271,6 +271,7 @@ class Settings:
     compress_levels: dict = field(default_factory=lambda: {k: v[2] for k, v in COMPRESS_LEVELS.items()})
     drain_delay_ms: int = 0
     instance: str = ""
+    instance_header: str = ""  # the header's name (the C++ Settings.instance_header is the whole line)
     resolve_interval_ms: int = 10_000
     # HTTP/2: None = the default of juggler/route.hpp (written only when set)
     h2_max_streams: int | None = None
@@ -464,7 +465,7 @@ class Parser:
         "limit.requests_per_connection", "limit.connections_per_worker",
         "cache", "cache.purge_from", "admin", "admin_token_file",
         "compress.level.gzip", "compress.level.br", "compress.level.zstd",
-        "drain.delay", "instance", "resolve.interval",
+        "drain.delay", "instance", "instance.header", "resolve.interval",
         "h2.max_streams", "h2.glitches", "h2.hpack_table", "h2.max_frame",
     ]
 
@@ -540,6 +541,10 @@ class Parser:
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", v):
                 raise DefError(f"'set instance' takes a name of 1 to 64 letters, digits, '.', '_' or '-' (got '{v}')")
             s.instance = v
+        elif key == "instance.header":
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}", v):
+                raise DefError(f"'set instance.header' takes a header name of 1 to 64 token characters (got '{v}')")
+            s.instance_header = v
 
     def set_cache(self, values: list[str]) -> None:
         s = self.config.settings
@@ -616,10 +621,9 @@ class Parser:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
         elif kind == "tcp":
             opts = Options("listen tcp", rest, ["pool"])
-            if lst.sni and ("pool" in opts.values or lst.proxy_protocol):
-                # One prelude per connection for now: a PROXY header and then a peek are not chained.
-                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines "
-                               "(no pool=, no proxy_protocol)")
+            if lst.sni and "pool" in opts.values:
+                # (with proxy_protocol: the PROXY header first, then the ClientHello is peeked)
+                raise DefError("'listen tcp ... sni' takes its pools from 'route sni' lines (no pool=)")
             if "pool" not in opts.values and not lst.sni:
                 raise DefError("'listen tcp' needs pool=NAME (or sni, with 'route sni' lines)")
             lst.pool_name = opts.values.get("pool")
@@ -1042,6 +1046,9 @@ class Parser:
                 self.errors.append((r.line, DefError(
                     f"route proxies to pool '{pool.name}', which has send_proxy={pool.send_proxy.lower()}: "
                     "send_proxy is for the pools of tcp and tls listeners only").message))
+        if c.settings.instance_header and not c.settings.instance:
+            self.errors.append((self.set_lines["instance.header"], DefError(
+                "'set instance.header' needs 'set instance NAME' (the header carries that name)").message))
         self.finish_cache()
         self.check_shadowed()
 

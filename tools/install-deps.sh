@@ -12,10 +12,13 @@ packages=(
   chromium  # tests/e2e/test_admin.py drives the /stats page in headless Chromium
 )
 # Extra sets: `install-deps.sh asan` adds nothing today (gcc's sanitizers ship
-# with gcc); `install-deps.sh bench` adds the comparison proxies (nginx, HAProxy, Varnish) and load tools.
+# with gcc); `install-deps.sh bench` adds the comparison proxies (nginx, HAProxy, Varnish) and load tools;
+# `install-deps.sh scale` what tests/scale/ runs (iproute2, HAProxy, keepalived for
+# its config check only: the package's service is not started by the tests).
 case "${1:-}" in
   bench) packages+=(wrk nginx-light haproxy nghttp2-client valgrind varnish) ;;
   fuzz) packages+=(clang libclang-rt-14-dev) ;;
+  scale) packages+=(iproute2 haproxy keepalived) ;;  # make test-scale: namespaces, the L4 front, keepalived -t
 esac
 
 missing=()

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "juggler/log.hpp"
@@ -19,12 +20,14 @@ struct Options {
   std::string access_log;  // empty: routes.def's; else PATH | stdout | off
   std::string access_log_format;  // empty: routes.def's; else combined | json
   std::string admin;       // empty: routes.def's `set admin`; else ADDR:PORT, or off
+  std::string instance;    // empty: routes.def's `set instance`; else this process's name (a pod's, a host's)
   LogLevel log_level = LogLevel::Info;
   bool check = false;
   // The control socket `make reload` talks to (`off`: none), and the client
   // mode: ask the balancer there to load this table object, then exit.
   std::string control = "juggler.sock";
   std::string reload;
+  bool upgrade = false;  // take the listening sockets over from the balancer on `control` (make upgrade)
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
   std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
                upstream_timeout_ms = -1, drain_timeout_ms = -1, tunnel_idle_timeout_ms = -1;
@@ -50,6 +53,11 @@ struct Config {
   int admin_port = -1;
   LogLevel log_level = LogLevel::Info;
   std::string control_path;  // the control socket (runtime/reload.hpp); empty = none
+  bool upgrade = false;      // --upgrade (runtime/upgrade.hpp)
+  // --instance: the name and the instance header line made from it, which
+  // settings.instance and settings.instance_header view; on the heap, so the
+  // views survive copies and moves of the Config.
+  std::shared_ptr<const std::string> instance_text;
 };
 
 // Builds the effective configuration. Throws std::runtime_error with a

@@ -283,10 +283,13 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
                            std::string_view upgrade = {});
 
 // The response head for the client. Returns 0 when the raw bytes can be sent
-// as they are (nothing dropped and `extra` empty); else fills `iov` with the
-// kept lines, `extra` (whole lines such as "Connection: close\r\n", or empty)
-// and the final CRLF, and returns the count (at most header_count() + 3).
-unsigned edit_response_head(const MessageParser& p, std::string_view extra, uv_buf_t* iov);
+// as they are (nothing dropped, `extra` and `constant` empty); else fills `iov`
+// with the kept lines, `extra` (whole lines such as "Connection: close\r\n",
+// or empty), `constant` (lines that outlive every response, e.g. the instance
+// header: a slice of their own, never copied) and the final CRLF, and returns
+// the count (at most header_count() + 4).
+unsigned edit_response_head(const MessageParser& p, std::string_view extra, uv_buf_t* iov,
+                            std::string_view constant = {});
 
 // Canned answers: constant bytes, never formatted per request.
 // `close` selects the variant with `Connection: close`.

@@ -7,10 +7,13 @@
 // plain increments and one bucket search, no allocation, no lock.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
 #include <memory>
+#include <vector>
 
 #include "juggler/counter.hpp"
 
@@ -68,23 +71,57 @@ struct ServerCounters : RequestCounters {
   Gauge<std::uint32_t> idle;  // on the worker's idle lists now (theirs change with a reload; this row does not)
 };
 
-struct Metrics {
-  // One row more of each than the table has: the sink where a reloaded
-  // table's routes, pools and servers the first table lacks are counted
-  // (never shown: the admin pages list the first table's).
-  Metrics(std::size_t routes, std::size_t pools, std::size_t servers)
-      : route_count(routes),
-        by_route(std::make_unique<Counter[]>((routes + 2) * kStatusClasses)),
-        pool(std::make_unique<PoolCounters[]>(pools + 1)),
-        server(std::make_unique<ServerCounters[]>(servers + 1)) {}
+// An array of rows written by one worker and read by the admin thread,
+// which the worker may replace by a longer copy (a reload that adds routes,
+// pools or servers): the copy is exact, the worker being the only writer. A
+// replaced array is kept to the worker's end, since a reader may still be in
+// it (lengths at least double, so all of them take less than the live one).
+// Indexing costs what indexing a plain array through a pointer does.
+template <class T>
+class Rows {
+ public:
+  explicit Rows(std::size_t n) { grow(n); }
+  T& operator[](std::size_t i) const noexcept { return ptr_.load(std::memory_order_relaxed)[i]; }
+  // The rows a reader may read (a row of a table the worker has not swapped
+  // to yet may be past it).
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
+  // Writer only: at least `n` rows, the new ones zero.
+  void grow(std::size_t n) {
+    const std::size_t have = size_.load(std::memory_order_relaxed);
+    if (n <= have && !arrays_.empty()) return;
+    std::vector<T> next;
+    next.reserve(arrays_.empty() ? n : std::max(n, 2 * have));
+    for (std::size_t i = 0; i < have; ++i) next.emplace_back((*this)[i]);
+    while (next.size() < next.capacity()) next.emplace_back();
+    ptr_.store(next.data(), std::memory_order_release);
+    size_.store(next.size(), std::memory_order_release);
+    arrays_.push_back(std::move(next));
+  }
 
-  // Per route, by status class ((routes + 2) rows: row `routes` is the
-  // requests no route took: 404 for no match, or refused before routing;
-  // the last is the sink).
+ private:
+  std::atomic<T*> ptr_{nullptr};
+  std::atomic<std::size_t> size_{0};
+  std::vector<std::vector<T>> arrays_;
+};
+
+struct Metrics {
+  // Rows: one per route, pool and server of the process's metric rows
+  // (Routing::metric_*: every table's, by identity); route row `routes` is
+  // the requests no route took. A reload that adds rows grows them (grow).
+  Metrics(std::size_t routes, std::size_t pools, std::size_t servers)
+      : route_count(routes), by_route((routes + 1) * kStatusClasses), pool(pools), server(servers) {}
+  // Worker only, when it swaps to a table with more rows.
+  void grow(std::size_t route_rows, std::size_t pools, std::size_t servers) {
+    by_route.grow(route_rows * kStatusClasses);
+    pool.grow(pools);
+    server.grow(servers);
+  }
+
+  // Per route row, by status class.
   std::size_t route_count;
-  std::unique_ptr<Counter[]> by_route;
-  std::unique_ptr<PoolCounters[]> pool;
-  std::unique_ptr<ServerCounters[]> server;
+  Rows<Counter> by_route;
+  Rows<PoolCounters> pool;
+  Rows<ServerCounters> server;
   Counter bytes_in;   // read from clients (TLS: plaintext)
   Counter bytes_out;  // answered to clients (heads and bodies)
   Counter accept_errors;

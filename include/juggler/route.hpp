@@ -221,6 +221,9 @@ struct Settings {
   std::uint8_t compress_level_zstd;  // 1..19
   std::uint32_t drain_delay_ms;  // SIGTERM: /ready says 503 at once, the listeners close this much later
   std::string_view instance;     // `set instance`: this process's name in logs and metrics; empty = none
+  // `set instance.header NAME`: the whole line "NAME: INSTANCE\r\n", made by the
+  // generator, that relayed and cached responses carry; empty = none.
+  std::string_view instance_header;
   std::uint32_t resolve_interval_ms = 10000;  // `server ... resolve`: how often the names are looked up again
   // HTTP/2 to clients (src/http2). The defaults live here: the generator
   // writes a field only when routes.def sets it.

@@ -108,11 +108,15 @@ bool write_or_queue(StreamContext& ctx, uv_stream_t* st, void* owner, uv_buf_t* 
 // What a stream's user (the protocol on top) implements.
 class StreamHandler {
  public:
-  // Room for the next plaintext bytes. Called only while reading is wanted;
-  // must not be empty.
+  // Room for the next plaintext bytes. Called only while reading is wanted.
+  // Empty (plain TCP only; never while a prelude's rest is being delivered):
+  // the handler takes the bytes from the socket itself (splice(2) through
+  // tcp()'s descriptor), told by on_stream_read(UV_ENOBUFS) that it is
+  // readable (data or its end), reading staying on.
   virtual uv_buf_t on_stream_alloc() noexcept = 0;
   // n > 0: that many bytes landed at the start of the room last given.
   // n == 0: nothing landed (an empty buffer may be given back).
+  // UV_ENOBUFS: the room was empty and the socket is readable (see above).
   // UV_EOF: the peer finished sending (FIN, or TLS close_notify).
   // other n < 0: the connection broke (reset, TLS failure, ...).
   virtual void on_stream_read(ssize_t n) noexcept = 0;
@@ -176,7 +180,9 @@ class Stream {
 
   // Runs `p` on the first bytes read, before the handler sees any (call
   // after accept(), before reading starts; `p` must live until the handler's
-  // first on_stream_read). The rest it hands back is delivered at once
+  // first on_stream_read). Or from the Done of the prelude running (a PROXY
+  // header, then a ClientHello peeked): `p` then gets that one's rest as its
+  // first read (its room must take it) and the rest goes on from `p`'s Done. The rest it hands back is delivered at once
   // through on_stream_alloc/on_stream_read (over TLS: decrypted first), so
   // the handler's room must take up to the prelude's room in those calls.
   void set_prelude(Prelude* p) noexcept { prelude_ = p; }

@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include <atomic>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -40,6 +41,7 @@ class Upstream;
 class CacheStore;
 class CacheFlights;
 struct CacheWaits;
+struct ListenerSlot;
 
 // How an exchange gets a server connection (juggler/upstream.hpp): a live
 // idle one to `server` (reused), or a new one connecting (Event::Connected
@@ -76,24 +78,39 @@ struct Routing {
     std::string keep, close;  // `-> respond CODE`: keep-alive and Connection: close variants
   };
   std::vector<RouteReply> route_replies;             // per route (empty unless Respond)
-  // Rows of Worker::metrics, which is sized by the table the process started
-  // with (the admin pages name those): per route, pool and server of this
-  // table, its row there, or the sink row past the end when it has none.
+  // Rows of Worker::metrics (MetricRows): per route, pool and server of this
+  // table, its row; and how many rows of each the process had with it (a
+  // worker swapping to it grows its Metrics to that).
   std::vector<std::int32_t> metric_route, metric_pool, metric_server;
+  std::size_t route_rows = 0, pool_rows = 0, server_rows = 0;
+  // Per listen statement of this table, its sockets (src/runtime/listeners):
+  // a worker that swaps to this table opens the ones its old table lacked
+  // and closes those this one lacks.
+  std::vector<ListenerSlot*> listeners;
   // WorkerTables built on it; the main thread unloads it when none is left.
   std::atomic<std::uint32_t> users{0};
 };
 
-// Builds the Routing of `table` (addresses, fresh health, canned replies);
-// `first` (the table the process started with, or null for itself) numbers
-// its metric rows. Throws std::runtime_error on an address that is none.
-std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable* first);
+// The rows of the workers' Metrics: one per route (by its text), pool (by
+// name) and server (by pool and address) of every table the process has
+// had, in the order they first appeared, so the counters of what a reload
+// keeps go on and what it adds gets rows of its own. The first table's are
+// its own numbers (and route row `routes.size()` is "no route"). Main thread.
+struct MetricRows {
+  std::map<std::string, std::int32_t, std::less<>> routes, pools, servers;  // servers: "POOL ADDRESS"
+  std::size_t route_rows = 0, pool_rows = 0, server_rows = 0;  // rows so far
+};
+MetricRows make_metric_rows(const RouteTable& first);
 
-// For the admin pages, numbered by the first table: the health and latest
-// check of its server `first_server` as the live table has them (the first
-// table's own when a reload removed it). Under shared.reload_lock.
-ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept;
-LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept;
+// Builds the Routing of `table` (addresses, fresh health, canned replies);
+// its metric rows from `rows` (which gets the ones it lacks), or its own
+// numbers when null (the first table, the unit tests). Throws
+// std::runtime_error on an address that is none.
+std::unique_ptr<Routing> make_routing(const RouteTable& table, MetricRows* rows);
+
+// The table serving now, for the admin pages: the live one (under
+// shared.reload_lock, which keeps it loaded) or the first.
+const Routing& live_routing(const Shared& shared) noexcept;
 
 // The server of pool `pool` at `authority` (and resolve slot `slot`, 0 for a
 // numeric server) in `t` (a server's identity across reloads), or -1.
@@ -144,11 +161,11 @@ struct WorkerTable {
 // Process-wide, read-only after start-up (but for the atomics).
 struct Shared {
   Config config;
-  // The table the process started with (never unloaded: it is linked in).
-  // The admin pages, metric rows and listeners are numbered by it.
+  // The table the process started with (never unloaded: it is linked in);
+  // its numbers are the first metric rows. The admin pages show the live one.
   std::unique_ptr<Routing> first;
   std::atomic<Routing*> live{nullptr};  // set by a reload: what the traffic workers swap to
-  // Held by the admin thread while it reads the live Routing (live_health),
+  // Held by the admin thread while it reads the live Routing (live_routing),
   // and by the main thread while it frees a replaced one: never on the request path.
   mutable std::mutex reload_lock;
   std::uint16_t https_port = 443;                    // redirect https: the first https listener's port

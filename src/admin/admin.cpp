@@ -97,21 +97,25 @@ std::uint64_t Snapshot::Server::busy() const noexcept {
   return open > idle ? open - idle : 0;
 }
 
-Snapshot take_snapshot(const Shared& shared) {
-  const RouteTable& t = *shared.first->table;
+Snapshot take_snapshot(const Shared& shared, const Routing& live) {
   Snapshot s;
-  s.routes.assign((t.routes.size() + 1) * kStatusClasses, 0);
-  s.pools.resize(t.pools.size());
-  s.pool_ttfb.resize(t.pools.size());
-  s.servers.resize(t.servers.size());
+  s.routes.assign(live.route_rows * kStatusClasses, 0);
+  s.pools.resize(live.pool_rows);
+  s.pool_ttfb.resize(live.pool_rows);
+  s.servers.resize(live.server_rows);
   for (const Worker* w : shared.workers) {
     const Metrics& m = w->metrics;
-    for (std::size_t i = 0; i < s.routes.size(); ++i) s.routes[i] += m.by_route[i].get();
-    for (std::size_t p = 0; p < s.pools.size(); ++p) {
+    // A worker that has not swapped to the live table yet has fewer rows:
+    // its count of the new ones is 0.
+    const std::size_t routes = std::min(s.routes.size(), m.by_route.size());
+    const std::size_t pools = std::min(s.pools.size(), m.pool.size());
+    const std::size_t servers = std::min(s.servers.size(), m.server.size());
+    for (std::size_t i = 0; i < routes; ++i) s.routes[i] += m.by_route[i].get();
+    for (std::size_t p = 0; p < pools; ++p) {
       add_requests(s.pools[p], m.pool[p]);
       add_histogram(s.pool_ttfb[p], m.pool[p].ttfb);
     }
-    for (std::size_t i = 0; i < s.servers.size(); ++i) {
+    for (std::size_t i = 0; i < servers; ++i) {
       Snapshot::Server& to = s.servers[i];
       const ServerCounters& from = m.server[i];
       add_requests(to.req, from);
@@ -139,20 +143,20 @@ Snapshot take_snapshot(const Shared& shared) {
     s.connections += w->session_count.get();
     s.active += w->active_exchanges.get();
   }
-  for (const Snapshot::Requests& p : s.pools) add_requests(s.all, p);
+  for (std::size_t p = 0; p < live.table->pools.size(); ++p) add_requests(s.all, s.pools[static_cast<std::size_t>(live.metric_pool[p])]);
   return s;
 }
 
-std::string_view server_state(const Shared& shared, std::size_t server) noexcept {
-  const ServerHealth& h = live_health(shared, server);
+std::string_view server_state(const Routing& live, std::size_t server) noexcept {
+  const ServerHealth& h = live.health[server];
   if (h.down.load(std::memory_order_relaxed)) return "down";
   if (ejection_start(h, uv_hrtime() / 1000000) != 0) return "ejected";
   if (h.drained.load(std::memory_order_relaxed)) return "drain";
   return "up";
 }
 
-std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept {
-  return current_weight(live_health(shared, server), shared.first->table->servers[server]);
+std::uint16_t server_weight(const Routing& live, std::size_t server) noexcept {
+  return current_weight(live.health[server], live.table->servers[server]);
 }
 
 State admin_respond(Exchange* ex) {
@@ -181,12 +185,13 @@ State admin_respond(Exchange* ex) {
   // Built aside, then copied after the head that gives its length.
   thread_local std::string body;
   body.clear();
-  const Snapshot snap = take_snapshot(shared);
+  const Routing& live = live_routing(shared);
+  const Snapshot snap = take_snapshot(shared, live);
   if (page == Page::Metrics) {
-    render_metrics(shared, snap, body);
+    render_metrics(shared, live, snap, body);
     return admin_answer(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
   }
-  render_stats_json(shared, snap, body);
+  render_stats_json(shared, live, snap, body);
   return admin_answer(ex, 200, "application/json", body);
 }
 

@@ -25,6 +25,7 @@ namespace juggler {
 
 struct Exchange;
 struct Shared;
+struct Routing;
 enum class State : std::uint8_t;
 
 // `traffic` with its routes replaced by one that takes every request to
@@ -60,7 +61,8 @@ inline std::uint64_t wall_clock_ms() noexcept {
 }
 
 // The traffic workers' counters summed at one moment (each value read once,
-// racily but safely: see counter.hpp).
+// racily but safely: see counter.hpp), by metric row (Routing::metric_*:
+// the pages list `live`'s routes, pools and servers, each with its row).
 struct Snapshot {
   struct Requests {
     std::uint64_t by_class[kStatusClasses] = {};
@@ -77,7 +79,7 @@ struct Snapshot {
     std::uint64_t conn_new = 0, conn_reused = 0, conn_closed = 0, idle = 0, ejections = 0;
     [[nodiscard]] std::uint64_t busy() const noexcept;  // open and not idle: requests in flight
   };
-  std::vector<std::uint64_t> routes;  // (routes + 1) * kStatusClasses (metrics.hpp)
+  std::vector<std::uint64_t> routes;  // route rows * kStatusClasses (metrics.hpp)
   std::vector<Requests> pools;
   std::vector<Requests> pool_ttfb;  // per pool: the time to first byte (buckets and sum only)
   std::vector<Server> servers;
@@ -89,18 +91,20 @@ struct Snapshot {
   std::uint64_t compress_in = 0, compress_out = 0, tunnels = 0;
   std::uint64_t by_protocol[2] = {};  // requests from HTTP/1.x and HTTP/2 clients
 };
-Snapshot take_snapshot(const Shared& shared);
+Snapshot take_snapshot(const Shared& shared, const Routing& live);
 
-// The bodies of /metrics and /stats.json, appended to `out`.
-void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out);
-void render_stats_json(const Shared& shared, const Snapshot& snap, std::string& out);
+// The bodies of /metrics and /stats.json for the table serving now
+// (live_routing, under shared.reload_lock), appended to `out`.
+void render_metrics(const Shared& shared, const Routing& live, const Snapshot& snap, std::string& out);
+void render_stats_json(const Shared& shared, const Routing& live, const Snapshot& snap, std::string& out);
 // The /stats page (static: it fetches /stats.json).
 std::string_view stats_page() noexcept;
 
 // A server's state for the pages: "up", "down" (active checks), "ejected"
 // (passive health) or "drain" (the admin drained it).
-std::string_view server_state(const Shared& shared, std::size_t server) noexcept;
+// `server` is a number of `live`'s table.
+std::string_view server_state(const Routing& live, std::size_t server) noexcept;
 // Its weight now: the admin's, else the compiled one.
-std::uint16_t server_weight(const Shared& shared, std::size_t server) noexcept;
+std::uint16_t server_weight(const Routing& live, std::size_t server) noexcept;
 
 }  // namespace juggler

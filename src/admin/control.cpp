@@ -1,7 +1,8 @@
 // Runtime control through the admin listener: drain a server, make it ready
 // again, change its weight. Each is one store into the server's ServerHealth
-// (balance.hpp), which every worker's next pick reads: nothing is sent to the
-// workers and nothing waits for them. Lasts until restart.
+// (balance.hpp) in the table serving now, which every worker's next pick
+// reads: nothing is sent to the workers and nothing waits for them. Lasts
+// until restart; a reload carries it over to the next table (by identity).
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
@@ -52,7 +53,8 @@ std::string read_admin_token(const std::string& path) {
 
 State admin_control(Exchange* ex) {
   Shared& shared = ex->worker->shared;
-  const RouteTable& t = *shared.first->table;
+  const Routing& live = live_routing(shared);  // admin_respond holds reload_lock
+  const RouteTable& t = *live.table;
   // /servers/POOL/AUTHORITY/ACTION
   std::string_view rest = ex->head.path.substr(std::string_view("/servers/").size());
   const std::size_t slash1 = rest.find('/');
@@ -83,7 +85,7 @@ State admin_control(Exchange* ex) {
     return admin_answer(ex, 404, kText, "no such server in that pool\n");
   }
   const auto server = static_cast<std::size_t>(found);
-  ServerHealth& h = live_health(shared, server);
+  ServerHealth& h = live.health[server];
   if (action == "weight") {
     const std::uint16_t w = parse_weight(query_value(ex->head.query, "w"));
     if (w == 0) {
@@ -94,12 +96,12 @@ State admin_control(Exchange* ex) {
     h.drained.store(action == "drain", std::memory_order_relaxed);
   }
   const ServerDef& d = t.servers[server];
-  const unsigned weight = server_weight(shared, server);
+  const unsigned weight = server_weight(live, server);
   log(LogLevel::Info, "admin: server %.*s in pool %.*s: %.*s (weight %u)", static_cast<int>(d.authority.size()),
       d.authority.data(), static_cast<int>(pool.size()), pool.data(), static_cast<int>(action.size()), action.data(),
       weight);
   std::string body = "{\"pool\":\"" + std::string(pool) + "\",\"server\":\"" + std::string(d.authority) +
-                     "\",\"state\":\"" + std::string(server_state(shared, server)) +
+                     "\",\"state\":\"" + std::string(server_state(live, server)) +
                      "\",\"weight\":" + std::to_string(weight) + "}\n";
   return admin_answer(ex, 200, "application/json", body);
 }

@@ -87,9 +87,7 @@ std::string server_label(const RouteTable& t, std::size_t i) {
 
 // `server NAME:PORT resolve` lines of the table serving now: each slot with
 // its address, the lookups' times and outcome.
-void render_resolve(Writer& w, const Shared& shared) {
-  const Routing* live = shared.live.load(std::memory_order_acquire);
-  const Routing& r = live ? *live : *shared.first;
+void render_resolve(Writer& w, const Routing& r) {
   const RouteTable& t = *r.table;
   if (t.resolves.empty()) return;
   w.family("juggler_server_slot_enabled", "gauge",
@@ -136,43 +134,56 @@ std::string with_class(const std::string& labels, std::size_t c) {
   return labels + ",class=\"" + kClassNames[c] + "\"";
 }
 
-void render_requests(Writer& w, const RouteTable& t, const Snapshot& s) {
+// The rows of the live table's routes, pools and servers in the snapshot.
+struct LiveRows {
+  const Routing& live;
+  const Snapshot& s;
+  const Snapshot::Requests& pool(std::size_t p) const { return s.pools[static_cast<std::size_t>(live.metric_pool[p])]; }
+  const Snapshot::Requests& ttfb(std::size_t p) const { return s.pool_ttfb[static_cast<std::size_t>(live.metric_pool[p])]; }
+  const Snapshot::Server& server(std::size_t i) const { return s.servers[static_cast<std::size_t>(live.metric_server[i])]; }
+};
+
+void render_requests(Writer& w, const LiveRows& rows, std::size_t none_row) {
+  const RouteTable& t = *rows.live.table;
   w.family("juggler_route_requests_total", "counter",
            "Requests answered, by route (its number in file order, as --check shows; none: no route took it) and "
            "status class.");
   for (std::size_t r = 0; r <= t.routes.size(); ++r) {
-    const std::string route = r < t.routes.size() ? "route=\"" + std::to_string(r + 1) + "\",line=\"" +
-                                                        std::to_string(t.routes[r].line) + "\""
-                                                  : std::string("route=\"none\",line=\"0\"");
+    const bool none = r == t.routes.size();
+    const std::string route = !none ? "route=\"" + std::to_string(r + 1) + "\",line=\"" +
+                                          std::to_string(t.routes[r].line) + "\""
+                                    : std::string("route=\"none\",line=\"0\"");
+    const std::size_t row = none ? none_row : static_cast<std::size_t>(rows.live.metric_route[r]);
     for (std::size_t c = 0; c < kStatusClasses; ++c)
-      w.sample("juggler_route_requests_total", with_class(route, c), s.routes[r * kStatusClasses + c]);
+      w.sample("juggler_route_requests_total", with_class(route, c), rows.s.routes[row * kStatusClasses + c]);
   }
   w.family("juggler_pool_requests_total", "counter", "Requests a pool's route took, by status class.");
   for (std::size_t p = 0; p < t.pools.size(); ++p)
     for (std::size_t c = 0; c < kStatusClasses; ++c)
-      w.sample("juggler_pool_requests_total", with_class(pool_label(t.pools[p]), c), s.pools[p].by_class[c]);
+      w.sample("juggler_pool_requests_total", with_class(pool_label(t.pools[p]), c), rows.pool(p).by_class[c]);
   w.family("juggler_server_requests_total", "counter",
            "Requests whose last attempt went to a server (or a redirect named it), by status class.");
   for (std::size_t i = 0; i < t.servers.size(); ++i)
     for (std::size_t c = 0; c < kStatusClasses; ++c)
-      w.sample("juggler_server_requests_total", with_class(server_label(t, i), c), s.servers[i].req.by_class[c]);
+      w.sample("juggler_server_requests_total", with_class(server_label(t, i), c), rows.server(i).req.by_class[c]);
   w.family("juggler_pool_request_duration_seconds", "histogram",
            "Time from a request's first byte to the end of its answer, per pool.");
   for (std::size_t p = 0; p < t.pools.size(); ++p)
-    w.histogram("juggler_pool_request_duration_seconds", pool_label(t.pools[p]), s.pools[p]);
+    w.histogram("juggler_pool_request_duration_seconds", pool_label(t.pools[p]), rows.pool(p));
   w.family("juggler_pool_ttfb_seconds", "histogram",
            "Time from a request's first byte to the first byte of the answering server's response, per pool "
            "(proxied requests a server answered).");
   for (std::size_t p = 0; p < t.pools.size(); ++p)
-    w.histogram("juggler_pool_ttfb_seconds", pool_label(t.pools[p]), s.pool_ttfb[p]);
+    w.histogram("juggler_pool_ttfb_seconds", pool_label(t.pools[p]), rows.ttfb(p));
   w.family("juggler_server_request_duration_seconds", "histogram",
            "Time from a request's first byte to the end of its answer, per server.");
   for (std::size_t i = 0; i < t.servers.size(); ++i)
-    w.histogram("juggler_server_request_duration_seconds", server_label(t, i), s.servers[i].req);
+    w.histogram("juggler_server_request_duration_seconds", server_label(t, i), rows.server(i).req);
 }
 
-void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
-  const RouteTable& t = *shared.first->table;
+void render_servers(Writer& w, const LiveRows& rows) {
+  const Routing& live = rows.live;
+  const RouteTable& t = *live.table;
   // One family with a sample per server (of the pools with active checks only, when `checked`).
   auto per_server = [&](const char* name, const char* type, const char* help, auto sample_value, bool checked = false) {
     w.family(name, type, help);
@@ -182,39 +193,39 @@ void render_servers(Writer& w, const Shared& shared, const Snapshot& s) {
   w.family("juggler_upstream_connections", "gauge", "Connections to a server: busy (a request on it) or idle.");
   for (std::size_t i = 0; i < t.servers.size(); ++i) {
     const std::string l = server_label(t, i);
-    w.sample("juggler_upstream_connections", l + ",state=\"busy\"", s.servers[i].busy());
-    w.sample("juggler_upstream_connections", l + ",state=\"idle\"", s.servers[i].idle);
+    w.sample("juggler_upstream_connections", l + ",state=\"busy\"", rows.server(i).busy());
+    w.sample("juggler_upstream_connections", l + ",state=\"idle\"", rows.server(i).idle);
   }
   per_server("juggler_upstream_connections_opened_total", "counter", "Connections opened to a server.",
-             [&](std::size_t i) { return s.servers[i].conn_new; });
+             [&](std::size_t i) { return rows.server(i).conn_new; });
   per_server("juggler_upstream_connections_reused_total", "counter",
              "Requests sent on a kept-alive connection instead of a new one.",
-             [&](std::size_t i) { return s.servers[i].conn_reused; });
+             [&](std::size_t i) { return rows.server(i).conn_reused; });
   per_server("juggler_server_up", "gauge", "1 while active health checks say a server is up (always 1 unchecked).",
-             [&](std::size_t i) { return std::uint64_t{server_state(shared, i) != "down"}; });
+             [&](std::size_t i) { return std::uint64_t{server_state(live, i) != "down"}; });
   per_server("juggler_server_ejected", "gauge", "1 while passive health keeps a server out of the picks.",
-             [&](std::size_t i) { return std::uint64_t{server_state(shared, i) == "ejected"}; });
+             [&](std::size_t i) { return std::uint64_t{server_state(live, i) == "ejected"}; });
   per_server("juggler_server_ejections_total", "counter", "Passive ejections of a server (max_fails reached).",
-             [&](std::size_t i) { return s.servers[i].ejections; });
+             [&](std::size_t i) { return rows.server(i).ejections; });
   per_server("juggler_server_drained", "gauge", "1 while the admin keeps a server drained (no new requests).",
-             [&](std::size_t i) { return std::uint64_t{live_health(shared, i).drained.load(std::memory_order_relaxed)}; });
+             [&](std::size_t i) { return std::uint64_t{live.health[i].drained.load(std::memory_order_relaxed)}; });
   per_server("juggler_server_weight", "gauge", "A server's weight (the admin's, else the compiled one).",
-             [&](std::size_t i) { return std::uint64_t{server_weight(shared, i)}; });
+             [&](std::size_t i) { return std::uint64_t{server_weight(live, i)}; });
   per_server(
       "juggler_server_last_check_timestamp_seconds", "gauge",
       "When a server's latest active check ended (Unix time; 0 before the first).",
-      [&](std::size_t i) { return static_cast<double>(live_check(shared, i).at_ms.load(std::memory_order_relaxed)) / 1000; },
+      [&](std::size_t i) { return static_cast<double>(live.last_check[i].at_ms.load(std::memory_order_relaxed)) / 1000; },
       true);
   per_server(
       "juggler_server_last_check_success", "gauge", "1 when a server's latest active check passed.",
       [&](std::size_t i) {
-        const LastCheck& c = live_check(shared, i);
+        const LastCheck& c = live.last_check[i];
         return std::uint64_t{c.at_ms.load(std::memory_order_relaxed) != 0 && c.result.load(std::memory_order_relaxed) == 0};
       },
       true);
 }
 
-void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
+void render_process(Writer& w, const Shared& shared, const Routing& live, const Snapshot& s) {
   // Beside the per-route rows (whose names dashboards know), the client's protocol.
   w.family("juggler_requests_total", "counter", "Requests answered, by the client's protocol.");
   w.sample("juggler_requests_total", "protocol=\"HTTP/1\"", s.by_protocol[0]);
@@ -260,8 +271,7 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
   append_escaped(labels, shared.config.settings.instance);
   w.sample("juggler_build_info", labels + "\"", std::uint64_t{1});
   // The table serving now (the admin page holds reload_lock: it stays loaded).
-  const Routing* live = shared.live.load(std::memory_order_acquire);
-  const RouteTable& t = *(live ? live : shared.first.get())->table;
+  const RouteTable& t = *live.table;
   w.family("juggler_table_info", "gauge", "The route table serving: its routes file and the hash of that file.");
   labels = "routes=\"";
   append_escaped(labels, t.source);
@@ -272,12 +282,13 @@ void render_process(Writer& w, const Shared& shared, const Snapshot& s) {
 
 }  // namespace
 
-void render_metrics(const Shared& shared, const Snapshot& snap, std::string& out) {
+void render_metrics(const Shared& shared, const Routing& live, const Snapshot& snap, std::string& out) {
   Writer w{out};
-  render_requests(w, *shared.first->table, snap);
-  render_servers(w, shared, snap);
-  render_resolve(w, shared);
-  render_process(w, shared, snap);
+  const LiveRows rows{live, snap};
+  render_requests(w, rows, shared.first->table->routes.size());  // the first table's row count is "no route"
+  render_servers(w, rows);
+  render_resolve(w, live);
+  render_process(w, shared, live, snap);
 }
 
 }  // namespace juggler

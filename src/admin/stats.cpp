@@ -43,16 +43,17 @@ void json_requests(std::string& out, const Snapshot::Requests& r) {
   out += ',';
 }
 
-void json_server(std::string& out, const Shared& shared, const Snapshot& s, std::size_t i, std::uint64_t now) {
-  const ServerDef& d = shared.first->table->servers[i];
+void json_server(std::string& out, const Routing& live, const Snapshot& s, std::size_t i, std::uint64_t now) {
+  const ServerDef& d = live.table->servers[i];
+  const Snapshot::Server& row = s.servers[static_cast<std::size_t>(live.metric_server[i])];
   out += "{\"address\":";
   json_string(out, d.authority);
   out += ",\"state\":";
-  json_string(out, server_state(shared, i));
-  out += ",\"weight\":" + std::to_string(server_weight(shared, i)) + ",\"backup\":" + (d.backup ? "true" : "false");
-  out += ",\"inflight\":" + std::to_string(s.servers[i].busy()) + ',';
-  json_requests(out, s.servers[i].req);
-  const LastCheck& c = live_check(shared, i);
+  json_string(out, server_state(live, i));
+  out += ",\"weight\":" + std::to_string(server_weight(live, i)) + ",\"backup\":" + (d.backup ? "true" : "false");
+  out += ",\"inflight\":" + std::to_string(row.busy()) + ',';
+  json_requests(out, row.req);
+  const LastCheck& c = live.last_check[i];
   const std::uint64_t at = c.at_ms.load(std::memory_order_relaxed);
   out += "\"last_check\":";
   if (at == 0) {
@@ -67,8 +68,8 @@ void json_server(std::string& out, const Shared& shared, const Snapshot& s, std:
 
 }  // namespace
 
-void render_stats_json(const Shared& shared, const Snapshot& s, std::string& out) {
-  const RouteTable& t = *shared.first->table;
+void render_stats_json(const Shared& shared, const Routing& live, const Snapshot& s, std::string& out) {
+  const RouteTable& t = *live.table;
   const std::uint64_t now = wall_clock_ms();
   std::uint64_t requests = 0, errors = 0;
   for (std::size_t i = 0; i < s.routes.size(); ++i) {
@@ -95,11 +96,11 @@ void render_stats_json(const Shared& shared, const Snapshot& s, std::string& out
     out += p ? ",{\"name\":" : "{\"name\":";
     json_string(out, pd.name);
     out += ',';
-    json_requests(out, s.pools[p]);
+    json_requests(out, s.pools[static_cast<std::size_t>(live.metric_pool[p])]);
     out += "\"servers\":[";
     for (std::uint16_t k = 0; k < pd.server_count; ++k) {
       if (k) out += ',';
-      json_server(out, shared, s, pd.first_server + k, now);
+      json_server(out, live, s, pd.first_server + k, now);
     }
     out += "]}";
   }

@@ -146,6 +146,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put_number(p, e->age_now_ms(ex->worker->now_ms()) / 1000);
   p = put(p, "\r\n");
   p = put(p, kXCache[static_cast<unsigned>(how)]);
+  p = put(p, settings(*ex->worker).instance_header);  // the instance that answered, not the one that stored
   if (!not_modified && e->status != 204 && e->status != 304) {
     p = put(p, "Content-Length: ");
     p = put_number(p, body_size(e));

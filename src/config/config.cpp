@@ -30,6 +30,8 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
   app.add_option("--admin", out.admin,
                  "ADDR:PORT (or PORT: 127.0.0.1) of the admin listener (/metrics, /stats), or off "
                  "(default: routes.def's `set admin`)");
+  app.add_option("--instance", out.instance,
+                 "this process's name in logs, metrics and the instance header (default: routes.def's `set instance`)");
   app.add_option("--log-level", level, "debug, info, warn, error or off")
       ->check(CLI::IsMember({"debug", "info", "warn", "error", "off"}));
   app.add_flag("--check", out.check, "print the compiled listeners, pools and routes, then exit");
@@ -38,6 +40,9 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
                  "starts in; off: none)");
   app.add_option("--reload", out.reload,
                  "FILE.so: ask the balancer on --control to swap in this table (built by make reload), then exit");
+  app.add_flag("--upgrade", out.upgrade,
+               "take the listening sockets over from the balancer on --control, which then drains and exits "
+               "(make upgrade)");
   // Durations as in routes.def (250ms 10s 2m); each overrides its `set timeout.*`.
   struct TimeoutFlag {
     const char* name;
@@ -136,6 +141,27 @@ std::int64_t parse_duration_ms(std::string_view t) noexcept {
   return -1;
 }
 
+namespace {
+
+// --instance NAME over `set instance`: the name as the generator checks it,
+// and the header line of `set instance.header` made again with it, once.
+void set_instance(Config& c, const std::string& name) {
+  const bool valid = name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+           ch == '_' || ch == '-';
+  });
+  if (!valid) throw std::runtime_error("--instance: '" + name + "' is not 1 to 64 letters, digits, '.', '_' or '-'");
+  const std::string_view line = c.settings.instance_header;
+  const std::string_view header = line.substr(0, line.find(':'));
+  std::string text = name;
+  if (!line.empty()) text.append(header).append(": ").append(name).append("\r\n");
+  c.instance_text = std::make_shared<const std::string>(std::move(text));
+  c.settings.instance = std::string_view(*c.instance_text).substr(0, name.size());
+  c.settings.instance_header = std::string_view(*c.instance_text).substr(name.size());
+}
+
+}  // namespace
+
 Config make_config(const RouteTable& table, const Options& opts) {
   Config c;
   c.table = &table;
@@ -147,6 +173,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
                                        : (cores ? cores : 1);
   c.port_override = opts.port;
   if (opts.control != "off") c.control_path = opts.control;
+  c.upgrade = opts.upgrade;
   c.https_port_override = opts.https_port;
   auto over = [](std::int64_t v, std::uint32_t& field) {
     if (v > 0) field = static_cast<std::uint32_t>(std::min<std::int64_t>(v, UINT32_MAX));
@@ -169,6 +196,7 @@ Config make_config(const RouteTable& table, const Options& opts) {
   }
   if (!opts.access_log_format.empty())
     c.settings.access_log_format = opts.access_log_format == "json" ? AccessLogFormat::Json : AccessLogFormat::Combined;
+  if (!opts.instance.empty()) set_instance(c, opts.instance);
   const std::string admin = opts.admin.empty() ? std::string(table.settings.admin_address) : opts.admin;
   if (!admin.empty() && admin != "off") {
     if (!split_host_port(admin, c.admin_host, c.admin_port))
@@ -259,6 +287,7 @@ std::string describe_config(const Config& c) {
     << "ms, tunnel_idle " << s.tunnel_idle_timeout_ms << "ms\n  limit.header_bytes " << s.header_bytes << ", header_count " << s.header_count << ", uri_bytes "
     << s.uri_bytes << ", body_bytes " << s.body_bytes << "\n  drain.delay " << s.drain_delay_ms << "ms";
   if (!s.instance.empty()) o << "\n  instance " << s.instance;
+  if (!s.instance_header.empty()) o << "\n  instance.header " << s.instance_header.substr(0, s.instance_header.size() - 2);
   o << "\n";
   return o.str();
 }

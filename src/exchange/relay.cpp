@@ -113,7 +113,7 @@ unsigned build_response_head(Exchange* ex, uv_buf_t* iov, bool* raw) {
     extra = {ex->resp_extra, n};
   }
   if (ex->filters) extra = filters_head_lines(ex, extra);
-  unsigned n = edit_response_head(ex->resp, extra, iov);
+  unsigned n = edit_response_head(ex->resp, extra, iov, settings(*ex->worker).instance_header);
   *raw = n == 0;
   return n;
 }

@@ -118,8 +118,9 @@ unsigned edit_request_head(const MessageParser& p, std::string_view client_ip, s
   return n;
 }
 
-unsigned edit_response_head(const MessageParser& p, std::string_view connection, uv_buf_t* iov) {
-  if (!p.has_dropped() && connection.empty()) return 0;
+unsigned edit_response_head(const MessageParser& p, std::string_view connection, uv_buf_t* iov,
+                            std::string_view constant) {
+  if (!p.has_dropped() && connection.empty() && constant.empty()) return 0;
   unsigned n = 0;
   const char* run = p.head_begin();
   for (std::uint32_t i = 0; i < p.header_count(); ++i) {
@@ -132,6 +133,8 @@ unsigned edit_response_head(const MessageParser& p, std::string_view connection,
   if (end > run) iov[n++] = uv_buf_init(const_cast<char*>(run), static_cast<unsigned>(end - run));
   if (!connection.empty())
     iov[n++] = uv_buf_init(const_cast<char*>(connection.data()), static_cast<unsigned>(connection.size()));
+  if (!constant.empty())
+    iov[n++] = uv_buf_init(const_cast<char*>(constant.data()), static_cast<unsigned>(constant.size()));
   static constexpr char kCrlf[] = "\r\n";
   iov[n++] = uv_buf_init(const_cast<char*>(kCrlf), 2);
   return n;

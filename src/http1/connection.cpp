@@ -371,10 +371,14 @@ void client_accept(Worker& w, uv_stream_t* server, SSL_CTX* tls, bool proxy_prot
   update_client_reading(s);
 }
 
-void session_drain(Worker& w) noexcept {
+void session_drain(Worker& w, bool (*which)(ClientSession&, const void*), const void* arg) noexcept {
   ClientSession* s = w.sessions;
   while (s) {
     ClientSession* next = s->next;
+    if (which && !which(*s, arg)) {
+      s = next;
+      continue;
+    }
     if (s->h2) h2_drain(s->h2);
     else if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
     else if (s->ex) s->ex->client_close = true;

@@ -102,8 +102,9 @@ void session_unlink(ClientSession* s) noexcept;
 void on_client_timer(TimerNode* t);
 
 // Drain: sessions between requests close now; the others close once their
-// current response is sent.
-void session_drain(Worker& w) noexcept;
+// current response is sent. With `which`: only the sessions it picks (those
+// of a listener a reload removed).
+void session_drain(Worker& w, bool (*which)(ClientSession&, const void*) = nullptr, const void* arg = nullptr) noexcept;
 
 // Frees what the worker kept for reuse; call once its loop has ended.
 void session_worker_done(Worker& w) noexcept;

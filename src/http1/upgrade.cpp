@@ -33,6 +33,10 @@ struct UpgradeTunnel final : TunnelOwner {
   WorkerTable* tab = nullptr;  // pinned to the end: route, pool and server are numbers of its table
   ClientSession* session = nullptr;
   UpstreamConn* server = nullptr;
+  // The exchange's in-flight count on its server (least_conn, random and
+  // least_time read it), moved here at the 101: an open WebSocket is a busy
+  // connection of its server until the tunnel closes, as an L4 tunnel is.
+  BalanceTicket ticket;
   UpgradeTunnel* prev = nullptr;  // the worker's upgraded connections (L4Worker::upgraded)
   UpgradeTunnel* next = nullptr;
   // For the access log's line when the tunnel ends (the exchange, logged at
@@ -81,6 +85,8 @@ void http1_upgrade(Exchange* ex) {
   ++u->tab->pins;
   u->session = s;
   u->server = c;
+  u->ticket = ex->ticket;
+  ex->ticket.started = -1;  // the exchange's finish no longer ends it: the tunnel's does
   if (w.access_log.enabled()) {
     u->start_us = now_us();
     u->route = ex->route ? static_cast<int>(ex->route->index) : -1;
@@ -147,6 +153,7 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;
   session->on_stream_closed();  // back to the free list
+  tab->balancer.finish(ticket);
   --tab->pins;
   delete this;
 }

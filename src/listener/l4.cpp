@@ -2,6 +2,9 @@
 // failure), then the tunnel relays until either side ends it.
 #include "listener/l4.hpp"
 
+#include <cstring>
+#include <type_traits>
+
 #include "http1/upgrade.hpp"
 #include "juggler/upstream.hpp"
 #include "stream/client_hello.hpp"
@@ -24,6 +27,8 @@ struct L4Conn final : TunnelOwner {
   std::uint64_t start_us = 0;  // accepted (the access log's duration)
   std::uint8_t ip_len = 0;
   std::uint8_t preface_len = 0;  // send_proxy pools: the header in `preface`
+  bool peek_sni = false;         // an sni listener's (after the PROXY header, if it has one)
+  bool carried = false;          // ...whose PROXY header's addresses wait in `preface` for the pool
   char ip[46];
   char preface[kProxyHeaderOut];
   sockaddr_storage slot_addr;  // a resolve slot's address, copied at the pick (the tunnel connects to it)
@@ -64,13 +69,13 @@ void connect_next(L4Conn* c) {
 }
 
 // send_proxy pools: the PROXY header every server connection of the tunnel
-// starts with, naming the client and the address it connected to (those a
-// PROXY header in carried, else the connection's own).
-void set_preface(L4Conn* c, const ProxyHeader* in) {
+// starts with, naming the client and the address it connected to (`in`,
+// those a PROXY header in carried, else the connection's own).
+void set_preface(L4Conn* c, const ProxyAddrs* in) {
   const SendProxy v = pool_of(c).send_proxy;
   if (v == SendProxy::Off) return;
   ProxyAddrs a;
-  if (in && !in->local) a = in->addrs;
+  if (in) a = *in;
   else if (!proxy_addrs_of(c->tunnel.client().tcp(), &a)) a = ProxyAddrs{};  // UNKNOWN / LOCAL
   c->preface_len = static_cast<std::uint8_t>(format_proxy_header(v, a, c->preface));
   c->tunnel.set_preface({c->preface, c->preface_len});
@@ -88,15 +93,27 @@ void on_server_name(void* owner, std::string_view name) {
     return;
   }
   c->pool = static_cast<std::uint16_t>(pool);
-  set_preface(c, nullptr);
+  ProxyAddrs carried;
+  if (c->carried) std::memcpy(&carried, c->preface, sizeof carried);
+  set_preface(c, c->carried ? &carried : nullptr);
   c->tab->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
 
-// The PROXY header named the client: now the pool's strategy can pick.
+// The PROXY header named the client: now the pool's strategy can pick, or,
+// on an sni listener, the ClientHello that follows it is peeked first.
 void on_proxy_header(void* owner, const ProxyHeader& h) {
   auto* c = static_cast<L4Conn*>(owner);
-  set_preface(c, &h);
+  if (c->peek_sni) {
+    // Until the pool is known, its send_proxy header too: the addresses wait
+    // where the header will be written.
+    static_assert(sizeof(ProxyAddrs) <= sizeof c->preface && std::is_trivially_copyable_v<ProxyAddrs>);
+    c->carried = !h.local;
+    if (c->carried) std::memcpy(c->preface, &h.addrs, sizeof h.addrs);
+    c->sni.start(c->tunnel.client(), c->worker->buffers, on_server_name, c);  // reads what followed the header
+    return;
+  }
+  set_preface(c, h.local ? nullptr : &h.addrs);
   c->tab->balancer.begin(c->pool, kNoHead, c->ticket);
   connect_next(c);
 }
@@ -115,11 +132,7 @@ L4Worker::~L4Worker() {
 }
 
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls) {
-  // `def` is the first table's; a reload keeps the listeners as they are
-  // (src/runtime/reload.cpp), so the same line of the current table names
-  // the pool by this table's number.
-  const auto line = static_cast<std::size_t>(&def - w.shared.first->table->listeners.data());
-  const auto pool = static_cast<std::uint16_t>(w.tab->table->listeners[line].pool);
+  const auto pool = static_cast<std::uint16_t>(def.pool);  // `def` is of w.tab's table
   L4Worker& l4 = l4_worker(w);
   L4Conn* c = l4.free;
   if (c) {
@@ -146,14 +159,15 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
     return;
   }
   c->ip_len = c->tunnel.client().peer_ip(c->ip);
+  c->peek_sni = def.sni;
+  if (def.proxy_protocol) {
+    c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
+    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header (and a ClientHello) come first, and soon
+    return;
+  }
   if (def.sni) {
     c->sni.start(c->tunnel.client(), w.buffers, on_server_name, c);
     c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the ClientHello comes first, and soon
-    return;
-  }
-  if (def.proxy_protocol) {
-    c->proxy.start(c->tunnel.client(), w.buffers, c->ip, &c->ip_len, on_proxy_header, c);
-    c->tunnel.expire_in(settings(w).client_header_timeout_ms);  // the header comes first, and soon
     return;
   }
   set_preface(c, nullptr);

@@ -42,9 +42,10 @@ inline L4Worker& l4_worker(Worker& w) {
 }
 
 // Accepts a pending connection of the tcp or tls listener `server` (compiled
-// from `def`; `tls`: its certificates, TLS terminated on the client side) and
+// from `def`, a statement of w.tab's table; `tls`: its certificates, TLS terminated on the client side) and
 // starts connecting it to a server of def.pool (with proxy_protocol: once the
-// PROXY header named the client).
+// PROXY header named the client; sni: of the pool the ClientHello's name
+// routes to, peeked after the PROXY header when both are set).
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls);
 
 // Tunnels open in `w`: L4 connections and upgraded HTTP/1 connections.

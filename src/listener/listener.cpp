@@ -4,6 +4,8 @@
 // them to an HTTP/1 connection (http, https) or a tunnel (tcp, tls: l4.cpp).
 #include "listener/listener.hpp"
 
+#include <algorithm>
+
 #include "http1/connection.hpp"
 #include "listener/l4.hpp"
 
@@ -42,7 +44,12 @@ void accept_one(ListenerCtx* lc, uv_stream_t* server) {
     return;
   }
   if (lc->def->kind == ListenKind::Tcp || lc->def->kind == ListenKind::Tls) {
-    l4_accept(*w, server, *lc->def, lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr);
+    // The same listener in the worker's table (which has it: a worker opens
+    // and closes listeners as it swaps tables) names the pool by its number.
+    const Routing& r = w->tab->routing;
+    const auto k = static_cast<std::size_t>(std::find(r.listeners.begin(), r.listeners.end(), lc->slot) - r.listeners.begin());
+    if (k == r.listeners.size()) return refuse_connection(*w, server, false);
+    l4_accept(*w, server, r.table->listeners[k], lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr);
     return;
   }
   client_accept(*w, server, lc->tls ? lc->tls->load(std::memory_order_acquire)->default_ctx() : nullptr, lc->def->proxy_protocol);

@@ -12,7 +12,10 @@ struct ListenerCtx {
   // An https listener's certificates, which a reload may replace (the main
   // thread stores, the next accept loads); null for plain http.
   const std::atomic<TlsContext*>* tls;
-  const ListenerDef* def;  // its listen statement (kind, pool, proxy_protocol)
+  const ListenerDef* def;  // its listen statement (kind, proxy_protocol, sni)
+  // Its sockets and certificates (src/runtime/listeners); null for the admin
+  // listener. A tcp or tls listener finds its pool in the worker's table by it.
+  const ListenerSlot* slot = nullptr;
   uv_stream_t* server = nullptr;
   // Accept pacing (listener.cpp, kAcceptsPerTurn): past the turn's quota, a
   // connection is left to libuv (which then stops watching the socket) and

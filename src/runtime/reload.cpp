@@ -30,6 +30,7 @@ namespace juggler {
 
 void worker_swap(Worker& w, Routing& next) {
   WorkerTable* old = w.tab;
+  w.metrics.grow(next.route_rows, next.pool_rows, next.server_rows);  // before anything counts on it
   w.tables.push_back(std::make_unique<WorkerTable>(next, *next.table, w.id));
   w.tab = w.tables.back().get();
   upstream_move_idle(w, *old, *w.tab);
@@ -64,6 +65,7 @@ std::string settings_change(const Settings& a, const Settings& b) {
       {"timeout.tunnel_idle", a.tunnel_idle_timeout_ms == b.tunnel_idle_timeout_ms},
       {"drain.delay", a.drain_delay_ms == b.drain_delay_ms},
       {"instance", a.instance == b.instance},
+      {"instance.header", a.instance_header == b.instance_header},
       {"resolve.interval", a.resolve_interval_ms == b.resolve_interval_ms},
       {"limit.header_bytes", a.header_bytes == b.header_bytes},
       {"limit.header_count", a.header_count == b.header_count},
@@ -86,24 +88,6 @@ std::string settings_change(const Settings& a, const Settings& b) {
   };
   for (const Field& f : fields)
     if (!f.same) return f.name;
-  return {};
-}
-
-// The first listen statement that differs (sockets and certificates are set
-// up at start-up only); empty when none.
-std::string listeners_change(const RouteTable& a, const RouteTable& b) {
-  if (a.listeners.size() != b.listeners.size()) return b.source.empty() ? "listen" : std::string(b.source) + ": listen";
-  for (std::size_t i = 0; i < a.listeners.size(); ++i) {
-    const ListenerDef& x = a.listeners[i];
-    const ListenerDef& y = b.listeners[i];
-    bool same = x.kind == y.kind && x.host == y.host && x.port == y.port && x.proxy_protocol == y.proxy_protocol && x.h2 == y.h2 &&
-                x.cert_count == y.cert_count && (x.pool < 0) == (y.pool < 0);
-    if (same && x.pool >= 0) same = a.pools[static_cast<std::size_t>(x.pool)].name == b.pools[static_cast<std::size_t>(y.pool)].name;
-    for (std::uint16_t c = 0; same && c < x.cert_count; ++c)
-      same = a.certs[x.first_cert + c].cert_file == b.certs[y.first_cert + c].cert_file &&
-             a.certs[x.first_cert + c].key_file == b.certs[y.first_cert + c].key_file;
-    if (!same) return std::string(b.source) + ":" + std::to_string(y.line) + ": listen";
-  }
   return {};
 }
 
@@ -187,6 +171,7 @@ struct Reloader::Client {
   uv_pipe_t pipe{};
   Reloader* owner = nullptr;
   std::string in;
+  bool takeover = false;  // its sockets were handed over: "upgraded PID" comes next
 };
 
 namespace {
@@ -203,7 +188,7 @@ void reply_and_close(uv_stream_t* s, std::string text) {
 }  // namespace
 
 Reloader::Reloader(uv_loop_t* loop, Shared& shared, std::uint32_t workers, std::function<void(Routing&)> announce)
-    : loop_(loop), shared_(shared), workers_(workers), announce_(std::move(announce)), live_(shared.first.get()) {
+    : loop_(loop), shared_(shared), workers_(workers), announce_(std::move(announce)), live_(shared.first.get()), rows_(make_metric_rows(*shared.first->table)) {
   uv_async_init(loop_, &event_, [](uv_async_t* a) { static_cast<Reloader*>(a->data)->on_event(); });
   event_.data = this;
 }
@@ -245,19 +230,17 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   if (std::string s = settings_change(old.settings, next.settings); !s.empty())
     return "refused: `set " + s + "` differs from the running table's (" + std::string(old.source) +
            "); it cannot change without a restart. The old table keeps serving.\n";
-  if (std::string l = listeners_change(old, next); !l.empty())
-    return "refused: " + l + " statements differ from the running table's; listeners change only with a restart. "
-           "The old table keeps serving.\n";
   if (std::string missing = unsupported_features(next); !missing.empty())
     return "refused: not available in this build:\n" + missing;
   std::unique_ptr<Routing> r;
   try {
-    r = make_routing(next, shared_.first->table);
+    r = make_routing(next, &rows_);
   } catch (const std::exception& e) {
     return std::string("refused: ") + e.what() + "\n";
   }
-  if (rotate_certs_)
-    if (std::string err = rotate_certs_(next); !err.empty()) return "refused: " + err + ". The old table keeps serving.\n";
+  if (open_listeners_)
+    if (std::string err = open_listeners_(next, *r); !err.empty())
+      return "refused: " + err + ". The old table keeps serving.\n";
   r->object = obj.handle;
   obj.handle = nullptr;
   started_ns_ = uv_hrtime();
@@ -358,26 +341,17 @@ void Reloader::listen(const std::string& path) {
           [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
             auto* cl = static_cast<Client*>(s->data);
             if (n < 0 || cl->in.size() > 4096) {
+              if (cl->takeover)
+                log(LogLevel::Warn, "upgrade: the new process went away before it served; this one goes on");
               uv_close(reinterpret_cast<uv_handle_t*>(s), on_client_closed);
               return;
             }
             cl->in.append(b->base, static_cast<std::size_t>(n));
             const std::size_t eol = cl->in.find('\n');
             if (eol == std::string::npos) return;
-            uv_read_stop(s);
             const std::string line = cl->in.substr(0, eol);
-            if (line.rfind("reload ", 0) != 0) {
-              reply_and_close(s, "refused: unknown command (expected: reload /path/to/routes.so)\n");
-              return;
-            }
-            bool ok = false;
-            const std::string refused = cl->owner->reload(line.substr(7), ok);
-            if (!ok) {
-              log(LogLevel::Warn, "reload %s %s", line.substr(7).c_str(), refused.c_str());
-              reply_and_close(s, refused);
-              return;
-            }
-            cl->owner->waiting_ = cl;  // answered when every worker swapped
+            cl->in.erase(0, eol + 1);
+            cl->owner->on_command(cl, line);
           });
     });
   if (rc != 0) {
@@ -389,6 +363,42 @@ void Reloader::listen(const std::string& path) {
   listening_ = true;
   path_ = path;
   log(LogLevel::Info, "control socket %s (make reload)", path.c_str());
+}
+
+void Reloader::on_command(Client* cl, const std::string& line) {
+  auto* s = reinterpret_cast<uv_stream_t*>(&cl->pipe);
+  if (line == "takeover" && !cl->takeover) {
+    // A binary upgrade: the sockets go to the new process, which answers
+    // "upgraded PID" once it accepts on them (this connection stays open).
+    uv_os_fd_t fd = -1;
+    uv_fileno(reinterpret_cast<uv_handle_t*>(&cl->pipe), &fd);
+    const std::string err = hand_over_ ? hand_over_(fd) : "refused: no listeners\n";
+    if (!err.empty()) {
+      log(LogLevel::Warn, "upgrade: %s", err.c_str());
+      return reply_and_close(s, err);
+    }
+    log(LogLevel::Info, "upgrade: listening sockets handed to a new process");
+    cl->takeover = true;
+    return;
+  }
+  if (cl->takeover && line.rfind("upgraded ", 0) == 0) {
+    log(LogLevel::Info, "upgrade: process %s serves; this one stops accepting and drains", line.c_str() + 9);
+    cl->takeover = false;
+    close();  // the control socket is the new process's from now on
+    reply_and_close(s, "draining\n");
+    if (upgraded_) upgraded_();
+    return;
+  }
+  uv_read_stop(s);
+  if (line.rfind("reload ", 0) != 0)
+    return reply_and_close(s, "refused: unknown command (expected: reload /path/to/routes.so)\n");
+  bool ok = false;
+  const std::string refused = reload(line.substr(7), ok);
+  if (!ok) {
+    log(LogLevel::Warn, "reload %s %s", line.substr(7).c_str(), refused.c_str());
+    return reply_and_close(s, refused);
+  }
+  waiting_ = cl;  // answered when every worker swapped
 }
 
 void Reloader::close() {

@@ -51,9 +51,20 @@ class Reloader {
   void listen(const std::string& path);
   void close();  // before the loop ends: the socket goes (and its file)
 
-  // Called by a reload once the new table passed its checks: re-reads the
-  // certificates whose files changed; an error refuses the reload.
-  void set_cert_rotation(std::function<std::string(const RouteTable&)> rotate) { rotate_certs_ = std::move(rotate); }
+  // Called by a reload once the new table passed its checks, the last step
+  // before the commit: binds the listeners it adds and re-reads the
+  // certificates whose files changed (runtime/listeners.hpp); an error
+  // (the reply) refuses the reload.
+  void set_listeners(std::function<std::string(const RouteTable&, Routing&)> open) { open_listeners_ = std::move(open); }
+
+  // A binary upgrade (runtime/upgrade.hpp): `hand_over` writes the
+  // listening sockets to a control client's descriptor (an error message,
+  // or empty); `upgraded` runs once the new process serves on them (this
+  // one then drains).
+  void set_upgrade(std::function<std::string(int)> hand_over, std::function<void()> upgraded) {
+    hand_over_ = std::move(hand_over);
+    upgraded_ = std::move(upgraded);
+  }
 
   // Any thread.
   void swapped() noexcept;
@@ -64,6 +75,7 @@ class Reloader {
  private:
   friend struct Client;
   std::string reload(const std::string& path, bool& ok);  // starts it; the reply when refused
+  void on_command(Client* c, const std::string& line);  // a line from a control client
   void on_event();       // main loop: swaps completed, tables released
   void collect();        // unloads the Routings nobody holds
 
@@ -71,8 +83,11 @@ class Reloader {
   Shared& shared_;
   std::uint32_t workers_;
   std::function<void(Routing&)> announce_;
-  std::function<std::string(const RouteTable&)> rotate_certs_;
+  std::function<std::string(const RouteTable&, Routing&)> open_listeners_;
+  std::function<std::string(int)> hand_over_;
+  std::function<void()> upgraded_;
   Routing* live_;
+  MetricRows rows_;  // every table's metric rows (make_routing)
   std::vector<std::unique_ptr<Routing>> loaded_;  // every reloaded Routing still held (the live one too)
   std::unique_ptr<HealthChecker> checker_;
   uv_async_t event_{};

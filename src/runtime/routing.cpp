@@ -1,5 +1,6 @@
 // Routing (one loaded table and what its numbers index) and WorkerTable (a
 // worker's state numbered by it): built at start-up and by every reload.
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -20,59 +21,45 @@ int find_server(const RouteTable& t, std::string_view pool, std::string_view aut
   return -1;
 }
 
-namespace {
-
-// The live Routing and its number for the first table's `server`; the first
-// table and `server` itself when nothing was reloaded or the server is gone.
-std::pair<const Routing*, std::size_t> live_server(const Shared& shared, std::size_t server) noexcept {
+const Routing& live_routing(const Shared& shared) noexcept {
   const Routing* live = shared.live.load(std::memory_order_acquire);
-  const Routing& first = *shared.first;
-  if (!live || live == &first) return {&first, server};
-  const ServerDef& s = first.table->servers[server];
-  const int j = find_server(*live->table, first.table->pools[s.pool].name, s.authority, s.slot);
-  if (j < 0) return {&first, server};
-  return {live, static_cast<std::size_t>(j)};
-}
-
-}  // namespace
-
-ServerHealth& live_health(const Shared& shared, std::size_t first_server) noexcept {
-  const auto [r, i] = live_server(shared, first_server);
-  return r->health[i];
-}
-
-LastCheck& live_check(const Shared& shared, std::size_t first_server) noexcept {
-  const auto [r, i] = live_server(shared, first_server);
-  return r->last_check[i];
+  return live ? *live : *shared.first;
 }
 
 namespace {
 
-int find_pool(const RouteTable& t, std::string_view name) noexcept {
-  for (std::size_t i = 0; i < t.pools.size(); ++i)
-    if (t.pools[i].name == name) return static_cast<int>(i);
-  return -1;
+// The row of `key` in `rows` (a new one past the others when it has none;
+// `own`: the first table's own number, which is its row).
+std::int32_t row(std::map<std::string, std::int32_t, std::less<>>* rows, std::string key, std::size_t own,
+                 std::size_t& next) {
+  if (!rows) return static_cast<std::int32_t>(own);
+  const auto [it, added] = rows->try_emplace(std::move(key), static_cast<std::int32_t>(next));
+  if (added) ++next;
+  return it->second;
 }
 
-int find_route(const RouteTable& t, std::string_view text) noexcept {
-  for (std::size_t i = 0; i < t.routes.size(); ++i)
-    if (t.routes[i].text == text) return static_cast<int>(i);
-  return -1;
+// A server's identity across tables: pool, authority and, for a `resolve`
+// line, its slot (the slots share the line's authority).
+std::string server_row_key(const RouteTable& t, const ServerDef& s) {
+  std::string key = std::string(t.pools[s.pool].name) + " " + std::string(s.authority);
+  if (s.slot) key += "#" + std::to_string(s.slot);
+  return key;
 }
-
-// A row of the first table, or the sink row past its end.
-std::int32_t row(int found, std::size_t sink) noexcept { return found >= 0 ? found : static_cast<std::int32_t>(sink); }
 
 }  // namespace
 
-std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable* first) {
+std::unique_ptr<Routing> make_routing(const RouteTable& table, MetricRows* rows) {
   auto r = std::make_unique<Routing>();
   r->table = &table;
-  const RouteTable& f = first ? *first : table;
   r->health = std::make_unique<ServerHealth[]>(table.servers.size());
   r->last_check = std::make_unique<LastCheck[]>(table.servers.size());
   r->slot_addr = std::make_unique<SlotAddress[]>(table.servers.size());
   r->resolve_status = std::make_unique<ResolveStatus[]>(table.resolves.size());
+  // Without `rows` the numbers are the rows; the first table fills `rows` in
+  // that order (make_metric_rows), so the two agree.
+  std::size_t pools = rows ? rows->pool_rows : table.pools.size();
+  std::size_t servers = rows ? rows->server_rows : table.servers.size();
+  std::size_t routes = rows ? rows->route_rows : table.routes.size() + 1;  // + "no route"
   for (std::size_t i = 0; i < table.servers.size(); ++i) {
     const ServerDef& s = table.servers[i];
     sockaddr_storage ss{};
@@ -80,11 +67,12 @@ std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable*
     if (s.slot) r->health[i].unresolved.store(true, std::memory_order_relaxed);
     else if (!socket_address(s.host, s.port, ss)) throw std::runtime_error("bad address '" + std::string(s.host) + "'");
     r->server_addrs.push_back(ss);
-    r->metric_server.push_back(row(find_server(f, table.pools[s.pool].name, s.authority, s.slot), f.servers.size()));
+    r->metric_server.push_back(row(rows ? &rows->servers : nullptr, server_row_key(table, s), i, servers));
   }
-  for (const PoolDef& p : table.pools) r->metric_pool.push_back(row(find_pool(f, p.name), f.pools.size()));
+  for (std::size_t i = 0; i < table.pools.size(); ++i)
+    r->metric_pool.push_back(row(rows ? &rows->pools : nullptr, std::string(table.pools[i].name), i, pools));
   for (const RouteDef& rd : table.routes) {
-    r->metric_route.push_back(row(find_route(f, rd.text), f.routes.size() + 1));  // routes.size() is "no route"
+    r->metric_route.push_back(row(rows ? &rows->routes : nullptr, std::string(rd.text), rd.index, routes));
     if (rd.action != Action::Respond) {
       r->route_replies.emplace_back();
       continue;
@@ -96,7 +84,28 @@ std::unique_ptr<Routing> make_routing(const RouteTable& table, const RouteTable*
     reply.close.append("Connection: close\r\n\r\n");
     r->route_replies.push_back(std::move(reply));
   }
+  if (rows) {
+    rows->route_rows = routes;
+    rows->pool_rows = pools;
+    rows->server_rows = servers;
+  }
+  r->route_rows = routes;
+  r->pool_rows = pools;
+  r->server_rows = servers;
   return r;
+}
+
+MetricRows make_metric_rows(const RouteTable& first) {
+  MetricRows rows;
+  for (std::size_t i = 0; i < first.servers.size(); ++i)
+    rows.servers.try_emplace(server_row_key(first, first.servers[i]), static_cast<std::int32_t>(i));
+  for (std::size_t i = 0; i < first.pools.size(); ++i)
+    rows.pools.try_emplace(std::string(first.pools[i].name), static_cast<std::int32_t>(i));
+  for (const RouteDef& rd : first.routes) rows.routes.try_emplace(std::string(rd.text), static_cast<std::int32_t>(rd.index));
+  rows.route_rows = first.routes.size() + 1;  // row routes.size(): no route
+  rows.pool_rows = first.pools.size();
+  rows.server_rows = first.servers.size();
+  return rows;
 }
 
 WorkerTable::WorkerTable(Routing& r, const RouteTable& dispatch, std::uint32_t worker_id)

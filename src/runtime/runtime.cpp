@@ -10,7 +10,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +25,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "juggler/health.hpp"
 #include "admin/admin.hpp"
@@ -38,7 +38,10 @@
 #include "listener/l4.hpp"
 #include "listener/listener.hpp"
 #include "resolve/resolver.hpp"
+#include "runtime/descriptors.hpp"
+#include "runtime/listeners.hpp"
 #include "runtime/reload.hpp"
+#include "runtime/upgrade.hpp"
 #include "juggler/tls.hpp"
 #include "juggler/upstream.hpp"
 #include "juggler/worker.hpp"
@@ -64,79 +67,19 @@ namespace {
 constexpr std::uint64_t kTickMs = TimerWheel::kTickMs;
 constexpr std::uint32_t kHousekeepingTicks = 5;  // idle sweep and pool trims every 500 ms
 
-struct ListenSpec {
-  std::string host;
-  std::uint16_t port;
-  std::vector<int> fds;  // one per worker
+// A worker's listening socket: its handle and what the accept callback reads.
+struct OpenListener {
+  const ListenerSlot* slot = nullptr;  // null: the admin listener
+  std::unique_ptr<ListenerCtx> ctx;
+  std::unique_ptr<uv_tcp_t> handle;
 };
-
-sockaddr_storage make_addr(std::string_view host, std::uint16_t port) {
-  sockaddr_storage ss{};
-  if (!socket_address(host, port, ss)) throw std::runtime_error("bad address '" + std::string(host) + "'");
-  return ss;
-}
-
-int bind_one(const std::string& host, std::uint16_t port, std::string_view source, std::uint32_t line) {
-  sockaddr_storage ss = make_addr(host, port);
-  int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-  int one = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-  socklen_t len = ss.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
-    int e = errno;
-    ::close(fd);
-    std::string where(source);
-    if (line) where.append(":").append(std::to_string(line));
-    where += ": cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(e);
-    if (e == EACCES) where += " (ports below 1024 need root: run with sudo, or pick another port with --port)";
-    if (e == EADDRINUSE) where += " (another process holds it; stop it or pick another port with --port)";
-    throw std::runtime_error(where);
-  }
-  // Listening already here: connections queue from the moment we say so.
-  if (::listen(fd, 1024) != 0) {
-    int e = errno;
-    ::close(fd);
-    throw std::runtime_error("listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(e));
-  }
-  return fd;
-}
-
-// What a certificate reload compares: the files' identity, size and
-// modification time (a renewal writes a new file or rewrites one).
-std::string files_stamp(const RouteTable& t, const ListenerDef& l) {
-  std::string stamp;
-  for (std::uint16_t i = 0; i < l.cert_count; ++i) {
-    for (std::string_view f : {t.certs[l.first_cert + i].cert_file, t.certs[l.first_cert + i].key_file}) {
-      struct stat st {};
-      if (::stat(std::string(f).c_str(), &st) != 0) {
-        stamp += "missing;";
-        continue;
-      }
-      stamp += std::to_string(st.st_ino) + ":" + std::to_string(st.st_size) + ":" +
-               std::to_string(st.st_mtim.tv_sec) + "." + std::to_string(st.st_mtim.tv_nsec) + ";";
-    }
-  }
-  return stamp;
-}
-
-std::uint16_t bound_port(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof ss;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
-  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-}
 
 struct WorkerThread {
   std::unique_ptr<Worker> worker;
-  std::vector<int> fds;
-  std::vector<const std::atomic<TlsContext*>*> fd_tls;  // per fd: its https context, or null
-  std::vector<const ListenerDef*> fd_def;  // per fd: its listen statement
-  std::vector<std::unique_ptr<ListenerCtx>> listener_ctx;
-  std::vector<std::unique_ptr<uv_tcp_t>> listeners;
+  int admin_fd = -1;  // the admin worker's socket, until it opens it
+  // Open, or closed by a reload (kept to the worker's end: a closed handle's
+  // memory goes with its loop).
+  std::vector<OpenListener> listeners;
   uv_async_t stop;
   uv_async_t reload;  // a new Routing is in Shared::live
   Reloader* reloader = nullptr;
@@ -195,10 +138,63 @@ void reopen_access_log(const Config& config, int fd) {
 std::atomic<int> g_workers_left{0};
 uv_async_t* g_main_wakeup = nullptr;
 
+void close_listener(OpenListener& l) {
+  if (uv_is_closing(reinterpret_cast<uv_handle_t*>(l.handle.get()))) return;
+  listener_close(*l.ctx);
+  uv_close(reinterpret_cast<uv_handle_t*>(l.handle.get()), nullptr);
+}
+
 void close_listeners(WorkerThread* t) {
-  for (auto& lc : t->listener_ctx) listener_close(*lc);
-  for (auto& l : t->listeners)
-    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(l.get()))) uv_close(reinterpret_cast<uv_handle_t*>(l.get()), nullptr);
+  for (OpenListener& l : t->listeners) close_listener(l);
+}
+
+// Starts accepting on `fd` (a listening socket bound by the main thread) in
+// t's loop, which owns it from here.
+void open_listener(WorkerThread* t, int fd, const ListenerSlot* slot, const ListenerDef* def) {
+  Worker& w = *t->worker;
+  OpenListener& l = t->listeners.emplace_back();
+  l.slot = slot;
+  l.ctx = std::make_unique<ListenerCtx>(ListenerCtx{&w, slot && slot->tls.load() ? &slot->tls : nullptr, def});
+  l.handle = std::make_unique<uv_tcp_t>();
+  l.ctx->slot = slot;
+  uv_tcp_init(&w.loop, l.handle.get());
+  l.handle->data = l.ctx.get();
+  listener_init(*l.ctx, &w.loop, as_stream(l.handle.get()));
+  int rc = uv_tcp_open(l.handle.get(), fd);
+  if (rc == 0) rc = uv_listen(as_stream(l.handle.get()), 1024, listener_on_connection);
+  if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
+}
+
+// A session that came in through the listener `slot` (its local address).
+bool came_through(ClientSession& s, const void* slot) {
+  sockaddr_storage local{};
+  int len = sizeof local;
+  return uv_tcp_getsockname(s.stream.tcp(), reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+         listener_accepted(*static_cast<const ListenerSlot*>(slot), local);
+}
+
+// After a swap to `next`: the listeners it lacks stop accepting here (the
+// connections they brought finish their request in flight and close, like a
+// drain), the ones it adds start (their sockets were bound by the reload).
+void swap_listeners(WorkerThread* t, const Routing& next) {
+  Worker& w = *t->worker;
+  const auto in_next = [&](const ListenerSlot* s) {
+    return std::find(next.listeners.begin(), next.listeners.end(), s) != next.listeners.end();
+  };
+  for (OpenListener& l : t->listeners) {
+    if (!l.slot || in_next(l.slot) || uv_is_closing(reinterpret_cast<uv_handle_t*>(l.handle.get()))) continue;
+    close_listener(l);
+    session_drain(w, came_through, l.slot);
+  }
+  for (ListenerSlot* s : next.listeners) {
+    const bool open = std::any_of(t->listeners.begin(), t->listeners.end(), [&](const OpenListener& l) {
+      return l.slot == s && !uv_is_closing(reinterpret_cast<const uv_handle_t*>(l.handle.get()));
+    });
+    const int fd = std::exchange(s->fds[w.id], -1);
+    if (fd < 0 || open) continue;
+    if (t->stopping) ::close(fd);
+    else open_listener(t, fd, s, &s->def);
+  }
 }
 
 void finish_worker(WorkerThread* t) {
@@ -328,7 +324,10 @@ void prepare_worker(WorkerThread* t) {
   uv_async_init(&w.loop, &t->reload, [](uv_async_t* a) {
     auto* th = static_cast<WorkerThread*>(a->data);
     Routing* r = th->worker->shared.live.load(std::memory_order_acquire);
-    if (!th->done && r && &th->worker->tab->routing != r) worker_swap(*th->worker, *r);
+    if (!th->done && r && &th->worker->tab->routing != r) {
+      worker_swap(*th->worker, *r);
+      swap_listeners(th, *r);
+    }
     th->reloader->swapped();
   });
   t->reload.data = t;
@@ -340,18 +339,9 @@ void prepare_worker(WorkerThread* t) {
 
 void worker_main(WorkerThread* t) {
   Worker& w = *t->worker;
-  for (std::size_t i = 0; i < t->fds.size(); ++i) {
-    const int fd = t->fds[i];
-    auto l = std::make_unique<uv_tcp_t>();
-    uv_tcp_init(&w.loop, l.get());
-    t->listener_ctx.push_back(std::make_unique<ListenerCtx>(ListenerCtx{&w, t->fd_tls[i], t->fd_def[i]}));
-    l->data = t->listener_ctx.back().get();
-    listener_init(*t->listener_ctx.back(), &w.loop, reinterpret_cast<uv_stream_t*>(l.get()));
-    int rc = uv_tcp_open(l.get(), fd);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l.get()), 1024, listener_on_connection);
-    if (rc != 0) log(LogLevel::Error, "worker %u: listen: %s", w.id, uv_strerror(rc));
-    t->listeners.push_back(std::move(l));
-  }
+  if (t->admin_fd >= 0) open_listener(t, std::exchange(t->admin_fd, -1), nullptr, &kAdminListenerDef);
+  else
+    for (ListenerSlot* s : w.tab->routing.listeners) open_listener(t, std::exchange(s->fds[w.id], -1), s, &s->def);
   uv_run(&w.loop, UV_RUN_DEFAULT);
   session_worker_done(w);
   w.access_log.flush();
@@ -368,6 +358,7 @@ struct SignalState {
   std::vector<WorkerThread>* threads;
   Shared* shared;
   Reloader* reloader;
+  Listeners* listeners;
   std::uint32_t traffic;  // threads[0, traffic) serve traffic
   int count;
   bool admin_stopped;
@@ -377,6 +368,8 @@ struct SignalState {
 
 void start_drain(uv_timer_t* h) {
   auto* st = static_cast<SignalState*>(h->data);
+  // The sockets close once the workers close theirs: new connections are refused.
+  st->listeners->release();
   for (std::uint32_t i = 0; i < st->traffic; ++i) uv_async_send(&(*st->threads)[i].stop);
   uv_timer_start(&st->drain_timer, [](uv_timer_t*) {
     log(LogLevel::Warn, "drain timeout: exiting with requests still in flight");
@@ -397,6 +390,15 @@ void on_stop_signal(uv_signal_t* h, int signum) {
   uv_timer_start(&st->delay_timer, start_drain, st->delay_ms, 0);
 }
 
+// A binary upgrade: the new process accepts on our sockets already, so the
+// drain starts now (no drain.delay: nothing in front needs to notice).
+void on_upgraded(SignalState* st) {
+  ++st->count;  // a signal from here on exits at once, as after SIGTERM
+  st->shared->stopping.store(true, std::memory_order_relaxed);
+  log(LogLevel::Info, "draining (up to %u ms)", st->drain_ms);
+  uv_timer_start(&st->delay_timer, start_drain, 0, 0);
+}
+
 // A worker ended: the last one ends the main loop; when only the admin
 // worker is left, it is told to stop.
 void on_worker_done(uv_async_t* a) {
@@ -415,12 +417,7 @@ int run(const Config& config) {
   const RouteTable& table = *config.table;
   set_log_instance(config.settings.instance);
   std::signal(SIGPIPE, SIG_IGN);
-  // Every connection is a descriptor (two when proxied): take all the
-  // operator allows (systemd's soft default of 1024 is far too low).
-  if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  raise_descriptor_limit();
 
   Shared shared;
   shared.config = config;
@@ -442,46 +439,15 @@ int run(const Config& config) {
   // Bind everything before starting any thread.
   const std::uint32_t n = config.workers;
   std::vector<WorkerThread> threads(n);
-  std::vector<std::string> announce;
-  // TLS contexts first: a bad certificate stops start-up before any bind.
-  // A reload re-reads them when their files changed (rotate_certs below); the
-  // replaced ones are kept, as a handshake in flight may still call into one.
-  std::vector<std::unique_ptr<TlsContext>> tls_contexts;
-  auto tls_live = std::make_unique<std::atomic<TlsContext*>[]>(table.listeners.size());
-  std::vector<std::string> tls_stamps(table.listeners.size());
-  bool first_http = true, first_https = true;
-  for (const ListenerDef& l : table.listeners) {
-    const bool https = l.kind == ListenKind::Https, tcp = l.kind == ListenKind::Tcp;
-    const bool tls_l4 = l.kind == ListenKind::Tls;
-    const std::atomic<TlsContext*>* tls = nullptr;
-    if (https || tls_l4) {
-      const std::size_t k = static_cast<std::size_t>(&l - table.listeners.data());
-      tls_stamps[k] = files_stamp(table, l);
-      tls_contexts.push_back(std::make_unique<TlsContext>(table, l));
-      tls_live[k].store(tls_contexts.back().get());
-      tls = &tls_live[k];
-    }
-    std::uint16_t port = l.port;
-    // --port and --https-port move the first http and https listener (tcp
-    // and tls listeners keep their compiled port).
-    if (!tcp && !tls_l4 && !https && first_http && config.port_override >= 0)
-      port = static_cast<std::uint16_t>(config.port_override);
-    if (https && first_https && config.https_port_override >= 0)
-      port = static_cast<std::uint16_t>(config.https_port_override);
-    const bool first_https_listener = https && first_https;
-    if (!tcp && !tls_l4) (https ? first_https : first_http) = false;
-    std::string host(l.host);
-    for (std::uint32_t i = 0; i < n; ++i) {
-      int fd = bind_one(host, port, table.source, l.line);
-      if (port == 0) port = bound_port(fd);  // the others join the port the kernel chose
-      threads[i].fds.push_back(fd);
-      threads[i].fd_tls.push_back(tls);
-      threads[i].fd_def.push_back(&l);
-    }
-    if (first_https_listener) shared.https_port = port;  // `-> redirect https` points here
-    announce.push_back(std::string("listening on ") + (tcp ? "tcp://" : tls_l4 ? "tls://" : https ? "https://" : "http://") +
-                       join_host_port(host, port));
-  }
+  // The listeners' sockets and certificates: start-up binds the first
+  // table's, a reload those it adds (runtime/listeners.hpp).
+  // With --upgrade, the sockets of the balancer on the control socket are
+  // taken over where the listen statement is the same (runtime/upgrade.hpp).
+  Takeover takeover;
+  if (config.upgrade) takeover.receive(config.control_path);
+  Listeners listeners(config, n);
+  listeners.open(table, *shared.first, config.upgrade ? &takeover : nullptr);
+  shared.https_port = listeners.https_port();  // `-> redirect https` points here
 
   // The admin listener: a thread and loop of its own running the same HTTP/1
   // code as the workers, whose one route is the admin responder. Apart from
@@ -493,12 +459,9 @@ int run(const Config& config) {
   if (config.admin_port >= 0) {
     threads.emplace_back();
     WorkerThread& a = threads.back();
-    const int fd = bind_one(config.admin_host, static_cast<std::uint16_t>(config.admin_port), "admin listener", 0);
-    a.fds.push_back(fd);
-    a.fd_tls.push_back(nullptr);
-    a.fd_def.push_back(&kAdminListenerDef);
-    admin_announce =
-        "admin listening on http://" + join_host_port(config.admin_host, bound_port(fd)) + " (/metrics, /stats)";
+    a.admin_fd = bind_listener(config.admin_host, static_cast<std::uint16_t>(config.admin_port), "admin listener", 0);
+    admin_announce = "admin listening on http://" + join_host_port(config.admin_host, bound_port(a.admin_fd)) +
+                     " (/metrics, /stats)";
   }
 
   uv_loop_t main_loop;
@@ -516,28 +479,11 @@ int run(const Config& config) {
     for (std::uint32_t i = 0; i < n; ++i) uv_async_send(&threads[i].reload);
   });
   Resolver resolver(shared);  // `resolve` servers looked up again every resolve.interval; stops before `reloader` dies
-  // Certificate rotation: the https listeners whose files changed get new
-  // contexts (a bad file refuses the reload); listeners are the same lines.
-  reloader.set_cert_rotation([&](const RouteTable& next) -> std::string {
-    std::vector<std::pair<std::size_t, std::unique_ptr<TlsContext>>> fresh;
-    for (std::size_t k = 0; k < next.listeners.size(); ++k) {
-      const ListenerDef& l = next.listeners[k];
-      if (l.kind != ListenKind::Https || files_stamp(next, l) == tls_stamps[k]) continue;
-      try {
-        fresh.emplace_back(k, std::make_unique<TlsContext>(next, l));
-      } catch (const std::exception& e) {
-        return e.what();
-      }
-    }
-    for (auto& [k, ctx] : fresh) {
-      tls_stamps[k] = files_stamp(next, next.listeners[k]);
-      tls_live[k].store(ctx.get(), std::memory_order_release);
-      log(LogLevel::Info, "%s:%u: listen https: certificates re-read", std::string(next.source).c_str(),
-          next.listeners[k].line);
-      tls_contexts.push_back(std::move(ctx));
-    }
-    return {};
-  });
+  // A reload binds the listeners it adds and re-reads the certificates that changed.
+  reloader.set_listeners([&listeners](const RouteTable& next, Routing& r) { return listeners.reload(next, r); });
+  SignalState sig{&threads, &shared, &reloader, &listeners, n, 0, false, {}, {}, config.settings.drain_delay_ms,
+                  config.settings.drain_timeout_ms};
+  reloader.set_upgrade([&listeners](int fd) { return listeners.hand_over(fd); }, [&sig] { on_upgraded(&sig); });
   for (std::uint32_t i = 0; i < threads.size(); ++i) {
     const bool admin = i == n;
     threads[i].worker = std::make_unique<Worker>(shared, i, admin ? -1 : log_fd, *shared.first,
@@ -551,10 +497,11 @@ int run(const Config& config) {
   // the live table's ServerHealth. They keep running while the workers
   // drain, so retries still avoid dead servers.
   reloader.start_checks();
+  // An upgrade: the old process drains once told we serve, and gives the
+  // control socket up first, so this one can take it.
+  takeover.finish();
   reloader.listen(config.control_path);
 
-  SignalState sig{&threads, &shared, &reloader, n, 0, false, {}, {}, config.settings.drain_delay_ms,
-                  config.settings.drain_timeout_ms};
   uv_timer_init(&main_loop, &sig.delay_timer);
   uv_timer_init(&main_loop, &sig.drain_timer);
   sig.delay_timer.data = sig.drain_timer.data = wakeup.data = &sig;
@@ -575,7 +522,8 @@ int run(const Config& config) {
     reopen_access_log(*r->config, r->fd);
   }, SIGUSR1);
   // Said only now: tests (and operators' scripts) may connect or signal at once.
-  for (const std::string& a : announce) log(LogLevel::Info, "%s (%u worker%s)", a.c_str(), n, n == 1 ? "" : "s");
+  for (const ListenerSlot* l : shared.first->listeners)
+    log(LogLevel::Info, "listening on %s (%u worker%s)", l->url().c_str(), n, n == 1 ? "" : "s");
   if (!admin_announce.empty()) log(LogLevel::Info, "%s", admin_announce.c_str());
 
   // A worker could have finished before the wakeup handle was armed.

@@ -8,19 +8,24 @@ void SniPrelude::start(Stream& s, BufferPool& buffers, void (*done)(void*, std::
                        void* done_owner) noexcept {
   on_done = done;
   owner = done_owner;
+  want_ = 0;
   begin(s, buffers);
 }
 
 Prelude::Verdict SniPrelude::prelude_read(std::size_t n, std::string_view* rest) noexcept {
   len += static_cast<std::uint32_t>(n);
-  std::string_view name;
+  const bool full = len >= limit(kMaxClientHello);
+  if (len < want_ && !full) return Verdict::NeedMore;
   const std::string_view seen(buf->data, len);
-  HelloParse r = parse_client_hello(seen, &name);
-  // A record longer than the buffer can hold is as good as malformed here.
-  if (r == HelloParse::NeedMore && len >= limit(kMaxClientHello)) r = HelloParse::Invalid;
-  if (r == HelloParse::NeedMore) return Verdict::NeedMore;
-  if (r == HelloParse::Invalid) name = {};
-  if (on_done) on_done(owner, name);
+  ClientHello hello;
+  HelloParse r = parse_client_hello(seen, &hello);
+  // Records longer than the buffer can hold are as good as malformed here.
+  if (r == HelloParse::NeedMore && full) r = HelloParse::Invalid;
+  if (r == HelloParse::NeedMore) {
+    want_ = static_cast<std::uint32_t>(std::min<std::size_t>(hello.end, kMaxClientHello));
+    return Verdict::NeedMore;
+  }
+  if (on_done) on_done(owner, r == HelloParse::Done ? hello.name : std::string_view());
   *rest = seen;  // nothing consumed: the ClientHello goes on as it came
   return Verdict::Done;
 }

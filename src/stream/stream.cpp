@@ -145,7 +145,7 @@ void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
     s->pump();
     return;
   }
-  if (n < 0 && s->reading_) {
+  if (n < 0 && s->reading_ && n != UV_ENOBUFS) {
     // Nothing more will come: reading is over either way.
     uv_read_stop(st);
     s->reading_ = false;
@@ -154,11 +154,22 @@ void Stream::on_read(uv_stream_t* st, ssize_t n, const uv_buf_t* buf) {
 }
 
 // The prelude's bytes: on Done, what it did not consume goes where a read
-// would have put it (OpenSSL, or the handler's room).
+// would have put it (OpenSSL, or the handler's room), or, when its Done set
+// another prelude (a PROXY header, then a ClientHello peeked), to that one as
+// its first read (its room takes it: a PROXY header's rest is under 1 KB).
 void Stream::prelude_read(ssize_t n) {
   std::string_view rest;
-  const Prelude::Verdict v = prelude_->prelude_read(static_cast<std::size_t>(n), &rest);
+  Prelude* const running = prelude_;
+  const Prelude::Verdict v = running->prelude_read(static_cast<std::size_t>(n), &rest);
   if (v == Prelude::Verdict::NeedMore) return;
+  if (v == Prelude::Verdict::Done && prelude_ != running) {
+    const uv_buf_t room = prelude_->prelude_room();
+    const std::size_t k = std::min<std::size_t>(room.len, rest.size());
+    std::memcpy(room.base, rest.data(), k);
+    running->prelude_over();
+    if (k > 0) prelude_read(static_cast<ssize_t>(k));
+    return;
+  }
   if (v == Prelude::Verdict::Reject) {
     prelude_ = nullptr;
     if (reading_) uv_read_stop(as_stream(&tcp_));

@@ -24,6 +24,7 @@ void Tunnel::join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& se
     s.relayed = 0;
     s.eof = s.passed = false;
     s.open = true;
+    close_pipe(s);
   }
 }
 
@@ -108,6 +109,7 @@ void Tunnel::expire_in(std::uint32_t timeout_ms) noexcept {
 }
 
 uv_buf_t Tunnel::Side::on_stream_alloc() noexcept {
+  if (splicing) return uv_buf_init(nullptr, 0);  // on_stream_read(UV_ENOBUFS): splice_some takes the bytes
   if (!buf) buf = tunnel->env_->buffers->get();
   return uv_buf_init(buf->data, buf->cap);
 }
@@ -116,7 +118,12 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
   Tunnel& t = *tunnel;
   if (n > 0 && t.state_ == State::Open) {
     t.active_ms_ = uv_now(t.env_->streams->loop);
+    full_reads = static_cast<std::size_t>(n) < buf->cap ? 0 : static_cast<std::uint8_t>(full_reads + (full_reads < 255));
     t.relay(*this, static_cast<std::size_t>(n));
+    return;
+  }
+  if (n == UV_ENOBUFS) {
+    t.splice_some(*this);
     return;
   }
   if (n > 0 && (t.state_ == State::Idle || t.state_ == State::Connecting)) {
@@ -153,6 +160,7 @@ void Tunnel::relay(Side& from, std::size_t n) noexcept {
   if (n) b[count++] = uv_buf_init(from.buf->data, static_cast<unsigned>(n));
   if (to.stream->write(b, count)) {
     release(from);
+    maybe_splice(from);
     return;
   }
   from.stream->set_reading(false);
@@ -166,6 +174,8 @@ void Tunnel::Side::on_stream_written(int status) noexcept {
   }
   Side& from = t.peer(*this);
   t.release(from);
+  if (from.in_pipe > 0) return t.drain_pipe(from);
+  t.maybe_splice(from);
   if (from.eof) t.pass_end(from);
   else from.stream->set_reading(true);
 }
@@ -204,6 +214,7 @@ void Tunnel::close(End why) noexcept {
 void Tunnel::Side::on_stream_closed() noexcept {
   Tunnel& t = *tunnel;
   open = false;
+  close_pipe(*this);  // bytes still in it go with the tunnel, as a buffer's would
   if (buf) {
     t.env_->buffers->put(buf);  // a write of it, if any, was cancelled with the stream
     buf = nullptr;

@@ -7,10 +7,12 @@
 // when the write completes at once the buffer goes back to the pool, when it
 // is left pending the reading side stops reading until it completes
 // (backpressure: at most one buffer in flight per direction). An idle tunnel
-// holds no buffer. An end of input (FIN) one way is passed on as a shutdown of
-// the other side's write, once what was read before it went out; the other
-// direction keeps flowing. Both ends passed on: both streams close. An error
-// on either side, or no byte either way for `idle_ms`, closes both.
+// holds no buffer. A bulk transfer over plain TCP is spliced (splice.cpp):
+// the same flow with a kernel pipe in place of the buffer. An end of input
+// (FIN) one way is passed on as a shutdown of the other side's write, once
+// what was read before it went out; the other direction keeps flowing. Both
+// ends passed on: both streams close. An error on either side, or no byte
+// either way for `idle_ms`, closes both.
 //
 // Side 0 is the accepted (client) stream, side 1 the one the tunnel connects
 // (connect()) or that the owner hands over connected.
@@ -126,6 +128,13 @@ class Tunnel {
     bool eof = false;       // this side's input ended
     bool passed = false;    // ...and the other side's write was shut down
     bool open = false;      // the stream is initialised and not yet closed
+    // splice(2) (Linux, plain TCP both ways, splice.cpp): after kSpliceAfter
+    // reads in a row filled the buffer, this side's bytes go socket -> pipe ->
+    // socket without entering user space; `pipe` is made then.
+    std::uint8_t full_reads = 0;
+    bool splicing = false;
+    std::uint32_t in_pipe = 0;  // bytes in the pipe not yet written to the other side
+    int pipe[2] = {-1, -1};
     uv_buf_t on_stream_alloc() noexcept override;
     void on_stream_read(ssize_t n) noexcept override;
     void on_stream_written(int status) noexcept override;
@@ -137,6 +146,14 @@ class Tunnel {
   void join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept;
   Side& peer(Side& s) noexcept { return &s == &side_[0] ? side_[1] : side_[0]; }
   void relay(Side& from, std::size_t n) noexcept;
+  // splice.cpp: switches `from` to splicing when its reads show a bulk
+  // transfer; moves what is readable; empties the pipe through the buffer
+  // when the other side's socket is full (its write then waits in libuv);
+  // closes the pipe.
+  void maybe_splice(Side& from) noexcept;
+  void splice_some(Side& from) noexcept;
+  void drain_pipe(Side& from) noexcept;
+  static void close_pipe(Side& s) noexcept;
   void pass_end(Side& from) noexcept;
   void release(Side& s) noexcept;
   void start_connect() noexcept;

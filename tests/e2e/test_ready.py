@@ -80,6 +80,11 @@ class ReadyTest(BalancerTestCase):
         check = jtest.run_program([lb.argv[0], "--check"])
         self.assertIn("instance lb-test.1", check.stdout)
         self.assertIn("drain.delay 3000ms", check.stdout)
+        # No `set instance.header`: responses do not name the instance (test_instance_header.py).
+        status, headers, _ = jtest.http_request(lb.port, path="/ping", host=HOST)
+        self.assertEqual(status, 200)
+        self.assertNotIn("lb-test.1", str(headers))
+        self.assertNotIn("instance", check.stdout.replace("instance lb-test.1", ""))
 
 
 if __name__ == "__main__":

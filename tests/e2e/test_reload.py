@@ -4,10 +4,12 @@
 The balancer runs in a folder of its own, started without --control: make reload reaches it
 through the default control socket juggler.sock in that folder, as for an operator who
 started ./bin/app.out by hand. Backends: testservers on 127.0.145.1 (pool a: 6901, 6902;
-pool b: 6903)."""
+pool b: 6903) and, for the pool a reload adds, 127.0.190.2 (pool c: 6904, 6905); listeners a
+reload adds are on 127.0.190.1."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,7 +31,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 RELOAD_SH = os.path.join(REPO, "tools", "reload.sh")
 ROUTES_A = os.path.join(REPO, "tests", "routes", "reload.def")      # /moved/* -> pool a
 ROUTES_B = os.path.join(HERE, "reload", "moved_to_b.def")           # /moved/* -> pool b
-POOL_A, POOL_B = {"6901", "6902"}, {"6903"}
+ROUTES_LISTEN = os.path.join(REPO, "tests", "routes", "reload_listen.def")  # pool b, one listener
+LISTEN_ADDED = os.path.join(HERE, "reload", "listen_added.def")  # + http :18190, tcp :18191, pool c
+POOL_A, POOL_B, POOL_C = {"6901", "6902"}, {"6903"}, {"6904", "6905"}
+NEW_LISTEN, NEW_SERVERS = "127.0.190.1", "127.0.190.2"
+TOKEN = "reload-admin-token"
 # reload.def: checks every 300 ms, timeout 250 ms, fall 1: a server is DOWN within one
 # interval and a timeout; 3 s of slack for a loaded machine and the ASan pass.
 DETECT_S = 0.3 + 0.25 + 3.0
@@ -40,8 +46,8 @@ def get(sock_file, sock, path: str) -> jtest.RawResponse:
     return jtest.read_response(sock_file)
 
 
-def one_get(port: int, path: str, timeout: float = 10.0) -> jtest.RawResponse:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s, s.makefile("rb") as f:
+def one_get(port: int, path: str, timeout: float = 10.0, host: str = "127.0.0.1") -> jtest.RawResponse:
+    with socket.create_connection((host, port), timeout=timeout) as s, s.makefile("rb") as f:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
         return jtest.read_response(f)
 
@@ -52,7 +58,7 @@ class ReloadTest(BalancerTestCase):
         self.addCleanup(shutil.rmtree, self.dir)
         # The backends' files: /moved/NAME, /a/NAME, /b/NAME answer 200.
         self.root = os.path.join(self.dir, "root")
-        for folder in ("moved", "a", "b"):
+        for folder in ("moved", "a", "b", "c"):
             os.makedirs(os.path.join(self.root, folder))
             for name in ["k", "n", "p", "x"] + [str(i) for i in range(10)]:
                 with open(os.path.join(self.root, folder, name), "w") as f:
@@ -280,15 +286,19 @@ class ReloadTest(BalancerTestCase):
         self.addCleanup(kept_file.close)
         self.assertEqual(served_cert(kept), first)
         self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)
+        with tls.wrap_socket(socket.create_connection((NEW_LISTEN, 18193), timeout=10)) as s:
+            self.assertEqual(served_cert(s), first)
 
         jtest.make_cert(certs, "server", "two.test", "DNS:two.test")  # the renewal
         self.assertNotEqual(file_cert(), first)
         out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        lb.wait_for_line(r"reload_tls\.def:8: listen https: certificates re-read")
-        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s, s.makefile("rb") as f:
-            self.assertEqual(served_cert(s), file_cert())  # new connections get the new one
-            self.assertEqual(tls_get(s, f, "/b/n"), 200)
+        lb.wait_for_line(r"reload_tls\.def:9: listen https: certificates re-read")
+        lb.wait_for_line(r"reload_tls\.def:10: listen tls: certificates re-read")
+        for address in (("127.0.0.1", port), (NEW_LISTEN, 18193)):  # https, and TLS terminated for L4
+            with tls.wrap_socket(socket.create_connection(address, timeout=10)) as s, s.makefile("rb") as f:
+                self.assertEqual(served_cert(s), file_cert())  # new connections get the new one
+                self.assertEqual(tls_get(s, f, "/b/n"), 200)
         self.assertEqual(tls_get(kept, kept_file, "/b/k"), 200)  # the open connection goes on
 
         renewed = file_cert()
@@ -297,8 +307,126 @@ class ReloadTest(BalancerTestCase):
         out = self.reload(os.path.join(REPO, "tests", "routes", "reload_tls.def"))
         self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
         self.assertIn("server.key", out.stderr)
-        with tls.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
-            self.assertEqual(served_cert(s), renewed)  # refused: the last good certificate stays
+        for address in (("127.0.0.1", port), (NEW_LISTEN, 18193)):
+            with tls.wrap_socket(socket.create_connection(address, timeout=10)) as s:
+                self.assertEqual(served_cert(s), renewed)  # refused: the last good certificate stays
+
+    # ------------------------------------------------ listeners and admin rows a reload adds
+
+    def listen_setup(self, admin: bool = False):
+        """reload_listen.def's balancer (2 workers) in self.dir, 6903 (not quiet: it says
+        `wait` for /delay), pool c's 6904 and 6905; with `admin`, an admin listener whose
+        token is TOKEN. Returns (balancer, 6903, admin port or None)."""
+        b = self.start_testserver(port=6903, host=HOST, root=self.root, quiet=False)
+        for port in (6904, 6905):
+            self.start_testserver(port=port, host=NEW_SERVERS, root=self.root)
+        with open(os.path.join(self.dir, "admin.token"), "w") as f:
+            f.write(TOKEN + "\n")
+        extra = ["--admin", f"{HOST}:0"] if admin else []
+        lb = self.start_balancer("reload_listen", workers=2, cwd=self.dir, extra=extra)
+        port = int(lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1)) if admin else None
+        return lb, b, port
+
+    def assert_refused(self, port: int):
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection((NEW_LISTEN, port), timeout=5).close()
+
+    def test_added_listeners_answer_and_removed_ones_drain(self):
+        lb, b, _ = self.listen_setup()
+        self.assert_refused(18190)
+        self.assert_reloaded(LISTEN_ADDED)
+        # Each worker opened its socket: the kernel spreads fresh connections over the
+        # workers' sockets (SO_REUSEPORT), and one nobody accepts on would hang.
+        for i in range(16):
+            self.assertEqual(one_get(18190, f"/b/{i % 10}", host=NEW_LISTEN, timeout=5).header("X-Server"), "6903")
+        with socket.create_connection((NEW_LISTEN, 18191), timeout=10) as s, s.makefile("rb") as f:  # L4, pool c
+            s.sendall(b"GET /c/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            self.assertIn(jtest.read_response(f).header("X-Server"), POOL_C)
+
+        # A keep-alive connection on the added listener, a request in flight on it.
+        s = socket.create_connection((NEW_LISTEN, 18190), timeout=30)
+        f = s.makefile("rb")
+        self.addCleanup(s.close)
+        self.addCleanup(f.close)
+        self.assertEqual(get(f, s, "/b/k").status, 200)
+        s.sendall(b"GET /delay?ms=10000 HTTP/1.1\r\nHost: t\r\n\r\n")  # past the reload (it compiles)
+        b.wait_for_line(r"wait", timeout=10)  # the server has it
+        # And a tunnel of the tcp listener, open across the reload that removes it.
+        t = socket.create_connection((NEW_LISTEN, 18191), timeout=30)
+        tf = t.makefile("rb")
+        self.addCleanup(t.close)
+        self.addCleanup(tf.close)
+        before = get(tf, t, "/c/k")
+        self.assertEqual(before.status, 200)
+        self.assert_reloaded(ROUTES_LISTEN)  # both listeners removed
+        self.assert_refused(18190)
+        self.assert_refused(18191)
+        in_flight = jtest.read_response(f)
+        self.assertEqual(in_flight.status, 200)
+        self.assertEqual(in_flight.header("X-Server"), "6903")
+        self.assertEqual((in_flight.header("Connection") or "").lower(), "close")  # drained: its last answer
+        self.assertEqual(s.recv(1), b"")
+        self.assertEqual(one_get(lb.port, "/b/x").status, 200)  # the listener both tables have goes on
+        after = get(tf, t, "/c/k")  # the tunnel relays on, to the same server connection
+        self.assertEqual((after.status, after.header("X-Server"), after.header("X-Conn")),
+                         (200, before.header("X-Server"), before.header("X-Conn")))
+        lb.wait_for_line(r"no longer listening on http://127\.0\.190\.1:18190")
+
+    def test_listener_that_cannot_bind_refuses_the_whole_reload(self):
+        lb, _, _ = self.listen_setup()
+        held = socket.socket()  # no SO_REUSEPORT: the balancer's bind fails
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past another test's TIME_WAITs
+        held.bind((NEW_LISTEN, 18191))
+        held.listen(1)
+        try:
+            out = self.reload(LISTEN_ADDED)
+            self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
+            self.assertIn("cannot listen on 127.0.190.1:18191", out.stderr)
+            self.assertIn("The old table keeps serving", out.stderr)
+            self.assert_refused(18190)  # all or nothing: the listener that could bind was not kept
+            self.assertEqual(one_get(lb.port, "/c/x").header("X-Server"), "6903")  # old table: /* -> b
+        finally:
+            held.close()
+        self.assert_reloaded(LISTEN_ADDED)
+        self.assertIn(one_get(18190, "/c/x", host=NEW_LISTEN).header("X-Server"), POOL_C)
+
+    def test_admin_lists_and_controls_the_live_tables_servers(self):
+        lb, _, admin = self.listen_setup(admin=True)
+
+        def metrics() -> str:
+            return jtest.http_request(admin, path="/metrics", host=HOST)[2].decode()
+
+        def sample(body: str, name: str, labels: str) -> int:
+            m = re.search(rf"(?m)^{name}\{{{re.escape(labels)}\}} (\d+)$", body)
+            return int(m.group(1)) if m else -1
+
+        kept = 'pool="b",server="127.0.145.1:6903",class="2xx"'
+        for i in range(3):
+            self.assertEqual(one_get(lb.port, f"/b/{i}").status, 200)
+        # An exchange is counted as it ends, just after its answer went out.
+        self.assertTrue(jtest.wait_until(lambda: sample(metrics(), "juggler_server_requests_total", kept) == 3, 5))
+        self.assertNotIn('pool="c"', metrics())
+
+        self.assert_reloaded(LISTEN_ADDED)
+        seen = [one_get(lb.port, f"/c/{i}").header("X-Server") for i in range(10)]
+        self.assertEqual(set(seen), POOL_C)
+        self.assertEqual(one_get(lb.port, "/b/k").status, 200)
+        self.assertTrue(jtest.wait_until(lambda: sample(metrics(), "juggler_server_requests_total", kept) == 4, 5))
+        body = metrics()
+        new = [f'pool="c",server="127.0.190.2:{p}",class="2xx"' for p in (6904, 6905)]
+        self.assertEqual([sample(body, "juggler_server_requests_total", n) for n in new],
+                         [seen.count("6904"), seen.count("6905")])
+        self.assertEqual(sample(body, "juggler_pool_requests_total", 'pool="c",class="2xx"'), 10)
+        self.assertEqual(sample(body, "juggler_server_requests_total", kept), 4)  # its count went on
+        stats = json.loads(jtest.http_request(admin, path="/stats.json", host=HOST)[2])
+        self.assertEqual([p["name"] for p in stats["pools"]], ["b", "c"])
+
+        status, _, answer = jtest.http_request(admin, "POST", "/servers/c/127.0.190.2:6904/drain", host=HOST,
+                                               headers={"Authorization": f"Bearer {TOKEN}"})
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(json.loads(answer)["state"], "drain")
+        self.assertEqual(sample(metrics(), "juggler_server_drained", 'pool="c",server="127.0.190.2:6904"'), 1)
+        self.assertEqual({one_get(lb.port, f"/c/{i}").header("X-Server") for i in range(10)}, {"6905"})
 
     def test_hundred_reloads_keep_memory_and_mappings_flat(self):
         self.backends()

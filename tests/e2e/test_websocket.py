@@ -6,7 +6,8 @@ A request with `Connection: Upgrade` + `Upgrade: websocket` goes to the server w
 kept; a 101 is relayed and then bytes pass both ways untouched (the 101's trailing bytes and
 the bytes the client sent right behind its head are not lost); a non-101 answer is a normal
 response on a connection that stays HTTP; Upgrade with a body, or h2c, is refused (400); the
-end of either side ends the other; a drain lets an open tunnel run, then closes it.
+end of either side ends the other; a drain lets an open tunnel run, then closes it; least_conn
+counts an open WebSocket as a busy connection of its server until it closes.
 The frames are raw bytes: the tunnel does not look at them, so the backend just echoes.
 """
 
@@ -29,6 +30,7 @@ from balancer import BalancerTestCase
 HOST = "127.0.130.1"
 BACKEND = 7130
 HTTPS = 18430
+SECOND = ("127.0.170.1", 7131)
 SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 
 
@@ -65,13 +67,13 @@ class Backend:
     "no" (keep-alive, any number of requests). Records each request head and counts
     connections open."""
 
-    def __init__(self):
+    def __init__(self, addr: tuple[str, int] = (HOST, BACKEND)):
         self.heads: list[bytes] = []
         self.open = 0
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((HOST, BACKEND))
+        self.sock.bind(addr)
         self.sock.listen(64)
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -136,6 +138,8 @@ class WebSocketTest(BalancerTestCase):
         super().setUpClass()
         cls.backend = Backend()
         cls.addClassCleanup(cls.backend.stop)
+        cls.second = Backend(SECOND)  # pool lc (least_conn): the first and this one
+        cls.addClassCleanup(cls.second.stop)
         cls.dir = tempfile.mkdtemp()
         cls.addClassCleanup(shutil.rmtree, cls.dir)
         jtest.make_cert(cls.dir, "ws", "localhost", "DNS:localhost,IP:127.0.130.1")
@@ -302,6 +306,38 @@ class WebSocketTest(BalancerTestCase):
         self.assertEqual(self.backend.open, 1)
         s.close()  # no FIN dance: the whole client goes
         self.assertTrue(self.backend.wait_for(lambda: self.backend.open == 0), "the server side stayed open")
+
+    def served_by(self, lb, request: bytes) -> "Backend":
+        """Sends `request` on a new connection; the backend whose heads it reached."""
+        before = (len(self.backend.heads), len(self.second.heads))
+        with self.dial(lb) as s:
+            s.sendall(request)
+            head, rest = read_head(s)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+            self.assertEqual(jtest.recv_exact(s, 2, rest), b"no")
+        after = (len(self.backend.heads), len(self.second.heads))
+        self.assertEqual(sum(after) - sum(before), 1)
+        return self.backend if after[0] > before[0] else self.second
+
+    def test_least_conn_counts_an_open_websocket_until_it_closes(self):
+        lb = self.start()
+        plain = b"GET /lc/plain HTTP/1.1\r\nHost: ws.test\r\n\r\n"
+        before = (len(self.backend.heads), len(self.second.heads))
+        held = self.dial(lb)
+        try:
+            self.switch(held, upgrade_request("/lc/ws"))
+            busy = self.backend if len(self.backend.heads) > before[0] else self.second
+            # With both idle least_conn takes turns: each of these would go to the busy one
+            # every other time were the WebSocket not counted after its 101.
+            for i in range(6):
+                self.assertIsNot(self.served_by(lb, plain), busy, f"request {i} went to the server of the WebSocket")
+        finally:
+            held.close()
+        self.assertTrue(busy.wait_for(lambda: busy.open == 0))
+        # Closed: no longer counted, the turns come back to it (a few tries: the balancer
+        # closes the tunnel in the same loop turn the server sees it go, but maybe after).
+        self.assertTrue(any(self.served_by(lb, plain) is busy for _ in range(8)),
+                        "the closed WebSocket is still counted")
 
     def test_drain_lets_a_tunnel_run_then_closes_it(self):
         lb = self.start()

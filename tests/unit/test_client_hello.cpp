@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 #include <string>
+#include <vector>
 
 #include "stream/client_hello.hpp"
 
@@ -32,11 +33,31 @@ std::string client_hello(const char* name, int max_version = TLS1_3_VERSION) {
   return hello;
 }
 
-HelloParse parse(const std::string& bytes, std::string* name = nullptr) {
-  std::string_view n;
-  const HelloParse r = parse_client_hello(bytes, &n);
-  if (name) *name = std::string(n);
+HelloParse parse(const std::string& bytes, std::string* name = nullptr, std::size_t* end = nullptr) {
+  ClientHello hello;
+  const HelloParse r = parse_client_hello(bytes, &hello);
+  if (name) *name = std::string(hello.name);
+  if (end) *end = hello.end;
   return r;
+}
+
+std::string record(std::string_view fragment, char type = 22) {
+  const auto n = fragment.size();
+  return std::string{type, 3, 1, static_cast<char>(n >> 8), static_cast<char>(n & 0xff)} + std::string(fragment);
+}
+
+// The handshake message of a one-record hello sent again in records cut at
+// `cuts` (offsets into the message, ascending), as a client that fragments
+// does.
+std::string refragment(const std::string& hello, const std::vector<std::size_t>& cuts) {
+  const std::string message = hello.substr(5);
+  std::string out;
+  std::size_t from = 0;
+  for (std::size_t cut : cuts) {
+    out += record(message.substr(from, cut - from));
+    from = cut;
+  }
+  return out + record(message.substr(from));
 }
 
 }  // namespace
@@ -67,8 +88,9 @@ TEST_CASE("client hello: not TLS, not a ClientHello, or lengths that do not add 
   huge[3] = '\x7f';  // a record beyond one record's 16 KB
   CHECK(parse(huge) == HelloParse::Invalid);
   std::string short_body = good;
-  short_body[8] = static_cast<char>(short_body[8] + 1);  // the handshake says one byte more than the record
-  CHECK(parse(short_body) == HelloParse::Invalid);
+  short_body[8] = static_cast<char>(short_body[8] + 1);  // the handshake says one byte more than the record:
+  CHECK(parse(short_body) == HelloParse::NeedMore);          // the next record may carry it,
+  CHECK(parse(short_body + "\x17\x03\x03") == HelloParse::Invalid);  // but application data may not
   // Each byte of the handshake length, session id and suites lengths raised: never a crash,
   // never a name outside the record.
   for (std::size_t at = 6; at < 60; ++at) {
@@ -85,4 +107,60 @@ TEST_CASE("client hello: not TLS, not a ClientHello, or lengths that do not add 
   REQUIRE(at != std::string::npos);
   odd[at + 2] = '/';
   CHECK(parse(odd) == HelloParse::Invalid);
+}
+
+TEST_CASE("client hello: a hello fragmented over several records is joined", "[client_hello]") {
+  const std::string hello = client_hello("db.example.com");
+  const std::size_t message = hello.size() - 5;
+  const std::size_t name_at = hello.find("db.example.com") - 5;
+  REQUIRE(message > 200);
+  const std::vector<std::vector<std::size_t>> cuts = {
+      {1},                        // the handshake header itself cut
+      {3},                        // ...and its length
+      {message / 2},              // in two
+      {name_at + 4},              // through the host_name: joined into ClientHello::joined
+      {40, name_at + 1, message - 1},
+      {name_at, name_at + 14},    // the name alone in a record
+  };
+  for (const auto& at : cuts) {
+    const std::string records = refragment(hello, at);
+    CAPTURE(at);
+    std::string name;
+    std::size_t end = 0;
+    REQUIRE(parse(records + "\x17\x03\x03 early data", &name, &end) == HelloParse::Done);
+    CHECK(name == "db.example.com");
+    CHECK(end == records.size());
+    for (std::size_t k = 0; k < records.size(); ++k) {
+      std::size_t want = 0;
+      CHECK(parse(records.substr(0, k), nullptr, &want) == HelloParse::NeedMore);
+      CHECK(want > k);  // the hint: no answer before that many bytes
+    }
+  }
+  // A byte per record, as a client defeating middleboxes may send it.
+  std::vector<std::size_t> every;
+  for (std::size_t i = 1; i < message; ++i) every.push_back(i);
+  std::string name;
+  CHECK(parse(refragment(hello, every), &name) == HelloParse::Done);
+  CHECK(name == "db.example.com");
+}
+
+TEST_CASE("client hello: fragments that are not a handshake, or too much of one: Invalid", "[client_hello]") {
+  const std::string hello = client_hello("db.example.com");
+  const std::string message = hello.substr(5);
+  // Another record type between the fragments (RFC 8446 5.1: not interleaved).
+  CHECK(parse(record(message.substr(0, 50)) + record("\x01\x00", 21) + record(message.substr(50))) ==
+        HelloParse::Invalid);
+  // An empty handshake record (RFC 8446 5.1 forbids them).
+  CHECK(parse(record(message.substr(0, 50)) + record("") + record(message.substr(50))) == HelloParse::Invalid);
+  // A message longer than kMaxHelloMessage, whatever the records: refused at its header.
+  std::string big = message;
+  big[1] = 0;
+  big[2] = '\x40';
+  big[3] = 0;  // 16384 bytes of body: 16388 with the header
+  CHECK(parse(record(big.substr(0, 4))) == HelloParse::Invalid);
+  big[2] = '\x3f';
+  big[3] = '\xfc';  // 16380: exactly kMaxHelloMessage, still waited for
+  CHECK(parse(record(big.substr(0, 4))) == HelloParse::NeedMore);
+  // A record that is not a ClientHello's first is refused at its sixth byte.
+  CHECK(parse(record(std::string("\x02", 1))) == HelloParse::Invalid);
 }

@@ -46,6 +46,28 @@ TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") 
   CHECK(m.bytes_out.get() == 157);
 }
 
+TEST_CASE("a reload that adds rows grows a worker's metrics without losing a count", "[metrics]") {
+  Metrics m(1, 1, 1);
+  m.exchange_done(0, 0, 0, 200, 10, 300, 100);
+  ++m.server[0].conn_new;
+  const ServerCounters* before = &m.server[0];
+  m.grow(4, 3, 5);  // route rows (with "no route"), pools, servers
+  CHECK(m.by_route.size() >= 4 * kStatusClasses);
+  CHECK(m.pool.size() >= 3);
+  CHECK(m.server.size() >= 5);
+  CHECK(m.by_route[0 * kStatusClasses + 1].get() == 1);  // copied
+  CHECK(m.pool[0].duration.sum_us.get() == 300);
+  CHECK(m.server[0].conn_new.get() == 1);
+  CHECK(m.server[4].conn_new.get() == 0);  // new rows start at zero
+  CHECK(before->conn_new.get() == 1);      // a reader still in the old array reads what it had
+  m.exchange_done(2, 2, 4, 500, 1, 1, -1);  // a row of the added table
+  CHECK(m.server[4].by_class[4].get() == 1);
+  const std::size_t size = m.server.size();
+  m.grow(1, 1, 2);  // fewer: nothing changes
+  CHECK(m.server.size() == size);
+  CHECK(m.server[4].by_class[4].get() == 1);
+}
+
 TEST_CASE("quantiles interpolate within their bucket", "[metrics]") {
   Snapshot::Requests r;
   CHECK(r.quantile_ms(0.5) == 0);

@@ -37,6 +37,7 @@ constexpr Settings kSettings{
     .compress_level_zstd = 19,
     .drain_delay_ms = 5000,
     .instance = "lb-1.eu_west",
+    .instance_header = "X-Served-By: lb-1.eu_west\015\012",
 };
 
 constexpr std::string_view kUpgrades0[] = {
@@ -670,7 +671,7 @@ const RouteTable& route_table() noexcept {
       .routes = kRoutes,
       .distribute = distribute,
       .sni = sni_names::sni_route,
-      .source_hash = "e5b89f3c96f0",
+      .source_hash = "6048fa19b00e",
   };
   return table;
 }

@@ -37,6 +37,7 @@ constexpr Settings kSettings{
     .compress_level_zstd = 3,
     .drain_delay_ms = 0,
     .instance = {},
+    .instance_header = {},
 };
 
 constexpr std::string_view kUpgrades0[] = {

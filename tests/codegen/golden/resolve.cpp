@@ -27,6 +27,8 @@ constexpr Settings kSettings{
     .cache_bytes = 67108864u,
     .cache_address = {},
     .cache_max_object = 1048576u,
+    .cache_redis_prefix = {},
+    .cache_redis_deadline_ms = 50u,
     .cache_purge_from = {.family = 0, .bits = 0, .addr = {}},
     .admin_address = {},
     .admin_token_file = {},
@@ -35,6 +37,7 @@ constexpr Settings kSettings{
     .compress_level_zstd = 3,
     .drain_delay_ms = 0,
     .instance = {},
+    .instance_header = {},
     .resolve_interval_ms = 2000u,
 };
 
