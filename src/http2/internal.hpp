@@ -83,6 +83,10 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   std::unique_ptr<uv_buf_t[]> iov;
   std::uint32_t iov_cap = 0, header_cap = 0;
   BodySpan spans[MessageParser::kMaxBodySpans];
+  // Armed while a send is held (the client's window shut): a client that
+  // takes none of it for timeout.client_idle loses the stream, as an HTTP/1
+  // client that reads nothing loses its connection; the server's is released.
+  TimerNode send_timer;
 
   // Downstream
   const char* tls_version() const noexcept override;

@@ -35,6 +35,13 @@ void refuse(H2Stream* s, std::uint32_t error) {
   h2_stream_reset(s, error);
 }
 
+// A held send the client took nothing of for timeout.client_idle (internal.hpp).
+void on_send_timer(TimerNode* t) {
+  auto* s = static_cast<H2Stream*>(t->owner);
+  h2_stream_reset(s, NGHTTP2_CANCEL);
+  if (s->ex) step(s->ex, Event::ClientGone);
+}
+
 }  // namespace
 
 H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
@@ -46,6 +53,8 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
     --hw.free_stream_count;
   } else {
     s = new H2Stream();
+    s->send_timer.fire = on_send_timer;
+    s->send_timer.owner = s;
   }
   s->state() = {};
   const std::uint32_t hc = settings(w).header_count;
@@ -175,6 +184,7 @@ void h2_stream_free(H2Stream* s) noexcept {
   H2Conn* c = s->conn;
   Worker& w = *c->worker;
   h2_head_drop(s->req);
+  TimerWheel::disarm(&s->send_timer);
   w.put_buffer(s->head);
   w.put_buffer(s->body);
   w.put_buffer(s->rhead);

@@ -48,7 +48,7 @@ TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") 
 
 TEST_CASE("a reload that adds rows grows a worker's metrics without losing a count", "[metrics]") {
   Metrics m(1, 1, 1);
-  m.exchange_done(0, 0, 0, 200, 10, 300, 100);
+  m.exchange_done(0, 0, 0, 200, 10, 300, 100, false);
   ++m.server[0].conn_new;
   const ServerCounters* before = &m.server[0];
   m.grow(4, 3, 5);  // route rows (with "no route"), pools, servers
@@ -60,7 +60,7 @@ TEST_CASE("a reload that adds rows grows a worker's metrics without losing a cou
   CHECK(m.server[0].conn_new.get() == 1);
   CHECK(m.server[4].conn_new.get() == 0);  // new rows start at zero
   CHECK(before->conn_new.get() == 1);      // a reader still in the old array reads what it had
-  m.exchange_done(2, 2, 4, 500, 1, 1, -1);  // a row of the added table
+  m.exchange_done(2, 2, 4, 500, 1, 1, -1, false);  // a row of the added table
   CHECK(m.server[4].by_class[4].get() == 1);
   const std::size_t size = m.server.size();
   m.grow(1, 1, 2);  // fewer: nothing changes
