@@ -34,11 +34,16 @@ constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\
 // The primary key into `out` (reused: no allocation once it grew): the host
 // in lower case, '\0', the path and the query.
 std::string_view build_key(const RequestHead& h, std::string& out) {
-  out.clear();
-  for (char c : h.host) out.push_back(c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c);
-  out.push_back('\0');
-  out.append(h.path);
-  if (!h.query.empty()) out.append("?").append(h.query);
+  // Written in place (a miss and a hit build it on every request).
+  out.resize(h.host.size() + 1 + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
+  char* p = out.data();
+  for (char c : h.host) *p++ = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
+  *p++ = '\0';
+  std::memcpy(p, h.path.data(), h.path.size());
+  p += h.path.size();
+  if (h.query.empty()) return out;
+  *p++ = '?';
+  std::memcpy(p, h.query.data(), h.query.size());
   return out;
 }
 
@@ -216,6 +221,7 @@ State cache_request(Exchange* ex) {
   CacheStore* store = ex->worker->shared.cache.get();
   const RequestHead& h = ex->head;
   ex->cache = static_cast<std::uint8_t>(CacheStatus::Bypass);
+  ex->cache_hash = 0;
   if (!store) return State::Connect;
   if (unsafe(h.method)) {
     // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
@@ -234,7 +240,7 @@ State cache_request(Exchange* ex) {
   if (h.method == Method::Get) ex->filter_want |= kWantCache;
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
-  const std::uint64_t hash = cache_key_hash(key);
+  const std::uint64_t hash = ex->cache_hash = cache_key_hash(key);  // the store stage's too
   if (store->asynchronous()) return cache_fetch(ex, hash, CacheOp::Lookup);
   return cache_found(ex, lookup(ex, key, hash, rf.authorization), hash, rf.conditional);
 }
@@ -449,6 +455,8 @@ State cache_purge(Exchange* ex) {
 std::string_view cache_status_line(const Exchange* ex) noexcept { return kXCache[ex->cache]; }
 
 void cache_release(Exchange* ex) noexcept {
+  if (ex->cache_tap) cache_stage_put(ex->cache_tap);  // a body that did not end: nothing stored
+  ex->cache_tap = nullptr;
   cancel_fetch(ex);
   if (ex->cache_found) cache_entry_release(ex->cache_found);
   ex->cache_found = nullptr;

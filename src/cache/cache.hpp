@@ -59,6 +59,12 @@ std::string_view cache_status_line(const Exchange* ex) noexcept;
 // the response may not be stored or is larger than the store's max_object.
 ResponseFilter* cache_stage_get(Exchange* ex);
 void cache_stage_put(ResponseFilter* f) noexcept;
+// The same stage without a chain, for a response with Content-Length that
+// no other stage changes: sets Exchange::cache_tap when the response may be
+// stored; the relay then calls cache_tap with the body bytes of each read
+// (`last`: the body ended with them). Released by cache_release.
+void cache_tap_begin(Exchange* ex);
+void cache_tap(Exchange* ex, std::string_view body, bool last) noexcept;
 
 // Revalidation and stale answers, for an exchange that went to the server
 // with a stale entry (Exchange::cache_entry):

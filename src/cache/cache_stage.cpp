@@ -3,6 +3,7 @@
 // the body is complete; and the entry a revalidating 304 makes of a stored
 // one. The request side is cache.cpp.
 #include <charconv>
+#include <cstring>
 #include <ctime>
 #include <new>
 #include <string>
@@ -32,6 +33,8 @@ class CacheStage final : public ResponseFilter {
   bool head(HeadEdit& edit) noexcept override;
   FilterStatus process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept override;
   void written() noexcept override {}
+  // Copies body bytes into the entry; stores it after the last ones.
+  void take(std::string_view in, bool last) noexcept;
   void drop() noexcept {
     if (entry) cache_entry_release(entry);
     entry = nullptr;
@@ -58,24 +61,6 @@ void for_each_line(std::string_view lines, F&& f) {
 }
 
 }  // namespace
-
-ResponseFacts response_facts(const MessageParser& r) noexcept {
-  ResponseFacts f;
-  f.status = r.status();
-  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
-    const HeaderSpan& hs = r.headers()[i];
-    if (hs.drop) continue;
-    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
-    if (iequals(n, "cache-control")) f.cc.parse(v);
-    else if (iequals(n, "expires")) f.has_expires = true, f.expires = parse_http_date(v);
-    else if (iequals(n, "date")) f.date = parse_http_date(v);
-    else if (iequals(n, "age")) std::from_chars(trim_ows(v).data(), trim_ows(v).data() + trim_ows(v).size(), f.age);
-    else if (iequals(n, "set-cookie")) f.set_cookie = true;
-    else if (iequals(n, "etag") || iequals(n, "last-modified")) f.validator = true;
-    else if (iequals(n, "vary")) for_each_token(v, [&](std::string_view t) { f.vary_star |= trim_ows(t) == "*"; });
-  }
-  return f;
-}
 
 // The entry a 304 makes of `old`: its body, its key and variant, its head
 // with the fields the 304 sends replaced (*cache_control: the 304 has a
@@ -141,52 +126,60 @@ CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool*
 
 namespace {
 
+char* put(char* p, std::string_view s) noexcept {
+  std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
   CacheEntry* e = entry = new CacheEntry();
-  e->key = store_key(ex->head, t_key, ex->worker->shared.cache->asynchronous());
-  e->hash = cache_key_hash(e->key);
+  const bool async = ex->worker->shared.cache->asynchronous();
+  store_key(ex->head, e->key, async);
+  // The memory key's hash when the lookup made it (0: it did not, or it is 0).
+  e->hash = ex->cache_hash && !async ? ex->cache_hash : cache_key_hash(e->key);
   std::string_view status_line = r.first_line();
   while (!status_line.empty() && (status_line.back() == '\n' || status_line.back() == '\r')) status_line.remove_suffix(1);
   status_line = trim_ows(status_line.substr(status_line.find(' ') + 1));
   const std::string_view lines = edit.lines();  // what the stages before this one added (Content-Encoding, Vary)
   std::size_t size = 11 + status_line.size() + lines.size();
-  for (std::uint32_t i = 0; i < r.header_count(); ++i)
-    size += r.header_name(r.headers()[i]).size() + r.header_value(r.headers()[i]).size() + 4;
-  e->head.reserve(size);  // one allocation, and the views below stay valid
-  e->head.append("HTTP/1.1 ").append(status_line).append("\r\n");
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) size += r.headers()[i].value_off + r.headers()[i].value_len + 2;
+  e->head.resize(size);  // one allocation, written in place; the views below stay valid
+  char* const base = e->head.data();
+  char* p = put(put(put(base, "HTTP/1.1 "), status_line), "\r\n");
   // The variants: the fields Vary names (lower case), and Accept-Encoding
   // on a route that compresses.
   std::string names;  // "name," of each Vary'd field so far
-  auto vary_on = [&](const std::string& lower) {
-    if (lower.empty() || names.find(lower + ",") != std::string::npos) return;
-    names.append(lower).append(",");
+  auto vary_on = [&](const std::string& name) {
+    if (name.empty() || names.find(name + ",") != std::string::npos) return;
+    names.append(name).append(",");
     char digit = 0;
-    e->vary.append(lower).append(1, '\0').append(vary_value(ex->head, lower, &digit)).append(1, '\0');
+    e->vary.append(name).append(1, '\0').append(vary_value(ex->head, name, &digit)).append(1, '\0');
   };
   // One pass: the validators as views into the stored head, the Vary'd names.
   auto field = [&](std::string_view n, std::string_view stored_value) {
+    if (n.size() == 13 && iequals(n, "last-modified")) e->last_modified = stored_value;
+    if (n.size() != 4) return;
     if (iequals(n, "etag")) e->etag = stored_value;
-    else if (iequals(n, "last-modified")) e->last_modified = stored_value;
     else if (iequals(n, "vary"))
       for_each_token(stored_value, [&](std::string_view t) {
-        std::string lower(trim_ows(t));
-        for (char& c : lower) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
-        vary_on(lower);
+        std::string name(trim_ows(t));
+        for (char& c : name) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        vary_on(name);
       });
   };
+  // Each stored line as the server sent it up to the end of its value.
   for (std::uint32_t i = 0; i < r.header_count(); ++i) {
     const HeaderSpan& hs = r.headers()[i];
-    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
-    if (hs.drop || unstored_field(n)) continue;
-    e->head.append(n).append(": ").append(v).append("\r\n");
-    field(n, std::string_view(e->head).substr(e->head.size() - 2 - v.size(), v.size()));
+    if (hs.drop || unstored_line(r, hs)) continue;
+    std::memcpy(p, hs.line, hs.value_off + hs.value_len);
+    field(r.header_name(hs), {p + hs.value_off, hs.value_len});
+    p = put(p + hs.value_off + hs.value_len, "\r\n");
   }
-  const std::size_t at = e->head.size();
-  e->head.append(lines);
-  for_each_line(lines, [&](std::string_view n, std::string_view v) {
-    field(n, std::string_view(e->head).substr(at + static_cast<std::size_t>(v.data() - lines.data()), v.size()));
-  });
+  const char* const at = p;
+  p = put(p, lines);
+  for_each_line(lines, [&](std::string_view n, std::string_view v) { field(n, {at + (v.data() - lines.data()), v.size()}); });
+  e->head.resize(static_cast<std::size_t>(p - base));
   if (ex->route->compress) vary_on("accept-encoding");
   e->status = r.status();
   e->revalidate = d.revalidate;
@@ -221,23 +214,27 @@ bool CacheStage::head(HeadEdit& edit) noexcept {
 FilterStatus CacheStage::process(std::string_view in, bool last, FilterOut& out, std::size_t* used) noexcept {
   *used = in.size();
   if (!out.add(in.data(), in.size())) return FilterStatus::Failed;
-  if (!entry) return FilterStatus::Done;
+  take(in, last);
+  return FilterStatus::Done;
+}
+
+void CacheStage::take(std::string_view in, bool last) noexcept {
+  if (!entry) return;
   if (entry->body.size() + in.size() > settings(*ex->worker).cache_max_object) {
     drop();  // over the limit: streams on, uncached
-    return FilterStatus::Done;
+    return;
   }
   try {
     entry->body.append(in);
   } catch (const std::bad_alloc&) {
     drop();
-    return FilterStatus::Done;
+    return;
   }
   if (last) {
     ex->worker->shared.cache->insert(entry);
     entry = nullptr;
     cache_flight_end(ex);  // the waiters find it now
   }
-  return FilterStatus::Done;
 }
 
 }  // namespace
@@ -254,6 +251,18 @@ void cache_stage_put(ResponseFilter* f) noexcept {
   auto* s = static_cast<CacheStage*>(f);
   s->drop();
   t_stages.push(s);
+}
+
+void cache_tap_begin(Exchange* ex) {
+  ResponseFilter* s = cache_stage_get(ex);
+  char none = 0;  // it adds no line (the relay's head is the server's); not null: its lines() are copied
+  HeadEdit edit(ex->resp, &none, 0);
+  if (s->head(edit)) ex->cache_tap = s;
+  else cache_stage_put(s);
+}
+
+void cache_tap(Exchange* ex, std::string_view body, bool last) noexcept {
+  static_cast<CacheStage*>(ex->cache_tap)->take(body, last);
 }
 
 }  // namespace juggler

@@ -7,27 +7,54 @@
 
 namespace juggler {
 
+unsigned CacheFlights::find(std::uint64_t hash) const noexcept {
+  for (unsigned i = 0; i < kProbes && hash; ++i) {
+    const unsigned at = static_cast<unsigned>(hash + i) & (kSlots - 1);
+    if (slots_[at].hash == hash) return at;
+    if (slots_[at].hash == 0) break;
+  }
+  return kSlots;
+}
+
 bool CacheFlights::join(std::uint64_t hash, std::uint32_t worker) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, fresh] = flights_.try_emplace(hash);
-  if (fresh) return true;
-  std::vector<std::uint32_t>& waiting = it->second;
-  if (std::find(waiting.begin(), waiting.end(), worker) == waiting.end()) waiting.push_back(worker);
-  return false;
+  for (unsigned i = 0; i < kProbes && hash; ++i) {
+    Slot& s = slots_[static_cast<unsigned>(hash + i) & (kSlots - 1)];
+    if (s.hash == 0) {
+      s = Slot{hash, 0};
+      return true;
+    }
+    if (s.hash == hash) {
+      s.waiting |= std::uint64_t{1} << std::min<std::uint32_t>(worker, 63);
+      return false;
+    }
+  }
+  return true;  // no room: leads untracked
 }
 
 void CacheFlights::end(std::uint64_t hash) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = flights_.find(hash);
-  if (it == flights_.end()) return;
-  for (std::uint32_t w : it->second)
-    if (w < wake_.size() && wake_[w]) uv_async_send(wake_[w]);
-  flights_.erase(it);
+  unsigned hole = find(hash);
+  if (hole == kSlots) return;
+  const std::uint64_t waiting = slots_[hole].waiting;
+  // Backward shift: each later slot of the run moves into the hole unless
+  // its own place lies (cyclically) after the hole, so that every key stays
+  // reachable from its place without crossing a free slot.
+  for (unsigned n = 1, j = (hole + 1) & (kSlots - 1); n < kSlots && slots_[j].hash; ++n, j = (j + 1) & (kSlots - 1)) {
+    const unsigned home = static_cast<unsigned>(slots_[j].hash) & (kSlots - 1);
+    if (((j - home) & (kSlots - 1)) >= ((j - hole) & (kSlots - 1))) {
+      slots_[hole] = slots_[j];
+      hole = j;
+    }
+  }
+  slots_[hole] = Slot{};
+  for (std::size_t w = 0; waiting && w < wake_.size(); ++w)
+    if ((waiting >> std::min<std::size_t>(w, 63)) & 1 && wake_[w]) uv_async_send(wake_[w]);
 }
 
 bool CacheFlights::active(std::uint64_t hash) const {
   std::lock_guard<std::mutex> lock(mu_);
-  return flights_.count(hash) != 0;
+  return find(hash) != kSlots;
 }
 
 void CacheFlights::set_wake(std::uint32_t worker, uv_async_t* async) {

@@ -10,15 +10,19 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include "exchange/exchange.hpp"
 
 namespace juggler {
 
-// The keys whose leader is at the server, and who waits for each.
+// The keys whose leader is at the server, and who waits for each: a fixed
+// table (open addressing, linear probing, deletion by backward shift), so a
+// miss allocates nothing here. A key that finds no free slot within
+// kProbes of its place leads untracked: its concurrent misses go to the
+// server each (not collapsed) until the table has room again.
 class CacheFlights {
  public:
   // Lead when nobody leads `hash` (true); else `worker` is noted as waiting
@@ -30,9 +34,19 @@ class CacheFlights {
   // A worker's wake-up (null: it is gone), by worker id.
   void set_wake(std::uint32_t worker, uv_async_t* async);
 
+  static constexpr unsigned kSlots = 4096;  // a power of two
+  static constexpr unsigned kProbes = 32;
+
  private:
+  struct Slot {
+    std::uint64_t hash = 0;     // 0: free (a key hashing to 0 is never tracked)
+    std::uint64_t waiting = 0;  // bit w: worker w waits; bit 63: some worker >= 63
+  };
+  // The slot holding `hash`, or kSlots.
+  unsigned find(std::uint64_t hash) const noexcept;
+
   mutable std::mutex mu_;
-  std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> flights_;
+  std::unique_ptr<Slot[]> slots_ = std::make_unique<Slot[]>(kSlots);
   std::vector<uv_async_t*> wake_;
 };
 

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <ctime>
 
@@ -206,6 +207,51 @@ StoreDecision decide_store(const ResponseFacts& r, bool request_authorization, s
       d.stale_while_revalidate_ms = static_cast<std::uint64_t>(cc.stale_while_revalidate) * 1000;
   }
   return d;
+}
+
+ResponseFacts response_facts(const MessageParser& r) noexcept {
+  ResponseFacts f;
+  f.status = r.status();
+  for (std::uint32_t i = 0; i < r.header_count(); ++i) {
+    const HeaderSpan& hs = r.headers()[i];
+    if (hs.drop) continue;
+    const std::string_view n = r.header_name(hs), v = r.header_value(hs);
+    switch (n.size()) {  // by length first: most fields are none of these
+      case 3:
+        if (iequals(n, "age")) std::from_chars(trim_ows(v).data(), trim_ows(v).data() + trim_ows(v).size(), f.age);
+        break;
+      case 4:
+        if (iequals(n, "date")) f.date = parse_http_date(v);
+        else if (iequals(n, "etag")) f.validator = true;
+        else if (iequals(n, "vary")) for_each_token(v, [&](std::string_view t) { f.vary_star |= trim_ows(t) == "*"; });
+        break;
+      case 7:
+        if (iequals(n, "expires")) f.has_expires = true, f.expires = parse_http_date(v);
+        break;
+      case 10:
+        f.set_cookie = f.set_cookie || iequals(n, "set-cookie");
+        break;
+      case 13:
+        if (iequals(n, "cache-control")) f.cc.parse(v);
+        else f.validator = f.validator || iequals(n, "last-modified");
+        break;
+      default:
+        break;
+    }
+  }
+  return f;
+}
+
+bool unstored_line(const MessageParser& r, const HeaderSpan& hs) noexcept {
+  switch (hs.kind) {
+    case HeaderKind::ContentLength: case HeaderKind::TransferEncoding: case HeaderKind::Connection:
+    case HeaderKind::HopByHop:
+      return true;
+    default:
+      break;
+  }
+  const std::string_view n = r.header_name(hs);
+  return (n.size() == 3 && iequals(n, "age")) || (n.size() == 10 && iequals(n, "set-cookie"));
 }
 
 bool purge_allowed(std::string_view peer, const CidrDef& net) noexcept {

@@ -9,6 +9,9 @@
 
 namespace juggler {
 
+class MessageParser;
+struct HeaderSpan;
+
 struct CidrDef;      // juggler/route.hpp
 struct RequestHead;  // juggler/route.hpp
 
@@ -62,6 +65,12 @@ bool not_modified_since(std::string_view if_modified_since, std::string_view las
 // its own Content-Length), the connection's, Age (computed per hit) and
 // Set-Cookie (one client's cookie is never handed to another).
 bool unstored_field(std::string_view name) noexcept;
+// The same for a parsed header line, by the parser's kinds (no string
+// compare for framing and hop-by-hop fields).
+bool unstored_line(const MessageParser& r, const HeaderSpan& hs) noexcept;
+// What a response head says for decide_store (one pass over its fields;
+// those marked drop are not the client's and do not count).
+ResponseFacts response_facts(const MessageParser& r) noexcept;
 
 // Two field names are the same (ASCII case-insensitive, both sides as sent).
 bool same_field_name(std::string_view a, std::string_view b) noexcept;

@@ -12,6 +12,9 @@
 
 namespace juggler {
 
+// 1xx responses relayed before the final one; more is a broken server.
+constexpr std::uint8_t kMaxInterim = 8;
+
 // The states of an exchange. Each has one handler, which step() calls with
 // the event and which returns the next state; a state just entered is called
 // with Event::Enter first. Done, Cut and Tunnel end the exchange: step()
@@ -75,6 +78,7 @@ struct Termination {
 };
 
 struct FilteredResponse;  // src/filter/filtered.hpp
+class ResponseFilter;    // src/filter/filter.hpp
 struct CacheEntry;        // src/cache/store.hpp
 struct Exchange;
 
@@ -118,6 +122,10 @@ struct ExchangeState {
   // (null: the zero-copy relay). Released by exchange_put.
   std::uint8_t filter_want = 0;
   FilteredResponse* filters = nullptr;
+  // The cache's store stage when it is the only one on a Content-Length
+  // body: the zero-copy relay runs and hands it the body bytes it relays
+  // (cache_tap). Released by cache_release.
+  ResponseFilter* cache_tap = nullptr;
   // The cache (routes with `cache`, src/cache): what it did (CacheStatus,
   // 0 on other routes) and the stored entry a hit is written from (released
   // by exchange_put).
@@ -125,7 +133,7 @@ struct ExchangeState {
   bool cache_reval = false;  // the request asks the server to revalidate cache_entry (If-None-Match...)
   bool cache_leader = false;   // its miss leads: others wait for it (src/cache/collapse)
   bool cache_waiting = false;  // in its worker's waiting list (CacheWait)
-  std::uint64_t cache_hash = 0;  // the key's hash, while it leads or waits
+  std::uint64_t cache_hash = 0;  // the key's hash, noted by the lookup (0: none)
   Exchange* wait_next = nullptr;
   Exchange* wait_prev = nullptr;
   CacheEntry* cache_entry = nullptr;

@@ -22,7 +22,6 @@ namespace {
 constexpr std::string_view kConnClose = "Connection: close\r\n";
 constexpr std::string_view kConnKeep = "Connection: keep-alive\r\n";
 
-constexpr std::uint8_t kMaxInterim = 8;       // 1xx responses before the final one
 constexpr std::uint64_t kLargeBody = 128 * 1024;  // bodies from this size stream through bulk buffers
 
 unsigned build_request_head(Exchange* ex) {
@@ -234,7 +233,10 @@ State process_upstream(Exchange* ex, State s) {
     if (step == HeadStep::Final) s = State::Relay;
   }
   if (s == State::Relay && ex->filters) return filtered_relay(ex, n);
+  const char* const body = c->in->data + c->parse_pos;  // this read's body bytes start here
   if (s == State::Relay && (s = response_body(ex, &fwd)) == State::Failed) return s;
+  if (ex->cache_tap && (s == State::Relay || s == State::Finish))
+    cache_tap(ex, {body, static_cast<std::size_t>(c->in->data + c->parse_pos - body)}, s == State::Finish);
   if (fwd) {
     const char* end = c->in->data + c->parse_pos;
     if (end > fwd) iov[n++] = uv_buf_init(const_cast<char*>(fwd), static_cast<unsigned>(end - fwd));

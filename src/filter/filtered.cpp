@@ -220,6 +220,9 @@ void filters_begin(Exchange* ex) {
   const std::uint8_t encoding = ex->filter_want & static_cast<std::uint8_t>(~kWantCache);
   const bool compress = encoding && compress_worth(r);
   if (!compress && !(ex->filter_want & kWantCache)) return;
+  // The cache alone on a body of known length: no chain, the zero-copy
+  // relay hands it the bytes as they pass (the bytes it relays are the body).
+  if (!compress && r.has_content_length()) return cache_tap_begin(ex);
   FilteredResponse* f = pool_get();
   if (compress && (f->compressor = compressor_get(encoding, st))) f->chain.add(f->compressor);
   if (ex->filter_want & kWantCache) f->chain.add(f->store = cache_stage_get(ex));

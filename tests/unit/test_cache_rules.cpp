@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/collapse.hpp"
 #include "cache/rules.hpp"
 #include "cache/store.hpp"
 #include "juggler/route.hpp"
@@ -284,4 +285,42 @@ TEST_CASE("cache: the client holds the stored copy: If-None-Match, else If-Modif
   CHECK_FALSE(has({{"If-None-Match", "\"v5\""}, {"If-Modified-Since", lm}}));  // If-None-Match decides alone
   CHECK_FALSE(has({{"If-Modified-Since", "Tue, 01 Dec 2026 09:59:59 GMT"}}));
   CHECK_FALSE(has({{"If-None-Match", "\"v4\""}}, 404));  // preconditions hold for a 2xx only
+}
+
+TEST_CASE("cache: collapsed misses in a fixed table: colliding keys, removal, a full neighbourhood", "[cache]") {
+  CacheFlights f;
+  constexpr std::uint64_t n = CacheFlights::kSlots;
+  // Three keys with one place, one with the next: a run of four slots.
+  const std::uint64_t a = 5, b = 5 + n, c = 5 + 2 * n, d = 6;
+  CHECK(f.join(a, 0));
+  CHECK(f.join(b, 0));
+  CHECK(f.join(d, 0));
+  CHECK(f.join(c, 0));
+  CHECK_FALSE(f.join(c, 1));  // led already: waits
+  CHECK_FALSE(f.join(a, 70));  // a worker beyond 63 waits too
+  f.end(a);                    // the others shift back and stay reachable
+  CHECK_FALSE(f.active(a));
+  CHECK(f.active(b));
+  CHECK(f.active(c));
+  CHECK(f.active(d));
+  f.end(b);
+  f.end(d);
+  CHECK(f.active(c));
+  CHECK_FALSE(f.join(c, 2));
+  f.end(c);
+  CHECK_FALSE(f.active(c));
+  CHECK(f.join(a, 0));  // free again
+  f.end(a);
+  // kProbes keys on one place fill its neighbourhood: one more leads untracked.
+  for (std::uint64_t i = 0; i < CacheFlights::kProbes; ++i) CHECK(f.join(9 + i * n, 0));
+  const std::uint64_t extra = 9 + CacheFlights::kProbes * n;
+  CHECK(f.join(extra, 0));
+  CHECK(f.join(extra, 1));  // not tracked: each leads
+  CHECK_FALSE(f.active(extra));
+  for (std::uint64_t i = 0; i < CacheFlights::kProbes; ++i) f.end(9 + i * n);
+  CHECK(f.join(extra, 0));
+  CHECK_FALSE(f.join(extra, 1));
+  CHECK(f.join(0, 0));  // a key hashing to 0 is never tracked
+  CHECK(f.join(0, 1));
+  CHECK_FALSE(f.active(0));
 }
