@@ -30,7 +30,7 @@ help:
 	@echo "make install [PREFIX=/usr/local] [DESTDIR=]  bin/juggler, bin/juggler-reload, etc/juggler (routes.def, certs/), systemd unit, logrotate"
 	@echo "make deb                   a Debian package (CPack) in $(BUILD)/package/"
 	@echo "make ssl_cert              self-signed certs/server.crt + certs/server.key"
-	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request and response paths)"
+	@echo "make fuzz [FUZZ_SECONDS=60] libFuzzer targets (request, response, HTTP/2 front)"
 	@echo "make tidy                  clang-tidy on src/ (.clang-tidy; warnings are errors)"
 	@echo "make bench                 Juggler vs nginx vs HAProxy (long; not part of test)"
 	@echo "make clean                 remove bin/, build folders and generated code"

@@ -44,6 +44,7 @@ struct AccessRecord {
   std::uint32_t retries = 0;       // attempts on another server (or connection) after the first
   char term[2] = {'-', '-'};       // termination state (see Termination in src/exchange/exchange.hpp)
   const char* tls = nullptr;       // "TLSv1.3" etc.; null: plain
+  bool h2 = false;                 // an HTTP/2 stream: logged as HTTP/2.0 (request_line is the HTTP/1.1 head's)
 };
 
 // Per worker, written by its loop only. Lines are formatted into a buffer of

@@ -125,13 +125,15 @@ struct Metrics {
   Counter bytes_in;   // read from clients (TLS: plaintext)
   Counter bytes_out;  // answered to clients (heads and bodies)
   Counter accept_errors;
+  Counter by_protocol[2];  // requests (exchanges) by the client's protocol: HTTP/1.x, HTTP/2
 
   // An exchange ended (once per request, whatever its outcome). `route`,
   // `pool`, `server`: indexes in the route table, -1 when none; `ttfb_us`:
-  // -1 when no server answered.
+  // -1 when no server answered; `h2`: it came on an HTTP/2 stream.
   void exchange_done(int route, int pool_index, int server_index, int status, std::uint64_t bytes,
-                     std::uint64_t duration_us, std::int64_t ttfb_us) noexcept {
+                     std::uint64_t duration_us, std::int64_t ttfb_us, bool h2) noexcept {
     const std::size_t cls = status_class(status);
+    ++by_protocol[h2 ? 1 : 0];
     const std::size_t row = route >= 0 ? static_cast<std::size_t>(route) : route_count;
     ++by_route[row * kStatusClasses + cls];
     bytes_out.add(bytes);

@@ -126,6 +126,7 @@ Snapshot take_snapshot(const Shared& shared, const Routing& live) {
       to.idle += from.idle.get();
     }
     s.bytes_in += m.bytes_in.get();
+    for (std::size_t k = 0; k < 2; ++k) s.by_protocol[k] += m.by_protocol[k].get();
     s.bytes_out += m.bytes_out.get();
     s.accept_errors += m.accept_errors.get();
     s.refused += w->refused_connections.get();

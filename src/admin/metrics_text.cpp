@@ -226,6 +226,10 @@ void render_servers(Writer& w, const LiveRows& rows) {
 }
 
 void render_process(Writer& w, const Shared& shared, const Routing& live, const Snapshot& s) {
+  // Beside the per-route rows (whose names dashboards know), the client's protocol.
+  w.family("juggler_requests_total", "counter", "Requests answered, by the client's protocol.");
+  w.sample("juggler_requests_total", "protocol=\"HTTP/1\"", s.by_protocol[0]);
+  w.sample("juggler_requests_total", "protocol=\"HTTP/2\"", s.by_protocol[1]);
   w.single("juggler_client_bytes_received_total", "counter", "Bytes read from clients (TLS: decrypted).", s.bytes_in);
   w.single("juggler_client_bytes_sent_total", "counter", "Bytes of answers to clients (heads and bodies).",
            s.bytes_out);

@@ -66,6 +66,9 @@ class Downstream {
   std::string_view peer() const noexcept { return {ip, ip_len}; }
   // The request came over TLS (X-Forwarded-Proto, redirects).
   bool secure() const noexcept { return secure_; }
+  // The request came on an HTTP/2 stream (the access log, /metrics: the
+  // exchange itself sees an HTTP/1.1 head either way).
+  bool h2() const noexcept { return h2_; }
 
   // The TLS version ("TLSv1.3"), null over plain TCP. For the access log.
   virtual const char* tls_version() const noexcept { return nullptr; }
@@ -91,6 +94,7 @@ class Downstream {
   ~Downstream() = default;
   std::uint8_t ip_len = 0;
   bool secure_ = false;
+  bool h2_ = false;
   char ip[46] = {};
 };
 

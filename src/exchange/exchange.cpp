@@ -106,7 +106,7 @@ void log_exchange(Exchange* ex) {
   const auto row = [](const std::vector<std::int32_t>& rows, int i) { return i >= 0 ? rows[static_cast<std::size_t>(i)] : -1; };
   w.metrics.exchange_done(ex->route && rt ? row(rt->metric_route, ex->route->index) : -1,
                           rt ? row(rt->metric_pool, pool) : -1, rt ? row(rt->metric_server, ex->server) : -1,
-                          ex->status, ex->bytes_out, duration_us, ttfb_us);
+                          ex->status, ex->bytes_out, duration_us, ttfb_us, ex->down->h2());
   if (ex->cache) ++w.cache_results[ex->cache];
   if (!w.access_log.enabled()) return;
   const RouteTable* t = rt ? rt->table : nullptr;
@@ -126,6 +126,7 @@ void log_exchange(Exchange* ex) {
   r.retries = ex->attempts > 1 ? ex->attempts - 1U : 0U;
   termination_letters(ex->term, r.term);
   if (ex->down->secure()) r.tls = ex->down->tls_version();
+  r.h2 = ex->down->h2();
   w.access_log.record(r);
 }
 

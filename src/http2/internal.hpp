@@ -18,6 +18,7 @@
 
 #include "exchange/downstream.hpp"
 #include "http2/h2.hpp"
+#include "http2/request_head.hpp"
 #include "juggler/http.hpp"
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -34,19 +35,12 @@ struct H2StreamState {
   H2Conn* conn = nullptr;
   Exchange* ex = nullptr;
   std::int32_t id = 0;
-  // The request head as HTTP/1.1 text: the exchange parses it there and
-  // keeps views into it to its end.
+  // The request head as HTTP/1.1 text (request_head.hpp) in `head`: the
+  // exchange parses it there and keeps views into it to its end.
   Buffer* head = nullptr;
-  std::uint32_t head_len = 0;
-  nghttp2_rcbuf* method = nullptr;  // pseudo-headers, held until the request line is written
-  nghttp2_rcbuf* path = nullptr;
-  nghttp2_rcbuf* authority = nullptr;  // held to the end of the head (Host must agree)
-  std::uint32_t cookie_end = 0;  // end of the Cookie line's value (0: none yet)
-  bool line_written = false;
-  bool too_large = false;       // the head passed limit.header_bytes: 431
+  H2Head req;
   bool bad = false;             // refused (reset): the rest of its frames are ignored
   bool closed = false;          // nghttp2 closed the stream
-  bool has_length = false;      // content-length came: the body goes as it is (else chunked)
   // Request body (uploads): DATA bytes at kBodyReserve.. of `body`, the first
   // `body_flight` of them in a write upstream; chunk framing written around
   // them when handed out (available()).
@@ -89,6 +83,10 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   std::unique_ptr<uv_buf_t[]> iov;
   std::uint32_t iov_cap = 0, header_cap = 0;
   BodySpan spans[MessageParser::kMaxBodySpans];
+  // Armed while a send is held (the client's window shut): a client that
+  // takes none of it for timeout.client_idle loses the stream, as an HTTP/1
+  // client that reads nothing loses its connection; the server's is released.
+  TimerNode send_timer;
 
   // Downstream
   const char* tls_version() const noexcept override;
@@ -106,6 +104,7 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   using Downstream::ip;
   using Downstream::ip_len;
   using Downstream::secure_;
+  using Downstream::h2_;
   using RequestBody::complete_;
   using RequestBody::replayable_;
 };

@@ -111,6 +111,7 @@ bool slices_left(const H2Stream* s) {
 // The stream's bytes were all taken: ClientWritten from the next flush.
 void taken(H2Stream* s) {
   s->held = false;
+  TimerWheel::disarm(&s->send_timer);
   h2_stream_release(s);  // with an exchange: its ClientWritten (see deliver_written)
 }
 
@@ -189,6 +190,8 @@ bool H2Stream::send(uv_buf_t* v, unsigned n) noexcept {
   h2_dirty(conn);
   if (!head_sent || resp_done || !slices_left(this)) return true;  // all taken now (a head, or its pieces)
   held = true;
+  Worker& w = *conn->worker;
+  w.wheel.arm(&send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);
   if (deferred) {
     deferred = false;
     nghttp2_session_resume_data(conn->ng, id);
@@ -209,7 +212,7 @@ std::string_view H2Stream::available() noexcept {
   char* data = body->data + kBodyReserve;
   framed_raw = len;
   final_framed = body_ended;
-  if (has_length) return {data, len};
+  if (req.has_length) return {data, len};
   char pre[kBodyReserve];
   std::size_t p = 0;
   if (body_started) {

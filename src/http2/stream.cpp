@@ -3,13 +3,11 @@
 // knows: routing, the pool, retries, filters, the cache and the local
 // answers run as for HTTP/1.
 //
-// Request: the pseudo-headers become the request line and Host
-// (`:authority`), the fields follow as HTTP/1.1 lines (cookies joined into
-// one line, RFC 9113 8.2.3), written into a pooled buffer that the exchange's
-// parser reads like any head. A Host that disagrees with :authority is a
-// malformed request (PROTOCOL_ERROR reset); nghttp2 already refused
-// connection-specific fields and TE other than trailers. A body is relayed
-// as it came when the request had content-length, else chunked.
+// Request: the fields become an HTTP/1.1 head (request_head.cpp: the
+// pseudo-headers through map_target, as HTTP/1's targets) in a pooled buffer
+// that the exchange's parser reads like any head; a malformed request is a
+// PROTOCOL_ERROR reset. A body is relayed as it came when the request had
+// content-length, else chunked.
 //
 // Response: the exchange's bytes (a server's head and body as relayed, or a
 // local answer) are parsed again here: the head, copied, becomes HEADERS
@@ -18,8 +16,6 @@
 // backpressure: until nghttp2 took a send's bytes (the stream's window may be
 // closed) no ClientWritten comes, so the exchange stops reading its server;
 // the other streams go on.
-#include <strings.h>
-
 #include <cstdio>
 #include <cstring>
 
@@ -33,63 +29,17 @@ namespace {
 
 constexpr std::uint32_t kBodyReserve = 16;  // room for a chunk's size line before the bytes
 constexpr std::uint32_t kBodyTail = 16;     // and for "\r\n0\r\n\r\n" after them (response.cpp frames)
-constexpr std::string_view kChunked = "Transfer-Encoding: chunked\r\n";
-
-std::string_view view(nghttp2_rcbuf* b) {
-  const nghttp2_vec v = nghttp2_rcbuf_get_buf(b);
-  return {reinterpret_cast<const char*>(v.base), v.len};
-}
-
-void drop(nghttp2_rcbuf*& b) {
-  if (b) nghttp2_rcbuf_decref(b);
-  b = nullptr;
-}
-
-// Appends to the head; false when it would pass limit.header_bytes (the room
-// left for the end of the head kept).
-bool put(H2Stream* s, std::initializer_list<std::string_view> parts) {
-  std::size_t n = 0;
-  for (std::string_view p : parts) n += p.size();
-  if (s->head_len + n + kChunked.size() + 2 > s->head->cap) return false;
-  for (std::string_view p : parts) {
-    std::memcpy(s->head->data + s->head_len, p.data(), p.size());
-    s->head_len += static_cast<std::uint32_t>(p.size());
-  }
-  return true;
-}
-
-// The request line and Host, once the pseudo-headers are all there (they
-// come first). False when :method or :path is missing (CONNECT has no path:
-// it is not relayed) or the line does not fit.
-bool write_line(H2Stream* s) {
-  s->line_written = true;
-  if (!s->method || !s->path) return false;
-  const bool ok = put(s, {view(s->method), " ", view(s->path), " HTTP/1.1\r\n"}) &&
-                  (!s->authority || put(s, {"Host: ", view(s->authority), "\r\n"}));
-  drop(s->method);
-  drop(s->path);
-  if (!ok) s->too_large = true;
-  return true;
-}
-
-// A second cookie field is joined to the first: "; " and the value spliced
-// in at the first line's end (the lines after it move).
-bool join_cookie(H2Stream* s, std::string_view value) {
-  const std::size_t add = 2 + value.size();
-  if (s->head_len + add + kChunked.size() + 2 > s->head->cap) return false;
-  char* at = s->head->data + s->cookie_end;
-  std::memmove(at + add, at, s->head_len - s->cookie_end);
-  at[0] = ';';
-  at[1] = ' ';
-  std::memcpy(at + 2, value.data(), value.size());
-  s->head_len += static_cast<std::uint32_t>(add);
-  s->cookie_end += static_cast<std::uint32_t>(add);
-  return true;
-}
 
 void refuse(H2Stream* s, std::uint32_t error) {
   s->bad = true;
   h2_stream_reset(s, error);
+}
+
+// A held send the client took nothing of for timeout.client_idle (internal.hpp).
+void on_send_timer(TimerNode* t) {
+  auto* s = static_cast<H2Stream*>(t->owner);
+  h2_stream_reset(s, NGHTTP2_CANCEL);
+  if (s->ex) step(s->ex, Event::ClientGone);
 }
 
 }  // namespace
@@ -103,6 +53,8 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
     --hw.free_stream_count;
   } else {
     s = new H2Stream();
+    s->send_timer.fire = on_send_timer;
+    s->send_timer.owner = s;
   }
   s->state() = {};
   const std::uint32_t hc = settings(w).header_count;
@@ -119,9 +71,12 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
   std::memcpy(s->ip, peer.data(), peer.size());
   s->ip_len = static_cast<std::uint8_t>(peer.size());
   s->secure_ = true;
+  s->h2_ = true;
   s->complete_ = false;
   s->replayable_ = true;
   s->head = w.buffers.get();
+  s->req.data = s->head->data;
+  s->req.cap = s->head->cap;
   s->next = c->streams;
   if (c->streams) c->streams->prev = s;
   c->streams = s;
@@ -131,58 +86,17 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
 }
 
 int h2_stream_header(H2Stream* s, nghttp2_rcbuf* name, nghttp2_rcbuf* value) {
-  const std::string_view n = view(name), v = view(value);
-  if (s->too_large) return 0;
-  if (!n.empty() && n[0] == ':') {
-    nghttp2_rcbuf** keep = n == ":method" ? &s->method : n == ":path" ? &s->path : n == ":authority" ? &s->authority
-                                                                                                    : nullptr;
-    if (keep && !*keep) {
-      nghttp2_rcbuf_incref(value);
-      *keep = value;
-    }
-    return 0;  // :scheme and the rest: nghttp2 checked them
-  }
-  if (!s->line_written && !write_line(s)) {
-    refuse(s, NGHTTP2_PROTOCOL_ERROR);
-    return 0;
-  }
-  bool ok = true;
-  if (n == "host") {
-    if (s->authority) {
-      const std::string_view a = view(s->authority);
-      if (a.size() != v.size() || strncasecmp(a.data(), v.data(), a.size()) != 0) {
-        refuse(s, NGHTTP2_PROTOCOL_ERROR);  // RFC 9113 8.3.1: they must agree
-        return 0;
-      }
-      return 0;  // Host went with the request line
-    }
-    ok = put(s, {"Host: ", v, "\r\n"});
-  } else if (n == "cookie") {
-    if (s->cookie_end) {
-      ok = join_cookie(s, v);
-    } else {
-      ok = put(s, {"Cookie: ", v});
-      s->cookie_end = s->head_len;
-      ok = ok && put(s, {"\r\n"});
-    }
-  } else {
-    if (n == "content-length") s->has_length = true;
-    ok = put(s, {n, ": ", v, "\r\n"});
-  }
-  if (!ok) s->too_large = true;
+  if (!h2_head_field(s->req, name, value)) refuse(s, NGHTTP2_PROTOCOL_ERROR);
   return 0;
 }
 
 // The head is complete: it goes to a new exchange as an HTTP/1.1 head.
 void h2_stream_headers_done(H2Stream* s, bool end_stream) {
   if (s->bad) return;
-  if (!s->line_written && !write_line(s)) {
+  if (!h2_head_end(s->req, end_stream)) {
     refuse(s, NGHTTP2_PROTOCOL_ERROR);
     return;
   }
-  drop(s->authority);
-  if (!end_stream && !s->has_length) put(s, {kChunked});
-  put(s, {"\r\n"});
   s->body_ended = end_stream;
   s->final_sent = end_stream;  // no body: nothing to frame
   s->complete_ = end_stream;
@@ -191,18 +105,18 @@ void h2_stream_headers_done(H2Stream* s, bool end_stream) {
   s->ex = ex;
   exchange_begin(ex, s, s);
   ex->start_us = now_us();
-  if (s->too_large) {
+  if (s->req.too_large) {
     h2_glitch(s->conn);  // an HPACK bomb or a CONTINUATION flood is refused here, and counted
     step(ex, Event::Refuse, 431);
     return;
   }
   std::size_t used = 0;
-  const ParseEvent ev = ex->req.feed(s->head->data, s->head_len, &used);
+  const ParseEvent ev = ex->req.feed(s->req.data, s->req.len, &used);
   if (ev != ParseEvent::HeadComplete) {
     step(ex, Event::Refuse, ev == ParseEvent::Error ? ex->req.error_status() : 400);
     return;
   }
-  ex->bytes_in = s->head_len;
+  ex->bytes_in = s->req.len;
   if (!ex->req.has_body()) ex->req.feed(s->head->data + used, 0, &used);  // passes the message's end
   ex->client_close = false;
   step(ex, Event::HeadParsed);
@@ -269,9 +183,8 @@ void h2_stream_release(H2Stream* s) noexcept {
 void h2_stream_free(H2Stream* s) noexcept {
   H2Conn* c = s->conn;
   Worker& w = *c->worker;
-  drop(s->method);
-  drop(s->path);
-  drop(s->authority);
+  h2_head_drop(s->req);
+  TimerWheel::disarm(&s->send_timer);
   w.put_buffer(s->head);
   w.put_buffer(s->body);
   w.put_buffer(s->rhead);

@@ -73,6 +73,10 @@ struct Out {
   void quoted(std::string_view v) noexcept {
     put('"');
     if (v.empty()) put('-');
+    quoted_body(v);
+    put('"');
+  }
+  void quoted_body(std::string_view v) noexcept {
     escaped(v, [this](char c) {
       if (c == '"' || c == '\\') {
         put('\\');
@@ -81,7 +85,6 @@ struct Out {
         put(static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c);
       }
     });
-    put('"');
   }
   // Json: a string, every byte outside printable ASCII as \u00XX (so a line
   // is valid JSON and UTF-8 whatever the client sent; a UTF-8 sequence shows
@@ -124,13 +127,35 @@ std::size_t line_bound(const AccessRecord& r, std::string_view date) noexcept {
   return 6 * strings + 512;
 }
 
+// The request line's protocol field ("HTTP/1.1"), or empty (a line cut short
+// or none). An HTTP/2 stream's exchange read an HTTP/1.1 head: its protocol
+// is then "HTTP/2.0" and the line is cut before the field (`line`).
+std::string_view protocol(const AccessRecord& r, std::string_view& line) noexcept {
+  line = r.request_line;
+  const std::size_t sp = line.rfind(' ');
+  if (sp == std::string_view::npos || !line.substr(sp + 1).starts_with("HTTP/")) return {};
+  if (!r.h2) return line.substr(sp + 1);
+  line = line.substr(0, sp);
+  return "HTTP/2.0";
+}
+
 template <bool Checked>
 char* combined(Out<Checked> o, const AccessRecord& r, std::string_view date) noexcept {
   o.put(r.client_ip);
   o.put(" - - [");
   o.put(date);
   o.put("] ");
-  o.quoted(r.request_line.empty() ? r.kind : r.request_line);
+  std::string_view line;
+  const std::string_view proto = protocol(r, line);
+  if (r.h2 && !proto.empty()) {
+    o.put('"');
+    o.quoted_body(line);
+    o.put(' ');
+    o.put(proto);
+    o.put('"');
+  } else {
+    o.quoted(r.request_line.empty() ? r.kind : r.request_line);
+  }
   o.put(' ');
   o.num_or(r.status != 0, static_cast<std::uint64_t>(r.status), "-");
   o.put(' ');
@@ -168,6 +193,8 @@ char* json(Out<Checked> o, const AccessRecord& r, std::string_view date, std::ui
   o.json_or_null(method);
   o.put(",\"path\":");
   o.json_or_null(path);
+  o.put(",\"protocol\":");
+  o.json_or_null(protocol(r, line));
   o.put(",\"route\":");
   o.num_or(r.route >= 0, static_cast<std::uint64_t>(r.route) + 1, "null");
   o.put(",\"pool\":");

@@ -4,7 +4,9 @@ tests/routes/h2.def, plain-HTTP testservers behind it on 127.0.180.1."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +35,7 @@ except ImportError:  # the Debian module lives with the system interpreter
     import h2.settings
 
 import jtest
+import promtext
 from balancer import BalancerTestCase, start_balancer
 
 HOST = "127.0.180.1"
@@ -144,9 +147,13 @@ class H2Test(BalancerTestCase):
         cls.ca = os.path.join(cls.dir, "h2.crt")
         # Not quiet: each request the servers get is a line (the Rapid Reset test counts them).
         cls.backends = [cls.start_class_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
-        cls.lb = start_balancer("h2", extra=["--https-port", "0"], cwd=cls.dir)
+        cls.access_log = os.path.join(cls.dir, "access.log")
+        cls.lb = start_balancer("h2", access_log=cls.access_log,
+                                extra=["--https-port", "0", "--access-log-format", "json", "--admin", f"{HOST}:0"],
+                                cwd=cls.dir)
         cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
         cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.1:(\d+)").group(1))
+        cls.admin_port = int(cls.lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
 
     def curl(self, *args: str, host: str = HOST, port: int = 0) -> subprocess.CompletedProcess:
         port = port or self.port
@@ -263,6 +270,49 @@ class H2Test(BalancerTestCase):
         self.assertNotIn("connection", headers)
         self.assertNotIn("keep-alive", headers)
 
+    def test_path_goes_through_the_http11_target_mapping(self):
+        # :path and :authority are mapped as an HTTP/1.1 target and Host are (map_target):
+        # a :path that is not origin-form is malformed (RFC 9113 8.3.1), not an absolute-form
+        # target routed by its own authority. nghttp2 checks :path only for http(s) schemes.
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        for scheme, path in (("foo", "http://evil.example/headers"), ("foo", "headers")):
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, [(":method", "GET"), (":scheme", scheme), (":authority", "localhost"),
+                                      (":path", path)], end_stream=True)
+            c.flush()
+            self.assertEqual(c.response(sid), ("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR), path)
+        sid = c.request("/headers", authority="example.test:8443")
+        headers, body = c.response(sid)
+        self.assertIn("Host: example.test:8443", body.decode().split("\n"))
+
+    # ------------------------------------------------------------ the protocol in the log and /metrics
+
+    def by_protocol(self) -> dict:
+        body = jtest.http_request(self.admin_port, path="/metrics", host=HOST)[2].decode()
+        samples = promtext.parse(body)
+        return {p: promtext.value(samples, "juggler_requests_total", protocol=p) for p in ("HTTP/1", "HTTP/2")}
+
+    def test_access_log_and_metrics_say_the_protocol(self):
+        before = self.by_protocol()
+        c = RawH2(self.port, self.ca)
+        self.addCleanup(c.close)
+        sid = c.request("/ping?proto-h2")
+        self.assertEqual(c.response(sid)[0][":status"], "200")
+        status, _, _ = jtest.http_request(self.lb.port, path="/ping?proto-h1", host=HOST)
+        self.assertEqual(status, 200)
+        lines = jtest.access_log_lines(self.access_log, pattern=r"proto-h1", timeout=10)
+        lines = jtest.access_log_lines(self.access_log, pattern=r"proto-h2", timeout=10)
+        logged = {json.loads(ln)["path"]: json.loads(ln) for ln in lines if "proto-h" in ln}
+        self.assertEqual(logged["/ping?proto-h2"]["protocol"], "HTTP/2.0")
+        self.assertEqual(logged["/ping?proto-h2"]["tls"], "TLSv1.3")
+        self.assertEqual(logged["/ping?proto-h1"]["protocol"], "HTTP/1.1")
+        # Counted when the exchange ends, which is when the answer went out: polled.
+        deadline = time.monotonic() + 10
+        while (after := self.by_protocol()) != {k: v + 1 for k, v in before.items()} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(after, {k: v + 1 for k, v in before.items()})
+
     def test_forbidden_fields_are_reset(self):
         c = RawH2(self.port, self.ca)
         self.addCleanup(c.close)
@@ -366,13 +416,87 @@ class H2Test(BalancerTestCase):
         self.assertEqual(out.stdout, b"pong\n")
 
 
+class H2FiltersTest(BalancerTestCase):
+    """tests/routes/h2misc.def: response filters on h2 streams, and timeout.client_idle 2s."""
+    MISC_HOST = "127.0.180.4"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        jtest.make_cert(cls.dir, "h2", "localhost", f"DNS:localhost,IP:{cls.MISC_HOST}")
+        cls.ca = os.path.join(cls.dir, "h2.crt")
+        cls.backend = cls.start_class_testserver(port=6905, host=cls.MISC_HOST, quiet=False)
+        cls.lb = start_balancer("h2misc", extra=["--https-port", "0", "--admin", f"{cls.MISC_HOST}:0"], cwd=cls.dir)
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.4:(\d+)").group(1))
+        cls.admin_port = int(cls.lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
+
+    def connect(self) -> RawH2:
+        c = RawH2(self.port, self.ca, host=self.MISC_HOST)
+        self.addCleanup(c.close)
+        return c
+
+    def test_gzip_on_a_stream_decodes_byte_exact(self):
+        c = self.connect()
+        sid = c.request("/bytes?n=200000&type=text/plain", [("accept-encoding", "gzip")], authority="gzip.test")
+        headers, body = c.response(sid)
+        self.assertEqual(headers[":status"], "200", headers)
+        self.assertEqual(headers.get("content-encoding"), "gzip", headers)
+        self.assertNotIn("content-length", headers)  # the length changed: DATA frames end it
+        self.assertLess(len(body), 200000 // 10)
+        self.assertEqual(gzip.decompress(body), testserver_bytes(200000))
+
+    def test_cache_hit_on_a_stream(self):
+        c = self.connect()
+        results = []
+        for _ in range(2):
+            sid = c.request("/bytes?n=3000&type=text/plain", authority="cache.test")
+            headers, body = c.response(sid)
+            self.assertEqual((headers[":status"], body), ("200", testserver_bytes(3000)))
+            results.append(headers.get("x-cache"))
+        self.assertEqual(results, ["MISS", "HIT"])
+        self.assertEqual(sum(1 for ln in self.backend.lines if "/bytes?n=3000" in ln), 1)
+
+    def busy(self) -> float:
+        body = jtest.http_request(self.admin_port, path="/metrics", host=self.MISC_HOST)[2].decode()
+        return promtext.total(promtext.parse(body), "juggler_upstream_connections", state="busy")
+
+    def test_window_never_opened_times_out_and_releases_the_server(self):
+        c = self.connect()
+        c.conn.increment_flow_control_window(1 << 30)  # the stream's window is the one shut, not the connection's
+        c.flush()
+        sid = c.request("/bytes?n=5000000")
+        c.stalled.add(sid)  # never acknowledged: its window (65535) closes for good
+        c.read_until(lambda evs: sum(e.flow_controlled_length for e in evs if isinstance(e, h2.events.DataReceived)
+                                     and e.stream_id == sid) >= 65535)
+        self.assertEqual(self.busy(), 1)  # the server's connection is held by the stalled stream
+        start = time.monotonic()
+        self.assertEqual(c.response(sid, timeout=30)[0], "reset")
+        waited = time.monotonic() - start
+        # timeout.client_idle 2s from the held send, not timeout.upstream (30s) nor the server giving up
+        self.assertGreater(waited, 1.0)
+        self.assertLess(waited, 20.0)
+        deadline = time.monotonic() + 10
+        while self.busy() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.busy(), 0)  # released: the server's connection closed
+        # The client connection goes on: another stream is answered.
+        sid = c.request("/ping")
+        headers, body = c.response(sid)
+        self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
+
+
 class H2DrainTest(BalancerTestCase):
     def test_sigterm_sends_goaway_and_streams_in_flight_finish(self):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         jtest.make_cert(folder, "h2", "localhost", "DNS:localhost,IP:127.0.180.1,IP:127.0.180.2,IP:127.0.180.3")
         server = self.start_testserver(port=6903, host=HOST, quiet=False)
-        lb = start_balancer("h2drain", extra=["--https-port", "0"], cwd=folder)
+        access_log = os.path.join(folder, "access.log")
+        lb = start_balancer("h2drain", access_log=access_log, extra=["--https-port", "0", "--access-log-format",
+                                                                     "combined"], cwd=folder)
         self.addCleanup(lb.stop)
         port = int(lb.wait_for_line(r"listening on https://127\.0\.180\.3:(\d+)").group(1))
         # nghttp (nghttp2-client) shows the frames; python3-h2 stops at a GOAWAY.
@@ -389,6 +513,9 @@ class H2DrainTest(BalancerTestCase):
         self.assertLess(out.index("recv GOAWAY"), out.index(":status: 200"))  # the GOAWAY came first
         self.assertEqual(lb.wait(timeout=20), 0)
         lb.stop()
+        # Combined: the request line's protocol field is the client's, not the HTTP/1.1 head's.
+        line = jtest.access_log_lines(access_log, pattern="delay")[0]
+        self.assertRegex(line, r'^\S+ - - \[[^]]+\] "GET /delay\?ms=1500 HTTP/2\.0" 200 ')
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ADMIN_READY = r"admin listening on http://[\d.]+:(\d+)"
 # Apache's combined log format (as log analysers parse it); juggler appends fields after it.
 APACHE_COMBINED = re.compile(
     r'^(\S+) (\S+) (\S+) \[([\w:/]+\s[+\-]\d{4})\] "(\S+) (\S+)\s*(\S*)" (\d{3}) (\d+|-) "([^"]*)" "([^"]*)"')
-JSON_KEYS = {"time", "kind", "client", "method", "path", "route", "pool", "server", "status", "bytes_in",
+JSON_KEYS = {"time", "kind", "client", "method", "path", "protocol", "route", "pool", "server", "status", "bytes_in",
              "bytes_out", "duration_ms", "ttfb_ms", "retries", "term", "tls", "referer", "user_agent"}
 
 

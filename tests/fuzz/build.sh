@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets into build-fuzz/ (at the repository root) with
-# clang++ directly: tests/fuzz/fuzz_request.cpp and fuzz_response.cpp (and
+# clang++ directly: tests/fuzz/fuzz_request.cpp, fuzz_response.cpp, fuzz_h2.cpp (and
 # strict_framing_test.cpp, the strict reader's self-test), the
 # HTTP sources (src/http/*.cpp), llhttp's C sources and the distributer
 # generated from tests/routes/hardening.def.
@@ -9,7 +9,7 @@
 #   CXX=clang++-14 CC=clang-14 tests/fuzz/build.sh
 #
 # Needs clang (14) and libclang-rt-14-dev (the libFuzzer and sanitizer
-# runtimes), libuv1-dev, node-llhttp (llhttp's C in /usr/share/llhttp).
+# runtimes), libuv1-dev, libnghttp2-dev, node-llhttp (llhttp's C in /usr/share/llhttp).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -60,6 +60,12 @@ echo "built $OUT/fuzz_proxy"
 "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$ROOT/src" \
   "$ROOT/tests/fuzz/fuzz_client_hello.cpp" "$ROOT/src/stream/client_hello.cpp" -o "$OUT/fuzz_client_hello"
 echo "built $OUT/fuzz_client_hello"
+
+# The HTTP/2 front: nghttp2 (the system's, not instrumented) and the mapping
+# of a stream's fields to a request head.
+"$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$ROOT/src" -I "$LLHTTP_INC" \
+  "$ROOT/tests/fuzz/fuzz_h2.cpp" "$ROOT/src/http2/request_head.cpp" "${objs[@]}" -luv -lnghttp2 -o "$OUT/fuzz_h2"
+echo "built $OUT/fuzz_h2"
 
 for t in fuzz_request fuzz_response; do
   "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$LLHTTP_INC" \

@@ -19,7 +19,7 @@ status=0
 [ -x "$OUT/strict_framing_test" ] || { echo "run.sh: $OUT/strict_framing_test missing: run tests/fuzz/build.sh first" >&2; exit 1; }
 "$OUT/strict_framing_test" || exit 1
 
-for t in request response proxy client_hello; do
+for t in request response proxy client_hello h2; do
   bin="$OUT/fuzz_$t"
   [ -x "$bin" ] || { echo "run.sh: $bin missing: run tests/fuzz/build.sh first" >&2; exit 1; }
   reg="$ROOT/tests/fuzz/regressions/$t"

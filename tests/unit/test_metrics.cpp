@@ -25,9 +25,9 @@ TEST_CASE("status classes and duration buckets", "[metrics]") {
 
 TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") {
   Metrics m(2, 1, 3);
-  m.exchange_done(1, 0, 2, 200, 100, 300, 240);
-  m.exchange_done(-1, -1, -1, 400, 50, 10, -1);  // refused before routing
-  m.exchange_done(1, 0, -1, 503, 7, 20000, -1);  // nobody to send it to
+  m.exchange_done(1, 0, 2, 200, 100, 300, 240, false);
+  m.exchange_done(-1, -1, -1, 400, 50, 10, -1, true);  // refused before routing
+  m.exchange_done(1, 0, -1, 503, 7, 20000, -1, false);  // nobody to send it to
   CHECK(m.by_route[1 * kStatusClasses + 1].get() == 1);
   CHECK(m.by_route[1 * kStatusClasses + 4].get() == 1);
   CHECK(m.by_route[2 * kStatusClasses + 3].get() == 1);  // the row after the routes
@@ -48,7 +48,7 @@ TEST_CASE("an exchange is counted once by route, pool and server", "[metrics]") 
 
 TEST_CASE("a reload that adds rows grows a worker's metrics without losing a count", "[metrics]") {
   Metrics m(1, 1, 1);
-  m.exchange_done(0, 0, 0, 200, 10, 300, 100);
+  m.exchange_done(0, 0, 0, 200, 10, 300, 100, false);
   ++m.server[0].conn_new;
   const ServerCounters* before = &m.server[0];
   m.grow(4, 3, 5);  // route rows (with "no route"), pools, servers
@@ -60,7 +60,7 @@ TEST_CASE("a reload that adds rows grows a worker's metrics without losing a cou
   CHECK(m.server[0].conn_new.get() == 1);
   CHECK(m.server[4].conn_new.get() == 0);  // new rows start at zero
   CHECK(before->conn_new.get() == 1);      // a reader still in the old array reads what it had
-  m.exchange_done(2, 2, 4, 500, 1, 1, -1);  // a row of the added table
+  m.exchange_done(2, 2, 4, 500, 1, 1, -1, false);  // a row of the added table
   CHECK(m.server[4].by_class[4].get() == 1);
   const std::size_t size = m.server.size();
   m.grow(1, 1, 2);  // fewer: nothing changes
