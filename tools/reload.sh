@@ -4,7 +4,8 @@
 # the installed juggler-reload (deploy/juggler-reload.in, what `systemctl
 # reload juggler` runs), which installs this file as PREFIX/share/juggler/
 # reload.sh beside the generator and the header the table compiles against.
-#   reload.sh ROUTES [BUILD_DIR]        the object goes to BUILD_DIR/reload
+#   reload.sh ROUTES [BUILD_DIR]        the object goes to BUILD_DIR/reload;
+#   once swapped in, BUILD_DIR/reload/current.so points at it
 # Environment: JUGGLER_SHARE (where codegen/ and include/ are; default the
 # source tree this file is in), JUGGLER_BIN (default ./bin/app.out),
 # JUGGLER_CONTROL (the balancer's control socket, default juggler.sock),
@@ -39,7 +40,22 @@ abi=$(sha256sum "$share/include/juggler/route.hpp" | cut -c1-16)
   "-DJUGGLER_TABLE_ABI=\"$abi\"" -o "$so.tmp" "$cpp"
 mv "$so.tmp" "$so"
 rm -f "$cpp"
-# Objects of earlier reloads: the newest few stay (a loaded one may be
-# deleted anyway: its mapping lives on until the balancer unloads it).
-ls -1t "$dir"/routes-*.so | tail -n +5 | xargs -r rm -f
-exec "$bin" --reload "$so" --control "$control"
+rc=0
+"$bin" --reload "$so" --control "$control" || rc=$?
+if [ "$rc" -ne 0 ]; then
+  rm -f "$so"  # refused, or no balancer: nothing loaded it
+  exit "$rc"
+fi
+# current.so names the table just swapped in, for the next start
+# (`--table-if-exists DIR/current.so`, the unit's ExecStart): a restart keeps
+# the reloaded routes. Relative, so the folder can move; replaced by rename,
+# so a start never sees it half made.
+previous=$(readlink "$dir/current.so" 2>/dev/null || true)
+ln -sfn "$(basename "$so")" "$dir/current.so.tmp"
+mv -Tf "$dir/current.so.tmp" "$dir/current.so"
+# Objects of earlier reloads go, but the current and the previous one (a
+# loaded one may be deleted anyway: its mapping lives on until unloaded).
+for old in "$dir"/routes-*.so; do
+  name=$(basename "$old")
+  [ "$name" = "$(basename "$so")" ] || [ "$name" = "$previous" ] || rm -f "$old"
+done

@@ -28,6 +28,10 @@ struct Options {
   std::string control = "juggler.sock";
   std::string reload;
   bool upgrade = false;  // take the listening sockets over from the balancer on `control` (make upgrade)
+  // Start on this table object (built by make reload / juggler-reload)
+  // instead of the linked-in table; `table_if_exists`: only when the path
+  // exists (the unit's STATE/reload/current.so), else the linked-in one.
+  std::string table, table_if_exists;
   // Timeout overrides, in ms (-1: routes.def's `set timeout.*`).
   std::int64_t connect_timeout_ms = -1, client_header_timeout_ms = -1, client_idle_timeout_ms = -1,
                upstream_timeout_ms = -1, drain_timeout_ms = -1, tunnel_idle_timeout_ms = -1;

@@ -40,6 +40,13 @@ int parse_options(int argc, char** argv, const RouteTable& table, Options& out) 
                  "starts in; off: none)");
   app.add_option("--reload", out.reload,
                  "FILE.so: ask the balancer on --control to swap in this table (built by make reload), then exit");
+  auto* table_opt = app.add_option("--table", out.table,
+                                   "FILE.so: start on this table (built by make reload or juggler-reload) instead "
+                                   "of the linked-in one; a bad or missing file stops the start");
+  app.add_option("--table-if-exists", out.table_if_exists,
+                 "FILE.so: as --table when FILE.so exists (a dangling symlink is an error), else the linked-in "
+                 "table (the unit's /var/lib/juggler/reload/current.so)")
+      ->excludes(table_opt);
   app.add_flag("--upgrade", out.upgrade,
                "take the listening sockets over from the balancer on --control, which then drains and exits "
                "(make upgrade)");

@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "juggler/config.hpp"
+#include "juggler/runtime.hpp"
 #include "resolve/resolver.hpp"
 #include "admin/admin.hpp"
 #include "juggler/upstream.hpp"
@@ -40,6 +41,31 @@ bool worker_release_tables(Worker& w) {
   return std::erase_if(w.tables, [&](const std::unique_ptr<WorkerTable>& t) {
            return t.get() != w.tab && t->pins == 0;
          }) > 0;
+}
+
+// ---------------------------------------------------------------- loading
+
+TableObject::~TableObject() {
+  if (handle) ::dlclose(handle);
+}
+
+std::string load_table(const std::string& path, TableObject& out) {
+  out.handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!out.handle) {
+    const char* why = ::dlerror();
+    return std::string("cannot load: ") + (why ? why : path.c_str());
+  }
+  const auto* abi = static_cast<const char*>(::dlsym(out.handle, "juggler_table_abi"));
+  if (!abi) return path + " is not a route table built by make reload (no juggler_table_abi)";
+  if (std::strcmp(abi, JUGGLER_TABLE_ABI) != 0)
+    return path + " was built against table ABI " + abi + ", this balancer has " + JUGGLER_TABLE_ABI +
+           ": the route table's types changed (juggler/route.hpp); rebuild with make all and restart";
+  using Entry = const RouteTable* (*)() noexcept;
+  auto entry = reinterpret_cast<Entry>(::dlsym(out.handle, "juggler_reload_table"));
+  if (!entry) return path + ": no juggler_reload_table";
+  out.table = entry();
+  if (!out.table) return path + ": juggler_reload_table gave no table";
+  return {};
 }
 
 namespace {
@@ -88,34 +114,6 @@ std::string settings_change(const Settings& a, const Settings& b) {
   };
   for (const Field& f : fields)
     if (!f.same) return f.name;
-  return {};
-}
-
-// A loaded object: its handle and table, closed unless released.
-struct Loaded {
-  void* handle = nullptr;
-  const RouteTable* table = nullptr;
-  ~Loaded() {
-    if (handle) ::dlclose(handle);
-  }
-};
-
-std::string load(const std::string& path, Loaded& out) {
-  out.handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!out.handle) {
-    const char* why = ::dlerror();
-    return std::string("cannot load: ") + (why ? why : path.c_str());
-  }
-  const auto* abi = static_cast<const char*>(::dlsym(out.handle, "juggler_table_abi"));
-  if (!abi) return path + " is not a route table built by make reload (no juggler_table_abi)";
-  if (std::strcmp(abi, JUGGLER_TABLE_ABI) != 0)
-    return path + " was built against table ABI " + abi + ", this balancer has " + JUGGLER_TABLE_ABI +
-           ": the route table's types changed (juggler/route.hpp); rebuild with make all and restart";
-  using Entry = const RouteTable* (*)() noexcept;
-  auto entry = reinterpret_cast<Entry>(::dlsym(out.handle, "juggler_reload_table"));
-  if (!entry) return path + ": no juggler_reload_table";
-  out.table = entry();
-  if (!out.table) return path + ": juggler_reload_table gave no table";
   return {};
 }
 
@@ -223,8 +221,8 @@ void Reloader::stop_checks() {
 std::string Reloader::reload(const std::string& path, bool& ok) {
   ok = false;
   if (waiting_) return "refused: a reload is in progress\n";
-  Loaded obj;
-  if (std::string err = load(path, obj); !err.empty() || !obj.table) return "refused: " + err + "\n";
+  TableObject obj;
+  if (std::string err = load_table(path, obj); !err.empty() || !obj.table) return "refused: " + err + "\n";
   const RouteTable& old = *live_->table;
   const RouteTable& next = *obj.table;
   if (std::string s = settings_change(old.settings, next.settings); !s.empty())

@@ -9,7 +9,11 @@ unit's ExecStart says, its /run/juggler and /var/lib/juggler moved into a tempor
 and the unit's ExecReload (the installed juggler-reload) is run with RUNTIME_DIRECTORY and
 STATE_DIRECTORY as systemd sets them. The balancer listens where the installed routes.def
 says (0.0.0.0, on ports the kernel picks); the route a reload adds goes to a testserver on
-127.0.175.1."""
+127.0.175.1.
+After the reload, STATE/reload/current.so names the table swapped in, and the balancer started
+again as ExecStart says (--table-if-exists that file) serves the reloaded routes; a corrupt
+current.so stops that start with a message naming it; a binary installed after the reload starts
+on its own table."""
 
 from __future__ import annotations
 
@@ -81,7 +85,7 @@ class Packaging(jtest.JugglerTestCase):
         with open(os.path.join(root, prefix.lstrip("/"), "lib", "systemd", "system", "juggler.service")) as f:
             unit = f.read()
         for line in (f"ExecStart={prefix}/bin/juggler --access-log /var/log/juggler/access.log"
-                     " --control /run/juggler/juggler.sock",
+                     " --control /run/juggler/juggler.sock --table-if-exists /var/lib/juggler/reload/current.so",
                      f"ExecReload={prefix}/bin/juggler-reload", "RuntimeDirectory=juggler", "StateDirectory=juggler",
                      f"WorkingDirectory={etc}/juggler", "Type=simple", "Restart=on-failure",
                      "DynamicUser=yes", "AmbientCapabilities=CAP_NET_BIND_SERVICE"):
@@ -139,7 +143,8 @@ class Packaging(jtest.JugglerTestCase):
             os.mkdir(d)
         workdir = root + unit_value(unit, "WorkingDirectory")
         start = shlex.split(unit_value(unit, "ExecStart").replace("/run/juggler/", run + "/")
-                            .replace("/var/log/juggler/", logs + "/"))
+                            .replace("/var/log/juggler/", logs + "/").replace("/var/lib/juggler/", state + "/"))
+        self.assertIn(os.path.join(state, "reload", "current.so"), start)
         # The installed routes.def listens on 0.0.0.0:80 and :443 (certs/ in the working
         # directory): ports the kernel picks instead, one cert made for the test.
         jtest.make_cert(os.path.join(workdir, "certs"), "server", "localhost", "DNS:localhost")
@@ -167,8 +172,17 @@ class Packaging(jtest.JugglerTestCase):
         catch_all = re.search(r"^route\s+\*\s+/\*", installed, re.M)
         self.assertIsNotNone(catch_all, "the installed routes.def has no catch-all route")
         changed = installed[:catch_all.start()] + fresh + installed[catch_all.start():]
+        # A table left by an earlier reload: pruned by the next one (it is neither the
+        # current table nor the previous).
+        os.makedirs(os.path.join(state, "reload"))
+        stale = os.path.join(state, "reload", "routes-000000000000-0.so")
+        open(stale, "w").close()
         out = reload(changed)
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertFalse(os.path.exists(stale), "an old table was not pruned")
+        current = os.path.join(state, "reload", "current.so")
+        self.assertEqual(glob.glob(os.path.join(state, "reload", "routes-*.so")),
+                         [os.path.join(state, "reload", os.readlink(current))])
         self.assertRegex(out.stdout, r"^reloaded \S+ [0-9a-f]{12} -> \S*routes\.def [0-9a-f]{12}\n")
         self.assertTrue(glob.glob(os.path.join(state, "reload", "routes-*.so")), "no table in STATE_DIRECTORY")
         r = get(port, "/headers")
@@ -185,6 +199,36 @@ class Packaging(jtest.JugglerTestCase):
         r = get(port, "/headers")
         self.assertEqual((r.status, r.header("X-Server")), (200, str(FRESH_PORT)), r.body)
         self.assertEqual(get(port, "/healthz").status, 200)
+
+        # Stopped and started again as ExecStart says: the reloaded table, not the one
+        # linked in (which has no /headers route to the fresh pool).
+        jtest.check_stopped_cleanly(lb)
+        lb = jtest.start_process(argv, READY, cwd=workdir, name="installed juggler, restarted")
+        self.addCleanup(jtest.check_stopped_cleanly, lb)
+        port = int(re.search(READY, lb.output()).group(1))
+        r = get(port, "/headers")
+        self.assertEqual((r.status, r.header("X-Server")), (200, str(FRESH_PORT)), r.body)
+        self.assertIn(f"table from {current}", lb.output())
+        jtest.check_stopped_cleanly(lb)
+
+        # A corrupt current table: the start stops, naming the file (it does not fall back
+        # to the linked-in routes the operator's reload replaced).
+        with open(os.path.join(state, "reload", os.readlink(current)), "wb") as f:
+            f.write(b"not a shared object\n")
+        out = jtest.run_program(argv, timeout=30, cwd=workdir)
+        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
+        self.assertIn(f"refusing to start: --table {current}:", out.stderr)
+
+        # A binary installed after the last reload (a new package; chmod stands in for it:
+        # both change the inode's ctime) starts on its own table, with a warning, and does
+        # not even open the table of the reload before it.
+        binary = root + start[0]
+        os.chmod(binary, os.stat(binary).st_mode)
+        lb = jtest.start_process(argv, READY, cwd=workdir, name="installed juggler, newer binary")
+        self.addCleanup(jtest.check_stopped_cleanly, lb)
+        port = int(re.search(READY, lb.output()).group(1))
+        self.assertIn(f"{current} is older than this binary", lb.output())
+        self.assertNotEqual(get(port, "/headers").header("X-Server"), str(FRESH_PORT))
 
 
 if __name__ == "__main__":

@@ -257,6 +257,40 @@ class ReloadTest(BalancerTestCase):
         self.assertEqual(out.returncode, 1, out.stdout + out.stderr)
         self.assertIn("was built against table ABI 0123456789abcdef, this balancer has", out.stderr)
         self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
+        # Nor does a balancer start on it.
+        out = jtest.run_program([balancer_path("reload"), "--port", "0", "--control", "off", "--table", so],
+                                cwd=self.dir, timeout=30)
+        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
+        self.assertIn(f"refusing to start: --table {so}: {so} was built against table ABI 0123456789abcdef",
+                      out.stderr)
+
+    def test_start_on_the_reloaded_table(self):
+        """make reload points build/reload/current.so at the table it swapped in; a balancer
+        started with --table on it serves that table's routes, not the linked-in ones; a
+        missing --table stops the start, naming it; --table-if-exists a missing file starts
+        on the linked-in table."""
+        self.backends()
+        lb = self.start()
+        self.assert_reloaded(ROUTES_B)
+        current = os.path.join(self.dir, "build", "reload", "current.so")
+        self.assertRegex(os.readlink(current), r"^routes-[0-9a-f]{12}-\d+\.so$")
+        jtest.check_stopped_cleanly(lb)
+        lb = self.start_balancer("reload", workers=2, cwd=self.dir, extra=["--table", current])
+        self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_B for _ in range(4)))
+        self.assertRegex(lb.output(), rf"table from {re.escape(current)} \(routes from \S*moved_to_b\.def\)")
+        # A reload from there is checked against, and replaces, the started table.
+        self.assert_reloaded(ROUTES_A)
+        self.assertTrue(all(one_get(lb.port, "/moved/x").header("X-Server") in POOL_A for _ in range(4)))
+        jtest.check_stopped_cleanly(lb)
+
+        missing = os.path.join(self.dir, "nowhere.so")
+        out = jtest.run_program([balancer_path("reload"), "--port", "0", "--control", "off", "--table", missing],
+                                cwd=self.dir, timeout=30)
+        self.assertEqual(out.returncode, 2, out.stdout + out.stderr)
+        self.assertIn(f"refusing to start: --table {missing}: cannot load: {missing}", out.stderr)
+        lb = self.start_balancer("reload", workers=2, cwd=self.dir, extra=["--table-if-exists", missing])
+        self.assertIn(f"no {missing} (no reload yet): the linked-in table", lb.output())
+        self.assertIn(one_get(lb.port, "/moved/x").header("X-Server"), POOL_A)
 
     def test_certificates_are_re_read(self):
         self.backends()
@@ -435,7 +469,8 @@ class ReloadTest(BalancerTestCase):
         # names each build): the same path would be the same mapping, leak or not.
         self.assert_reloaded(ROUTES_B)
         self.assert_reloaded(ROUTES_A)
-        built = sorted(os.listdir(os.path.join(self.dir, "build", "reload")))
+        built = sorted(name for name in os.listdir(os.path.join(self.dir, "build", "reload"))
+                       if name.startswith("routes-"))  # not current.so, the link to the newest
         self.assertEqual(len(built), 2, built)
         sources = [os.path.join(self.dir, "build", "reload", name) for name in built]
         copies = os.path.join(self.dir, "copies")
