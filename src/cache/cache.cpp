@@ -123,7 +123,7 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
 }
 
 char* put(char* p, std::string_view s) noexcept {
-  std::memcpy(p, s.data(), s.size());
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());  // an empty view may have a null data()
   return p + s.size();
 }
 
