@@ -122,11 +122,6 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
   return f;
 }
 
-char* put(char* p, std::string_view s) noexcept {
-  if (!s.empty()) std::memcpy(p, s.data(), s.size());  // an empty view may have a null data()
-  return p + s.size();
-}
-
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
 
 std::size_t body_size(const CacheEntry* e) noexcept { return e->stored_body().size(); }

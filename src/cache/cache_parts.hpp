@@ -2,6 +2,7 @@
 // side (cache.cpp) and the store stage (cache_stage.cpp).
 #pragma once
 
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -10,6 +11,13 @@
 #include "juggler/http.hpp"
 
 namespace juggler {
+
+// Writes `s` at `p` (room known by the caller); returns the end. An empty
+// view writes nothing (its data() may be null: no memcpy from it).
+inline char* put(char* p, std::string_view s) noexcept {
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
 
 // The primary key into `out` (reused): the host in lower case, '\0', the
 // path and the query.
