@@ -79,6 +79,10 @@ class RedisStore final : public CacheStore {
   std::uint32_t deadline_ms() const noexcept { return deadline_ms_; }
 
  private:
+  // A pipelined SET of `e` under `key` on this worker's connection; false
+  // when it was not sent (no connection up, nothing left to keep).
+  bool set(std::string_view key, const CacheEntry& e);
+
   std::string address_;  // as written (the log)
   std::string ip_;
   int port_ = 0;
