@@ -29,23 +29,38 @@ constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
 constexpr std::string_view kPurgedKeep = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npurged\n";
 constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npurged\n";
 
-}  // namespace
-
-// The primary key into `out` (reused: no allocation once it grew): the host
-// in lower case, '\0', the path and the query.
-std::string_view build_key(const RequestHead& h, std::string& out) {
-  // Written in place (a miss and a hit build it on every request).
-  out.resize(h.host.size() + 1 + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
+// The host in lower case, `sep`, the path and the query into `out` (reused:
+// no allocation once it grew), written in place (a miss and a hit build it
+// on every request).
+std::string_view write_key(const RequestHead& h, std::string& out, std::string_view sep) {
+  out.resize(h.host.size() + sep.size() + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
   char* p = out.data();
   for (char c : h.host) *p++ = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
-  *p++ = '\0';
-  std::memcpy(p, h.path.data(), h.path.size());
-  p += h.path.size();
-  if (h.query.empty()) return out;
-  *p++ = '?';
-  std::memcpy(p, h.query.data(), h.query.size());
+  p = put(put(p, sep), h.path);
+  if (!h.query.empty()) put(put(p, "?"), h.query);
   return out;
 }
+
+// The primary key into `out`: the host in lower case, '\0', the path and
+// the query.
+std::string_view build_key(const RequestHead& h, std::string& out) { return write_key(h, out, {"\0", 1}); }
+
+// The key in an asynchronous store (Redis), readable in redis-cli: the
+// host, the request-target (it starts with '/', so the two cannot run into
+// each other) and a space; with `ae_class`, then the class of the request's
+// Accept-Encoding (one digit), so the store need not hold the variants of
+// one URL under one key (redis_store.hpp). A PURGE names every class.
+std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class) {
+  write_key(h, out, {});
+  out.push_back(' ');
+  if (ae_class) {
+    char digit = 0;
+    out.append(vary_value(h, "accept-encoding", &digit));
+  }
+  return out;
+}
+
+}  // namespace
 
 // The request's value of a Vary'd field, normalised: Accept-Encoding as the
 // set of codings accepted (one digit of kCompress* bits), others trimmed.
@@ -57,28 +72,18 @@ std::string_view vary_value(const RequestHead& h, std::string_view lower_name, c
   return {digit, 1};
 }
 
-// The key in an asynchronous store (Redis), readable in redis-cli: the
-// host, the request-target (it starts with '/', so the two cannot run into
-// each other) and a space; with `ae_class`, then the class of the request's
-// Accept-Encoding (one digit), so the store need not hold the variants of
-// one URL under one key (redis_store.hpp). A PURGE names every class.
-std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class) {
-  build_key(h, out);
-  out.erase(out.find('\0'), 1);
-  out.push_back(' ');
-  if (ae_class) {
-    char digit = 0;
-    out.append(vary_value(h, "accept-encoding", &digit));
-  }
-  return out;
-}
-
 // The key `e` is stored under: the memory key, or the asynchronous store's.
 std::string_view store_key(const RequestHead& h, std::string& out, bool async) {
   return async ? async_key(h, out, true) : build_key(h, out);
 }
 
 namespace {
+
+// The key a purge names: the memory key (every variant is under it), or the
+// asynchronous store's without its class (the store drops every class).
+std::string_view purge_key(const RequestHead& h, std::string& out, bool async) {
+  return async ? async_key(h, out, false) : build_key(h, out);
+}
 
 thread_local std::string t_key;
 
@@ -222,7 +227,7 @@ State cache_request(Exchange* ex) {
     // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
     // from the cache afterwards (dropped as the request arrives, before its
     // body may reuse the buffer the key is read from).
-    const std::string_view key = store->asynchronous() ? async_key(h, t_key, false) : build_key(h, t_key);
+    const std::string_view key = purge_key(h, t_key, store->asynchronous());
     store->purge(cache_key_hash(key), key);
     return State::Connect;
   }
@@ -435,14 +440,14 @@ State cache_purge(Exchange* ex) {
     return reply_error(ex, 403);
   }
   CacheStore* store = ex->worker->shared.cache.get();
+  const std::string_view key = purge_key(ex->head, t_key, store->asynchronous());
   if (store->asynchronous()) {
-    const std::uint64_t ticket = store->purge_async(async_key(ex->head, t_key, false), on_fetched, ex);
+    const std::uint64_t ticket = store->purge_async(key, on_fetched, ex);
     if (!ticket) return reply_error(ex, 503);  // the store is down: nothing was purged
     ex->cache_ticket = ticket;
     ex->cache_op = static_cast<std::uint8_t>(CacheOp::Purge);
     return State::CacheFetch;
   }
-  const std::string_view key = build_key(ex->head, t_key);
   const std::size_t n = store->purge(cache_key_hash(key), key);
   return n ? reply_local(ex, 200, kPurgedKeep, kPurgedClose) : reply_error(ex, 404);
 }

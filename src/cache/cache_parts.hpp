@@ -19,12 +19,6 @@ inline char* put(char* p, std::string_view s) noexcept {
   return p + s.size();
 }
 
-// The primary key into `out` (reused): the host in lower case, '\0', the
-// path and the query.
-std::string_view build_key(const RequestHead& h, std::string& out);
-// An asynchronous store's key (Redis): host, target, ' ', and with
-// `ae_class` the Accept-Encoding class digit (a PURGE's key has none).
-std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class);
 // The key an entry is stored under: the memory key, or the asynchronous
 // store's (Redis: readable, with the Accept-Encoding class).
 std::string_view store_key(const RequestHead& h, std::string& out, bool async);
