@@ -129,8 +129,6 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
 
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
 
-std::size_t body_size(const CacheEntry* e) noexcept { return e->stored_body().size(); }
-
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
 // scratch, and the stored body, as three slices of one write; the entry
@@ -146,6 +144,8 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   ex->cache = static_cast<std::uint8_t>(how);
   cache_flight_end(ex);  // a leader answered from the cache (a 304, a stale copy): its waiters look again
   if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
+  std::string_view head = e->stored_head();
+  const std::string_view body = e->stored_body();
   char* const lines = ex->scratch.get();
   char* p = put(lines, "Age: ");
   p = put_number(p, e->age_now_ms(ex->worker->now_ms()) / 1000);
@@ -154,7 +154,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put(p, settings(*ex->worker).instance_header);  // the instance that answered, not the one that stored
   if (!not_modified && e->status != 204 && e->status != 304) {
     p = put(p, "Content-Length: ");
-    p = put_number(p, body_size(e));
+    p = put_number(p, body.size());
     p = put(p, "\r\n");
   }
   if (ex->client_close) p = put(p, "Connection: close\r\n");
@@ -162,8 +162,6 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put(p, "\r\n");
   uv_buf_t* iov = ex->iov.get();
   unsigned n = 0;
-  std::string_view head = e->stored_head();
-  const std::string_view body = e->stored_body();
   if (not_modified) {
     iov[n++] = uv_buf_init(const_cast<char*>(kNotModified.data()), static_cast<unsigned>(kNotModified.size()));
     head.remove_prefix(head.find("\r\n") + 2);  // the stored status line
