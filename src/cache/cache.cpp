@@ -201,9 +201,9 @@ bool unsafe(Method m) noexcept {
   return m != Method::Get && m != Method::Head && m != Method::Options && m != Method::Trace;
 }
 
-State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional);
+State cache_found(Exchange* ex, CacheEntry* e, bool conditional);
 State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional);
-void on_fetched(void* owner, CacheEntry* e, int n);
+State cache_fetch(Exchange* ex, CacheOp op);
 
 // A stale entry (or no-cache) is kept to revalidate with its validators,
 // and to stand in for an error within its stale-if-error window.
@@ -238,18 +238,19 @@ State cache_request(Exchange* ex) {
   if (h.method == Method::Get) ex->filter_want |= kWantCache;
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
-  const std::uint64_t hash = ex->cache_hash = cache_key_hash(key);  // the store stage's too
-  if (store->asynchronous()) return cache_fetch(ex, hash, CacheOp::Lookup);
-  return cache_found(ex, lookup(ex, key, hash, rf.authorization), hash, rf.conditional);
+  ex->cache_hash = cache_key_hash(key);  // the flights' (collapse.hpp) and the store stage's too
+  if (store->asynchronous()) return cache_fetch(ex, CacheOp::Lookup);
+  return cache_found(ex, lookup(ex, key, ex->cache_hash, rf.authorization), rf.conditional);
 }
 
 namespace {
 
 // A lookup's entry (or none) is known: a fresh one answers; else the request
 // goes to the server (Connect) with the stale one kept, leading or waiting
-// for the misses of its key.
-State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional) {
+// for the misses of its key (Exchange::cache_hash).
+State cache_found(Exchange* ex, CacheEntry* e, bool conditional) {
   const std::uint64_t now = ex->worker->now_ms();
+  const std::uint64_t hash = ex->cache_hash;
   if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit, conditional);
   if (e) keep_stale(ex, e, conditional);
   if (ex->head.method != Method::Get) return State::Connect;
@@ -273,14 +274,16 @@ State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional) {
 
 }  // namespace
 
+// The key's hash is the one the lookup noted (Exchange::cache_hash, that
+// the flight was joined with).
 State cache_resume(Exchange* ex) {
-  const std::string_view key = build_key(ex->head, t_key);
-  const RequestFacts rf = request_facts(ex->head);
   if (ex->worker->shared.cache->asynchronous()) {
-    const State s = cache_fetch(ex, cache_key_hash(key), CacheOp::Resume);
+    const State s = cache_fetch(ex, CacheOp::Resume);
     return s == State::Connect ? proxy_begin(ex) : s;
   }
-  return cache_found_again(ex, lookup(ex, key, cache_key_hash(key), rf.authorization), rf.conditional);
+  const RequestFacts rf = request_facts(ex->head);
+  return cache_found_again(ex, lookup(ex, build_key(ex->head, t_key), ex->cache_hash, rf.authorization),
+                           rf.conditional);
 }
 
 // ---------------------------------------------------------------- asynchronous stores (Redis)
@@ -312,9 +315,10 @@ void cancel_fetch(Exchange* ex) noexcept {
   ex->cache_ticket = 0;
 }
 
-}  // namespace
-
-State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op) {
+// Sends the lookup to the asynchronous store and returns CacheFetch
+// (state_cache_fetch goes on when the store reports, within its deadline),
+// or Connect with X-Cache BYPASS when the store cannot ask now.
+State cache_fetch(Exchange* ex, CacheOp op) {
   CacheStore* store = ex->worker->shared.cache.get();
   const std::string_view key = store_key(ex->head, t_key, true);
   const std::uint64_t ticket = store->find_async(key, on_fetched, ex);
@@ -323,11 +327,12 @@ State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op) {
     return State::Connect;
   }
   ex->cache_ticket = ticket;
-  ex->cache_hash = hash;
   ex->cache_op = static_cast<std::uint8_t>(op);
   TimerWheel::disarm(&ex->timer);  // the store's deadline bounds the wait
   return State::CacheFetch;
 }
+
+}  // namespace
 
 State state_cache_fetch(Exchange* ex, Event ev, int arg) {
   if (ev != Event::CacheFound) {
@@ -350,7 +355,7 @@ State state_cache_fetch(Exchange* ex, Event ev, int arg) {
     e = nullptr;
   }
   if (op == CacheOp::Resume) return cache_found_again(ex, e, rf.conditional);
-  const State s = cache_found(ex, e, ex->cache_hash, rf.conditional);
+  const State s = cache_found(ex, e, rf.conditional);
   return s == State::Connect ? proxy_begin(ex) : s;
 }
 
