@@ -29,23 +29,38 @@ constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
 constexpr std::string_view kPurgedKeep = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npurged\n";
 constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npurged\n";
 
-}  // namespace
-
-// The primary key into `out` (reused: no allocation once it grew): the host
-// in lower case, '\0', the path and the query.
-std::string_view build_key(const RequestHead& h, std::string& out) {
-  // Written in place (a miss and a hit build it on every request).
-  out.resize(h.host.size() + 1 + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
+// The host in lower case, `sep`, the path and the query into `out` (reused:
+// no allocation once it grew), written in place (a miss and a hit build it
+// on every request).
+std::string_view write_key(const RequestHead& h, std::string& out, std::string_view sep) {
+  out.resize(h.host.size() + sep.size() + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
   char* p = out.data();
   for (char c : h.host) *p++ = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
-  *p++ = '\0';
-  std::memcpy(p, h.path.data(), h.path.size());
-  p += h.path.size();
-  if (h.query.empty()) return out;
-  *p++ = '?';
-  std::memcpy(p, h.query.data(), h.query.size());
+  p = put(put(p, sep), h.path);
+  if (!h.query.empty()) put(put(p, "?"), h.query);
   return out;
 }
+
+// The primary key into `out`: the host in lower case, '\0', the path and
+// the query.
+std::string_view build_key(const RequestHead& h, std::string& out) { return write_key(h, out, {"\0", 1}); }
+
+// The key in an asynchronous store (Redis), readable in redis-cli: the
+// host, the request-target (it starts with '/', so the two cannot run into
+// each other) and a space; with `ae_class`, then the class of the request's
+// Accept-Encoding (one digit), so the store need not hold the variants of
+// one URL under one key (redis_store.hpp). A PURGE names every class.
+std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class) {
+  write_key(h, out, {});
+  out.push_back(' ');
+  if (ae_class) {
+    char digit = 0;
+    out.append(vary_value(h, "accept-encoding", &digit));
+  }
+  return out;
+}
+
+}  // namespace
 
 // The request's value of a Vary'd field, normalised: Accept-Encoding as the
 // set of codings accepted (one digit of kCompress* bits), others trimmed.
@@ -57,28 +72,18 @@ std::string_view vary_value(const RequestHead& h, std::string_view lower_name, c
   return {digit, 1};
 }
 
-// The key in an asynchronous store (Redis), readable in redis-cli: the
-// host, the request-target (it starts with '/', so the two cannot run into
-// each other) and a space; with `ae_class`, then the class of the request's
-// Accept-Encoding (one digit), so the store need not hold the variants of
-// one URL under one key (redis_store.hpp). A PURGE names every class.
-std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class) {
-  build_key(h, out);
-  out.erase(out.find('\0'), 1);
-  out.push_back(' ');
-  if (ae_class) {
-    char digit = 0;
-    out.append(vary_value(h, "accept-encoding", &digit));
-  }
-  return out;
-}
-
 // The key `e` is stored under: the memory key, or the asynchronous store's.
 std::string_view store_key(const RequestHead& h, std::string& out, bool async) {
   return async ? async_key(h, out, true) : build_key(h, out);
 }
 
 namespace {
+
+// The key a purge names: the memory key (every variant is under it), or the
+// asynchronous store's without its class (the store drops every class).
+std::string_view purge_key(const RequestHead& h, std::string& out, bool async) {
+  return async ? async_key(h, out, false) : build_key(h, out);
+}
 
 thread_local std::string t_key;
 
@@ -122,14 +127,7 @@ RequestFacts request_facts(const RequestHead& h) noexcept {
   return f;
 }
 
-char* put(char* p, std::string_view s) noexcept {
-  if (!s.empty()) std::memcpy(p, s.data(), s.size());  // an empty view may have a null data()
-  return p + s.size();
-}
-
 char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p + 20, n).ptr; }
-
-std::size_t body_size(const CacheEntry* e) noexcept { return e->stored_body().size(); }
 
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
@@ -146,6 +144,8 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   ex->cache = static_cast<std::uint8_t>(how);
   cache_flight_end(ex);  // a leader answered from the cache (a 304, a stale copy): its waiters look again
   if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
+  std::string_view head = e->stored_head();
+  const std::string_view body = e->stored_body();
   char* const lines = ex->scratch.get();
   char* p = put(lines, "Age: ");
   p = put_number(p, e->age_now_ms(ex->worker->now_ms()) / 1000);
@@ -154,7 +154,7 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put(p, settings(*ex->worker).instance_header);  // the instance that answered, not the one that stored
   if (!not_modified && e->status != 204 && e->status != 304) {
     p = put(p, "Content-Length: ");
-    p = put_number(p, body_size(e));
+    p = put_number(p, body.size());
     p = put(p, "\r\n");
   }
   if (ex->client_close) p = put(p, "Connection: close\r\n");
@@ -162,8 +162,6 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put(p, "\r\n");
   uv_buf_t* iov = ex->iov.get();
   unsigned n = 0;
-  std::string_view head = e->stored_head();
-  const std::string_view body = e->stored_body();
   if (not_modified) {
     iov[n++] = uv_buf_init(const_cast<char*>(kNotModified.data()), static_cast<unsigned>(kNotModified.size()));
     head.remove_prefix(head.find("\r\n") + 2);  // the stored status line
@@ -203,9 +201,9 @@ bool unsafe(Method m) noexcept {
   return m != Method::Get && m != Method::Head && m != Method::Options && m != Method::Trace;
 }
 
-State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional);
+State cache_found(Exchange* ex, CacheEntry* e, bool conditional);
 State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional);
-void on_fetched(void* owner, CacheEntry* e, int n);
+State cache_fetch(Exchange* ex, CacheOp op);
 
 // A stale entry (or no-cache) is kept to revalidate with its validators,
 // and to stand in for an error within its stale-if-error window.
@@ -227,7 +225,7 @@ State cache_request(Exchange* ex) {
     // RFC 9111 4.4: what a POST, PUT, DELETE... may change is not answered
     // from the cache afterwards (dropped as the request arrives, before its
     // body may reuse the buffer the key is read from).
-    const std::string_view key = store->asynchronous() ? async_key(h, t_key, false) : build_key(h, t_key);
+    const std::string_view key = purge_key(h, t_key, store->asynchronous());
     store->purge(cache_key_hash(key), key);
     return State::Connect;
   }
@@ -240,18 +238,19 @@ State cache_request(Exchange* ex) {
   if (h.method == Method::Get) ex->filter_want |= kWantCache;
   if (rf.no_cache) return State::Connect;
   const std::string_view key = build_key(h, t_key);
-  const std::uint64_t hash = ex->cache_hash = cache_key_hash(key);  // the store stage's too
-  if (store->asynchronous()) return cache_fetch(ex, hash, CacheOp::Lookup);
-  return cache_found(ex, lookup(ex, key, hash, rf.authorization), hash, rf.conditional);
+  ex->cache_hash = cache_key_hash(key);  // the flights' (collapse.hpp) and the store stage's too
+  if (store->asynchronous()) return cache_fetch(ex, CacheOp::Lookup);
+  return cache_found(ex, lookup(ex, key, ex->cache_hash, rf.authorization), rf.conditional);
 }
 
 namespace {
 
 // A lookup's entry (or none) is known: a fresh one answers; else the request
 // goes to the server (Connect) with the stale one kept, leading or waiting
-// for the misses of its key.
-State cache_found(Exchange* ex, CacheEntry* e, std::uint64_t hash, bool conditional) {
+// for the misses of its key (Exchange::cache_hash).
+State cache_found(Exchange* ex, CacheEntry* e, bool conditional) {
   const std::uint64_t now = ex->worker->now_ms();
+  const std::uint64_t hash = ex->cache_hash;
   if (e && e->fresh(now)) return reply_stored(ex, e, CacheStatus::Hit, conditional);
   if (e) keep_stale(ex, e, conditional);
   if (ex->head.method != Method::Get) return State::Connect;
@@ -275,14 +274,16 @@ State cache_found_again(Exchange* ex, CacheEntry* e, bool conditional) {
 
 }  // namespace
 
+// The key's hash is the one the lookup noted (Exchange::cache_hash, that
+// the flight was joined with).
 State cache_resume(Exchange* ex) {
-  const std::string_view key = build_key(ex->head, t_key);
-  const RequestFacts rf = request_facts(ex->head);
   if (ex->worker->shared.cache->asynchronous()) {
-    const State s = cache_fetch(ex, cache_key_hash(key), CacheOp::Resume);
+    const State s = cache_fetch(ex, CacheOp::Resume);
     return s == State::Connect ? proxy_begin(ex) : s;
   }
-  return cache_found_again(ex, lookup(ex, key, cache_key_hash(key), rf.authorization), rf.conditional);
+  const RequestFacts rf = request_facts(ex->head);
+  return cache_found_again(ex, lookup(ex, build_key(ex->head, t_key), ex->cache_hash, rf.authorization),
+                           rf.conditional);
 }
 
 // ---------------------------------------------------------------- asynchronous stores (Redis)
@@ -314,9 +315,10 @@ void cancel_fetch(Exchange* ex) noexcept {
   ex->cache_ticket = 0;
 }
 
-}  // namespace
-
-State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op) {
+// Sends the lookup to the asynchronous store and returns CacheFetch
+// (state_cache_fetch goes on when the store reports, within its deadline),
+// or Connect with X-Cache BYPASS when the store cannot ask now.
+State cache_fetch(Exchange* ex, CacheOp op) {
   CacheStore* store = ex->worker->shared.cache.get();
   const std::string_view key = store_key(ex->head, t_key, true);
   const std::uint64_t ticket = store->find_async(key, on_fetched, ex);
@@ -325,11 +327,12 @@ State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op) {
     return State::Connect;
   }
   ex->cache_ticket = ticket;
-  ex->cache_hash = hash;
   ex->cache_op = static_cast<std::uint8_t>(op);
   TimerWheel::disarm(&ex->timer);  // the store's deadline bounds the wait
   return State::CacheFetch;
 }
+
+}  // namespace
 
 State state_cache_fetch(Exchange* ex, Event ev, int arg) {
   if (ev != Event::CacheFound) {
@@ -352,7 +355,7 @@ State state_cache_fetch(Exchange* ex, Event ev, int arg) {
     e = nullptr;
   }
   if (op == CacheOp::Resume) return cache_found_again(ex, e, rf.conditional);
-  const State s = cache_found(ex, e, ex->cache_hash, rf.conditional);
+  const State s = cache_found(ex, e, rf.conditional);
   return s == State::Connect ? proxy_begin(ex) : s;
 }
 
@@ -440,14 +443,14 @@ State cache_purge(Exchange* ex) {
     return reply_error(ex, 403);
   }
   CacheStore* store = ex->worker->shared.cache.get();
+  const std::string_view key = purge_key(ex->head, t_key, store->asynchronous());
   if (store->asynchronous()) {
-    const std::uint64_t ticket = store->purge_async(async_key(ex->head, t_key, false), on_fetched, ex);
+    const std::uint64_t ticket = store->purge_async(key, on_fetched, ex);
     if (!ticket) return reply_error(ex, 503);  // the store is down: nothing was purged
     ex->cache_ticket = ticket;
     ex->cache_op = static_cast<std::uint8_t>(CacheOp::Purge);
     return State::CacheFetch;
   }
-  const std::string_view key = build_key(ex->head, t_key);
   const std::size_t n = store->purge(cache_key_hash(key), key);
   return n ? reply_local(ex, 200, kPurgedKeep, kPurgedClose) : reply_error(ex, 404);
 }

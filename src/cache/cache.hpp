@@ -41,10 +41,6 @@ State cache_request(Exchange* ex);
 // CacheWait is over (the leader ended, or the wait's bound): a hit now, else
 // the request goes to the server (State::Connect, through proxy_begin).
 State cache_resume(Exchange* ex);
-// An asynchronous store (Redis): sends the lookup and returns CacheFetch
-// (state_cache_fetch goes on when the store reports, within its deadline),
-// or Connect with X-Cache BYPASS when the store cannot ask now.
-State cache_fetch(Exchange* ex, std::uint64_t hash, CacheOp op);
 
 // A PURGE request (before routing): 403 unless the client's address is in
 // cache.purge_from; else every variant of the URL is dropped (200, or 404

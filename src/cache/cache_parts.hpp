@@ -2,6 +2,7 @@
 // side (cache.cpp) and the store stage (cache_stage.cpp).
 #pragma once
 
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -11,12 +12,13 @@
 
 namespace juggler {
 
-// The primary key into `out` (reused): the host in lower case, '\0', the
-// path and the query.
-std::string_view build_key(const RequestHead& h, std::string& out);
-// An asynchronous store's key (Redis): host, target, ' ', and with
-// `ae_class` the Accept-Encoding class digit (a PURGE's key has none).
-std::string_view async_key(const RequestHead& h, std::string& out, bool ae_class);
+// Writes `s` at `p` (room known by the caller); returns the end. An empty
+// view writes nothing (its data() may be null: no memcpy from it).
+inline char* put(char* p, std::string_view s) noexcept {
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
 // The key an entry is stored under: the memory key, or the asynchronous
 // store's (Redis: readable, with the Accept-Encoding class).
 std::string_view store_key(const RequestHead& h, std::string& out, bool async);

@@ -126,11 +126,6 @@ CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool*
 
 namespace {
 
-char* put(char* p, std::string_view s) noexcept {
-  std::memcpy(p, s.data(), s.size());
-  return p + s.size();
-}
-
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
   CacheEntry* e = entry = new CacheEntry();
@@ -255,8 +250,7 @@ void cache_stage_put(ResponseFilter* f) noexcept {
 
 void cache_tap_begin(Exchange* ex) {
   ResponseFilter* s = cache_stage_get(ex);
-  char none = 0;  // it adds no line (the relay's head is the server's); not null: its lines() are copied
-  HeadEdit edit(ex->resp, &none, 0);
+  HeadEdit edit(ex->resp, nullptr, 0);  // it adds no line: the relay's head is the server's
   if (s->head(edit)) ex->cache_tap = s;
   else cache_stage_put(s);
 }

@@ -90,9 +90,7 @@ bool redis_decode(std::string_view bytes, std::uint64_t loop_now, std::uint64_t 
   const std::uint64_t stored = loop_now > ago ? loop_now - ago : 0;
   const std::uint64_t age = get_at<std::uint64_t>(h + 16), lifetime = get_at<std::uint64_t>(h + 24);
   e.lifetime_ms = lifetime;
-  e.stored_ms.store(stored, std::memory_order_relaxed);
-  e.age_ms.store(age, std::memory_order_relaxed);
-  e.fresh_until_ms.store(stored + (lifetime > age ? lifetime - age : 0), std::memory_order_relaxed);
+  e.set_times(stored, age, lifetime);
   e.stale_if_error_ms = get_at<std::uint64_t>(h + 32);
   e.stale_while_revalidate_ms = get_at<std::uint64_t>(h + 40);
   e.blob_vary = vary;

@@ -476,23 +476,20 @@ bool build_set(std::string& cmd, const std::string& prefix, std::string_view key
 
 }  // namespace
 
-bool RedisStore::insert(CacheEntry* e) {
+bool RedisStore::set(std::string_view key, const CacheEntry& e) {
   RedisConn* c = t_conn;
-  bool sent = false;
-  if (c && c->ready() && build_set(c->cmd(), prefix_, e->key, *e, c->loop_now())) {
-    sent = c->send(nullptr, nullptr, RedisConn::Kind::Write) != 0;
-    if (c->cmd().capacity() > (64u << 10)) std::string().swap(c->cmd());  // a large value's room goes back
-  }
+  if (!c || !c->ready() || !build_set(c->cmd(), prefix_, key, e, c->loop_now())) return false;
+  const bool sent = c->send(nullptr, nullptr, RedisConn::Kind::Write) != 0;
+  if (c->cmd().capacity() > (64u << 10)) std::string().swap(c->cmd());  // a large value's room goes back
+  return sent;
+}
+
+bool RedisStore::insert(CacheEntry* e) {
+  const bool sent = set(e->key, *e);
   cache_entry_release(e);
   return sent;
 }
 
-void RedisStore::update(std::string_view key, CacheEntry* e) {
-  RedisConn* c = t_conn;
-  if (c && c->ready() && build_set(c->cmd(), prefix_, key, *e, c->loop_now())) {
-    c->send(nullptr, nullptr, RedisConn::Kind::Write);
-    if (c->cmd().capacity() > (64u << 10)) std::string().swap(c->cmd());
-  }
-}
+void RedisStore::update(std::string_view key, CacheEntry* e) { set(key, *e); }
 
 }  // namespace juggler

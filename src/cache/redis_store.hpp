@@ -64,7 +64,6 @@ class RedisStore final : public CacheStore {
 
   // Workers whose connection is up, of those started (/metrics).
   int connections_up() const noexcept override { return up_.load(std::memory_order_relaxed); }
-  int connections() const noexcept { return started_.load(std::memory_order_relaxed); }
 
   // The process-wide view of the connections, for the log (RedisConn): a
   // connection failed (`was_up`: it had been counted up; `why` null: a
@@ -74,11 +73,13 @@ class RedisStore final : public CacheStore {
 
   const std::string& ip() const noexcept { return ip_; }
   int port() const noexcept { return port_; }
-  const std::string& address() const noexcept { return address_; }
-  const std::string& prefix() const noexcept { return prefix_; }
   std::uint32_t deadline_ms() const noexcept { return deadline_ms_; }
 
  private:
+  // A pipelined SET of `e` under `key` on this worker's connection; false
+  // when it was not sent (no connection up, nothing left to keep).
+  bool set(std::string_view key, const CacheEntry& e);
+
   std::string address_;  // as written (the log)
   std::string ip_;
   int port_ = 0;

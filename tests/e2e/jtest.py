@@ -346,6 +346,22 @@ def read_response(reader, head: bool = False) -> RawResponse:
     return response
 
 
+def read_responses(socks: Sequence[socket.socket], timeout: float = 60.0) -> list:
+    """One response from each socket, read in parallel threads (each waited for at most
+    `timeout`): the list in the sockets' order, None where none was read."""
+    answers = [None] * len(socks)
+
+    def read(i):
+        answers[i] = read_response(socks[i].makefile("rb"))
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(len(socks))]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(timeout=timeout)
+    return answers
+
+
 def recv_exact(s: socket.socket, n: int, have: bytes = b"") -> bytes:
     """`n` bytes from `s` (after the `have` already read), fewer only when the peer closed."""
     out = bytearray(have)

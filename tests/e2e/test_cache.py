@@ -503,7 +503,7 @@ class CacheTest(BalancerTestCase):
     def test_concurrent_misses_for_one_key_make_one_upstream_request(self):
         n = 100
         t = f"/bytes?n=20000&pause=0&pause_ms=1500&t=collapse&{cc('max-age=60')}"
-        socks, answers = [], [None] * n
+        socks = []
         try:
             for _ in range(n):
                 s = jtest.raw_connection(self.lb.port, timeout=60)
@@ -512,15 +512,7 @@ class CacheTest(BalancerTestCase):
             for s in socks:
                 s.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
             sent = time.monotonic() - began
-
-            def read(i):
-                answers[i] = jtest.read_response(socks[i].makefile("rb"))
-
-            readers = [threading.Thread(target=read, args=(i,)) for i in range(n)]
-            for r in readers:
-                r.start()
-            for r in readers:
-                r.join(timeout=60)
+            answers = jtest.read_responses(socks)
             took = time.monotonic() - began
         finally:
             for s in socks:

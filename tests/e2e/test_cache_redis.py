@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 import unittest
 import urllib.parse
@@ -322,19 +321,10 @@ class RedisCacheTest(BalancerTestCase):
         n = 20
         t = f"/bytes?n=20000&pause=0&pause_ms=1000&t=collapse&{cc('max-age=60')}"
         socks = [jtest.raw_connection(lb.port, timeout=60) for _ in range(n)]
-        answers = [None] * n
         try:
             for s in socks:
                 s.sendall(f"GET {t} HTTP/1.1\r\nHost: any.test\r\n\r\n".encode())
-
-            def read(i):
-                answers[i] = jtest.read_response(socks[i].makefile("rb"))
-
-            readers = [threading.Thread(target=read, args=(i,)) for i in range(n)]
-            for r in readers:
-                r.start()
-            for r in readers:
-                r.join(timeout=60)
+            answers = jtest.read_responses(socks)
         finally:
             for s in socks:
                 s.close()
