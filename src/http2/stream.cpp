@@ -70,8 +70,6 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
   const std::string_view peer = c->session->peer();
   std::memcpy(s->ip, peer.data(), peer.size());
   s->ip_len = static_cast<std::uint8_t>(peer.size());
-  s->secure_ = true;
-  s->h2_ = true;
   s->complete_ = false;
   s->replayable_ = true;
   s->head = w.buffers.get();
