@@ -29,11 +29,7 @@ Exchange* exchange_get(Worker& w) {
     ex->req_headers = std::make_unique<HeaderSpan[]>(hc);
     ex->resp_headers = std::make_unique<HeaderSpan[]>(hc);
     ex->route_headers = std::make_unique<Header[]>(hc);
-    // One client write: up to kMaxInterim 1xx heads (relay.cpp) read
-    // together, then the final head (header_count + 5 slices with the
-    // instance line) and the body; 2 * hc + 8 alone is short of that when
-    // limit.header_count is under 6.
-    ex->iov_cap = 2 * hc + 8 + kMaxInterim;
+    ex->iov_cap = exchange_iov_cap(hc);
     ex->iov = std::make_unique<uv_buf_t[]>(ex->iov_cap);
     ex->scratch_cap = static_cast<std::uint32_t>(st.header_bytes) + 512;
     ex->scratch = std::make_unique<char[]>(ex->scratch_cap);

@@ -15,6 +15,15 @@ namespace juggler {
 // 1xx responses relayed before the final one; more is a broken server.
 constexpr std::uint8_t kMaxInterim = 8;
 
+// The slices of one client write (the exchange's iov, and an HTTP/2
+// stream's copy of them): up to kMaxInterim 1xx heads (relay.cpp) read
+// together, then the final head (header_count + 5 slices with the instance
+// line) and the body; 2 * header_count + 8 alone is short of that when
+// limit.header_count is under 6.
+constexpr std::uint32_t exchange_iov_cap(std::uint32_t header_count) noexcept {
+  return 2 * header_count + 8 + kMaxInterim;
+}
+
 // The states of an exchange. Each has one handler, which step() calls with
 // the event and which returns the next state; a state just entered is called
 // with Event::Enter first. Done, Cut and Tunnel end the exchange: step()

@@ -13,7 +13,6 @@
 // ENHANCE_YOUR_CALM and closes (Rapid Reset, CVE-2023-44487, and the floods
 // after it). CONTINUATION floods end at nghttp2's limit of CONTINUATION
 // frames per header block and at the header list limit (stream.cpp).
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <new>
@@ -21,6 +20,7 @@
 #include "exchange/exchange.hpp"
 #include "http1/connection.hpp"
 #include "http2/internal.hpp"
+#include "http2/session.hpp"
 
 namespace juggler {
 
@@ -110,50 +110,15 @@ int on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, void* user) {
   return 0;
 }
 
-nghttp2_session_callbacks* callbacks() {
-  static nghttp2_session_callbacks* cbs = [] {
-    nghttp2_session_callbacks* c = nullptr;
-    nghttp2_session_callbacks_new(&c);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(c, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback2(c, on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
-    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(c, on_invalid_frame);
-    return c;
-  }();
-  return cbs;
-}
-
-nghttp2_option* options() {
-  static nghttp2_option* opt = [] {
-    nghttp2_option* o = nullptr;
-    nghttp2_option_new(&o);
-    // Request bodies are flow-controlled by what went upstream (stream.cpp).
-    nghttp2_option_set_no_auto_window_update(o, 1);
-    return o;
-  }();
-  return opt;
-}
-
-// Our SETTINGS: the stream window is the room a request body has (stream.cpp
-// holds a stream's unsent body in one buffer); the connection's window lets
-// every stream use its own, so one that is not read cannot starve the rest.
+// Our SETTINGS (session.hpp): a stream's window is the room a request body
+// has (stream.cpp holds a stream's unsent body in one buffer).
 bool start_session(H2Conn* c) {
-  Worker& w = *c->worker;
-  if (nghttp2_session_server_new2(&c->ng, callbacks(), c, options()) != 0) return false;
-  const Settings& st = settings(w);
-  const std::uint32_t window = w.buffers.size() - 64;
-  const nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, st.h2_max_streams},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, window},
-      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, static_cast<std::uint32_t>(st.header_bytes)},
-      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, st.h2_hpack_table},
-      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, st.h2_max_frame},
-  };
-  if (nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) != 0) return false;
-  return nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0,
-                                               static_cast<std::int32_t>(std::min<std::uint64_t>(st.h2_max_streams * std::uint64_t{window}, INT32_MAX))) == 0;
+  static nghttp2_session_callbacks* const cbs = h2_callbacks_new(
+      {on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close, on_invalid_frame});
+  const Settings& st = settings(*c->worker);
+  return h2_session_start(&c->ng, cbs, c,
+                          {st.h2_max_streams, c->worker->buffers.size() - 64, static_cast<std::uint32_t>(st.header_bytes),
+                           st.h2_hpack_table, st.h2_max_frame});
 }
 
 // Idle (no stream open for timeout.client_idle): GOAWAY, and closed once it

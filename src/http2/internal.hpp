@@ -75,6 +75,10 @@ struct H2StreamState {
 };
 
 struct H2Stream final : H2StreamState, Downstream, RequestBody {
+  H2Stream() noexcept {  // every stream, whichever connection: over TLS (h2 is ALPN's), HTTP/2
+    secure_ = true;
+    h2_ = true;
+  }
   H2StreamState& state() noexcept { return *this; }
   // Kept across requests (sized once from limit.header_count).
   MessageParser resp;
@@ -82,7 +86,7 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   std::unique_ptr<nghttp2_nv[]> nva;
   std::unique_ptr<uv_buf_t[]> iov;
   std::uint32_t iov_cap = 0, header_cap = 0;
-  BodySpan spans[MessageParser::kMaxBodySpans];
+  BodySpan spans[MessageParser::kMaxBodySpans] = {};
   // Armed while a send is held (the client's window shut): a client that
   // takes none of it for timeout.client_idle loses the stream, as an HTTP/1
   // client that reads nothing loses its connection; the server's is released.
@@ -103,8 +107,6 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
 
   using Downstream::ip;
   using Downstream::ip_len;
-  using Downstream::secure_;
-  using Downstream::h2_;
   using RequestBody::complete_;
   using RequestBody::replayable_;
 };

@@ -1,8 +1,6 @@
 // The response side of an HTTP/2 stream (see stream.cpp for the whole
 // picture): the exchange's HTTP/1.1 bytes back into HEADERS and DATA, and the
 // request body handed to the exchange (RequestBody).
-#include <strings.h>
-
 #include <cstdio>
 #include <cstring>
 

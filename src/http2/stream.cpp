@@ -62,7 +62,7 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
     s->header_cap = hc;
     s->resp_headers = std::make_unique<HeaderSpan[]>(hc);
     s->nva = std::make_unique<nghttp2_nv[]>(hc + 1);
-    s->iov_cap = 2 * hc + 8;  // as the exchange's own
+    s->iov_cap = exchange_iov_cap(hc);  // the exchange's sends are copied whole
     s->iov = std::make_unique<uv_buf_t[]>(s->iov_cap);
   }
   s->conn = c;
@@ -70,8 +70,6 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
   const std::string_view peer = c->session->peer();
   std::memcpy(s->ip, peer.data(), peer.size());
   s->ip_len = static_cast<std::uint8_t>(peer.size());
-  s->secure_ = true;
-  s->h2_ = true;
   s->complete_ = false;
   s->replayable_ = true;
   s->head = w.buffers.get();

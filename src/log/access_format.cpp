@@ -145,9 +145,10 @@ char* combined(Out<Checked> o, const AccessRecord& r, std::string_view date) noe
   o.put(" - - [");
   o.put(date);
   o.put("] ");
+  // HTTP/1's request line goes as it is: only an HTTP/2 stream's is split.
   std::string_view line;
-  const std::string_view proto = protocol(r, line);
-  if (r.h2 && !proto.empty()) {
+  const std::string_view proto = r.h2 ? protocol(r, line) : std::string_view{};
+  if (!proto.empty()) {
     o.put('"');
     o.quoted_body(line);
     o.put(' ');

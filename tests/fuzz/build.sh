@@ -64,7 +64,7 @@ echo "built $OUT/fuzz_client_hello"
 # The HTTP/2 front: nghttp2 (the system's, not instrumented) and the mapping
 # of a stream's fields to a request head.
 "$CXX" -std=c++20 $FLAGS $SAN -Wall -Wextra -Werror -I "$ROOT/include" -I "$ROOT/src" -I "$LLHTTP_INC" \
-  "$ROOT/tests/fuzz/fuzz_h2.cpp" "$ROOT/src/http2/request_head.cpp" "${objs[@]}" -luv -lnghttp2 -o "$OUT/fuzz_h2"
+  "$ROOT/tests/fuzz/fuzz_h2.cpp" "$ROOT/src/http2/request_head.cpp" "$ROOT/src/http2/session.cpp" "${objs[@]}" -luv -lnghttp2 -o "$OUT/fuzz_h2"
 echo "built $OUT/fuzz_h2"
 
 for t in fuzz_request fuzz_response; do

@@ -1,8 +1,8 @@
-// libFuzzer target: the HTTP/2 front, frames from a client into an nghttp2
-// server session set up as src/http2/connection.cpp sets up its own (the same
-// options and SETTINGS, at the default limits), each request's fields mapped
-// to an HTTP/1.1 head by src/http2/request_head.cpp as stream.cpp maps them,
-// and that head parsed by MessageParser as the exchange parses it.
+// libFuzzer target: the HTTP/2 front, frames from a client into the nghttp2
+// server session src/http2/connection.cpp starts (src/http2/session.cpp, at
+// the default limits), each request's fields mapped to an HTTP/1.1 head by
+// src/http2/request_head.cpp as stream.cpp maps them, and that head parsed
+// by MessageParser as the exchange parses it.
 //
 // Input: 1 control byte (the size of the reads the input is cut into), then
 // the bytes after the client connection preface (which is sent first, so the
@@ -28,6 +28,7 @@
 
 #include "fuzz_common.hpp"
 #include "http2/request_head.hpp"
+#include "http2/session.hpp"
 #include "juggler/http.hpp"
 
 using namespace juggler;
@@ -150,30 +151,6 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t, void* u
   return 0;
 }
 
-nghttp2_session_callbacks* callbacks() {
-  static nghttp2_session_callbacks* cbs = [] {
-    nghttp2_session_callbacks* c = nullptr;
-    nghttp2_session_callbacks_new(&c);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(c, on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback2(c, on_header);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(c, on_frame_recv);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, on_data_chunk);
-    nghttp2_session_callbacks_set_on_stream_close_callback(c, on_stream_close);
-    return c;
-  }();
-  return cbs;
-}
-
-nghttp2_option* options() {
-  static nghttp2_option* opt = [] {
-    nghttp2_option* o = nullptr;
-    nghttp2_option_new(&o);
-    nghttp2_option_set_no_auto_window_update(o, 1);  // as connection.cpp
-    return o;
-  }();
-  return opt;
-}
-
 void drain(nghttp2_session* ng) {
   const std::uint8_t* out = nullptr;
   for (int i = 0; i < 64 && nghttp2_session_mem_send(ng, &out) > 0; ++i) {
@@ -188,16 +165,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   ++data;
   --size;
   Conn c;
-  FUZZ_CHECK(nghttp2_session_server_new2(&c.ng, callbacks(), &c, options()) == 0);
-  // The SETTINGS connection.cpp sends at the default limits.
-  const nghttp2_settings_entry iv[] = {
-      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100},
-      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, kRoom - 64},
-      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kHeaderBytes},
-      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, 4096},
-      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, 16384},
-  };
-  FUZZ_CHECK(nghttp2_submit_settings(c.ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]) == 0);
+  // The session connection.cpp starts, at the default limits.
+  static nghttp2_session_callbacks* const cbs =
+      h2_callbacks_new({on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close});
+  FUZZ_CHECK(h2_session_start(&c.ng, cbs, &c, {100, kRoom - 64, kHeaderBytes, 4096, 16384}));
   drain(c.ng);
   constexpr std::string_view kPreface = NGHTTP2_CLIENT_MAGIC;
   bool ok = nghttp2_session_mem_recv(c.ng, reinterpret_cast<const std::uint8_t*>(kPreface.data()),
