@@ -96,14 +96,20 @@ void close_fds(ListenerSlot& s) noexcept {
       if (fd >= 0) ::close(std::exchange(fd, -1));
 }
 
+// A listener's identity (listeners.hpp): whether `s` has the sockets of a
+// listener of `kind` on `host:port` (as written) with these preludes.
+bool same_sockets(const ListenerSlot& s, ListenKind kind, std::string_view host, std::uint16_t port,
+                  bool proxy_protocol, bool sni) noexcept {
+  return s.def.kind == kind && s.host == host && s.port == port && s.def.proxy_protocol == proxy_protocol &&
+         s.def.sni == sni;
+}
+
 // The sockets of the same listener in what the old process handed over
 // (taken from it), or empty.
 std::vector<int> take(Takeover* from, const ListenerSlot& s, std::uint32_t workers) {
   if (!from) return {};
   for (HandedListener& h : from->listeners) {
-    if (h.kind != s.def.kind || h.host != s.host || h.port != s.port || h.proxy_protocol != s.def.proxy_protocol ||
-        h.sni != s.def.sni || h.fds.empty() || h.fds[0] < 0)
-      continue;
+    if (h.fds.empty() || !same_sockets(s, h.kind, h.host, h.port, h.proxy_protocol, h.sni)) continue;
     // One socket per worker, each accepted from by the worker of its number:
     // fewer workers would leave queues nobody accepts from.
     if (h.fds.size() != workers)
@@ -155,8 +161,8 @@ std::uint16_t Listeners::port_of(const RouteTable& table, std::size_t k) const n
 
 ListenerSlot* Listeners::find(const ListenerDef& d, std::uint16_t port) const noexcept {
   for (ListenerSlot* s : open_)
-    if (s->def.kind == d.kind && s->host == d.host && s->port == port && s->def.proxy_protocol == d.proxy_protocol &&
-        s->def.sni == d.sni && s->def.h2 == d.h2)  // h2= is in the TLS context's ALPN: another listener
+    if (same_sockets(*s, d.kind, d.host, port, d.proxy_protocol, d.sni) &&
+        s->def.h2 == d.h2)  // h2= is in the TLS context's ALPN: another listener
       return s;
   return nullptr;
 }
