@@ -385,6 +385,27 @@ def endpoints_overlap(a: Endpoint, b: Endpoint) -> bool:
     return a.ip == b.ip or a.ip.is_unspecified or b.ip.is_unspecified
 
 
+def take_flag(rest: list[str], name: str) -> bool:
+    """Removes the flag `name` from `rest`: whether it was there (twice: an error)."""
+    if name not in rest:
+        return False
+    rest.remove(name)
+    if name in rest:
+        raise DefError(f"option '{name}' given twice")
+    return True
+
+
+def take_value(rest: list[str], name: str) -> str | None:
+    """Removes `name=VALUE` from `rest`: VALUE, or None when absent (twice: an error)."""
+    found = [t for t in rest if t.startswith(name + "=")]
+    if len(found) > 1:
+        raise DefError(f"option '{name}' given twice")
+    if not found:
+        return None
+    rest.remove(found[0])
+    return found[0][len(name) + 1:]
+
+
 class Options:
     """The `name=value` and bare-flag options after a statement's fixed words."""
 
@@ -596,26 +617,15 @@ class Parser:
             raise DefError(f"unknown listener kind '{kind}' (expected http, https, tcp or tls)")
         lst = Listener(line=line, kind=kind, endpoint=parse_endpoint(toks[2], "listen"))
         rest = toks[3:]
-        if kind == "tcp" and "sni" in rest:
-            rest.remove("sni")
-            lst.sni = True
-            if "sni" in rest:
-                raise DefError("option 'sni' given twice")
-        if "proxy_protocol" in rest:
-            rest.remove("proxy_protocol")
-            lst.proxy_protocol = True
-            if "proxy_protocol" in rest:
-                raise DefError("option 'proxy_protocol' given twice")
-        h2 = [t for t in rest if t.startswith("h2=")]
-        if h2:
-            if kind != "https":
-                raise DefError("option 'h2' is for 'listen https' (HTTP/2 is offered through TLS ALPN)")
-            if len(h2) > 1:
-                raise DefError("option 'h2' given twice")
-            if h2[0] not in ("h2=on", "h2=off"):
-                raise DefError(f"bad '{h2[0]}' (expected h2=on or h2=off)")
-            lst.h2 = h2[0] == "h2=on"
-            rest = [t for t in rest if not t.startswith("h2=")]
+        lst.sni = kind == "tcp" and take_flag(rest, "sni")
+        lst.proxy_protocol = take_flag(rest, "proxy_protocol")
+        if kind != "https" and any(t.startswith("h2=") for t in rest):
+            raise DefError("option 'h2' is for 'listen https' (HTTP/2 is offered through TLS ALPN)")
+        h2 = take_value(rest, "h2")
+        if h2 is not None:
+            if h2 not in ("on", "off"):
+                raise DefError(f"bad 'h2={h2}' (expected h2=on or h2=off)")
+            lst.h2 = h2 == "on"
         if kind == "http":
             if rest:
                 raise DefError(f"unexpected '{rest[0]}' after 'listen http ADDR:PORT' (expected proxy_protocol)")
@@ -630,13 +640,10 @@ class Parser:
         else:
             if kind == "tls":
                 # TLS terminated, the plaintext relayed as L4: the certificates of https and a pool.
-                pools = [t for t in rest if t.startswith("pool=")]
-                rest = [t for t in rest if not t.startswith("pool=")]
-                if len(pools) > 1:
-                    raise DefError("option 'pool' given twice")
-                if not pools or not pools[0][len("pool="):]:
+                pool = take_value(rest, "pool")
+                if not pool:
                     raise DefError("'listen tls' needs pool=NAME")
-                lst.pool_name = pools[0][len("pool="):]
+                lst.pool_name = pool
             for i, tok in enumerate(rest):
                 name, eq, value = tok.partition("=")
                 if name not in ("cert", "key") or not eq:
