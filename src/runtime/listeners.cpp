@@ -80,16 +80,6 @@ std::string files_stamp(const RouteTable& t, const ListenerDef& l) {
 
 bool has_tls(const ListenerDef& l) noexcept { return l.kind == ListenKind::Https || l.kind == ListenKind::Tls; }
 
-const char* scheme(ListenKind k) noexcept {
-  switch (k) {
-    case ListenKind::Http: return "http://";
-    case ListenKind::Https: return "https://";
-    case ListenKind::Tcp: return "tcp://";
-    case ListenKind::Tls: return "tls://";
-  }
-  return "";
-}
-
 void close_fds(ListenerSlot& s) noexcept {
   for (auto* v : {&s.fds, &s.held})
     for (int& fd : *v)
@@ -125,7 +115,9 @@ std::vector<int> take(Takeover* from, const ListenerSlot& s, std::uint32_t worke
 
 }  // namespace
 
-std::string ListenerSlot::url() const { return scheme(def.kind) + join_host_port(host, bound); }
+std::string ListenerSlot::url() const {
+  return std::string(listen_kind_name(def.kind)) + "://" + join_host_port(host, bound);
+}
 
 bool listener_accepted(const ListenerSlot& slot, const sockaddr_storage& local) noexcept {
   sockaddr_storage own{};
