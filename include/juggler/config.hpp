@@ -83,6 +83,10 @@ std::string join_host_port(std::string_view host, int port);
 // effective settings after command-line overrides (--check).
 std::string describe_config(const Config& config);
 
+// A listen statement's kind as routes.def writes it ("http", "https", "tcp",
+// "tls"): --check's listing, the upgrade's listener lines, listener URLs.
+const char* listen_kind_name(ListenKind k) noexcept;
+
 // Features compiled from routes.def whose run-time side is not built yet: one
 // line each ("routes.def:12: gzip is not implemented yet"); empty when none.
 std::string unsupported_features(const RouteTable& table);

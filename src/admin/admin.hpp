@@ -93,6 +93,16 @@ struct Snapshot {
 };
 Snapshot take_snapshot(const Shared& shared, const Routing& live);
 
+// The snapshot's rows of `live`'s pools and servers (its numbers in `live`'s
+// table; Routing::metric_pool / metric_server give the rows).
+struct LiveRows {
+  const Routing& live;
+  const Snapshot& s;
+  [[nodiscard]] const Snapshot::Requests& pool(std::size_t p) const noexcept;
+  [[nodiscard]] const Snapshot::Requests& ttfb(std::size_t p) const noexcept;
+  [[nodiscard]] const Snapshot::Server& server(std::size_t i) const noexcept;
+};
+
 // The bodies of /metrics and /stats.json for the table serving now
 // (live_routing, under shared.reload_lock), appended to `out`.
 void render_metrics(const Shared& shared, const Routing& live, const Snapshot& snap, std::string& out);

@@ -134,15 +134,6 @@ std::string with_class(const std::string& labels, std::size_t c) {
   return labels + ",class=\"" + kClassNames[c] + "\"";
 }
 
-// The rows of the live table's routes, pools and servers in the snapshot.
-struct LiveRows {
-  const Routing& live;
-  const Snapshot& s;
-  const Snapshot::Requests& pool(std::size_t p) const { return s.pools[static_cast<std::size_t>(live.metric_pool[p])]; }
-  const Snapshot::Requests& ttfb(std::size_t p) const { return s.pool_ttfb[static_cast<std::size_t>(live.metric_pool[p])]; }
-  const Snapshot::Server& server(std::size_t i) const { return s.servers[static_cast<std::size_t>(live.metric_server[i])]; }
-};
-
 void render_requests(Writer& w, const LiveRows& rows, std::size_t none_row) {
   const RouteTable& t = *rows.live.table;
   w.family("juggler_route_requests_total", "counter",
@@ -281,6 +272,16 @@ void render_process(Writer& w, const Shared& shared, const Routing& live, const 
 }
 
 }  // namespace
+
+const Snapshot::Requests& LiveRows::pool(std::size_t p) const noexcept {
+  return s.pools[static_cast<std::size_t>(live.metric_pool[p])];
+}
+const Snapshot::Requests& LiveRows::ttfb(std::size_t p) const noexcept {
+  return s.pool_ttfb[static_cast<std::size_t>(live.metric_pool[p])];
+}
+const Snapshot::Server& LiveRows::server(std::size_t i) const noexcept {
+  return s.servers[static_cast<std::size_t>(live.metric_server[i])];
+}
 
 void render_metrics(const Shared& shared, const Routing& live, const Snapshot& snap, std::string& out) {
   Writer w{out};

@@ -43,9 +43,10 @@ void json_requests(std::string& out, const Snapshot::Requests& r) {
   out += ',';
 }
 
-void json_server(std::string& out, const Routing& live, const Snapshot& s, std::size_t i, std::uint64_t now) {
+void json_server(std::string& out, const LiveRows& rows, std::size_t i, std::uint64_t now) {
+  const Routing& live = rows.live;
   const ServerDef& d = live.table->servers[i];
-  const Snapshot::Server& row = s.servers[static_cast<std::size_t>(live.metric_server[i])];
+  const Snapshot::Server& row = rows.server(i);
   out += "{\"address\":";
   json_string(out, d.authority);
   out += ",\"state\":";
@@ -70,6 +71,7 @@ void json_server(std::string& out, const Routing& live, const Snapshot& s, std::
 
 void render_stats_json(const Shared& shared, const Routing& live, const Snapshot& s, std::string& out) {
   const RouteTable& t = *live.table;
+  const LiveRows rows{live, s};
   const std::uint64_t now = wall_clock_ms();
   std::uint64_t requests = 0, errors = 0;
   for (std::size_t i = 0; i < s.routes.size(); ++i) {
@@ -96,11 +98,11 @@ void render_stats_json(const Shared& shared, const Routing& live, const Snapshot
     out += p ? ",{\"name\":" : "{\"name\":";
     json_string(out, pd.name);
     out += ',';
-    json_requests(out, s.pools[static_cast<std::size_t>(live.metric_pool[p])]);
+    json_requests(out, rows.pool(p));
     out += "\"servers\":[";
     for (std::uint16_t k = 0; k < pd.server_count; ++k) {
       if (k) out += ',';
-      json_server(out, live, s, pd.first_server + k, now);
+      json_server(out, rows, pd.first_server + k, now);
     }
     out += "]}";
   }

@@ -76,11 +76,6 @@ std::uint32_t MaglevTable::size_for(std::size_t servers) noexcept {
   return m;
 }
 
-// Maglev's population loop with weighted turns: every round each server earns
-// its weight in credit and claims its next free preferred slot per `max
-// weight` of credit, so slots end up in proportion to weight. Servers take
-// their turns in the order of their authority's hash (ties: the authority), so
-// the table depends on the set of servers, not the order of their lines.
 std::string server_key(const ServerDef& s) {
   std::string k(s.authority);
   if (s.slot) {
@@ -90,6 +85,11 @@ std::string server_key(const ServerDef& s) {
   return k;
 }
 
+// Maglev's population loop with weighted turns: every round each server earns
+// its weight in credit and claims its next free preferred slot per `max
+// weight` of credit, so slots end up in proportion to weight. Servers take
+// their turns in the order of their server_key's hash (ties: the key), so
+// the table depends on the set of servers, not the order of their lines.
 MaglevTable::MaglevTable(std::span<const ServerDef> pool_servers, bool backup) {
   std::vector<std::uint16_t> members;
   for (std::size_t i = 0; i < pool_servers.size(); ++i)

@@ -233,7 +233,9 @@ const char* strategy_name(Strategy s) {
   }
   return "?";
 }
-const char* kind_name(ListenKind k) {
+}  // namespace
+
+const char* listen_kind_name(ListenKind k) noexcept {
   switch (k) {
     case ListenKind::Http: return "http";
     case ListenKind::Https: return "https";
@@ -242,7 +244,6 @@ const char* kind_name(ListenKind k) {
   }
   return "?";
 }
-}  // namespace
 
 std::string describe_config(const Config& c) {
   const RouteTable& t = *c.table;
@@ -262,7 +263,7 @@ std::string describe_config(const Config& c) {
       first_https = false;
       if (c.https_port_override >= 0) port = c.https_port_override, note = "  (--https-port)";
     }
-    o << "  " << kind_name(l.kind) << "  " << l.host << ":" << port << note;
+    o << "  " << listen_kind_name(l.kind) << "  " << l.host << ":" << port << note;
     if (l.pool >= 0) o << "  pool=" << t.pools[static_cast<std::size_t>(l.pool)].name;
     for (std::uint16_t i = 0; i < l.cert_count; ++i) o << "  cert=" << t.certs[l.first_cert + i].cert_file;
     o << "\n";

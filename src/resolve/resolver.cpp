@@ -142,16 +142,6 @@ void resolve_at_start(Routing& r) {
 void resolve_carry_over(const Routing& from, Routing& to) {
   const RouteTable& a = *from.table;
   const RouteTable& b = *to.table;
-  for (std::size_t j = 0; j < b.servers.size(); ++j) {
-    const ServerDef& s = b.servers[j];
-    if (!s.slot) continue;
-    const int i = find_server(a, b.pools[s.pool].name, s.authority, s.slot);
-    if (i < 0) continue;
-    const auto k = static_cast<std::size_t>(i);
-    to.slot_addr[j].copy_from(from.slot_addr[k]);
-    to.health[j].unresolved.store(from.health[k].unresolved.load(std::memory_order_relaxed),
-                                  std::memory_order_relaxed);
-  }
   for (std::size_t j = 0; j < b.resolves.size(); ++j)
     for (std::size_t i = 0; i < a.resolves.size(); ++i) {
       const ResolveDef &x = a.resolves[i], &y = b.resolves[j];

@@ -41,10 +41,10 @@ void apply_answer(Routing& r, std::size_t line, const std::vector<SlotAddr>& rec
 // init=none (then its slots stay empty, the pool answers 503 until it does).
 void resolve_at_start(Routing& r);
 
-// A reload: the slots of resolve lines kept (same pool, name:port and slot)
-// take over the old table's addresses and versions, so the new table serves
-// them at once and the idle connections that moved to it stay usable. Call
-// before the new table is published.
+// A reload: the resolve lines kept (same pool and name:port) take over the
+// old table's lookup status (times, failures, records); their slots' addresses
+// and versions come over with the rest of a kept server's state (reload.cpp
+// carry_over). Call before the new table is published.
 void resolve_carry_over(const Routing& from, Routing& to);
 
 // Looks every name of the live table up again every `set resolve.interval`.

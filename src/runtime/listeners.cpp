@@ -80,20 +80,18 @@ std::string files_stamp(const RouteTable& t, const ListenerDef& l) {
 
 bool has_tls(const ListenerDef& l) noexcept { return l.kind == ListenKind::Https || l.kind == ListenKind::Tls; }
 
-const char* scheme(ListenKind k) noexcept {
-  switch (k) {
-    case ListenKind::Http: return "http://";
-    case ListenKind::Https: return "https://";
-    case ListenKind::Tcp: return "tcp://";
-    case ListenKind::Tls: return "tls://";
-  }
-  return "";
-}
-
 void close_fds(ListenerSlot& s) noexcept {
   for (auto* v : {&s.fds, &s.held})
     for (int& fd : *v)
       if (fd >= 0) ::close(std::exchange(fd, -1));
+}
+
+// A listener's identity (listeners.hpp): whether `s` has the sockets of a
+// listener of `kind` on `host:port` (as written) with these preludes.
+bool same_sockets(const ListenerSlot& s, ListenKind kind, std::string_view host, std::uint16_t port,
+                  bool proxy_protocol, bool sni) noexcept {
+  return s.def.kind == kind && s.host == host && s.port == port && s.def.proxy_protocol == proxy_protocol &&
+         s.def.sni == sni;
 }
 
 // The sockets of the same listener in what the old process handed over
@@ -101,9 +99,7 @@ void close_fds(ListenerSlot& s) noexcept {
 std::vector<int> take(Takeover* from, const ListenerSlot& s, std::uint32_t workers) {
   if (!from) return {};
   for (HandedListener& h : from->listeners) {
-    if (h.kind != s.def.kind || h.host != s.host || h.port != s.port || h.proxy_protocol != s.def.proxy_protocol ||
-        h.sni != s.def.sni || h.fds.empty() || h.fds[0] < 0)
-      continue;
+    if (h.fds.empty() || !same_sockets(s, h.kind, h.host, h.port, h.proxy_protocol, h.sni)) continue;
     // One socket per worker, each accepted from by the worker of its number:
     // fewer workers would leave queues nobody accepts from.
     if (h.fds.size() != workers)
@@ -119,7 +115,9 @@ std::vector<int> take(Takeover* from, const ListenerSlot& s, std::uint32_t worke
 
 }  // namespace
 
-std::string ListenerSlot::url() const { return scheme(def.kind) + join_host_port(host, bound); }
+std::string ListenerSlot::url() const {
+  return std::string(listen_kind_name(def.kind)) + "://" + join_host_port(host, bound);
+}
 
 bool listener_accepted(const ListenerSlot& slot, const sockaddr_storage& local) noexcept {
   sockaddr_storage own{};
@@ -155,8 +153,8 @@ std::uint16_t Listeners::port_of(const RouteTable& table, std::size_t k) const n
 
 ListenerSlot* Listeners::find(const ListenerDef& d, std::uint16_t port) const noexcept {
   for (ListenerSlot* s : open_)
-    if (s->def.kind == d.kind && s->host == d.host && s->port == port && s->def.proxy_protocol == d.proxy_protocol &&
-        s->def.sni == d.sni && s->def.h2 == d.h2)  // h2= is in the TLS context's ALPN: another listener
+    if (same_sockets(*s, d.kind, d.host, port, d.proxy_protocol, d.sni) &&
+        s->def.h2 == d.h2)  // h2= is in the TLS context's ALPN: another listener
       return s;
   return nullptr;
 }

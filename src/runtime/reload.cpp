@@ -150,12 +150,16 @@ std::vector<std::uint16_t> carry_over(const Routing& from, Routing& to) {
     h.ejected_until_ms.store(o.ejected_until_ms.load(r), r);
     h.drained.store(o.drained.load(r), r);
     h.weight.store(o.weight.load(r), r);
+    h.unresolved.store(o.unresolved.load(r), r);
+    // A kept resolve slot: its address and version, so the idle connections
+    // that move to the new table stay usable (src/resolve).
+    if (s.slot) to.slot_addr[j].copy_from(from.slot_addr[static_cast<std::size_t>(i)]);
     const LastCheck& lo = from.last_check[static_cast<std::size_t>(i)];
     to.last_check[j].at_ms.store(lo.at_ms.load(r), r);
     to.last_check[j].result.store(lo.result.load(r), r);
     to.last_check[j].status.store(lo.status.load(r), r);
   }
-  resolve_carry_over(from, to);  // kept resolve slots: their addresses (src/resolve)
+  resolve_carry_over(from, to);  // kept resolve lines: their lookups' status (src/resolve)
   return fresh;
 }
 
@@ -222,7 +226,7 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   ok = false;
   if (waiting_) return "refused: a reload is in progress\n";
   TableObject obj;
-  if (std::string err = load_table(path, obj); !err.empty() || !obj.table) return "refused: " + err + "\n";
+  if (std::string err = load_table(path, obj); !err.empty()) return "refused: " + err + "\n";
   const RouteTable& old = *live_->table;
   const RouteTable& next = *obj.table;
   if (std::string s = settings_change(old.settings, next.settings); !s.empty())

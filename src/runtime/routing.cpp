@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "juggler/balance.hpp"
 #include "juggler/config.hpp"
 #include "juggler/http.hpp"
 #include "juggler/worker.hpp"
@@ -38,14 +39,12 @@ std::int32_t row(std::map<std::string, std::int32_t, std::less<>>* rows, std::st
   return it->second;
 }
 
-// A server's identity across tables: pool, authority and, for a `resolve`
-// line, its slot (the slots share the line's authority).
+// A server's identity across tables: its pool and what consistent hashing
+// knows it by (authority, and "#slot" for a `resolve` line's slot).
 std::string server_row_key(const RouteTable& t, const ServerDef& s) {
-  std::string key = std::string(t.pools[s.pool].name) + " " + std::string(s.authority);
-  if (s.slot) {
-    key += '#';  // as maglev.cpp server_key (GCC 12 -O3 -Wrestrict)
-    key += std::to_string(s.slot);
-  }
+  std::string key(t.pools[s.pool].name);
+  key += ' ';
+  key += server_key(s);
   return key;
 }
 

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "juggler/config.hpp"
 #include "juggler/log.hpp"
 
 namespace juggler {
@@ -22,19 +23,9 @@ namespace {
 // SCM_MAX_FD: the most descriptors one message may carry.
 constexpr std::size_t kMaxFds = 253;
 
-const char* kind_name(ListenKind k) noexcept {
-  switch (k) {
-    case ListenKind::Http: return "http";
-    case ListenKind::Https: return "https";
-    case ListenKind::Tcp: return "tcp";
-    case ListenKind::Tls: return "tls";
-  }
-  return "http";
-}
-
 bool parse_kind(const std::string& s, ListenKind& k) noexcept {
   for (ListenKind c : {ListenKind::Http, ListenKind::Https, ListenKind::Tcp, ListenKind::Tls})
-    if (s == kind_name(c)) {
+    if (s == listen_kind_name(c)) {
       k = c;
       return true;
     }
@@ -186,7 +177,7 @@ std::string send_listeners(int fd, const std::vector<std::string>& lines, const 
 
 std::string describe_listener(ListenKind kind, const std::string& host, std::uint16_t port, std::uint16_t bound,
                               bool proxy_protocol, bool sni, std::size_t count) {
-  return std::string(kind_name(kind)) + " " + host + " " + std::to_string(port) + " " + std::to_string(bound) + " " +
+  return std::string(listen_kind_name(kind)) + " " + host + " " + std::to_string(port) + " " + std::to_string(bound) + " " +
          (proxy_protocol ? "1" : "0") + " " + (sni ? "1" : "0") + " " + std::to_string(count);
 }
 

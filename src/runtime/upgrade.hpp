@@ -39,7 +39,7 @@ struct HandedListener {
   std::uint16_t port = 0;   // as written, after the command line (its identity)
   std::uint16_t bound = 0;  // the sockets' port
   bool proxy_protocol = false, sni = false;
-  std::vector<int> fds;     // one per old worker; -1 once taken
+  std::vector<int> fds;     // one per old worker; empty once taken
 };
 
 // The new side, at start-up before anything is bound.
