@@ -142,7 +142,7 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
     t.pass_end(*this);
     return;
   }
-  t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
+  t.close(t.error_of(*this));
 }
 
 // Writes what `from` read to the other side (side 0's first write behind the
@@ -169,7 +169,7 @@ void Tunnel::relay(Side& from, std::size_t n) noexcept {
 void Tunnel::Side::on_stream_written(int status) noexcept {
   Tunnel& t = *tunnel;
   if (status < 0) {
-    t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
+    t.close(t.error_of(*this));
     return;
   }
   Side& from = t.peer(*this);
@@ -188,7 +188,7 @@ void Tunnel::pass_end(Side& from) noexcept {
   if (from.passed || to.stream->write_pending()) return;  // on_stream_written comes back here
   from.passed = true;
   if (!to.stream->close_notify() || to.stream->shutdown_write() != 0) {
-    close(&to == &side_[0] ? End::ClientError : End::ServerError);
+    close(error_of(to));
     return;
   }
   if (to.passed) close(End::Done);

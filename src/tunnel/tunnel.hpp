@@ -145,6 +145,8 @@ class Tunnel {
   // What init() and adopt() share: `client` and `server` become sides 0 and 1.
   void join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept;
   Side& peer(Side& s) noexcept { return &s == &side_[0] ? side_[1] : side_[0]; }
+  // How the tunnel ends when side `s`'s stream fails.
+  End error_of(const Side& s) const noexcept { return &s == &side_[0] ? End::ClientError : End::ServerError; }
   void relay(Side& from, std::size_t n) noexcept;
   // splice.cpp: switches `from` to splicing when its reads show a bulk
   // transfer; moves what is readable; empties the pipe through the buffer
