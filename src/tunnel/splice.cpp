@@ -44,15 +44,14 @@ void Tunnel::maybe_splice(Side& from) noexcept {
   // `nosplice`): for comparing the two, and a way out should a kernel misbehave.
   static const bool off = std::getenv("JUGGLER_NO_SPLICE") != nullptr;
   Side& to = peer(from);
-  if (off || from.splicing || from.eof || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() ||
+  if (off || from.splicing() || from.eof || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() ||
       to.stream->secure())
     return;
   if (::pipe2(from.pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
     from.full_reads = 0;  // out of descriptors: copying works as well, try again later
     return;
   }
-  ::fcntl(from.pipe[1], F_SETPIPE_SZ, kPipeBytes);
-  from.splicing = true;  // the next on_stream_alloc gives the empty room
+  ::fcntl(from.pipe[1], F_SETPIPE_SZ, kPipeBytes);  // splicing now: the next on_stream_alloc gives the empty room
 #else
   (void)from;
 #endif
@@ -61,7 +60,7 @@ void Tunnel::maybe_splice(Side& from) noexcept {
 void Tunnel::splice_some(Side& from) noexcept {
 #ifdef __linux__
   Side& to = peer(from);
-  if (state_ != State::Open || !from.splicing || to.stream->write_pending()) return;
+  if (state_ != State::Open || !from.splicing() || to.stream->write_pending()) return;
   const int in = fd_of(*from.stream), out = fd_of(*to.stream);
   for (unsigned round = 0; round < kRounds; ++round) {
     if (from.in_pipe == 0) {
@@ -111,7 +110,6 @@ void Tunnel::close_pipe(Side& s) noexcept {
   }
   s.pipe[0] = s.pipe[1] = -1;
   s.in_pipe = 0;
-  s.splicing = false;
   s.full_reads = 0;
 }
 

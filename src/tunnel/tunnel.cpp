@@ -109,7 +109,7 @@ void Tunnel::expire_in(std::uint32_t timeout_ms) noexcept {
 }
 
 uv_buf_t Tunnel::Side::on_stream_alloc() noexcept {
-  if (splicing) return uv_buf_init(nullptr, 0);  // on_stream_read(UV_ENOBUFS): splice_some takes the bytes
+  if (splicing()) return uv_buf_init(nullptr, 0);  // on_stream_read(UV_ENOBUFS): splice_some takes the bytes
   if (!buf) buf = tunnel->env_->buffers->get();
   return uv_buf_init(buf->data, buf->cap);
 }

@@ -130,11 +130,12 @@ class Tunnel {
     bool open = false;      // the stream is initialised and not yet closed
     // splice(2) (Linux, plain TCP both ways, splice.cpp): after kSpliceAfter
     // reads in a row filled the buffer, this side's bytes go socket -> pipe ->
-    // socket without entering user space; `pipe` is made then.
+    // socket without entering user space; `pipe` is made then, and splicing
+    // lasts as long as it.
     std::uint8_t full_reads = 0;
-    bool splicing = false;
     std::uint32_t in_pipe = 0;  // bytes in the pipe not yet written to the other side
     int pipe[2] = {-1, -1};
+    bool splicing() const noexcept { return pipe[0] >= 0; }
     uv_buf_t on_stream_alloc() noexcept override;
     void on_stream_read(ssize_t n) noexcept override;
     void on_stream_written(int status) noexcept override;
