@@ -151,7 +151,6 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
   c->next = l4.live;
   if (l4.live) l4.live->prev = c;
   l4.live = c;
-  ++l4.count;
   ++w.tunnels_open;
   c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
   if (c->tunnel.client().accept(server, tls) != 0) {
@@ -218,7 +217,6 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
   if (prev) prev->next = next;
   else l4.live = next;
   if (next) next->prev = prev;
-  --l4.count;
   --w.tunnels_open;
   if (l4.free_count >= kKeepFree) {
     delete this;
