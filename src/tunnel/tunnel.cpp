@@ -51,7 +51,6 @@ void Tunnel::adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& s
 
 void Tunnel::connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept {
   state_ = State::Connecting;
-  addr_ = addr;
   connect_error_ = 0;
   env_->wheel->arm(&timer_, uv_now(env_->streams->loop) + timeout_ms);
   Side& s = side_[1];
@@ -60,15 +59,11 @@ void Tunnel::connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept {
     s.stream->init(*env_->streams, &s);
     s.open = true;
   }
-  start_connect();
-}
-
-void Tunnel::start_connect() noexcept {
-  const int rc = side_[1].stream->connect(addr_);
+  const int rc = s.stream->connect(addr);
   if (rc != 0) {
     // Reported from the close callback, like a connect that failed later.
     connect_error_ = rc;
-    side_[1].stream->close();
+    s.stream->close();
   }
 }
 

@@ -80,7 +80,7 @@ class Tunnel {
   Stream& client() noexcept { return *side_[0].stream; }
   Stream& server() noexcept { return *side_[1].stream; }
 
-  // Connects side 1 to `addr` (valid until on_tunnel_connected), within
+  // Connects side 1 to `addr` (read at once: the caller's to keep), within
   // `timeout_ms`. Side 0 is not read meanwhile (its bytes wait in the kernel).
   void connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept;
   // Both streams connected (accepted or connected by the caller): bytes flow.
@@ -159,14 +159,12 @@ class Tunnel {
   static void close_pipe(Side& s) noexcept;
   void pass_end(Side& from) noexcept;
   void release(Side& s) noexcept;
-  void start_connect() noexcept;
   static void on_timer(TimerNode* n);
 
   Side side_[2];
   TimerNode timer_;  // the connect timeout, then the idle timeout (re-armed lazily)
   TunnelEnv* env_ = nullptr;
   TunnelOwner* owner_ = nullptr;
-  const sockaddr* addr_ = nullptr;  // Connecting: where side 1 goes
   std::string_view preface_;        // for side 1 before side 0's bytes (set_preface), until sent
   std::uint64_t active_ms_ = 0;     // the last read either way
   int connect_error_ = 0;           // Connecting: why side 1 is being closed
