@@ -118,7 +118,6 @@ void http1_upgrade(Exchange* ex) {
   u->next = l4.upgraded;
   if (l4.upgraded) l4.upgraded->prev = u;
   l4.upgraded = u;
-  ++l4.upgraded_count;
   ++w.tunnels_open;
   u->tunnel.adopt(l4.env, u, s->stream, c->stream, from_client, from_server);
 }
@@ -148,7 +147,6 @@ void UpgradeTunnel::on_tunnel_closed(Tunnel& t) noexcept {
   if (prev) prev->next = next;
   else l4.upgraded = next;
   if (next) next->prev = prev;
-  --l4.upgraded_count;
   --w.tunnels_open;
   ++w.metrics.server[static_cast<std::size_t>(server->metric)].conn_closed;
   delete server;

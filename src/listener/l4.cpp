@@ -31,7 +31,6 @@ struct L4Conn final : TunnelOwner {
   bool carried = false;          // ...whose PROXY header's addresses wait in `preface` for the pool
   char ip[46];
   char preface[kProxyHeaderOut];
-  sockaddr_storage slot_addr;  // a resolve slot's address, copied at the pick (the tunnel connects to it)
   ProxyPrelude proxy;  // proxy_protocol listeners
   SniPrelude sni;      // sni listeners
   L4Conn* prev = nullptr;  // L4Worker::live, or ::free (next only)
@@ -63,8 +62,9 @@ void connect_next(L4Conn* c) {
   }
   c->server = s;
   ++c->attempts;
-  std::uint32_t version;
-  c->tunnel.connect(server_sockaddr(c->tab->routing, static_cast<std::size_t>(s), c->slot_addr, version),
+  sockaddr_storage copy;  // a resolve slot's address (the connect reads it at once)
+  std::uint32_t version;  // a tunnel is not reused: no later check of its address
+  c->tunnel.connect(server_sockaddr(c->tab->routing, static_cast<std::size_t>(s), copy, version),
                     settings(w).connect_timeout_ms);
 }
 
@@ -151,7 +151,6 @@ void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* 
   c->next = l4.live;
   if (l4.live) l4.live->prev = c;
   l4.live = c;
-  ++l4.count;
   ++w.tunnels_open;
   c->tunnel.init(l4.env, c, c->streams[0], c->streams[1]);
   if (c->tunnel.client().accept(server, tls) != 0) {
@@ -218,7 +217,6 @@ void L4Conn::on_tunnel_closed(Tunnel& t) noexcept {
   if (prev) prev->next = next;
   else l4.live = next;
   if (next) next->prev = prev;
-  --l4.count;
   --w.tunnels_open;
   if (l4.free_count >= kKeepFree) {
     delete this;

@@ -25,14 +25,12 @@ struct L4Worker {
   L4Worker& operator=(const L4Worker&) = delete;
 
   TunnelEnv env;
-  L4Conn* live = nullptr;  // open connections (drain closes them)
-  std::uint32_t count = 0;
+  L4Conn* live = nullptr;  // open connections (drain closes them; counted in Worker::tunnels_open)
   L4Conn* free = nullptr;  // closed connections kept for reuse (bounded)
   std::uint32_t free_count = 0;
   // HTTP/1 connections tunnelled after a 101 (src/http1/upgrade): drained
   // like the L4 connections.
   UpgradeTunnel* upgraded = nullptr;
-  std::uint32_t upgraded_count = 0;
 };
 
 // `w`'s tunnels, made on first use (an L4 accept or an upgrade).
@@ -49,7 +47,7 @@ inline L4Worker& l4_worker(Worker& w) {
 void l4_accept(Worker& w, uv_stream_t* server, const ListenerDef& def, SSL_CTX* tls);
 
 // Tunnels open in `w`: L4 connections and upgraded HTTP/1 connections.
-inline std::uint32_t l4_count(const Worker& w) noexcept { return w.l4 ? w.l4->count + w.l4->upgraded_count : 0; }
+inline std::uint32_t l4_count(const Worker& w) noexcept { return w.tunnels_open; }
 
 // Closes every open tunnel of `w` (the end of a drain).
 void l4_close_all(Worker& w) noexcept;

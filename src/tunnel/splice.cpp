@@ -44,15 +44,14 @@ void Tunnel::maybe_splice(Side& from) noexcept {
   // `nosplice`): for comparing the two, and a way out should a kernel misbehave.
   static const bool off = std::getenv("JUGGLER_NO_SPLICE") != nullptr;
   Side& to = peer(from);
-  if (off || from.splicing || from.eof || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() ||
+  if (off || from.splicing() || from.eof || from.full_reads < kSpliceAfter || from.buf || from.stream->secure() ||
       to.stream->secure())
     return;
   if (::pipe2(from.pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
     from.full_reads = 0;  // out of descriptors: copying works as well, try again later
     return;
   }
-  ::fcntl(from.pipe[1], F_SETPIPE_SZ, kPipeBytes);
-  from.splicing = true;  // the next on_stream_alloc gives the empty room
+  ::fcntl(from.pipe[1], F_SETPIPE_SZ, kPipeBytes);  // splicing now: the next on_stream_alloc gives the empty room
 #else
   (void)from;
 #endif
@@ -61,15 +60,13 @@ void Tunnel::maybe_splice(Side& from) noexcept {
 void Tunnel::splice_some(Side& from) noexcept {
 #ifdef __linux__
   Side& to = peer(from);
-  if (state_ != State::Open || !from.splicing || to.stream->write_pending()) return;
+  if (state_ != State::Open || !from.splicing() || to.stream->write_pending()) return;
   const int in = fd_of(*from.stream), out = fd_of(*to.stream);
-  const End from_error = &from == &side_[0] ? End::ClientError : End::ServerError;
-  const End to_error = &from == &side_[0] ? End::ServerError : End::ClientError;
   for (unsigned round = 0; round < kRounds; ++round) {
     if (from.in_pipe == 0) {
       const ssize_t n = ::splice(in, nullptr, from.pipe[1], nullptr, kSpliceMax, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n < 0 && errno == EAGAIN) return;  // all taken: the next readable event
-      if (n < 0) return close(from_error);
+      if (n < 0) return close(error_of(from));
       if (n == 0) {  // the end of its input
         from.stream->set_reading(false);
         from.eof = true;
@@ -81,7 +78,7 @@ void Tunnel::splice_some(Side& from) noexcept {
       active_ms_ = uv_now(env_->streams->loop);
     }
     const ssize_t m = ::splice(from.pipe[0], nullptr, out, nullptr, from.in_pipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (m < 0 && errno != EAGAIN) return close(to_error);
+    if (m < 0 && errno != EAGAIN) return close(error_of(to));
     if (m > 0) from.in_pipe -= static_cast<std::uint32_t>(m);
     if (from.in_pipe > 0) return drain_pipe(from);  // its socket is full
   }
@@ -96,7 +93,7 @@ void Tunnel::drain_pipe(Side& from) noexcept {
   while (from.in_pipe > 0) {
     if (!from.buf) from.buf = env_->buffers->get();
     const ssize_t k = ::read(from.pipe[0], from.buf->data, std::min<std::size_t>(from.buf->cap, from.in_pipe));
-    if (k <= 0) return close(&from == &side_[0] ? End::ClientError : End::ServerError);  // not for a pipe that holds bytes
+    if (k <= 0) return close(error_of(from));  // not for a pipe that holds bytes
     from.in_pipe -= static_cast<std::uint32_t>(k);
     uv_buf_t b = uv_buf_init(from.buf->data, static_cast<unsigned>(k));
     if (!to.stream->write(&b, 1)) return;  // on_stream_written comes back here, then reads on
@@ -113,7 +110,6 @@ void Tunnel::close_pipe(Side& s) noexcept {
   }
   s.pipe[0] = s.pipe[1] = -1;
   s.in_pipe = 0;
-  s.splicing = false;
   s.full_reads = 0;
 }
 

@@ -51,7 +51,6 @@ void Tunnel::adopt(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& s
 
 void Tunnel::connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept {
   state_ = State::Connecting;
-  addr_ = addr;
   connect_error_ = 0;
   env_->wheel->arm(&timer_, uv_now(env_->streams->loop) + timeout_ms);
   Side& s = side_[1];
@@ -60,15 +59,11 @@ void Tunnel::connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept {
     s.stream->init(*env_->streams, &s);
     s.open = true;
   }
-  start_connect();
-}
-
-void Tunnel::start_connect() noexcept {
-  const int rc = side_[1].stream->connect(addr_);
+  const int rc = s.stream->connect(addr);
   if (rc != 0) {
     // Reported from the close callback, like a connect that failed later.
     connect_error_ = rc;
-    side_[1].stream->close();
+    s.stream->close();
   }
 }
 
@@ -109,7 +104,7 @@ void Tunnel::expire_in(std::uint32_t timeout_ms) noexcept {
 }
 
 uv_buf_t Tunnel::Side::on_stream_alloc() noexcept {
-  if (splicing) return uv_buf_init(nullptr, 0);  // on_stream_read(UV_ENOBUFS): splice_some takes the bytes
+  if (splicing()) return uv_buf_init(nullptr, 0);  // on_stream_read(UV_ENOBUFS): splice_some takes the bytes
   if (!buf) buf = tunnel->env_->buffers->get();
   return uv_buf_init(buf->data, buf->cap);
 }
@@ -142,7 +137,7 @@ void Tunnel::Side::on_stream_read(ssize_t n) noexcept {
     t.pass_end(*this);
     return;
   }
-  t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
+  t.close(t.error_of(*this));
 }
 
 // Writes what `from` read to the other side (side 0's first write behind the
@@ -169,7 +164,7 @@ void Tunnel::relay(Side& from, std::size_t n) noexcept {
 void Tunnel::Side::on_stream_written(int status) noexcept {
   Tunnel& t = *tunnel;
   if (status < 0) {
-    t.close(this == &t.side_[0] ? End::ClientError : End::ServerError);
+    t.close(t.error_of(*this));
     return;
   }
   Side& from = t.peer(*this);
@@ -188,7 +183,7 @@ void Tunnel::pass_end(Side& from) noexcept {
   if (from.passed || to.stream->write_pending()) return;  // on_stream_written comes back here
   from.passed = true;
   if (!to.stream->close_notify() || to.stream->shutdown_write() != 0) {
-    close(&to == &side_[0] ? End::ClientError : End::ServerError);
+    close(error_of(to));
     return;
   }
   if (to.passed) close(End::Done);

@@ -80,7 +80,7 @@ class Tunnel {
   Stream& client() noexcept { return *side_[0].stream; }
   Stream& server() noexcept { return *side_[1].stream; }
 
-  // Connects side 1 to `addr` (valid until on_tunnel_connected), within
+  // Connects side 1 to `addr` (read at once: the caller's to keep), within
   // `timeout_ms`. Side 0 is not read meanwhile (its bytes wait in the kernel).
   void connect(const sockaddr* addr, std::uint32_t timeout_ms) noexcept;
   // Both streams connected (accepted or connected by the caller): bytes flow.
@@ -130,11 +130,12 @@ class Tunnel {
     bool open = false;      // the stream is initialised and not yet closed
     // splice(2) (Linux, plain TCP both ways, splice.cpp): after kSpliceAfter
     // reads in a row filled the buffer, this side's bytes go socket -> pipe ->
-    // socket without entering user space; `pipe` is made then.
+    // socket without entering user space; `pipe` is made then, and splicing
+    // lasts as long as it.
     std::uint8_t full_reads = 0;
-    bool splicing = false;
     std::uint32_t in_pipe = 0;  // bytes in the pipe not yet written to the other side
     int pipe[2] = {-1, -1};
+    bool splicing() const noexcept { return pipe[0] >= 0; }
     uv_buf_t on_stream_alloc() noexcept override;
     void on_stream_read(ssize_t n) noexcept override;
     void on_stream_written(int status) noexcept override;
@@ -145,6 +146,8 @@ class Tunnel {
   // What init() and adopt() share: `client` and `server` become sides 0 and 1.
   void join(TunnelEnv& env, TunnelOwner* owner, Stream& client, Stream& server) noexcept;
   Side& peer(Side& s) noexcept { return &s == &side_[0] ? side_[1] : side_[0]; }
+  // How the tunnel ends when side `s`'s stream fails.
+  End error_of(const Side& s) const noexcept { return &s == &side_[0] ? End::ClientError : End::ServerError; }
   void relay(Side& from, std::size_t n) noexcept;
   // splice.cpp: switches `from` to splicing when its reads show a bulk
   // transfer; moves what is readable; empties the pipe through the buffer
@@ -156,14 +159,12 @@ class Tunnel {
   static void close_pipe(Side& s) noexcept;
   void pass_end(Side& from) noexcept;
   void release(Side& s) noexcept;
-  void start_connect() noexcept;
   static void on_timer(TimerNode* n);
 
   Side side_[2];
   TimerNode timer_;  // the connect timeout, then the idle timeout (re-armed lazily)
   TunnelEnv* env_ = nullptr;
   TunnelOwner* owner_ = nullptr;
-  const sockaddr* addr_ = nullptr;  // Connecting: where side 1 goes
   std::string_view preface_;        // for side 1 before side 0's bytes (set_preface), until sent
   std::uint64_t active_ms_ = 0;     // the last read either way
   int connect_error_ = 0;           // Connecting: why side 1 is being closed
