@@ -58,6 +58,12 @@ PORTS = {
     "juggler-idle": 19161, "nginx-idle": 19162, "haproxy-idle": 19163, "haproxy-tcp-idle": 19164,
     # scenario 12: the caches (Juggler's is the extras build's /c/ route)
     "nginx-cache": 19124, "varnish": 19125, "juggler-ext-alloc": 19154,
+    # scenario 13 (HTTP/2): the h2 listeners of the main nginx and haproxy (Juggler's is its
+    # https listener, juggler-tls), the fresh instances of the idle measurement (plain port,
+    # h2 port) and Juggler under the malloc counter
+    "nginx-h2": 19174, "haproxy-h2": 19175,
+    "juggler-h2idle": 19176, "juggler-h2idle-tls": 19177, "nginx-h2idle": 19178, "nginx-h2idle-tls": 19179,
+    "haproxy-h2idle": 19182, "haproxy-h2idle-tls": 19183, "juggler-h2alloc": 19184, "juggler-h2alloc-tls": 19185,
 }
 # BENCH_BASE=REV: the base commit's Juggler, juggler@SHORT, beside Juggler in
 # every scenario it runs in (checked free only when BENCH_BASE is set).
@@ -91,7 +97,7 @@ EXT_CACHE_ROUTE = f"route GET,HEAD /c/* -> web cache={CACHE_TTL_S // 60}m"
 RATE_MEASURES = [("rps", "req/s", ",.0f"), ("p50", "p50 µs", ".0f"), ("p99", "p99 µs", ".0f"),
                  ("cpu_us_per_req", "CPU µs/req", ".2f")]
 
-N_SCENARIOS = 12
+N_SCENARIOS = 13
 WS_SIZE = 1024                       # scenario 11: bytes per WebSocket message
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -202,9 +208,11 @@ def is_base(key: str) -> bool:
 
 
 def base_key(key: str) -> str:
-    """juggler -> juggler-base, juggler-1k -> juggler-1k-base, juggler-tls -> juggler-base-tls."""
-    if key.endswith("-tls"):
-        return key.removesuffix("-tls") + "-base-tls"
+    """juggler -> juggler-base, juggler-1k -> juggler-1k-base, juggler-tls -> juggler-base-tls,
+    juggler-h2 -> juggler-base-h2."""
+    for sfx in ("-tls", "-h2"):
+        if key.endswith(sfx):
+            return key.removesuffix(sfx) + "-base" + sfx
     return key + "-base"
 
 
@@ -614,13 +622,17 @@ class Bench:
             if binary is None:
                 raise RuntimeError(f"no build for {key} (JUGGLER_BIN, JUGGLER_1K_BIN): run through tools/bench/run.sh")
             # only the main instances get an https port of their own (scenario 3); the others any free one
-            https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"]}.get(name, 0)
+            https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"],
+                     "juggler-h2idle": PORTS["juggler-h2idle-tls"],
+                     "juggler-h2alloc": PORTS["juggler-h2alloc-tls"]}.get(name, 0)
             argv = [str(binary), "--port", str(port), "--https-port", str(https), "--workers", str(self.s.workers),
                     "--access-log", "off", "--log-level", "warn"]
         elif kind == "nginx":
             tls = ""
-            if name == "nginx":
-                tls = (f"        listen {HOST}:{PORTS['nginx-tls']} ssl backlog=4096;\n"
+            if name in ("nginx", "nginx-h2idle"):   # scenario 3's TLS listener (main), 13's h2 one
+                h2 = PORTS["nginx-h2" if name == "nginx" else "nginx-h2idle-tls"]
+                tls = ((f"        listen {HOST}:{PORTS['nginx-tls']} ssl backlog=4096;\n" if name == "nginx" else "")
+                       + f"        listen {HOST}:{h2} ssl http2 backlog=4096;\n"
                        f"        ssl_certificate {self.s.cert};\n        ssl_certificate_key {self.s.key};\n"
                        "        ssl_protocols TLSv1.2 TLSv1.3;\n")
             conf = self.render("proxy-nginx.conf", name, port, {"LOCATIONS": nginx_1k_locations() if big else "",
@@ -629,11 +641,13 @@ class Bench:
             argv = ["nginx", "-p", str(w), "-e", str(w / f"logs/{name}-error.log"), "-c", str(conf)]
         elif kind == "haproxy":
             tls = ""
-            if name == "haproxy":
+            if name in ("haproxy", "haproxy-h2idle"):   # scenario 3's TLS bind (main), 13's h2 one
                 pem = w / "bench.pem"        # HAProxy wants the certificate and its key in one file
                 pem.write_text(self.s.cert.read_text() + self.s.key.read_text())
-                tls = (f"    bind {HOST}:{PORTS['haproxy-tls']} ssl crt {pem} alpn http/1.1 "
-                       "ssl-min-ver TLSv1.2\n")
+                h2 = PORTS["haproxy-h2" if name == "haproxy" else "haproxy-h2idle-tls"]
+                tls = ((f"    bind {HOST}:{PORTS['haproxy-tls']} ssl crt {pem} alpn http/1.1 "
+                        "ssl-min-ver TLSv1.2\n" if name == "haproxy" else "")
+                       + f"    bind {HOST}:{h2} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.2\n")
             # scenario 9's instance compresses (JSON only); the others carry no compression filter
             gz = "    compression algo gzip\n    compression type application/json\n" if variant.endswith("-gz") else ""
             conf = self.render("haproxy-http.cfg", name, port, {"ACLS": haproxy_1k_acls() if big else "",
@@ -698,6 +712,9 @@ class Bench:
             return Target(key, label, PORTS["juggler-ext"], self.ensure("juggler-ext"))
         if key.endswith("-tls"):
             return Target(key, label, PORTS[key], self.ensure(key.removesuffix("-tls")), "https")
+        if key.endswith("-h2"):             # scenario 13: Juggler's h2 is its https listener
+            port = PORTS.get(key) or PORTS[key.removesuffix("-h2") + "-tls"]
+            return Target(key, label, port, self.ensure(key.removesuffix("-h2")), "https")
         return Target(key, label, PORTS[key], self.ensure(key))
 
     def label(self, key: str) -> str:
@@ -713,10 +730,11 @@ class Bench:
                   "direct-ws": "direct to the echo server (limit)",
                   "varnish": "Varnish (-s malloc)", "nginx-cache": "nginx proxy_cache",
                   "juggler-miss": "Juggler, cached route, every request a miss",
-                  "juggler-nocache": "Juggler, uncached route"}
+                  "juggler-nocache": "Juggler, uncached route",
+                  "juggler-h2": "Juggler", "nginx-h2": "nginx (listen ssl http2)", "haproxy-h2": "HAProxy (alpn h2)"}
         if self.s.base_short:
             bl = self.base_label()
-            labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
+            labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-base-h2": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
                            "juggler-ch-base": f"{bl}, consistent_hash"})
         return labels[key]
 
@@ -1480,6 +1498,15 @@ class Scenarios:
         import scenario_cache     # beside this file (sys.path[0])
         scenario_cache.run(self, sys.modules[__name__])
 
+    # 13 ---------------------------------------------------------------------
+
+    def s13(self) -> None:
+        """HTTP/2 to clients (issue #16): h2load against the three h2 listeners,
+        RSS per idle h2 connection, Juggler's allocations per h2 request
+        (tools/bench/scenario_h2.py)."""
+        import scenario_h2
+        scenario_h2.run(self, sys.modules[__name__])
+
 
 def nginx_cache(variant: str, name: str, work: Path) -> dict[str, str]:
     """Scenario 12's nginx-cache: proxy_cache on /c/ with the TTL and size of
@@ -1635,6 +1662,7 @@ def run() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     cmd = " ".join(f"{k}={os.environ[k]}" for k in ("QUICK", "ROUNDS", "DURATION", "WORKERS", "SCENARIOS", "CONNS",
                                                      "IDLE_CONNS", "DL_CONNS", "WRK_THREADS", "ALLOC_DURATION",
+                                                     "H2_CLIENTS", "H2_STREAMS", "H2_IDLE_CONNS",
                                                      "BENCH_SOURCE", "BENCH_BASE")
                    if os.environ.get(k)) or "(defaults)"
     b.note(f"# Juggler benchmark {time.strftime('%Y-%m-%d %H:%M:%S')}")
@@ -1684,7 +1712,7 @@ def run() -> int:
     if b.targets_met:
         b.targets_met.append(("all", "Juggler: no socket error, non-2xx answer or crash",
                               "; ".join(b.juggler_problems) or "none", "NOT met" if b.juggler_problems else "met"))
-        b.note("\n## Targets (issue #6; scenario 8: issue #3; 9, 12: #12; 10, 11: #13)\n")
+        b.note("\n## Targets (issue #6; scenario 8: issue #3; 9, 12: #12; 10, 11: #13; 13: #16)\n")
         for l in table(["scenario", "target", "measured", "verdict"], [list(t) for t in b.targets_met], left=4):
             b.note(l)
     b.note(f"\nbench took {elapsed / 60:.1f} min")

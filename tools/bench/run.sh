@@ -6,9 +6,10 @@
 # counter, then hands over to tools/bench/bench.py.
 #
 # Environment (see tools/bench/README.md):
-#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-12)  QUICK=1 (1 round, 3 s)
+#   ROUNDS=3  DURATION=10  WORKERS=1  SCENARIOS=all (or e.g. 1,2,6; scenarios 1-13)  QUICK=1 (1 round, 3 s)
 #   BENCH_HOST=127.0.0.1 (another loopback address for every server of the bench)
 #   CONNS=50  DL_CONNS=1  IDLE_CONNS=5000  WRK_THREADS=1  ALLOC_DURATION=5
+#   H2_CLIENTS=10  H2_STREAMS=10  H2_IDLE_CONNS=1000 (scenario 13)
 #   BENCH_SOURCE=tree (the working tree) or HEAD (the last commit)
 #   BENCH_BASE=REV (any git revision): also build REV and run it as one more proxy,
 #     juggler@SHORT, beside Juggler in every scenario, with the ratios Juggler / base
@@ -27,6 +28,7 @@ selected() {  # selected N: is scenario N among SCENARIOS?
 }
 tools="wrk nginx haproxy cmake ninja python3 cc"
 selected 12 && tools="$tools varnishd"
+selected 13 && tools="$tools h2load"
 for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "bench: '$tool' not found (make bench installs it: tools/install-deps.sh bench)" >&2; exit 2; }
 done
@@ -119,7 +121,8 @@ build() {  # build DIR ROUTES [SOURCE [WHAT]]: WHAT names the source in the erro
   [ -x "$BUILD/$1/bin/app.out" ] \
     || { echo "bench: no $BUILD/$1/bin/app.out after the build${what:+ $what}" >&2; exit 1; }
 }
-if selected 1 || selected 2 || selected 3 || selected 4 || selected 5 || selected 6 || selected 7 || selected 8; then
+if selected 1 || selected 2 || selected 3 || selected 4 || selected 5 || selected 6 || selected 7 || selected 8 \
+   || selected 13; then
   echo "bench: building Juggler (Release) into $BUILD/one$SFX"
   build "one$SFX" "$BUILD/routes/bench-one.def"
   export JUGGLER_BIN="$BUILD/one$SFX/bin/app.out"
