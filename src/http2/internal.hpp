@@ -96,6 +96,7 @@ struct H2Stream final : H2StreamState, Downstream, RequestBody {
   const char* tls_version() const noexcept override;
   bool send(uv_buf_t* iov, unsigned n) noexcept override;
   bool sending() const noexcept override { return held; }
+  void resume() noexcept;  // a deferred data source has bytes again
   void done(bool close, bool linger) noexcept override;
   void abort() noexcept override;
   // RequestBody

@@ -211,8 +211,7 @@ void H2Stream::done(bool, bool) noexcept {
   } else if (!resp_done) {
     resp_done = true;  // a body delimited by the server's close ended
     if (deferred) {
-      deferred = false;
-      nghttp2_session_resume_data(conn->ng, id);
+      resume();
       h2_dirty(conn);
     }
   }

@@ -487,6 +487,36 @@ class H2FiltersTest(BalancerTestCase):
         headers, body = c.response(sid)
         self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
 
+    def test_small_answer_to_a_shut_window_frees_the_server_at_once(self):
+        # A small body that came whole is kept by its stream (response.cpp stash()): the
+        # server's connection goes back to the pool at once, not when the client opens its
+        # window; the bytes go when it does; a stream that never opens it still times out.
+        c = self.connect()
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        c.flush()
+        c.read_until(lambda evs: any(isinstance(e, h2.events.SettingsAcknowledged) for e in evs))
+        sid = c.request("/bytes?n=3000")
+        c.read_until(lambda evs: any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid for e in evs))
+        deadline = time.monotonic() + 10
+        while self.busy() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.busy(), 0)  # released while the stream's window is still shut
+        c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
+        c.flush()
+        headers, body = c.response(sid)
+        self.assertNotEqual(headers, "reset", "held until timeout.client_idle, not released at once")
+        self.assertEqual((headers[":status"], body), ("200", testserver_bytes(3000)))
+        # Never opened: reset after timeout.client_idle (2s), the connection goes on.
+        sid = c.request("/bytes?n=3000")
+        start = time.monotonic()
+        self.assertEqual(c.response(sid, timeout=30)[0], "reset")
+        self.assertGreater(time.monotonic() - start, 1.0)
+        c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+        c.flush()
+        sid = c.request("/ping")
+        headers, body = c.response(sid)
+        self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
+
 
 class H2DrainTest(BalancerTestCase):
     def test_sigterm_sends_goaway_and_streams_in_flight_finish(self):
