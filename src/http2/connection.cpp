@@ -118,7 +118,8 @@ bool start_session(H2Conn* c) {
   const Settings& st = settings(*c->worker);
   return h2_session_start(&c->ng, cbs, c,
                           {st.h2_max_streams, c->worker->buffers.size() - 64, static_cast<std::uint32_t>(st.header_bytes),
-                           st.h2_hpack_table, st.h2_max_frame});
+                           st.h2_hpack_table, st.h2_max_frame},
+                          &c->worker->h2->mem);
 }
 
 // Idle (no stream open for timeout.client_idle): GOAWAY, and closed once it

@@ -19,6 +19,7 @@
 #include "exchange/downstream.hpp"
 #include "http2/h2.hpp"
 #include "http2/request_head.hpp"
+#include "http2/session.hpp"
 #include "juggler/http.hpp"
 #include "juggler/stream.hpp"
 #include "juggler/timer_wheel.hpp"
@@ -144,6 +145,7 @@ struct H2Conn final : StreamHandler {
 // Per worker: the connections with frames to send (flushed from the loop's
 // idle phase, one write per connection per turn) and the free objects.
 struct H2Worker {
+  H2Mem mem;  // nghttp2's allocations (session.hpp); outlives every session of the worker
   uv_idle_t idle;
   bool idle_ready = false;
   H2Conn* dirty = nullptr;

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace juggler {
 
@@ -32,9 +34,93 @@ nghttp2_option* options() {
 
 }  // namespace
 
-bool h2_session_start(nghttp2_session** ng, const nghttp2_session_callbacks* cbs, void* user,
-                      const H2Limits& l) noexcept {
-  if (nghttp2_session_server_new2(ng, cbs, user, options()) != 0) return false;
+// ---------------------------------------------------------------- H2Mem
+
+namespace {
+
+// A block: a 16-byte header (its class; kBig: from malloc), then the bytes
+// nghttp2 gets, aligned as malloc's.
+constexpr std::size_t kHeader = 16;
+constexpr std::uint32_t kBig = 0xffffffffU;
+
+std::uint32_t& class_of(void* ptr) noexcept { return *reinterpret_cast<std::uint32_t*>(static_cast<char*>(ptr) - kHeader); }
+
+}  // namespace
+
+H2Mem::H2Mem() noexcept : mem_{this, alloc, release, zalloc, resize} {}
+
+H2Mem::~H2Mem() {
+  for (Free*& head : free_) {
+    while (Free* f = head) {
+      head = f->next;
+      std::free(f);
+    }
+  }
+}
+
+void* H2Mem::alloc(std::size_t size, void* self) noexcept {
+  auto* m = static_cast<H2Mem*>(self);
+  std::uint32_t c = 0;
+  while (c < kClasses && (std::size_t{64} << c) < size + kHeader) ++c;
+  void* block = nullptr;
+  if (c == kClasses) {
+    if (size > SIZE_MAX - kHeader) return nullptr;
+    block = std::malloc(size + kHeader);
+  } else if (Free* f = m->free_[c]) {
+    m->free_[c] = f->next;
+    m->kept_[c] -= std::size_t{64} << c;
+    block = f;
+  } else {
+    block = std::malloc(std::size_t{64} << c);
+  }
+  if (!block) return nullptr;
+  *static_cast<std::uint32_t*>(block) = c == kClasses ? kBig : c;
+  return static_cast<char*>(block) + kHeader;
+}
+
+void H2Mem::release(void* ptr, void* self) noexcept {
+  if (!ptr) return;
+  auto* m = static_cast<H2Mem*>(self);
+  const std::uint32_t c = class_of(ptr);
+  void* block = static_cast<char*>(ptr) - kHeader;
+  if (c == kBig || m->kept_[c] + (std::size_t{64} << c) > kKeepBytes) {
+    std::free(block);
+    return;
+  }
+  auto* f = static_cast<Free*>(block);
+  f->next = m->free_[c];
+  m->free_[c] = f;
+  m->kept_[c] += std::size_t{64} << c;
+}
+
+void* H2Mem::zalloc(std::size_t n, std::size_t size, void* self) noexcept {
+  if (size && n > SIZE_MAX / size) return nullptr;
+  void* p = alloc(n * size, self);
+  if (p) std::memset(p, 0, n * size);
+  return p;
+}
+
+void* H2Mem::resize(void* ptr, std::size_t size, void* self) noexcept {
+  if (!ptr) return alloc(size, self);
+  const std::uint32_t c = class_of(ptr);
+  if (c == kBig) {
+    void* block = std::realloc(static_cast<char*>(ptr) - kHeader, size + kHeader);
+    return block ? static_cast<char*>(block) + kHeader : nullptr;
+  }
+  const std::size_t room = (std::size_t{64} << c) - kHeader;
+  if (size <= room) return ptr;
+  void* p = alloc(size, self);
+  if (!p) return nullptr;  // ptr stays valid, as realloc's
+  std::memcpy(p, ptr, room);
+  release(ptr, self);
+  return p;
+}
+
+// ---------------------------------------------------------------- the session
+
+bool h2_session_start(nghttp2_session** ng, const nghttp2_session_callbacks* cbs, void* user, const H2Limits& l,
+                      H2Mem* mem) noexcept {
+  if (nghttp2_session_server_new3(ng, cbs, user, options(), mem ? mem->mem() : nullptr) != 0) return false;
   const nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, l.max_streams},
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, l.window},

@@ -6,6 +6,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace juggler {
@@ -31,12 +32,45 @@ struct H2Limits {
   std::uint32_t max_frame;
 };
 
+// nghttp2's memory for the sessions of one worker (one thread). A request
+// makes nghttp2 allocate a stream, its frames' queue items, a copy of the
+// response fields and HPACK entries, and free them again: from malloc, a
+// handful of calls per request. Here they come from free lists of blocks in
+// power-of-two classes (64 bytes to 4 KB), so a warm worker serves requests
+// without a call to malloc. Larger blocks (a session's 16 KB frame buffer,
+// once per connection) come from malloc as they are: rounded up to a class
+// they would cost an idle connection more memory. Each class keeps at most
+// kKeepBytes of free blocks: a burst of connections gives the rest back.
+class H2Mem {
+ public:
+  H2Mem() noexcept;
+  ~H2Mem();
+  H2Mem(const H2Mem&) = delete;
+  H2Mem& operator=(const H2Mem&) = delete;
+  nghttp2_mem* mem() noexcept { return &mem_; }
+
+ private:
+  static constexpr std::uint32_t kClasses = 7;  // 64 << 6 = 4 KB
+  static constexpr std::size_t kKeepBytes = 512 * 1024;
+  struct Free {
+    Free* next;
+  };
+  static void* alloc(std::size_t size, void* self) noexcept;
+  static void release(void* ptr, void* self) noexcept;
+  static void* zalloc(std::size_t n, std::size_t size, void* self) noexcept;
+  static void* resize(void* ptr, std::size_t size, void* self) noexcept;
+
+  nghttp2_mem mem_;
+  Free* free_[kClasses] = {};
+  std::size_t kept_[kClasses] = {};
+};
+
 // A server session on `cbs` with our SETTINGS submitted. Request bodies are
 // flow-controlled by hand (no automatic WINDOW_UPDATE: by what went
 // upstream); the connection's window lets every stream use its own, so one
 // that is not read cannot starve the rest. False: nothing to use (`*ng` is
-// deleted by the caller if set).
-bool h2_session_start(nghttp2_session** ng, const nghttp2_session_callbacks* cbs, void* user,
-                      const H2Limits& l) noexcept;
+// deleted by the caller if set). `mem`: nghttp2's allocator (null: malloc).
+bool h2_session_start(nghttp2_session** ng, const nghttp2_session_callbacks* cbs, void* user, const H2Limits& l,
+                      H2Mem* mem = nullptr) noexcept;
 
 }  // namespace juggler

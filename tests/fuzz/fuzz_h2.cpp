@@ -168,7 +168,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // The session connection.cpp starts, at the default limits.
   static nghttp2_session_callbacks* const cbs =
       h2_callbacks_new({on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close});
-  FUZZ_CHECK(h2_session_start(&c.ng, cbs, &c, {100, kRoom - 64, kHeaderBytes, 4096, 16384}));
+  static H2Mem mem;  // the worker's allocator, kept across inputs as a worker keeps it across connections
+  FUZZ_CHECK(h2_session_start(&c.ng, cbs, &c, {100, kRoom - 64, kHeaderBytes, 4096, 16384}, &mem));
   drain(c.ng);
   constexpr std::string_view kPreface = NGHTTP2_CLIENT_MAGIC;
   bool ok = nghttp2_session_mem_recv(c.ng, reinterpret_cast<const std::uint8_t*>(kPreface.data()),
