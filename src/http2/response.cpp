@@ -22,32 +22,108 @@ bool hop_by_hop(std::string_view name) {
 ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
                   nghttp2_data_source* src, void*);
 
-// HEADERS from the parsed head (names lowered in place: the head is our
-// copy); with a data source unless the response has no body.
-bool submit_head(H2Stream* s, bool bodyless) {
-  const MessageParser& r = s->resp;
-  const auto status = static_cast<unsigned>(r.status()) % 1000;  // llhttp: three digits
+// One field into the HEADERS being built (nva[*n]): its name lowered in
+// place (the head is our copy), the fields HTTP/2 forbids dropped. Returns
+// the name as lowered.
+std::string_view add_field(H2Stream* s, std::size_t* n, std::string_view name, std::string_view value) {
+  char* lower = const_cast<char*>(name.data());
+  for (std::size_t k = 0; k < name.size(); ++k)
+    if (lower[k] >= 'A' && lower[k] <= 'Z') lower[k] = static_cast<char>(lower[k] + 32);
+  if (*n < s->header_cap + 1 && !hop_by_hop(name))
+    s->nva[(*n)++] = {reinterpret_cast<std::uint8_t*>(lower),
+                      reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
+                      NGHTTP2_NV_FLAG_NONE};
+  return name;
+}
+
+// HEADERS: :status and the n - 1 fields added; with a data source unless the
+// response has no body.
+bool submit(H2Stream* s, unsigned status, std::size_t n, bool bodyless) {
+  status %= 1000;  // three digits
   s->status_text[0] = static_cast<char>('0' + status / 100);
   s->status_text[1] = static_cast<char>('0' + status / 10 % 10);
   s->status_text[2] = static_cast<char>('0' + status % 10);
-  nghttp2_nv* nv = s->nva.get();
-  std::size_t n = 0;
-  nv[n++] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
-             reinterpret_cast<std::uint8_t*>(s->status_text), 7, 3, NGHTTP2_NV_FLAG_NONE};
-  for (std::uint32_t i = 0; i < r.header_count() && n < s->header_cap + 1; ++i) {
-    const HeaderSpan& h = r.headers()[i];
-    const std::string_view name = r.header_name(h), value = r.header_value(h);
-    char* lower = const_cast<char*>(name.data());
-    for (std::size_t k = 0; k < name.size(); ++k)
-      if (lower[k] >= 'A' && lower[k] <= 'Z') lower[k] = static_cast<char>(lower[k] + 32);
-    if (hop_by_hop(name)) continue;
-    nv[n++] = {reinterpret_cast<std::uint8_t*>(lower), reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())),
-               name.size(), value.size(), NGHTTP2_NV_FLAG_NONE};
-  }
+  s->nva[0] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
+               reinterpret_cast<std::uint8_t*>(s->status_text), 7, 3, NGHTTP2_NV_FLAG_NONE};
   nghttp2_data_provider prd;
   prd.source.ptr = s;
   prd.read_callback = read_body;
-  return nghttp2_submit_response(s->conn->ng, s->id, nv, n, bodyless ? nullptr : &prd) == 0;
+  return nghttp2_submit_response(s->conn->ng, s->id, s->nva.get(), n, bodyless ? nullptr : &prd) == 0;
+}
+
+// HEADERS from the parsed head.
+bool submit_head(H2Stream* s, bool bodyless) {
+  const MessageParser& r = s->resp;
+  std::size_t n = 1;
+  for (std::uint32_t i = 0; i < r.header_count(); ++i)
+    add_field(s, &n, r.header_name(r.headers()[i]), r.header_value(r.headers()[i]));
+  return submit(s, static_cast<unsigned>(r.status()), n, bodyless);
+}
+
+std::string_view trim(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// The whole answer in one send, delimited by content-length (a small
+// proxied response, a local answer): copied into the stream's own buffer,
+// its head split into lines here instead of parsed again (the exchange
+// parsed the server's head, or wrote it), its body one span, and the send
+// complete at once: the exchange ends this turn and its server connection
+// goes back to the pool still reading, instead of being paused until
+// nghttp2 took the bytes (a read stop and start, two epoll_ctl, and a loop
+// turn per small response). Bounded as a held send: one buffer per stream,
+// the send timer armed until the body went. False: not that case; nothing
+// changed but the bytes in `rhead`, and parse_head() starts over from the
+// slices.
+bool quick_answer(H2Stream* s, const uv_buf_t* v, unsigned n) {
+  Worker& w = *s->conn->worker;
+  std::size_t total = 0;
+  for (unsigned i = 0; i < n; ++i) total += v[i].len;
+  if (total > w.buffers.size() || (s->ex && s->ex->is_head)) return false;
+  if (!s->rhead) s->rhead = w.buffers.get();
+  char* const data = s->rhead->data;
+  for (unsigned i = 0, at = 0; i < n; at += static_cast<unsigned>(v[i].len), ++i) std::memcpy(data + at, v[i].base, v[i].len);
+  const std::string_view all(data, total);
+  const std::size_t end = all.find("\r\n\r\n");
+  if (end == std::string_view::npos || end < 12 || all.substr(0, 7) != "HTTP/1." || all[8] != ' ') return false;
+  unsigned status = 0;
+  for (std::size_t i = 9; i < 12; ++i) {
+    if (all[i] < '0' || all[i] > '9') return false;
+    status = status * 10 + static_cast<unsigned>(all[i] - '0');
+  }
+  if (status < 200 || status == 204 || status == 304) return false;  // interim, or no body: parse_head()
+  std::uint64_t length = UINT64_MAX;
+  std::size_t fields = 1;
+  for (std::size_t at = all.find("\r\n") + 2; at < end + 2;) {
+    const std::size_t eol = all.find("\r\n", at);
+    const std::string_view line = all.substr(at, eol - at);
+    at = eol + 2;
+    const std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0) return false;
+    const std::string_view value = trim(line.substr(colon + 1));
+    const std::string_view name = add_field(s, &fields, line.substr(0, colon), value);
+    if (name == "transfer-encoding" || (name == "content-length" && length != UINT64_MAX)) return false;
+    if (name == "content-length") {
+      if (value.empty() || value.size() > 15) return false;
+      length = 0;
+      for (const char c : value) {
+        if (c < '0' || c > '9') return false;
+        length = length * 10 + static_cast<std::uint64_t>(c - '0');
+      }
+    }
+  }
+  const std::size_t body = total - end - 4;
+  if (length != body || !submit(s, status, fields, body == 0)) return false;
+  s->head_sent = true;
+  s->resp_done = true;
+  if (body) {
+    s->spans[0] = {data + end + 4, static_cast<std::uint32_t>(body)};
+    s->span_n = 1;
+    w.wheel.arm(&s->send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);
+  }
+  return true;
 }
 
 // Parses the response head from the slices send() left, copied into `rhead`
@@ -106,35 +182,6 @@ bool slices_left(const H2Stream* s) {
   return false;
 }
 
-// A body that is all here and fits a buffer (content-length, every byte of
-// it in these slices) is copied into the stream's own buffer and the send
-// completes now: the exchange ends this turn and its server connection goes
-// back to the pool still reading, instead of being paused until nghttp2 took
-// the bytes (a read stop and start, two epoll_ctl, and a loop turn per small
-// response). Bounded as a held send: one buffer per stream, the send timer
-// armed until the bytes went. The parser is done with: the body is one span.
-bool stash(H2Stream* s) {
-  if (!s->resp.has_content_length()) return false;
-  std::size_t left = 0;
-  for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) left += s->iov[i].len - (i == s->iov_i ? s->iov_off : 0);
-  Worker& w = *s->conn->worker;
-  if (left != s->resp.content_length() || left > w.buffers.size()) return false;
-  if (!s->rhead) s->rhead = w.buffers.get();
-  char* at = s->rhead->data;
-  for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) {
-    const std::size_t off = i == s->iov_i ? s->iov_off : 0;
-    std::memcpy(at, s->iov[i].base + off, s->iov[i].len - off);
-    at += s->iov[i].len - off;
-  }
-  s->spans[0] = {s->rhead->data, static_cast<std::uint32_t>(left)};
-  s->span_n = 1;
-  s->span_i = s->span_off = 0;
-  s->iov_i = s->iov_n;
-  s->resp_done = true;
-  w.wheel.arm(&s->send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);
-  return true;
-}
-
 // The stream's bytes were all taken: ClientWritten from the next flush.
 void taken(H2Stream* s) {
   s->held = false;
@@ -177,7 +224,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
   }
   const bool drained = s->span_i == s->span_n && (s->resp_done || !slices_left(s));
   if (drained && s->held) taken(s);
-  else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // a stash (stash()) went
+  else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s body went
   if (drained && s->resp_done) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     return static_cast<ssize_t>(copied);
@@ -200,6 +247,10 @@ bool H2Stream::send(uv_buf_t* v, unsigned n) noexcept {
     h2_stream_reset(this, NGHTTP2_INTERNAL_ERROR);
     return true;
   }
+  if (!parsing && !head_sent && quick_answer(this, v, n)) {
+    h2_dirty(conn);
+    return true;
+  }
   std::memcpy(iov.get(), v, n * sizeof(uv_buf_t));
   iov_n = n;
   iov_i = 0;
@@ -217,10 +268,6 @@ bool H2Stream::send(uv_buf_t* v, unsigned n) noexcept {
   }
   h2_dirty(conn);
   if (!head_sent || resp_done || !slices_left(this)) return true;  // all taken now (a head, or its pieces)
-  if (stash(this)) {
-    resume();
-    return true;
-  }
   held = true;
   Worker& w = *conn->worker;
   w.wheel.arm(&send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);

@@ -36,11 +36,12 @@ struct H2Limits {
 // makes nghttp2 allocate a stream, its frames' queue items, a copy of the
 // response fields and HPACK entries, and free them again: from malloc, a
 // handful of calls per request. Here they come from free lists of blocks in
-// power-of-two classes (64 bytes to 4 KB), so a warm worker serves requests
-// without a call to malloc. Larger blocks (a session's 16 KB frame buffer,
-// once per connection) come from malloc as they are: rounded up to a class
-// they would cost an idle connection more memory. Each class keeps at most
-// kKeepBytes of free blocks: a burst of connections gives the rest back.
+// power-of-two classes (64 bytes to 1 KB), so a warm worker serves requests
+// without a call to malloc. Larger blocks (the session, its HPACK tables and
+// 16 KB frame buffer: once per connection) come from malloc as they are:
+// rounded up to a class they would cost an idle connection more memory. Each
+// class keeps at most kKeepBytes of free blocks: a burst of connections gives
+// the rest back.
 class H2Mem {
  public:
   H2Mem() noexcept;
@@ -50,7 +51,7 @@ class H2Mem {
   nghttp2_mem* mem() noexcept { return &mem_; }
 
  private:
-  static constexpr std::uint32_t kClasses = 7;  // 64 << 6 = 4 KB
+  static constexpr std::uint32_t kClasses = 5;  // 64 << 4 = 1 KB
   static constexpr std::size_t kKeepBytes = 512 * 1024;
   struct Free {
     Free* next;

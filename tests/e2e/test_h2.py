@@ -488,7 +488,7 @@ class H2FiltersTest(BalancerTestCase):
         self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
 
     def test_small_answer_to_a_shut_window_frees_the_server_at_once(self):
-        # A small body that came whole is kept by its stream (response.cpp stash()): the
+        # A small answer that came whole is kept by its stream (response.cpp quick_answer()): the
         # server's connection goes back to the pool at once, not when the client opens its
         # window; the bytes go when it does; a stream that never opens it still times out.
         c = self.connect()
