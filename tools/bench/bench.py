@@ -64,12 +64,14 @@ PORTS = {
     "nginx-h2": 19174, "haproxy-h2": 19175,
     "juggler-h2idle": 19176, "juggler-h2idle-tls": 19177, "nginx-h2idle": 19178, "nginx-h2idle-tls": 19179,
     "haproxy-h2idle": 19182, "haproxy-h2idle-tls": 19183, "juggler-h2alloc": 19184, "juggler-h2alloc-tls": 19185,
+    "juggler-h2cg": 19186, "juggler-h2cg-tls": 19187,     # under callgrind
 }
 # BENCH_BASE=REV: the base commit's Juggler, juggler@SHORT, beside Juggler in
 # every scenario it runs in (checked free only when BENCH_BASE is set).
 BASE_PORTS = {
     "juggler-base": 19191, "juggler-1k-base": 19192, "juggler-ch-base": 19193, "juggler-base-tls": 19194,
     "juggler-base-alloc": 19195, "juggler-base-idle": 19196, "juggler-base-cg": 19197,
+    "juggler-base-h2cg": 19198, "juggler-base-h2cg-tls": 19199,
 }
 ALL_PORTS = list(BACKENDS) + [BACKEND_TLS, WS_BACKEND] + list(PORTS.values())
 PORTS.update(BASE_PORTS)
@@ -624,7 +626,8 @@ class Bench:
             # only the main instances get an https port of their own (scenario 3); the others any free one
             https = {"juggler": PORTS["juggler-tls"], "juggler-base": PORTS["juggler-base-tls"],
                      "juggler-h2idle": PORTS["juggler-h2idle-tls"],
-                     "juggler-h2alloc": PORTS["juggler-h2alloc-tls"]}.get(name, 0)
+                     "juggler-h2alloc": PORTS["juggler-h2alloc-tls"], "juggler-h2cg": PORTS["juggler-h2cg-tls"],
+                     "juggler-base-h2cg": PORTS["juggler-base-h2cg-tls"]}.get(name, 0)
             argv = [str(binary), "--port", str(port), "--https-port", str(https), "--workers", str(self.s.workers),
                     "--access-log", "off", "--log-level", "warn"]
         elif kind == "nginx":

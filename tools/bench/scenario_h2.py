@@ -20,6 +20,9 @@ ACK of ours read, our ACK sent) and left idle; after 1 s, RSS again:
 scenario 7), and per request of an h2load run with a new connection every
 100 requests (information).
 
+13d: Juggler's user-space instructions per h2 request under callgrind (and
+its base's with BENCH_BASE): the robust number on a shared machine.
+
 Called from bench.py's Scenarios.s13 with the bench module (m) for its
 helpers: this file keeps bench.py from growing further.
 """
@@ -335,6 +338,51 @@ def allocations(sc, m, clients: int, streams: int) -> None:
                m.fmt(per.get("kept-alive h2 connections"), ".3f"), None)
 
 
+# ---------------------------------------------------------------- instructions
+
+
+def instructions(sc, m, streams: int) -> None:
+    """Juggler's user-space instructions per h2 request under callgrind (and its
+    base's with BENCH_BASE): h2load -c1 -m`streams` -n N1 and -n N2 against a fresh
+    instance each, (I2 - I1) / (N2 - N1): start-up and the TLS handshake cancel
+    out; TLS record encryption and the kernel's share do not count, the rest does,
+    not noisy."""
+    import shutil
+    b = sc.b
+    if not shutil.which("valgrind"):
+        b.note("\n(valgrind not installed: no instruction counts)")
+        return
+    keys = ["juggler"] + (["juggler-base"] if sc.s.base_short else [])
+    out = {}
+    for key in keys:
+        name = "juggler-base-h2cg" if m.is_base(key) else "juggler-h2cg"
+        totals = []
+        for n in m.CG_REQUESTS:
+            f = sc.s.work / f"callgrind.h2.{key}.{n}"
+            p = b.start(key, port=m.PORTS[name], name=name,
+                        wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={f}"])
+            try:
+                r = h2load(m, m.PORTS[f"{name}-tls"], m.SMALL_PATH, 1, streams, requests=n)
+                if r["requests"] != n or r["errors"] or r["status"]:
+                    raise RuntimeError(f"{key} under callgrind: {r}")
+            finally:
+                b.stop(name)
+            mm = re.search(r"^(?:summary|totals):\s*(\d+)", f.read_text(), re.M) if f.exists() else None
+            if not mm or p.popen.returncode not in (0, -15, 143):
+                b.note(f"\n(callgrind gave no total for {key}: exit {p.popen.returncode})")
+                return
+            totals.append(int(mm.group(1)))
+        out[key] = (totals[1] - totals[0]) / (m.CG_REQUESTS[1] - m.CG_REQUESTS[0])
+    b.note(f"\n### 13d. Juggler's user-space instructions per h2 request (callgrind, h2load -c1 -m{streams}, "
+           f"({m.CG_REQUESTS[1]:,} − {m.CG_REQUESTS[0]:,} requests) / {m.CG_REQUESTS[1] - m.CG_REQUESTS[0]:,}; "
+           f"TLS record encryption included, the kernel not): Juggler {out['juggler']:,.0f}"
+           + (f"; {b.base_label()} {out['juggler-base']:,.0f} ({m.fmt(m.ratio(out['juggler'], out['juggler-base']), '.3f', '×')})"
+              if "juggler-base" in out else "") + ".")
+    if "juggler-base" in out:
+        sc.base_value("13d", "instructions/h2 request", out["juggler"], out["juggler-base"], ",.0f")
+    b.results["scenarios"]["13d"] = out
+
+
 def run(sc, m) -> None:
     clients = env_int("H2_CLIENTS", 10)
     streams = env_int("H2_STREAMS", 10)
@@ -343,3 +391,4 @@ def run(sc, m) -> None:
         sc.b.stop(k)       # done with the competitors: not beside the next runs
     idle(sc, m, env_int("H2_IDLE_CONNS", 1000))
     allocations(sc, m, clients, streams)
+    instructions(sc, m, streams)
