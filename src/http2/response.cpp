@@ -182,6 +182,32 @@ bool slices_left(const H2Stream* s) {
   return false;
 }
 
+// The rest of an answer whose head came in an earlier send (a server that
+// wrote its head and its body apart): when this send holds its whole body
+// (content-length), the body is copied into the stream's own buffer and the
+// send completes at once, as quick_answer() does for a whole answer.
+bool stash(H2Stream* s) {
+  if (!s->resp.has_content_length()) return false;
+  std::size_t left = 0;
+  for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) left += s->iov[i].len - (i == s->iov_i ? s->iov_off : 0);
+  Worker& w = *s->conn->worker;
+  if (left != s->resp.content_length() || left > w.buffers.size()) return false;
+  if (!s->rhead) s->rhead = w.buffers.get();
+  char* at = s->rhead->data;
+  for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) {
+    const std::size_t off = i == s->iov_i ? s->iov_off : 0;
+    std::memcpy(at, s->iov[i].base + off, s->iov[i].len - off);
+    at += s->iov[i].len - off;
+  }
+  s->spans[0] = {s->rhead->data, static_cast<std::uint32_t>(left)};
+  s->span_n = 1;
+  s->span_i = s->span_off = 0;
+  s->iov_i = s->iov_n;
+  s->resp_done = true;
+  w.wheel.arm(&s->send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);
+  return true;
+}
+
 // The stream's bytes were all taken: ClientWritten from the next flush.
 void taken(H2Stream* s) {
   s->held = false;
@@ -224,7 +250,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
   }
   const bool drained = s->span_i == s->span_n && (s->resp_done || !slices_left(s));
   if (drained && s->held) taken(s);
-  else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s body went
+  else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s or stash()'s body went
   if (drained && s->resp_done) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
     return static_cast<ssize_t>(copied);
@@ -268,6 +294,10 @@ bool H2Stream::send(uv_buf_t* v, unsigned n) noexcept {
   }
   h2_dirty(conn);
   if (!head_sent || resp_done || !slices_left(this)) return true;  // all taken now (a head, or its pieces)
+  if (stash(this)) {
+    resume();
+    return true;
+  }
   held = true;
   Worker& w = *conn->worker;
   w.wheel.arm(&send_timer, w.now_ms() + settings(w).client_idle_timeout_ms);

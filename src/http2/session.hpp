@@ -37,11 +37,11 @@ struct H2Limits {
 // response fields and HPACK entries, and free them again: from malloc, a
 // handful of calls per request. Here they come from free lists of blocks in
 // power-of-two classes (64 bytes to 1 KB), so a warm worker serves requests
-// without a call to malloc. Larger blocks (the session, its HPACK tables and
-// 16 KB frame buffer: once per connection) come from malloc as they are:
-// rounded up to a class they would cost an idle connection more memory. Each
-// class keeps at most kKeepBytes of free blocks: a burst of connections gives
-// the rest back.
+// without a call to malloc. Larger blocks (the session, its HPACK tables,
+// stream map and 16 KB frame buffer: once per connection) are not rounded up
+// to a class: they come from malloc, and from 4 KB on as pages of their own,
+// resident only as far as they are used (session.cpp). Each class keeps at
+// most kKeepBytes of free blocks: a burst of connections gives the rest back.
 class H2Mem {
  public:
   H2Mem() noexcept;

@@ -488,26 +488,30 @@ class H2FiltersTest(BalancerTestCase):
         self.assertEqual((headers[":status"], body), ("200", b"pong\n"))
 
     def test_small_answer_to_a_shut_window_frees_the_server_at_once(self):
-        # A small answer that came whole is kept by its stream (response.cpp quick_answer()): the
-        # server's connection goes back to the pool at once, not when the client opens its
-        # window; the bytes go when it does; a stream that never opens it still times out.
+        # A small answer that came whole is kept by its stream (response.cpp quick_answer(),
+        # and stash() for a body that came after its head): the server's connection goes back
+        # to the pool at once, not when the client opens its window; the bytes go when it
+        # does; a stream that never opens it still times out.
         c = self.connect()
         c.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
         c.flush()
         c.read_until(lambda evs: any(isinstance(e, h2.events.SettingsAcknowledged) for e in evs))
-        sid = c.request("/bytes?n=3000")
-        c.read_until(lambda evs: any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid for e in evs))
-        deadline = time.monotonic() + 10
-        while self.busy() != 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.assertEqual(self.busy(), 0)  # released while the stream's window is still shut
-        c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
-        c.flush()
-        headers, body = c.response(sid)
-        self.assertNotEqual(headers, "reset", "held until timeout.client_idle, not released at once")
-        self.assertEqual((headers[":status"], body), ("200", testserver_bytes(3000)))
+        # /ping: head and body in one write; pause=0: the head, 300 ms, then the body
+        for path, expect in (("/ping", b"pong\n"), ("/bytes?n=3000&pause=0&pause_ms=300", testserver_bytes(3000))):
+            sid = c.request(path)
+            c.read_until(lambda evs: any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid
+                                         for e in evs))
+            deadline = time.monotonic() + 10
+            while self.busy() != 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(self.busy(), 0, path)  # released while the stream's window is still shut
+            c.conn.increment_flow_control_window(1 << 20, stream_id=sid)
+            c.flush()
+            headers, body = c.response(sid)
+            self.assertNotEqual(headers, "reset", f"{path}: held until timeout.client_idle, not released at once")
+            self.assertEqual((headers[":status"], body), ("200", expect))
         # Never opened: reset after timeout.client_idle (2s), the connection goes on.
-        sid = c.request("/bytes?n=3000")
+        sid = c.request("/ping")
         start = time.monotonic()
         self.assertEqual(c.response(sid, timeout=30)[0], "reset")
         self.assertGreater(time.monotonic() - start, 1.0)
