@@ -201,8 +201,7 @@ class Stream {
   bool write(uv_buf_t* iov, unsigned n);
   // write() of iov[0..n) whose last slice is also the bytes of file `fd`
   // from `offset` (its mapping: a cache entry's memfd). Plain TCP sends the
-  // slices before it with MSG_MORE (they leave with the file's first bytes)
-  // and the file with sendfile(2), no copy; when the socket is full, the
+  // slices before it with one sendmsg and the file with sendfile(2), no copy; when the socket is full, the
   // next bytes are written from the slice the usual way (libuv waits for
   // room, as the tunnel's drain_pipe does) and sendfile goes on once that
   // write completed. `fd` and the slice stay valid until then. TLS writes

@@ -348,13 +348,15 @@ bool Stream::write_file(uv_buf_t* iov, unsigned n, int fd, std::uint64_t offset)
   write_pending_ = true;
   std::size_t head = 0;
   for (unsigned i = 0; i + 1 < n; ++i) head += iov[i].len;
-  // The head, corked: it leaves in one segment with the file's first bytes
-  // (the sendfile without MSG_MORE pushes them). uv_buf_t is laid out as an
-  // iovec on Unix (libuv's promise, for writev).
+  // The head on its own, not corked: MSG_MORE (one segment with the file's
+  // first bytes) cost a 100 KB hit 1.6x the CPU on loopback (Linux 6.18; see
+  // docs/BENCHMARKS.md), as nginx, which writev()s its head before the
+  // sendfile, does not. uv_buf_t is laid out as an iovec on Unix (libuv's
+  // promise, for writev).
   msghdr m{};
   m.msg_iov = reinterpret_cast<iovec*>(iov);
   m.msg_iovlen = n - 1;
-  const ssize_t r = head ? ::sendmsg(sock, &m, MSG_MORE | MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
+  const ssize_t r = head ? ::sendmsg(sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
   if (r < 0 || static_cast<std::size_t>(r) < head) {
     // Full (or broken) already: the head's rest goes the usual way, with the file's first bytes.
     std::size_t left = r > 0 ? static_cast<std::size_t>(r) : 0;
