@@ -88,7 +88,7 @@ struct CacheEntry {
 // Bodies this large or larger go to a memfd (CacheEntry::file_fd): where
 // sendfile(2) started to beat writev(2) of the bytes on loopback (see
 // docs/BENCHMARKS.md, "The cache against Varnish and nginx proxy_cache").
-inline constexpr std::size_t kFileBodyMin = 32 * 1024;
+inline constexpr std::size_t kFileBodyMin = 96 * 1024;
 
 // Memfds the cache holds open (one per entry with a file body), and the
 // most it may: an eighth of the descriptor limit, so the cache never takes

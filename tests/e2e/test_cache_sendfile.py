@@ -28,7 +28,7 @@ from balancer import BalancerTestCase, start_balancer
 HOST = "127.0.220.1"
 BACKEND_PORT = 6921
 TLS_PORT = 18421
-THRESHOLD = 32 * 1024  # kFileBodyMin, src/cache/store.hpp
+THRESHOLD = 96 * 1024  # kFileBodyMin, src/cache/store.hpp
 CHUNK = 16 * 1024  # kFileChunk, src/stream/stream.cpp: what a full socket gets copied
 MB = 1024 * 1024
 
@@ -130,7 +130,7 @@ class SendfileCase(BalancerTestCase):
 
 class SendfileTest(SendfileCase):
     def test_hits_around_the_threshold_are_byte_exact_and_large_ones_use_sendfile(self):
-        for n in (THRESHOLD - 1, THRESHOLD, THRESHOLD + 1, 100 * 1024, 5 * MB):
+        for n in (32 * 1024, THRESHOLD - 1, THRESHOLD, THRESHOLD + 1, 5 * MB):
             with self.subTest(n=n):
                 target = f"/obj?n={n}&t=sizes"
                 files = self.files()
@@ -257,7 +257,7 @@ class DescriptorCapTest(SendfileCase):
     def test_bodies_beyond_the_cap_stay_on_the_heap(self):
         bodies = {}
         for i in range(14):
-            target = f"/obj?n={40 * 1024}&t=cap-{i}"
+            target = f"/obj?n={THRESHOLD}&t=cap-{i}"
             bodies[target] = self.store(target)
         self.assertEqual(self.files(), 12)
         for i, (target, body) in enumerate(bodies.items()):
