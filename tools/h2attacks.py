@@ -4,6 +4,7 @@ count and time, loopback only; prints per attack how the connection ended, how m
 reached the server behind, the time to that end and the proxy's RSS growth.
 
     tools/h2attacks.py HOST PORT [--backend-log FILE] [--pid PID] [--only NAME,...]
+    tools/h2attacks.py compare [--juggler BIN] [--only NAME,...]
 
 --backend-log: the stdout of a testserver without --quiet (a line `METHOD TARGET STATUS` per
 request): each attack's requests carry a marker in their path, so its lines are counted.
@@ -482,8 +483,124 @@ def describe(r: dict) -> str:
     return end + (f" ({'; '.join(extra)})" if extra else "")
 
 
+# ---------------------------------------------------------------- the comparison (docs/SECURITY.md)
+
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;
+  uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;
+  send_timeout 10s;
+  keepalive_timeout 10s;
+  upstream web {{ server {backend}; keepalive 16; }}
+  server {{
+    listen {host}:{port} ssl http2;
+    ssl_certificate {d}/h2.crt;
+    ssl_certificate_key {d}/h2.key;
+    location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+"""
+HAPROXY_CONF = """global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 10s
+  timeout server 30s
+  http-reuse always
+frontend fe
+  bind {host}:{port} ssl crt {d}/h2.pem alpn h2,http/1.1
+  default_backend be
+backend be
+  server s1 {backend}
+"""
+
+
+def compare(args) -> int:
+    """Juggler (tests/routes/h2attack.def: defaults, client timeout 10 s), nginx and HAProxy
+    (the same timeout) in front of one testserver on 127.0.210.1:6921; every attack against
+    each; a Markdown table of the results."""
+    import subprocess
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    host, backend = "127.0.210.1", "127.0.210.1:6921"
+    d = tempfile.mkdtemp(prefix="h2attacks-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", f"{d}/h2.key", "-out", f"{d}/h2.crt", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", f"subjectAltName=DNS:localhost,IP:{host}"], check=True, capture_output=True)
+    with open(f"{d}/h2.pem", "w") as out:
+        out.write(open(f"{d}/h2.crt").read() + open(f"{d}/h2.key").read())
+    with open(f"{d}/nginx.conf", "w") as f:
+        f.write(NGINX_CONF.format(d=d, host=host, port=18520, backend=backend))
+    with open(f"{d}/haproxy.cfg", "w") as f:
+        f.write(HAPROXY_CONF.format(d=d, host=host, port=18530, backend=backend))
+    log = f"{d}/backend.log"
+    procs = []
+
+    def start(argv, **kw):
+        p = subprocess.Popen(argv, stdout=kw.pop("stdout", subprocess.DEVNULL), stderr=subprocess.STDOUT, **kw)
+        procs.append(p)
+        return p
+
+    def listening(port: int) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"nothing listens on {host}:{port}")
+
+    proxies = {}
+    try:
+        start([f"{root}/bin/testserver", "--host", host, "--port", "6921"], stdout=open(log, "w"))
+        listening(6921)
+        j = start([args.juggler, "--workers", "1", "--https-port", "18510", "--port", "18210"], cwd=d)
+        proxies["Juggler"] = (18510, j.pid)
+        n = start(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
+        proxies["nginx 1.22"] = (18520, n.pid)
+        h = start(["haproxy", "-f", f"{d}/haproxy.cfg"])
+        proxies["HAProxy 2.6"] = (18530, h.pid)
+        for port, _ in proxies.values():
+            listening(port)
+        names = args.only.split(",") if args.only else list(ATTACKS)
+        print("| attack | " + " | ".join(proxies) + " |")
+        print("| --- |" + " --- |" * len(proxies))
+        for name in names:
+            cells = []
+            for proxy, (port, pid) in proxies.items():
+                r = run(name, host, port, log, pid, args.wait)
+                when = f"{r['seconds']} s" if r["seconds"] is not None else f"> {args.wait:g} s"
+                cells.append(f"{describe(r)}, {when}, →{r['backend']}, +{r['rss_kb']} kB")
+                print(f"  {proxy}: {name} sent {r['sent']}: {cells[-1]} (first RST after {r['reset_seconds']} s)",
+                      file=sys.stderr, flush=True)
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if sys.argv[1:2] == ["compare"]:
+        ap.add_argument("compare")
+        ap.add_argument("--juggler", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                          "build", "routes-bin", "h2attack"))
+        ap.add_argument("--only")
+        ap.add_argument("--wait", type=float, default=20.0)
+        return compare(ap.parse_args())
     ap.add_argument("host")
     ap.add_argument("port", type=int)
     ap.add_argument("--backend-log")

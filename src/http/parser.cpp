@@ -187,7 +187,8 @@ void MessageParser::trailer_append(const char* p, std::size_t n) noexcept {
   trailer_len_ += static_cast<std::uint32_t>(n);
 }
 
-// A field with a name that is not a token or a folded value is left out.
+// A folded value comes in pieces, joined (RFC 9112 5.2: a proxy may replace a
+// response's obs-fold by SP). A name not a token, or a CR or LF: left out.
 void MessageParser::trailer_field_end() noexcept {
   for (std::uint32_t i = trailer_start_; i < trailer_len_ && !trailer_skip_; ++i)
     if (trailer_buf_[i] == '\r' || trailer_buf_[i] == '\n') trailer_skip_ = true;
