@@ -412,6 +412,10 @@ def stream_id_decreasing(c: Client, path: str, n: int = 1) -> int:
     return sent
 
 
+def stream_id_decreasing_flood(c: Client, path: str, n: int = 300) -> int:
+    return stream_id_decreasing(c, path, n)
+
+
 def stream_id_even(c: Client, path: str, n: int = 1) -> int:
     c.headers(path, sid=2)
     return 1
@@ -432,6 +436,7 @@ ATTACKS = {
     "made_you_reset_field": made_you_reset_field,
     "stream_id_reuse": stream_id_reuse,
     "stream_id_decreasing": stream_id_decreasing,
+    "stream_id_decreasing_flood": stream_id_decreasing_flood,
     "stream_id_even": stream_id_even,
 }
 SETTINGS_FOR = {"zero_window": (4).to_bytes(2, "big") + (0).to_bytes(4, "big")}  # INITIAL_WINDOW_SIZE 0
