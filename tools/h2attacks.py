@@ -532,6 +532,7 @@ def compare(args) -> int:
     """Juggler (tests/routes/h2attack.def: defaults, client timeout 10 s), nginx and HAProxy
     (the same timeout) in front of one testserver on 127.0.210.1:6921; every attack against
     each; a Markdown table of the results."""
+    import shutil
     import subprocess
     import tempfile
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -596,6 +597,7 @@ def compare(args) -> int:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        shutil.rmtree(d, ignore_errors=True)
     return 0
 
 
