@@ -569,7 +569,7 @@ def compare(args) -> int:
     try:
         start([f"{root}/bin/testserver", "--host", host, "--port", "6921"], stdout=open(log, "w"))
         listening(6921)
-        j = start([args.juggler, "--workers", "1", "--https-port", "18510", "--port", "18210"], cwd=d)
+        j = start([os.path.abspath(args.juggler), "--workers", "1", "--https-port", "18510", "--port", "18210"], cwd=d)
         proxies["Juggler"] = (18510, j.pid)
         n = start(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         proxies["nginx 1.22"] = (18520, n.pid)
