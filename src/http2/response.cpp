@@ -22,9 +22,9 @@ bool hop_by_hop(std::string_view name) {
 ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
                   nghttp2_data_source* src, void*);
 
-// HEADERS from the parsed head (names lowered in place: the head is our
-// copy); with a data source unless the response has no body.
-bool submit_head(H2Stream* s, bool bodyless) {
+// The parsed head's fields for HEADERS (names lowered in place: the head is
+// our copy), :status first; the count.
+std::size_t head_fields(H2Stream* s) {
   const MessageParser& r = s->resp;
   const auto status = static_cast<unsigned>(r.status()) % 1000;  // llhttp: three digits
   s->status_text[0] = static_cast<char>('0' + status / 100);
@@ -44,15 +44,47 @@ bool submit_head(H2Stream* s, bool bodyless) {
     nv[n++] = {reinterpret_cast<std::uint8_t*>(lower), reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())),
                name.size(), value.size(), NGHTTP2_NV_FLAG_NONE};
   }
+  return n;
+}
+
+// HEADERS for the final answer, with a data source unless it has no body.
+bool submit_head(H2Stream* s, bool bodyless) {
+  const std::size_t n = head_fields(s);
   nghttp2_data_provider prd;
   prd.source.ptr = s;
   prd.read_callback = read_body;
-  return nghttp2_submit_response(s->conn->ng, s->id, nv, n, bodyless ? nullptr : &prd) == 0;
+  return nghttp2_submit_response(s->conn->ng, s->id, s->nva.get(), n, bodyless ? nullptr : &prd) == 0;
+}
+
+// The trailer section the parser kept ("name\0value\0" each: collect_trailers)
+// as trailing HEADERS, names lowered; fields HTTP/2 forbids or that frame the
+// message are left out. False: none to send (the last DATA ends the stream).
+bool submit_trailers(H2Stream* s) {
+  const std::string_view t = s->resp.trailers();
+  char* p = const_cast<char*>(t.data());
+  char* const end = p + t.size();
+  nghttp2_nv* nv = s->nva.get();
+  std::size_t n = 0;
+  while (p < end && n < s->header_cap) {
+    const std::size_t nlen = std::strlen(p);
+    char* value = p + nlen + 1;
+    const std::size_t vlen = std::strlen(value);
+    for (std::size_t k = 0; k < nlen; ++k)
+      if (p[k] >= 'A' && p[k] <= 'Z') p[k] = static_cast<char>(p[k] + 32);
+    const std::string_view name{p, nlen};
+    if (!hop_by_hop(name) && name != "content-length" && name != "host" && name != "trailer")
+      nv[n++] = {reinterpret_cast<std::uint8_t*>(p), reinterpret_cast<std::uint8_t*>(value), nlen, vlen,
+                 NGHTTP2_NV_FLAG_NONE};
+    p = value + vlen + 1;
+  }
+  return n && nghttp2_submit_trailer(s->conn->ng, s->id, nv, n) == 0;
 }
 
 // Parses the response head from the slices send() left, copied into `rhead`
 // (a head may come in pieces and must be contiguous for the parser):
-// interim answers (1xx) are skipped; the final one's HEADERS submitted. The
+// interim answers (1xx) go as HEADERS of their own; the final one's HEADERS
+// submitted (with a chunked answer to a client that sent `te: trailers`,
+// `rhead` then keeps the trailer fields: read_body sends them). The
 // slices' cursor ends after the head. False: broken (the stream is reset).
 bool parse_head(H2Stream* s) {
   Worker& w = *s->conn->worker;
@@ -81,7 +113,13 @@ bool parse_head(H2Stream* s) {
     }
     s->iov_off += used;  // the rest of the slice is body
     if (s->resp.status() / 100 == 1) {
-      // Interim: HTTP/2 could carry it, but nothing of ours needs it.
+      // Interim (103 Early Hints, 100 Continue): HEADERS without END_STREAM,
+      // as HTTP/1 relays them (relay.cpp lets through kMaxInterim of them and
+      // never a 101, which HTTP/2 forbids).
+      if (s->resp.status() != 101 &&
+          nghttp2_submit_headers(s->conn->ng, NGHTTP2_FLAG_NONE, s->id, nullptr, s->nva.get(), head_fields(s),
+                                 nullptr) < 0)
+        return false;
       s->resp.init(HTTP_RESPONSE, s->resp_headers.get(), s->header_cap);
       s->resp.collect_body(true);
       s->rhead_len = 0;
@@ -93,7 +131,11 @@ bool parse_head(H2Stream* s) {
     s->head_sent = true;
     s->resp_done = bodyless;
   }
-  if (s->head_sent) {
+  if (s->head_sent && s->req.te_trailers && s->resp.chunked() && !s->resp_done) {
+    // nghttp2 copied the fields: the buffer keeps the trailers now.
+    const auto cap = std::min<std::uint32_t>(s->rhead->cap, static_cast<std::uint32_t>(settings(w).header_bytes));
+    s->resp.collect_trailers(s->rhead->data, cap);
+  } else if (s->head_sent) {
     w.put_buffer(s->rhead);  // nghttp2 copied the fields
     s->rhead = nullptr;
   }
@@ -150,6 +192,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
   if (drained && s->held) taken(s);
   if (drained && s->resp_done) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->rhead && submit_trailers(s)) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     return static_cast<ssize_t>(copied);
   }
   if (copied == 0) {

@@ -297,7 +297,7 @@ class CompressTest(BalancerTestCase):
             # One at a time: its response has started (its encoder is taken) before the
             # next asks, so the single-threaded testserver is not asked 100 times at once.
             first.append(s.recv(4096))
-            self.assertTrue(first[-1].startswith(b"HTTP/1.1 200"), first[-1][:100])
+            self.assertTrue(first[-1].startswith(b"HTTP/1.1 200"), (k, first[-1][:100]))
         # Held back: the balancer's memory stops growing once every window is full.
         last, still_since = jtest.rss_kb(self.lb.pid), time.monotonic()
         deadline = time.monotonic() + 10
