@@ -77,6 +77,18 @@ class MessageParser {
   const BodySpan* body_spans() const noexcept { return spans_; }
   std::uint32_t body_span_count() const noexcept { return span_count_; }
 
+  // Opt-in per message, after the head (reset() ends it): the chunked trailer
+  // section's fields are copied into [buf, buf+cap) as "name\0value\0" each
+  // (the value without OWS around it), for a protocol that sends trailers as
+  // fields (HTTP/2); a field that does not fit whole is left out. The bytes
+  // stay in the body as well: the relay to HTTP/1 never turns this on.
+  void collect_trailers(char* buf, std::uint32_t cap) noexcept {
+    trailer_buf_ = buf;
+    trailer_cap_ = cap;
+    trailer_len_ = 0;
+  }
+  std::string_view trailers() const noexcept { return {trailer_buf_, trailer_len_}; }
+
   // Parse [data, data+len). `*consumed` is how many bytes belong to what was
   // reported: for HeadComplete, the head's bytes; for MessageComplete, up to the
   // end of the message; for NeedMore, all of them.
@@ -155,6 +167,8 @@ class MessageParser {
   bool check_chunks(const char* p, std::size_t n) noexcept;
   bool chunk_size_byte(char c) noexcept;
   bool chunk_trailer_byte(char c) noexcept;
+  void trailer_append(const char* p, std::size_t n) noexcept;
+  void trailer_field_end() noexcept;
   bool validating_chunks() const noexcept { return parser_.type == HTTP_REQUEST && head_end_ && (parser_.flags & F_CHUNKED); }
 
   enum class ChunkState : std::uint8_t {
@@ -200,6 +214,12 @@ class MessageParser {
   BodySpan spans_[kMaxBodySpans];
   std::uint32_t span_count_ = 0;
   bool body_full_ = false;  // on_body paused llhttp: the span array is full
+  char* trailer_buf_ = nullptr;  // collect_trailers
+  std::uint32_t trailer_cap_ = 0;
+  std::uint32_t trailer_len_ = 0;
+  std::uint32_t trailer_start_ = 0;  // where the field being parsed began
+  bool trailer_in_field_ = false;
+  bool trailer_skip_ = false;        // the field being parsed did not fit
 };
 
 // Optional whitespace (RFC 9110 5.6.3).

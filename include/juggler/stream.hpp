@@ -93,6 +93,7 @@ struct StreamContext {
   Stream* pump_head = nullptr;
   Counter tls_failures;                // handshakes and records that failed
   Counter tls_full, tls_resumed;       // handshakes completed (read by the admin listener)
+  Counter sendfile_bytes;              // bytes sent by sendfile(2) (Stream::write_file; /metrics)
 
   // Closes the idle handle (worker exit, every stream closed or closing).
   void release() noexcept;
@@ -198,6 +199,15 @@ class Stream {
   // One write at a time: not while write_pending(). A TLS encryption failure
   // is reported by a synchronous on_stream_written(UV_EPROTO).
   bool write(uv_buf_t* iov, unsigned n);
+  // write() of iov[0..n) whose last slice is also the bytes of file `fd`
+  // from `offset` (its mapping: a cache entry's memfd). Plain TCP sends the
+  // slices before it with one sendmsg and the file with sendfile(2), no copy; when the socket is full, the
+  // next bytes are written from the slice the usual way (libuv waits for
+  // room, as the tunnel's drain_pipe does) and sendfile goes on once that
+  // write completed. `fd` and the slice stay valid until then. TLS writes
+  // the slice. JUGGLER_NO_SENDFILE in the environment: always the slice (to
+  // compare the two).
+  bool write_file(uv_buf_t* iov, unsigned n, int fd, std::uint64_t offset);
   bool write_pending() const noexcept { return write_pending_; }
 
   // From now on input is read and dropped (lingering close); only the end of
@@ -237,6 +247,8 @@ class Stream {
   bool flush_tls();
   void queue_pump();
   void unqueue_pump() noexcept;
+  bool send_file_rest();
+  bool queue_file_part(uv_buf_t* iov, unsigned n);
 
   uv_tcp_t tcp_;
   StreamContext* ctx_ = nullptr;
@@ -250,6 +262,12 @@ class Stream {
   bool closing_ = false;
   bool discard_ = false;
   bool pump_queued_ = false;
+  // write_file's file while it is being sent (-1: none): what is left of it,
+  // from file_off_, whose bytes are also at file_view_.
+  int file_fd_ = -1;
+  std::uint64_t file_off_ = 0;
+  const char* file_view_ = nullptr;
+  std::size_t file_left_ = 0;
   const char* tls_version_ = nullptr;  // OpenSSL's static name; set (and counted) when the handshake is done
 };
 

@@ -140,6 +140,7 @@ Snapshot take_snapshot(const Shared& shared, const Routing& live) {
     s.tls_full += w->streams.tls_full.get();
     s.tls_resumed += w->streams.tls_resumed.get();
     s.tls_failures += w->streams.tls_failures.get();
+    s.sendfile_bytes += w->streams.sendfile_bytes.get();
     s.connections += w->session_count.get();
     s.active += w->active_exchanges.get();
   }

@@ -87,6 +87,7 @@ struct Snapshot {
   std::uint64_t bytes_in = 0, bytes_out = 0, accept_errors = 0, refused = 0, retries = 0, retries_denied = 0;
   std::uint64_t log_dropped = 0;  // access log lines lost to failed writes
   std::uint64_t tls_full = 0, tls_resumed = 0, tls_failures = 0, connections = 0, active = 0;
+  std::uint64_t sendfile_bytes = 0;  // cache hits' bodies sent by sendfile(2)
   std::uint64_t cache[5] = {};  // answers of cached routes by CacheStatus (0 unused)
   std::uint64_t compress_in = 0, compress_out = 0, tunnels = 0;
   std::uint64_t by_protocol[2] = {};  // requests from HTTP/1.x and HTTP/2 clients

@@ -247,6 +247,13 @@ void render_process(Writer& w, const Shared& shared, const Routing& live, const 
     w.single("juggler_cache_redis_connections_up", "gauge",
              "Workers whose Redis connection answers (set cache redis); fewer than juggler_workers: an outage.",
              static_cast<std::uint64_t>(up));
+  if (shared.cache && !shared.cache->asynchronous()) {
+    w.single("juggler_cache_files", "gauge",
+             "Cached bodies held in memfds (one descriptor each; at most an eighth of the descriptor limit).",
+             std::uint64_t{cache_files_open()});
+    w.single("juggler_cache_sendfile_bytes_total", "counter",
+             "Bytes of cached bodies sent to plain HTTP/1 clients by sendfile(2), without a copy.", s.sendfile_bytes);
+  }
   w.family("juggler_compress_bytes_total", "counter", "Body bytes into the compressors and out of them.");
   w.sample("juggler_compress_bytes_total", "direction=\"in\"", s.compress_in);
   w.sample("juggler_compress_bytes_total", "direction=\"out\"", s.compress_out);

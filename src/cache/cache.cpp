@@ -131,8 +131,10 @@ char* put_number(char* p, std::uint64_t n) noexcept { return std::to_chars(p, p 
 
 // A stored answer as a local responder: the stored head, the lines of this
 // hit (Age, X-Cache, Content-Length, Connection) from the exchange's
-// scratch, and the stored body, as three slices of one write; the entry
-// stays referenced until the exchange is put back. `conditional`: the
+// scratch, and the stored body, as three slices of one write (the body
+// from its memfd by sendfile on plain HTTP/1, store.hpp); the entry stays
+// referenced until the exchange is put back, so its file stays open and
+// mapped until the send completed, even once evicted or purged. `conditional`: the
 // request has If-* fields, so the client may hold the copy already (a 304:
 // the stored head under a 304 status line, no body).
 State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditional) {
@@ -162,14 +164,17 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   p = put(p, "\r\n");
   uv_buf_t* iov = ex->iov.get();
   unsigned n = 0;
+  ex->answer_file = -1;
   if (not_modified) {
     iov[n++] = uv_buf_init(const_cast<char*>(kNotModified.data()), static_cast<unsigned>(kNotModified.size()));
     head.remove_prefix(head.find("\r\n") + 2);  // the stored status line
   }
   iov[n++] = uv_buf_init(const_cast<char*>(head.data()), static_cast<unsigned>(head.size()));
   iov[n++] = uv_buf_init(lines, static_cast<unsigned>(p - lines));
-  if (!ex->is_head && !not_modified && !body.empty())
+  if (!ex->is_head && !not_modified && !body.empty()) {
     iov[n++] = uv_buf_init(const_cast<char*>(body.data()), static_cast<unsigned>(body.size()));
+    ex->answer_file = e->file_fd;  // a body in a memfd: sendfile where the connection can
+  }
   for (unsigned i = 0; i < n; ++i) ex->bytes_out += iov[i].len;
   ex->answer_slices = static_cast<std::uint8_t>(n);
   return State::Respond;

@@ -1,9 +1,17 @@
 #include "cache/store.hpp"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "juggler/free_list.hpp"
+#include "juggler/log.hpp"
 
 namespace juggler {
 
@@ -12,7 +20,76 @@ namespace {
 // Entries of Redis hits, per thread (they never leave their worker).
 thread_local FreeList<CacheEntry, 256> t_blob_entries;
 
+std::atomic<std::size_t> g_files{0};
+std::atomic<bool> g_file_warned{false};
+
+void close_file(CacheEntry& e) noexcept {
+  ::munmap(const_cast<char*>(e.file_map), e.file_len);
+  ::close(e.file_fd);
+  e.file_fd = -1;
+  e.file_map = nullptr;
+  g_files.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// The reason a body stays on the heap, once per process (then every such
+// body stays there quietly: the cache works the same, only copies a hit).
+void warn_file(const char* what) noexcept {
+  if (!g_file_warned.exchange(true, std::memory_order_relaxed))
+    log(LogLevel::Warn, "cache: %s (%s): large bodies stay on the heap, hits write them with a copy", what,
+        std::strerror(errno));
+}
+
 }  // namespace
+
+std::size_t cache_files_open() noexcept { return g_files.load(std::memory_order_relaxed); }
+
+std::size_t cache_files_cap() noexcept {
+  static const std::size_t cap = [] {
+    rlimit nofile{};
+    if (::getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur == RLIM_INFINITY) return std::size_t{1024};
+    return static_cast<std::size_t>(nofile.rlim_cur / 8);
+  }();
+  return cap;
+}
+
+bool cache_body_to_file(CacheEntry& e) noexcept {
+  const std::size_t len = e.body.size();
+  if (e.blob || e.file_map || len < kFileBodyMin) return false;
+  if (g_files.fetch_add(1, std::memory_order_relaxed) >= cache_files_cap()) {
+    g_files.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  const int fd = ::memfd_create("juggler-cache", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) {
+    g_files.fetch_sub(1, std::memory_order_relaxed);
+    warn_file("memfd_create failed");
+    return false;
+  }
+  std::size_t done = 0;
+  while (done < len) {
+    const ssize_t n = ::write(fd, e.body.data() + done, len - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  // No write, grow or shrink from here on: the pages a send references stay
+  // the entry's bytes. Sealed before it is mapped (a shared mapping of a
+  // descriptor open for writing would make F_SEAL_WRITE fail with EBUSY).
+  const bool sealed =
+      done == len && ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == 0;
+  void* map = sealed ? ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+  if (map == MAP_FAILED) {
+    ::close(fd);
+    g_files.fetch_sub(1, std::memory_order_relaxed);
+    warn_file("a memfd could not be filled, sealed or mapped");
+    return false;
+  }
+  e.file_fd = fd;
+  e.file_map = static_cast<const char*>(map);
+  e.file_len = len;
+  std::string().swap(e.body);
+  return true;
+}
 
 CacheEntry* cache_entry_for_blob() {
   CacheEntry* e = t_blob_entries.pop();
@@ -24,6 +101,7 @@ CacheEntry* cache_entry_for_blob() {
 void cache_entry_release(CacheEntry* e) noexcept {
   if (e->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
   if (!e->blob) {
+    if (e->file_map) close_file(*e);
     delete e;
     return;
   }
@@ -52,6 +130,9 @@ MemoryStore::MemoryStore(std::size_t capacity, std::size_t max_object) {
   mask_ = n - 1;
   shards_ = std::make_unique<Shard[]>(n);
   for (unsigned i = 0; i < n; ++i) shards_[i].cap = capacity / n;
+  if (max_object >= kFileBodyMin)
+    log(LogLevel::Info, "cache: bodies of %zu KB or more in memfds (sendfile on plain HTTP/1), at most %zu descriptors",
+        kFileBodyMin / 1024, std::min(cache_files_cap(), capacity / kFileBodyMin));
 }
 
 MemoryStore::~MemoryStore() {
@@ -100,7 +181,8 @@ CacheEntry* MemoryStore::find(std::uint64_t hash, std::string_view key, VaryMatc
 }
 
 bool MemoryStore::insert(CacheEntry* e) {
-  e->charge = sizeof(CacheEntry) + e->key.size() + e->vary.size() + e->head.size() + e->body.size();
+  cache_body_to_file(*e);  // before it is shared: no reader sees the body move
+  e->charge = sizeof(CacheEntry) + e->key.size() + e->vary.size() + e->head.size() + e->stored_body().size();
   Shard& s = shard(e->hash);
   if (e->charge > s.cap) {
     cache_entry_release(e);

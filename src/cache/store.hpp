@@ -28,7 +28,17 @@ struct CacheEntry {
   std::string key;   // the primary key: host (lower case), '\0', the request-target
   std::string vary;  // the request's values of the fields the response varies on: "name\0value\0"...
   std::string head;  // status line and stored header lines (no framing, Age or Connection), no final CRLF
-  std::string body;
+  std::string body;  // empty once the body moved to a file (below)
+  // A memory entry's body of kFileBodyMin bytes or more lives in a memfd
+  // (MemoryStore::insert moves it there): a plain HTTP/1 hit sends it with
+  // sendfile(2), the kernel taking page references instead of a copy per
+  // hit; every other reader (TLS, HTTP/2, HEAD, a 304's new entry) reads
+  // the read-only mapping. Sealed, so its pages never change under a send
+  // in flight; unmapped and closed with the entry's last reference (a hit
+  // being sent holds one). -1 / null: the body is `body` (or the blob's).
+  int file_fd = -1;
+  const char* file_map = nullptr;
+  std::size_t file_len = 0;
   std::string_view etag, last_modified;  // views into `head` (empty: none)
   int status = 0;
   bool revalidate = false;  // no-cache: every use asks the server first
@@ -55,7 +65,10 @@ struct CacheEntry {
 
   std::string_view stored_vary() const noexcept { return blob ? blob_vary : std::string_view(vary); }
   std::string_view stored_head() const noexcept { return blob ? blob_head : std::string_view(head); }
-  std::string_view stored_body() const noexcept { return blob ? blob_body : std::string_view(body); }
+  std::string_view stored_body() const noexcept {
+    if (blob) return blob_body;
+    return file_map ? std::string_view(file_map, file_len) : std::string_view(body);
+  }
 
   std::uint64_t age_now_ms(std::uint64_t now_ms) const noexcept {
     const std::uint64_t at = stored_ms.load(std::memory_order_relaxed);
@@ -71,6 +84,22 @@ struct CacheEntry {
     return !revalidate && now_ms < fresh_until_ms.load(std::memory_order_relaxed);
   }
 };
+
+// Bodies this large or larger go to a memfd (CacheEntry::file_fd): where
+// sendfile(2) started to beat writev(2) of the bytes on loopback (see
+// docs/BENCHMARKS.md, "The cache against Varnish and nginx proxy_cache").
+inline constexpr std::size_t kFileBodyMin = 96 * 1024;
+
+// Memfds the cache holds open (one per entry with a file body), and the
+// most it may: an eighth of the descriptor limit, so the cache never takes
+// the descriptors connections need (beyond it, bodies stay on the heap).
+std::size_t cache_files_open() noexcept;
+std::size_t cache_files_cap() noexcept;
+
+// Moves `e`'s heap body into a sealed, read-only mapped memfd. False (the
+// body stays on the heap, the entry works as before) when the cap is
+// reached or the kernel refuses (EMFILE, ENOMEM): never an error.
+bool cache_body_to_file(CacheEntry& e) noexcept;
 
 // An entry for bytes read from Redis (blob set by the caller), from this
 // thread's pool: no allocation per hit once the pool holds some.

@@ -77,6 +77,16 @@ class Downstream {
   // when all went out now; else Event::ClientWritten follows once they did,
   // and no other send starts meanwhile.
   virtual bool send(uv_buf_t* iov, unsigned n) noexcept = 0;
+  // send() of iov[0..n) whose last slice is also the bytes of file `fd`
+  // from `offset` (a cache entry's memfd, its mapping in the slice): a
+  // connection that can, sends those with sendfile(2) (the kernel takes page
+  // references, no copy); the others write the slice as send() does. The
+  // file stays open until the send completed.
+  virtual bool send_file(uv_buf_t* iov, unsigned n, int fd, std::uint64_t offset) noexcept {
+    (void)fd;
+    (void)offset;
+    return send(iov, n);
+  }
   // A send has not completed yet (the client is behind).
   virtual bool sending() const noexcept = 0;
   // The exchange ended (it was released already): the connection goes on

@@ -345,6 +345,8 @@ State state_route(Exchange* ex, Event, int) {
 State state_respond(Exchange* ex, Event ev, int arg) {
   switch (ev) {
     case Event::Enter: {
+      if (ex->answer_file >= 0)
+        return ex->down->send_file(ex->iov.get(), ex->answer_slices, ex->answer_file, 0) ? State::Done : State::Respond;
       if (ex->answer_slices) return ex->down->send(ex->iov.get(), ex->answer_slices) ? State::Done : State::Respond;
       uv_buf_t b = uv_buf_init(const_cast<char*>(ex->answer.data()), static_cast<unsigned>(ex->answer.size()));
       return ex->down->send(&b, 1) ? State::Done : State::Respond;

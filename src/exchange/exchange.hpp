@@ -116,6 +116,7 @@ struct ExchangeState {
   bool upstream_reusable = false;  // the response ended cleanly and the server keeps the connection
   std::string_view answer;       // Respond: the bytes of the local answer
   std::uint8_t answer_slices = 0;  // Respond: the answer is ex->iov[0, n) instead (a cache hit)
+  int answer_file = -1;  // ... whose last slice is also this file's bytes (Downstream::send_file)
   int status = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t bytes_in = 0;      // the request's, head and body as framed (the access log)

@@ -143,6 +143,9 @@ void MessageParser::reset() noexcept {
   chunked_total_ = 0;
   error_status_ = 0;
   error_reason_ = nullptr;
+  trailer_buf_ = nullptr;
+  trailer_cap_ = trailer_len_ = trailer_start_ = 0;
+  trailer_in_field_ = trailer_skip_ = false;
 }
 
 int MessageParser::fail(int status, const char* reason) noexcept {
@@ -172,9 +175,40 @@ int MessageParser::on_url(llhttp_t* p, const char* at, std::size_t len) {
 
 int MessageParser::on_status(llhttp_t*, const char*, std::size_t) { return 0; }
 
+// collect_trailers: a piece of the current trailer field's name or value.
+void MessageParser::trailer_append(const char* p, std::size_t n) noexcept {
+  if (trailer_skip_) return;
+  if (n > trailer_cap_ - trailer_len_) {
+    trailer_skip_ = true;
+    trailer_len_ = trailer_start_;
+    return;
+  }
+  std::memcpy(trailer_buf_ + trailer_len_, p, n);
+  trailer_len_ += static_cast<std::uint32_t>(n);
+}
+
+// A folded value comes in pieces, joined (RFC 9112 5.2: a proxy may replace a
+// response's obs-fold by SP). A name not a token, or a CR or LF: left out.
+void MessageParser::trailer_field_end() noexcept {
+  for (std::uint32_t i = trailer_start_; i < trailer_len_ && !trailer_skip_; ++i)
+    if (trailer_buf_[i] == '\r' || trailer_buf_[i] == '\n') trailer_skip_ = true;
+  if (trailer_skip_) trailer_len_ = trailer_start_;
+  while (!trailer_skip_ && trailer_len_ > trailer_start_ && is_ows(trailer_buf_[trailer_len_ - 1])) --trailer_len_;
+  trailer_append("", 1);
+  trailer_in_field_ = trailer_skip_ = false;
+}
+
 int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len) {
   MessageParser& m = self(p);
-  if (m.head_done_) return 0;  // chunked trailers: relayed as body bytes, never head fields
+  if (m.head_done_) {  // chunked trailers: relayed as body bytes, never head fields
+    if (!m.trailer_buf_) return 0;
+    if (!m.trailer_in_field_) {
+      m.trailer_in_field_ = true;
+      m.trailer_start_ = m.trailer_len_;
+    }
+    m.trailer_append(at, len);
+    return 0;
+  }
   if (!m.in_field_) {
     if (m.count_ >= m.max_headers_) return m.fail(431, "too many header fields");
     HeaderSpan& h = m.headers_[m.count_];
@@ -189,7 +223,14 @@ int MessageParser::on_header_field(llhttp_t* p, const char* at, std::size_t len)
 
 int MessageParser::on_header_field_complete(llhttp_t* p) {
   MessageParser& m = self(p);
-  if (m.head_done_) return 0;
+  if (m.head_done_) {
+    if (!m.trailer_buf_) return 0;
+    for (std::uint32_t i = m.trailer_start_; i < m.trailer_len_; ++i)
+      if (!is_tchar(m.trailer_buf_[i])) m.trailer_skip_ = true;
+    if (m.trailer_len_ == m.trailer_start_) m.trailer_skip_ = true;
+    m.trailer_append("", 1);
+    return 0;
+  }
   HeaderSpan& h = m.headers_[m.count_];
   h.name_len = static_cast<std::uint32_t>(m.field_end_ - h.line);
   // llhttp 8 accepts "Name : value" and "Content Length"; whitespace in or
@@ -203,7 +244,10 @@ int MessageParser::on_header_field_complete(llhttp_t* p) {
 
 int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len) {
   MessageParser& m = self(p);
-  if (m.head_done_) return 0;
+  if (m.head_done_) {
+    if (m.trailer_buf_) m.trailer_append(at, len);
+    return 0;
+  }
   if (!m.value_begin_) m.value_begin_ = at;
   else m.value_pieces_ = true;
   m.value_end_ = at + len;
@@ -212,7 +256,10 @@ int MessageParser::on_header_value(llhttp_t* p, const char* at, std::size_t len)
 
 int MessageParser::on_header_value_complete(llhttp_t* p) {
   MessageParser& m = self(p);
-  if (m.head_done_) return 0;
+  if (m.head_done_) {
+    if (m.trailer_buf_) m.trailer_field_end();
+    return 0;
+  }
   HeaderSpan& h = m.headers_[m.count_];
   if (m.value_begin_) {
     h.value_off = static_cast<std::uint32_t>(m.value_begin_ - h.line);

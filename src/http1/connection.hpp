@@ -47,6 +47,9 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
   void on_stream_closed() noexcept override;
 
   bool send(uv_buf_t* iov, unsigned n) noexcept override { return stream.write(iov, n); }
+  bool send_file(uv_buf_t* iov, unsigned n, int fd, std::uint64_t offset) noexcept override {
+    return stream.write_file(iov, n, fd, offset);
+  }
   bool sending() const noexcept override { return stream.write_pending(); }
   void done(bool close, bool linger) noexcept override;
   void abort() noexcept override;

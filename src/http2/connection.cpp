@@ -8,8 +8,8 @@
 // stream.cpp turns each stream into an exchange.
 //
 // The budget: every client RST_STREAM, stream closed in error (a reset the
-// client provoked: "MadeYouReset"), empty DATA, SETTINGS, PING and invalid
-// frame counts one "glitch"; past `set h2.glitches` the connection gets GOAWAY
+// client provoked: "MadeYouReset"), empty DATA, SETTINGS, PING, invalid
+// frame and HEADERS on a stream id already passed counts one "glitch"; past `set h2.glitches` the connection gets GOAWAY
 // ENHANCE_YOUR_CALM and closes (Rapid Reset, CVE-2023-44487, and the floods
 // after it). CONTINUATION floods end at nghttp2's limit of CONTINUATION
 // frames per header block and at the header list limit (stream.cpp).
@@ -105,8 +105,30 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t error, v
   return 0;
 }
 
-int on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, void* user) {
+// A frame nghttp2 refused. A stream error resets the stream (a connection
+// error ends them all) when the RST_STREAM (GOAWAY) goes out, after this
+// read; the stream's exchange is cut now, so that a request whose stream the
+// client's frames made us reset (MadeYouReset) is not passed on to a server
+// meanwhile.
+int on_invalid_frame(nghttp2_session* ng, const nghttp2_frame* f, int, void* user) {
   h2_glitch(static_cast<H2Conn*>(user));
+  H2Stream* s = f->hd.stream_id ? stream_of(ng, f->hd.stream_id) : nullptr;
+  if (s && !s->bad) {
+    s->bad = true;  // the rest of its frames are ignored
+    if (s->ex) step(s->ex, Event::ClientGone);
+  }
+  return 0;
+}
+
+// HEADERS opening no stream: an id below one already used that is not open
+// (a decreasing id, or a stream that ended). nghttp2 ignores the block when
+// it cannot be sure the client is wrong (a client's trailers may cross our
+// RST_STREAM) -- it still decodes it (HPACK), so each counts one glitch:
+// forwarded never, flooded at most the budget.
+int on_begin_frame(nghttp2_session* ng, const nghttp2_frame_hd* hd, void* user) {
+  if (hd->type == NGHTTP2_HEADERS && (hd->stream_id & 1) != 0 &&
+      hd->stream_id <= nghttp2_session_get_last_proc_stream_id(ng) && !nghttp2_session_find_stream(ng, hd->stream_id))
+    h2_glitch(static_cast<H2Conn*>(user));
   return 0;
 }
 
@@ -114,7 +136,7 @@ int on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, void* user) {
 // has (stream.cpp holds a stream's unsent body in one buffer).
 bool start_session(H2Conn* c) {
   static nghttp2_session_callbacks* const cbs = h2_callbacks_new(
-      {on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close, on_invalid_frame});
+      {on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close, on_invalid_frame, on_begin_frame});
   const Settings& st = settings(*c->worker);
   return h2_session_start(&c->ng, cbs, c,
                           {st.h2_max_streams, c->worker->buffers.size() - 64, static_cast<std::uint32_t>(st.header_bytes),

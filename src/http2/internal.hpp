@@ -60,6 +60,7 @@ struct H2StreamState {
   // them; the head parsed from a copy in `rhead`, the body decoded in place.
   Buffer* rhead = nullptr;
   std::uint32_t rhead_len = 0;
+  Buffer* kept = nullptr;  // a small answer's bytes, kept by the stream (response.cpp quick_answer, stash)
   std::uint32_t iov_n = 0, iov_i = 0;
   std::size_t iov_off = 0;
   std::uint32_t span_i = 0, span_n = 0, span_off = 0;

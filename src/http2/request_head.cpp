@@ -105,6 +105,7 @@ bool h2_head_field(H2Head& h, nghttp2_rcbuf* name, nghttp2_rcbuf* value) noexcep
     }
   } else {
     if (n == "content-length") h.has_length = true;
+    if (n == "te") h.te_trailers = true;
     ok = put(h, {n, ": ", v, "\r\n"});
   }
   if (!ok) h.too_large = true;

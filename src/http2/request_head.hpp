@@ -27,6 +27,7 @@ struct H2Head {
   bool line_written = false;
   bool too_large = false;   // the head passed `cap`: 431 (fields after it are not written)
   bool has_length = false;  // content-length came: the body goes as it is (else chunked)
+  bool te_trailers = false; // `te: trailers` (nghttp2 refuses any other TE): the answer's trailers are sent
 };
 
 // A field of the request's HEADERS, in order. False: the request is

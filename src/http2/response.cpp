@@ -22,6 +22,16 @@ bool hop_by_hop(std::string_view name) {
 ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
                   nghttp2_data_source* src, void*);
 
+// :status first in the HEADERS being built (nva[0]).
+void status_field(H2Stream* s, unsigned status) {
+  status %= 1000;  // three digits
+  s->status_text[0] = static_cast<char>('0' + status / 100);
+  s->status_text[1] = static_cast<char>('0' + status / 10 % 10);
+  s->status_text[2] = static_cast<char>('0' + status % 10);
+  s->nva[0] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
+               reinterpret_cast<std::uint8_t*>(s->status_text), 7, 3, NGHTTP2_NV_FLAG_NONE};
+}
+
 // One field into the HEADERS being built (nva[*n]): its name lowered in
 // place (the head is our copy), the fields HTTP/2 forbids dropped. Returns
 // the name as lowered.
@@ -36,29 +46,25 @@ std::string_view add_field(H2Stream* s, std::size_t* n, std::string_view name, s
   return name;
 }
 
-// HEADERS: :status and the n - 1 fields added; with a data source unless the
-// response has no body.
-bool submit(H2Stream* s, unsigned status, std::size_t n, bool bodyless) {
-  status %= 1000;  // three digits
-  s->status_text[0] = static_cast<char>('0' + status / 100);
-  s->status_text[1] = static_cast<char>('0' + status / 10 % 10);
-  s->status_text[2] = static_cast<char>('0' + status % 10);
-  s->nva[0] = {reinterpret_cast<std::uint8_t*>(const_cast<char*>(":status")),
-               reinterpret_cast<std::uint8_t*>(s->status_text), 7, 3, NGHTTP2_NV_FLAG_NONE};
+// The parsed head's fields for HEADERS, :status first; the count.
+std::size_t head_fields(H2Stream* s) {
+  const MessageParser& r = s->resp;
+  status_field(s, static_cast<unsigned>(r.status()));
+  std::size_t n = 1;
+  for (std::uint32_t i = 0; i < r.header_count(); ++i)
+    add_field(s, &n, r.header_name(r.headers()[i]), r.header_value(r.headers()[i]));
+  return n;
+}
+
+// HEADERS for the final answer (nva[0, n)), with a data source unless it has no body.
+bool submit(H2Stream* s, std::size_t n, bool bodyless) {
   nghttp2_data_provider prd;
   prd.source.ptr = s;
   prd.read_callback = read_body;
   return nghttp2_submit_response(s->conn->ng, s->id, s->nva.get(), n, bodyless ? nullptr : &prd) == 0;
 }
 
-// HEADERS from the parsed head.
-bool submit_head(H2Stream* s, bool bodyless) {
-  const MessageParser& r = s->resp;
-  std::size_t n = 1;
-  for (std::uint32_t i = 0; i < r.header_count(); ++i)
-    add_field(s, &n, r.header_name(r.headers()[i]), r.header_value(r.headers()[i]));
-  return submit(s, static_cast<unsigned>(r.status()), n, bodyless);
-}
+bool submit_head(H2Stream* s, bool bodyless) { return submit(s, head_fields(s), bodyless); }
 
 std::string_view trim(std::string_view v) {
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
@@ -67,23 +73,23 @@ std::string_view trim(std::string_view v) {
 }
 
 // The whole answer in one send, delimited by content-length (a small
-// proxied response, a local answer): copied into the stream's own buffer,
-// its head split into lines here instead of parsed again (the exchange
-// parsed the server's head, or wrote it), its body one span, and the send
-// complete at once: the exchange ends this turn and its server connection
-// goes back to the pool still reading, instead of being paused until
-// nghttp2 took the bytes (a read stop and start, two epoll_ctl, and a loop
-// turn per small response). Bounded as a held send: one buffer per stream,
-// the send timer armed until the body went. False: not that case; nothing
-// changed but the bytes in `rhead`, and parse_head() starts over from the
-// slices.
+// proxied response, a local answer): copied into the stream's own buffer
+// (`kept`), its head split into lines here instead of parsed again (the
+// exchange parsed the server's head, or wrote it), its body one span, and
+// the send complete at once: the exchange ends this turn and its server
+// connection goes back to the pool still reading, instead of being paused
+// until nghttp2 took the bytes (a read stop and start, two epoll_ctl, and a
+// loop turn per small response). Bounded as a held send: one buffer per
+// stream, the send timer armed until the body went. False: not that case
+// (interim answers, no body, chunked, too large...); nothing changed but the
+// bytes in `kept`, and parse_head() starts from the slices.
 bool quick_answer(H2Stream* s, const uv_buf_t* v, unsigned n) {
   Worker& w = *s->conn->worker;
   std::size_t total = 0;
   for (unsigned i = 0; i < n; ++i) total += v[i].len;
   if (total > w.buffers.size() || (s->ex && s->ex->is_head)) return false;
-  if (!s->rhead) s->rhead = w.buffers.get();
-  char* const data = s->rhead->data;
+  if (!s->kept) s->kept = w.buffers.get();
+  char* const data = s->kept->data;
   for (unsigned i = 0, at = 0; i < n; at += static_cast<unsigned>(v[i].len), ++i) std::memcpy(data + at, v[i].base, v[i].len);
   const std::string_view all(data, total);
   const std::size_t end = all.find("\r\n\r\n");
@@ -115,7 +121,8 @@ bool quick_answer(H2Stream* s, const uv_buf_t* v, unsigned n) {
     }
   }
   const std::size_t body = total - end - 4;
-  if (length != body || !submit(s, status, fields, body == 0)) return false;
+  status_field(s, status);
+  if (length != body || !submit(s, fields, body == 0)) return false;
   s->head_sent = true;
   s->resp_done = true;
   if (body) {
@@ -126,9 +133,35 @@ bool quick_answer(H2Stream* s, const uv_buf_t* v, unsigned n) {
   return true;
 }
 
+// The trailer section the parser kept ("name\0value\0" each: collect_trailers)
+// as trailing HEADERS, names lowered; fields HTTP/2 forbids or that frame the
+// message are left out. False: none to send (the last DATA ends the stream).
+bool submit_trailers(H2Stream* s) {
+  const std::string_view t = s->resp.trailers();
+  char* p = const_cast<char*>(t.data());
+  char* const end = p + t.size();
+  nghttp2_nv* nv = s->nva.get();
+  std::size_t n = 0;
+  while (p < end && n < s->header_cap) {
+    const std::size_t nlen = std::strlen(p);
+    char* value = p + nlen + 1;
+    const std::size_t vlen = std::strlen(value);
+    for (std::size_t k = 0; k < nlen; ++k)
+      if (p[k] >= 'A' && p[k] <= 'Z') p[k] = static_cast<char>(p[k] + 32);
+    const std::string_view name{p, nlen};
+    if (!hop_by_hop(name) && name != "content-length" && name != "host" && name != "trailer")
+      nv[n++] = {reinterpret_cast<std::uint8_t*>(p), reinterpret_cast<std::uint8_t*>(value), nlen, vlen,
+                 NGHTTP2_NV_FLAG_NONE};
+    p = value + vlen + 1;
+  }
+  return n && nghttp2_submit_trailer(s->conn->ng, s->id, nv, n) == 0;
+}
+
 // Parses the response head from the slices send() left, copied into `rhead`
 // (a head may come in pieces and must be contiguous for the parser):
-// interim answers (1xx) are skipped; the final one's HEADERS submitted. The
+// interim answers (1xx) go as HEADERS of their own; the final one's HEADERS
+// submitted (with a chunked answer to a client that sent `te: trailers`,
+// `rhead` then keeps the trailer fields: read_body sends them). The
 // slices' cursor ends after the head. False: broken (the stream is reset).
 bool parse_head(H2Stream* s) {
   Worker& w = *s->conn->worker;
@@ -157,7 +190,13 @@ bool parse_head(H2Stream* s) {
     }
     s->iov_off += used;  // the rest of the slice is body
     if (s->resp.status() / 100 == 1) {
-      // Interim: HTTP/2 could carry it, but nothing of ours needs it.
+      // Interim (103 Early Hints, 100 Continue): HEADERS without END_STREAM,
+      // as HTTP/1 relays them (relay.cpp lets through kMaxInterim of them and
+      // never a 101, which HTTP/2 forbids).
+      if (s->resp.status() != 101 &&
+          nghttp2_submit_headers(s->conn->ng, NGHTTP2_FLAG_NONE, s->id, nullptr, s->nva.get(), head_fields(s),
+                                 nullptr) < 0)
+        return false;
       s->resp.init(HTTP_RESPONSE, s->resp_headers.get(), s->header_cap);
       s->resp.collect_body(true);
       s->rhead_len = 0;
@@ -169,7 +208,11 @@ bool parse_head(H2Stream* s) {
     s->head_sent = true;
     s->resp_done = bodyless;
   }
-  if (s->head_sent) {
+  if (s->head_sent && s->req.te_trailers && s->resp.chunked() && !s->resp_done) {
+    // nghttp2 copied the fields: the buffer keeps the trailers now.
+    const auto cap = std::min<std::uint32_t>(s->rhead->cap, static_cast<std::uint32_t>(settings(w).header_bytes));
+    s->resp.collect_trailers(s->rhead->data, cap);
+  } else if (s->head_sent) {
     w.put_buffer(s->rhead);  // nghttp2 copied the fields
     s->rhead = nullptr;
   }
@@ -184,22 +227,22 @@ bool slices_left(const H2Stream* s) {
 
 // The rest of an answer whose head came in an earlier send (a server that
 // wrote its head and its body apart): when this send holds its whole body
-// (content-length), the body is copied into the stream's own buffer and the
-// send completes at once, as quick_answer() does for a whole answer.
+// (content-length), the body is copied into `kept` and the send completes at
+// once, as quick_answer() does for a whole answer.
 bool stash(H2Stream* s) {
-  if (!s->resp.has_content_length()) return false;
+  if (!s->resp.has_content_length() || s->resp.chunked()) return false;
   std::size_t left = 0;
   for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) left += s->iov[i].len - (i == s->iov_i ? s->iov_off : 0);
   Worker& w = *s->conn->worker;
   if (left != s->resp.content_length() || left > w.buffers.size()) return false;
-  if (!s->rhead) s->rhead = w.buffers.get();
-  char* at = s->rhead->data;
+  if (!s->kept) s->kept = w.buffers.get();
+  char* at = s->kept->data;
   for (std::uint32_t i = s->iov_i; i < s->iov_n; ++i) {
     const std::size_t off = i == s->iov_i ? s->iov_off : 0;
     std::memcpy(at, s->iov[i].base + off, s->iov[i].len - off);
     at += s->iov[i].len - off;
   }
-  s->spans[0] = {s->rhead->data, static_cast<std::uint32_t>(left)};
+  s->spans[0] = {s->kept->data, static_cast<std::uint32_t>(left)};
   s->span_n = 1;
   s->span_i = s->span_off = 0;
   s->iov_i = s->iov_n;
@@ -253,6 +296,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
   else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s or stash()'s body went
   if (drained && s->resp_done) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->rhead && submit_trailers(s)) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     return static_cast<ssize_t>(copied);
   }
   if (copied == 0) {

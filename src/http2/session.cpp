@@ -19,6 +19,7 @@ nghttp2_session_callbacks* h2_callbacks_new(const H2Callbacks& cb) noexcept {
   nghttp2_session_callbacks_set_on_data_chunk_recv_callback(c, cb.data_chunk);
   nghttp2_session_callbacks_set_on_stream_close_callback(c, cb.stream_close);
   if (cb.invalid_frame) nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(c, cb.invalid_frame);
+  if (cb.begin_frame) nghttp2_session_callbacks_set_on_begin_frame_callback(c, cb.begin_frame);
   return c;
 }
 

@@ -186,7 +186,8 @@ void h2_stream_free(H2Stream* s) noexcept {
   w.put_buffer(s->head);
   w.put_buffer(s->body);
   w.put_buffer(s->rhead);
-  s->head = s->body = s->rhead = nullptr;
+  w.put_buffer(s->kept);
+  s->head = s->body = s->rhead = s->kept = nullptr;
   if (s->prev) s->prev->next = s->next;
   else c->streams = s->next;
   if (s->next) s->next->prev = s->prev;

@@ -1,8 +1,14 @@
 #include "juggler/stream.hpp"
 
 #include <netinet/in.h>
+#include <sys/socket.h>
+#ifdef __linux__
+#include <sys/sendfile.h>
+#endif
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace juggler {
@@ -10,6 +16,9 @@ namespace juggler {
 namespace {
 
 constexpr unsigned kScratchSize = 17 * 1024;  // one TLS record and its overhead
+// write_file: the bytes written from the file's mapping when the socket is
+// full (a copy, then sendfile again once libuv saw room for them).
+constexpr std::size_t kFileChunk = 16 * 1024;
 
 inline uv_stream_t* as_stream(uv_tcp_t* t) { return reinterpret_cast<uv_stream_t*>(t); }
 inline uv_handle_t* as_handle(uv_tcp_t* t) { return reinterpret_cast<uv_handle_t*>(t); }
@@ -54,6 +63,7 @@ void Stream::init(StreamContext& ctx, StreamHandler* handler) noexcept {
   ctx_ = &ctx;
   handler_ = handler;
   reading_ = write_pending_ = closing_ = discard_ = false;
+  file_fd_ = -1;
   prelude_ = nullptr;
   tls_version_ = nullptr;  // per connection: a pooled L4Conn reuses its Streams without remaking them
   uv_tcp_init(ctx.loop, &tcp_);
@@ -324,14 +334,103 @@ bool Stream::write(uv_buf_t* iov, unsigned n) {
   return false;
 }
 
+bool Stream::write_file(uv_buf_t* iov, unsigned n, int fd, std::uint64_t offset) {
+#ifdef __linux__
+  static const bool off = std::getenv("JUGGLER_NO_SENDFILE") != nullptr;
+  if (tls_ || fd < 0 || off) return write(iov, n);
+  int sock = -1;
+  uv_fileno(as_handle(&tcp_), &sock);
+  const uv_buf_t body = iov[n - 1];
+  file_fd_ = fd;
+  file_off_ = offset;
+  file_view_ = body.base;
+  file_left_ = body.len;
+  write_pending_ = true;
+  std::size_t head = 0;
+  for (unsigned i = 0; i + 1 < n; ++i) head += iov[i].len;
+  // The head on its own, not corked: MSG_MORE (one segment with the file's
+  // first bytes) cost a 100 KB hit 1.6x the CPU on loopback (Linux 6.18; see
+  // docs/BENCHMARKS.md), as nginx, which writev()s its head before the
+  // sendfile, does not. uv_buf_t is laid out as an iovec on Unix (libuv's
+  // promise, for writev).
+  msghdr m{};
+  m.msg_iov = reinterpret_cast<iovec*>(iov);
+  m.msg_iovlen = n - 1;
+  const ssize_t r = head ? ::sendmsg(sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT) : 0;
+  if (r < 0 || static_cast<std::size_t>(r) < head) {
+    // Full (or broken) already: the head's rest goes the usual way, with the file's first bytes.
+    std::size_t left = r > 0 ? static_cast<std::size_t>(r) : 0;
+    while (left >= iov->len) {
+      left -= iov->len;
+      ++iov;
+      --n;
+    }
+    iov->base += left;
+    iov->len -= left;
+    if (!queue_file_part(iov, n)) return false;
+  }
+  if (!send_file_rest()) return false;
+  write_pending_ = false;
+  return true;
+#else
+  (void)fd;
+  (void)offset;
+  return write(iov, n);
+#endif
+}
+
+// iov[0..n), whose last slice is the file's rest: written the usual way
+// with at most kFileChunk of the file (the rest follows by sendfile). True
+// when that went out now; else on_write goes on with the file.
+bool Stream::queue_file_part(uv_buf_t* iov, unsigned n) {
+  const std::size_t k = std::min(file_left_, kFileChunk);
+  iov[n - 1] = uv_buf_init(const_cast<char*>(file_view_), static_cast<unsigned>(k));
+  file_view_ += k;
+  file_off_ += k;
+  file_left_ -= k;
+  write_pending_ = true;
+  return write_or_queue(*ctx_, as_stream(&tcp_), this, iov, n, on_write);
+}
+
+// The file's rest by sendfile(2). True when it all went out now (the file
+// is done with); false when a part was queued (on_write comes back here).
+bool Stream::send_file_rest() {
+#ifdef __linux__
+  int sock = -1;
+  uv_fileno(as_handle(&tcp_), &sock);
+  while (file_left_ > 0) {
+    auto at = static_cast<off_t>(file_off_);
+    const ssize_t k = ::sendfile(sock, file_fd_, &at, file_left_);
+    if (k > 0) {
+      file_view_ += k;
+      file_off_ += static_cast<std::uint64_t>(k);
+      file_left_ -= static_cast<std::size_t>(k);
+      ctx_->sendfile_bytes.add(static_cast<std::uint64_t>(k));
+      continue;
+    }
+    if (k < 0 && errno == EINTR) continue;
+    // The socket is full (EAGAIN), or broken: libuv waits for room (or reports the error).
+    uv_buf_t b{};
+    if (!queue_file_part(&b, 1)) return false;
+  }
+#endif
+  file_fd_ = -1;
+  return true;
+}
+
 void Stream::on_write(uv_write_t* req, int status) {
   auto* s = static_cast<Stream*>(req->data);
   s->ctx_->writes.put(req);
   s->write_pending_ = false;
   if (s->closing_) return;
   if (status < 0) {
+    s->file_fd_ = -1;
     s->handler_->on_stream_written(status);
     return;
+  }
+  if (s->file_fd_ >= 0) {
+    if (!s->send_file_rest()) return;  // another part queued
+    s->write_pending_ = false;
   }
   if (s->tls_ && !s->flush_tls()) return;  // more ciphertext queued meanwhile
   s->handler_->on_stream_written(0);

@@ -92,6 +92,7 @@ struct BodyStream {
   std::uint64_t pause_ms = 0;
   std::uint64_t pause_every = 0;      // K: the next pause comes K bytes later...
   std::uint64_t pauses_left = 0;      // ...while pauses are left (pauses=P)
+  std::string trailer;                // /bytes?chunked=1&trailer=...: trailer lines after the last chunk
 };
 
 class Conn;
@@ -566,14 +567,14 @@ void Conn::serve_echo() {
 
 namespace {
 
-// Every `header=NAME:VALUE` of the query (percent-decoded) as head lines
-// into `out`; false when one is malformed.
-bool header_params(std::string_view query, std::string& out) {
+// Every `header=NAME:VALUE` (or `key`=) of the query (percent-decoded) as
+// head lines into `out`; false when one is malformed.
+bool header_params(std::string_view query, std::string& out, std::string_view key = "header=") {
   while (!query.empty()) {
     const auto amp = query.find('&');
     const auto pair = query.substr(0, amp);
-    if (pair.starts_with("header=")) {
-      const auto decoded = percent_decode(pair.substr(7));
+    if (pair.starts_with(key)) {
+      const auto decoded = percent_decode(pair.substr(key.size()));
       const std::size_t colon = decoded ? decoded->find(':') : std::string::npos;
       if (colon == std::string::npos || colon == 0 || decoded->find_first_of("\r\n") != std::string::npos) return false;
       out += decoded->substr(0, colon) + ": " + decoded->substr(colon + 1) + "\r\n";
@@ -696,11 +697,14 @@ void Conn::serve_bytes() {
     else type = *decoded;
   }
   if (!header_params(req_.query, extra)) bad = true;
+  // trailer=NAME:VALUE (chunked only): a trailer field after the last chunk.
+  std::string trailer;
+  if (!header_params(req_.query, trailer, "trailer=") || (!trailer.empty() && !chunked)) bad = true;
   // etag=V: `ETag: "V"`, and 304 to a request whose If-None-Match names it.
   const auto etag = query_param(req_.query, "etag");
   if (etag && (etag->empty() || etag->find_first_of("\"\r\n") != std::string_view::npos)) bad = true;
   if (bad) {
-    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P][&type=T][&header=NAME:VALUE...][&etag=V]\n");
+    send_simple(400, "usage: /bytes?n=N[&chunked=1][&cut=K][&pause=K&pause_ms=M&pauses=P][&type=T][&header=NAME:VALUE...][&trailer=NAME:VALUE...][&etag=V]\n");
     return;
   }
   if (etag) {
@@ -723,18 +727,19 @@ void Conn::serve_bytes() {
       return;
     }
     write_owned(std::move(head));
-    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1, pause_at, pause_ms, pause_at, pauses};
+    stream_ = BodyStream{BodyStream::Kind::Pattern, false, 0, cut, -1, pause_at, pause_ms, pause_at, pauses, {}};
     pump();
     return;
   }
   if (req_.head || *n == 0) {
-    if (chunked && !req_.head) head += "0\r\n\r\n";
+    if (chunked && !req_.head) head += "0\r\n" + trailer + "\r\n";
     write_owned(std::move(head));
     finish_response();
     return;
   }
   write_owned(std::move(head));
-  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1, pause_at, pause_ms, pause_at, pauses};
+  stream_ = BodyStream{BodyStream::Kind::Pattern, chunked, 0, *n, -1, pause_at, pause_ms, pause_at, pauses,
+                       std::move(trailer)};
   pump();
 }
 
@@ -784,7 +789,7 @@ void Conn::serve_static() {
     finish_response();
     return;
   }
-  stream_ = BodyStream{BodyStream::Kind::File, false, 0, size, fd};
+  stream_ = BodyStream{BodyStream::Kind::File, false, 0, size, fd, kNoPause, 0, 0, 0, {}};
   pump();
 }
 
@@ -975,7 +980,10 @@ void Conn::pump() {
       }
       bufs[count++] = uv_buf_init(write->block.get(), static_cast<unsigned>(n));
     }
-    if (stream_.chunked) {
+    if (stream_.chunked && last && !stream_.trailer.empty()) {
+      write->body = "\r\n0\r\n" + stream_.trailer + "\r\n";
+      bufs[count++] = uv_buf_init(write->body.data(), static_cast<unsigned>(write->body.size()));
+    } else if (stream_.chunked) {
       const char* tail = last ? kLastChunk : kCrlf;
       bufs[count++] = uv_buf_init(const_cast<char*>(tail), static_cast<unsigned>(std::char_traits<char>::length(tail)));
     }
