@@ -436,6 +436,19 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def minor_faults(pids: list[int]) -> int:
+    """Minor page faults (all threads) of the processes: memory the kernel had to
+    map on first touch, CPU spent in the kernel that instruction counts do not show."""
+    total = 0
+    for p in pids:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        total += int(stat[stat.rindex(")") + 2:].split()[7])     # field 10 of proc(5)
+    return total
+
+
 def rss_bytes(pids: list[int]) -> int:
     total = 0
     for p in pids:
@@ -790,14 +803,15 @@ class Bench:
         """One wrk run against a target, with the proxy's CPU over the run."""
         duration = duration or self.s.duration
         pids = t.proc.refresh_pids() if t.proc else []
-        t0 = cpu_ticks(pids)
+        t0, f0 = cpu_ticks(pids), minor_faults(pids)
         r = self.wrk(t.port, path, conns, duration, headers, timeout, scheme=t.scheme, script=script)
-        t1 = cpu_ticks(pids)
+        t1, f1 = cpu_ticks(pids), minor_faults(pids)
         secs = r["duration_us"] / 1e6
         r["rps"] = r["requests"] / secs if secs else 0.0
         r["gbps"] = r["bytes"] / secs / 1e9 if secs else 0.0
         r["cpu_s"] = (t1 - t0) / CLK_TCK
         r["cpu_us_per_req"] = (r["cpu_s"] * 1e6 / r["requests"]) if (t.proc and r["requests"]) else None
+        r["faults_per_req"] = ((f1 - f0) / r["requests"]) if (t.proc and r["requests"]) else None
         r["cpu_s_per_gb"] = (r["cpu_s"] / (r["bytes"] / 1e9)) if (t.proc and r["bytes"]) else None
         if t.proc and not t.proc.alive():
             r["crashed"] = True

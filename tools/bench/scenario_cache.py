@@ -174,15 +174,17 @@ def misses(sc, m) -> None:
     b.note(f"\n## 12c. Cache miss path: every request a different query string, 1 KB object, keep-alive, "
            f"{s.conns} connections: the cached route (a miss, the response stored) vs an uncached route")
     runs = b.rounds("12c", keys, paths, s.conns, script=MISSES_SCRIPT)
-    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
+    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req", "faults_per_req")}
+            for k in keys}
     rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
-             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.errors_cell(runs[k])] for k in keys]
+             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(meds[k]["faults_per_req"], ".3f"), m.errors_cell(runs[k])]
+            for k in keys]
     r = {x: m.paired(runs, "juggler-miss", "juggler-nocache", x) for x in ("rps", "p50", "p99", "cpu_us_per_req")}
     rows.append(["miss / uncached"] + [m.fmt(r[x], ".3f", "×") for x in ("rps", "p50", "p99", "cpu_us_per_req")]
-                + [""])
+                + ["", ""])
     b.note(f"\n### 12c. cache miss vs uncached route, 1 KB (medians of {s.rounds}; ratios: the median of the "
            "per-round ratios)\n")
-    for line in m.table(["route", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "errors"], rows):
+    for line in m.table(["route", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "page faults/req", "errors"], rows):
         b.note(line)
     b.results["scenarios"]["12c"] = {"runs": runs, "medians": meds, "ratios": r}
     c = r["cpu_us_per_req"]
