@@ -46,12 +46,16 @@ class TlsTest(BalancerTestCase):
         return subprocess.run(["curl", "-s", "--cacert", self.ca_a, *args], capture_output=True, timeout=60)
 
     def test_curl_over_tls_1_2_and_1_3(self):
+        """Each TLS version, over HTTP/1.1 and over HTTP/2 (ALPN): the protocol curl says it
+        spoke, a verified certificate, and the request as the server saw it."""
         for flags, version in ((["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")):
-            out = self.curl(*flags, "-w", "\n%{ssl_verify_result}", f"https://localhost:{self.https_port}/headers")
-            self.assertEqual(out.returncode, 0, out.stderr)
-            body, verify = out.stdout.rsplit(b"\n", 1)
-            self.assertEqual(verify, b"0")
-            self.assertIn(b"X-Forwarded-Proto: https", body)
+            for proto, expect in (("--http1.1", b"1.1"), ("--http2", b"2")):
+                out = self.curl(*flags, proto, "-w", "\n%{ssl_verify_result} %{http_version}",
+                                f"https://localhost:{self.https_port}/headers")
+                self.assertEqual(out.returncode, 0, out.stderr)
+                body, last = out.stdout.rsplit(b"\n", 1)
+                self.assertEqual(last, b"0 " + expect, (version, proto))
+                self.assertIn(b"X-Forwarded-Proto: https", body)
 
     def test_sni_picks_the_certificate_and_each_verifies(self):
         for name, ca in (("localhost", self.ca_a), ("other.test", self.ca_b)):
@@ -232,6 +236,28 @@ class TlsTest(BalancerTestCase):
         self.assertEqual(got, n)
         self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
         if "ASAN_OPTIONS" not in os.environ:  # ASan's quarantine keeps freed TLS record buffers
+            self.assertLess(peak, 60 * 1024, f"balancer RSS peaked at {peak} kB")
+
+    def test_100mb_download_over_http2_byte_exact_with_bounded_memory(self):
+        """The same 100 MB through one HTTP/2 stream (curl --http2): flow control and the
+        stream's backpressure keep the balancer's memory bounded as over HTTP/1.1."""
+        n = 100 * 1000 * 1000
+        proc = subprocess.Popen(["curl", "-s", "--http2", "--cacert", self.ca_a, "--max-time", "120",
+                                 "-w", "%{stderr}%{http_version}", f"https://localhost:{self.https_port}/bytes?n={n}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        digest = hashlib.sha256()
+        got = peak = 0
+        while chunk := proc.stdout.read(1 << 20):
+            digest.update(chunk)
+            got += len(chunk)
+            if got % (8 << 20) < (1 << 20):
+                peak = max(peak, jtest.rss_kb(self.lb.pid))
+        self.assertEqual(proc.wait(timeout=60), 0)
+        self.assertEqual(proc.stderr.read(), b"2")
+        self.assertEqual(got, n)
+        self.assertEqual(digest.hexdigest(), jtest.pattern_sha256(n))
+        if "ASAN_OPTIONS" not in os.environ:
             self.assertLess(peak, 60 * 1024, f"balancer RSS peaked at {peak} kB")
 
     def test_large_upload_over_tls(self):

@@ -27,7 +27,7 @@ selected() {  # selected N: is scenario N among SCENARIOS?
   case ",${sc:-all}," in *,all,*|*,"$1",*) return 0 ;; *) return 1 ;; esac
 }
 tools="wrk nginx haproxy cmake ninja python3 cc"
-selected 12 && tools="$tools varnishd"
+selected 12 && tools="$tools varnishd redis-server"
 selected 13 && tools="$tools h2load"
 for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "bench: '$tool' not found (make bench installs it: tools/install-deps.sh bench)" >&2; exit 2; }
@@ -144,6 +144,21 @@ if selected 9 || selected 10 || selected 11 || selected 12; then
   echo "bench: building the extras variant (scenarios 9-12) into $BUILD/ext$SFX"
   build "ext$SFX" "$BUILD/routes/bench-ext.def"
   export JUGGLER_EXT_BIN="$BUILD/ext$SFX/bin/app.out"
+fi
+# Scenario 12d: the same cached route with the cache in Redis. `set cache` is
+# compiled into the table, so the extras build starts on a table compiled from
+# bench-redis.def (--table, as `make reload` compiles one: tools/reload.sh).
+if selected 12; then
+  python3 "$HERE/bench.py" gen-redis "$BUILD/routes/bench-redis.def"
+  table="$BUILD/ext$SFX/bench-redis.so"
+  if [ ! -f "$table" ] || [ "$BUILD/routes/bench-redis.def" -nt "$table" ] || [ "$JUGGLER_EXT_BIN" -nt "$table" ]; then
+    echo "bench: compiling the Redis variant's table (scenario 12d) into $table"
+    python3 -B "$SRC/codegen/gen_distributer.py" "$BUILD/routes/bench-redis.def" -o "$table.cpp"
+    abi=$(sha256sum "$SRC/include/juggler/route.hpp" | cut -c1-16)
+    c++ -std=c++20 -O2 -fPIC -shared -fvisibility=hidden "-I$SRC/include" -DJUGGLER_RELOADABLE \
+      "-DJUGGLER_TABLE_ABI=\"$abi\"" -o "$table" "$table.cpp"
+  fi
+  export JUGGLER_REDIS_TABLE="$table"
 fi
 
 # BENCH_BASE=REV: the commit to compare with ("each slice against the commit

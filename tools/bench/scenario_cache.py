@@ -14,6 +14,11 @@ route (/c/1k?n=N: a lookup, a miss, the response stored) and on an uncached
 route of the same build (/u/1k?n=N, the same object through the catch-all):
 Juggler's CPU per request, miss / uncached.
 
+12d: the 1 KB HIT with the cache in Redis (`set cache redis`, a redis-server
+on BENCH_HOST; the extras build started on a table compiled from
+bench-redis.def) next to the memory cache: req/s, Juggler's CPU per hit, and
+redis-server's CPU per hit beside it.
+
 Called from bench.py's Scenarios.s12 with the bench module (m) for its
 helpers: this file keeps bench.py from growing further.
 """
@@ -43,7 +48,7 @@ def head_of(host: str, port: int, path: str) -> tuple[int, str]:
 
 
 def answered_from_cache(key: str, head: str) -> bool:
-    if key == "juggler-ext":
+    if key in ("juggler-ext", "juggler-redis"):
         return re.search(r"\r\nX-Cache: HIT\r?$", head, re.I | re.M) is not None
     if key == "nginx-cache":
         return re.search(r"\r\nX-Cache-Status: HIT\r?$", head, re.I | re.M) is not None
@@ -186,6 +191,44 @@ def misses(sc, m) -> None:
                f"{m.fmt(meds['juggler-miss']['cpu_us_per_req'], '.2f')} µs)", c is not None and c <= 1.05)
 
 
+def redis_hits(sc, m) -> None:
+    """12d: 1 KB hits from Redis against the same hits from memory, same build."""
+    b, s = sc.b, sc.s
+    keys = ["juggler-ext", "juggler-redis"]
+    path = "/c/1k"
+    redis = b.ensure("redis")               # before the balancer: it connects at start
+    b.note(f"\n## 12d. Cache HIT from Redis, 1 KB (GET {path}), keep-alive, {s.conns} connections: "
+           f"`set cache redis` (redis-server on {m.HOST}, one connection per worker, pipelined) "
+           "against the memory cache")
+    for k in keys:
+        prime(b, m, k, path)
+    t0 = m.cpu_ticks(redis.refresh_pids())
+    runs = b.rounds("12d", keys, path, s.conns)
+    redis_cpu_s = (m.cpu_ticks(redis.pids) - t0) / m.CLK_TCK
+    if not answered_from_cache("juggler-redis", head_of(m.HOST, b.target("juggler-redis").port, path)[1]):
+        raise RuntimeError("scenario 12d: the Redis instance no longer answers from its cache")
+    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req")} for k in keys}
+    # redis-server's CPU over the rounds (and the 1 s warm-up: an upper bound) per hit it served
+    served = sum(r["requests"] for r in runs["juggler-redis"])
+    redis_us = redis_cpu_s * 1e6 / served if served else None
+    rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
+             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(redis_us, ".2f") if k == "juggler-redis" else "",
+             m.errors_cell(runs[k])] for k in keys]
+    r = {x: m.paired(runs, "juggler-redis", "juggler-ext", x) for x in ("rps", "p50", "p99", "cpu_us_per_req")}
+    rows.append(["Redis / memory"] + [m.fmt(r[x], ".2f", "×") for x in ("rps", "p50", "p99", "cpu_us_per_req")]
+                + ["", ""])
+    b.note(f"\n### 12d. cache HIT from Redis vs memory, 1 KB (medians of {s.rounds}; ratios: the median of the "
+           "per-round ratios; redis-server CPU over the rounds and the warm-up / the hits of the rounds)\n")
+    for line in m.table(["cache", "req/s", "p50 µs", "p99 µs", "Juggler CPU µs/req", "redis-server CPU µs/req",
+                         "errors"], rows):
+        b.note(line)
+    b.results["scenarios"]["12d"] = {"runs": runs, "medians": meds, "ratios": r, "redis_cpu_us_per_hit": redis_us}
+    for k in keys[1:] + ["redis"]:
+        b.stop(k)
+    sc.verdict("12d cache HIT from Redis", "(info) req/s and Juggler CPU/hit against the memory cache",
+               f"{m.fmt(r['rps'], '.2f', '×')} req/s, CPU/hit {m.fmt(r['cpu_us_per_req'], '.2f', '×')}", None)
+
+
 def run(sc, m) -> None:
     if sc.s.juggler_ext is None:
         raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
@@ -194,5 +237,6 @@ def run(sc, m) -> None:
     for k in HIT_KEYS[1:]:
         sc.b.stop(k)          # the competitors are done: not beside the next runs
     misses(sc, m)
+    redis_hits(sc, m)
     allocations(sc, m)
     instructions(sc, m)
