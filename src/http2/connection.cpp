@@ -1,7 +1,10 @@
 // HTTP/2 connections: an nghttp2 server session over the client's byte stream
 // (TLS, h2 chosen by ALPN). Input goes to nghttp2_session_mem_recv as it is
-// read; output is pulled with nghttp2_session_mem_send into one buffer and
-// written once per loop turn (the worker's idle phase), one write at a time.
+// read; output is pulled with nghttp2_session_mem_send into one write list
+// and written once per loop turn (the worker's idle phase), one write at a
+// time: frames copied into one buffer, DATA payloads left where they are
+// (NGHTTP2_DATA_FLAG_NO_COPY and on_send_data), so a body's bytes are copied
+// only by TLS, which encrypts them inside write().
 // nghttp2 does the framing, HPACK, flow control and the protocol's own
 // checks (connection-specific headers, TE, pseudo-headers, content-length
 // against DATA); this file adds the limits and the flood budget, and
@@ -132,11 +135,59 @@ int on_begin_frame(nghttp2_session* ng, const nghttp2_frame_hd* hd, void* user) 
   return 0;
 }
 
+// The next write's bytes: copied into `out`, as the tail of the last slice
+// when it is `out`'s.
+void put_out(H2Conn* c, const void* p, std::size_t k) {
+  char* at = c->out->data + c->out_len;
+  std::memcpy(at, p, k);
+  c->out_len += static_cast<std::uint32_t>(k);
+  c->wv_bytes += k;
+  if (c->wv_n && c->wv[c->wv_n - 1].base + c->wv[c->wv_n - 1].len == at) c->wv[c->wv_n - 1].len += k;
+  else c->wv[c->wv_n++] = uv_buf_init(at, static_cast<unsigned>(k));
+}
+
+// Room for one more frame of any kind (a DATA frame: header, padding, pieces).
+bool write_full(const H2Conn* c) {
+  return c->wv_n + H2StreamState::kPieces + 3 > H2Conn::kWv || c->out->cap - c->out_len < 512 ||
+         c->wv_bytes >= c->out->cap;
+}
+
+// A DATA frame read_body() sized without copying: its header (and padding)
+// into `out`, the payload as slices of the stream's own bytes, valid until
+// the write below (deliver_written runs after it).
+int on_send_data(nghttp2_session*, nghttp2_frame* f, const std::uint8_t* hd, std::size_t length,
+                 nghttp2_data_source* src, void* user) {
+  auto* c = static_cast<H2Conn*>(user);
+  auto* s = static_cast<H2Stream*>(src->ptr);
+  put_out(c, hd, 9);
+  const std::size_t pad = f->data.padlen;
+  if (pad > 0) {
+    const auto p = static_cast<std::uint8_t>(pad - 1);
+    put_out(c, &p, 1);
+  }
+  std::size_t sum = 0;
+  for (std::uint32_t i = 0; i < s->piece_n; ++i) {
+    c->wv[c->wv_n++] = uv_buf_init(const_cast<char*>(s->piece[i]), s->piece_len[i]);
+    c->wv_bytes += s->piece_len[i];
+    sum += s->piece_len[i];
+  }
+  s->piece_n = 0;
+  if (sum != length) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (pad > 1) {
+    static const std::uint8_t zeros[256] = {};
+    put_out(c, zeros, pad - 1);
+  }
+  if (!write_full(c)) return 0;
+  c->paused = true;
+  return NGHTTP2_ERR_PAUSE;
+}
+
 // Our SETTINGS (session.hpp): a stream's window is the room a request body
 // has (stream.cpp holds a stream's unsent body in one buffer).
 bool start_session(H2Conn* c) {
   static nghttp2_session_callbacks* const cbs = h2_callbacks_new(
-      {on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close, on_invalid_frame, on_begin_frame});
+      {on_begin_headers, on_header, on_frame_recv, on_data_chunk, on_stream_close, on_invalid_frame, on_begin_frame,
+       on_send_data});
   const Settings& st = settings(*c->worker);
   return h2_session_start(&c->ng, cbs, c,
                           {st.h2_max_streams, c->worker->buffers.size() - 64, static_cast<std::uint32_t>(st.header_bytes),
@@ -170,7 +221,7 @@ bool deliver_written(H2Conn* c) {
     H2Stream* next = s->notify_next;
     s->notify = false;
     s->notify_next = nullptr;
-    if (s->ex) step(s->ex, Event::ClientWritten);
+    if (s->ex) step(s->ex, s->gone ? Event::ClientGone : Event::ClientWritten);
     else if (s->closed) h2_stream_free(s);
     s = next;
   }
@@ -201,47 +252,53 @@ void finish(H2Conn* c) {
 
 bool gather(H2Conn* c) {
   Worker& w = *c->worker;
-  do {
-    while (!c->spill) {
-      const std::uint8_t* data = nullptr;
-      const ssize_t n = nghttp2_session_mem_send(c->ng, &data);
-      if (n < 0) {
-        h2_close(c);
-        return false;
-      }
-      if (n == 0) break;
-      if (!c->out) c->out = w.buffers.get();
-      const auto k = static_cast<std::size_t>(n);
-      if (k <= c->out->cap - c->out_len) {
-        std::memcpy(c->out->data + c->out_len, data, k);
-        c->out_len += static_cast<std::uint32_t>(k);
-      } else {
-        c->spill = data;  // valid until the next mem_send, after the write
-        c->spill_len = k;
-      }
+  if (!c->out) c->out = w.buffers.get();
+  c->gathering = true;
+  while (!c->spill && !write_full(c)) {
+    c->paused = false;
+    const std::uint8_t* data = nullptr;
+    const ssize_t n = nghttp2_session_mem_send(c->ng, &data);
+    if (n < 0) {
+      c->gathering = false;
+      h2_close(c);
+      return false;
     }
-  } while (deliver_written(c) && !c->closing);
+    if (n == 0) {
+      if (c->paused) continue;
+      break;
+    }
+    const auto k = static_cast<std::size_t>(n);
+    if (k <= c->out->cap - c->out_len) {
+      put_out(c, data, k);
+    } else {
+      c->spill = data;  // valid until the next mem_send, after the write
+      c->spill_len = k;
+      c->wv[c->wv_n++] = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(data)), static_cast<unsigned>(k));
+      c->wv_bytes += k;
+    }
+  }
+  c->gathering = false;
   return !c->closing;
 }
 
 void flush(H2Conn* c) {
   if (c->closing || c->lingering || c->stream->write_pending()) return;  // on_stream_written flushes again
-  // Each round fills `out` (and a frame beyond it); the loop ends when
-  // nghttp2 has nothing more (windows closed, sources waiting) or a write
-  // is pending.
+  // Each round fills the write list; TLS encrypts it in write(), so the
+  // streams' bytes are free after it, and ClientWritten goes out then.
   for (;;) {
     if (!gather(c)) return;
-    if (!c->out_len && !c->spill_len) break;
-    uv_buf_t iov[2];
-    unsigned n = 0;
-    if (c->out_len) iov[n++] = uv_buf_init(c->out->data, c->out_len);
-    if (c->spill_len)
-      iov[n++] = uv_buf_init(const_cast<char*>(reinterpret_cast<const char*>(c->spill)),
-                             static_cast<unsigned>(c->spill_len));
-    if (!c->stream->write(iov, n)) return;  // on_stream_written
+    const bool any = c->wv_n != 0;
+    bool ok = true;
+    if (any) ok = c->stream->write(c->wv, c->wv_n);
+    if (c->closing) return;
+    c->wv_n = 0;
+    c->wv_bytes = 0;
     c->out_len = 0;
     c->spill = nullptr;
     c->spill_len = 0;
+    const bool delivered = deliver_written(c);
+    if (c->closing || !ok) return;  // on_stream_written
+    if (!any && !delivered) break;
   }
   c->worker->put_buffer(c->out);
   c->out = nullptr;

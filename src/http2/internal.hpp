@@ -64,6 +64,12 @@ struct H2StreamState {
   std::uint32_t iov_n = 0, iov_i = 0;
   std::size_t iov_off = 0;
   std::uint32_t span_i = 0, span_n = 0, span_off = 0;
+  // The pieces of the DATA frame read_body() chose (NGHTTP2_DATA_FLAG_NO_COPY):
+  // written from where they are by the connection's send_data callback.
+  static constexpr std::uint32_t kPieces = 8;
+  const char* piece[kPieces] = {};
+  std::uint32_t piece_len[kPieces] = {};
+  std::uint32_t piece_n = 0;
   char status_text[4] = {};
   bool parsing = false;     // the response parser was started
   bool head_sent = false;   // HEADERS submitted
@@ -71,6 +77,7 @@ struct H2StreamState {
   bool deferred = false;    // the data source waits for bytes (resume_data when they come)
   bool held = false;        // send() left bytes: ClientWritten follows once nghttp2 took them
   bool notify = false;      // in the connection's list (ClientWritten, or freed)
+  bool gone = false;        // closed in error while its DATA waited for the write: ClientGone from the list
   H2Stream* notify_next = nullptr;
   H2Stream* prev = nullptr;  // the connection's live streams
   H2Stream* next = nullptr;
@@ -120,10 +127,19 @@ struct H2Conn final : StreamHandler {
   Stream* stream = nullptr;
   nghttp2_session* ng = nullptr;
   Buffer* in = nullptr;   // the read room
-  Buffer* out = nullptr;  // frames gathered for the next write
+  Buffer* out = nullptr;  // frames (and DATA frame headers) gathered for the next write
   std::uint32_t out_len = 0;
   const std::uint8_t* spill = nullptr;  // a frame that did not fit `out`, nghttp2's memory (next in the write)
   std::size_t spill_len = 0;
+  // The next write: slices of `out` and DATA payloads in place (the
+  // streams' bytes, valid until the write: TLS encrypts them in write(), and
+  // ClientWritten, which may free them, is delivered after it).
+  static constexpr unsigned kWv = 64;
+  uv_buf_t wv[kWv];
+  unsigned wv_n = 0;
+  std::size_t wv_bytes = 0;
+  bool paused = false;
+  bool gathering = false;  // inside gather(): the write list may hold streams' bytes
   TimerNode timer;  // idle: no stream open for timeout.client_idle
   H2Stream* streams = nullptr;
   std::uint32_t stream_count = 0;

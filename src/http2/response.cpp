@@ -19,7 +19,7 @@ bool hop_by_hop(std::string_view name) {
          name == "upgrade" || name == "te";
 }
 
-ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
+ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t len, std::uint32_t* flags,
                   nghttp2_data_source* src, void*);
 
 // :status first in the HEADERS being built (nva[0]).
@@ -258,15 +258,20 @@ void taken(H2Stream* s) {
   h2_stream_release(s);  // with an exchange: its ClientWritten (see deliver_written)
 }
 
-ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
+// The next DATA frame's payload, not copied: its pieces (`piece`) are
+// written by the connection's on_send_data, which nghttp2 calls right after
+// this in the same mem_send.
+ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t len, std::uint32_t* flags,
                   nghttp2_data_source* src, void*) {
   auto* s = static_cast<H2Stream*>(src->ptr);
   std::size_t copied = 0;
-  while (copied < len) {
+  s->piece_n = 0;
+  while (copied < len && s->piece_n < H2StreamState::kPieces) {
     if (s->span_i < s->span_n) {
       const BodySpan& sp = s->spans[s->span_i];
       const std::size_t k = std::min<std::size_t>(sp.len - s->span_off, len - copied);
-      std::memcpy(buf + copied, sp.data + s->span_off, k);
+      s->piece[s->piece_n] = sp.data + s->span_off;
+      s->piece_len[s->piece_n++] = static_cast<std::uint32_t>(k);
       copied += k;
       s->span_off += static_cast<std::uint32_t>(k);
       if (s->span_off == sp.len) {
@@ -295,7 +300,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
   if (drained && s->held) taken(s);
   else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s or stash()'s body went
   if (drained && s->resp_done) {
-    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
     if (s->rhead && submit_trailers(s)) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     return static_cast<ssize_t>(copied);
   }
@@ -303,6 +308,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t
     s->deferred = true;
     return NGHTTP2_ERR_DEFERRED;
   }
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
   return static_cast<ssize_t>(copied);
 }
 

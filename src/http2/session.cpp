@@ -20,6 +20,7 @@ nghttp2_session_callbacks* h2_callbacks_new(const H2Callbacks& cb) noexcept {
   nghttp2_session_callbacks_set_on_stream_close_callback(c, cb.stream_close);
   if (cb.invalid_frame) nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(c, cb.invalid_frame);
   if (cb.begin_frame) nghttp2_session_callbacks_set_on_begin_frame_callback(c, cb.begin_frame);
+  if (cb.send_data) nghttp2_session_callbacks_set_send_data_callback(c, cb.send_data);
   return c;
 }
 

@@ -20,6 +20,7 @@ struct H2Callbacks {
   nghttp2_on_stream_close_callback stream_close;
   nghttp2_on_invalid_frame_recv_callback invalid_frame = nullptr;
   nghttp2_on_begin_frame_callback begin_frame = nullptr;
+  nghttp2_send_data_callback send_data = nullptr;
 };
 nghttp2_session_callbacks* h2_callbacks_new(const H2Callbacks& cb) noexcept;
 

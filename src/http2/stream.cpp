@@ -158,8 +158,13 @@ void h2_stream_end(H2Stream* s) {
 void h2_stream_closed(H2Stream* s, std::uint32_t error) {
   s->closed = true;
   nghttp2_session_set_stream_user_data(s->conn->ng, s->id, nullptr);
-  if (s->ex && (error != NGHTTP2_NO_ERROR || !s->resp_done)) step(s->ex, Event::ClientGone);
-  if (!s->ex) h2_stream_release(s);
+  if (s->ex && (error != NGHTTP2_NO_ERROR || !s->resp_done)) {
+    // Not while the write list may hold its bytes (connection.cpp gather):
+    // the exchange would let go of them before TLS took them.
+    if (!s->conn->gathering) step(s->ex, Event::ClientGone);
+    else s->gone = true;
+  }
+  if (!s->ex || s->gone) h2_stream_release(s);
 }
 
 void h2_stream_reset(H2Stream* s, std::uint32_t error) noexcept {
