@@ -227,6 +227,9 @@ std::string Reloader::reload(const std::string& path, bool& ok) {
   if (waiting_) return "refused: a reload is in progress\n";
   TableObject obj;
   if (std::string err = load_table(path, obj); !err.empty()) return "refused: " + err + "\n";
+  // load_table's empty answer means a table; said again for the analyzer,
+  // which cannot see through the dlsym'd pointer.
+  if (!obj.table) return "refused: " + path + ": no route table in it\n";
   const RouteTable& old = *live_->table;
   const RouteTable& next = *obj.table;
   if (std::string s = settings_change(old.settings, next.settings); !s.empty())
