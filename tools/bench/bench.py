@@ -423,8 +423,9 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """utime + stime (all threads) of the processes, in clock ticks."""
+def stat_sum(pids: list[int], fields: tuple[int, ...]) -> int:
+    """The sum over the processes of /proc/PID/stat fields (0 = the state, the field
+    after the command name; proc(5) numbers them from 1 at the pid: index + 3)."""
     total = 0
     for p in pids:
         try:
@@ -432,21 +433,19 @@ def cpu_ticks(pids: list[int]) -> int:
         except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
-        total += int(f[11]) + int(f[12])     # fields 14 and 15 of proc(5)
+        total += sum(int(f[i]) for i in fields)
     return total
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """utime + stime (all threads) of the processes, in clock ticks."""
+    return stat_sum(pids, (11, 12))      # fields 14 and 15 of proc(5)
 
 
 def minor_faults(pids: list[int]) -> int:
     """Minor page faults (all threads) of the processes: memory the kernel had to
     map on first touch, CPU spent in the kernel that instruction counts do not show."""
-    total = 0
-    for p in pids:
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text()
-        except OSError:
-            continue
-        total += int(stat[stat.rindex(")") + 2:].split()[7])     # field 10 of proc(5)
-    return total
+    return stat_sum(pids, (7,))          # field 10 of proc(5)
 
 
 def rss_bytes(pids: list[int]) -> int:
