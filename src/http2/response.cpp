@@ -258,29 +258,24 @@ void taken(H2Stream* s) {
   h2_stream_release(s);  // with an exchange: its ClientWritten (see deliver_written)
 }
 
-// The next DATA frame's payload, not copied: its pieces (`piece`) are
-// written by the connection's on_send_data, which nghttp2 calls right after
-// this in the same mem_send.
-ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t len, std::uint32_t* flags,
-                  nghttp2_data_source* src, void*) {
-  auto* s = static_cast<H2Stream*>(src->ptr);
-  std::size_t copied = 0;
-  s->piece_n = 0;
-  while (copied < len && s->piece_n < H2StreamState::kPieces) {
+// The next piece of the body after what the frames took: the rest of a
+// decoded span, else the server's next bytes decoded in place (chunked: a
+// span per chunk). Its length, 0 when there is none now, -1 when the server's
+// bytes do not parse.
+ssize_t next_piece(H2Stream* s, std::size_t max, const char** at) {
+  for (;;) {
     if (s->span_i < s->span_n) {
       const BodySpan& sp = s->spans[s->span_i];
-      const std::size_t k = std::min<std::size_t>(sp.len - s->span_off, len - copied);
-      s->piece[s->piece_n] = sp.data + s->span_off;
-      s->piece_len[s->piece_n++] = static_cast<std::uint32_t>(k);
-      copied += k;
+      const std::size_t k = std::min<std::size_t>(sp.len - s->span_off, max);
+      *at = sp.data + s->span_off;
       s->span_off += static_cast<std::uint32_t>(k);
       if (s->span_off == sp.len) {
         ++s->span_i;
         s->span_off = 0;
       }
-      continue;
+      return static_cast<ssize_t>(k);
     }
-    if (s->resp_done || s->iov_i >= s->iov_n) break;
+    if (s->resp_done || s->iov_i >= s->iov_n) return 0;
     const uv_buf_t& b = s->iov[s->iov_i];
     if (s->iov_off == b.len) {
       ++s->iov_i;
@@ -289,18 +284,55 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t len
     }
     std::size_t used = 0;
     const ParseEvent ev = s->resp.feed(b.base + s->iov_off, b.len - s->iov_off, &used);
-    if (ev == ParseEvent::Error) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
+    if (ev == ParseEvent::Error) return -1;
     s->span_n = s->resp.body_span_count();
     std::memcpy(s->spans, s->resp.body_spans(), s->span_n * sizeof(BodySpan));
     s->span_i = s->span_off = 0;
     s->iov_off += used;
     if (ev == ParseEvent::MessageComplete) s->resp_done = true;
   }
+}
+
+// A frame whose 8 pieces carry less than this is copied into nghttp2's buffer
+// instead: a server's tiny chunks in one read would otherwise go as frames
+// of a few dozen bytes, a 9-byte header each.
+constexpr std::size_t kCopyBelow = 1024;
+
+// The next DATA frame's payload, not copied: its pieces (`piece`) are
+// written by the connection's on_send_data, which nghttp2 calls right after
+// this in the same mem_send. Tiny pieces are copied into `buf` (kCopyBelow).
+ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t len, std::uint32_t* flags,
+                  nghttp2_data_source* src, void*) {
+  auto* s = static_cast<H2Stream*>(src->ptr);
+  std::size_t copied = 0;
+  bool copy = false;
+  s->piece_n = 0;
+  while (copied < len) {
+    if (!copy && s->piece_n == H2StreamState::kPieces) {
+      if (copied >= kCopyBelow) break;
+      for (std::size_t i = 0, at = 0; i < s->piece_n; at += s->piece_len[i], ++i)
+        std::memcpy(buf + at, s->piece[i], s->piece_len[i]);
+      s->piece_n = 0;
+      copy = true;
+    }
+    const char* at = nullptr;
+    const ssize_t k = next_piece(s, len - copied, &at);
+    if (k < 0) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the stream is reset
+    if (k == 0) break;
+    if (copy) {
+      std::memcpy(buf + copied, at, static_cast<std::size_t>(k));
+    } else {
+      s->piece[s->piece_n] = at;
+      s->piece_len[s->piece_n++] = static_cast<std::uint32_t>(k);
+    }
+    copied += static_cast<std::size_t>(k);
+  }
+  const std::uint32_t no_copy = copy ? 0 : NGHTTP2_DATA_FLAG_NO_COPY;
   const bool drained = s->span_i == s->span_n && (s->resp_done || !slices_left(s));
   if (drained && s->held) taken(s);
   else if (drained && s->resp_done) TimerWheel::disarm(&s->send_timer);  // quick_answer()'s or stash()'s body went
   if (drained && s->resp_done) {
-    *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_COPY;
+    *flags |= NGHTTP2_DATA_FLAG_EOF | no_copy;
     if (s->rhead && submit_trailers(s)) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
     return static_cast<ssize_t>(copied);
   }
@@ -308,7 +340,7 @@ ssize_t read_body(nghttp2_session*, std::int32_t, std::uint8_t*, std::size_t len
     s->deferred = true;
     return NGHTTP2_ERR_DEFERRED;
   }
-  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  *flags |= no_copy;
   return static_cast<ssize_t>(copied);
 }
 
