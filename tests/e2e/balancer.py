@@ -58,3 +58,23 @@ class BalancerTestCase(jtest.JugglerTestCase):
             procs.append(self.start_testserver(port=port, host=host,
                                                root=roots[i] if roots else None))
         return procs
+
+
+class H2BalancerTestCase(BalancerTestCase):
+    """One testserver and the balancer of tests/routes/<ROUTES>.def with its https listener
+    on HOST (a certificate for it in the balancer's directory); `port` is that listener's.
+    EXTRA: more balancer flags."""
+    ROUTES, HOST, BACKEND_PORT = "", "", 0
+    EXTRA: tuple = ()
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dir = tempfile.mkdtemp()
+        cls.addClassCleanup(shutil.rmtree, cls.dir)
+        jtest.make_cert(cls.dir, "h2", "localhost", f"DNS:localhost,IP:{cls.HOST}")
+        cls.ca = os.path.join(cls.dir, "h2.crt")
+        cls.backend = cls.start_class_testserver(port=cls.BACKEND_PORT, host=cls.HOST, quiet=False)
+        cls.lb = start_balancer(cls.ROUTES, extra=["--https-port", "0", *cls.EXTRA], cwd=cls.dir)
+        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
+        cls.port = int(cls.lb.wait_for_line(rf"listening on https://{re.escape(cls.HOST)}:(\d+)").group(1))

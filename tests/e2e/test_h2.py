@@ -36,7 +36,7 @@ except ImportError:  # the Debian module lives with the system interpreter
 
 import jtest
 import promtext
-from balancer import BalancerTestCase, start_balancer
+from balancer import BalancerTestCase, H2BalancerTestCase, start_balancer
 
 sys.path.insert(0, os.path.join(jtest.SOURCE_DIR, "tools"))
 import h2attacks  # noqa: E402  (the hostile client of tools/h2attacks.py)
@@ -395,21 +395,15 @@ class H2Test(BalancerTestCase):
         self.assertEqual(out.stdout, b"pong\n")
 
 
-class H2FiltersTest(BalancerTestCase):
+class H2FiltersTest(H2BalancerTestCase):
     """tests/routes/h2misc.def: response filters on h2 streams, and timeout.client_idle 2s."""
     MISC_HOST = "127.0.180.4"
+    ROUTES, HOST, BACKEND_PORT = "h2misc", MISC_HOST, 6905
+    EXTRA = ("--admin", f"{MISC_HOST}:0")
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.dir = tempfile.mkdtemp()
-        cls.addClassCleanup(shutil.rmtree, cls.dir)
-        jtest.make_cert(cls.dir, "h2", "localhost", f"DNS:localhost,IP:{cls.MISC_HOST}")
-        cls.ca = os.path.join(cls.dir, "h2.crt")
-        cls.backend = cls.start_class_testserver(port=6905, host=cls.MISC_HOST, quiet=False)
-        cls.lb = start_balancer("h2misc", extra=["--https-port", "0", "--admin", f"{cls.MISC_HOST}:0"], cwd=cls.dir)
-        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
-        cls.port = int(cls.lb.wait_for_line(r"listening on https://127\.0\.180\.4:(\d+)").group(1))
         cls.admin_port = int(cls.lb.wait_for_line(r"admin listening on http://[\d.]+:(\d+)").group(1))
 
     def connect(self) -> RawH2:

@@ -8,15 +8,12 @@ on 127.0.210.1:6921 logs a line per request."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import jtest
-from balancer import BalancerTestCase, start_balancer
+from balancer import H2BalancerTestCase
 
 sys.path.insert(0, os.path.join(jtest.SOURCE_DIR, "tools"))
 import h2attacks  # noqa: E402
@@ -26,25 +23,8 @@ GLITCH_BUDGET = 100  # the default `set h2.glitches`, which tests/routes/h2attac
 PROTOCOL_ERROR, STREAM_CLOSED, ENHANCE_YOUR_CALM = 1, 5, 11
 
 
-class H2BalancerTestCase(BalancerTestCase):
-    """One testserver and the balancer of tests/routes/<ROUTES>.def with its https listener
-    on HOST (a certificate for it in the balancer's directory); `port` is that listener's."""
-    ROUTES, HOST, BACKEND_PORT = "h2attack", HOST, 6921
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.dir = tempfile.mkdtemp()
-        cls.addClassCleanup(shutil.rmtree, cls.dir)
-        jtest.make_cert(cls.dir, "h2", "localhost", f"DNS:localhost,IP:{cls.HOST}")
-        cls.ca = os.path.join(cls.dir, "h2.crt")
-        cls.backend = cls.start_class_testserver(port=cls.BACKEND_PORT, host=cls.HOST, quiet=False)
-        cls.lb = start_balancer(cls.ROUTES, extra=["--https-port", "0"], cwd=cls.dir)
-        cls.addClassCleanup(jtest.check_stopped_cleanly, cls.lb)
-        cls.port = int(cls.lb.wait_for_line(rf"listening on https://{re.escape(cls.HOST)}:(\d+)").group(1))
-
-
 class H2AttacksTest(H2BalancerTestCase):
+    ROUTES, HOST, BACKEND_PORT = "h2attack", HOST, 6921
 
     def served(self, marker: str) -> int:
         """Requests naming `marker` the testserver logged (a line each: METHOD TARGET STATUS)."""

@@ -10,7 +10,8 @@ import socket
 import unittest
 
 from test_h2 import testserver_bytes
-from test_h2_attacks import H2BalancerTestCase, h2attacks  # the runner in tools/
+from balancer import H2BalancerTestCase
+from test_h2_attacks import h2attacks  # the runner in tools/
 
 HOST = "127.0.210.2"
 DATA, HEADERS, END_STREAM = 0, 1, 0x1

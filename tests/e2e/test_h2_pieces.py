@@ -12,7 +12,8 @@ import socketserver
 import threading
 import unittest
 
-from test_h2_attacks import H2BalancerTestCase, h2attacks  # the runner in tools/
+from balancer import H2BalancerTestCase
+from test_h2_attacks import h2attacks  # the runner in tools/
 
 HOST = "127.0.230.1"
 CHUNKY_PORT = 6932
