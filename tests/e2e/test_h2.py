@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import ssl

@@ -1591,6 +1591,21 @@ def read_counts(path: Path) -> tuple[int, int] | None:
     return v[0], v[1]
 
 
+def allocation_row(b: "Bench", sid: str, what: str, r: dict, c0: tuple[int, int], c1: tuple[int, int],
+                   alive: bool) -> tuple[float | None, list[str]]:
+    """One measurement under the malloc counter (counts c0 before, c1 after, r the load's
+    result): allocations per request, and its table row (what, requests, allocations,
+    frees, per request, errors); a failed request or a crash is a Juggler problem."""
+    allocs, frees = c1[0] - c0[0], c1[1] - c0[1]
+    per = allocs / r["requests"] if r["requests"] else None
+    if r["errors"] or r["status"] or not alive:
+        b.juggler_problems.append(f"scenario {sid} allocations {what}: {r['errors']:.0f} failed, "
+                                  f"{r['status']:.0f} non-2xx{'' if alive else ', crashed'}")
+    log(f"  [{sid}] {what:<34} {r['requests']:.0f} requests, {allocs} allocations, {frees} frees = "
+        f"{fmt(per, '.3f')} per request")
+    return per, [what, f"{r['requests']:,.0f}", f"{allocs:,}", f"{frees:,}", fmt(per, ".3f"), errors_cell([r])]
+
+
 def read_response(s: socket.socket) -> int:
     """Reads one response with a Content-Length body; returns its status."""
     data = b""

@@ -128,17 +128,8 @@ def allocations(sc, m) -> None:
             c0 = m.read_counts(cnt)
             r = b.measure(t, path, s.conns, duration=s.alloc_duration, script=script)
             time.sleep(0.3)
-            c1 = m.read_counts(cnt)
-            allocs, frees = c1[0] - c0[0], c1[1] - c0[1]
-            per = allocs / r["requests"] if r["requests"] else None
-            per_hit[what] = per
-            if r["errors"] or r["status"] or not p.alive():
-                b.juggler_problems.append(f"scenario 12 allocations {what}: {r['errors']:.0f} socket errors, "
-                                          f"{r['status']:.0f} non-2xx{'' if p.alive() else ', crashed'}")
-            m.log(f"  [12] {what:<17} {r['requests']:.0f} requests, {allocs} allocations, {frees} frees = "
-                  f"{m.fmt(per, '.3f')} per request")
-            rows.append([what, f"{r['requests']:,.0f}", f"{allocs:,}", f"{frees:,}", m.fmt(per, ".3f"),
-                         m.errors_cell([r])])
+            per_hit[what], row = m.allocation_row(b, "12", what, r, c0, m.read_counts(cnt), p.alive())
+            rows.append(row)
     finally:
         b.stop(name)
     b.note("\n### 12. Juggler's heap allocations per request (LD_PRELOAD malloc counter, "

@@ -316,17 +316,8 @@ def allocations(sc, m, clients: int, streams: int) -> None:
                         r[f] += x[f]
                     total += x["requests"]
             time.sleep(0.3)
-            c1 = m.read_counts(cnt)
-            allocs, frees = c1[0] - c0[0], c1[1] - c0[1]
-            v = allocs / r["requests"] if r["requests"] else None
-            per[what] = v
-            if r["errors"] or r["status"] or not p.alive():
-                b.juggler_problems.append(f"scenario 13c {what}: {r['errors']} failed, {r['status']} non-2xx"
-                                          f"{'' if p.alive() else ', crashed'}")
-            m.log(f"  [13c] {what:<34} {r['requests']} requests, {allocs} allocations, {frees} frees = "
-                  f"{m.fmt(v, '.3f')} per request")
-            rows.append([what, f"{r['requests']:,}", f"{allocs:,}", f"{frees:,}", m.fmt(v, ".3f"),
-                         str(r["errors"] + r["status"])])
+            per[what], row = m.allocation_row(b, "13c", what, r, c0, m.read_counts(cnt), p.alive())
+            rows.append(row)
     finally:
         b.stop(name)
     b.note(f"\n### 13c. Juggler's heap allocations per h2 request (LD_PRELOAD malloc counter, -c{clients} "
