@@ -89,7 +89,7 @@ thread_local std::string t_key;
 
 bool vary_matches(const CacheEntry& e, const void* request) {
   const RequestHead& h = *static_cast<const RequestHead*>(request);
-  std::string_view rest = e.stored_vary();
+  std::string_view rest = e.vary;
   while (!rest.empty()) {
     const std::size_t a = rest.find('\0');
     const std::size_t b = rest.find('\0', a + 1);
@@ -146,8 +146,8 @@ State reply_stored(Exchange* ex, CacheEntry* e, CacheStatus how, bool conditiona
   ex->cache = static_cast<std::uint8_t>(how);
   cache_flight_end(ex);  // a leader answered from the cache (a 304, a stale copy): its waiters look again
   if (!ex->client_close && !ex->body->skip()) ex->client_close = true;
-  std::string_view head = e->stored_head();
-  const std::string_view body = e->stored_body();
+  std::string_view head = e->head;
+  const std::string_view body = e->body;
   char* const lines = ex->scratch.get();
   char* p = put(lines, "Age: ");
   p = put_number(p, e->age_now_ms(ex->worker->now_ms()) / 1000);
@@ -414,7 +414,9 @@ State cache_from_response(Exchange* ex) {
   const bool named = f.cc.max_age >= 0 || f.cc.s_maxage >= 0 || f.has_expires;
   const std::uint64_t lifetime = named && d.store ? d.lifetime_ms : old->lifetime_ms;
   bool cache_control = false;
-  CacheEntry* e = refreshed_entry(*old, ex->resp, &cache_control);
+  // An entry read from Redis has no key: the one it is stored under.
+  const std::string_view key = store->asynchronous() ? store_key(ex->head, t_key, true) : old->key;
+  CacheEntry* e = refreshed_entry(*old, key, ex->resp, &cache_control);
   if (e) {
     if (cache_control) {  // its directives replace the stored ones
       e->revalidate = d.revalidate;
@@ -423,7 +425,6 @@ State cache_from_response(Exchange* ex) {
     }
     e->lifetime_ms = lifetime;
     e->set_times(ex->worker->now_ms(), d.age_ms, lifetime);
-    if (store->asynchronous()) e->key = store_key(ex->head, t_key, true);  // an entry read from Redis has none
     cache_entry_ref(e);  // the store's, and this answer's
     store->insert(e);
     cache_entry_release(old);
@@ -431,7 +432,7 @@ State cache_from_response(Exchange* ex) {
   } else {  // nothing new, or out of memory: the stored copy's times only
     e = old;
     e->set_times(ex->worker->now_ms(), d.age_ms, lifetime);
-    if (store->asynchronous()) store->update(store_key(ex->head, t_key, true), e);  // for every process
+    if (store->asynchronous()) store->update(key, e);  // for every process
   }
   const bool complete = feed_response_body(ex) == ParseEvent::MessageComplete;
   detach_upstream(ex, complete && ex->upstream_reusable && ex->body->complete());

@@ -26,7 +26,8 @@ std::string_view store_key(const RequestHead& h, std::string& out, bool async);
 // Accept-Encoding as one digit (written to *digit) of the codings accepted.
 std::string_view vary_value(const RequestHead& h, std::string_view lower_name, char* digit) noexcept;
 
-// The entry a 304 makes of `old` (see cache_stage.cpp); null: nothing new.
-CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control);
+// The entry a 304 makes of `old`, stored under `key` (see cache_stage.cpp);
+// null: nothing new.
+CacheEntry* refreshed_entry(const CacheEntry& old, std::string_view key, const MessageParser& r, bool* cache_control);
 
 }  // namespace juggler

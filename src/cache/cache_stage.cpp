@@ -67,25 +67,20 @@ void for_each_line(std::string_view lines, F&& f) {
 // Cache-Control). Null when the 304 says nothing new but its Date (the body
 // is not copied for that: a no-cache entry is revalidated on every use) or
 // when out of memory.
-CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool* cache_control) {
+CacheEntry* refreshed_entry(const CacheEntry& old, std::string_view key, const MessageParser& r, bool* cache_control) {
   bool news = false;
   for (std::uint32_t i = 0; i < r.header_count() && !news; ++i) {
     const HeaderSpan& hs = r.headers()[i];
     const std::string_view n = r.header_name(hs), v = r.header_value(hs);
     if (hs.drop || iequals(n, "date") || !updates_stored_field(n, v, old.etag)) continue;
     news = true;  // unless the stored head has the same line
-    for_each_line(old.stored_head(), [&](std::string_view sn, std::string_view sv) {
+    for_each_line(old.head, [&](std::string_view sn, std::string_view sv) {
       news = news && !(same_field_name(sn, n) && sv == v);
     });
   }
   if (!news) return nullptr;
   CacheEntry* e = nullptr;
   try {
-    e = new CacheEntry();
-    e->hash = old.hash;
-    e->key = old.key;
-    e->vary = old.stored_vary();  // an entry read from Redis holds them in its blob
-    e->body = old.stored_body();
     const auto new_value = [&](std::string_view name) {
       for (std::uint32_t i = 0; i < r.header_count(); ++i) {
         const HeaderSpan& hs = r.headers()[i];
@@ -95,27 +90,28 @@ CacheEntry* refreshed_entry(const CacheEntry& old, const MessageParser& r, bool*
       }
       return false;
     };
-    const std::string_view old_head = old.stored_head();
-    const std::size_t first = old_head.find("\r\n") + 2;
-    e->head.append(old_head.substr(0, first));
-    for_each_line(old_head.substr(first), [&](std::string_view n, std::string_view v) {
-      if (!new_value(n)) e->head.append(n).append(": ").append(v).append("\r\n");
+    std::string head;
+    const std::size_t first = old.head.find("\r\n") + 2;
+    head.append(old.head.substr(0, first));
+    for_each_line(old.head.substr(first), [&](std::string_view n, std::string_view v) {
+      if (!new_value(n)) head.append(n).append(": ").append(v).append("\r\n");
     });
     for (std::uint32_t i = 0; i < r.header_count(); ++i) {
       const HeaderSpan& hs = r.headers()[i];
       const std::string_view n = r.header_name(hs), v = r.header_value(hs);
       if (hs.drop || !updates_stored_field(n, v, old.etag)) continue;
-      e->head.append(n).append(": ").append(v).append("\r\n");
+      head.append(n).append(": ").append(v).append("\r\n");
       *cache_control = *cache_control || iequals(n, "cache-control");
     }
+    e = cache_entry_of(key, old.vary, head, old.body);  // an entry read from Redis holds them in its blob
   } catch (const std::bad_alloc&) {
-    delete e;
     return nullptr;
   }
   for_each_line(e->head, [&](std::string_view n, std::string_view v) {
     if (iequals(n, "etag")) e->etag = v;
     else if (iequals(n, "last-modified")) e->last_modified = v;
   });
+  e->hash = old.hash;
   e->status = old.status;
   e->revalidate = old.revalidate;
   e->auth_ok = old.auth_ok;
@@ -128,28 +124,33 @@ namespace {
 
 bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const MessageParser& r = edit.response();
-  CacheEntry* e = entry = new CacheEntry();
   const bool async = ex->worker->shared.cache->asynchronous();
-  store_key(ex->head, e->key, async);
-  // The memory key's hash when the lookup made it (0: it did not, or it is 0).
-  e->hash = ex->cache_hash && !async ? ex->cache_hash : cache_key_hash(e->key);
   std::string_view status_line = r.first_line();
   while (!status_line.empty() && (status_line.back() == '\n' || status_line.back() == '\r')) status_line.remove_suffix(1);
   status_line = trim_ows(status_line.substr(status_line.find(' ') + 1));
   const std::string_view lines = edit.lines();  // what the stages before this one added (Content-Encoding, Vary)
   std::size_t size = 11 + status_line.size() + lines.size();
   for (std::uint32_t i = 0; i < r.header_count(); ++i) size += r.headers()[i].value_off + r.headers()[i].value_len + 2;
-  e->head.resize(size);  // one allocation, written in place; the views below stay valid
-  char* const base = e->head.data();
+  // One allocation: the entry, its key, its head (written in place; the
+  // views below stay valid) and a body of announced size.
+  const std::string_view key = store_key(ex->head, t_key, async);
+  const bool sized = r.has_content_length() && r.content_length() < kFileBodyMin;
+  CacheEntry* e = entry = cache_entry_new(key.size(), size, sized ? r.content_length() : 0);
+  e->key = {cache_entry_key_room(e), key.size()};
+  put(cache_entry_key_room(e), key);
+  // The memory key's hash when the lookup made it (0: it did not, or it is 0).
+  e->hash = ex->cache_hash && !async ? ex->cache_hash : cache_key_hash(e->key);
+  char* const base = cache_entry_head_room(e, key.size());
   char* p = put(put(put(base, "HTTP/1.1 "), status_line), "\r\n");
   // The variants: the fields Vary names (lower case), and Accept-Encoding
   // on a route that compresses.
   std::string names;  // "name," of each Vary'd field so far
+  std::string vary;   // "name\0value\0"...
   auto vary_on = [&](const std::string& name) {
     if (name.empty() || names.find(name + ",") != std::string::npos) return;
     names.append(name).append(",");
     char digit = 0;
-    e->vary.append(name).append(1, '\0').append(vary_value(ex->head, name, &digit)).append(1, '\0');
+    vary.append(name).append(1, '\0').append(vary_value(ex->head, name, &digit)).append(1, '\0');
   };
   // One pass: the validators as views into the stored head, the Vary'd names.
   auto field = [&](std::string_view n, std::string_view stored_value) {
@@ -174,8 +175,9 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   const char* const at = p;
   p = put(p, lines);
   for_each_line(lines, [&](std::string_view n, std::string_view v) { field(n, {at + (v.data() - lines.data()), v.size()}); });
-  e->head.resize(static_cast<std::size_t>(p - base));
+  e->head = {base, static_cast<std::size_t>(p - base)};
   if (ex->route->compress) vary_on("accept-encoding");
+  if (!vary.empty()) cache_entry_set_vary(*e, vary);
   e->status = r.status();
   e->revalidate = d.revalidate;
   e->auth_ok = d.auth_ok;
@@ -183,7 +185,6 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   e->set_times(ex->worker->now_ms(), d.age_ms, d.lifetime_ms);
   e->stale_if_error_ms = d.stale_if_error_ms;
   e->stale_while_revalidate_ms = d.stale_while_revalidate_ms;
-  if (r.has_content_length()) e->body.reserve(r.content_length());
   return true;
 }
 
@@ -220,7 +221,7 @@ void CacheStage::take(std::string_view in, bool last) noexcept {
     return;
   }
   try {
-    entry->body.append(in);
+    cache_entry_append_body(*entry, in);
   } catch (const std::bad_alloc&) {
     drop();
     return;

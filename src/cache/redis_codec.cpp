@@ -41,7 +41,7 @@ void put_view(char* p, std::string_view head, std::string_view v) noexcept {
 }  // namespace
 
 void redis_encode(const CacheEntry& e, std::uint64_t loop_now, std::uint64_t unix_now, std::string& out) {
-  const std::string_view vary = e.stored_vary(), head = e.stored_head(), body = e.stored_body();
+  const std::string_view vary = e.vary, head = e.head, body = e.body;
   char h[kRedisRecordHeader] = {};
   std::memcpy(h, kMagic, 4);
   put_at(h + 4, static_cast<std::uint16_t>(e.status));
@@ -93,9 +93,9 @@ bool redis_decode(std::string_view bytes, std::uint64_t loop_now, std::uint64_t 
   e.set_times(stored, age, lifetime);
   e.stale_if_error_ms = get_at<std::uint64_t>(h + 32);
   e.stale_while_revalidate_ms = get_at<std::uint64_t>(h + 40);
-  e.blob_vary = vary;
-  e.blob_head = head;
-  e.blob_body = bytes.substr(kRedisRecordHeader + vary_len + head_len, body_len);
+  e.vary = vary;
+  e.head = head;
+  e.body = bytes.substr(kRedisRecordHeader + vary_len + head_len, body_len);
   e.etag = view(h + 60);
   e.last_modified = view(h + 64);
   return true;

@@ -19,12 +19,12 @@ namespace juggler {
 // head and body.
 inline constexpr std::size_t kRedisRecordHeader = 72;
 
-// Appends the value of `e` (its stored_* views, so an entry read from Redis
+// Appends the value of `e` (its views, so an entry read from Redis
 // re-encodes as well) to `out`. `loop_now`/`unix_now`: the same instant on
 // the loop clock and the wall clock, in ms.
 void redis_encode(const CacheEntry& e, std::uint64_t loop_now, std::uint64_t unix_now, std::string& out);
 
-// Fills `e` from a value: its blob_* views and etag/last_modified point into
+// Fills `e` from a value: its vary, head, body, etag and last_modified views point into
 // `bytes`, which must outlive it. False (e untouched but for those views)
 // when `bytes` is not a record this version wrote: a miss, never a crash.
 bool redis_decode(std::string_view bytes, std::uint64_t loop_now, std::uint64_t unix_now, CacheEntry& e);

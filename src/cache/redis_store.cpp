@@ -459,7 +459,7 @@ bool build_set(std::string& cmd, const std::string& prefix, std::string_view key
                std::uint64_t loop_now) {
   const std::uint64_t ttl = redis_ttl_ms(e, loop_now);
   if (ttl == 0) return false;
-  const std::size_t value = kRedisRecordHeader + e.stored_vary().size() + e.stored_head().size() + e.stored_body().size();
+  const std::size_t value = kRedisRecordHeader + e.vary.size() + e.head.size() + e.body.size();
   cmd.assign("*5\r\n$3\r\nSET\r\n");
   bulk_head(cmd, prefix.size() + key.size());
   cmd.append(prefix).append(key).append("\r\n");

@@ -11,7 +11,6 @@
 #include <mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 
 #include <uv.h>
 
@@ -22,23 +21,34 @@ namespace juggler {
 // is off by the time since the refresh): every worker reads it without a lock. Shared by reference
 // count: the store holds one, each hit being written holds one, and the last
 // release frees it, on whichever thread.
+//
+// What it stores is four views (key, vary, head, body); where their bytes
+// live depends on how the entry was made:
+// - cache_entry_new: in the entry's own allocation, after the struct (one
+//   allocation for the entry, its key, its head and a body of known size:
+//   what a miss stores). A Vary'd entry's values, and a body whose size was
+//   not known (chunked) or that goes to a file, are in `vary_buf` /
+//   `body_buf` (cache_entry_set_vary, cache_entry_append_body).
+// - a memory entry's body of kFileBodyMin bytes or more lives in a memfd
+//   (MemoryStore::insert moves it there): a plain HTTP/1 hit sends it with
+//   sendfile(2), the kernel taking page references instead of a copy per
+//   hit; every other reader (TLS, HTTP/2, HEAD, a 304's new entry) reads
+//   the read-only mapping `body` views. Sealed, so its pages never change
+//   under a send in flight; unmapped and closed with the entry's last
+//   reference (a hit being sent holds one).
+// - an entry read from Redis (cache_entry_for_blob) keeps its bytes where
+//   hiredis put them: `blob` is the reply's buffer (malloc'd by hiredis,
+//   taken from the reply, freed with the entry), and vary, head and body
+//   point into it; its key is empty. Such an entry is one worker's (never
+//   shared between threads) and goes back to that thread's pool when
+//   released.
 struct CacheEntry {
   std::atomic<std::uint32_t> refs{1};
   std::uint64_t hash = 0;
-  std::string key;   // the primary key: host (lower case), '\0', the request-target
-  std::string vary;  // the request's values of the fields the response varies on: "name\0value\0"...
-  std::string head;  // status line and stored header lines (no framing, Age or Connection), no final CRLF
-  std::string body;  // empty once the body moved to a file (below)
-  // A memory entry's body of kFileBodyMin bytes or more lives in a memfd
-  // (MemoryStore::insert moves it there): a plain HTTP/1 hit sends it with
-  // sendfile(2), the kernel taking page references instead of a copy per
-  // hit; every other reader (TLS, HTTP/2, HEAD, a 304's new entry) reads
-  // the read-only mapping. Sealed, so its pages never change under a send
-  // in flight; unmapped and closed with the entry's last reference (a hit
-  // being sent holds one). -1 / null: the body is `body` (or the blob's).
-  int file_fd = -1;
-  const char* file_map = nullptr;
-  std::size_t file_len = 0;
+  std::string_view key;   // the primary key: host (lower case), '\0', the request-target (or the Redis key)
+  std::string_view vary;  // the request's values of the fields the response varies on: "name\0value\0"...
+  std::string_view head;  // status line and stored header lines (no framing, Age or Connection), no final CRLF
+  std::string_view body;
   std::string_view etag, last_modified;  // views into `head` (empty: none)
   int status = 0;
   bool revalidate = false;  // no-cache: every use asks the server first
@@ -49,26 +59,19 @@ struct CacheEntry {
   std::atomic<std::uint64_t> fresh_until_ms{0};  // loop clock
   std::uint64_t stale_if_error_ms = 0;
   std::uint64_t stale_while_revalidate_ms = 0;
-  // The store's: its LRU links and the bytes it counts.
+  // The store's: its hash chain and LRU links, and the bytes it counts.
+  CacheEntry* chain = nullptr;
   CacheEntry* lru_prev = nullptr;
   CacheEntry* lru_next = nullptr;
   std::size_t charge = 0;
-  // An entry read from Redis keeps its bytes where hiredis put them: `blob`
-  // is the reply's buffer (malloc'd by hiredis, taken from the reply, freed
-  // with the entry), and the views below point into it; `key`, `vary`, `head`
-  // and `body` stay empty. Null for a memory entry, whose views are its
-  // strings. Such an entry is one worker's (never shared between threads)
-  // and goes back to that thread's pool when released.
+  // Where the bytes are (above).
+  std::size_t body_room = 0;  // room for the body in the entry's own allocation (0: body_buf)
+  std::string vary_buf, body_buf;
+  int file_fd = -1;
+  const char* file_map = nullptr;
+  std::size_t file_len = 0;
   char* blob = nullptr;
-  std::string_view blob_vary, blob_head, blob_body;
   CacheEntry* next_free = nullptr;  // the pool of Redis entries
-
-  std::string_view stored_vary() const noexcept { return blob ? blob_vary : std::string_view(vary); }
-  std::string_view stored_head() const noexcept { return blob ? blob_head : std::string_view(head); }
-  std::string_view stored_body() const noexcept {
-    if (blob) return blob_body;
-    return file_map ? std::string_view(file_map, file_len) : std::string_view(body);
-  }
 
   std::uint64_t age_now_ms(std::uint64_t now_ms) const noexcept {
     const std::uint64_t at = stored_ms.load(std::memory_order_relaxed);
@@ -84,6 +87,25 @@ struct CacheEntry {
     return !revalidate && now_ms < fresh_until_ms.load(std::memory_order_relaxed);
   }
 };
+
+// A new memory entry with room, in its own allocation, for a key of
+// `key_len` bytes, a head of up to `head_room` and a body of up to
+// `body_room` (0: a body of unknown size, or one of kFileBodyMin bytes or
+// more, bound for a file: kept in body_buf). The key and
+// head are written by the caller at cache_entry_key_room / head_room and
+// set as views; the body is appended. Throws std::bad_alloc.
+CacheEntry* cache_entry_new(std::size_t key_len, std::size_t head_room, std::size_t body_room);
+inline char* cache_entry_key_room(CacheEntry* e) noexcept { return reinterpret_cast<char*>(e + 1); }
+// Where the head goes: after the key (its length as cache_entry_new got it).
+char* cache_entry_head_room(CacheEntry* e, std::size_t key_len) noexcept;
+// A memory entry made of whole pieces (a 304's refreshed entry, tests):
+// key, vary, head and body copied in. Throws std::bad_alloc.
+CacheEntry* cache_entry_of(std::string_view key, std::string_view vary, std::string_view head, std::string_view body);
+// Appends body bytes: into the entry's own room while they fit, else into
+// body_buf (the bytes so far move there once). Throws std::bad_alloc.
+void cache_entry_append_body(CacheEntry& e, std::string_view in);
+// The Vary'd values (kept in vary_buf). Throws std::bad_alloc.
+void cache_entry_set_vary(CacheEntry& e, std::string_view vary);
 
 // Bodies this large or larger go to a memfd (CacheEntry::file_fd): where
 // sendfile(2) started to beat writev(2) of the bytes on loopback (see
@@ -187,9 +209,14 @@ class MemoryStore final : public CacheStore {
   unsigned shards() const noexcept { return mask_ + 1; }
 
  private:
+  // Each shard's entries in hash chains (CacheEntry::chain) off a bucket
+  // array that doubles when the entries outnumber the buckets: storing an
+  // entry allocates nothing beyond the entry (a node-based map took one).
   struct alignas(64) Shard {
     mutable std::mutex mu;
-    std::unordered_multimap<std::uint64_t, CacheEntry*> map;
+    std::unique_ptr<CacheEntry*[]> buckets;
+    std::size_t nbuckets = 0;  // a power of two (0 until the first insert)
+    std::size_t count = 0;
     CacheEntry* lru_head = nullptr;  // most recently used
     CacheEntry* lru_tail = nullptr;
     std::size_t bytes = 0;
@@ -198,7 +225,12 @@ class MemoryStore final : public CacheStore {
   Shard& shard(std::uint64_t hash) noexcept { return shards_[(hash >> 48) & mask_]; }
   static void unlink(Shard& s, CacheEntry* e) noexcept;
   static void push_front(Shard& s, CacheEntry* e) noexcept;
-  static void remove(Shard& s, std::unordered_multimap<std::uint64_t, CacheEntry*>::iterator it) noexcept;
+  // The link that points at `e` in its chain (e is in the shard).
+  static CacheEntry** link_of(Shard& s, CacheEntry* e) noexcept;
+  // Takes `e` out (its link: link_of) and drops the store's reference.
+  static void remove(Shard& s, CacheEntry** link) noexcept;
+  // Doubles the buckets (false: out of memory, the chains just grow).
+  static bool grow(Shard& s) noexcept;
 
   std::unique_ptr<Shard[]> shards_;
   unsigned mask_ = 0;

@@ -24,11 +24,8 @@ std::string bytes(std::size_t n) {
 }
 
 CacheEntry* entry(const std::string& key, const std::string& body) {
-  auto* e = new CacheEntry();
-  e->key = key;
+  CacheEntry* e = cache_entry_of(key, {}, "HTTP/1.1 200 OK\r\n", body);
   e->hash = cache_key_hash(key);
-  e->head = "HTTP/1.1 200 OK\r\n";
-  e->body = body;
   return e;
 }
 
@@ -53,8 +50,9 @@ TEST_CASE("cache files: a body from the threshold on moves to a sealed memfd", "
   CacheEntry* e = find(store, "large");
   REQUIRE(e);
   CHECK(e->file_fd >= 0);
-  CHECK(e->body.empty());
-  CHECK(e->stored_body() == large);
+  CHECK(e->body_buf.empty());  // the heap copy is gone
+  CHECK(e->body.data() == e->file_map);
+  CHECK(e->body == large);
   CHECK((::fcntl(e->file_fd, F_GET_SEALS) & (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW)) ==
         (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW));
   CHECK(::pwrite(e->file_fd, "x", 1, 0) == -1);  // sealed: a send in flight never sees other bytes
@@ -63,13 +61,13 @@ TEST_CASE("cache files: a body from the threshold on moves to a sealed memfd", "
   CacheEntry* s = find(store, "small");
   REQUIRE(s);
   CHECK(s->file_fd == -1);
-  CHECK(s->stored_body() == small);
+  CHECK(s->body == small);
   cache_entry_release(s);
 
   // Purged while a reader holds it: the file stays until that reference goes.
   CHECK(store.purge(cache_key_hash("large"), "large") == 1);
   CHECK(cache_files_open() == open + 1);
-  CHECK(e->stored_body() == large);
+  CHECK(e->body == large);
   cache_entry_release(e);
   CHECK(cache_files_open() == open);
 }
@@ -93,6 +91,6 @@ TEST_CASE("cache files: memfd_create refused (EMFILE) keeps the body on the heap
   CacheEntry* e = find(store, "refused");
   REQUIRE(e);
   CHECK(e->file_fd == -1);
-  CHECK(e->stored_body() == large);
+  CHECK(e->body == large);
   cache_entry_release(e);
 }

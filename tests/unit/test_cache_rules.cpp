@@ -3,6 +3,7 @@
 // lifetime; the LRU bounded by bytes, variants and purge.
 #include <catch2/catch.hpp>
 
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -24,12 +25,9 @@ ResponseFacts ok(std::string_view cache_control = {}) {
   return f;
 }
 
-CacheEntry* entry(std::string key, std::string vary, std::size_t body) {
-  auto* e = new CacheEntry();
-  e->key = std::move(key);
-  e->hash = cache_key_hash(e->key);
-  e->vary = std::move(vary);
-  e->body.assign(body, 'x');
+CacheEntry* entry(const std::string& key, const std::string& vary, std::size_t body) {
+  CacheEntry* e = cache_entry_of(key, vary, "HTTP/1.1 200 OK\r\n", std::string(body, 'x'));
+  e->hash = cache_key_hash(key);
   return e;
 }
 
@@ -203,6 +201,53 @@ TEST_CASE("cache: memory store: variants by Vary'd values, replaced in place, pu
   CHECK(s.purge(cache_key_hash("k"), "k") == 2);
   CHECK(s.purge(cache_key_hash("k"), "k") == 0);
   CHECK(s.bytes() == 0);
+}
+
+TEST_CASE("cache: memory store: thousands of keys in one shard, found, replaced and purged", "[cache]") {
+  MemoryStore s(64u << 20, 1024);  // 16 shards; the buckets of each grow from 64
+  constexpr int kKeys = 5000;
+  for (int i = 0; i < kKeys; ++i) REQUIRE(s.insert(entry("k" + std::to_string(i), "", 10 + i % 7)));
+  for (int i = 0; i < kKeys; ++i) {
+    CacheEntry* e = find(s, "k" + std::to_string(i));
+    REQUIRE(e);
+    CHECK(e->key == "k" + std::to_string(i));
+    CHECK(e->body.size() == static_cast<std::size_t>(10 + i % 7));
+    cache_entry_release(e);
+  }
+  CHECK(find(s, "k5000") == nullptr);
+  REQUIRE(s.insert(entry("k42", "", 500)));  // replaces: one entry under the key
+  CacheEntry* e = find(s, "k42");
+  REQUIRE(e);
+  CHECK(e->body.size() == 500);
+  cache_entry_release(e);
+  for (int i = 0; i < kKeys; i += 2) CHECK(s.purge(cache_key_hash("k" + std::to_string(i)), "k" + std::to_string(i)) == 1);
+  for (int i = 0; i < kKeys; ++i) {
+    CacheEntry* f = find(s, "k" + std::to_string(i));
+    CHECK((f != nullptr) == (i % 2 == 1));
+    if (f) cache_entry_release(f);
+  }
+}
+
+TEST_CASE("cache: an entry's body: in its own room as announced, else in its buffer", "[cache]") {
+  CacheEntry* e = cache_entry_new(3, 0, 8);
+  e->key = {cache_entry_key_room(e), 3};
+  std::memcpy(cache_entry_key_room(e), "key", 3);
+  const char* const room = e->body.data();
+  cache_entry_append_body(*e, "abcd");
+  cache_entry_append_body(*e, "efgh");
+  CHECK(e->body == "abcdefgh");
+  CHECK(e->body.data() == room);  // no allocation for a body of the announced size
+  CHECK(e->body_buf.empty());
+  cache_entry_append_body(*e, "ij");  // more than announced: the bytes move
+  CHECK(e->body == "abcdefghij");
+  CHECK(e->body.data() == e->body_buf.data());
+  CHECK(e->key == "key");
+  cache_entry_release(e);
+  CacheEntry* chunked = cache_entry_new(0, 0, 0);
+  cache_entry_append_body(*chunked, "xyz");
+  cache_entry_append_body(*chunked, "");
+  CHECK(chunked->body == "xyz");
+  cache_entry_release(chunked);
 }
 
 TEST_CASE("cache: memory store: shards sized from the largest object", "[cache]") {
