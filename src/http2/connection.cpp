@@ -99,11 +99,12 @@ int on_data_chunk(nghttp2_session* ng, std::uint8_t, std::int32_t id, const std:
 
 int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t error, void* user) {
   auto* c = static_cast<H2Conn*>(user);
+  H2Stream* s = stream_of(ng, id);
   // A stream that ended in error: the client's reset, or ours that its
   // frames provoked. Our own INTERNAL_ERROR (a server that failed) is not
-  // the client's doing.
-  if (error != NGHTTP2_NO_ERROR && error != NGHTTP2_INTERNAL_ERROR) h2_glitch(c);
-  H2Stream* s = stream_of(ng, id);
+  // the client's doing; a stream already counted when its frame was
+  // refused (s->bad: on_invalid_frame, a refused header block) counts once.
+  if (error != NGHTTP2_NO_ERROR && error != NGHTTP2_INTERNAL_ERROR && !(s && s->bad)) h2_glitch(c);
   if (s) h2_stream_closed(s, error);
   return 0;
 }
@@ -114,9 +115,10 @@ int on_stream_close(nghttp2_session* ng, std::int32_t id, std::uint32_t error, v
 // client's frames made us reset (MadeYouReset) is not passed on to a server
 // meanwhile.
 int on_invalid_frame(nghttp2_session* ng, const nghttp2_frame* f, int, void* user) {
-  h2_glitch(static_cast<H2Conn*>(user));
   H2Stream* s = f->hd.stream_id ? stream_of(ng, f->hd.stream_id) : nullptr;
-  if (s && !s->bad) {
+  if (s && s->bad) return 0;  // counted already (nghttp2 may report one bad HEADERS twice)
+  h2_glitch(static_cast<H2Conn*>(user));
+  if (s) {
     s->bad = true;  // the rest of its frames are ignored
     if (s->ex) step(s->ex, Event::ClientGone);
   }

@@ -57,6 +57,17 @@ class H2AttacksTest(H2BalancerTestCase):
         self.assertLessEqual(r["backend"], 2, r["text"])
         self.assert_others_served()
 
+    def test_a_stream_reset_for_its_frames_counts_once(self):
+        # The refused frame, its RST_STREAM and the stream's close are one offence (nghttp2
+        # reports a bad header block twice, and closes the stream after): 60 such streams
+        # (and the client's SETTINGS) stay within the budget of 100, and the connection with
+        # them. Counted twice, the GOAWAY came after 50.
+        for name in ("made_you_reset", "made_you_reset_field"):
+            r = self.attack(name, n=GLITCH_BUDGET * 6 // 10, wait=2)
+            self.assertIsNone(r["goaway"], r["text"])
+            self.assertFalse(r["eof"] or r["broken"], r["text"])
+            self.assertEqual(r["sent"], GLITCH_BUDGET * 6 // 10, r["text"])
+
     def test_made_you_reset_by_malformed_requests(self):
         # HEADERS with a connection-specific field: reset before anything is forwarded.
         r = self.attack("made_you_reset_field")
