@@ -1,5 +1,6 @@
-// TLS termination with OpenSSL 3 over memory BIOs: the libuv loop moves the
-// ciphertext, OpenSSL never touches a socket, nothing blocks.
+// TLS termination with OpenSSL 3 over BIOs in memory (a memory BIO in, our
+// own appending BIO out): the libuv loop moves the ciphertext, OpenSSL never
+// touches a socket, nothing blocks.
 #pragma once
 
 #include <openssl/ssl.h>
@@ -56,11 +57,14 @@ class TlsStream {
   Read read(char* dst, std::size_t cap, std::size_t* got);
   // Whether read() could return data without more input.
   bool buffered() const noexcept;
-  // Encrypts all of iov[0..n) (memory BIOs accept everything).
+  // Encrypts all of iov[0..n) (the output BIO takes everything).
   bool write(const uv_buf_t* iov, unsigned n);
-  // Ciphertext waiting to be sent: moved into `out` (appended).
-  std::size_t take_output(std::string& out);
+  // The ciphertext waiting to be sent becomes `out` (what `out` held is
+  // dropped: its write ended); returns its size (0: nothing to send).
+  std::size_t take_output();
   bool has_output() const noexcept;
+  // Gives back buffers grown past `keep` bytes (`out` must not be in a write).
+  void trim(std::size_t keep) noexcept;
   // A graceful close: queues close_notify (once the handshake is done), so
   // the client can tell a complete answer from one cut short. Returns whether
   // there is ciphertext to send.
@@ -81,9 +85,10 @@ class TlsStream {
   std::string out;
 
  private:
+  std::string pending_;  // ciphertext OpenSSL wrote since the last take_output() (out_ appends to it)
   SSL* ssl_;
   BIO* in_;   // network → OpenSSL
-  BIO* out_;  // OpenSSL → network
+  BIO* out_;  // OpenSSL → network: appends to pending_
   const char* error_ = "";
 };
 

@@ -306,8 +306,7 @@ void Stream::unqueue_pump() noexcept {
 // Returns true when nothing is left to send.
 bool Stream::flush_tls() {
   if (write_pending_) return false;  // on_write flushes the rest
-  tls_->out.clear();
-  if (tls_->take_output(tls_->out) == 0) return true;
+  if (tls_->take_output() == 0) return true;
   uv_buf_t b = uv_buf_init(tls_->out.data(), static_cast<unsigned>(tls_->out.size()));
   write_pending_ = true;
   if (write_or_queue(*ctx_, as_stream(&tcp_), this, &b, 1, on_write)) {
@@ -470,7 +469,7 @@ void Stream::on_closed(uv_handle_t* h) {
 
 void Stream::trim() noexcept {
   // A large body grew the ciphertext buffer: do not keep it for an idle connection.
-  if (tls_ && !write_pending_ && tls_->out.capacity() > 64 * 1024) std::string().swap(tls_->out);
+  if (tls_ && !write_pending_) tls_->trim(64 * 1024);
 }
 
 }  // namespace juggler

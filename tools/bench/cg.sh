@@ -18,6 +18,8 @@
 #   miss     GET /c/1k?n=I: a lookup, a miss, the response stored (12c)
 #   hit      GET /c/1k, every request a hit after the first
 #   hit100k  GET /c/100k, a hit answered by sendfile
+#   tls      GET /u/1k over HTTPS (TLS 1.3, 127.0.0.1:19233), one kept-alive connection
+#   tls1m    GET /u/1m over HTTPS: the TLS layer's cost per MB
 # CG_KEEP=DIR keeps callgrind's files (DIR/REV-CASE-COUNT.out) for
 # callgrind_annotate: the difference of the two files of a case is N requests.
 # Prints one row per case and REV. Loopback only; each run is bounded by N.
@@ -29,7 +31,7 @@ BUILD="${BENCH_BUILD:-$ROOT/build-bench}"
 mkdir -p "$BUILD"
 N="${CG_N:-2000}"
 CASES="${CG_CASES:-ka new nocache miss hit}"
-HOST=127.0.0.1 PORT=19231 BACKEND=19232
+HOST=127.0.0.1 PORT=19231 BACKEND=19232 TLS_PORT=19233
 command -v valgrind >/dev/null || { echo "cg: valgrind not found (tools/install-deps.sh bench installs it)" >&2; exit 2; }
 [ $# -gt 0 ] || set -- tree
 
@@ -49,16 +51,18 @@ set workers 1
 set access_log off
 set cache memory size=256m max_object=1m
 listen http $HOST:$PORT
+listen https $HOST:$TLS_PORT cert=$WORK/server.crt key=$WORK/server.key
 pool web round_robin
   server $HOST:$BACKEND
 route GET,HEAD /c/* -> web cache=10m
 route * /* -> web
 EOF
+bash "$ROOT/tools/make-cert.sh" "$WORK" >/dev/null
 mkdir -p "$WORK/www/c" "$WORK/www/u"
 python3 - "$WORK/www" <<'EOF'
 import random, sys
 for d in ("c", "u"):
-    for name, size in (("1k", 1024), ("100k", 100 * 1024)):
+    for name, size in (("1k", 1024), ("100k", 100 * 1024), ("1m", 1 << 20)):
         open(f"{sys.argv[1]}/{d}/{name}", "wb").write(random.Random(size).randbytes(size))
 EOF
 
@@ -82,17 +86,22 @@ build() {  # build REV -> prints the binary
 
 # client CASE COUNT: sends COUNT requests of CASE, checks every answer.
 client() {
-  python3 - "$1" "$2" "$HOST" "$PORT" <<'EOF'
-import http.client, sys, time
-case, count, host, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-path = {"ka": "/u/1k", "new": "/u/1k", "nocache": "/u/1k", "miss": "/c/1k", "hit": "/c/1k", "hit100k": "/c/100k"}[case]
-size = 100 * 1024 if case == "hit100k" else 1024
+  python3 - "$1" "$2" "$HOST" "$PORT" "$TLS_PORT" <<'EOF'
+import http.client, ssl, sys, time
+case, count, host, port, tls_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+path = {"ka": "/u/1k", "new": "/u/1k", "nocache": "/u/1k", "miss": "/c/1k", "hit": "/c/1k", "hit100k": "/c/100k",
+        "tls": "/u/1k", "tls1m": "/u/1m"}[case]
+size = {"hit100k": 100 * 1024, "tls1m": 1 << 20}.get(case, 1024)
+tls = ssl.create_default_context()
+tls.check_hostname = False
+tls.verify_mode = ssl.CERT_NONE
 base = int(time.time() * 1000) % 10**9 * 10**6   # unique query strings across runs
 conn = None
 for i in range(count):
     if conn is None or case == "new":
         if conn: conn.close()
-        conn = http.client.HTTPConnection(host, port, timeout=30)
+        conn = (http.client.HTTPSConnection(host, tls_port, timeout=30, context=tls) if case.startswith("tls")
+                else http.client.HTTPConnection(host, port, timeout=30))
     target = f"{path}?n={base + i}" if case in ("miss", "nocache") else path
     conn.request("GET", target)
     r = conn.getresponse()
