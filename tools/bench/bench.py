@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -789,12 +790,17 @@ class Bench:
         for h in headers or []:
             argv += ["-H", h]
         argv.append(f"{scheme}://{HOST}:{port}{path}")
+        # wrk's own CPU: the rusage of the children reaped meanwhile (wrk only: the
+        # servers are reaped when they are stopped, never during a run)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         m = re.search(r"^BENCH (.*)$", r.stdout, re.M)
         if r.returncode != 0 or not m:
             raise RuntimeError(f"wrk failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}\n{r.stderr}")
         out = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
         out["errors"] = out["connect"] + out["read"] + out["write"] + out["timeout"]
+        out["wrk_cpu_s"] = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
         return out
 
     def measure(self, t: Target, path: str, conns: int, headers: list[str] | None = None,
@@ -810,6 +816,7 @@ class Bench:
         r["gbps"] = r["bytes"] / secs / 1e9 if secs else 0.0
         r["cpu_s"] = (t1 - t0) / CLK_TCK
         r["cpu_us_per_req"] = (r["cpu_s"] * 1e6 / r["requests"]) if (t.proc and r["requests"]) else None
+        r["wrk_cpu_us_per_req"] = r["wrk_cpu_s"] * 1e6 / r["requests"] if r["requests"] else None
         r["faults_per_req"] = ((f1 - f0) / r["requests"]) if (t.proc and r["requests"]) else None
         r["cpu_s_per_gb"] = (r["cpu_s"] / (r["bytes"] / 1e9)) if (t.proc and r["bytes"]) else None
         if t.proc and not t.proc.alive():
