@@ -76,6 +76,7 @@ BASE_PORTS = {
     "juggler-base": 19191, "juggler-1k-base": 19192, "juggler-ch-base": 19193, "juggler-base-tls": 19194,
     "juggler-base-alloc": 19195, "juggler-base-idle": 19196, "juggler-base-cg": 19197,
     "juggler-base-h2cg": 19198, "juggler-base-h2cg-tls": 19199,
+    "juggler-ext-base": 19190,      # scenario 12a/12b: the base's extras build
 }
 ALL_PORTS = list(BACKENDS) + [BACKEND_TLS, WS_BACKEND] + list(PORTS.values())
 PORTS.update(BASE_PORTS)
@@ -159,6 +160,7 @@ class Settings:
     juggler_base: Path | None = None
     juggler_base_1k: Path | None = None     # only when scenario 6 runs
     juggler_base_ch: Path | None = None     # only when scenario 8 runs
+    juggler_base_ext: Path | None = None    # only when scenario 12 runs
 
     @staticmethod
     def from_env() -> "Settings":
@@ -196,7 +198,8 @@ class Settings:
             base_short=(os.environ.get("BENCH_BASE_SHORT") or "base") if base else None,
             base_commit=os.environ.get("BENCH_BASE_COMMIT") if base else None,
             juggler_base=base, juggler_base_1k=opt("JUGGLER_BASE_1K_BIN") if base else None,
-            juggler_base_ch=opt("JUGGLER_BASE_CH_BIN") if base else None)
+            juggler_base_ch=opt("JUGGLER_BASE_CH_BIN") if base else None,
+            juggler_base_ext=opt("JUGGLER_BASE_EXT_BIN") if base else None)
 
     def with_base(self, keys: list[str]) -> list[str]:
         """keys with each Juggler key's base twin (juggler-base, juggler-1k-base,
@@ -630,7 +633,7 @@ class Bench:
         if kind == "juggler":
             if base:
                 binary = {"juggler": self.s.juggler_base, "juggler-1k": self.s.juggler_base_1k,
-                          "juggler-ch": self.s.juggler_base_ch}[variant]
+                          "juggler-ch": self.s.juggler_base_ch, "juggler-ext": self.s.juggler_base_ext}[variant]
                 if binary is None:
                     raise RuntimeError(f"no base build for {key}: run through tools/bench/run.sh with BENCH_BASE=REV")
             else:
@@ -769,7 +772,7 @@ class Bench:
         if self.s.base_short:
             bl = self.base_label()
             labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-base-h2": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
-                           "juggler-ch-base": f"{bl}, consistent_hash"})
+                           "juggler-ch-base": f"{bl}, consistent_hash", "juggler-ext-base": bl})
         return labels[key]
 
     # ------------------------------------------------------------ output

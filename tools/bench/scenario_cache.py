@@ -50,7 +50,7 @@ def head_of(host: str, port: int, path: str) -> tuple[int, str]:
 
 
 def answered_from_cache(key: str, head: str) -> bool:
-    if key in ("juggler-ext", "juggler-redis"):
+    if key.startswith("juggler"):          # juggler-ext, juggler-redis, juggler-ext-base
         return re.search(r"\r\nX-Cache: HIT\r?$", head, re.I | re.M) is not None
     if key == "nginx-cache":
         return re.search(r"\r\nX-Cache-Status: HIT\r?$", head, re.I | re.M) is not None
@@ -76,19 +76,20 @@ def hits(sc, m, sid: str, name: str) -> None:
     size = m.CACHE_OBJECTS[name]
     b.note(f"\n## {sid}. Cache HIT, {size:,}-byte object (GET {path}), keep-alive, {s.conns} connections, "
            f"TTL {m.CACHE_TTL_S} s, {m.CACHE_MB} MB")
-    for k in HIT_KEYS:
+    keys = sc.keys(HIT_KEYS)        # + juggler@SHORT (the base's extras build) under BENCH_BASE
+    for k in keys:
         prime(b, m, k, path)
-    runs = b.rounds(sid, HIT_KEYS, path, s.conns)
-    for k in HIT_KEYS:       # still hits at the end (no expiry, no eviction in between)
+    runs = b.rounds(sid, keys, path, s.conns)
+    for k in keys:           # still hits at the end (no expiry, no eviction in between)
         t = b.target(k)
         if not answered_from_cache(k, head_of(m.HOST, t.port, path)[1]):
             raise RuntimeError(f"scenario {sid}: {b.label(k)} no longer answers {path} from its cache")
     cols = ("rps", "p50", "p99", "cpu_us_per_req", "wrk_cpu_us_per_req", "gbps")
-    meds = {k: {x: m.med(runs[k], x) for x in cols} for k in HIT_KEYS}
+    meds = {k: {x: m.med(runs[k], x) for x in cols} for k in keys}
     rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
              m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(meds[k]["wrk_cpu_us_per_req"], ".2f"),
              m.fmt(meds[k]["gbps"], ".3f"), m.errors_cell(runs[k])]
-            for k in HIT_KEYS]
+            for k in keys]
     b.note(f"\n### {sid}. cache HIT, {size:,} B (medians of {s.rounds}; wrk CPU: the client's own utime + stime "
            "per request it completed)\n")
     for line in m.table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "wrk CPU µs/req", "GB/s", "errors"],
@@ -97,11 +98,14 @@ def hits(sc, m, sid: str, name: str) -> None:
     ratio_of = ("rps", "p50", "p99", "cpu_us_per_req", "wrk_cpu_us_per_req")
     rr = [[f"Juggler / {b.label(o)}"] + [m.fmt(m.paired(runs, "juggler-ext", o, x), ".2f", "×") for x in ratio_of]
           for o in HIT_KEYS[1:]]
+    if s.base_short:
+        rr.append([f"Juggler / {b.base_label()}"] + sc.vs_base(sid, runs, "juggler-ext", m.RATE_MEASURES + [
+            ("wrk_cpu_us_per_req", "wrk CPU µs/req", ".2f")]))
     b.note("\nRatios: the median over rounds of the ratio within each round.\n")
     for line in m.table(["ratio", "req/s", "p50", "p99", "CPU/req", "wrk CPU/req"], rr):
         b.note(line)
     b.results["scenarios"][sid] = {"runs": runs, "medians": meds}
-    client_work(sc, m, sid, path)
+    client_work(sc, m, sid, path, keys)
     for o in HIT_KEYS[1:]:
         r = m.paired(runs, "juggler-ext", o, "rps")
         c = m.paired(runs, "juggler-ext", o, "cpu_us_per_req")
@@ -127,14 +131,14 @@ def perf_counts(path: Path) -> dict[str, int]:
     return counts
 
 
-def client_work(sc, m, sid: str, path: str, seconds: int = 2) -> None:
+def client_work(sc, m, sid: str, path: str, keys: list[str], seconds: int = 2) -> None:
     b, s = sc.b, sc.s
     if not shutil.which("perf"):
         b.note(f"\n({sid}: no perf: wrk's syscalls and segments per response not counted)")
         return
     outer, inner = s.work / f"perf-{sid}-all.csv", s.work / f"perf-{sid}-wrk.csv"
     rows, per = [], {}
-    for k in HIT_KEYS:
+    for k in keys:
         t = b.target(k)
         argv = ["perf", "stat", "-x", ",", "-o", str(outer), "-a", "-e", "tcp:tcp_probe",
                 "--filter", f"dport == {t.port} && data_len > 0",
@@ -288,8 +292,8 @@ def run(sc, m) -> None:
         raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
     hits(sc, m, "12a", "1k")
     hits(sc, m, "12b", "100k")
-    for k in HIT_KEYS[1:]:
-        sc.b.stop(k)          # the competitors are done: not beside the next runs
+    for k in sc.keys(HIT_KEYS)[1:]:
+        sc.b.stop(k)          # the competitors (and the base) are done: not beside the next runs
     misses(sc, m)
     redis_hits(sc, m)
     allocations(sc, m)
