@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -118,8 +119,22 @@ def hits(sc, m, sid: str, name: str) -> None:
 # tracepoints, counted for wrk only by `perf stat`), and the TCP data segments its
 # sockets receive from the proxy (tcp:tcp_probe, dport = the proxy's port, counted
 # machine-wide by an outer `perf stat -a`: the segments are processed in softirq,
-# not always in wrk's context). Skipped when perf cannot count them.
+# not always in wrk's context). Skipped when perf cannot count them. Halfway
+# through, `ss` reads the receive state of wrk's sockets: loopback's 64 KB MSS
+# against the initial 64 KB receive space leaves them at that space unless the
+# kernel's autotuning grows it (a window below one 100 KB response: the body in
+# half-window segments and a window update mid-response; docs/BENCHMARKS.md).
 CLIENT_SYSCALLS = ("read", "ioctl", "epoll_wait")
+
+
+def wrk_sockets(port: int) -> tuple[float | None, float | None, int]:
+    """Median rcv_space (bytes) and rcv_rtt (µs) of the established sockets to port, and their count."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    space = [int(x) for x in re.findall(r"\brcv_space:(\d+)", out)]
+    rtt = [float(x) * 1000 for x in re.findall(r"\brcv_rtt:([\d.]+)", out)]
+    med = lambda v: statistics.median(v) if v else None
+    return med(space), med(rtt), len(space)
 
 
 def perf_counts(path: Path) -> dict[str, int]:
@@ -148,7 +163,11 @@ def client_work(sc, m, sid: str, path: str, keys: list[str], seconds: int = 2) -
         argv += ["--", "wrk", "-t", str(s.wrk_threads), "-c", str(s.conns), "-d", f"{seconds}s",
                  "-s", str(m.HERE / "report.lua"), f"http://{m.HOST}:{t.port}{path}"]
         time.sleep(s.settle)
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(seconds / 2)
+        space, rtt, nsock = wrk_sockets(t.port) if shutil.which("ss") else (None, None, 0)
+        r = subprocess.CompletedProcess(argv, 0, *p.communicate(timeout=seconds + 60))
+        r.returncode = p.returncode
         g = re.search(r"^BENCH .*\brequests=(\d+)", r.stdout, re.M)
         counts = perf_counts(outer) | perf_counts(inner)
         if r.returncode != 0 or not g or not int(g.group(1)) or len(counts) != len(CLIENT_SYSCALLS) + 1:
@@ -156,12 +175,15 @@ def client_work(sc, m, sid: str, path: str, keys: list[str], seconds: int = 2) -
                    f"{r.stderr.strip()[-300:]})")
             return
         n = int(g.group(1))
-        per[k] = {c: counts[c] / n for c in (*CLIENT_SYSCALLS, "tcp_probe")} | {"requests": n}
+        per[k] = {c: counts[c] / n for c in (*CLIENT_SYSCALLS, "tcp_probe")} | {
+            "requests": n, "rcv_space": space, "rcv_rtt_us": rtt, "sockets": nsock}
         rows.append([b.label(k), f"{n:,}", f"{per[k]['tcp_probe']:.2f}"]
-                    + [f"{per[k][c]:.2f}" for c in CLIENT_SYSCALLS])
+                    + [f"{per[k][c]:.2f}" for c in CLIENT_SYSCALLS] + [m.fmt(space, ",.0f"), m.fmt(rtt, ".0f")])
     b.note(f"\n{sid}, information: what wrk receives and does per response ({seconds} s run of each under "
-           "`perf stat`; wrk reads 8 KB at a time and asks FIONREAD before each next read)\n")
-    for line in m.table(["proxy", "requests", "TCP data segments"] + [f"{c}()" for c in CLIENT_SYSCALLS], rows):
+           "`perf stat`; wrk reads 8 KB at a time and asks FIONREAD before each next read; rcv_space and "
+           "rcv_rtt: medians over wrk's sockets halfway through, from `ss -ti`)\n")
+    for line in m.table(["proxy", "requests", "TCP data segments"] + [f"{c}()" for c in CLIENT_SYSCALLS]
+                        + ["wrk rcv_space", "wrk rcv_rtt µs"], rows):
         b.note(line)
     b.results["scenarios"][f"{sid}-client"] = per
 
