@@ -20,6 +20,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -75,6 +76,7 @@ BASE_PORTS = {
     "juggler-base": 19191, "juggler-1k-base": 19192, "juggler-ch-base": 19193, "juggler-base-tls": 19194,
     "juggler-base-alloc": 19195, "juggler-base-idle": 19196, "juggler-base-cg": 19197,
     "juggler-base-h2cg": 19198, "juggler-base-h2cg-tls": 19199,
+    "juggler-ext-base": 19190,      # scenario 12a/12b: the base's extras build
 }
 ALL_PORTS = list(BACKENDS) + [BACKEND_TLS, WS_BACKEND] + list(PORTS.values())
 PORTS.update(BASE_PORTS)
@@ -158,6 +160,7 @@ class Settings:
     juggler_base: Path | None = None
     juggler_base_1k: Path | None = None     # only when scenario 6 runs
     juggler_base_ch: Path | None = None     # only when scenario 8 runs
+    juggler_base_ext: Path | None = None    # only when scenario 12 runs
 
     @staticmethod
     def from_env() -> "Settings":
@@ -195,7 +198,8 @@ class Settings:
             base_short=(os.environ.get("BENCH_BASE_SHORT") or "base") if base else None,
             base_commit=os.environ.get("BENCH_BASE_COMMIT") if base else None,
             juggler_base=base, juggler_base_1k=opt("JUGGLER_BASE_1K_BIN") if base else None,
-            juggler_base_ch=opt("JUGGLER_BASE_CH_BIN") if base else None)
+            juggler_base_ch=opt("JUGGLER_BASE_CH_BIN") if base else None,
+            juggler_base_ext=opt("JUGGLER_BASE_EXT_BIN") if base else None)
 
     def with_base(self, keys: list[str]) -> list[str]:
         """keys with each Juggler key's base twin (juggler-base, juggler-1k-base,
@@ -629,7 +633,7 @@ class Bench:
         if kind == "juggler":
             if base:
                 binary = {"juggler": self.s.juggler_base, "juggler-1k": self.s.juggler_base_1k,
-                          "juggler-ch": self.s.juggler_base_ch}[variant]
+                          "juggler-ch": self.s.juggler_base_ch, "juggler-ext": self.s.juggler_base_ext}[variant]
                 if binary is None:
                     raise RuntimeError(f"no base build for {key}: run through tools/bench/run.sh with BENCH_BASE=REV")
             else:
@@ -768,7 +772,7 @@ class Bench:
         if self.s.base_short:
             bl = self.base_label()
             labels.update({"juggler-base": bl, "juggler-base-tls": bl, "juggler-base-h2": bl, "juggler-1k-base": f"{bl}, 1,000 routes",
-                           "juggler-ch-base": f"{bl}, consistent_hash"})
+                           "juggler-ch-base": f"{bl}, consistent_hash", "juggler-ext-base": bl})
         return labels[key]
 
     # ------------------------------------------------------------ output
@@ -789,12 +793,17 @@ class Bench:
         for h in headers or []:
             argv += ["-H", h]
         argv.append(f"{scheme}://{HOST}:{port}{path}")
+        # wrk's own CPU: the rusage of the children reaped meanwhile (wrk only: the
+        # servers are reaped when they are stopped, never during a run)
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         m = re.search(r"^BENCH (.*)$", r.stdout, re.M)
         if r.returncode != 0 or not m:
             raise RuntimeError(f"wrk failed ({r.returncode}): {' '.join(argv)}\n{r.stdout}\n{r.stderr}")
         out = {k: float(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
         out["errors"] = out["connect"] + out["read"] + out["write"] + out["timeout"]
+        out["wrk_cpu_s"] = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
         return out
 
     def measure(self, t: Target, path: str, conns: int, headers: list[str] | None = None,
@@ -810,6 +819,7 @@ class Bench:
         r["gbps"] = r["bytes"] / secs / 1e9 if secs else 0.0
         r["cpu_s"] = (t1 - t0) / CLK_TCK
         r["cpu_us_per_req"] = (r["cpu_s"] * 1e6 / r["requests"]) if (t.proc and r["requests"]) else None
+        r["wrk_cpu_us_per_req"] = r["wrk_cpu_s"] * 1e6 / r["requests"] if r["requests"] else None
         r["faults_per_req"] = ((f1 - f0) / r["requests"]) if (t.proc and r["requests"]) else None
         r["cpu_s_per_gb"] = (r["cpu_s"] / (r["bytes"] / 1e9)) if (t.proc and r["bytes"]) else None
         if t.proc and not t.proc.alive():

@@ -196,6 +196,11 @@ if [ -n "${BENCH_BASE:-}" ]; then
     build ch-base "$BUILD/routes/bench-ch.def" "$BASE_SRC" "$what"
     export JUGGLER_BASE_CH_BIN="$BUILD/ch-base/bin/app.out"
   fi
+  if selected 12; then
+    echo "bench: building the base's extras variant (scenario 12a/12b) into $BUILD/ext-base"
+    build ext-base "$BUILD/routes/bench-ext.def" "$BASE_SRC" "$what"
+    export JUGGLER_BASE_EXT_BIN="$BUILD/ext-base/bin/app.out"
+  fi
   export BENCH_BASE_COMMIT="$base" BENCH_BASE_SHORT="$short"
 fi
 

@@ -26,7 +26,10 @@ helpers: this file keeps bench.py from growing further.
 from __future__ import annotations
 
 import re
+import shutil
 import socket
+import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,7 +51,7 @@ def head_of(host: str, port: int, path: str) -> tuple[int, str]:
 
 
 def answered_from_cache(key: str, head: str) -> bool:
-    if key in ("juggler-ext", "juggler-redis"):
+    if key.startswith("juggler"):          # juggler-ext, juggler-redis, juggler-ext-base
         return re.search(r"\r\nX-Cache: HIT\r?$", head, re.I | re.M) is not None
     if key == "nginx-cache":
         return re.search(r"\r\nX-Cache-Status: HIT\r?$", head, re.I | re.M) is not None
@@ -74,31 +77,115 @@ def hits(sc, m, sid: str, name: str) -> None:
     size = m.CACHE_OBJECTS[name]
     b.note(f"\n## {sid}. Cache HIT, {size:,}-byte object (GET {path}), keep-alive, {s.conns} connections, "
            f"TTL {m.CACHE_TTL_S} s, {m.CACHE_MB} MB")
-    for k in HIT_KEYS:
+    keys = sc.keys(HIT_KEYS)        # + juggler@SHORT (the base's extras build) under BENCH_BASE
+    for k in keys:
         prime(b, m, k, path)
-    runs = b.rounds(sid, HIT_KEYS, path, s.conns)
-    for k in HIT_KEYS:       # still hits at the end (no expiry, no eviction in between)
+    runs = b.rounds(sid, keys, path, s.conns)
+    for k in keys:           # still hits at the end (no expiry, no eviction in between)
         t = b.target(k)
         if not answered_from_cache(k, head_of(m.HOST, t.port, path)[1]):
             raise RuntimeError(f"scenario {sid}: {b.label(k)} no longer answers {path} from its cache")
-    meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req", "gbps")} for k in HIT_KEYS}
+    cols = ("rps", "p50", "p99", "cpu_us_per_req", "wrk_cpu_us_per_req", "gbps")
+    meds = {k: {x: m.med(runs[k], x) for x in cols} for k in keys}
     rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["p50"], ".0f"), m.fmt(meds[k]["p99"], ".0f"),
-             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(meds[k]["gbps"], ".3f"), m.errors_cell(runs[k])]
-            for k in HIT_KEYS]
-    b.note(f"\n### {sid}. cache HIT, {size:,} B (medians of {s.rounds})\n")
-    for line in m.table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "GB/s", "errors"], rows):
+             m.fmt(meds[k]["cpu_us_per_req"], ".2f"), m.fmt(meds[k]["wrk_cpu_us_per_req"], ".2f"),
+             m.fmt(meds[k]["gbps"], ".3f"), m.errors_cell(runs[k])]
+            for k in keys]
+    b.note(f"\n### {sid}. cache HIT, {size:,} B (medians of {s.rounds}; wrk CPU: the client's own utime + stime "
+           "per request it completed)\n")
+    for line in m.table(["proxy", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "wrk CPU µs/req", "GB/s", "errors"],
+                        rows):
         b.note(line)
-    rr = [[f"Juggler / {b.label(o)}"] + [m.fmt(m.paired(runs, "juggler-ext", o, x), ".2f", "×")
-                                         for x in ("rps", "p50", "p99", "cpu_us_per_req")] for o in HIT_KEYS[1:]]
+    ratio_of = ("rps", "p50", "p99", "cpu_us_per_req", "wrk_cpu_us_per_req")
+    rr = [[f"Juggler / {b.label(o)}"] + [m.fmt(m.paired(runs, "juggler-ext", o, x), ".2f", "×") for x in ratio_of]
+          for o in HIT_KEYS[1:]]
+    if s.base_short:
+        rr.append([f"Juggler / {b.base_label()}"] + sc.vs_base(sid, runs, "juggler-ext", m.RATE_MEASURES + [
+            ("wrk_cpu_us_per_req", "wrk CPU µs/req", ".2f")]))
     b.note("\nRatios: the median over rounds of the ratio within each round.\n")
-    for line in m.table(["ratio", "req/s", "p50", "p99", "CPU/req"], rr):
+    for line in m.table(["ratio", "req/s", "p50", "p99", "CPU/req", "wrk CPU/req"], rr):
         b.note(line)
     b.results["scenarios"][sid] = {"runs": runs, "medians": meds}
+    client_work(sc, m, sid, path, keys)
     for o in HIT_KEYS[1:]:
         r = m.paired(runs, "juggler-ext", o, "rps")
         c = m.paired(runs, "juggler-ext", o, "cpu_us_per_req")
         sc.verdict(f"{sid} cache HIT {name}", f"req/s ≥ 1.2× {b.label(o)}",
                    f"{m.fmt(r, '.2f', '×')} (CPU/req {m.fmt(c, '.2f', '×')})", r is not None and r >= 1.2)
+
+
+# What wrk does per response (information, one short run per proxy, not per round):
+# its read() calls, FIONREAD ioctls and epoll_wait() wake-ups (the kernel's syscall
+# tracepoints, counted for wrk only by `perf stat`), and the TCP data segments its
+# sockets receive from the proxy (tcp:tcp_probe, dport = the proxy's port, counted
+# machine-wide by an outer `perf stat -a`: the segments are processed in softirq,
+# not always in wrk's context). Skipped when perf cannot count them. Halfway
+# through, `ss` reads the receive state of wrk's sockets: loopback's 64 KB MSS
+# against the initial 64 KB receive space leaves them at that space unless the
+# kernel's autotuning grows it (a window below one 100 KB response: the body in
+# half-window segments and a window update mid-response; docs/BENCHMARKS.md).
+CLIENT_SYSCALLS = ("read", "ioctl", "epoll_wait")
+
+
+def wrk_sockets(port: int) -> tuple[float | None, float | None, int]:
+    """Median rcv_space (bytes) and rcv_rtt (µs) of the established sockets to port, and their count."""
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    space = [int(x) for x in re.findall(r"\brcv_space:(\d+)", out)]
+    rtt = [float(x) * 1000 for x in re.findall(r"\brcv_rtt:([\d.]+)", out)]
+    med = lambda v: statistics.median(v) if v else None
+    return med(space), med(rtt), len(space)
+
+
+def perf_counts(path: Path) -> dict[str, int]:
+    counts = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        f = line.split(",")
+        if len(f) > 2 and f[0].strip().isdigit():
+            counts[f[2].split(":")[-1].removeprefix("sys_enter_")] = int(f[0])
+    return counts
+
+
+def client_work(sc, m, sid: str, path: str, keys: list[str], seconds: int = 2) -> None:
+    b, s = sc.b, sc.s
+    if not shutil.which("perf"):
+        b.note(f"\n({sid}: no perf: wrk's syscalls and segments per response not counted)")
+        return
+    outer, inner = s.work / f"perf-{sid}-all.csv", s.work / f"perf-{sid}-wrk.csv"
+    rows, per = [], {}
+    for k in keys:
+        t = b.target(k)
+        argv = ["perf", "stat", "-x", ",", "-o", str(outer), "-a", "-e", "tcp:tcp_probe",
+                "--filter", f"dport == {t.port} && data_len > 0",
+                "--", "perf", "stat", "-x", ",", "-o", str(inner)]
+        for c in CLIENT_SYSCALLS:
+            argv += ["-e", f"syscalls:sys_enter_{c}"]
+        argv += ["--", "wrk", "-t", str(s.wrk_threads), "-c", str(s.conns), "-d", f"{seconds}s",
+                 "-s", str(m.HERE / "report.lua"), f"http://{m.HOST}:{t.port}{path}"]
+        time.sleep(s.settle)
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(seconds / 2)
+        space, rtt, nsock = wrk_sockets(t.port) if shutil.which("ss") else (None, None, 0)
+        r = subprocess.CompletedProcess(argv, 0, *p.communicate(timeout=seconds + 60))
+        r.returncode = p.returncode
+        g = re.search(r"^BENCH .*\brequests=(\d+)", r.stdout, re.M)
+        counts = perf_counts(outer) | perf_counts(inner)
+        if r.returncode != 0 or not g or not int(g.group(1)) or len(counts) != len(CLIENT_SYSCALLS) + 1:
+            b.note(f"\n({sid}: perf stat could not count wrk's syscalls and segments ({r.returncode}): "
+                   f"{r.stderr.strip()[-300:]})")
+            return
+        n = int(g.group(1))
+        per[k] = {c: counts[c] / n for c in (*CLIENT_SYSCALLS, "tcp_probe")} | {
+            "requests": n, "rcv_space": space, "rcv_rtt_us": rtt, "sockets": nsock}
+        rows.append([b.label(k), f"{n:,}", f"{per[k]['tcp_probe']:.2f}"]
+                    + [f"{per[k][c]:.2f}" for c in CLIENT_SYSCALLS] + [m.fmt(space, ",.0f"), m.fmt(rtt, ".0f")])
+    b.note(f"\n{sid}, information: what wrk receives and does per response ({seconds} s run of each under "
+           "`perf stat`; wrk reads 8 KB at a time and asks FIONREAD before each next read; rcv_space and "
+           "rcv_rtt: medians over wrk's sockets halfway through, from `ss -ti`)\n")
+    for line in m.table(["proxy", "requests", "TCP data segments"] + [f"{c}()" for c in CLIENT_SYSCALLS]
+                        + ["wrk rcv_space", "wrk rcv_rtt µs"], rows):
+        b.note(line)
+    b.results["scenarios"][f"{sid}-client"] = per
 
 
 def allocations(sc, m) -> None:
@@ -227,8 +314,8 @@ def run(sc, m) -> None:
         raise RuntimeError("no extras build (JUGGLER_EXT_BIN): run through tools/bench/run.sh")
     hits(sc, m, "12a", "1k")
     hits(sc, m, "12b", "100k")
-    for k in HIT_KEYS[1:]:
-        sc.b.stop(k)          # the competitors are done: not beside the next runs
+    for k in sc.keys(HIT_KEYS)[1:]:
+        sc.b.stop(k)          # the competitors (and the base) are done: not beside the next runs
     misses(sc, m)
     redis_hits(sc, m)
     allocations(sc, m)
