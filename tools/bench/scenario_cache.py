@@ -12,7 +12,10 @@ scenario 7) and its user-space instructions per hit under callgrind.
 12c: the miss path: every request a different query string, on the cached
 route (/c/1k?n=N: a lookup, a miss, the response stored) and on an uncached
 route of the same build (/u/1k?n=N, the same object through the catch-all):
-Juggler's CPU per request, miss / uncached.
+Juggler's CPU per request, miss / uncached, once the store is full (filled
+first by misses until a 3 s run takes < 0.05 page faults per request: before,
+every stored copy lands on fresh pages, a cost per byte of capacity paid once;
+the fill's first and last runs are printed).
 
 12d: the 1 KB HIT with the cache in Redis (`set cache redis`, a redis-server
 on BENCH_HOST; the extras build started on a table compiled from
@@ -251,6 +254,19 @@ def misses(sc, m) -> None:
     paths = {"juggler-miss": "/c/1k", "juggler-nocache": "/u/1k"}
     b.note(f"\n## 12c. Cache miss path: every request a different query string, 1 KB object, keep-alive, "
            f"{s.conns} connections: the cached route (a miss, the response stored) vs an uncached route")
+    # The store is filled first: until it is full, each stored copy lands on fresh pages
+    # (a minor fault per ≈ 4 KB, the kernel zeroing them), a cost per byte of the cache's
+    # capacity paid once, not per miss; a full store evicts one entry per miss and reuses its
+    # memory. Misses until a 3 s run takes < 0.05 faults per request (at most 12 runs).
+    t = b.target("juggler-miss")
+    fills = []
+    for _ in range(12):
+        fills.append(b.measure(t, paths["juggler-miss"], s.conns, script=MISSES_SCRIPT, duration=3))
+        f = fills[-1]["faults_per_req"]
+        m.log(f"  [12c fill {len(fills)}] {fills[-1]['rps']:>10.0f} req/s  cpu {fills[-1]['cpu_us_per_req'] or 0:.2f} µs/req  "
+            f"faults {f if f is not None else float('nan'):.3f}/req")
+        if f is None or f < 0.05:
+            break
     runs = b.rounds("12c", keys, paths, s.conns, script=MISSES_SCRIPT)
     meds = {k: {x: m.med(runs[k], x) for x in ("rps", "p50", "p99", "cpu_us_per_req", "faults_per_req")}
             for k in keys}
@@ -264,9 +280,15 @@ def misses(sc, m) -> None:
            "per-round ratios)\n")
     for line in m.table(["route", "req/s", "p50 µs", "p99 µs", "CPU µs/req", "page faults/req", "errors"], rows):
         b.note(line)
-    b.results["scenarios"]["12c"] = {"runs": runs, "medians": meds, "ratios": r}
+    first, last = fills[0], fills[-1]
+    full = last["faults_per_req"] is not None and last["faults_per_req"] < 0.05
+    b.note(f"\nThe store filling first ({len(fills)} runs of 3 s{'' if full else ', NOT full after them'}): "
+           f"the first run {m.fmt(first['cpu_us_per_req'], '.2f')} µs and {m.fmt(first['faults_per_req'], '.3f')} "
+           f"page faults per miss, the last {m.fmt(last['cpu_us_per_req'], '.2f')} µs and "
+           f"{m.fmt(last['faults_per_req'], '.3f')}; the rounds above ran on the full store (an eviction per miss).")
+    b.results["scenarios"]["12c"] = {"runs": runs, "medians": meds, "ratios": r, "fill": fills}
     c = r["cpu_us_per_req"]
-    sc.verdict("12c cache MISS", "CPU/request ≤ 1.05× the uncached route's",
+    sc.verdict("12c cache MISS", "CPU/request ≤ 1.05× the uncached route's (the store full)",
                f"{m.fmt(c, '.3f', '×')} ({m.fmt(meds['juggler-nocache']['cpu_us_per_req'], '.2f')} → "
                f"{m.fmt(meds['juggler-miss']['cpu_us_per_req'], '.2f')} µs)", c is not None and c <= 1.05)
 
