@@ -134,7 +134,11 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   // One allocation: the entry, its key, its head (written in place; the
   // views below stay valid) and a body of announced size.
   const std::string_view key = store_key(ex->head, t_key, async);
-  const bool sized = r.has_content_length() && r.content_length() < kFileBodyMin;
+  // Room for the body as the server announced it, when that is what is
+  // stored: a stage before this one (compression) that added lines changes
+  // the body, and a room sized by the server's Content-Length would hold a
+  // gzipped copy in many times its size.
+  const bool sized = lines.empty() && r.has_content_length() && r.content_length() < kFileBodyMin;
   CacheEntry* e = entry = cache_entry_new(key.size(), size, sized ? r.content_length() : 0);
   e->key = {cache_entry_key_room(e), key.size()};
   put(cache_entry_key_room(e), key);

@@ -54,8 +54,10 @@ std::size_t cache_files_cap() noexcept {
 }
 
 CacheEntry* cache_entry_new(std::size_t key_len, std::size_t head_room, std::size_t body_room) {
-  void* m = ::operator new(sizeof(CacheEntry) + key_len + head_room + body_room);
+  const std::size_t block = sizeof(CacheEntry) + key_len + head_room + body_room;
+  void* m = ::operator new(block);
   auto* e = new (m) CacheEntry();
+  e->block = block;
   char* const body = cache_entry_head_room(e, key_len) + head_room;
   e->body = {body, 0};
   e->body_room = body_room;
@@ -273,7 +275,9 @@ CacheEntry* MemoryStore::find(std::uint64_t hash, std::string_view key, VaryMatc
 
 bool MemoryStore::insert(CacheEntry* e) {
   cache_body_to_file(*e);  // before it is shared: no reader sees the body move
-  e->charge = sizeof(CacheEntry) + e->key.size() + e->vary.size() + e->head.size() + e->body.size();
+  // What it holds in memory, rooms and buffers included (a room larger than
+  // its bytes is memory all the same).
+  e->charge = e->block + e->vary_buf.capacity() + e->body_buf.capacity() + (e->file_map ? e->file_len : 0);
   Shard& s = shard(e->hash);
   if (e->charge > s.cap) {
     cache_entry_release(e);

@@ -65,6 +65,7 @@ struct CacheEntry {
   CacheEntry* lru_next = nullptr;
   std::size_t charge = 0;
   // Where the bytes are (above).
+  std::size_t block = 0;      // the entry's own allocation: the struct, key, head and body rooms
   std::size_t body_room = 0;  // room for the body in the entry's own allocation (0: body_buf)
   std::string vary_buf, body_buf;
   int file_fd = -1;

@@ -284,6 +284,19 @@ class CacheTest(BalancerTestCase):
         self.get(t)
         self.assertEqual(self.get(t).header("X-Cache"), "MISS")
 
+    def test_compressed_copies_are_stored_and_counted_at_their_own_size(self):
+        # The store holds what it stores: a gzipped copy of a 90,000-byte text (the testserver's
+        # repeating pattern: well under 1 KB gzipped) takes its own size, not the server's
+        # Content-Length. 200 of them (18 MB as the server sent them) all stay in the 16 MB store.
+        targets = [f"/bytes?n=90000&type=text/plain&t=gzroom{i}&{cc('max-age=60')}" for i in range(200)]
+        for t in targets:
+            r = self.get(t, host="gz.test", headers=(("Accept-Encoding", "gzip"),))
+            self.assertEqual((r.header("X-Cache"), r.header("Content-Encoding")), ("MISS", "gzip"), t)
+        for t in targets:
+            hit = self.get(t, host="gz.test", headers=(("Accept-Encoding", "gzip"),))
+            self.assert_hit(hit)
+        self.assertEqual(gzip.decompress(hit.body), jtest.pattern_bytes(90000))
+
     def test_compressed_and_identity_copies_are_separate_entries(self):
         t = f"/bytes?n=4000&type=text/plain&t=gz&{cc('max-age=60')}"
         body = jtest.pattern_bytes(4000)
