@@ -497,7 +497,10 @@ class ReloadTest(BalancerTestCase):
             reload_copy(i)
         self.assertTrue(jtest.wait_until(lambda: lb.output().count("unloaded") >= 111, 10),
                         f"{lb.output().count('unloaded')} tables unloaded of 111")
-        self.assertTrue(jtest.wait_until(lambda: maps() <= base_maps + 2, 5), f"maps: {base_maps} -> {maps()}")
+        # A table left loaded keeps its mappings (five per object): 500 over the run. The
+        # allocator's own regions move by a few (under ASan, its quarantine keeps freed large
+        # blocks mapped for a while: +3 in two of four passes), hence the slack of 10.
+        self.assertTrue(jtest.wait_until(lambda: maps() <= base_maps + 10, 5), f"maps: {base_maps} -> {maps()}")
         rss = jtest.rss_kb(lb.pid)
         self.assertLess(rss - base_rss, 4096, f"RSS grew from {base_rss} kB to {rss} kB over 100 reloads")
 
