@@ -59,7 +59,7 @@ CacheEntry* cache_entry_new(std::size_t key_len, std::size_t head_room, std::siz
   auto* e = new (m) CacheEntry();
   e->block = block;
   char* const body = cache_entry_head_room(e, key_len) + head_room;
-  e->body = {body, 0};
+  e->body = std::string_view(body, body_room).substr(0, 0);  // empty, at the room
   e->body_room = body_room;
   return e;
 }
