@@ -25,7 +25,7 @@ std::atomic<std::size_t> g_files{0};
 std::atomic<bool> g_file_warned{false};
 
 void close_file(CacheEntry& e) noexcept {
-  ::munmap(const_cast<char*>(e.file_map), e.file_len);
+  ::munmap(const_cast<char*>(e.file_map), e.body.size());  // body views the whole mapping
   ::close(e.file_fd);
   e.file_fd = -1;
   e.file_map = nullptr;
@@ -139,7 +139,6 @@ bool cache_body_to_file(CacheEntry& e) noexcept {
   }
   e.file_fd = fd;
   e.file_map = static_cast<const char*>(map);
-  e.file_len = len;
   e.body = {e.file_map, len};
   std::string().swap(e.body_buf);  // (the entry's own room only ever holds bodies below kFileBodyMin)
   return true;
@@ -277,7 +276,7 @@ bool MemoryStore::insert(CacheEntry* e) {
   cache_body_to_file(*e);  // before it is shared: no reader sees the body move
   // What it holds in memory, rooms and buffers included (a room larger than
   // its bytes is memory all the same).
-  e->charge = e->block + e->vary_buf.capacity() + e->body_buf.capacity() + (e->file_map ? e->file_len : 0);
+  e->charge = e->block + e->vary_buf.capacity() + e->body_buf.capacity() + (e->file_map ? e->body.size() : 0);
   Shard& s = shard(e->hash);
   if (e->charge > s.cap) {
     cache_entry_release(e);

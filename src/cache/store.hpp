@@ -70,7 +70,6 @@ struct CacheEntry {
   std::string vary_buf, body_buf;
   int file_fd = -1;
   const char* file_map = nullptr;
-  std::size_t file_len = 0;
   char* blob = nullptr;
   CacheEntry* next_free = nullptr;  // the pool of Redis entries
 
