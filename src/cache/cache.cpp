@@ -29,21 +29,32 @@ constexpr std::string_view kNotModified = "HTTP/1.1 304 Not Modified\r\n";
 constexpr std::string_view kPurgedKeep = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\npurged\n";
 constexpr std::string_view kPurgedClose = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npurged\n";
 
-// The host in lower case, `sep`, the path and the query into `out` (reused:
-// no allocation once it grew), written in place (a miss and a hit build it
-// on every request).
-std::string_view write_key(const RequestHead& h, std::string& out, std::string_view sep) {
-  out.resize(h.host.size() + sep.size() + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size()));
-  char* p = out.data();
+// The host in lower case, `sep`, the path and the query: its size, and
+// written at `p` (room known by the caller; returns the end).
+std::size_t key_size(const RequestHead& h, std::string_view sep) noexcept {
+  return h.host.size() + sep.size() + h.path.size() + (h.query.empty() ? 0 : 1 + h.query.size());
+}
+
+char* put_key(char* p, const RequestHead& h, std::string_view sep) noexcept {
   for (char c : h.host) *p++ = c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c;
   p = put(put(p, sep), h.path);
-  if (!h.query.empty()) put(put(p, "?"), h.query);
+  if (!h.query.empty()) p = put(put(p, "?"), h.query);
+  return p;
+}
+
+// The same into `out` (reused: no allocation once it grew), written in
+// place (a miss and a hit build it on every request).
+std::string_view write_key(const RequestHead& h, std::string& out, std::string_view sep) {
+  out.resize(key_size(h, sep));
+  put_key(out.data(), h, sep);
   return out;
 }
 
+constexpr std::string_view kMemoryKeySep{"\0", 1};
+
 // The primary key into `out`: the host in lower case, '\0', the path and
 // the query.
-std::string_view build_key(const RequestHead& h, std::string& out) { return write_key(h, out, {"\0", 1}); }
+std::string_view build_key(const RequestHead& h, std::string& out) { return write_key(h, out, kMemoryKeySep); }
 
 // The key in an asynchronous store (Redis), readable in redis-cli: the
 // host, the request-target (it starts with '/', so the two cannot run into
@@ -76,6 +87,10 @@ std::string_view vary_value(const RequestHead& h, std::string_view lower_name, c
 std::string_view store_key(const RequestHead& h, std::string& out, bool async) {
   return async ? async_key(h, out, true) : build_key(h, out);
 }
+
+std::size_t memory_key_size(const RequestHead& h) noexcept { return key_size(h, kMemoryKeySep); }
+
+char* put_memory_key(char* p, const RequestHead& h) noexcept { return put_key(p, h, kMemoryKeySep); }
 
 namespace {
 

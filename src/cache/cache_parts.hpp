@@ -22,6 +22,11 @@ inline char* put(char* p, std::string_view s) noexcept {
 // The key an entry is stored under: the memory key, or the asynchronous
 // store's (Redis: readable, with the Accept-Encoding class).
 std::string_view store_key(const RequestHead& h, std::string& out, bool async);
+// The memory key's size, and the key written at `p` (room known by the
+// caller; returns the end): what store_key makes for the memory store,
+// written straight into an entry.
+std::size_t memory_key_size(const RequestHead& h) noexcept;
+char* put_memory_key(char* p, const RequestHead& h) noexcept;
 // The request's value of a Vary'd field (`lower_name`), normalised:
 // Accept-Encoding as one digit (written to *digit) of the codings accepted.
 std::string_view vary_value(const RequestHead& h, std::string_view lower_name, char* digit) noexcept;

@@ -133,18 +133,23 @@ bool CacheStage::fill(const HeadEdit& edit, const StoreDecision& d) {
   for (std::uint32_t i = 0; i < r.header_count(); ++i) size += r.headers()[i].value_off + r.headers()[i].value_len + 2;
   // One allocation: the entry, its key, its head (written in place; the
   // views below stay valid) and a body of announced size.
-  const std::string_view key = store_key(ex->head, t_key, async);
+  // The memory key is written straight into the entry; Redis's (readable,
+  // with the Accept-Encoding class) is made first.
+  const std::string_view async_store_key = async ? store_key(ex->head, t_key, true) : std::string_view{};
+  const std::size_t key_len = async ? async_store_key.size() : memory_key_size(ex->head);
   // Room for the body as the server announced it, when that is what is
   // stored: a stage before this one (compression) that added lines changes
   // the body, and a room sized by the server's Content-Length would hold a
   // gzipped copy in many times its size.
   const bool sized = lines.empty() && r.has_content_length() && r.content_length() < kFileBodyMin;
-  CacheEntry* e = entry = cache_entry_new(key.size(), size, sized ? r.content_length() : 0);
-  e->key = {cache_entry_key_room(e), key.size()};
-  put(cache_entry_key_room(e), key);
+  CacheEntry* e = entry = cache_entry_new(key_len, size, sized ? r.content_length() : 0);
+  char* const k = cache_entry_key_room(e);
+  if (async) put(k, async_store_key);
+  else put_memory_key(k, ex->head);
+  e->key = {k, key_len};
   // The memory key's hash when the lookup made it (0: it did not, or it is 0).
   e->hash = ex->cache_hash && !async ? ex->cache_hash : cache_key_hash(e->key);
-  char* const base = cache_entry_head_room(e, key.size());
+  char* const base = cache_entry_head_room(e, key_len);
   char* p = put(put(put(base, "HTTP/1.1 "), status_line), "\r\n");
   // The variants: the fields Vary names (lower case), and Accept-Encoding
   // on a route that compresses.

@@ -468,8 +468,10 @@ void Stream::on_closed(uv_handle_t* h) {
 }
 
 void Stream::trim() noexcept {
-  // A large body grew the ciphertext buffer: do not keep it for an idle connection.
-  if (tls_ && !write_pending_) tls_->trim(64 * 1024);
+  // A large body grew the ciphertext buffer: an idle connection keeps at
+  // most what a few TLS records of a small answer need.
+  constexpr std::size_t kIdleCiphertextKeep = 64 * 1024;
+  if (tls_ && !write_pending_) tls_->trim(kIdleCiphertextKeep);
 }
 
 }  // namespace juggler
