@@ -10,6 +10,7 @@
 #
 #   BENCH_HOST=127.0.165.1 ROUNDS=8 bash tools/bench/miss-ab.sh
 #   PREFIX="env GLIBC_TUNABLES=glibc.malloc.hugetlb=1" bash tools/bench/miss-ab.sh
+#   ARGS="--table /tmp/small.so" bash tools/bench/miss-ab.sh   # a table compiled as make reload does
 # Loopback only; every run bounded by wrk -d4s.
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,7 +30,7 @@ for p in 19101 19102 19103; do
   pids+=($!)
 done
 sleep 0.5
-(cd "$ROOT" && exec $PREFIX "$BIN" --port 19111 --https-port 0 --workers 1 --access-log off --log-level warn) >"$W/app.log" 2>&1 &
+(cd "$ROOT" && exec $PREFIX "$BIN" --port 19111 --https-port 0 --workers 1 --access-log off --log-level warn ${ARGS:-}) >"$W/app.log" 2>&1 &
 APP=$!
 pids+=($APP)
 sleep 1

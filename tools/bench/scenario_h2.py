@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import socket
 import ssl
 import struct
@@ -50,12 +51,16 @@ def env_int(name: str, default: int) -> int:
 
 
 def h2load(m, port: int, path: str, clients: int, streams: int, duration: int | None = None,
-           requests: int | None = None) -> dict:
-    """One h2load run (bounded by -D seconds or -n requests, and a timeout)."""
-    argv = ["h2load", "-t1", f"-c{clients}", f"-m{streams}"]
+           requests: int | None = None, h1: bool = False) -> dict:
+    """One h2load run (bounded by -D seconds or -n requests, and a timeout);
+    h1: HTTP/1.1 over plain TCP (`--h1`, scenario 12b's second client)
+    instead of h2 over TLS. client_s: h2load's own CPU (its rusage)."""
+    argv = ["h2load", "-t1", f"-c{clients}", f"-m{streams}"] + (["--h1"] if h1 else [])
     argv += [f"-D{duration}"] if duration else [f"-n{requests}"]
-    argv.append(f"https://{m.HOST}:{port}{path}")
+    argv.append(f"{'http' if h1 else 'https'}://{m.HOST}:{port}{path}")
+    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(argv, capture_output=True, text=True, timeout=(duration or 30) + 60)
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = r.stdout
     fin = re.search(r"^finished in ([\d.]+)(m?s), ([\d.]+) req/s", out, re.M)
     req = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
@@ -64,14 +69,15 @@ def h2load(m, port: int, path: str, clients: int, streams: int, duration: int | 
     lat = re.search(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out, re.M)
     if r.returncode != 0 or not fin or not req or not st:
         raise RuntimeError(f"h2load failed ({r.returncode}): {' '.join(argv)}\n{out}\n{r.stderr}")
-    if not re.search(r"^Application protocol: h2$", out, re.M):
+    if not h1 and not re.search(r"^Application protocol: h2$", out, re.M):
         raise RuntimeError(f"h2load: h2 not negotiated with {m.HOST}:{port}:\n{out}")
     secs = float(fin.group(1)) / (1000 if fin.group(2) == "ms" else 1)
     done, ok = int(req.group(3)), int(req.group(4))
     return {"requests": done, "secs": secs, "rps": done / secs if secs else 0.0,
             "errors": int(req.group(5)) + int(req.group(6)) + int(req.group(7)),
             "status": int(st.group(2)) + int(st.group(3)) + int(st.group(4)) + (done - ok if done > ok else 0),
-            "mean_us": to_us(lat.group(3)) if lat else None}
+            "mean_us": to_us(lat.group(3)) if lat else None,
+            "client_s": (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)}
 
 
 def to_us(v: str) -> float | None:
