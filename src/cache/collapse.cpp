@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cache/cache.hpp"
+#include "cache/probe.hpp"
 #include "cache/store.hpp"
 
 namespace juggler {
@@ -37,17 +38,8 @@ void CacheFlights::end(std::uint64_t hash) {
   unsigned hole = find(hash);
   if (hole == kSlots) return;
   const std::uint64_t waiting = slots_[hole].waiting;
-  // Backward shift: each later slot of the run moves into the hole unless
-  // its own place lies (cyclically) after the hole, so that every key stays
-  // reachable from its place without crossing a free slot.
-  for (unsigned n = 1, j = (hole + 1) & (kSlots - 1); n < kSlots && slots_[j].hash; ++n, j = (j + 1) & (kSlots - 1)) {
-    const unsigned home = static_cast<unsigned>(slots_[j].hash) & (kSlots - 1);
-    if (((j - home) & (kSlots - 1)) >= ((j - hole) & (kSlots - 1))) {
-      slots_[hole] = slots_[j];
-      hole = j;
-    }
-  }
-  slots_[hole] = Slot{};
+  probe_erase(slots_.get(), kSlots - 1, hole, [](const Slot& s) { return s.hash != 0; },
+              [](const Slot& s) { return static_cast<std::size_t>(s.hash) & (kSlots - 1); });
   for (std::size_t w = 0; waiting && w < wake_.size(); ++w)
     if ((waiting >> std::min<std::size_t>(w, 63)) & 1 && wake_[w]) uv_async_send(wake_[w]);
 }

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <new>
 
+#include "cache/probe.hpp"
 #include "juggler/free_list.hpp"
 #include "juggler/log.hpp"
 
@@ -221,16 +222,17 @@ void MemoryStore::push_front(Shard& s, CacheEntry* e) noexcept {
   s.lru_head = e;
 }
 
-CacheEntry** MemoryStore::link_of(Shard& s, CacheEntry* e) noexcept {
-  CacheEntry** link = &s.buckets[e->hash & (s.nbuckets - 1)];
-  while (*link != e) link = &(*link)->chain;
-  return link;
+std::size_t MemoryStore::slot_of(const Shard& s, const CacheEntry* e) noexcept {
+  const std::size_t m = s.nslots - 1;
+  std::size_t i = e->hash & m;
+  while (s.slots[i].e != e) i = (i + 1) & m;
+  return i;
 }
 
-void MemoryStore::remove(Shard& s, CacheEntry** link) noexcept {
-  CacheEntry* e = *link;
-  *link = e->chain;
-  e->chain = nullptr;
+void MemoryStore::remove(Shard& s, std::size_t at) noexcept {
+  CacheEntry* e = s.slots[at].e;
+  probe_erase(s.slots.get(), s.nslots - 1, at, [](const Slot& x) { return x.e != nullptr; },
+              [m = s.nslots - 1](const Slot& x) { return static_cast<std::size_t>(x.hash) & m; });
   unlink(s, e);
   s.bytes -= e->charge;
   --s.count;
@@ -238,19 +240,17 @@ void MemoryStore::remove(Shard& s, CacheEntry** link) noexcept {
 }
 
 bool MemoryStore::grow(Shard& s) noexcept {
-  const std::size_t n = s.nbuckets ? s.nbuckets * 2 : 64;
-  auto* fresh = new (std::nothrow) CacheEntry*[n]();
+  const std::size_t n = s.nslots ? s.nslots * 2 : 64;
+  auto* fresh = new (std::nothrow) Slot[n]();
   if (!fresh) return false;
-  for (std::size_t i = 0; i < s.nbuckets; ++i)
-    for (CacheEntry* e = s.buckets[i]; e;) {
-      CacheEntry* next = e->chain;
-      CacheEntry*& head = fresh[e->hash & (n - 1)];
-      e->chain = head;
-      head = e;
-      e = next;
-    }
-  s.buckets.reset(fresh);
-  s.nbuckets = n;
+  for (std::size_t i = 0; i < s.nslots; ++i) {
+    if (!s.slots[i].e) continue;
+    std::size_t j = s.slots[i].hash & (n - 1);
+    while (fresh[j].e) j = (j + 1) & (n - 1);
+    fresh[j] = s.slots[i];
+  }
+  s.slots.reset(fresh);
+  s.nslots = n;
   return true;
 }
 
@@ -259,9 +259,11 @@ CacheEntry* MemoryStore::find(std::uint64_t hash, std::string_view key, VaryMatc
   *pending = false;
   Shard& s = shard(hash);
   std::lock_guard<std::mutex> lock(s.mu);
-  if (!s.nbuckets) return nullptr;
-  for (CacheEntry* e = s.buckets[hash & (s.nbuckets - 1)]; e; e = e->chain) {
-    if (e->hash != hash || e->key != key || !match(*e, request)) continue;
+  if (!s.nslots) return nullptr;
+  const std::size_t m = s.nslots - 1;
+  for (std::size_t i = hash & m; s.slots[i].e; i = (i + 1) & m) {
+    CacheEntry* e = s.slots[i].e;
+    if (s.slots[i].hash != hash || e->key != key || !match(*e, request)) continue;
     if (s.lru_head != e) {
       unlink(s, e);
       push_front(s, e);
@@ -283,21 +285,23 @@ bool MemoryStore::insert(CacheEntry* e) {
     return false;
   }
   std::lock_guard<std::mutex> lock(s.mu);
-  if (s.count >= s.nbuckets && !grow(s) && !s.nbuckets) {
+  // At most half full; a table that cannot grow takes entries while one slot stays free.
+  if ((s.count + 1) * 2 > s.nslots && !grow(s) && s.count + 1 >= s.nslots) {
     cache_entry_release(e);
     return false;
   }
-  for (CacheEntry** link = &s.buckets[e->hash & (s.nbuckets - 1)]; *link; link = &(*link)->chain) {
-    const CacheEntry* old = *link;
-    if (old->hash == e->hash && old->key == e->key && old->vary == e->vary) {
-      remove(s, link);
+  const std::size_t m = s.nslots - 1;
+  for (std::size_t i = e->hash & m; s.slots[i].e; i = (i + 1) & m) {
+    const CacheEntry* old = s.slots[i].e;
+    if (s.slots[i].hash == e->hash && old->key == e->key && old->vary == e->vary) {
+      remove(s, i);
       break;
     }
   }
-  while (s.bytes + e->charge > s.cap && s.lru_tail) remove(s, link_of(s, s.lru_tail));
-  CacheEntry*& head = s.buckets[e->hash & (s.nbuckets - 1)];
-  e->chain = head;
-  head = e;
+  while (s.bytes + e->charge > s.cap && s.lru_tail) remove(s, slot_of(s, s.lru_tail));
+  std::size_t i = e->hash & m;
+  while (s.slots[i].e) i = (i + 1) & m;
+  s.slots[i] = Slot{e->hash, e};
   ++s.count;
   push_front(s, e);
   s.bytes += e->charge;
@@ -308,13 +312,14 @@ std::size_t MemoryStore::purge(std::uint64_t hash, std::string_view key) {
   Shard& s = shard(hash);
   std::lock_guard<std::mutex> lock(s.mu);
   std::size_t n = 0;
-  if (!s.nbuckets) return 0;
-  for (CacheEntry** link = &s.buckets[hash & (s.nbuckets - 1)]; *link;) {
-    if ((*link)->hash == hash && (*link)->key == key) {
-      remove(s, link);  // *link is the next one now
+  if (!s.nslots) return 0;
+  const std::size_t m = s.nslots - 1;
+  for (std::size_t i = hash & m; s.slots[i].e;) {
+    if (s.slots[i].hash == hash && s.slots[i].e->key == key) {
+      remove(s, i);  // the run shifted back: slot i holds the next one now
       ++n;
     } else {
-      link = &(*link)->chain;
+      i = (i + 1) & m;
     }
   }
   return n;

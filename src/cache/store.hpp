@@ -59,8 +59,7 @@ struct CacheEntry {
   std::atomic<std::uint64_t> fresh_until_ms{0};  // loop clock
   std::uint64_t stale_if_error_ms = 0;
   std::uint64_t stale_while_revalidate_ms = 0;
-  // The store's: its hash chain and LRU links, and the bytes it counts.
-  CacheEntry* chain = nullptr;
+  // The store's: its LRU links and the bytes it counts.
   CacheEntry* lru_prev = nullptr;
   CacheEntry* lru_next = nullptr;
   std::size_t charge = 0;
@@ -209,13 +208,20 @@ class MemoryStore final : public CacheStore {
   unsigned shards() const noexcept { return mask_ + 1; }
 
  private:
-  // Each shard's entries in hash chains (CacheEntry::chain) off a bucket
-  // array that doubles when the entries outnumber the buckets: storing an
-  // entry allocates nothing beyond the entry (a node-based map took one).
+  // Each shard's entries in a table of (hash, entry) slots, open
+  // addressing with linear probing, at most half full (it doubles): a
+  // lookup that misses reads the slots of one run and no entry, an entry is
+  // read only when its whole hash matches, and an eviction finds its slot
+  // from its hash without walking a chain. Removal shifts the run back (no
+  // tombstones). Storing an entry allocates nothing beyond the entry.
+  struct Slot {
+    std::uint64_t hash = 0;
+    CacheEntry* e = nullptr;  // null: free
+  };
   struct alignas(64) Shard {
     mutable std::mutex mu;
-    std::unique_ptr<CacheEntry*[]> buckets;
-    std::size_t nbuckets = 0;  // a power of two (0 until the first insert)
+    std::unique_ptr<Slot[]> slots;
+    std::size_t nslots = 0;  // a power of two (0 until the first insert)
     std::size_t count = 0;
     CacheEntry* lru_head = nullptr;  // most recently used
     CacheEntry* lru_tail = nullptr;
@@ -225,11 +231,12 @@ class MemoryStore final : public CacheStore {
   Shard& shard(std::uint64_t hash) noexcept { return shards_[(hash >> 48) & mask_]; }
   static void unlink(Shard& s, CacheEntry* e) noexcept;
   static void push_front(Shard& s, CacheEntry* e) noexcept;
-  // The link that points at `e` in its chain (e is in the shard).
-  static CacheEntry** link_of(Shard& s, CacheEntry* e) noexcept;
-  // Takes `e` out (its link: link_of) and drops the store's reference.
-  static void remove(Shard& s, CacheEntry** link) noexcept;
-  // Doubles the buckets (false: out of memory, the chains just grow).
+  // The slot holding `e` (e is in the shard).
+  static std::size_t slot_of(const Shard& s, const CacheEntry* e) noexcept;
+  // Takes the entry at slot `at` out (the run after it shifts back) and
+  // drops the store's reference.
+  static void remove(Shard& s, std::size_t at) noexcept;
+  // Doubles the slots (false: out of memory).
   static bool grow(Shard& s) noexcept;
 
   std::unique_ptr<Shard[]> shards_;

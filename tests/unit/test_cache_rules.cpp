@@ -228,6 +228,33 @@ TEST_CASE("cache: memory store: thousands of keys in one shard, found, replaced 
   }
 }
 
+TEST_CASE("cache: memory store: colliding hashes in one run that wraps the table, removed from its middle", "[cache]") {
+  MemoryStore s(1u << 20, 1u << 20);  // one shard, 64 slots (24 entries: no growth)
+  REQUIRE(s.shards() == 1);
+  // Homes 62, 63, 0 and 1: one run of 24 across the end of the table, six
+  // keys per hash (the keys tell them apart).
+  auto hash_of = [](int i) { return std::uint64_t{62} + static_cast<std::uint64_t>(i % 4); };
+  auto key_of = [](int i) { return "c" + std::to_string(i); };
+  auto put = [&](int i) {
+    CacheEntry* e = cache_entry_of(key_of(i), "", "HTTP/1.1 200 OK\r\n", std::string(10 + i, 'x'));
+    e->hash = hash_of(i);
+    return s.insert(e);
+  };
+  auto found = [&](int i) {
+    bool pending = false;
+    CacheEntry* e = s.find(hash_of(i), key_of(i), any, nullptr, &pending);
+    const bool ok = e && e->key == key_of(i) && e->body.size() == static_cast<std::size_t>(10 + i);
+    if (e) cache_entry_release(e);
+    return ok;
+  };
+  for (int i = 0; i < 24; ++i) REQUIRE(put(i));
+  for (int i = 0; i < 24; ++i) CHECK(found(i));
+  for (int i = 0; i < 24; i += 3) CHECK(s.purge(hash_of(i), key_of(i)) == 1);
+  for (int i = 0; i < 24; ++i) CHECK(found(i) == (i % 3 != 0));
+  for (int i = 0; i < 24; i += 3) REQUIRE(put(i));
+  for (int i = 0; i < 24; ++i) CHECK(found(i));
+}
+
 TEST_CASE("cache: an entry's body: in its own room as announced, else in its buffer", "[cache]") {
   CacheEntry* e = cache_entry_new(3, 0, 8);
   e->key = {cache_entry_key_room(e), 3};
