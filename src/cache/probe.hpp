@@ -7,6 +7,13 @@
 
 namespace juggler {
 
+// The first free slot of the run that starts at `home` (the table has one).
+template <class Slot, class Used>
+std::size_t probe_free(const Slot* slots, std::size_t mask, std::size_t home, Used used) noexcept {
+  while (used(slots[home])) home = (home + 1) & mask;
+  return home;
+}
+
 // Frees slot `hole` of `slots` (size mask + 1) by backward shift: each later
 // slot of the run moves into the hole unless its home lies (cyclically)
 // after the hole, so that every key stays reachable from its home without

@@ -231,7 +231,7 @@ std::size_t MemoryStore::slot_of(const Shard& s, const CacheEntry* e) noexcept {
 
 void MemoryStore::remove(Shard& s, std::size_t at) noexcept {
   CacheEntry* e = s.slots[at].e;
-  probe_erase(s.slots.get(), s.nslots - 1, at, [](const Slot& x) { return x.e != nullptr; },
+  probe_erase(s.slots.get(), s.nslots - 1, at, used,
               [m = s.nslots - 1](const Slot& x) { return static_cast<std::size_t>(x.hash) & m; });
   unlink(s, e);
   s.bytes -= e->charge;
@@ -243,12 +243,8 @@ bool MemoryStore::grow(Shard& s) noexcept {
   const std::size_t n = s.nslots ? s.nslots * 2 : 64;
   auto* fresh = new (std::nothrow) Slot[n]();
   if (!fresh) return false;
-  for (std::size_t i = 0; i < s.nslots; ++i) {
-    if (!s.slots[i].e) continue;
-    std::size_t j = s.slots[i].hash & (n - 1);
-    while (fresh[j].e) j = (j + 1) & (n - 1);
-    fresh[j] = s.slots[i];
-  }
+  for (std::size_t i = 0; i < s.nslots; ++i)
+    if (s.slots[i].e) fresh[probe_free(fresh, n - 1, s.slots[i].hash & (n - 1), used)] = s.slots[i];
   s.slots.reset(fresh);
   s.nslots = n;
   return true;
@@ -299,9 +295,7 @@ bool MemoryStore::insert(CacheEntry* e) {
     }
   }
   while (s.bytes + e->charge > s.cap && s.lru_tail) remove(s, slot_of(s, s.lru_tail));
-  std::size_t i = e->hash & m;
-  while (s.slots[i].e) i = (i + 1) & m;
-  s.slots[i] = Slot{e->hash, e};
+  s.slots[probe_free(s.slots.get(), m, e->hash & m, used)] = Slot{e->hash, e};
   ++s.count;
   push_front(s, e);
   s.bytes += e->charge;

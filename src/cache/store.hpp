@@ -218,6 +218,7 @@ class MemoryStore final : public CacheStore {
     std::uint64_t hash = 0;
     CacheEntry* e = nullptr;  // null: free
   };
+  static bool used(const Slot& x) noexcept { return x.e != nullptr; }
   struct alignas(64) Shard {
     mutable std::mutex mu;
     std::unique_ptr<Slot[]> slots;

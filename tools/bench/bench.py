@@ -828,17 +828,22 @@ class Bench:
 
     def rounds(self, sid: str, keys: list[str], path: str | dict[str, str], conns: int,
                headers: list[str] | None = None, timeout: str = "10s", order_of=None,
-               script: Path | None = None) -> dict[str, list[dict]]:
+               script: Path | None = None, run=None) -> dict[str, list[dict]]:
         """ROUNDS rounds; in each, every target once, the order rotated every
         round so that no target always runs first (or right after another).
-        path: one for all, or one per key."""
+        path: one for all, or one per key. run(target, path, seconds): another
+        client than wrk (seconds None: the bench's duration); its result has at
+        least requests, rps, errors, status and cpu_us_per_req."""
         path_of = (lambda k: path[k]) if isinstance(path, dict) else (lambda k: path)
         runs: dict[str, list[dict]] = {k: [] for k in keys}
         targets = [self.target(k) for k in keys]
         width = max(28, *(len(t.label) for t in targets))
         # a short warm-up of each (pools, caches, upstream connections), not measured
         for t in targets:
-            self.wrk(t.port, path_of(t.key), conns, 1, headers, timeout, scheme=t.scheme, script=script)
+            if run:
+                run(t, path_of(t.key), 1)
+            else:
+                self.wrk(t.port, path_of(t.key), conns, 1, headers, timeout, scheme=t.scheme, script=script)
         for rnd in range(self.s.rounds):
             order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
             if order_of:
@@ -846,7 +851,8 @@ class Bench:
             for t in order:
                 time.sleep(self.s.settle)
                 t = self.target(t.key)          # restarted if it had died
-                r = self.measure(t, path_of(t.key), conns, headers, timeout, script=script)
+                r = (run(t, path_of(t.key), None) if run
+                     else self.measure(t, path_of(t.key), conns, headers, timeout, script=script))
                 runs[t.key].append(r)
                 if t.key.startswith("juggler") and (r["errors"] or r["status"] or r.get("crashed")):
                     b_problem = (f"scenario {sid} round {rnd + 1}: {r['errors']:.0f} socket errors, "
@@ -857,13 +863,17 @@ class Bench:
                         self.juggler_problems.append(b_problem)
                 cpu = f"{r['cpu_us_per_req']:.2f} µs/req" if r["cpu_us_per_req"] is not None else "-"
                 bad = ""
-                if r["errors"] or r["status"]:
+                if (r["errors"] or r["status"]) and "connect" in r:      # wrk's kinds of error
                     bad = (f"  ERRORS connect={r['connect']:.0f} read={r['read']:.0f} write={r['write']:.0f} "
                            f"timeout={r['timeout']:.0f} non-2xx/3xx={r['status']:.0f}")
+                elif r["errors"] or r["status"]:
+                    bad = f"  ERRORS {r['errors']:.0f}, non-2xx {r['status']:.0f}"
                 if r.get("crashed"):
                     bad += f"  CRASHED: {t.proc.tail()}"
+                lat = (f"p50 {r['p50']:>6.0f} µs  p99 {r['p99']:>6.0f} µs  {r['gbps']:.3f} GB/s  "
+                       if "p50" in r else "")
                 log(f"  [{sid} round {rnd + 1}/{self.s.rounds}] {t.label:<{width}} {r['rps']:>10.0f} req/s  "
-                    f"p50 {r['p50']:>6.0f} µs  p99 {r['p99']:>6.0f} µs  {r['gbps']:.3f} GB/s  cpu {cpu}{bad}")
+                    f"{lat}cpu {cpu}{bad}")
         return runs
 
 

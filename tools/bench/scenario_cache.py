@@ -132,29 +132,19 @@ def hits_lean_client(sc, m, sid: str, path: str, keys: list[str]) -> None:
     if not shutil.which("h2load"):
         b.note(f"\n({sid}: no h2load: the rounds with the leaner client skipped)")
         return
-    runs: dict[str, list[dict]] = {k: [] for k in keys}
-    for k in keys:                                            # warm-up
-        scenario_h2.h2load(m, b.target(k).port, path, s.conns, 1, duration=1, h1=True)
-    for rnd in range(s.rounds):
-        for k in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
-            time.sleep(s.settle)
-            t = b.target(k)
-            pids = t.proc.refresh_pids()
-            c0 = m.cpu_ticks(pids)
-            r = scenario_h2.h2load(m, t.port, path, s.conns, 1, duration=s.duration, h1=True)
-            r["errors"] += r["status"]                  # failed, errored, timed out, or not a 2xx
-            r["cpu_us_per_req"] = (m.cpu_ticks(pids) - c0) / m.CLK_TCK * 1e6 / r["requests"] if r["requests"] else None
-            r["client_us_per_req"] = r["client_s"] * 1e6 / r["requests"] if r["requests"] else None
-            runs[k].append(r)
-            m.log(f"  [{sid}-h2load round {rnd + 1}/{s.rounds}] {b.label(k):<28} {r['rps']:>10.0f} req/s  "
-                  f"cpu {m.fmt(r['cpu_us_per_req'], '.2f')} µs/req  client {m.fmt(r['client_us_per_req'], '.2f')} µs/req"
-                  f"{'  ERRORS ' + str(r['errors']) if r['errors'] else ''}")
+
+    def h2load_h1(t, path: str, seconds: int | None) -> dict:
+        r = scenario_h2.measure(sc, m, t, path, s.conns, 1, duration=seconds, h1=True)
+        r["client_us_per_req"] = r["client_s"] * 1e6 / r["requests"] if r["requests"] else None
+        return r
+
+    runs = b.rounds(f"{sid}-h2load", keys, path, s.conns, run=h2load_h1)
     cols = ("rps", "cpu_us_per_req", "client_us_per_req")
     meds = {k: {x: m.med(runs[k], x) for x in cols} for k in keys}
     b.note(f"\n### {sid}, client h2load --h1 (-t1 -c{s.conns}, medians of {s.rounds}; client CPU: h2load's "
            "utime + stime per response)\n")
     rows = [[b.label(k), m.fmt(meds[k]["rps"], ",.0f"), m.fmt(meds[k]["cpu_us_per_req"], ".2f"),
-             m.fmt(meds[k]["client_us_per_req"], ".2f"), str(sum(r["errors"] for r in runs[k]))] for k in keys]
+             m.fmt(meds[k]["client_us_per_req"], ".2f"), m.errors_cell(runs[k])] for k in keys]
     for line in m.table(["proxy", "req/s", "CPU µs/req", "client CPU µs/req", "errors"], rows):
         b.note(line)
     rr = [[f"Juggler / {b.label(o)}"] + [m.fmt(m.paired(runs, keys[0], o, x), ".2f", "×") for x in cols]

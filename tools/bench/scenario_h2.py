@@ -87,10 +87,10 @@ def to_us(v: str) -> float | None:
     return float(mm.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[mm.group(2)]
 
 
-def measure(sc, m, t, path: str, clients: int, streams: int) -> dict:
+def measure(sc, m, t, path: str, clients: int, streams: int, duration: int | None = None, h1: bool = False) -> dict:
     pids = t.proc.refresh_pids()
     c0 = m.cpu_ticks(pids)
-    r = h2load(m, t.port, path, clients, streams, duration=sc.s.duration)
+    r = h2load(m, t.port, path, clients, streams, duration=duration or sc.s.duration, h1=h1)
     c1 = m.cpu_ticks(pids)
     r["cpu_s"] = (c1 - c0) / m.CLK_TCK
     r["cpu_us_per_req"] = r["cpu_s"] * 1e6 / r["requests"] if r["requests"] else None
