@@ -20,6 +20,9 @@ namespace juggler {
 namespace {
 
 constexpr std::uint64_t kLingerMs = 2000;
+// Drain: how long a connection accepted just before may take to send its
+// first request (it was on its way: one round trip, on a loaded machine).
+constexpr std::uint64_t kFirstRequestGraceMs = 1000;
 
 void client_eof(ClientSession* s, int err) {
   s->eof = true;
@@ -147,7 +150,7 @@ bool request_head(ClientSession* s, Exchange* ex) {
   TimerWheel::disarm(&s->timer);
   ++s->requests;
   const Settings& st = settings(w);
-  ex->client_close = !ex->req.keep_alive() || w.draining ||
+  ex->client_close = !ex->req.keep_alive() || w.draining || s->drained ||
                      (st.requests_per_connection && s->requests >= st.requests_per_connection);
   step(ex, Event::HeadParsed);
   return true;  // the exchange may have ended already (a local answer)
@@ -380,8 +383,20 @@ void session_drain(Worker& w, bool (*which)(ClientSession&, const void*), const 
       continue;
     }
     if (s->h2) h2_drain(s->h2);
-    else if (!s->ex && !s->stream.closing() && !s->lingering) client_finish(s, false);
     else if (s->ex) s->ex->client_close = true;
+    else if (s->stream.closing() || s->lingering) {
+      // on its way out already
+    }
+    // Accepted, no request yet: closing it would reset the request the client
+    // may be sending (a failed request on a fresh connection, which a client
+    // does not retry). Its first request is answered with Connection: close;
+    // one that has not begun within a moment is closed as idle.
+    else if (s->requests == 0) {
+      s->drained = true;
+      const std::uint64_t grace = w.now_ms() + kFirstRequestGraceMs;
+      if (s->timer.armed() && s->timer.due_ms > grace) w.wheel.arm(&s->timer, grace);
+    }
+    else client_finish(s, false);
     s = next;
   }
 }

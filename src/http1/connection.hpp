@@ -36,6 +36,7 @@ struct ClientSession final : StreamHandler, Downstream, RequestBody {
   bool linger_on_close = false;  // with close_after_write: linger (see client_finish)
   bool lingering = false;       // answered and shut down: reading only to discard
   bool alpn_check = false;      // TLS: the first read tells whether ALPN chose h2 (then HTTP/2 takes the stream)
+  bool drained = false;         // a drain came before its first request: that one is answered, then it closes
   H2Conn* h2 = nullptr;         // the HTTP/2 connection holding this session's stream (src/http2)
   ProxyPrelude proxy;  // proxy_protocol listeners: fills `ip` before the first request
   ClientSession* prev = nullptr;  // worker's list of live sessions (drain)
@@ -105,7 +106,8 @@ void session_unlink(ClientSession* s) noexcept;
 void on_client_timer(TimerNode* t);
 
 // Drain: sessions between requests close now; the others close once their
-// current response is sent. With `which`: only the sessions it picks (those
+// current response is sent, and one that has not sent its first request yet
+// (just accepted: the request may be on its way) once that one is answered. With `which`: only the sessions it picks (those
 // of a listener a reload removed).
 void session_drain(Worker& w, bool (*which)(ClientSession&, const void*) = nullptr, const void* arg = nullptr) noexcept;
 

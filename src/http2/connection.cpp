@@ -383,6 +383,7 @@ void h2_adopt(ClientSession* s) {
     return;
   }
   w.wheel.arm(&c->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
+  if (s->drained) h2_drain(c);  // drained before ALPN told: the streams sent so far are served, then GOAWAY
   h2_dirty(c);
 }
 

@@ -73,6 +73,23 @@ def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 10.0) -> Non
             time.sleep(0.02)
 
 
+def wait_refused(port: int, host: str = LOOPBACK, timeout: float = 10.0) -> bool:
+    """True once a connection to host:port is refused (the listener closed), False after
+    `timeout`. A worker closes its listeners and drains in one step, so for a balancer
+    whose one worker listens on the port this says its drain began."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                pass
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
 # ---------------------------------------------------------------- sanitizer reports
 
 # What ASan, LSan, UBSan and TSan print (UBSan's "runtime error:" has no ERROR: line when it

@@ -95,7 +95,9 @@ class MetricsTest(AdminTestCase):
             sent, received = sent + len(request), received + len(response)
 
         requests = len(plan) + 4
-        m = self.scrape_until(lb, lambda s: promtext.total(s, "juggler_route_requests_total") >= requests)
+        # The exchange is counted, then let go (the active gauge) a moment later: wait for both.
+        m = self.scrape_until(lb, lambda s: promtext.total(s, "juggler_route_requests_total") >= requests
+                              and promtext.value(s, "juggler_client_connections", state="active") == 0)
         route = lambda r, c: promtext.value(m, "juggler_route_requests_total", route=r, **{"class": c})
         self.assertEqual(promtext.total(m, "juggler_route_requests_total"), requests)
         self.assertEqual(route("1", "2xx"), 2)   # /healthz -> respond 200

@@ -147,6 +147,36 @@ class CommandLineTimeoutTest(BalancerTestCase):
             pass
 
 
+class DrainFirstRequestTest(BalancerTestCase):
+    def test_a_connection_accepted_before_the_drain_gets_its_first_request_answered(self):
+        """A client that connected just before SIGTERM and sends its request just after gets
+        an answer (Connection: close), not a reset: a fresh connection's failure is one a
+        client does not retry. One that sends nothing is closed within the drain's grace of
+        a second (src/http1/connection.cpp), not held for timeout.client_header (30 s here)."""
+        for p in (6901, 6902):
+            self.start_testserver(port=p, host=HOST)
+        lb = start_balancer("timeouts", extra=["--timeout-client-header", "30s"])
+        self.addCleanup(lb.stop, signal.SIGKILL)
+        early = jtest.raw_connection(lb.port, timeout=10)
+        self.addCleanup(early.close)
+        silent = jtest.raw_connection(lb.port, timeout=10)
+        self.addCleanup(silent.close)
+        # Answered on a third connection: the one worker accepted the two before it.
+        self.assertEqual(jtest.http_request(lb.port, path="/ping")[0], 200)
+        started = time.monotonic()
+        lb.send_signal(signal.SIGTERM)
+        self.assertTrue(jtest.wait_refused(lb.port), "the worker did not stop accepting")  # it drains
+        early.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = jtest.read_response(early.makefile("rb"))
+        self.assertEqual((r.status, r.body), (200, b"pong\n"))
+        self.assertEqual((r.header("Connection") or "").lower(), "close")
+        self.assertEqual(early.recv(1), b"")  # and then it closes
+        self.assertEqual(silent.recv(1), b"")  # closed as idle once the grace is over
+        self.assertLess(time.monotonic() - started, 5.0)
+        self.assertEqual(lb.wait(timeout=10), 0, lb.output())
+        self.assertLess(time.monotonic() - started, 5.0, "the drain waited for the silent client's header timeout")
+
+
 class DrainTimeoutTest(BalancerTestCase):
     def test_drain_timeout_exits_1_and_drops_what_is_in_flight(self):
         backends = [self.start_testserver(port=p, host=HOST, quiet=False) for p in (6901, 6902)]
