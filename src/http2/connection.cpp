@@ -30,6 +30,9 @@ namespace juggler {
 namespace {
 
 constexpr std::uint64_t kCloseMs = 2000;  // a graceful close (GOAWAY, close_notify) that stalls is cut
+// A drain's shutdown notice to its final GOAWAY: the requests the client sent
+// before it read the notice arrive within this (a round trip, on a loaded machine).
+constexpr std::uint64_t kNoticeMs = 1000;
 
 void on_idle(uv_idle_t* h);
 
@@ -202,6 +205,14 @@ bool start_session(H2Conn* c) {
 void on_conn_timer(TimerNode* t) {
   auto* c = static_cast<H2Conn*>(t->owner);
   if (c->closing) return;
+  if (c->notice && !c->goaway) {  // a drain's second step
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng),
+                          NGHTTP2_NO_ERROR, nullptr, 0);
+    c->goaway = true;
+    if (c->stream_count == 0) c->worker->wheel.arm(&c->timer, c->worker->now_ms() + kCloseMs);
+    h2_dirty(c);
+    return;
+  }
   if (c->goaway || c->lingering) {
     h2_close(c);
     return;
@@ -383,7 +394,7 @@ void h2_adopt(ClientSession* s) {
     return;
   }
   w.wheel.arm(&c->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
-  if (s->drained) h2_drain(c);  // drained before ALPN told: the streams sent so far are served, then GOAWAY
+  if (s->drained) h2_drain(c);  // drained before ALPN told: served as any connection in a drain
   h2_dirty(c);
 }
 
@@ -469,11 +480,16 @@ void h2_close(H2Conn* c) noexcept {
   c->stream->close();
 }
 
+// In two steps (RFC 9113 6.8): a GOAWAY naming stream 2^31-1 first, so what
+// the client sends before it reads that is still served, then, kNoticeMs
+// later (on_conn_timer), the final one naming the last stream read. One
+// GOAWAY at once would refuse requests already on their way: safe to retry,
+// but a retry all the same.
 void h2_drain(H2Conn* c) noexcept {
-  if (c->goaway || c->closing) return;
-  nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng), NGHTTP2_NO_ERROR,
-                        nullptr, 0);
-  c->goaway = true;
+  if (c->goaway || c->notice || c->closing) return;
+  nghttp2_submit_shutdown_notice(c->ng);
+  c->notice = true;
+  c->worker->wheel.arm(&c->timer, c->worker->now_ms() + kNoticeMs);
   h2_dirty(c);
 }
 

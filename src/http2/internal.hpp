@@ -149,6 +149,7 @@ struct H2Conn final : StreamHandler {
   bool eof = false;
   bool closing = false;
   bool goaway = false;    // a GOAWAY was submitted (drain, or a budget spent)
+  bool notice = false;    // drain: the shutdown notice went; the final GOAWAY follows on `timer`
   bool lingering = false; // GOAWAY sent, nothing left: closing gracefully (connection.cpp finish)
   H2Conn* dirty_next = nullptr;
   H2Conn* next_free = nullptr;

@@ -79,7 +79,7 @@ H2Stream* h2_stream_begin(H2Conn* c, std::int32_t id) {
   if (c->streams) c->streams->prev = s;
   c->streams = s;
   ++c->stream_count;
-  if (!c->goaway) TimerWheel::disarm(&c->timer);
+  if (!c->goaway && !c->notice) TimerWheel::disarm(&c->timer);  // (a drain's timer stays)
   return s;
 }
 
@@ -196,7 +196,7 @@ void h2_stream_free(H2Stream* s) noexcept {
   if (s->prev) s->prev->next = s->next;
   else c->streams = s->next;
   if (s->next) s->next->prev = s->prev;
-  if (--c->stream_count == 0 && !c->goaway && !c->closing)
+  if (--c->stream_count == 0 && !c->goaway && !c->notice && !c->closing)
     w.wheel.arm(&c->timer, w.now_ms() + settings(w).client_idle_timeout_ms);
   H2Worker& hw = *w.h2;
   if (hw.free_stream_count >= 1024) {

@@ -145,6 +145,44 @@ class RawH2:
             pass
 
 
+def read_frames(sock, done, timeout: float = 10.0) -> list:
+    """HTTP/2 frames read by hand (python3-h2 reads nothing after a GOAWAY) until
+    done(frames), the connection's end or `timeout`."""
+    frames, data, deadline = [], b"", time.monotonic() + timeout
+    while not done(frames) and time.monotonic() < deadline:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLError, TimeoutError):
+            break
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 9:
+            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(data[:9]))
+            if len(data) < 9 + length:
+                break
+            frame.parse_body(memoryview(data[9:9 + length]))
+            frames.append(frame)
+            data = data[9 + length:]
+    return frames
+
+
+def goaways(frames) -> list:
+    return [(f.error_code, f.last_stream_id) for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
+
+
+def answer(frames, sid: int, decoder) -> tuple:
+    """(status, body) of stream `sid` in `frames`; `decoder`: the connection's HPACK state."""
+    head = [f for f in frames if isinstance(f, hyperframe.frame.HeadersFrame) and f.stream_id == sid]
+    status = dict(decoder.decode(head[0].data)).get(":status") if len(head) == 1 else None
+    body = b"".join(f.data for f in frames if isinstance(f, hyperframe.frame.DataFrame) and f.stream_id == sid)
+    return status, body
+
+
+NOTICE = (0, 2**31 - 1)  # a drain's first GOAWAY (NO_ERROR, every stream still welcome)
+
+
 class H2Test(BalancerTestCase):
     @classmethod
     def setUpClass(cls):
@@ -533,10 +571,8 @@ class H2DrainTest(BalancerTestCase):
         line = jtest.access_log_lines(access_log, pattern="delay")[0]
         self.assertRegex(line, r'^\S+ - - \[[^]]+\] "GET /delay\?ms=1500 HTTP/2\.0" 200 ')
 
-    def test_a_connection_accepted_before_the_drain_is_served_then_goes_away(self):
-        """Connected before SIGTERM, its TLS handshake and first request after: ALPN picks
-        HTTP/2 once the drain began, the request sent with the preface is answered, a GOAWAY
-        names it, and the process exits without waiting for the connection's idle timeout."""
+    def start_drain_balancer(self) -> tuple:
+        """h2drain.def with its certificate and server: (balancer, https port, CA file)."""
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         jtest.make_cert(folder, "h2", "localhost", "DNS:localhost,IP:127.0.180.3")
@@ -544,7 +580,13 @@ class H2DrainTest(BalancerTestCase):
         lb = start_balancer("h2drain", extra=["--https-port", "0"], cwd=folder)
         self.addCleanup(lb.stop)
         port = int(lb.wait_for_line(r"listening on https://127\.0\.180\.3:(\d+)").group(1))
-        ca = os.path.join(folder, "h2.crt")
+        return lb, port, os.path.join(folder, "h2.crt")
+
+    def test_a_connection_accepted_before_the_drain_is_served_then_goes_away(self):
+        """Connected before SIGTERM, its TLS handshake and first request after: ALPN picks
+        HTTP/2 once the drain began, the request sent with the preface is answered, a GOAWAY
+        names it, and the process exits without waiting for the connection's idle timeout."""
+        lb, port, ca = self.start_drain_balancer()
         early = socket.create_connection(("127.0.180.3", port), timeout=20)
         self.addCleanup(early.close)
         # Answered on a second connection: the one worker accepted the early one before it.
@@ -557,34 +599,36 @@ class H2DrainTest(BalancerTestCase):
         c = RawH2(port, ca, raw=early, send_preface=False)
         self.addCleanup(c.close)
         sid = c.request("/ping")  # with the preface: one write
-        # The GOAWAY comes before the answer, which python3-h2 refuses to read: the frames
-        # are parsed here, up to the connection's end.
-        data, deadline = b"", time.monotonic() + 10
-        while time.monotonic() < deadline:
-            c.sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                chunk = c.sock.recv(65536)
-            except (ConnectionResetError, ssl.SSLError, TimeoutError):
-                break
-            if not chunk:
-                break
-            data += chunk
-        frames, pos = [], 0
-        while pos + 9 <= len(data):
-            frame, length = hyperframe.frame.Frame.parse_frame_header(memoryview(data[pos:pos + 9]))
-            frame.parse_body(memoryview(data[pos + 9:pos + 9 + length]))
-            frames.append(frame)
-            pos += 9 + length
-        goaways = [f for f in frames if isinstance(f, hyperframe.frame.GoAwayFrame)]
-        self.assertEqual([(f.error_code, f.last_stream_id) for f in goaways], [(0, sid)],
-                         "one GOAWAY (NO_ERROR) naming the request, on a connection HTTP/2 took during the drain")
-        head = [f for f in frames if isinstance(f, hyperframe.frame.HeadersFrame) and f.stream_id == sid]
-        self.assertEqual(len(head), 1, frames)
-        status = dict(hpack.Decoder().decode(head[0].data)).get(":status")
-        body = b"".join(f.data for f in frames if isinstance(f, hyperframe.frame.DataFrame) and f.stream_id == sid)
-        self.assertEqual((status, body), ("200", b"pong\n"))
+        # The GOAWAYs come before the answer, which python3-h2 refuses to read.
+        frames = read_frames(c.sock, lambda fs: False)  # to the connection's end
+        self.assertEqual(goaways(frames), [NOTICE, (0, sid)],
+                         "the drain's notice, then a GOAWAY naming the request, on a connection HTTP/2 took "
+                         "during the drain")
+        self.assertEqual(answer(frames, sid, hpack.Decoder()), ("200", b"pong\n"))
         self.assertEqual(lb.wait(timeout=20), 0)
         self.assertLess(time.monotonic() - started, 5.0, "the drain waited for the HTTP/2 connection's idle timeout")
+
+    def test_a_request_sent_after_the_drain_notice_is_served(self):
+        """SIGTERM: the first GOAWAY names stream 2^31-1, so a request the client sends after
+        it (it was on its way) is still served; the final GOAWAY, a second later, names it."""
+        lb, port, ca = self.start_drain_balancer()
+        c = RawH2(port, ca, host="127.0.180.3")
+        self.addCleanup(c.close)
+        sid = c.request("/ping")
+        self.assertEqual(c.response(sid)[0][":status"], "200")
+        lb.send_signal(15)
+        frames = read_frames(c.sock, lambda fs: goaways(fs))
+        self.assertEqual(goaways(frames), [NOTICE], "the drain's first GOAWAY")
+        # The next stream, by hand (python3-h2 sends nothing after a GOAWAY), its header
+        # block from the connection's own HPACK state.
+        late = sid + 2
+        block = c.conn.encoder.encode([(":method", "GET"), (":scheme", "https"), (":authority", "localhost"),
+                                       (":path", "/ping?after-notice")])
+        c.sock.sendall(hyperframe.frame.HeadersFrame(late, data=block, flags=["END_HEADERS", "END_STREAM"]).serialize())
+        frames += read_frames(c.sock, lambda fs: False)  # to the connection's end
+        self.assertEqual(goaways(frames), [NOTICE, (0, late)])
+        self.assertEqual(answer(frames, late, c.conn.decoder), ("200", b"pong\n"))
+        self.assertEqual(lb.wait(timeout=20), 0)
 
 
 if __name__ == "__main__":
