@@ -49,6 +49,14 @@ bool CacheFlights::active(std::uint64_t hash) const {
   return find(hash) != kSlots;
 }
 
+bool CacheFlights::wait_again(std::uint64_t hash, std::uint32_t worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const unsigned at = find(hash);
+  if (at == kSlots) return false;
+  slots_[at].waiting |= std::uint64_t{1} << std::min<std::uint32_t>(worker, 63);
+  return true;
+}
+
 void CacheFlights::set_wake(std::uint32_t worker, uv_async_t* async) {
   std::lock_guard<std::mutex> lock(mu_);
   if (wake_.size() <= worker) wake_.resize(worker + 1, nullptr);
@@ -65,15 +73,17 @@ void unlink(CacheWaits& q, Exchange* ex) noexcept {
 }
 
 // A flight ended somewhere: the waiters whose key is no longer in flight
-// look again (taken off the list first: a step may end the exchange).
+// look again (taken off the list first: a step may end the exchange). One
+// whose key is in flight again (another worker's request led anew before
+// this one woke) waits on the new flight, noted there.
 void on_wake(uv_async_t* a) {
   Worker& w = *static_cast<Worker*>(a->data);
   CacheWaits& q = *w.cache_waits;
-  const CacheFlights& flights = *w.shared.cache_flights;
+  CacheFlights& flights = *w.shared.cache_flights;
   Exchange* ready = nullptr;
   for (Exchange* ex = q.head; ex;) {
     Exchange* next = ex->wait_next;
-    if (!flights.active(ex->cache_hash)) {
+    if (!flights.wait_again(ex->cache_hash, w.id)) {
       unlink(q, ex);
       ex->wait_next = ready;
       ready = ex;

@@ -30,6 +30,12 @@ class CacheFlights {
   bool join(std::uint64_t hash, std::uint32_t worker);
   // The leader ended: the waiting workers are woken.
   void end(std::uint64_t hash);
+  // A woken waiter of `worker` looks again: true when `hash` is in flight
+  // (again: a new leader may have come first), and then `worker` is noted as
+  // waiting on that flight, whose end must wake it too; false when the waiter
+  // goes on (the cache, or the server).
+  bool wait_again(std::uint64_t hash, std::uint32_t worker);
+  // Whether `hash` is in flight (stale-while-revalidate: someone refreshes it).
   bool active(std::uint64_t hash) const;
   // A worker's wake-up (null: it is gone), by worker id.
   void set_wake(std::uint32_t worker, uv_async_t* async);

@@ -2,6 +2,7 @@
 // (src/cache/store): Cache-Control, HTTP dates, storability and freshness
 // lifetime; the LRU bounded by bytes, variants and purge.
 #include <catch2/catch.hpp>
+#include <uv.h>
 
 #include <cstring>
 #include <string>
@@ -357,6 +358,39 @@ TEST_CASE("cache: the client holds the stored copy: If-None-Match, else If-Modif
   CHECK_FALSE(has({{"If-None-Match", "\"v5\""}, {"If-Modified-Since", lm}}));  // If-None-Match decides alone
   CHECK_FALSE(has({{"If-Modified-Since", "Tue, 01 Dec 2026 09:59:59 GMT"}}));
   CHECK_FALSE(has({{"If-None-Match", "\"v4\""}}, 404));  // preconditions hold for a 2xx only
+}
+
+TEST_CASE("cache: a waiter that finds its key led anew is woken by the new flight's end", "[cache]") {
+  // Two workers' wake-ups on one loop: what each flight's end wakes.
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  int woke[2] = {0, 0};
+  uv_async_t wake[2];
+  for (int i = 0; i < 2; ++i) {
+    uv_async_init(&loop, &wake[i], [](uv_async_t* a) { ++*static_cast<int*>(a->data); });
+    wake[i].data = &woke[i];
+  }
+  CacheFlights f;
+  f.set_wake(0, &wake[0]);
+  f.set_wake(1, &wake[1]);
+  const std::uint64_t h = 77;
+  CHECK(f.join(h, 0));        // worker 0 leads
+  CHECK_FALSE(f.join(h, 1));  // worker 1 waits
+  f.end(h);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK(woke[1] == 1);
+  CHECK(f.join(h, 0));        // before worker 1 looked again, worker 0 leads anew (the answer was not storable)
+  CHECK(f.wait_again(h, 1));  // worker 1's waiter waits on, on the new flight
+  f.end(h);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  CHECK(woke[1] == 2);  // not left to its timeout
+  CHECK(woke[0] == 0);
+  CHECK_FALSE(f.wait_again(h, 1));  // nothing in flight: it goes on
+  f.set_wake(0, nullptr);
+  f.set_wake(1, nullptr);
+  for (auto& a : wake) uv_close(reinterpret_cast<uv_handle_t*>(&a), nullptr);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
 }
 
 TEST_CASE("cache: collapsed misses in a fixed table: colliding keys, removal, a full neighbourhood", "[cache]") {
