@@ -107,8 +107,9 @@ void on_client_timer(TimerNode* t);
 
 // Drain: sessions between requests close now; the others close once their
 // current response is sent, and one that has not sent its first request yet
-// (just accepted: the request may be on its way) once that one is answered. With `which`: only the sessions it picks (those
-// of a listener a reload removed).
+// (just accepted: the request may be on its way) once that one is answered.
+// With `which`: only the sessions it picks (those of a listener a reload
+// removed).
 void session_drain(Worker& w, bool (*which)(ClientSession&, const void*) = nullptr, const void* arg = nullptr) noexcept;
 
 // Frees what the worker kept for reuse; call once its loop has ended.
